@@ -1,0 +1,333 @@
+"""The diagnostic catalogue: every code flowctl's front end can report, one constructor per code.
+
+Each entry documents itself (summary and fix), which feeds `docs/errors.md`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flowctl.dsl.diagnostics import Diagnostic, Severity, Span
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    code: str
+    summary: str
+    fix: str
+    severity: Severity = Severity.ERROR
+
+
+CODES: dict[str, CodeInfo] = {}
+
+
+def _code(code: str, summary: str, fix: str, severity: Severity = Severity.ERROR) -> str:
+    CODES[code] = CodeInfo(code, summary, fix, severity)
+    return code
+
+
+def _make(code: str, message: str, span: Span, hint: str = "", related: Iterable[Span] = ()) -> Diagnostic:
+    return Diagnostic(code, message, span, CODES[code].severity, hint, tuple(related))
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(value, sorted(set(choices)), n=1, cutoff=0.6)
+    return f"did you mean {matches[0]!r}?" if matches else ""
+
+
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith(("s", "ch", "sh", "x")) else "s")
+
+
+def _known(kind: str, choices: Iterable[str]) -> str:
+    names = sorted(set(choices))
+    if not names:
+        return f"no {_plural(kind)} are defined"
+    shown = ", ".join(repr(n) for n in names[:8]) + (", …" if len(names) > 8 else "")
+    return f"known {_plural(kind)}: {shown}"
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+FILE_UNREADABLE = _code("file-unreadable", "The file cannot be read.", "Check the path and permissions.")
+FILE_TOO_LARGE = _code(
+    "file-too-large", "The file is larger than the pipeline size cap.", "Split it into child pipelines."
+)
+NOT_TEXT = _code(
+    "not-text", "The file is not UTF-8 text.", "Save the pipeline as UTF-8 text; binary files are not pipelines."
+)
+EMPTY_DOCUMENT = _code("empty-document", "The file holds no YAML document.", "Start from `flowctl: 1`.")
+YAML_SYNTAX = _code("yaml-syntax", "The YAML cannot be parsed.", "Fix the YAML at the marked position.")
+YAML_ALIAS = _code(
+    "yaml-alias",
+    "Anchors and aliases are not allowed (they enable billion-laughs documents).",
+    "Write the value out, or use a child pipeline or `defaults:` to share settings.",
+)
+YAML_TOO_DEEP = _code("yaml-too-deep", "The document nests deeper than the limit.", "Flatten the structure.")
+YAML_DUPLICATE_KEY = _code(
+    "duplicate-key", "A mapping repeats a key (YAML would silently keep the last).", "Remove one of the two."
+)
+YAML_NON_STRING_KEY = _code("non-string-key", "A mapping key is not a string.", "Quote the key so it is a string.")
+YAML_TAG = _code("yaml-tag", "Explicit YAML tags are not allowed.", "Remove the tag; write a plain value.")
+YAML_MULTIPLE_DOCUMENTS = _code(
+    "multiple-documents", "The file holds more than one YAML document.", "Put one pipeline in each file."
+)
+
+
+def file_unreadable(file: str, reason: str) -> Diagnostic:
+    return _make(FILE_UNREADABLE, f"cannot read {file!r}: {reason}", Span(file, 1, 1))
+
+
+def file_too_large(file: str, size: int, limit: int) -> Diagnostic:
+    return _make(FILE_TOO_LARGE, f"file is {size} bytes; the limit is {limit} bytes", Span(file, 1, 1))
+
+
+def not_text(span: Span, reason: str) -> Diagnostic:
+    return _make(NOT_TEXT, f"file is not UTF-8 text ({reason})", span)
+
+
+def empty_document(file: str) -> Diagnostic:
+    return _make(
+        EMPTY_DOCUMENT,
+        "file is empty; expected a pipeline mapping",
+        Span(file, 1, 1),
+        hint="start with `flowctl: 1`, `name:` and `steps:`",
+    )
+
+
+def yaml_syntax(span: Span, problem: str) -> Diagnostic:
+    return _make(YAML_SYNTAX, f"invalid YAML: {problem}", span)
+
+
+def yaml_alias(span: Span) -> Diagnostic:
+    return _make(
+        YAML_ALIAS, "YAML anchors and aliases are not allowed", span, hint="write the value out where it is needed"
+    )
+
+
+def yaml_too_deep(span: Span, limit: int) -> Diagnostic:
+    return _make(YAML_TOO_DEEP, f"document nests deeper than {limit} levels", span)
+
+
+def yaml_duplicate_key(span: Span, key: str, first: Span) -> Diagnostic:
+    return _make(
+        YAML_DUPLICATE_KEY, f"duplicate key {key!r} (first defined at line {first.line})", span, related=[first]
+    )
+
+
+def yaml_non_string_key(span: Span, text: str) -> Diagnostic:
+    return _make(YAML_NON_STRING_KEY, f"mapping key {text!r} is not a string", span, hint=f"quote it: '{text}'")
+
+
+def yaml_tag(span: Span, tag: str) -> Diagnostic:
+    return _make(YAML_TAG, f"YAML tag {tag!r} is not allowed", span)
+
+
+def yaml_multiple_documents(span: Span) -> Diagnostic:
+    return _make(YAML_MULTIPLE_DOCUMENTS, "file holds more than one YAML document", span)
+
+
+# --- schema ---------------------------------------------------------------------------------------------------
+
+UNKNOWN_KEY = _code("unknown-key", "A key that the format does not define.", "Fix the spelling or remove it.")
+MISSING_KEY = _code("missing-key", "A required key is absent.", "Add the key.")
+WRONG_TYPE = _code("wrong-type", "A value has the wrong type.", "Write a value of the expected type.")
+INVALID_VALUE = _code(
+    "invalid-value", "A value is outside what the key allows.", "Use one of the allowed values or forms."
+)
+UNKNOWN_STEP_KIND = _code(
+    "unknown-step-kind", "A step has no kind key (agent, tool, parallel, …).", "Give the step exactly one kind key."
+)
+MULTIPLE_STEP_KINDS = _code("multiple-step-kinds", "A step has more than one kind key.", "Split it into two steps.")
+UNSUPPORTED_VERSION = _code(
+    "unsupported-version", "The `flowctl:` version is not one this flowctl reads.", "Use `flowctl: 1`."
+)
+
+
+def unknown_key(span: Span, key: str, allowed: Iterable[str], where: str) -> Diagnostic:
+    allowed = list(allowed)
+    hint = did_you_mean(key, allowed) or _known("key", allowed)
+    return _make(UNKNOWN_KEY, f"unknown key {key!r} in {where}", span, hint=hint)
+
+
+def missing_key(span: Span, key: str, where: str) -> Diagnostic:
+    return _make(MISSING_KEY, f"missing required key {key!r} in {where}", span)
+
+
+def wrong_type(span: Span, expected: str, got: str, hint: str = "") -> Diagnostic:
+    return _make(WRONG_TYPE, f"expected {expected}, got {got}", span, hint=hint)
+
+
+def invalid_value(span: Span, message: str, hint: str = "") -> Diagnostic:
+    return _make(INVALID_VALUE, message, span, hint=hint)
+
+
+def unknown_step_kind(span: Span, kinds: Iterable[str]) -> Diagnostic:
+    return _make(UNKNOWN_STEP_KIND, "step has no kind", span, hint="give it one of: " + ", ".join(kinds))
+
+
+def multiple_step_kinds(span: Span, found: Iterable[str]) -> Diagnostic:
+    names = ", ".join(repr(k) for k in found)
+    return _make(MULTIPLE_STEP_KINDS, f"step has several kinds ({names}); a step has exactly one", span)
+
+
+def unsupported_version(span: Span, value: object) -> Diagnostic:
+    return _make(UNSUPPORTED_VERSION, f"unsupported format version {value!r}", span, hint="use `flowctl: 1`")
+
+
+# --- semantic checks ------------------------------------------------------------------------------------------
+
+UNKNOWN_AGENT = _code("unknown-agent", "A step names an agent that is not defined.", "Define it under `agents:`.")
+UNKNOWN_MODEL = _code("unknown-model", "An agent names a model that is not defined.", "Define it under `models:`.")
+UNKNOWN_SERVER = _code(
+    "unknown-server", "An agent or tool step names an MCP server that is not defined.", "Define it under `servers:`."
+)
+UNKNOWN_STEP = _code(
+    "unknown-step", "A reference (`needs`, trigger, template) names a step that does not exist.", "Fix the id."
+)
+UNKNOWN_PIPELINE = _code(
+    "unknown-pipeline",
+    "A pipeline step names a child pipeline that is not defined.",
+    "Define it under `pipelines:` or give a path such as `./child.yaml`.",
+)
+CHILD_NOT_FOUND = _code("child-not-found", "A child pipeline file does not exist.", "Fix the path.")
+CHILD_INVALID = _code(
+    "child-invalid", "A child pipeline file has errors of its own.", "Run `flowctl validate` on the child."
+)
+PATH_ESCAPE = _code(
+    "path-escape",
+    "A child pipeline path leaves the pipeline's folder tree.",
+    "Move the child into the pipeline's folder or a subfolder.",
+)
+DUPLICATE_ID = _code("duplicate-id", "Two steps (or triggers) share an id.", "Rename one of them.")
+DEPENDENCY_CYCLE = _code(
+    "dependency-cycle", "Steps depend on each other in a cycle.", "Remove one `needs` entry from the cycle."
+)
+TEMPLATE_SYNTAX = _code("template-syntax", "A Jinja template or expression does not parse.", "Fix the template.")
+UNDEFINED_VARIABLE = _code(
+    "undefined-variable",
+    "A template names a variable, step, input or state key that does not exist.",
+    "Fix the name, or declare the input or state key.",
+)
+MISSING_INPUT = _code("missing-input", "A child pipeline's required input is not supplied.", "Pass it under `inputs:`.")
+UNKNOWN_INPUT = _code(
+    "unknown-input", "An input is supplied that the child pipeline does not declare.", "Remove it or declare it."
+)
+ROUTE_CHOICE_WITHOUT_BRANCH = _code(
+    "route-choice-without-branch",
+    "A route rule or default chooses a branch that does not exist.",
+    "Add the branch under `branches:` or fix the name.",
+)
+UNBOUNDED_LOOP = _code("unbounded-loop", "A loop has no `max_iterations` bound.", "Add `max_iterations:` to the loop.")
+TEMPLATED_COMMAND = _code(
+    "templated-command",
+    "A server `command` contains a template or variable.",
+    "Write the command literally; pass variable parts through `args` or `env`.",
+)
+UNKNOWN_TOOL = _code(
+    "unknown-tool", "A tool name is not offered by the named MCP server.", "Fix the tool name (see the server's tools)."
+)
+UNKNOWN_EVENT = _code(
+    "unknown-event",
+    "A wait or trigger names an event that no step emits (it can still arrive as a signal).",
+    "Check the spelling, or ignore if the event is sent with `flowctl signal`.",
+    Severity.WARNING,
+)
+STEP_SCOPE = _code(
+    "step-out-of-scope",
+    "A template reads a step that may not have run yet or runs in another scope.",
+    "Add the step to `needs`, or read it only after it has run.",
+)
+
+
+def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
+    known = list(known)
+    return _make(code, f"unknown {kind} {name!r}", span, hint=did_you_mean(name, known) or _known(kind, known))
+
+
+def child_not_found(span: Span, path: str) -> Diagnostic:
+    return _make(CHILD_NOT_FOUND, f"child pipeline file {path!r} does not exist", span)
+
+
+def child_invalid(span: Span, path: str, count: int) -> Diagnostic:
+    return _make(
+        CHILD_INVALID, f"child pipeline {path!r} has {count} error(s)", span, hint=f"run `flowctl validate {path}`"
+    )
+
+
+def path_escape(span: Span, path: str) -> Diagnostic:
+    return _make(PATH_ESCAPE, f"child pipeline path {path!r} leaves the pipeline's folder", span)
+
+
+def duplicate_id(span: Span, name: str, first: Span) -> Diagnostic:
+    return _make(DUPLICATE_ID, f"duplicate id {name!r} (first defined at line {first.line})", span, related=[first])
+
+
+def dependency_cycle(span: Span, path: list[str]) -> Diagnostic:
+    return _make(DEPENDENCY_CYCLE, "dependency cycle: " + " -> ".join(path), span)
+
+
+def template_syntax(span: Span, problem: str) -> Diagnostic:
+    return _make(TEMPLATE_SYNTAX, f"template error: {problem}", span)
+
+
+def undefined_variable(span: Span, name: str, known: Iterable[str]) -> Diagnostic:
+    known = list(known)
+    hint = did_you_mean(name.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known])
+    if hint:
+        hint = did_you_mean(name, known) or hint
+    return _make(UNDEFINED_VARIABLE, f"undefined variable {name!r}", span, hint=hint or _known("name", known))
+
+
+def missing_input(span: Span, child: str, name: str) -> Diagnostic:
+    return _make(MISSING_INPUT, f"child pipeline {child!r} requires input {name!r}", span)
+
+
+def unknown_input(span: Span, child: str, name: str, known: Iterable[str]) -> Diagnostic:
+    known = list(known)
+    return _make(
+        UNKNOWN_INPUT,
+        f"child pipeline {child!r} has no input {name!r}",
+        span,
+        hint=did_you_mean(name, known) or _known("input", known),
+    )
+
+
+def route_choice_without_branch(span: Span, choice: str, branches: Iterable[str]) -> Diagnostic:
+    branches = list(branches)
+    return _make(
+        ROUTE_CHOICE_WITHOUT_BRANCH,
+        f"route choice {choice!r} has no branch",
+        span,
+        hint=did_you_mean(choice, branches) or _known("branch", branches),
+    )
+
+
+def unbounded_loop(span: Span) -> Diagnostic:
+    return _make(UNBOUNDED_LOOP, "loop has no `max_iterations` bound", span, hint="add `max_iterations: 5`")
+
+
+def templated_command(span: Span, command: str) -> Diagnostic:
+    return _make(TEMPLATED_COMMAND, f"server command {command!r} must be literal", span)
+
+
+def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Diagnostic:
+    known = list(known)
+    return _make(
+        UNKNOWN_TOOL,
+        f"server {server!r} has no tool {tool!r}",
+        span,
+        hint=did_you_mean(tool, known) or _known("tool", known),
+    )
+
+
+def unknown_event(span: Span, event: str, emitted: Iterable[str]) -> Diagnostic:
+    emitted = list(emitted)
+    hint = did_you_mean(event, emitted) or "no step emits it; it can still arrive through `flowctl signal`"
+    return _make(UNKNOWN_EVENT, f"no step emits event {event!r}", span, hint=hint)
+
+
+def step_out_of_scope(span: Span, step: str, reason: str) -> Diagnostic:
+    return _make(STEP_SCOPE, f"step {step!r} {reason}", span)

@@ -1,0 +1,350 @@
+"""Stage 4, compile: a checked document → the typed, immutable execution graph (flowctl.dsl.ir).
+
+Runs only on documents without errors, so it may assume the shape the schema guarantees. Every template and
+expression is compiled here; no raw YAML or unparsed text survives into the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from flowctl.dsl import ir
+from flowctl.dsl.diagnostics import Span
+from flowctl.dsl.index import STEP_KINDS, is_file_reference, step_kind
+from flowctl.dsl.loader import JsonPath, LoadedDocument
+from flowctl.dsl.templates import (
+    CompiledValue,
+    ListValue,
+    Literal,
+    MapValue,
+    compile_expression,
+    compile_string_value,
+    compile_text,
+)
+
+_DURATION = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """`500ms`, `30s`, `5m`, `1h`, or a number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
+
+
+class _Compiler:
+    def __init__(self, doc: LoadedDocument, resolve_child_path: Any) -> None:
+        self.doc = doc
+        self.data: dict[str, Any] = doc.data
+        self.resolve_child_path = resolve_child_path  # (ref) -> resolved key used in Graph.children
+        defaults = self.data.get("defaults") or {}
+        self.default_policy = self.policy(defaults, ("defaults",), inherit=False)
+
+    def span(self, path: JsonPath) -> Span:
+        return self.doc.source_map.value(path)
+
+    # values -----------------------------------------------------------------------------------------------------
+
+    def value(self, raw: Any, path: JsonPath) -> CompiledValue:
+        if isinstance(raw, str):
+            return compile_string_value(raw, self.span(path))
+        if isinstance(raw, dict):
+            items = tuple((k, self.value(v, (*path, k))) for k, v in raw.items())
+            return Literal(raw) if all(isinstance(v, Literal) for _, v in items) else MapValue(items)
+        if isinstance(raw, list):
+            elements = tuple(self.value(v, (*path, i)) for i, v in enumerate(raw))
+            return Literal(raw) if all(isinstance(v, Literal) for v in elements) else ListValue(elements)
+        return Literal(raw)
+
+    def expr(self, raw: Any, path: JsonPath) -> ir.Expression | None:
+        return compile_expression(raw, self.span(path)) if isinstance(raw, str) else None
+
+    # policies ---------------------------------------------------------------------------------------------------
+
+    def policy(self, raw: dict[str, Any], path: JsonPath, *, inherit: bool = True) -> ir.Policy:
+        base = self.default_policy if inherit else ir.Policy()
+        retry = base.retry
+        if isinstance(raw.get("retry"), dict):
+            r = raw["retry"]
+            retry = ir.RetryPolicy(
+                max_attempts=int(r.get("max_attempts", 3)),
+                backoff=str(r.get("backoff", "exponential")),
+                initial_delay=parse_duration(r.get("initial_delay", 1.0)) or 0.0,
+                max_delay=parse_duration(r.get("max_delay", 30.0)) or 0.0,
+                jitter=bool(r.get("jitter", True)),
+            )
+        fallback = None
+        if isinstance(raw.get("fallback"), dict):
+            f = raw["fallback"]
+            fallback = ir.Fallback(
+                agent=f.get("agent"),
+                model=f.get("model"),
+                steps=self.steps(f.get("steps") or [], (*path, "fallback", "steps"), concurrent=False),
+                value=self.value(f["value"], (*path, "fallback", "value")) if "value" in f else None,
+            )
+        return ir.Policy(
+            retry=retry,
+            timeout=parse_duration(raw["timeout"]) if "timeout" in raw else base.timeout,
+            deadline=parse_duration(raw["deadline"]) if "deadline" in raw else base.deadline,
+            fallback=fallback,
+            on_error=ir.OnError(raw.get("on_error", base.on_error.value)),
+            default=self.value(raw["default"], (*path, "default")) if "default" in raw else None,
+        )
+
+    @staticmethod
+    def join(raw: Any) -> ir.Join:
+        if isinstance(raw, dict):
+            return ir.Join(ir.JoinKind.AT_LEAST, int(raw["at_least"]))
+        return ir.Join(ir.JoinKind(raw or "all"))
+
+    # steps ------------------------------------------------------------------------------------------------------
+
+    def steps(self, raws: list[dict[str, Any]], path: JsonPath, *, concurrent: bool) -> tuple[ir.Step, ...]:
+        result: list[ir.Step] = []
+        previous: str | None = None
+        for i, raw in enumerate(raws):
+            needs = raw.get("needs")
+            if needs is not None:
+                deps = (needs,) if isinstance(needs, str) else tuple(needs)
+            else:
+                deps = (previous,) if previous is not None and not concurrent else ()
+            result.append(self.step(raw, (*path, i), deps))
+            previous = raw["id"]
+        return tuple(result)
+
+    def step(self, raw: dict[str, Any], path: JsonPath, deps: tuple[str, ...]) -> ir.Step:
+        kind = step_kind(raw)
+        assert kind in STEP_KINDS, f"compile on an unchecked step at {path}"
+        emit = raw.get("emit") if kind != "emit" else None
+        fan_out = None
+        if "for_each" in raw:
+            fan_out = ir.FanOut(
+                items=self.value(raw["for_each"], (*path, "for_each")),
+                var=raw.get("as", "item"),
+                max_concurrency=raw.get("max_concurrency"),
+                join=self.join(raw.get("join")),
+            )
+        return ir.Step(
+            id=raw["id"],
+            kind=ir.NodeKind(kind),
+            body=getattr(self, f"body_{kind}")(raw, path),
+            span=self.span(path),
+            needs=deps,
+            when=self.expr(raw.get("when"), (*path, "when")),
+            updates=tuple((k, self.value(v, (*path, "set", k))) for k, v in (raw.get("set") or {}).items()),
+            emit=self.emit(emit, (*path, "emit")) if isinstance(emit, dict) else None,
+            policy=self.policy(raw, path),
+            fan_out=fan_out,
+        )
+
+    def emit(self, raw: dict[str, Any], path: JsonPath) -> ir.EmitSpec:
+        data = self.value(raw["data"], (*path, "data")) if "data" in raw else None
+        return ir.EmitSpec(raw["event"], data, self.span(path))
+
+    def body_agent(self, raw: dict[str, Any], path: JsonPath) -> ir.AgentCall:
+        return ir.AgentCall(raw["agent"], compile_text(raw.get("prompt", ""), self.span((*path, "prompt"))))
+
+    def body_tool(self, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
+        server, _, tool = raw["tool"].partition(".")
+        return ir.ToolCall(server, tool, self.value(raw.get("args") or {}, (*path, "args")))
+
+    def body_parallel(self, raw: dict[str, Any], path: JsonPath) -> ir.ParallelGroup:
+        branches = self.steps(raw["parallel"], (*path, "parallel"), concurrent=True)
+        return ir.ParallelGroup(branches, self.join(raw.get("join")), raw.get("max_concurrency"))
+
+    def body_pipeline(self, raw: dict[str, Any], path: JsonPath) -> ir.ChildPipeline:
+        ref: str = raw["pipeline"]
+        is_file = is_file_reference(ref)
+        key = self.resolve_child_path(ref) if is_file else ref
+        return ir.ChildPipeline(key, is_file, self.value(raw.get("inputs") or {}, (*path, "inputs")))
+
+    def body_route(self, raw: dict[str, Any], path: JsonPath) -> ir.Route:
+        route = raw["route"]
+        rules = tuple(
+            ir.RouteRule(
+                compile_expression(rule["when"], self.span((*path, "route", "rules", i, "when"))),
+                _names(rule["choose"]),
+                self.span((*path, "route", "rules", i)),
+            )
+            for i, rule in enumerate(route.get("rules") or [])
+        )
+        prompt = route.get("prompt")
+        return ir.Route(
+            rules=rules,
+            agent=route.get("agent"),
+            prompt=compile_text(prompt, self.span((*path, "route", "prompt"))) if isinstance(prompt, str) else None,
+            multiple=bool(route.get("multiple", False)),
+            default=_names(route.get("default")),
+            on_unknown=ir.OnUnknown(route.get("on_unknown", "report")),
+            branches={
+                name: self.steps(steps, (*path, "branches", name), concurrent=False)
+                for name, steps in raw["branches"].items()
+            },
+        )
+
+    def body_loop(self, raw: dict[str, Any], path: JsonPath) -> ir.Loop:
+        loop = raw["loop"]
+        return ir.Loop(
+            max_iterations=int(loop["max_iterations"]),
+            until=self.expr(loop.get("until"), (*path, "loop", "until")),
+            steps=self.steps(loop["steps"], (*path, "loop", "steps"), concurrent=False),
+        )
+
+    def body_wait(self, raw: dict[str, Any], path: JsonPath) -> ir.Wait:
+        wait = raw["wait"]
+        return ir.Wait(
+            wait["event"], parse_duration(wait.get("timeout")), self.expr(wait.get("match"), (*path, "wait", "match"))
+        )
+
+    def body_emit(self, raw: dict[str, Any], path: JsonPath) -> ir.EmitSpec:
+        return self.emit(raw["emit"], (*path, "emit"))
+
+    def body_set(self, raw: dict[str, Any], path: JsonPath) -> ir.SetState:
+        return ir.SetState()
+
+    # pipelines and resources ------------------------------------------------------------------------------------
+
+    def pipeline(self, name: str, raw: dict[str, Any], path: JsonPath) -> ir.PipelineDef:
+        inputs = {
+            key: ir.InputSpec(
+                key, dict(spec), "default" not in spec, spec.get("default"), self.span((*path, "inputs", key))
+            )
+            for key, spec in (raw.get("inputs") or {}).items()
+        }
+        state = {}
+        for key, spec in (raw.get("state") or {}).items():
+            reducer = ir.Reducer(spec.get("reducer", "replace"))
+            empty: Any = [] if reducer is ir.Reducer.APPEND else {} if reducer is ir.Reducer.MERGE else None
+            state[key] = ir.StateKey(key, reducer, spec.get("default", empty), self.span((*path, "state", key)))
+        return ir.PipelineDef(
+            name=name,
+            span=self.span(path),
+            inputs=inputs,
+            outputs=tuple((k, self.value(v, (*path, "outputs", k))) for k, v in (raw.get("outputs") or {}).items()),
+            state=state,
+            steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
+            finally_steps=self.steps(raw.get("finally") or [], (*path, "finally"), concurrent=False),
+            triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
+        )
+
+    def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:
+        kind = next(k for k in ir.TriggerKind if k.value in raw)
+        condition = self.expr(raw["when"], (*path, "when")) if kind is ir.TriggerKind.WHEN else None
+        return ir.Trigger(
+            id=raw["id"],
+            kind=kind,
+            target="" if kind is ir.TriggerKind.WHEN else raw[kind.value],
+            condition=condition,
+            once=bool(raw.get("once", True)),
+            steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
+            span=self.span(path),
+        )
+
+    def models(self) -> dict[str, ir.ModelDef]:
+        models = {}
+        for name, raw in (self.data.get("models") or {}).items():
+            breaker = raw.get("circuit_breaker")
+            price = raw.get("price") or {}
+            models[name] = ir.ModelDef(
+                name=name,
+                provider=raw.get("provider", "openai"),
+                model=raw.get("model", name),
+                span=self.span(("models", name)),
+                base_url=raw.get("base_url"),
+                api_key_env=raw.get("api_key_env", "OPENAI_API_KEY"),
+                params={k: raw[k] for k in ("temperature", "max_tokens", "top_p", "seed") if k in raw},
+                timeout=parse_duration(raw.get("timeout", 60)) or 60.0,
+                circuit_breaker=_breaker(breaker),
+                price_in_per_mtok=price.get("input_per_mtok"),
+                price_out_per_mtok=price.get("output_per_mtok"),
+                fixture=raw.get("fixture"),
+            )
+        if "default" not in models and not models:
+            models["default"] = ir.DEFAULT_MODEL
+        return models
+
+    def servers(self) -> dict[str, ir.ServerDef]:
+        raw_servers = self.data.get("servers")
+        base: JsonPath = ("servers",)
+        if not isinstance(raw_servers, dict):
+            raw_servers, base = (self.data.get("mcp") or {}).get("servers") or {}, ("mcp", "servers")
+        servers = {}
+        for name, raw in raw_servers.items():
+            transport = raw.get("transport") or ("stdio" if "command" in raw else "streamable_http")
+            transport = "streamable_http" if transport == "http" else transport
+            servers[name] = ir.ServerDef(
+                name=name,
+                transport=ir.Transport(transport),
+                span=self.span((*base, name)),
+                command=raw.get("command"),
+                args=tuple(str(a) for a in raw.get("args") or ()),
+                env={k: str(v) for k, v in (raw.get("env") or {}).items()},
+                cwd=raw.get("cwd"),
+                url=raw.get("url"),
+                headers={k: str(v) for k, v in (raw.get("headers") or {}).items()},
+                read_timeout=float(raw.get("read_timeout_seconds", 60)),
+                startup_timeout=float(raw.get("startup_timeout_seconds", 30)),
+                allowed_tools=tuple(raw["allowed_tools"]) if "allowed_tools" in raw else None,
+                idempotent_tools=tuple(raw.get("idempotent_tools") or ()),
+                circuit_breaker=_breaker(raw.get("circuit_breaker")),
+            )
+        return servers
+
+    def agents(self, models: dict[str, ir.ModelDef]) -> dict[str, ir.AgentDef]:
+        agents = {}
+        for name, raw in (self.data.get("agents") or {}).items():
+            agents[name] = ir.AgentDef(
+                name=name,
+                instruction=compile_text(raw.get("instruction", ""), self.span(("agents", name, "instruction"))),
+                model=raw.get("model") or "default",
+                span=self.span(("agents", name)),
+                servers=tuple(raw.get("servers") or ()),
+                tools=tuple(raw["tools"]) if "tools" in raw else None,
+                max_iterations=int(raw.get("max_iterations", 10)),
+                output_schema=raw.get("output_schema"),
+            )
+        return agents
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _breaker(raw: Any) -> ir.CircuitBreakerSpec | None:
+    if not isinstance(raw, dict):
+        return None
+    return ir.CircuitBreakerSpec(
+        failure_threshold=int(raw.get("failure_threshold", 5)),
+        reset_after=parse_duration(raw.get("reset_after", 30)) or 30.0,
+    )
+
+
+def compile_graph(doc: LoadedDocument, children: dict[str, ir.Graph], resolve_child_path: Any) -> ir.Graph:
+    """Compile a document that passed schema and checks. `children` maps resolved child paths to their graphs."""
+    compiler = _Compiler(doc, resolve_child_path)
+    data = doc.data
+    models = compiler.models()
+    return ir.Graph(
+        file=doc.file,
+        root=compiler.pipeline(data["name"], data, ()),
+        pipelines={
+            name: compiler.pipeline(name, raw, ("pipelines", name))
+            for name, raw in (data.get("pipelines") or {}).items()
+        },
+        children=children,
+        agents=compiler.agents(models),
+        models=models,
+        servers=compiler.servers(),
+        concurrency=int(data.get("concurrency", 16)),
+        source_digest=hashlib.sha256(doc.source.encode()).hexdigest(),
+    )

@@ -1,0 +1,134 @@
+"""The front end in plain sight: load → schema → checks → compile, for a file and the child files it names.
+
+`FrontEnd` keeps every file it loaded (for rendering source lines in diagnostics) and compiles each child file once.
+Child files must live inside the root pipeline's folder tree, and a child may not (transitively) include itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowctl.dsl import catalogue as cat
+from flowctl.dsl.checks import CheckContext, ChildInfo, check_document
+from flowctl.dsl.compile import compile_graph
+from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
+from flowctl.dsl.index import build_index
+from flowctl.dsl.ir import Graph
+from flowctl.dsl.loader import LoadedDocument, load_file
+from flowctl.dsl.schema import validate_schema
+
+
+@dataclass(slots=True)
+class FileResult:
+    doc: LoadedDocument
+    diagnostics: list[Diagnostic]
+    graph: Graph | None = None
+
+
+@dataclass(slots=True)
+class FrontEnd:
+    """Validates and compiles pipeline files; one instance per command invocation."""
+
+    root_dir: Path | None = None
+    files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
+    _in_progress: set[str] = field(default_factory=set)
+
+    def sources(self) -> dict[str, str]:
+        return {r.doc.file: r.doc.source for r in self.files.values()}
+
+    def process(self, path: str | Path, *, display: str | None = None) -> FileResult:
+        resolved = str(Path(path).resolve())
+        if resolved in self.files:
+            return self.files[resolved]
+        if self.root_dir is None:
+            self.root_dir = Path(resolved).parent
+        self._in_progress.add(resolved)
+        try:
+            result = self._process(resolved, display or _display_name(path))
+        finally:
+            self._in_progress.discard(resolved)
+        self.files[resolved] = result
+        return result
+
+    def _process(self, resolved: str, display: str) -> FileResult:
+        doc = load_file(resolved, display)
+        diagnostics = list(doc.diagnostics)
+        if doc.data is None or has_errors(doc.diagnostics):
+            return FileResult(doc, finalize(diagnostics))
+        diagnostics += validate_schema(doc)
+        index = build_index(doc.data)
+        if index is not None and not _fatal_schema_errors(diagnostics):
+            resolver = _ChildResolver(self, Path(resolved).parent)
+            diagnostics += check_document(CheckContext(doc, index, resolver))
+        diagnostics = finalize(diagnostics)
+        result = FileResult(doc, diagnostics)
+        if not has_errors(diagnostics):
+            children = {key: self.files[key].graph for key in _child_keys(self, Path(resolved).parent, doc)}
+            result.graph = compile_graph(
+                doc,
+                {k: g for k, g in children.items() if g is not None},
+                lambda ref: str((Path(resolved).parent / ref).resolve()),
+            )
+        return result
+
+
+def _fatal_schema_errors(diagnostics: list[Diagnostic]) -> bool:
+    """An unsupported version or a non-mapping document makes the semantic checks meaningless."""
+    return any(d.code in (cat.UNSUPPORTED_VERSION, cat.EMPTY_DOCUMENT) for d in diagnostics)
+
+
+def _display_name(path: str | Path) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _child_keys(front: FrontEnd, base: Path, doc: LoadedDocument) -> list[str]:
+    index = build_index(doc.data)
+    keys = []
+    for pipeline in index.pipelines() if index else ():
+        for step in pipeline.ordered:
+            ref = step.raw.get("pipeline")
+            if step.kind == "pipeline" and isinstance(ref, str) and ("/" in ref or ref.endswith((".yaml", ".yml"))):
+                key = str((base / ref).resolve())
+                if key in front.files:
+                    keys.append(key)
+    return keys
+
+
+class _ChildResolver:
+    def __init__(self, front: FrontEnd, base: Path) -> None:
+        self.front = front
+        self.base = base
+
+    def __call__(self, ref: str, span: Span) -> ChildInfo | Diagnostic:
+        target = (self.base / ref).resolve()
+        root = self.front.root_dir or self.base
+        if not target.is_relative_to(root.resolve()):
+            return cat.path_escape(span, ref)
+        if not target.is_file():
+            return cat.child_not_found(span, ref)
+        key = str(target)
+        if key in self.front._in_progress:
+            return cat.dependency_cycle(span, [span.file, ref, "…"])
+        child = self.front.process(target)
+        errors = sum(1 for d in child.diagnostics if d.severity.value == "error")
+        if errors:
+            return cat.child_invalid(span, ref, errors)
+        data = child.doc.data if isinstance(child.doc.data, dict) else {}
+        inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+        return ChildInfo(key, inputs, errors)
+
+
+def load_pipeline(path: str | Path) -> tuple[Graph | None, list[Diagnostic], FrontEnd]:
+    """Validate and compile one pipeline file (and its children). The graph is None when there are errors."""
+    front = FrontEnd()
+    result = front.process(path)
+    diagnostics = [
+        d for r in front.files.values() for d in r.diagnostics if r is result or d.span.file == result.doc.file
+    ]
+    return result.graph, finalize(diagnostics), front

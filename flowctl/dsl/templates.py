@@ -1,0 +1,251 @@
+"""The expression language: Jinja in a sandbox with strict undefined, compiled once at compile time.
+
+Three forms (see docs/dsl.md): text templates (prompts, instructions), bare expressions (`when`, `until`, `match`),
+and values, where a string that is exactly one `{{ expr }}` keeps the expression's native type.
+
+Rendering only ever takes a template compiled from the pipeline file; model and tool outputs enter as *data* in the
+context and are never compiled, which is what keeps prompt injection from turning into template injection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import TemplateAssertionError, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from flowctl.dsl.diagnostics import Span
+
+Reference = tuple[str, ...]  # e.g. ("steps", "fetch", "output")
+
+# Names Jinja itself provides; never reported as undefined.
+JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+
+
+def _fromjson(value: str) -> Any:
+    return json.loads(value)
+
+
+class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
+    """`state.items` must mean the state key "items", not dict.items: for mappings, keys win over methods."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+def _make_environment() -> ImmutableSandboxedEnvironment:
+    env = _DataFirstEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, cache_size=0)
+    env.filters["fromjson"] = _fromjson
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+    return env
+
+
+ENV = _make_environment()
+
+
+class TemplateProblem(Exception):
+    """A template that does not compile; `line` is 1-based within the template text."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class RenderError(Exception):
+    """A template failed at run time (undefined variable, type error, sandbox violation)."""
+
+
+def _problem(exc: TemplateError) -> TemplateProblem:
+    line = getattr(exc, "lineno", None) or 1
+    return TemplateProblem(exc.message or str(exc), line)
+
+
+def _references(tree: nodes.Node) -> list[Reference]:
+    """Attribute chains rooted at free names: `steps.a.output` → ("steps", "a", "output")."""
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    found: list[Reference] = []
+
+    def chain(node: nodes.Node) -> Reference | None:
+        parts: list[str] = []
+        while True:
+            if isinstance(node, nodes.Getattr):
+                parts.append(node.attr)
+                node = node.node
+            elif (
+                isinstance(node, nodes.Getitem)
+                and isinstance(node.arg, nodes.Const)
+                and isinstance(node.arg.value, str)
+            ):
+                parts.append(node.arg.value)
+                node = node.node
+            elif isinstance(node, nodes.Name):
+                return (node.name, *reversed(parts))
+            else:
+                return None
+
+    def visit(node: nodes.Node) -> None:
+        if isinstance(node, nodes.Getattr | nodes.Getitem | nodes.Name):
+            ref = chain(node)
+            loaded = node.__class__ is not nodes.Name or node.ctx == "load"
+            if ref is not None and loaded and ref[0] not in assigned and ref[0] not in JINJA_GLOBALS:
+                found.append(ref)
+            if ref is not None:
+                return
+        for child in node.iter_child_nodes():
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TextTemplate:
+    """A template rendered to text (prompts, instructions, mixed strings)."""
+
+    source: str
+    span: Span
+    references: tuple[Reference, ...]
+    _compiled: Any
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        try:
+            return self._compiled.render(context)
+        except TemplateError as exc:
+            raise RenderError(f"{self.span}: {exc.message or exc}") from exc
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError) as exc:
+            raise RenderError(f"{self.span}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A bare Jinja expression (no braces) evaluated to a native value."""
+
+    source: str
+    span: Span
+    references: tuple[Reference, ...]
+    _compiled: Any
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        try:
+            return self._compiled(**context)
+        except TemplateError as exc:
+            raise RenderError(f"{self.span}: {exc.message or exc}") from exc
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError) as exc:
+            raise RenderError(f"{self.span}: in {self.source!r}: {exc}") from exc
+
+
+def compile_text(source: str, span: Span) -> TextTemplate:
+    """Compile a text template; raises TemplateProblem."""
+    try:
+        tree = ENV.parse(source)
+        compiled = ENV.from_string(tree)
+    except (TemplateSyntaxError, TemplateAssertionError) as exc:
+        raise _problem(exc) from exc
+    return TextTemplate(source, span, tuple(_references(tree)), compiled)
+
+
+def compile_expression(source: str, span: Span) -> Expression:
+    """Compile a bare expression; raises TemplateProblem."""
+    try:
+        # Parse as `{{ expr }}` so a stray `}}` or statement is a syntax error, not silently accepted.
+        tree = ENV.parse("{{ " + source + " }}")
+        compiled = ENV.compile_expression(source, undefined_to_none=False)
+    except (TemplateSyntaxError, TemplateAssertionError) as exc:
+        raise _problem(exc) from exc
+    return Expression(source, span, tuple(_references(tree)), compiled)
+
+
+# --- values ------------------------------------------------------------------------------------------------------
+
+_SINGLE_EXPRESSION = re.compile(r"^\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\n?$", re.DOTALL)
+
+
+class CompiledValue:
+    """A value field: literal, single expression (native type), text template, or a map/list of those."""
+
+    __slots__ = ()
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def templates(self) -> Iterator[TextTemplate | Expression]:
+        return iter(())
+
+    @property
+    def is_literal(self) -> bool:
+        return next(self.templates(), None) is None
+
+
+@dataclass(frozen=True, slots=True)
+class Literal(CompiledValue):
+    value: Any
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ExprValue(CompiledValue):
+    expression: Expression
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return self.expression.evaluate(context)
+
+    def templates(self) -> Iterator[TextTemplate | Expression]:
+        yield self.expression
+
+
+@dataclass(frozen=True, slots=True)
+class TextValue(CompiledValue):
+    template: TextTemplate
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return self.template.render(context)
+
+    def templates(self) -> Iterator[TextTemplate | Expression]:
+        yield self.template
+
+
+@dataclass(frozen=True, slots=True)
+class MapValue(CompiledValue):
+    items: tuple[tuple[str, CompiledValue], ...]
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return {key: value.evaluate(context) for key, value in self.items}
+
+    def templates(self) -> Iterator[TextTemplate | Expression]:
+        for _, value in self.items:
+            yield from value.templates()
+
+
+@dataclass(frozen=True, slots=True)
+class ListValue(CompiledValue):
+    items: tuple[CompiledValue, ...]
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return [value.evaluate(context) for value in self.items]
+
+    def templates(self) -> Iterator[TextTemplate | Expression]:
+        for value in self.items:
+            yield from value.templates()
+
+
+def has_template(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def compile_string_value(source: str, span: Span) -> CompiledValue:
+    """The value rule for one string: exactly one `{{ expr }}` → native; other templates → text; else literal."""
+    if not has_template(source):
+        return Literal(source)
+    match = _SINGLE_EXPRESSION.match(source)
+    if match:
+        return ExprValue(compile_expression(match.group("expr").strip(), span))
+    return TextValue(compile_text(source, span))

@@ -1,0 +1,127 @@
+"""The LLM provider port: a small protocol every model backend implements, and its request/response types.
+
+Built-ins: `openai` (the official SDK; OpenAI or any OpenAI-compatible server; flowctl.interpreter.openai_provider)
+and `scripted` (deterministic fixtures for offline runs and CI; flowctl.interpreter.scripted). Providers never retry
+on their own: the interpreter's policies own retries, so that every attempt is journaled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: `name` is unambiguous across servers (see tools.py)."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    id: str
+    name: str
+    arguments: str  # raw JSON text as the model produced it; parsed (and checked) by the tool loop
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # system | user | assistant | tool
+    content: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            data["name"] = self.name
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    output_schema: dict[str, Any] | None = None  # ask for JSON matching this schema
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, top_p, seed
+    timeout: float = 60.0
+    # Who is asking: lets the scripted provider match fixtures by agent/step. Not sent to real providers.
+    agent: str = ""
+    step: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [m.to_json() for m in self.messages],
+            "tools": [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in self.tools
+            ],
+            "output_schema": self.output_schema,
+            "params": self.params,
+        }
+
+    def digest(self) -> str:
+        """A stable hash of what is sent (journal and cache key); excludes timeouts and routing hints."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResponse:
+    content: str | None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    usage: Usage = Usage()
+    finish_reason: str = "stop"
+    model: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.tool_calls],
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompletionResponse:
+        usage = data.get("usage") or {}
+        return cls(
+            content=data.get("content"),
+            tool_calls=tuple(ToolCallRequest(c["id"], c["name"], c["arguments"]) for c in data.get("tool_calls", [])),
+            usage=Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))),
+            finish_reason=data.get("finish_reason", "stop"),
+            model=data.get("model", ""),
+        )
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """One model backend. Raises flowctl.interpreter.errors.ProviderError subclasses, never SDK exceptions."""
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
+
+    async def aclose(self) -> None: ...

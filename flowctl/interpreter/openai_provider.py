@@ -1,0 +1,490 @@
+"""The `openai` LLM provider: OpenAI, or any OpenAI-compatible server, through the official SDK.
+
+Stage: interpreter (providers). Chat completions are always streamed, because streaming is what makes a
+cut-off answer visible (no `finish_reason`), and turns every fault the SDK lets through silently (a
+chunk that is not JSON, an HTML page with status 200, an empty `choices`, tool-call arguments cut at
+max_tokens) into a typed `MalformedResponse`. The SDK client never retries (`max_retries=0`): the
+interpreter's policies own retries so that each attempt is journaled.
+
+`timeout` (per request, else per model) bounds connecting and each silence while reading: a stalled
+server fails after `timeout` seconds however long a healthy stream runs; the step policy's timeout
+bounds the whole call. This module is the only one that imports `openai`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import jsonschema
+import openai
+
+from flowctl.dsl.ir import ModelDef
+from flowctl.interpreter.errors import (
+    AuthError,
+    BadRequest,
+    ContextTooLong,
+    MalformedResponse,
+    OutputSchemaMismatch,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+)
+from flowctl.interpreter.llm import (
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    ToolCallRequest,
+    ToolSpec,
+    Usage,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+LOCAL_PLACEHOLDER_KEY = "not-needed"
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+_SENT_PARAMS = frozenset({"temperature", "max_tokens", "top_p", "seed"})
+_RESERVED_PARAMS = frozenset(
+    {"model", "messages", "tools", "stream", "stream_options", "response_format"}
+)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_CONTEXT_WORDS = re.compile(r"context.length|context.window|maximum context|too many tokens", re.I)
+_MAX_QUOTED = 300
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to call: the resolved base URL, its host (for messages) and the API key."""
+
+    base_url: str
+    host: str
+    api_key: str = field(repr=False)
+    key_env: str
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Expand `${VAR}` and `${VAR:-default}` (default when unset or empty); unset without default fails."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is not None:
+            return value
+        raise ProviderError(f"base_url refers to ${{{name}}}, but {name} is not set")
+
+    return _VAR.sub(substitute, text)
+
+
+def resolve_endpoint(model: ModelDef, env: Mapping[str, str]) -> Endpoint:
+    """base_url: the model's (expanded), else OPENAI_BASE_URL, else OpenAI; the key from api_key_env."""
+    base_url = expand_vars(model.base_url, env) if model.base_url else None
+    base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    host = _host_of(base_url)
+    key = env.get(model.api_key_env)
+    if not key:
+        if _is_local(base_url):
+            key = LOCAL_PLACEHOLDER_KEY
+        else:
+            raise AuthError(
+                f"no API key for model {model.model!r} at {host}: set {model.api_key_env} "
+                f"(the model's api_key_env) to your API key"
+            )
+    return Endpoint(base_url=base_url, host=host, api_key=key, key_env=model.api_key_env)
+
+
+def _host_of(url: str) -> str:
+    """host[:port] only: never user info, so a URL with credentials cannot leak into messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _is_local(url: str) -> bool:
+    hostname = urlsplit(url).hostname or ""
+    return hostname in _LOCAL_HOSTS or hostname.endswith(".localhost")
+
+
+# --- the provider -------------------------------------------------------------------------------
+
+
+class OpenAIProvider:
+    """An `LLMProvider` over the OpenAI SDK; one lazily built client per instance, closed by `aclose`."""
+
+    def __init__(self, model: ModelDef, env: Mapping[str, str] | None = None) -> None:
+        self.model = model
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self._endpoint: Endpoint | None = None
+        self._client: openai.AsyncOpenAI | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Resolved on first use, so a model that is never called never needs a key."""
+        if self._endpoint is None:
+            self._endpoint = resolve_endpoint(self.model, self._env)
+        return self._endpoint
+
+    def _get_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            endpoint = self.endpoint
+            self._client = openai.AsyncOpenAI(
+                api_key=endpoint.api_key,
+                base_url=endpoint.base_url,
+                max_retries=0,
+                timeout=self.model.timeout,
+            )
+        return self._client
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """One streamed chat completion; every failure becomes a ProviderError subclass."""
+        client = self._get_client()
+        call = _Call(request.model or self.model.model, self.endpoint, request.timeout)
+        try:
+            response = await self._stream(client, request, call)
+        except ProviderError as exc:
+            raise _redacted(exc, self.endpoint.api_key) from exc.__cause__
+        except (openai.OpenAIError, ValueError) as exc:
+            raise _redacted(map_error(exc, call), self.endpoint.api_key) from exc
+        if request.output_schema is not None and not response.tool_calls:
+            check_output(response, request.output_schema, call)
+        return response
+
+    async def _stream(
+        self, client: openai.AsyncOpenAI, request: CompletionRequest, call: _Call
+    ) -> CompletionResponse:
+        stream = await client.chat.completions.create(**build_arguments(request, call.model))
+        collector = _Collector(content_type=stream.response.headers.get("content-type", ""))
+        try:
+            async for chunk in stream:
+                collector.add(chunk)
+        finally:
+            with anyio.move_on_after(1, shield=True):
+                await stream.close()
+        return collector.finish(call)
+
+    async def aclose(self) -> None:
+        """Close the SDK client (its connection pool); a later call would build a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What messages name: the model, the host, and the timeout in force."""
+
+    model: str
+    endpoint: Endpoint
+    timeout: float
+
+    @property
+    def where(self) -> str:
+        return f"model {self.model!r} at {self.endpoint.host}"
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def build_arguments(request: CompletionRequest, model: str) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: streamed, with usage, flowctl's timeout."""
+    arguments: dict[str, Any] = {
+        "model": model,
+        "messages": [_message_json(m) for m in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timeout": request.timeout,
+    }
+    if request.tools:
+        arguments["tools"] = [_tool_json(t) for t in request.tools]
+    if request.output_schema is not None:
+        arguments["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": request.output_schema, "strict": False},
+        }
+    extra = {}
+    for name, value in request.params.items():
+        if name in _SENT_PARAMS:
+            arguments[name] = value
+        elif name not in _RESERVED_PARAMS:
+            extra[name] = value
+    if extra:
+        arguments["extra_body"] = extra
+    return arguments
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    return message.to_json()
+
+
+def _tool_json(tool: ToolSpec) -> dict[str, Any]:
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.input_schema}
+    return {"type": "function", "function": function}
+
+
+# --- the response -------------------------------------------------------------------------------
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Collector:
+    """Joins stream chunks into one response and notices what is missing at the end."""
+
+    content_type: str
+    events: int = 0
+    saw_choice: bool = False
+    content: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+    model: str = ""
+    usage: Usage | None = None
+
+    def add(self, chunk: object) -> None:
+        self.events += 1
+        data = _chunk_dict(chunk)
+        self.model = _text(data.get("model")) or self.model
+        if isinstance(data.get("usage"), dict):
+            self.usage = _usage(data["usage"])
+        choices = data.get("choices") or []
+        if not isinstance(choices, list):
+            raise MalformedResponse(f"stream chunk has 'choices' of type {type(choices).__name__}")
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self._add_choice(choice)
+
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        self.saw_choice = True
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise MalformedResponse("stream chunk has a 'delta' that is not an object")
+        if isinstance(delta.get("content"), str):
+            self.content.append(delta["content"])
+        for part in delta.get("tool_calls") or []:
+            self._add_call_part(part)
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+
+    def _add_call_part(self, part: object) -> None:
+        if not isinstance(part, dict):
+            raise MalformedResponse("stream chunk has a tool call that is not an object")
+        partial = self.calls.setdefault(int(part.get("index") or 0), _PartialCall())
+        partial.id = partial.id or _text(part.get("id"))
+        function = part.get("function") or {}
+        partial.name = partial.name or _text(function.get("name"))
+        partial.arguments.append(_text(function.get("arguments")))
+
+    def finish(self, call: _Call) -> CompletionResponse:
+        """Refuse what is not a whole answer; else build the response."""
+        self._check_complete(call)
+        tool_calls = tuple(self._tool_call(i, p, call) for i, p in sorted(self.calls.items()))
+        if self.finish_reason == "length":
+            _check_arguments(tool_calls, call)
+        return CompletionResponse(
+            content="".join(self.content) if self.content else None,
+            tool_calls=tool_calls,
+            usage=self.usage or Usage(),
+            finish_reason=self.finish_reason or "stop",
+            model=self.model or call.model,
+        )
+
+    def _check_complete(self, call: _Call) -> None:
+        if self.events == 0:
+            kind = self.content_type.split(";")[0].strip() or "no content type"
+            raise MalformedResponse(
+                f"{call.where} did not send an event stream (got {kind}); "
+                f"is the base URL an OpenAI-compatible API?"
+            )
+        if not self.saw_choice:
+            raise MalformedResponse(f"{call.where} answered with no choices")
+        if self.finish_reason is None:
+            raise MalformedResponse(
+                f"the stream from {call.where} ended without a finish_reason (cut off)"
+            )
+
+    def _tool_call(self, index: int, partial: _PartialCall, call: _Call) -> ToolCallRequest:
+        if not partial.name:
+            raise MalformedResponse(f"{call.where} sent tool call #{index} without a name")
+        call_id = partial.id or f"call_{index}"
+        return ToolCallRequest(id=call_id, name=partial.name, arguments="".join(partial.arguments))
+
+
+def _chunk_dict(chunk: object) -> dict[str, Any]:
+    if isinstance(chunk, openai.BaseModel):
+        return chunk.to_dict(warnings=False)
+    raise MalformedResponse(f"stream event is not a chat completion chunk: {_quote(repr(chunk))}")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    def number(key: str) -> int:
+        value = data.get(key)
+        return value if isinstance(value, int) else 0
+
+    return Usage(input_tokens=number("prompt_tokens"), output_tokens=number("completion_tokens"))
+
+
+def _check_arguments(tool_calls: tuple[ToolCallRequest, ...], call: _Call) -> None:
+    """At finish_reason 'length', arguments that do not parse were cut off: the answer is broken.
+
+    Otherwise bad arguments are the tool loop's business (it tells the model)."""
+    for tool_call in tool_calls:
+        try:
+            json.loads(tool_call.arguments or "{}")
+        except ValueError:
+            raise MalformedResponse(
+                f"{call.where} stopped at max_tokens (finish_reason 'length') inside the "
+                f"arguments of tool call {tool_call.name!r}; raise max_tokens"
+            ) from None
+
+
+def check_output(response: CompletionResponse, schema: dict[str, Any], call: _Call) -> None:
+    """Structured output: the content must be JSON matching the schema (it stays JSON text)."""
+    try:
+        value = json.loads(response.content or "")
+    except ValueError as exc:
+        cut = " (cut off at max_tokens)" if response.finish_reason == "length" else ""
+        raise OutputSchemaMismatch(
+            f"output of {call.where} is not valid JSON{cut}: {exc}; "
+            f"got {_quote(response.content or '')}"
+        ) from None
+    problem = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
+    )
+    if problem is not None:
+        raise OutputSchemaMismatch(
+            f"output of {call.where} does not match the output schema: "
+            f"at {problem.json_path}: {problem.message}"
+        )
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def map_error(exc: BaseException, call: _Call) -> ProviderError:
+    """Translate an SDK (or decoding) failure into the flowctl error tree."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(f"{call.where} did not answer within {call.timeout:g}s (timeout)")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+        return ProviderUnavailable(f"cannot connect to {call.where} ({cause})")
+    if isinstance(exc, openai.APIStatusError):
+        return _map_status(exc, call)
+    if isinstance(exc, openai.APIError):
+        return _map_stream_error(exc, call)
+    if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError from the SSE decoder
+        return MalformedResponse(f"{call.where} sent a stream chunk that is not JSON: {exc}")
+    return ProviderError(f"openai client error for {call.where}: {exc}")
+
+
+def _map_status(exc: openai.APIStatusError, call: _Call) -> ProviderError:
+    status, detail = exc.status_code, _detail(exc)
+    if status == 429:
+        return _map_429(exc, call, detail)
+    if status in (401, 403):
+        return AuthError(
+            f"{call.where} refused the API key from {call.endpoint.key_env} ({status}): {detail}"
+        )
+    if status == 408:
+        return ProviderTimeout(f"{call.where} timed out on the server side (408): {detail}")
+    if _is_context_error(exc, detail) and status in (400, 413, 422):
+        return ContextTooLong(f"the prompt is too long for {call.where} ({status}): {detail}")
+    if status >= 500 or status == 409:
+        return ProviderUnavailable(f"{call.where} failed with a server error ({status}): {detail}")
+    return BadRequest(f"{call.where} rejected the request ({status}): {detail}")
+
+
+def _map_429(exc: openai.APIStatusError, call: _Call, detail: str) -> ProviderError:
+    if "insufficient_quota" in (exc.code, exc.type):
+        return QuotaExhausted(
+            f"quota exhausted for {call.where} — not retried; check billing (429): {detail}"
+        )
+    retry_after = parse_retry_after(exc.response.headers)
+    hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
+    return RateLimited(f"rate limited by {call.where} (429): {detail}{hint}", retry_after=retry_after)
+
+
+def _map_stream_error(exc: openai.APIError, call: _Call) -> ProviderError:
+    """An error event inside a 200 stream: classify by its code, else treat as a server fault."""
+    detail = _quote(exc.message)
+    if "insufficient_quota" in (exc.code, exc.type):
+        return QuotaExhausted(f"quota exhausted for {call.where} — not retried; check billing: {detail}")
+    if exc.code in ("rate_limit_exceeded", "rate_limit") or exc.type == "rate_limit_error":
+        return RateLimited(f"rate limited by {call.where} (in stream): {detail}")
+    if _is_context_error(exc, detail):
+        return ContextTooLong(f"the prompt is too long for {call.where}: {detail}")
+    return ProviderUnavailable(f"{call.where} reported an error inside the stream: {detail}")
+
+
+def _is_context_error(exc: openai.APIError, detail: str) -> bool:
+    return exc.code == "context_length_exceeded" or bool(_CONTEXT_WORDS.search(detail))
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """The server's own message (not the SDK's 'Error code: N - ...' wrapper), shortened."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return _quote(body["message"])
+    if isinstance(body, str) and body.strip():
+        return _quote(body)
+    return exc.response.reason_phrase or "no details"
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(millis / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number == number and number != float("inf") else None
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 1] + "…"
+
+
+def _redacted(exc: ProviderError, api_key: str) -> ProviderError:
+    """The same error with the API key masked out of its message (servers may echo it)."""
+    if api_key and api_key != LOCAL_PLACEHOLDER_KEY and api_key in exc.message:
+        exc.message = exc.message.replace(api_key, "***")
+        exc.args = (exc.message,)
+    return exc

@@ -1,0 +1,628 @@
+"""The embedded run store: `RunStore` on one SQLite file (by default `<cwd>/.flowctl/runs.db`).
+
+Durability (see `store.py` and ARCHITECTURE.md, "Durability contract"):
+- `record_call`, `create_run`, `reopen_run`, `finish_run` and `send_signal` commit before they
+  return. WAL with `synchronous=NORMAL` makes a commit survive a killed process (the contract)
+  without an fsync per commit; only a power loss may drop the last commits.
+- Observability writes (`step_started`, `step_finished`, `record_event`, `record_state_change`,
+  `cache_put`) are group-committed: they join one open transaction, committed at the next durable
+  write, at `flush()`/`close()`, once more than `max_pending` (64) writes wait, or `max_delay`
+  (50 ms) after the first waiting write. A background thread enforces the delay while the
+  interpreter is idle (waiting on an LLM, a timer or a signal), so the write lock is never held
+  longer than that and `flowctl signal` in another process gets through. A killed process loses
+  at most those uncommitted writes; the file stays consistent.
+- Reads use the same connection, so they see this process's uncommitted writes.
+- Every value written passes through the `Redactor` first.
+
+The interpreter is single-threaded async and the calls are short, so one connection serves it;
+a lock serialises it with the flusher thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from flowctl.interpreter.redact import Redactor
+from flowctl.interpreter.store import (
+    CallRecord,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StateChange,
+    StepRecord,
+    StepStatus,
+)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+MAX_PENDING_WRITES = 64
+MAX_COMMIT_DELAY = 0.05
+
+_SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES runs (run_id) ON DELETE SET NULL,
+        pipeline TEXT NOT NULL,
+        file TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        inputs TEXT NOT NULL,
+        outputs TEXT,
+        error TEXT,
+        source_digest TEXT NOT NULL DEFAULT '',
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at)",
+    "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id)",
+    """CREATE TABLE IF NOT EXISTS steps (
+        seq INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        output TEXT,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (run_id, path)
+    )""",
+    """CREATE TABLE IF NOT EXISTS calls (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        request_digest TEXT NOT NULL,
+        result TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (run_id, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        data TEXT,
+        source TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        data TEXT,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS signals_by_run ON signals (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS state_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step TEXT NOT NULL,
+        keys TEXT NOT NULL,
+        "values" TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS state_changes_by_run ON state_changes (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS cache (
+        digest TEXT PRIMARY KEY,
+        result TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+)
+
+# MIGRATIONS[i] upgrades a file from user_version i to i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+
+_RUN_COLUMNS = (
+    "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
+    "source_digest, input_tokens, output_tokens, cost"
+)
+_STEP_COLUMNS = (
+    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, "
+    "input_tokens, output_tokens"
+)
+_STEP_STARTED_SQL = """
+    INSERT INTO steps (run_id, path, kind, status, attempts, started_at) VALUES (?, ?, ?, ?, 1, ?)
+    ON CONFLICT (run_id, path) DO UPDATE SET
+        kind = excluded.kind, status = excluded.status, attempts = steps.attempts + 1,
+        started_at = excluded.started_at, finished_at = NULL, output = NULL, error = NULL"""
+_STEP_FINISHED_SQL = """
+    INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error,
+                       input_tokens, output_tokens)
+    VALUES (?, ?, '', ?, 0, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (run_id, path) DO UPDATE SET
+        status = excluded.status, finished_at = excluded.finished_at, output = excluded.output,
+        error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
+        output_tokens = steps.output_tokens + excluded.output_tokens"""
+_RECORD_CALL_SQL = """
+    INSERT INTO calls (run_id, key, request_digest, result, recorded_at) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        request_digest = excluded.request_digest, result = excluded.result,
+        recorded_at = excluded.recorded_at"""
+
+_id_lock = threading.Lock()
+_last_id: tuple[str, int] = ("", 0)
+
+
+def new_run_id() -> str:
+    """A short, unique id that sorts by creation time: `r-YYYYMMDD-HHMMSS-xxxxxx`.
+
+    The time is UTC to the second; `xxxxxx` is 6 hex digits, random per second (24 bits, so ids
+    from different processes collide with odds of 1 in 16 million per pair within one second) and
+    incremented for further ids in the same second of this process, so they still sort in order.
+    """
+    global _last_id
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    with _id_lock:
+        last_stamp, last_suffix = _last_id
+        suffix = last_suffix + 1 if stamp == last_stamp else secrets.randbelow(0x800000)
+        _last_id = (stamp, suffix)
+    return f"r-{stamp}-{suffix:06x}"
+
+
+def default_store_path(cwd: Path | None = None) -> Path:
+    """Where a project's runs live: `<cwd>/.flowctl/runs.db`."""
+    return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run_from_row(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        pipeline=row["pipeline"],
+        file=row["file"],
+        status=RunStatus(row["status"]),
+        started_at=row["started_at"],
+        parent_id=row["parent_id"],
+        finished_at=row["finished_at"],
+        inputs=_load(row["inputs"]),
+        outputs=_load(row["outputs"]),
+        error=_load(row["error"]),
+        source_digest=row["source_digest"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cost=row["cost"],
+    )
+
+
+def _step_from_row(row: sqlite3.Row) -> StepRecord:
+    return StepRecord(
+        run_id=row["run_id"],
+        path=row["path"],
+        kind=row["kind"],
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        output=_load(row["output"]),
+        error=_load(row["error"]),
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+    )
+
+
+class SqliteRunStore:
+    """`RunStore` on an SQLite file, shared safely by the interpreter and `flowctl` commands.
+
+    `redactor` defaults to one built from `os.environ`, so secrets stay out of the file even when
+    the caller forgets to pass one. Use it as a context manager or call `close()`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        redactor: Redactor | None = None,
+        max_pending: int = MAX_PENDING_WRITES,
+        max_delay: float = MAX_COMMIT_DELAY,
+    ) -> None:
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self._redactor = redactor if redactor is not None else Redactor.from_env(os.environ)
+        self._max_pending = max_pending
+        self._max_delay = max_delay
+        self._lock = threading.RLock()
+        self._wakeup = threading.Condition(self._lock)
+        self._pending = 0
+        self._first_pending_at = 0.0
+        self._flusher: threading.Thread | None = None
+        self._flush_error: sqlite3.Error | None = None
+        self._closed = False
+        self._conn = self._connect()
+        self._migrate()
+
+    # -- connection and schema -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """One autocommit connection; transactions are explicit so group commit is ours to steer."""
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = self.schema_version
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"run store {self.path} has schema version {version}; this flowctl "
+                        f"understands up to {SCHEMA_VERSION} (upgrade flowctl)"
+                    )
+                for statements in MIGRATIONS[version:]:
+                    for statement in statements:
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the file (`PRAGMA user_version`)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- writing: redaction and group commit -----------------------------------------------------
+
+    def _dump(self, value: Any) -> str | None:
+        """Redacted JSON text; odd values become their (redacted) `str`; None stays NULL."""
+        if value is None:
+            return None
+        redactor = self._redactor
+        return json.dumps(
+            redactor.redact(value),
+            ensure_ascii=False,
+            default=lambda odd: redactor.redact_text(str(odd)),
+        )
+
+    def _grouped(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
+        """Run a write in the open group transaction; commit when the group is full or old."""
+        if not self._conn.in_transaction:
+            self._begin_group()
+        cursor = self._conn.execute(sql, tuple(params))
+        self._pending += 1
+        if (
+            self._pending > self._max_pending
+            or time.monotonic() - self._first_pending_at > self._max_delay
+        ):
+            self._commit()
+        return cursor
+
+    def _durable(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
+        """Run a write and commit it (with any grouped writes) before returning."""
+        cursor = self._conn.execute(sql, tuple(params))
+        self._commit()
+        return cursor
+
+    def _begin_group(self) -> None:
+        self._raise_flush_error()
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._first_pending_at = time.monotonic()
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="flowctl-store-flush", daemon=True
+            )
+            self._flusher.start()
+        self._wakeup.notify()
+
+    def _commit(self) -> None:
+        self._raise_flush_error()
+        if self._conn.in_transaction:
+            self._conn.commit()
+        self._pending = 0
+
+    def _raise_flush_error(self) -> None:
+        if self._flush_error is not None:
+            error, self._flush_error = self._flush_error, None
+            raise error
+
+    def _flush_loop(self) -> None:
+        """Background: commit a group `max_delay` after its first write if nothing else did."""
+        with self._wakeup:
+            while not self._closed:
+                if not self._conn.in_transaction:
+                    self._wakeup.wait()
+                    continue
+                due = self._first_pending_at + self._max_delay - time.monotonic()
+                if due > 0:
+                    self._wakeup.wait(due)
+                    continue
+                try:
+                    self._commit()
+                except sqlite3.Error as error:  # surfaced to the interpreter at its next write
+                    self._flush_error = error
+                    return
+
+    def flush(self) -> None:
+        """Commit every grouped write now."""
+        with self._lock:
+            self._commit()
+
+    def close(self) -> None:
+        """Commit pending writes, stop the flusher and close the file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wakeup.notify_all()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            try:
+                self._commit()
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> SqliteRunStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, record: RunRecord) -> None:
+        """Insert a run and commit, so other processes (`flowctl signal`, `runs`) see it at once."""
+        params = (
+            record.run_id,
+            record.parent_id,
+            record.pipeline,
+            record.file,
+            record.status.value,
+            record.started_at,
+            record.finished_at,
+            self._dump(record.inputs) or "{}",
+            self._dump(record.outputs),
+            self._dump(record.error),
+            record.source_digest,
+            record.input_tokens,
+            record.output_tokens,
+            record.cost,
+        )
+        sql = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(params))})"
+        with self._lock:
+            self._durable(sql, params)
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> None:
+        """Record the outcome and totals of a run and commit everything pending."""
+        sql = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error = ?,
+                 input_tokens = ?, output_tokens = ?, cost = ? WHERE run_id = ?"""
+        params = (
+            status.value,
+            time.time(),
+            self._dump(outputs),
+            self._dump(error),
+            input_tokens,
+            output_tokens,
+            cost,
+            run_id,
+        )
+        with self._lock:
+            self._require_updated(self._durable(sql, params), run_id)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run as running again for resume: clears finished_at, outputs and error."""
+        sql = """UPDATE runs SET status = ?, finished_at = NULL, outputs = NULL, error = NULL
+                 WHERE run_id = ?"""
+        with self._lock:
+            self._require_updated(self._durable(sql, (RunStatus.RUNNING.value, run_id)), run_id)
+
+    @staticmethod
+    def _require_updated(cursor: sqlite3.Cursor, run_id: str) -> None:
+        if cursor.rowcount == 0:
+            raise KeyError(f"unknown run {run_id!r}")
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else _run_from_row(row)
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recent runs, newest first."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (limit,)).fetchall()
+        return [_run_from_row(row) for row in rows]
+
+    def child_runs(self, run_id: str) -> list[RunRecord]:
+        """Runs started by `run_id` (child pipelines), oldest first."""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY started_at, run_id"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (run_id,)).fetchall()
+        return [_run_from_row(row) for row in rows]
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
+        """Mark a step running. `attempts` counts calls (across resumes too); `attempt` is advisory.
+
+        A retry restarts the step's clock and clears the previous attempt's output and error.
+        """
+        params = (run_id, path, kind, StepStatus.RUNNING.value, time.time())
+        with self._lock:
+            self._grouped(_STEP_STARTED_SQL, params)
+
+    def step_finished(
+        self,
+        run_id: str,
+        path: str,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """Record a step's outcome. Tokens add up over attempts: the step's cost includes retries.
+
+        A step finished without being started (e.g. skipped) gets a row with kind "" and 0 attempts.
+        """
+        now = time.time()
+        params = (
+            run_id,
+            path,
+            status.value,
+            now,
+            now,
+            self._dump(output),
+            self._dump(error),
+            input_tokens,
+            output_tokens,
+        )
+        with self._lock:
+            self._grouped(_STEP_FINISHED_SQL, params)
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        """The run's steps in the order they first started."""
+        sql = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY seq"
+        with self._lock:
+            rows = self._conn.execute(sql, (run_id,)).fetchall()
+        return [_step_from_row(row) for row in rows]
+
+    # -- side effects ----------------------------------------------------------------------------
+
+    def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
+        sql = "SELECT request_digest, result, recorded_at FROM calls WHERE run_id = ? AND key = ?"
+        with self._lock:
+            row = self._conn.execute(sql, (run_id, key)).fetchone()
+        if row is None:
+            return None
+        return CallRecord(run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"])
+
+    def record_call(
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any]
+    ) -> None:
+        """Journal a completed side effect; committed (durable) before returning.
+
+        One row per (run, key): recording a key again (a forced re-run) replaces the result.
+        """
+        params = (run_id, key, request_digest, self._dump(result), time.time())
+        with self._lock:
+            self._durable(_RECORD_CALL_SQL, params)
+
+    # -- events, signals, state ------------------------------------------------------------------
+
+    def record_event(self, run_id: str, name: str, data: Any, source: str) -> int:
+        sql = "INSERT INTO events (run_id, name, data, source, at) VALUES (?, ?, ?, ?, ?)"
+        params = (run_id, self._redactor.redact_text(name), self._dump(data), source, time.time())
+        with self._lock:
+            seq = self._grouped(sql, params).lastrowid
+        assert seq is not None
+        return seq
+
+    def events(self, run_id: str) -> list[EventRecord]:
+        sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = ? ORDER BY seq"
+        with self._lock:
+            rows = self._conn.execute(sql, (run_id,)).fetchall()
+        return [
+            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), row["source"], row["at"])
+            for row in rows
+        ]
+
+    def send_signal(self, run_id: str, name: str, data: Any) -> int:
+        """Queue an external event for a run (from any process); committed before returning."""
+        if self.get_run(run_id) is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        sql = "INSERT INTO signals (run_id, name, data, at) VALUES (?, ?, ?, ?)"
+        params = (run_id, self._redactor.redact_text(name), self._dump(data), time.time())
+        with self._lock:
+            seq = self._durable(sql, params).lastrowid
+        assert seq is not None
+        return seq
+
+    def take_signals(self, run_id: str, after_seq: int) -> list[EventRecord]:
+        """Signals for `run_id` with seq > after_seq, oldest first (source "signal")."""
+        sql = "SELECT seq, name, data, at FROM signals WHERE run_id = ? AND seq > ? ORDER BY seq"
+        with self._lock:
+            rows = self._conn.execute(sql, (run_id, after_seq)).fetchall()
+        return [
+            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), "signal", row["at"])
+            for row in rows
+        ]
+
+    def record_state_change(self, run_id: str, step: str, values: dict[str, Any]) -> None:
+        redacted = self._redactor.redact(values)
+        sql = (
+            'INSERT INTO state_changes (run_id, step, keys, "values", at) VALUES (?, ?, ?, ?, ?)'
+        )
+        params = (run_id, step, self._dump(list(redacted)), self._dump(redacted), time.time())
+        with self._lock:
+            self._grouped(sql, params)
+
+    def state_changes(self, run_id: str) -> list[StateChange]:
+        sql = (
+            'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (run_id,)).fetchall()
+        return [
+            StateChange(
+                row["seq"], run_id, row["step"], _load(row["keys"]), _load(row["values"]), row["at"]
+            )
+            for row in rows
+        ]
+
+    # -- response cache --------------------------------------------------------------------------
+
+    def cache_get(self, digest: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT result FROM cache WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else _load(row["result"])
+
+    def cache_put(self, digest: str, result: dict[str, Any]) -> None:
+        """Remember a response for identical requests; grouped (a lost entry is only a miss)."""
+        sql = """INSERT INTO cache (digest, result, created_at) VALUES (?, ?, ?)
+                 ON CONFLICT (digest) DO UPDATE SET result = excluded.result,
+                 created_at = excluded.created_at"""
+        with self._lock:
+            self._grouped(sql, (digest, self._dump(result), time.time()))

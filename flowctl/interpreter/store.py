@@ -1,0 +1,157 @@
+"""The run-store port: the journal of runs, steps, side-effect results, events, signals and state changes.
+
+The interpreter only talks to this protocol, so a distributed durable engine can stand behind the same interpreter
+later. The embedded default is SQLite (`sqlite_store.SqliteRunStore`).
+
+Durability contract (see shared/design/ARCHITECTURE.md): side effects (LLM and tool calls) run at least once; their
+completed results are recorded exactly once, keyed by (run id, call key); a resumed run looks each call up before
+making it and never pays twice. `record_call` returns only once the result is durable (committed).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class RunStatus(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class RunRecord:
+    run_id: str
+    pipeline: str
+    file: str
+    status: RunStatus
+    started_at: float
+    parent_id: str | None = None
+    finished_at: float | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    source_digest: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(slots=True)
+class StepRecord:
+    run_id: str
+    path: str  # e.g. "analyses/sentiment", "per_task[2]", "refine#3/judge"
+    kind: str
+    status: StepStatus
+    attempts: int
+    started_at: float
+    finished_at: float | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """A completed side effect: an LLM completion or a tool call, with the digest of its rendered request."""
+
+    run_id: str
+    key: str  # step path + call index, e.g. "summary/llm#0", "summary/tool:time.get_current_time#1"
+    request_digest: str
+    result: dict[str, Any]
+    recorded_at: float
+
+
+@dataclass(slots=True)
+class EventRecord:
+    seq: int
+    run_id: str
+    name: str
+    data: Any
+    source: str  # step path, "signal", or "system"
+    at: float
+
+
+@dataclass(slots=True)
+class StateChange:
+    seq: int
+    run_id: str
+    step: str
+    keys: list[str]
+    values: dict[str, Any]
+    at: float
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    # runs
+    def create_run(self, record: RunRecord) -> None: ...
+    def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> None: ...
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a failed/cancelled/interrupted run as running again (for resume)."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+    def list_runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def child_runs(self, run_id: str) -> list[RunRecord]: ...
+
+    # steps (observability: status, attempts, timings, tokens, errors)
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None: ...
+    def step_finished(
+        self,
+        run_id: str,
+        path: str,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None: ...
+    def steps(self, run_id: str) -> list[StepRecord]: ...
+
+    # side effects: the durable part
+    def lookup_call(self, run_id: str, key: str) -> CallRecord | None: ...
+    def record_call(self, run_id: str, key: str, request_digest: str, result: dict[str, Any]) -> None: ...
+
+    # events, signals, state
+    def record_event(self, run_id: str, name: str, data: Any, source: str) -> int: ...
+    def events(self, run_id: str) -> list[EventRecord]: ...
+    def send_signal(self, run_id: str, name: str, data: Any) -> int:
+        """Called from another process (`flowctl signal`): queue an external event for a run."""
+        ...
+
+    def take_signals(self, run_id: str, after_seq: int) -> list[EventRecord]:
+        """Signals for `run_id` with seq > after_seq, oldest first."""
+        ...
+
+    def record_state_change(self, run_id: str, step: str, values: dict[str, Any]) -> None: ...
+    def state_changes(self, run_id: str) -> list[StateChange]: ...
+
+    # response cache (opt-in with --cache): identical requests across runs
+    def cache_get(self, digest: str) -> dict[str, Any] | None: ...
+    def cache_put(self, digest: str, result: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,45 @@
+"""The tool port: how the interpreter reaches MCP servers. The real implementation is `mcp_pool.McpPool`.
+
+One pool per run: it owns one session per server, started lazily and shared by every agent and tool step that names
+the server, and closes them all at the end of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from flowctl.dsl.ir import ServerDef
+from flowctl.interpreter.llm import ToolSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool's answer. `value` is the structured content when the server sent it, else the text."""
+
+    text: str
+    value: Any
+    is_error: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "value": self.value, "is_error": self.is_error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ToolResult:
+        return cls(data.get("text", ""), data.get("value"), bool(data.get("is_error", False)))
+
+
+@runtime_checkable
+class ToolPool(Protocol):
+    async def list_tools(self, server: ServerDef) -> list[ToolSpec]:
+        """The server's tools (names as the server spells them), filtered by its `allowed_tools`; cached per run."""
+        ...
+
+    async def call_tool(self, server: ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
+        """Call one tool. A tool-reported error returns ToolResult(is_error=True) — never raises for it;
+        transport faults raise ServerStartError / ServerCrashed / ToolTimeout (flowctl.interpreter.errors)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every session and make sure no server process is left running."""
+        ...
