@@ -169,6 +169,346 @@ def _render_image(dot_text: str, fmt: str, output: str | None) -> None:
     subprocess.run([dot, f"-T{fmt}", "-o", output], input=dot_text.encode(), check=True)
 
 
+# --- run, resume and the run store -----------------------------------------------------------------------------
+
+_store_option = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False),
+    help="Run store file (default: .flowctl/runs.db in the working directory).",
+)
+
+
+def _open_store(store_path: str | None) -> Any:
+    from flowctl.interpreter.sqlite_store import SqliteRunStore, default_store_path
+
+    return SqliteRunStore(Path(store_path) if store_path else default_store_path())
+
+
+def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
+    from flowctl.interpreter.inputs import parse_cli_value
+
+    values: dict[str, Any] = {}
+    if inputs_file:
+        try:
+            loaded = json.loads(Path(inputs_file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise click.UsageError(f"--inputs {inputs_file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise click.UsageError(f"--inputs {inputs_file}: expected a JSON object")
+        values.update(loaded)
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise click.UsageError(f"-i {pair!r}: write inputs as key=value")
+        values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+    return values
+
+
+def _reporter(quiet: bool, events_file: str | None) -> Any:
+    from flowctl.interpreter.progress import JsonlReporter, LineReporter, MultiReporter, Reporter, TtyReporter
+
+    reporters: list[Reporter] = []
+    if not quiet:
+        reporters.append(TtyReporter() if sys.stderr.isatty() else LineReporter())
+    if events_file:
+        reporters.append(JsonlReporter(events_file))
+    return MultiReporter(reporters)
+
+
+def _load_fixture(path: str | None) -> Any:
+    if path is None:
+        return None
+    from flowctl.interpreter.errors import FlowctlError
+    from flowctl.interpreter.scripted import load_fixture
+
+    try:
+        return load_fixture(Path(path))
+    except FlowctlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _execute(start: Any, reporter: Any) -> Any:
+    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143)."""
+    import signal
+
+    import anyio
+
+    received: list[int] = []
+
+    async def main() -> Any:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            outcome = await start()
+            tg.cancel_scope.cancel()
+            return outcome
+
+    try:
+        outcome = anyio.run(main)
+    finally:
+        reporter.close()
+    if received:
+        name = "SIGTERM" if received[0] == signal.SIGTERM else "SIGINT"
+        click.echo(f"interrupted by {name}: the run is marked cancelled and can be resumed", err=True)
+        sys.exit(143 if received[0] == signal.SIGTERM else 130)
+    return outcome
+
+
+def _report_outcome(outcome: Any, output: str) -> None:
+    result = {
+        "run_id": outcome.run_id,
+        "status": outcome.status.value,
+        "outputs": outcome.outputs,
+        "error": outcome.error.to_json() if outcome.error else None,
+        "usage": {
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "cost": round(outcome.cost, 6),
+        },
+        "calls": {"executed": outcome.calls_executed, "replayed": outcome.calls_replayed},
+    }
+    if output == "json":
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    else:
+        if outcome.outputs is not None:
+            click.echo(json.dumps(outcome.outputs, indent=2, ensure_ascii=False, default=str))
+        if outcome.error is not None:
+            click.echo(f"run {outcome.run_id} failed: {outcome.error}", err=True)
+            click.echo(
+                f"inspect it with `flowctl show {outcome.run_id}`, resume it with `flowctl resume {outcome.run_id}`",
+                err=True,
+            )
+    if outcome.error is not None:
+        sys.exit(EXIT_FAILED)
+
+
+def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
+    from flowctl.interpreter.runner import RunOptions
+
+    return RunOptions(scripted=_load_fixture(scripted), cache=cache, force=force, reporter=reporter)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input (repeatable).")
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False), help="Inputs as a JSON file.")
+@_store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--scripted",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Answer every model from this fixture (offline; see docs/scripted.md).",
+)
+@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+def run(
+    file: str,
+    pairs: tuple[str, ...],
+    inputs_file: str | None,
+    store_path: str | None,
+    output: str,
+    scripted: str | None,
+    cache: bool,
+    quiet: bool,
+    events_file: str | None,
+) -> None:
+    """Run a pipeline."""
+    from flowctl.interpreter.errors import InputError
+    from flowctl.interpreter.runner import run_graph
+
+    graph = _load_or_exit(file)
+    inputs = _parse_inputs(graph, pairs, inputs_file)
+    options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
+    store = _open_store(store_path)
+    try:
+        outcome = _execute(lambda: run_graph(graph, inputs, store, options), options.reporter)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        store.close()
+    _report_outcome(outcome, output)
+
+
+@main.command()
+@click.argument("run_id")
+@_store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--scripted", type=click.Path(exists=True, dir_okay=False), help="Answer models from this fixture.")
+@click.option("--force", is_flag=True, help="Resume even if recorded requests changed (re-executes those calls).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def resume(run_id: str, store_path: str | None, output: str, scripted: str | None, force: bool, quiet: bool) -> None:
+    """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
+    from flowctl.interpreter.errors import InputError
+    from flowctl.interpreter.runner import load_resumable, run_graph
+
+    store = _open_store(store_path)
+    try:
+        try:
+            record = load_resumable(store, run_id)
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        graph = _load_or_exit(record.file)
+        options = _run_options(scripted, False, force, _reporter(quiet, None))
+        outcome = _execute(
+            lambda: run_graph(graph, record.inputs, store, options, run_id=run_id, resuming=True), options.reporter
+        )
+    finally:
+        store.close()
+    _report_outcome(outcome, output)
+
+
+@main.command()
+@_store_option
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def runs(store_path: str | None, limit: int, output: str) -> None:
+    """List recent runs."""
+    import time as _time
+
+    store = _open_store(store_path)
+    try:
+        records = [r for r in store.list_runs(limit * 4) if r.parent_id is None][:limit]
+    finally:
+        store.close()
+    if output == "json":
+        click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
+        return
+    for r in records:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
+        took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
+        click.echo(
+            f"{r.run_id}  {r.status.value:<9}  {when}  {took:>7}  "
+            f"{r.input_tokens + r.output_tokens:>7} tok  {r.pipeline}"
+        )
+
+
+def _run_json(record: Any) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id,
+        "pipeline": record.pipeline,
+        "file": record.file,
+        "status": record.status.value,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "parent_id": record.parent_id,
+        "inputs": record.inputs,
+        "outputs": record.outputs,
+        "error": record.error,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost": record.cost,
+    }
+
+
+def _show_json(store: Any, run_id: str) -> dict[str, Any]:
+    record = store.get_run(run_id)
+    data = _run_json(record)
+    data["steps"] = [
+        {
+            "path": s.path,
+            "kind": s.kind,
+            "status": s.status.value,
+            "attempts": s.attempts,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "input_tokens": s.input_tokens,
+            "output_tokens": s.output_tokens,
+            "error": s.error,
+            "output": s.output,
+        }
+        for s in store.steps(run_id)
+    ]
+    data["events"] = [{"name": e.name, "data": e.data, "source": e.source, "at": e.at} for e in store.events(run_id)]
+    data["state_changes"] = [
+        {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
+    ]
+    data["children"] = [_show_json(store, child.run_id) for child in store.child_runs(run_id)]
+    return data
+
+
+def _show_text(data: dict[str, Any], indent: str = "") -> None:
+    took = f" in {data['finished_at'] - data['started_at']:.2f}s" if data["finished_at"] else ""
+    click.echo(
+        f"{indent}{data['run_id']}  {data['pipeline']}  {data['status']}{took}  "
+        f"{data['input_tokens'] + data['output_tokens']} tok"
+    )
+    if data["error"]:
+        click.echo(f"{indent}  error: {data['error'].get('message')}")
+    children = {c["run_id"].rsplit("/", 1)[-1] if "/" in c["run_id"] else c["run_id"]: c for c in data["children"]}
+    mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "…", "cancelled": "⊘"}
+    for step in data["steps"]:
+        took = f"{step['finished_at'] - step['started_at']:.2f}s" if step["finished_at"] and step["started_at"] else "-"
+        tokens = step["input_tokens"] + step["output_tokens"]
+        attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        click.echo(
+            f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
+            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{attempts}"
+        )
+        if step["error"]:
+            click.echo(f"{indent}      {step['error'].get('message')}")
+        child = children.get(step["path"])
+        if child is not None:
+            _show_text(child, indent + "      ")
+    if data["events"]:
+        click.echo(f"{indent}  events: " + ", ".join(f"{e['name']} ({e['source']})" for e in data["events"]))
+
+
+@main.command()
+@click.argument("run_id")
+@_store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def show(run_id: str, store_path: str | None, output: str) -> None:
+    """Show a run's step tree: status, attempts, timings, tokens, errors, events."""
+    store = _open_store(store_path)
+    try:
+        if store.get_run(run_id) is None:
+            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
+            sys.exit(EXIT_USAGE)
+        data = _show_json(store, run_id)
+    finally:
+        store.close()
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        _show_text(data)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("event")
+@click.option("--data", "data_text", default="null", help="The event's payload as JSON.")
+@_store_option
+def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
+    """Send an external event (e.g. a human approval) to a running pipeline."""
+    try:
+        data = json.loads(data_text)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--data is not JSON: {exc}") from None
+    store = _open_store(store_path)
+    try:
+        record = store.get_run(run_id)
+        if record is None:
+            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
+            sys.exit(EXIT_USAGE)
+        seq = store.send_signal(run_id, event, data)
+    finally:
+        store.close()
+    note = "" if record.status.value == "running" else f" (the run is {record.status.value}; it sees it if resumed)"
+    click.echo(f"sent {event!r} to {run_id} as signal #{seq}{note}")
+
+
 def run_cli() -> None:  # pragma: no cover - console entry for `python -m flowctl`
     main()
 

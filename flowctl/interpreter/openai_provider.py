@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -43,7 +44,6 @@ from flowctl.interpreter.errors import (
 from flowctl.interpreter.llm import (
     CompletionRequest,
     CompletionResponse,
-    Message,
     ToolCallRequest,
     ToolSpec,
     Usage,
@@ -53,9 +53,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_PLACEHOLDER_KEY = "not-needed"
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 _SENT_PARAMS = frozenset({"temperature", "max_tokens", "top_p", "seed"})
-_RESERVED_PARAMS = frozenset(
-    {"model", "messages", "tools", "stream", "stream_options", "response_format"}
-)
+_RESERVED_PARAMS = frozenset({"model", "messages", "tools", "stream", "stream_options", "response_format"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CONTEXT_WORDS = re.compile(r"context.length|context.window|maximum context|too many tokens", re.I)
 _MAX_QUOTED = 300
@@ -153,20 +151,21 @@ class OpenAIProvider:
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         """One streamed chat completion; every failure becomes a ProviderError subclass."""
         client = self._get_client()
+        key = self.endpoint.api_key
         call = _Call(request.model or self.model.model, self.endpoint, request.timeout)
         try:
             response = await self._stream(client, request, call)
         except ProviderError as exc:
-            raise _redacted(exc, self.endpoint.api_key) from exc.__cause__
-        except (openai.OpenAIError, ValueError) as exc:
-            raise _redacted(map_error(exc, call), self.endpoint.api_key) from exc
+            raise _redacted(exc, key) from None
+        except (openai.OpenAIError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            mapped = _redacted(map_error(exc, call), key)
+            # The SDK's own message may quote the server's echo of the key: then drop it.
+            raise mapped from (None if key in str(exc) else exc)
         if request.output_schema is not None and not response.tool_calls:
             check_output(response, request.output_schema, call)
         return response
 
-    async def _stream(
-        self, client: openai.AsyncOpenAI, request: CompletionRequest, call: _Call
-    ) -> CompletionResponse:
+    async def _stream(self, client: openai.AsyncOpenAI, request: CompletionRequest, call: _Call) -> CompletionResponse:
         stream = await client.chat.completions.create(**build_arguments(request, call.model))
         collector = _Collector(content_type=stream.response.headers.get("content-type", ""))
         try:
@@ -204,7 +203,7 @@ def build_arguments(request: CompletionRequest, model: str) -> dict[str, Any]:
     """Keyword arguments for `chat.completions.create`: streamed, with usage, flowctl's timeout."""
     arguments: dict[str, Any] = {
         "model": model,
-        "messages": [_message_json(m) for m in request.messages],
+        "messages": [m.to_json() for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         "timeout": request.timeout,
@@ -216,7 +215,7 @@ def build_arguments(request: CompletionRequest, model: str) -> dict[str, Any]:
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": request.output_schema, "strict": False},
         }
-    extra = {}
+    extra: dict[str, Any] = {}
     for name, value in request.params.items():
         if name in _SENT_PARAMS:
             arguments[name] = value
@@ -225,10 +224,6 @@ def build_arguments(request: CompletionRequest, model: str) -> dict[str, Any]:
     if extra:
         arguments["extra_body"] = extra
     return arguments
-
-
-def _message_json(message: Message) -> dict[str, Any]:
-    return message.to_json()
 
 
 def _tool_json(tool: ToolSpec) -> dict[str, Any]:
@@ -287,7 +282,8 @@ class _Collector:
     def _add_call_part(self, part: object) -> None:
         if not isinstance(part, dict):
             raise MalformedResponse("stream chunk has a tool call that is not an object")
-        partial = self.calls.setdefault(int(part.get("index") or 0), _PartialCall())
+        index = part.get("index")
+        partial = self.calls.setdefault(index if isinstance(index, int) else 0, _PartialCall())
         partial.id = partial.id or _text(part.get("id"))
         function = part.get("function") or {}
         partial.name = partial.name or _text(function.get("name"))
@@ -300,7 +296,7 @@ class _Collector:
         if self.finish_reason == "length":
             _check_arguments(tool_calls, call)
         return CompletionResponse(
-            content="".join(self.content) if self.content else None,
+            content="".join(self.content) or None,
             tool_calls=tool_calls,
             usage=self.usage or Usage(),
             finish_reason=self.finish_reason or "stop",
@@ -311,15 +307,12 @@ class _Collector:
         if self.events == 0:
             kind = self.content_type.split(";")[0].strip() or "no content type"
             raise MalformedResponse(
-                f"{call.where} did not send an event stream (got {kind}); "
-                f"is the base URL an OpenAI-compatible API?"
+                f"{call.where} did not send an event stream (got {kind}); is the base URL an OpenAI-compatible API?"
             )
         if not self.saw_choice:
             raise MalformedResponse(f"{call.where} answered with no choices")
         if self.finish_reason is None:
-            raise MalformedResponse(
-                f"the stream from {call.where} ended without a finish_reason (cut off)"
-            )
+            raise MalformedResponse(f"the stream from {call.where} ended without a finish_reason (cut off)")
 
     def _tool_call(self, index: int, partial: _PartialCall, call: _Call) -> ToolCallRequest:
         if not partial.name:
@@ -367,16 +360,12 @@ def check_output(response: CompletionResponse, schema: dict[str, Any], call: _Ca
     except ValueError as exc:
         cut = " (cut off at max_tokens)" if response.finish_reason == "length" else ""
         raise OutputSchemaMismatch(
-            f"output of {call.where} is not valid JSON{cut}: {exc}; "
-            f"got {_quote(response.content or '')}"
+            f"output of {call.where} is not valid JSON{cut}: {exc}; got {_quote(response.content or '')}"
         ) from None
-    problem = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
-    )
+    problem = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
     if problem is not None:
         raise OutputSchemaMismatch(
-            f"output of {call.where} does not match the output schema: "
-            f"at {problem.json_path}: {problem.message}"
+            f"output of {call.where} does not match the output schema: at {problem.json_path}: {problem.message}"
         )
 
 
@@ -395,7 +384,7 @@ def map_error(exc: BaseException, call: _Call) -> ProviderError:
     if isinstance(exc, openai.APIError):
         return _map_stream_error(exc, call)
     if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError from the SSE decoder
-        return MalformedResponse(f"{call.where} sent a stream chunk that is not JSON: {exc}")
+        return MalformedResponse(f"{call.where} sent a stream chunk that cannot be decoded: {exc}")
     return ProviderError(f"openai client error for {call.where}: {exc}")
 
 
@@ -404,9 +393,7 @@ def _map_status(exc: openai.APIStatusError, call: _Call) -> ProviderError:
     if status == 429:
         return _map_429(exc, call, detail)
     if status in (401, 403):
-        return AuthError(
-            f"{call.where} refused the API key from {call.endpoint.key_env} ({status}): {detail}"
-        )
+        return AuthError(f"{call.where} refused the API key from {call.endpoint.key_env} ({status}): {detail}")
     if status == 408:
         return ProviderTimeout(f"{call.where} timed out on the server side (408): {detail}")
     if _is_context_error(exc, detail) and status in (400, 413, 422):
@@ -418,9 +405,7 @@ def _map_status(exc: openai.APIStatusError, call: _Call) -> ProviderError:
 
 def _map_429(exc: openai.APIStatusError, call: _Call, detail: str) -> ProviderError:
     if "insufficient_quota" in (exc.code, exc.type):
-        return QuotaExhausted(
-            f"quota exhausted for {call.where} — not retried; check billing (429): {detail}"
-        )
+        return QuotaExhausted(f"quota exhausted for {call.where} — not retried; check billing (429): {detail}")
     retry_after = parse_retry_after(exc.response.headers)
     hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
     return RateLimited(f"rate limited by {call.where} (429): {detail}{hint}", retry_after=retry_after)
@@ -453,7 +438,9 @@ def _detail(exc: openai.APIStatusError) -> str:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    """Seconds to wait, from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date.
+
+    `headers` is the response's case-insensitive header mapping (a plain dict needs lower-case names)."""
     millis = _number(headers.get("retry-after-ms"))
     if millis is not None:
         return max(millis / 1000, 0.0)
@@ -470,11 +457,13 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
     try:
-        number = float(value) if value is not None else None
+        number = float(value)
     except ValueError:
         return None
-    return number if number is not None and number == number and number != float("inf") else None
+    return number if math.isfinite(number) else None
 
 
 def _quote(text: str) -> str:

@@ -131,8 +131,7 @@ _RUN_COLUMNS = (
     "source_digest, input_tokens, output_tokens, cost"
 )
 _STEP_COLUMNS = (
-    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, "
-    "input_tokens, output_tokens"
+    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens"
 )
 _STEP_STARTED_SQL = """
     INSERT INTO steps (run_id, path, kind, status, attempts, started_at) VALUES (?, ?, ?, ?, 1, ?)
@@ -241,6 +240,7 @@ class SqliteRunStore:
         self._pending = 0
         self._first_pending_at = 0.0
         self._flusher: threading.Thread | None = None
+        self._flusher_parked = False
         self._flush_error: sqlite3.Error | None = None
         self._closed = False
         self._conn = self._connect()
@@ -266,24 +266,32 @@ class SqliteRunStore:
         return conn
 
     def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once."""
+        """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once.
+
+        The write lock is taken only when an upgrade is due, so opening a current file to read
+        never waits for a running interpreter.
+        """
         with self._lock:
+            if self.schema_version == SCHEMA_VERSION:
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                version = self.schema_version
-                if version > SCHEMA_VERSION:
-                    raise RuntimeError(
-                        f"run store {self.path} has schema version {version}; this flowctl "
-                        f"understands up to {SCHEMA_VERSION} (upgrade flowctl)"
-                    )
-                for statements in MIGRATIONS[version:]:
-                    for statement in statements:
-                        self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._upgrade(self.schema_version)
                 self._conn.commit()
             except BaseException:
                 self._conn.rollback()
                 raise
+
+    def _upgrade(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"run store {self.path} has schema version {version}; this flowctl "
+                f"understands up to {SCHEMA_VERSION} (upgrade flowctl)"
+            )
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                self._conn.execute(statement)
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
@@ -294,15 +302,15 @@ class SqliteRunStore:
     # -- writing: redaction and group commit -----------------------------------------------------
 
     def _dump(self, value: Any) -> str | None:
-        """Redacted JSON text; odd values become their (redacted) `str`; None stays NULL."""
-        if value is None:
-            return None
-        redactor = self._redactor
-        return json.dumps(
-            redactor.redact(value),
-            ensure_ascii=False,
-            default=lambda odd: redactor.redact_text(str(odd)),
-        )
+        """Redacted JSON text; None stays NULL."""
+        return None if value is None else self._encode(self._redactor.redact(value))
+
+    def _encode(self, redacted: Any) -> str:
+        """JSON text of an already redacted value; odd values become their (redacted) `str`."""
+        return json.dumps(redacted, ensure_ascii=False, default=self._encode_odd)
+
+    def _encode_odd(self, odd: object) -> str:
+        return self._redactor.redact_text(str(odd))
 
     def _grouped(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
         """Run a write in the open group transaction; commit when the group is full or old."""
@@ -310,10 +318,7 @@ class SqliteRunStore:
             self._begin_group()
         cursor = self._conn.execute(sql, tuple(params))
         self._pending += 1
-        if (
-            self._pending > self._max_pending
-            or time.monotonic() - self._first_pending_at > self._max_delay
-        ):
+        if self._pending > self._max_pending or time.monotonic() - self._first_pending_at > self._max_delay:
             self._commit()
         return cursor
 
@@ -328,11 +333,11 @@ class SqliteRunStore:
         self._conn.execute("BEGIN IMMEDIATE")
         self._first_pending_at = time.monotonic()
         if self._flusher is None:
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name="flowctl-store-flush", daemon=True
-            )
+            self._flusher = threading.Thread(target=self._flush_loop, name="flowctl-store-flush", daemon=True)
             self._flusher.start()
-        self._wakeup.notify()
+        elif self._flusher_parked:
+            self._flusher_parked = False
+            self._wakeup.notify()
 
     def _commit(self) -> None:
         self._raise_flush_error()
@@ -346,10 +351,15 @@ class SqliteRunStore:
             raise error
 
     def _flush_loop(self) -> None:
-        """Background: commit a group `max_delay` after its first write if nothing else did."""
+        """Background: commit a group `max_delay` after its first write if nothing else did.
+
+        The thread parks only when it finds no open group, and `_begin_group` wakes it only then:
+        waking it for every group costs ~18 µs of thread switching per group on this machine.
+        """
         with self._wakeup:
             while not self._closed:
                 if not self._conn.in_transaction:
+                    self._flusher_parked = True
                     self._wakeup.wait()
                     continue
                 due = self._first_pending_at + self._max_delay - time.monotonic()
@@ -358,8 +368,8 @@ class SqliteRunStore:
                     continue
                 try:
                     self._commit()
-                except sqlite3.Error as error:  # surfaced to the interpreter at its next write
-                    self._flush_error = error
+                except sqlite3.Error as error:  # raised at the next write, which starts a new flusher
+                    self._flush_error, self._flusher = error, None
                     return
 
     def flush(self) -> None:
@@ -458,9 +468,7 @@ class SqliteRunStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
+            row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _run_from_row(row)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
@@ -472,9 +480,7 @@ class SqliteRunStore:
 
     def child_runs(self, run_id: str) -> list[RunRecord]:
         """Runs started by `run_id` (child pipelines), oldest first."""
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY started_at, run_id"
-        )
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY started_at, run_id"
         with self._lock:
             rows = self._conn.execute(sql, (run_id,)).fetchall()
         return [_run_from_row(row) for row in rows]
@@ -537,9 +543,7 @@ class SqliteRunStore:
             return None
         return CallRecord(run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"])
 
-    def record_call(
-        self, run_id: str, key: str, request_digest: str, result: dict[str, Any]
-    ) -> None:
+    def record_call(self, run_id: str, key: str, request_digest: str, result: dict[str, Any]) -> None:
         """Journal a completed side effect; committed (durable) before returning.
 
         One row per (run, key): recording a key again (a forced re-run) replaces the result.
@@ -563,8 +567,7 @@ class SqliteRunStore:
         with self._lock:
             rows = self._conn.execute(sql, (run_id,)).fetchall()
         return [
-            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), row["source"], row["at"])
-            for row in rows
+            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), row["source"], row["at"]) for row in rows
         ]
 
     def send_signal(self, run_id: str, name: str, data: Any) -> int:
@@ -583,30 +586,21 @@ class SqliteRunStore:
         sql = "SELECT seq, name, data, at FROM signals WHERE run_id = ? AND seq > ? ORDER BY seq"
         with self._lock:
             rows = self._conn.execute(sql, (run_id, after_seq)).fetchall()
-        return [
-            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), "signal", row["at"])
-            for row in rows
-        ]
+        return [EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), "signal", row["at"]) for row in rows]
 
     def record_state_change(self, run_id: str, step: str, values: dict[str, Any]) -> None:
         redacted = self._redactor.redact(values)
-        sql = (
-            'INSERT INTO state_changes (run_id, step, keys, "values", at) VALUES (?, ?, ?, ?, ?)'
-        )
-        params = (run_id, step, self._dump(list(redacted)), self._dump(redacted), time.time())
+        sql = 'INSERT INTO state_changes (run_id, step, keys, "values", at) VALUES (?, ?, ?, ?, ?)'
+        params = (run_id, step, self._encode(list(redacted)), self._encode(redacted), time.time())
         with self._lock:
             self._grouped(sql, params)
 
     def state_changes(self, run_id: str) -> list[StateChange]:
-        sql = (
-            'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
-        )
+        sql = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
         with self._lock:
             rows = self._conn.execute(sql, (run_id,)).fetchall()
         return [
-            StateChange(
-                row["seq"], run_id, row["step"], _load(row["keys"]), _load(row["values"]), row["at"]
-            )
+            StateChange(row["seq"], run_id, row["step"], _load(row["keys"]), _load(row["values"]), row["at"])
             for row in rows
         ]
 
@@ -614,9 +608,7 @@ class SqliteRunStore:
 
     def cache_get(self, digest: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT result FROM cache WHERE digest = ?", (digest,)
-            ).fetchone()
+            row = self._conn.execute("SELECT result FROM cache WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else _load(row["result"])
 
     def cache_put(self, digest: str, result: dict[str, Any]) -> None:

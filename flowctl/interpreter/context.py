@@ -1,0 +1,167 @@
+"""What a running pipeline knows: the shared `Runtime` of a run tree, one `RunContext` per pipeline run (root or
+child), and the `Scope` a step runs in (its journal path prefix, extra template variables, where its state goes).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
+from flowctl.interpreter.events import EventBus
+from flowctl.interpreter.journal import Journal
+from flowctl.interpreter.llm import LLMProvider, Usage
+from flowctl.interpreter.policies import Breakers
+from flowctl.interpreter.progress import Reporter
+from flowctl.interpreter.state import SharedState
+from flowctl.interpreter.store import RunStore
+from flowctl.interpreter.tools import ToolPool
+
+ProviderFactory = Callable[[ModelDef], LLMProvider]
+
+
+class UsageMeter:
+    """Tokens used by one step (and everything nested in it). Concurrent steps each have their own meter."""
+
+    __slots__ = ("input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+
+# The meters of the steps enclosing the current task: a call adds its usage to each (a container sees its children).
+STEP_METERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar("flowctl_step_meters", default=())
+
+
+def meter_usage(usage: Usage) -> None:
+    for meter in STEP_METERS.get():
+        meter.input_tokens += usage.input_tokens
+        meter.output_tokens += usage.output_tokens
+
+
+@dataclass(slots=True)
+class Totals:
+    usage: Usage = Usage()
+    cost: float = 0.0
+
+    def add(self, usage: Usage, model: ModelDef) -> None:
+        self.usage = self.usage + usage
+        if model.price_in_per_mtok is not None:
+            self.cost += usage.input_tokens * model.price_in_per_mtok / 1e6
+        if model.price_out_per_mtok is not None:
+            self.cost += usage.output_tokens * model.price_out_per_mtok / 1e6
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Resources shared by a run and all its children: one of each per `flowctl run`."""
+
+    store: RunStore
+    journal: Journal
+    provider_factory: ProviderFactory
+    tools: ToolPool
+    reporter: Reporter
+    concurrency: int
+    bus: EventBus = field(default_factory=EventBus)
+    breakers: Breakers = field(default_factory=Breakers)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    totals: Totals = field(default_factory=Totals)
+    providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
+    limiter: anyio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = anyio.CapacityLimiter(self.concurrency)
+
+    def provider(self, model: ModelDef) -> LLMProvider:
+        """One provider instance per model definition per run tree (shares HTTP connections)."""
+        key = (model.span.file, model.name)
+        provider = self.providers.get(key)
+        if provider is None:
+            provider = self.providers[key] = self.provider_factory(model)
+        return provider
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for provider in self.providers.values():
+                await provider.aclose()
+            await self.tools.aclose()
+
+
+@dataclass(slots=True)
+class StepResult:
+    status: str = "pending"
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+
+    def as_context(self) -> dict[str, Any]:
+        return {"output": self.output, "status": self.status, "error": self.error, "attempts": self.attempts}
+
+
+@dataclass(slots=True)
+class RunContext:
+    """One pipeline run: the root run or a child run with its own id, inputs, state and step results."""
+
+    runtime: Runtime
+    graph: Graph  # the file the pipeline is defined in (its agents, models, servers)
+    pipeline: PipelineDef
+    run_id: str
+    inputs: Mapping[str, Any]
+    state: SharedState
+    started_at: float = field(default_factory=time.time)
+    parent_id: str | None = None
+    status: str = "running"
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {output, status, error, attempts}
+    step_listeners: list[Callable[[str, StepResult], None]] = field(default_factory=list)  # triggers
+
+    def run_meta(self) -> dict[str, Any]:
+        return {
+            "id": self.run_id,
+            "pipeline": self.pipeline.name,
+            "started_at": self.started_at,
+            "status": self.status,
+            "parent_id": self.parent_id,
+            "file": self.graph.file,
+        }
+
+    def template_context(self, scope: Scope) -> dict[str, Any]:
+        context: dict[str, Any] = {
+            "inputs": self.inputs,
+            "steps": self.steps,
+            "state": self.state.values,
+            "run": self.run_meta(),
+        }
+        context.update(scope.variables)
+        return context
+
+    def set_result(self, step_id: str, result: StepResult) -> None:
+        self.steps[step_id] = result.as_context()
+
+    def notify_step(self, step_id: str, result: StepResult) -> None:
+        for listener in list(self.step_listeners):
+            listener(step_id, result)
+
+
+StateSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a step runs: `prefix` makes journal paths unique across loop iterations and fan-out items."""
+
+    prefix: str = ""
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    sink: StateSink | None = None  # None: apply to the run's state immediately
+
+    def path(self, step_id: str) -> str:
+        return self.prefix + step_id
+
+    def child(self, prefix: str = "", sink: StateSink | None = None, **variables: Any) -> Scope:
+        return Scope(self.prefix + prefix, {**self.variables, **variables}, sink if sink is not None else self.sink)

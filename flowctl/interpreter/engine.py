@@ -1,0 +1,375 @@
+"""The graph walker: runs step lists readiness-driven, wraps every step in its failure policy, fans out, joins,
+fires triggers and runs `finally`. One handler per node kind lives in handlers.py; this module owns the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from flowctl.dsl import ir
+from flowctl.dsl.templates import RenderError
+from flowctl.interpreter.concurrency import task_group
+from flowctl.interpreter.context import STEP_METERS, RunContext, Scope, StepResult, UsageMeter
+from flowctl.interpreter.errors import (
+    DeadlineExceeded,
+    FlowctlError,
+    RenderFailed,
+    StepFailed,
+)
+from flowctl.interpreter.policies import backoff_delay, with_timeout
+from flowctl.interpreter.state import UpdateBuffer
+from flowctl.interpreter.store import StepStatus
+from flowctl.interpreter.triggers import TriggerSet
+
+Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]
+FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool
+    value: Any = None
+    error: FlowctlError | None = None
+
+
+def error_json(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, FlowctlError):
+        return exc.to_json()
+    return {"code": type(exc).__name__, "message": str(exc), "retryable": False}
+
+
+def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
+    return all(s.needs == ((steps[i - 1].id,) if i else ()) for i, s in enumerate(steps))
+
+
+class Engine:
+    def __init__(self, handlers: dict[ir.NodeKind, Handler]) -> None:
+        self.handlers = handlers
+
+    # pipelines ------------------------------------------------------------------------------------------------
+
+    async def run_pipeline(self, ctx: RunContext) -> dict[str, Any]:
+        """Main steps and triggers, then `finally`; returns the pipeline's outputs or raises StepFailed."""
+        for step in ctx.pipeline.all_steps():
+            ctx.steps.setdefault(step.id, StepResult().as_context())
+        failure: BaseException | None = None
+        try:
+            async with task_group() as tg:
+                triggers = TriggerSet(self, ctx, tg)
+                try:
+                    await self.run_list(ctx, ctx.pipeline.steps, Scope())
+                except FlowctlError as exc:
+                    failure = exc  # keep going: recovery triggers started by this failure must finish
+                finally:
+                    triggers.main_finished()
+        except FlowctlError as exc:
+            failure = failure or exc
+        except anyio.get_cancelled_exc_class():
+            ctx.status = "cancelled"
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FINALLY_BOUND_ON_CANCEL):
+                await self._run_finally(ctx)
+            raise
+        ctx.status = "failed" if failure else "succeeded"
+        try:
+            await self._run_finally(ctx)
+        except FlowctlError as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
+        try:
+            return {name: value.evaluate(ctx.template_context(Scope())) for name, value in ctx.pipeline.outputs}
+        except RenderError as exc:
+            raise RenderFailed(f"pipeline outputs: {exc}") from None
+
+    async def _run_finally(self, ctx: RunContext) -> None:
+        if ctx.pipeline.finally_steps:
+            await self.run_list(ctx, ctx.pipeline.finally_steps, Scope(prefix="finally/"))
+
+    # lists ----------------------------------------------------------------------------------------------------
+
+    async def run_list(self, ctx: RunContext, steps: tuple[ir.Step, ...], scope: Scope) -> None:
+        """Run a step list: in order when it is a plain chain, else each step as soon as its `needs` are done."""
+        if _is_chain(steps):
+            for step in steps:
+                await self.run_step(ctx, step, scope)
+            return
+        done = {step.id: anyio.Event() for step in steps}
+
+        async def after_needs(step: ir.Step) -> None:
+            for dep in step.needs:
+                await done[dep].wait()
+            try:
+                await self.run_step(ctx, step, scope)
+            finally:
+                done[step.id].set()
+
+        async with task_group() as tg:
+            for step in steps:
+                tg.start_soon(after_needs, step)
+
+    # one step -------------------------------------------------------------------------------------------------
+
+    async def run_step(self, ctx: RunContext, step: ir.Step, scope: Scope) -> StepResult:
+        """Run one step under its policy and apply `set`/`emit`; raises StepFailed unless `on_error: continue`."""
+        path = scope.path(step.id)
+        runtime = ctx.runtime
+        if step.when is not None and not self._evaluate(step.when, ctx, scope):
+            result = StepResult("skipped")
+            ctx.set_result(step.id, result)
+            runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
+            runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
+            return result
+        started, meter = time.monotonic(), UsageMeter()
+        token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        result = StepResult("running")
+        try:
+            if step.fan_out is not None:
+                output = await self.run_fan_out(ctx, step, scope, path, result)
+            else:
+                output = await self.run_attempts(ctx, step, scope, path, result)
+            if step.updates or step.kind is ir.NodeKind.SET:
+                values = self._apply_updates(ctx, step, scope, path, output)
+                output = values if step.kind is ir.NodeKind.SET else output
+            result.status, result.output = "succeeded", output
+            if step.emit is not None:
+                emit_event(ctx, step.emit, scope, path, output)
+        except FlowctlError as exc:
+            failed = (
+                exc if isinstance(exc, StepFailed) else StepFailed(path, exc, attempts=result.attempts, span=step.span)
+            )
+            result.status, result.error = "failed", failed.to_json()
+            if step.policy.on_error is ir.OnError.CONTINUE:
+                result.output = self._default_output(ctx, step, scope)
+            else:
+                self._finish(ctx, step, path, result, started, meter)
+                raise failed from None
+        finally:
+            STEP_METERS.reset(token)
+        self._finish(ctx, step, path, result, started, meter)
+        return result
+
+    def _finish(
+        self, ctx: RunContext, step: ir.Step, path: str, result: StepResult, started: float, meter: UsageMeter
+    ) -> None:
+        runtime = ctx.runtime
+        ctx.set_result(step.id, result)
+        input_tokens, output_tokens = meter.input_tokens, meter.output_tokens
+        runtime.store.step_finished(
+            ctx.run_id,
+            path,
+            StepStatus(result.status),
+            output=result.output,
+            error=result.error,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        message = result.error["message"] if result.error else ""
+        runtime.reporter.step_finished(
+            ctx.run_id, path, result.status, time.monotonic() - started, input_tokens + output_tokens, message
+        )
+        ctx.notify_step(step.id, result)
+
+    def _evaluate(self, expression: ir.Expression, ctx: RunContext, scope: Scope, **extra: Any) -> Any:
+        context = ctx.template_context(scope)
+        context.update(extra)
+        try:
+            return expression.evaluate(context)
+        except RenderError as exc:
+            raise RenderFailed(str(exc)) from None
+
+    def evaluate_value(self, value: ir.CompiledValue, ctx: RunContext, scope: Scope, **extra: Any) -> Any:
+        context = ctx.template_context(scope)
+        context.update(extra)
+        try:
+            return value.evaluate(context)
+        except RenderError as exc:
+            raise RenderFailed(str(exc)) from None
+
+    def _default_output(self, ctx: RunContext, step: ir.Step, scope: Scope) -> Any:
+        if step.policy.default is None:
+            return None
+        try:
+            return self.evaluate_value(step.policy.default, ctx, scope)
+        except RenderFailed:
+            return None
+
+    def _apply_updates(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, output: Any) -> dict[str, Any]:
+        values = {key: self.evaluate_value(value, ctx, scope, output=output) for key, value in step.updates}
+        if scope.sink is not None:
+            scope.sink(path, values)
+        else:
+            ctx.state.apply(path, values)
+        return values
+
+    # policies -------------------------------------------------------------------------------------------------
+
+    async def run_attempts(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, result: StepResult) -> Any:
+        """Retry with backoff, per-attempt timeout, overall deadline, then fallback."""
+        policy = step.policy
+        try:
+            if policy.deadline is None:
+                return await self._attempts(ctx, step, scope, path, result)
+            try:
+                with anyio.fail_after(policy.deadline):
+                    return await self._attempts(ctx, step, scope, path, result)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"step {path!r} exceeded its deadline of {policy.deadline:g}s", span=step.span
+                ) from None
+        except FlowctlError as exc:
+            if policy.fallback is None:
+                raise StepFailed(path, exc, attempts=result.attempts, span=step.span) from None
+            return await self._fallback(ctx, step, scope, path, exc)
+
+    async def _attempts(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, result: StepResult) -> Any:
+        handler = self.handlers[step.kind]
+        retry = step.policy.retry
+        runtime = ctx.runtime
+        while True:
+            result.attempts += 1
+            runtime.store.step_started(ctx.run_id, path, step.kind.value, result.attempts)
+            runtime.reporter.step_started(ctx.run_id, path, step.kind.value, result.attempts)
+            try:
+                return await with_timeout(
+                    step.policy.timeout, f"step {path!r}", lambda: handler(self, ctx, step, scope, path)
+                )
+            except RenderError as exc:
+                raise RenderFailed(str(exc), span=step.span) from None
+            except FlowctlError as exc:
+                if not exc.retryable or result.attempts >= retry.max_attempts:
+                    raise
+                await anyio.sleep(backoff_delay(retry, result.attempts, exc, runtime.rng))
+
+    async def _fallback(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, cause: FlowctlError) -> Any:
+        fallback = step.policy.fallback
+        assert fallback is not None
+        try:
+            if fallback.steps:
+                await self.run_list(ctx, fallback.steps, scope.child(prefix=f"{step.id}/fallback/"))
+                return ctx.steps[fallback.steps[-1].id]["output"]
+            if fallback.value is not None:
+                return self.evaluate_value(fallback.value, ctx, scope)
+            from flowctl.interpreter.handlers import run_agent_step
+
+            return await run_agent_step(
+                self, ctx, step, scope, f"{path}/fallback", agent_name=fallback.agent, model_name=fallback.model
+            )
+        except FlowctlError as exc:
+            raise StepFailed(path, exc, span=step.span) from None
+
+    # fan-out and joins ----------------------------------------------------------------------------------------
+
+    async def run_fan_out(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, result: StepResult) -> Any:
+        fan = step.fan_out
+        assert fan is not None
+        items = self.evaluate_value(fan.items, ctx, scope)
+        if isinstance(items, dict):
+            items = list(items.items())
+        if not isinstance(items, list | tuple):
+            raise StepFailed(
+                path, RenderFailed(f"for_each must give a list, got {type(items).__name__}"), span=step.span
+            )
+        buffers = [UpdateBuffer() for _ in items]
+
+        def job(i: int, item: Any) -> Callable[[], Awaitable[Any]]:
+            item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=buffers[i], **{fan.var: item, "index": i})
+            return lambda: self.run_attempts(ctx, step, item_scope, f"{path}[{i}]", StepResult())
+
+        outcomes = await run_concurrent([job(i, item) for i, item in enumerate(items)], fan.join, fan.max_concurrency)
+        self._commit_buffers(ctx, scope, buffers, outcomes)
+        result.attempts = 1
+        return join_output(fan.join, outcomes, None)
+
+    def _commit_buffers(
+        self, ctx: RunContext, scope: Scope, buffers: list[UpdateBuffer], outcomes: list[Outcome | None]
+    ) -> None:
+        """Apply concurrent branches' state updates in declaration order: deterministic whatever finished first."""
+        for buffer, outcome in zip(buffers, outcomes, strict=True):
+            if outcome is None or not outcome.ok:
+                continue
+            for path, values in buffer.updates:
+                if scope.sink is not None:
+                    scope.sink(path, values)
+                else:
+                    ctx.state.apply(path, values)
+
+
+async def run_concurrent(
+    jobs: list[Callable[[], Awaitable[Any]]], join: ir.Join, limit: int | None
+) -> list[Outcome | None]:
+    """Run jobs concurrently under an optional cap; the join policy decides when to stop and what fails."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    need = {ir.JoinKind.FIRST: 1, ir.JoinKind.AT_LEAST: join.at_least}.get(join.kind, len(jobs))
+    limiter = anyio.CapacityLimiter(limit) if limit else None
+    counts = {"ok": 0, "failed": 0}
+    stops_early = join.kind in (ir.JoinKind.FIRST, ir.JoinKind.AT_LEAST)
+
+    async with task_group() as tg:
+
+        async def one(i: int) -> None:
+            try:
+                if limiter is None:
+                    value = await jobs[i]()
+                else:
+                    async with limiter:
+                        value = await jobs[i]()
+            except FlowctlError as exc:
+                outcomes[i] = Outcome(False, error=exc)
+                counts["failed"] += 1
+                if join.kind is ir.JoinKind.ALL:
+                    raise
+                if stops_early and len(jobs) - counts["failed"] < need:
+                    tg.cancel_scope.cancel()  # the join can no longer be satisfied
+                return
+            outcomes[i] = Outcome(True, value)
+            counts["ok"] += 1
+            if stops_early and counts["ok"] >= need:
+                tg.cancel_scope.cancel()
+
+        for i in range(len(jobs)):
+            tg.start_soon(one, i)
+    if stops_early and counts["ok"] < need:
+        errors = [o.error for o in outcomes if o is not None and o.error is not None]
+        from flowctl.interpreter.errors import FlowctlError as _Error
+
+        raise _Error(
+            f"join {join.kind.value}{f' {need}' if join.kind is ir.JoinKind.AT_LEAST else ''} not satisfied: "
+            f"{counts['ok']} succeeded, {counts['failed']} failed" + (f"; first error: {errors[0]}" if errors else "")
+        )
+    return outcomes
+
+
+def join_output(join: ir.Join, outcomes: list[Outcome | None], keys: list[str] | None) -> Any:
+    """Fan-outs give an ordered list; parallel groups give a map branch id → output."""
+
+    def entry(outcome: Outcome | None) -> Any:
+        if outcome is None:
+            return None
+        if outcome.ok:
+            return outcome.value
+        return {"error": error_json(outcome.error)} if outcome.error else None
+
+    if join.kind is ir.JoinKind.FIRST:
+        winner = next(i for i, o in enumerate(outcomes) if o is not None and o.ok)
+        return outcomes[winner].value if keys is None else {keys[winner]: outcomes[winner].value}  # type: ignore[union-attr]
+    values = [entry(o) for o in outcomes]
+    return values if keys is None else dict(zip(keys, values, strict=True))
+
+
+def emit_event(ctx: RunContext, spec: ir.EmitSpec, scope: Scope, path: str, output: Any) -> Any:
+    context = ctx.template_context(scope)
+    context["output"] = output
+    try:
+        data = spec.data.evaluate(context) if spec.data is not None else output
+    except RenderError as exc:
+        raise RenderFailed(str(exc)) from None
+    runtime = ctx.runtime
+    runtime.store.record_event(ctx.run_id, spec.event, data, path)
+    runtime.reporter.event(ctx.run_id, spec.event, path)
+    runtime.bus.emit(spec.event, data, path)
+    return data

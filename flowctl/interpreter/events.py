@@ -1,0 +1,94 @@
+"""The event bus of one run tree: emitted events, external signals, and waiters with correlation.
+
+Events are durable facts of the run: a wait is satisfied by the earliest matching event not yet taken by another
+wait, whether it arrived before or after the wait started. External signals (`flowctl signal`) are polled from the
+run store and enter the bus like any other event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+
+@dataclass(slots=True)
+class Event:
+    seq: int
+    name: str
+    data: Any
+    source: str
+    at: float
+    taken: bool = False
+
+    def as_context(self) -> dict[str, Any]:
+        return {"name": self.name, "data": self.data, "source": self.source, "step": self.source, "error": None}
+
+
+Matcher = Callable[[Event], bool]
+Listener = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    name: str
+    match: Matcher
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    event: Event | None = None
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self.history: list[Event] = []
+        self._waiters: list[_Waiter] = []
+        self._listeners: list[Listener] = []
+        self._seq = 0
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def emit(self, name: str, data: Any, source: str) -> Event:
+        self._seq += 1
+        event = Event(self._seq, name, data, source, time.time())
+        self.history.append(event)
+        for waiter in self._waiters:
+            if waiter.event is None and waiter.name == name and _safe_match(waiter.match, event):
+                waiter.event, event.taken = event, True
+                waiter.ready.set()
+                break
+        for listener in list(self._listeners):
+            listener(event)
+        return event
+
+    async def wait(self, name: str, match: Matcher, timeout: float | None) -> Event | None:
+        """The earliest untaken matching event; None on timeout."""
+        for event in self.history:
+            if not event.taken and event.name == name and _safe_match(match, event):
+                event.taken = True
+                return event
+        waiter = _Waiter(name, match)
+        self._waiters.append(waiter)
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.ready.wait()
+            return waiter.event
+        finally:
+            self._waiters.remove(waiter)
+
+    @property
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
+
+
+def _safe_match(match: Matcher, event: Event) -> bool:
+    try:
+        return bool(match(event))
+    except Exception:  # a correlation expression that fails on an unrelated event simply does not match
+        return False

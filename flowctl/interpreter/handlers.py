@@ -1,0 +1,263 @@
+"""One handler per node kind. A handler runs one attempt of one step and returns its output; retries, timeouts,
+fallbacks, `set`, `emit` and journaling of the step record are the engine's business, not the handler's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from flowctl.dsl import ir
+from flowctl.interpreter.agent import _CallCounter, call_tool, run_agent
+from flowctl.interpreter.concurrency import task_group
+from flowctl.interpreter.context import RunContext, Scope, StepResult
+from flowctl.interpreter.engine import Engine, Handler, emit_event, join_output, run_concurrent
+from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
+from flowctl.interpreter.events import Event
+from flowctl.interpreter.inputs import validate_inputs
+from flowctl.interpreter.state import SharedState, UpdateBuffer
+from flowctl.interpreter.store import RunRecord, RunStatus
+
+
+async def run_agent_step(
+    engine: Engine,
+    ctx: RunContext,
+    step: ir.Step,
+    scope: Scope,
+    path: str,
+    *,
+    agent_name: str | None = None,
+    model_name: str | None = None,
+) -> Any:
+    body = step.body
+    assert isinstance(body, ir.AgentCall)
+    agent = ctx.graph.agents[agent_name or body.agent]
+    prompt = body.prompt.render(ctx.template_context(scope))
+    outcome = await run_agent(ctx, agent, prompt, scope, path, model_name=model_name)
+    return outcome.output
+
+
+async def handle_agent(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    return await run_agent_step(engine, ctx, step, scope, path)
+
+
+async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    body = step.body
+    assert isinstance(body, ir.ToolCall)
+    arguments = engine.evaluate_value(body.args, ctx, scope)
+    server = ctx.graph.servers[body.server]
+    result = await call_tool(ctx, server, body.tool, arguments, _CallCounter(path))
+    if result.is_error:
+        raise ToolCallError(f"tool {body.server}.{body.tool} reported an error: {result.text}", span=step.span)
+    return result.value
+
+
+async def handle_parallel(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    body = step.body
+    assert isinstance(body, ir.ParallelGroup)
+    buffers = [UpdateBuffer() for _ in body.branches]
+
+    def job(i: int, branch: ir.Step) -> Any:
+        async def run() -> Any:
+            result = await engine.run_step(ctx, branch, scope.child(sink=buffers[i]))
+            return result.output
+
+        return run
+
+    outcomes = await run_concurrent([job(i, b) for i, b in enumerate(body.branches)], body.join, body.max_concurrency)
+    engine._commit_buffers(ctx, scope, buffers, outcomes)
+    return join_output(body.join, outcomes, [b.id for b in body.branches])
+
+
+def _resolve_child(ctx: RunContext, body: ir.ChildPipeline) -> tuple[ir.Graph, ir.PipelineDef]:
+    if body.is_file:
+        graph = ctx.graph.children[body.ref]
+        return graph, graph.root
+    return ctx.graph, ctx.graph.pipelines[body.ref]
+
+
+async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    """Run a child pipeline under its own id `<run>/<step>` (`<run>/<step>[i]` for a fan-out item)."""
+    body = step.body
+    assert isinstance(body, ir.ChildPipeline)
+    graph, pipeline = _resolve_child(ctx, body)
+    inputs = validate_inputs(
+        pipeline.inputs,
+        engine.evaluate_value(body.inputs, ctx, scope),
+        f"child pipeline {pipeline.name!r} (step {path!r})",
+    )
+    run_id = f"{ctx.run_id}/{path}"
+    store = ctx.runtime.store
+    if store.get_run(run_id) is None:
+        store.create_run(
+            RunRecord(
+                run_id,
+                pipeline.name,
+                graph.file,
+                RunStatus.RUNNING,
+                time.time(),
+                parent_id=ctx.run_id,
+                inputs=inputs,
+                source_digest=graph.source_digest,
+            )
+        )
+    else:
+        store.reopen_run(run_id)
+    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, SharedState(pipeline.state), parent_id=ctx.run_id)
+    child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
+    try:
+        outputs = await engine.run_pipeline(child)
+    except BaseException as exc:
+        status = RunStatus.FAILED if isinstance(exc, Exception) else RunStatus.CANCELLED
+        store.finish_run(run_id, status, error={"message": str(exc)})
+        raise
+    store.finish_run(run_id, RunStatus.SUCCEEDED, outputs=outputs)
+    return outputs
+
+
+# --- adaptive routing -------------------------------------------------------------------------------------------
+
+
+def parse_choices(text: str | None) -> list[str]:
+    """Read an LLM's choice leniently: {"choices": [...]}, {"choice": "x"}, ["x"], or plain "x, y"."""
+    text = (text or "").strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if isinstance(value, dict):
+        value = value.get("choices", value.get("choice", []))
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,;]+", value.strip("` \n")) if part]
+    return [str(v).strip() for v in value] if isinstance(value, list) else []
+
+
+async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
+    assert route.agent is not None and route.prompt is not None
+    names = ", ".join(route.branches)
+    how = "one or more" if route.multiple else "exactly one"
+    instruction = f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+    prompt = route.prompt.render(ctx.template_context(scope))
+    outcome = await run_agent(
+        ctx,
+        ctx.graph.agents[route.agent],
+        prompt,
+        scope,
+        f"{path}/router",
+        extra_instruction=instruction,
+        output_schema={},
+    )
+    return parse_choices(json.dumps(outcome.output) if not isinstance(outcome.output, str) else outcome.output)
+
+
+async def _choose(engine: Engine, ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> tuple[list, str]:
+    for rule in route.rules:
+        if engine._evaluate(rule.when, ctx, scope):
+            return list(rule.choose), "rule"
+    if route.agent is not None:
+        chosen = await _llm_choices(ctx, route, scope, path)
+        if chosen:
+            return chosen, "llm"
+    return list(route.default), "default"
+
+
+async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    route = step.body
+    assert isinstance(route, ir.Route)
+    chosen, source = await _choose(engine, ctx, route, scope, path)
+    known = [c for c in dict.fromkeys(chosen) if c in route.branches]
+    unknown = [c for c in dict.fromkeys(chosen) if c not in route.branches]
+    errors = [{"error": f"Unknown pattern: {c}"} for c in unknown]
+    if unknown and route.on_unknown is ir.OnUnknown.FAIL:
+        raise RouteError(
+            f"route {path!r} chose unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"options: {', '.join(route.branches)}",
+            span=step.span,
+        )
+    if unknown and route.on_unknown is ir.OnUnknown.DEFAULT and not known:
+        known = [c for c in route.default if c in route.branches]
+    if not route.multiple:
+        known = known[:1]
+    results: dict[str, Any] = {}
+
+    async def run_branch(name: str) -> None:
+        steps = route.branches[name]
+        await engine.run_list(ctx, steps, scope)
+        results[name] = ctx.steps[steps[-1].id]["output"] if steps else None
+
+    async with task_group() as tg:
+        for name in known:
+            tg.start_soon(run_branch, name)
+    return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
+
+
+# --- loops, events, state ---------------------------------------------------------------------------------------
+
+
+async def handle_loop(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    """Evaluator–optimizer: run the body until `until` holds or `max_iterations` is reached."""
+    loop = step.body
+    assert isinstance(loop, ir.Loop)
+    previous: dict[str, Any] | None = None
+    outputs: dict[str, Any] = {}
+    converged = False
+    iteration = 0
+    for iteration in range(1, loop.max_iterations + 1):
+        body_scope = scope.child(
+            prefix=f"{step.id}#{iteration}/",
+            loop={"iteration": iteration, "index": iteration - 1, "previous": previous},
+        )
+        await engine.run_list(ctx, loop.steps, body_scope)
+        outputs = {s.id: ctx.steps[s.id]["output"] for s in loop.steps}
+        if loop.until is not None and engine._evaluate(loop.until, ctx, body_scope):
+            converged = True
+            break
+        previous = outputs
+    return {**outputs, "iterations": iteration, "converged": converged}
+
+
+async def handle_wait(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    wait = step.body
+    assert isinstance(wait, ir.Wait)
+    context = ctx.template_context(scope)
+
+    def matches(event: Event) -> bool:
+        return wait.match is None or bool(wait.match.evaluate({**context, "event": event.as_context()}))
+
+    async def execute() -> dict[str, Any]:
+        event = await ctx.runtime.bus.wait(wait.event, matches, wait.timeout)
+        if event is None:
+            raise WaitTimeout(
+                f"step {path!r}: no {wait.event!r} event arrived within {wait.timeout:g}s", span=step.span
+            )
+        return {"name": event.name, "data": event.data, "source": event.source}
+
+    # The event that released a wait is journaled like a side effect, so a resumed run does not wait again.
+    recorded = await ctx.runtime.journal.call(ctx.run_id, f"{path}/wait#0", f"wait:{wait.event}", execute)
+    return recorded["data"]
+
+
+async def handle_emit(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    assert isinstance(step.body, ir.EmitSpec)
+    return emit_event(ctx, step.body, scope, path, None)
+
+
+async def handle_set(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    return None  # the engine applies `set:` for every kind; a set step has no other effect
+
+
+HANDLERS: dict[ir.NodeKind, Handler] = {
+    ir.NodeKind.AGENT: handle_agent,
+    ir.NodeKind.TOOL: handle_tool,
+    ir.NodeKind.PARALLEL: handle_parallel,
+    ir.NodeKind.PIPELINE: handle_pipeline,
+    ir.NodeKind.ROUTE: handle_route,
+    ir.NodeKind.LOOP: handle_loop,
+    ir.NodeKind.WAIT: handle_wait,
+    ir.NodeKind.EMIT: handle_emit,
+    ir.NodeKind.SET: handle_set,
+}
+
+__all__ = ["HANDLERS", "StepResult", "run_agent_step"]

@@ -1,0 +1,279 @@
+"""Running a compiled graph end to end: the run record, resources (providers, the MCP pool, the store), external
+signals, and resume. This is the interpreter's public entry point; the CLI calls `run_graph` and `resume_run`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from flowctl.dsl import ir
+from flowctl.interpreter.concurrency import task_group
+from flowctl.interpreter.context import RunContext, Runtime, Scope
+from flowctl.interpreter.engine import Engine
+from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
+from flowctl.interpreter.handlers import HANDLERS
+from flowctl.interpreter.inputs import validate_inputs
+from flowctl.interpreter.journal import Journal
+from flowctl.interpreter.llm import LLMProvider
+from flowctl.interpreter.progress import Reporter
+from flowctl.interpreter.state import SharedState
+from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
+from flowctl.interpreter.tools import ToolPool, ToolResult
+
+SIGNAL_POLL_INTERVAL = 0.1
+
+
+@dataclass(slots=True)
+class RunOptions:
+    scripted: Any = None  # a scripted Fixture: replaces every model (and scripts the tools it names)
+    cache: bool = False  # serve identical LLM requests from the response cache
+    force: bool = False  # resume even if recorded requests changed
+    reporter: Reporter = field(default_factory=Reporter)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    provider_factory: Any = None  # override (tests, embedding)
+    tool_pool: ToolPool | None = None  # override (tests, embedding)
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    run_id: str
+    status: RunStatus
+    outputs: dict[str, Any] | None
+    error: FlowctlError | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    calls_executed: int = 0
+    calls_replayed: int = 0
+    elapsed: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _provider_factory(graph: ir.Graph, options: RunOptions) -> Any:
+    shared_scripted: list[LLMProvider] = []
+
+    def factory(model: ir.ModelDef) -> LLMProvider:
+        if options.scripted is not None:
+            from flowctl.interpreter.scripted import ScriptedProvider
+
+            if not shared_scripted:  # one instance for all models: one script, one call count
+                shared_scripted.append(ScriptedProvider(options.scripted))
+            return shared_scripted[0]
+        if model.provider == "scripted":
+            from flowctl.interpreter.scripted import ScriptedProvider, load_fixture
+
+            if not model.fixture:
+                raise ProviderError(f"model {model.name!r} uses provider 'scripted' but names no `fixture:`")
+            return ScriptedProvider(load_fixture(Path(model.span.file).parent / model.fixture))
+        if model.provider == "openai":
+            from flowctl.interpreter.openai_provider import OpenAIProvider
+
+            return OpenAIProvider(model, options.env)
+        return _entry_point_provider(model)
+
+    return factory
+
+
+def _entry_point_provider(model: ir.ModelDef) -> LLMProvider:
+    """Third-party providers register under the `flowctl.providers` entry-point group."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="flowctl.providers"):
+        if entry.name == model.provider:
+            return entry.load()(model)
+    raise ProviderError(f"model {model.name!r}: unknown provider {model.provider!r} (built in: openai, scripted)")
+
+
+class _CompositeToolPool:
+    """Servers the fixture scripts answer from the fixture; every other server is a real MCP connection."""
+
+    def __init__(self, scripted: Any, real: ToolPool) -> None:
+        self.scripted = scripted
+        self.real = real
+        self.names = scripted.scripted_servers() if scripted is not None else set()
+
+    def _pool(self, server: ir.ServerDef) -> ToolPool:
+        return self.scripted if server.name in self.names else self.real
+
+    async def list_tools(self, server: ir.ServerDef) -> list[Any]:
+        return await self._pool(server).list_tools(server)
+
+    async def call_tool(self, server: ir.ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
+        return await self._pool(server).call_tool(server, tool, arguments)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+def _uses_events(graph: ir.Graph) -> bool:
+    pipelines = [graph.root, *graph.pipelines.values(), *(g.root for g in graph.children.values())]
+    for pipeline in pipelines:
+        if any(t.kind is ir.TriggerKind.EVENT for t in pipeline.triggers):
+            return True
+        if any(s.kind is ir.NodeKind.WAIT for s in pipeline.all_steps()):
+            return True
+    return any(_uses_events(child) for child in graph.children.values())
+
+
+async def _poll_signals(runtime: Runtime, run_id: str) -> None:
+    """External signals (`flowctl signal`) arrive through the store from another process."""
+    last = 0
+    while True:
+        for signal in runtime.store.take_signals(run_id, last):
+            last = signal.seq
+            runtime.store.record_event(run_id, signal.name, signal.data, "signal")
+            runtime.reporter.event(run_id, signal.name, "signal")
+            runtime.bus.emit(signal.name, signal.data, "signal")
+        await anyio.sleep(SIGNAL_POLL_INTERVAL)
+
+
+async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
+    if options.tool_pool is not None:
+        real = options.tool_pool
+    else:
+        from flowctl.interpreter.mcp_pool import McpPool
+
+        real = await stack.enter_async_context(McpPool(env=options.env))
+    scripted = None
+    if options.scripted is not None and getattr(options.scripted, "tools", None):
+        from flowctl.interpreter.scripted import ScriptedToolPool
+
+        scripted = ScriptedToolPool(options.scripted)
+    return _CompositeToolPool(scripted, real) if scripted is not None else real
+
+
+async def run_graph(
+    graph: ir.Graph,
+    inputs: Mapping[str, Any],
+    store: RunStore,
+    options: RunOptions,
+    *,
+    run_id: str | None = None,
+    resuming: bool = False,
+) -> RunOutcome:
+    """Run (or resume) the root pipeline of `graph`. Never raises for a failed run: the outcome says how it ended."""
+    from contextlib import AsyncExitStack
+
+    from flowctl.interpreter.sqlite_store import new_run_id
+
+    values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
+    run_id = run_id or new_run_id()
+    journal = Journal(store, resuming=resuming, force=options.force, cache=options.cache)
+    if resuming:
+        store.reopen_run(run_id)
+    else:
+        store.create_run(
+            RunRecord(
+                run_id,
+                graph.root.name,
+                graph.file,
+                RunStatus.RUNNING,
+                time.time(),
+                inputs=values,
+                source_digest=graph.source_digest,
+            )
+        )
+    started = time.monotonic()
+    options.reporter.run_started(run_id, graph.root.name, resuming)
+    async with AsyncExitStack() as stack:
+        tools = await _open_tools(stack, options)
+        runtime = Runtime(
+            store,
+            journal,
+            options.provider_factory or _provider_factory(graph, options),
+            tools,
+            options.reporter,
+            graph.concurrency,
+        )
+        ctx = RunContext(runtime, graph, graph.root, run_id, values, SharedState(graph.root.state))
+        ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
+        outcome = await _run_root(ctx, runtime, started)
+    return outcome
+
+
+async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOutcome:
+    engine = Engine(HANDLERS)
+    outputs: dict[str, Any] | None = None
+    error: FlowctlError | None = None
+    status = RunStatus.SUCCEEDED
+    try:
+        async with task_group() as tg:
+            if _uses_events(ctx.graph):
+                tg.start_soon(_poll_signals, runtime, ctx.run_id)
+            try:
+                outputs = await engine.run_pipeline(ctx)
+            finally:
+                tg.cancel_scope.cancel()
+    except FlowctlError as exc:
+        error, status = exc, RunStatus.FAILED
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            _finish(ctx, runtime, RunStatus.CANCELLED, None, None)
+            await runtime.aclose()
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runtime.aclose()
+    outcome = _finish(ctx, runtime, status, outputs, error)
+    outcome.elapsed = time.monotonic() - started
+    runtime.reporter.run_finished(
+        ctx.run_id,
+        status.value,
+        outcome.elapsed,
+        outcome.input_tokens + outcome.output_tokens,
+        str(error) if error else "",
+    )
+    return outcome
+
+
+def _finish(
+    ctx: RunContext, runtime: Runtime, status: RunStatus, outputs: dict[str, Any] | None, error: FlowctlError | None
+) -> RunOutcome:
+    totals = runtime.totals
+    runtime.store.finish_run(
+        ctx.run_id,
+        status,
+        outputs=outputs,
+        error=error.to_json() if error else None,
+        input_tokens=totals.usage.input_tokens,
+        output_tokens=totals.usage.output_tokens,
+        cost=totals.cost,
+    )
+    events = [{"name": e.name, "data": e.data, "source": e.source} for e in runtime.bus.history]
+    return RunOutcome(
+        ctx.run_id,
+        status,
+        outputs,
+        error,
+        totals.usage.input_tokens,
+        totals.usage.output_tokens,
+        totals.cost,
+        runtime.journal.executed,
+        runtime.journal.replayed,
+        state=dict(ctx.state.values),
+        steps=dict(ctx.steps),
+        events=events,
+    )
+
+
+def load_resumable(store: RunStore, run_id: str) -> RunRecord:
+    record = store.get_run(run_id)
+    if record is None:
+        raise InputError(f"no run {run_id!r} in the store (see `flowctl runs`)")
+    if record.parent_id is not None:
+        raise InputError(f"run {run_id!r} is a child run; resume its root run {record.run_id.split('/')[0]!r}")
+    if record.status is RunStatus.SUCCEEDED:
+        raise InputError(f"run {run_id!r} already succeeded; nothing to resume")
+    return record
+
+
+__all__ = ["RunOptions", "RunOutcome", "Scope", "load_resumable", "run_graph"]

@@ -1,0 +1,720 @@
+"""The scripted provider: deterministic LLM replies (and MCP tool results) from a fixture, for offline runs and CI.
+
+`flowctl run FILE --scripted FIXTURE` answers every model from FIXTURE; a model may also declare
+`provider: scripted` with `fixture: PATH`. The user reference is docs/scripted.md. The fixture format (YAML or JSON):
+
+    # flowctl scripted fixture
+    responses:                    # rules, tried in order; the first that matches and is not used up answers
+      - agent: sentiment          # match keys, all optional: agent, step, model (exact or glob like "per_task*"),
+        reply: "Positive."        #   prompt (a regex searched in the last user message)
+      - step: plan                # `reply:` is reused every time the rule matches
+        replies:                  # `replies:` are used in turn; when used up the rule stops matching (falls through)
+          - json: {tasks: [{name: a}, {name: b}]}    # structured: content is the JSON text
+          - "plain text"
+      - agent: researcher
+        replies:
+          - tool_calls: [{name: get_current_time, arguments: {timezone: UTC}}]  # arguments: mapping or raw JSON text
+          - "It is noon."
+      - agent: flaky
+        replies:
+          - {error: rate_limit, retry_after: 0.01}  # rate_limit, quota, auth, bad_request, context_length,
+          - "recovered"                             #   unavailable, timeout, malformed (+ optional `message`)
+        latency: 50ms             # simulated latency per reply of this rule; a reply may carry its own `latency`
+    default: "ok"                 # optional reply when nothing matches; without it, an unmatched request fails
+    tools:                        # optional scripted MCP tool results (servers named here are not started)
+      time.get_current_time: {value: {datetime: "2026-01-01T12:00:00Z"}}  # one result, reused
+      files.read_file: [{text: "a"}, {error: "no such file"}]             # results used in turn
+
+A reply is a string (its content) or a mapping with one of `content`, `json`, `tool_calls`, `error` (`content` may
+accompany `tool_calls`), plus optional `latency` and `usage: {input_tokens, output_tokens}`. Usage not given is
+estimated as len(text) // 4 (at least 1) of the request's message contents and of the reply, so token accounting
+and budgets are exercised offline. A tool result is a mapping of `value` and/or `text`, or `error` (a tool-reported
+error), or `fault` (server_crashed, tool_timeout, server_start: a transport fault), plus optional `latency`.
+
+Rules are picked and consumed synchronously (no await between the check and the consume), so the concurrent calls of
+one run see consistent sequences and counters. Replies are picked in call order; for reproducible runs, script
+concurrent branches by agent or step rather than by sequence.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+
+from flowctl.dsl import catalogue as cat
+from flowctl.dsl.compile import parse_duration
+from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
+from flowctl.dsl.ir import ServerDef
+from flowctl.dsl.loader import JsonPath, SourceMap, load_file
+from flowctl.interpreter.errors import (
+    AuthError,
+    BadRequest,
+    ContextTooLong,
+    FlowctlError,
+    MalformedResponse,
+    OutputSchemaMismatch,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+    ServerCrashed,
+    ServerStartError,
+    ToolTimeout,
+)
+from flowctl.interpreter.llm import (
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    ToolCallRequest,
+    ToolSpec,
+    Usage,
+)
+from flowctl.interpreter.tools import ToolResult
+
+ERROR_KINDS: dict[str, type[ProviderError]] = {
+    "rate_limit": RateLimited,
+    "quota": QuotaExhausted,
+    "auth": AuthError,
+    "bad_request": BadRequest,
+    "context_length": ContextTooLong,
+    "unavailable": ProviderUnavailable,
+    "timeout": ProviderTimeout,
+    "malformed": MalformedResponse,
+}
+TOOL_FAULTS = ("server_crashed", "tool_timeout", "server_start")
+
+_TOP_KEYS = ("responses", "default", "tools")
+_RULE_KEYS = ("agent", "step", "model", "prompt", "reply", "replies", "latency")
+_REPLY_KINDS = ("content", "json", "tool_calls", "error")
+_REPLY_KEYS = (*_REPLY_KINDS, "message", "retry_after", "latency", "usage")
+_CALL_KEYS = ("name", "arguments")
+_USAGE_KEYS = ("input_tokens", "output_tokens")
+_TOOL_KEYS = ("value", "text", "error", "fault", "latency")
+
+
+class FixtureError(FlowctlError):
+    """A fixture file is unusable. Lists every problem at once, each as `file:line:col: message`."""
+
+    code = "invalid-fixture"
+
+    def __init__(self, file: str, diagnostics: list[Diagnostic]) -> None:
+        lines = [_diagnostic_line(d) for d in diagnostics]
+        count = f"{len(lines)} problem{'s' if len(lines) != 1 else ''}"
+        super().__init__(
+            f"invalid scripted fixture {file} ({count}):\n  " + "\n  ".join(lines), span=_first(diagnostics)
+        )
+        self.file = file
+        self.diagnostics = diagnostics
+
+
+class NoScriptedReply(ProviderError):
+    """No rule matches a request and the fixture has no `default:` (not retryable: the fixture must change)."""
+
+    code = "no-scripted-reply"
+
+
+# --- the fixture ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedCall:
+    name: str
+    arguments: str  # raw JSON text, as a model would send it (may be deliberately broken)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One scripted answer: content, structured JSON, tool calls, or an error kind."""
+
+    span: Span
+    content: str | None = None
+    json_text: str | None = None
+    tool_calls: tuple[ScriptedCall, ...] = ()
+    error: str | None = None
+    message: str | None = None
+    retry_after: float | None = None
+    latency: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def text(self) -> str | None:
+        return self.json_text if self.json_text is not None else self.content
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A `responses:` entry: match keys (None = any) and its replies."""
+
+    index: int
+    span: Span
+    replies: tuple[Reply, ...]
+    repeat: bool  # `reply:` (reused forever) rather than `replies:` (used in turn)
+    agent: str | None = None
+    step: str | None = None
+    model: str | None = None
+    prompt: re.Pattern[str] | None = None
+    latency: float | None = None
+
+    def matches(self, request: CompletionRequest) -> bool:
+        return (
+            _glob(self.agent, request.agent)
+            and _glob(self.step, request.step)
+            and _glob(self.model, request.model)
+            and (self.prompt is None or self.prompt.search(_last_user_text(request.messages)) is not None)
+        )
+
+    def describe(self) -> str:
+        keys = [f"{k} {v!r}" for k, v in (("agent", self.agent), ("step", self.step), ("model", self.model)) if v]
+        if self.prompt is not None:
+            keys.append(f"prompt /{self.prompt.pattern}/")
+        return f"responses[{self.index}]" + (f" ({', '.join(keys)})" if keys else "") + f" at {self.span}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolScript:
+    """One scripted tool result, or a transport fault to raise."""
+
+    span: Span
+    text: str = ""
+    value: Any = None
+    is_error: bool = False
+    fault: str | None = None
+    latency: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEntry:
+    """A `tools:` entry: one result reused forever, or a list used in turn."""
+
+    server: str
+    tool: str
+    results: tuple[ToolScript, ...]
+    repeat: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.server}.{self.tool}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fixture:
+    """A parsed, validated fixture. Immutable: consumption state lives in ScriptedProvider / ScriptedToolPool."""
+
+    file: str
+    rules: tuple[Rule, ...] = ()
+    default: Reply | None = None
+    tools: dict[str, ToolEntry] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data: Any, file: str = "<fixture>") -> Fixture:
+        """Build from plain Python data (same format as the file); problems raise FixtureError at `file:1:1`."""
+        return _Parser(SourceMap(file)).fixture(data)
+
+
+def load_fixture(path: str | Path) -> Fixture:
+    """Load a YAML or JSON fixture through the hardened loader, so every problem has file:line:col."""
+    doc = load_file(path)
+    if has_errors(doc.diagnostics):
+        raise FixtureError(doc.file, finalize(doc.diagnostics))
+    return _Parser(doc.source_map).fixture(doc.data)
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+
+class _Parser:
+    """Turns fixture data into a Fixture, collecting every problem before raising one FixtureError."""
+
+    def __init__(self, source_map: SourceMap) -> None:
+        self.map = source_map
+        self.diagnostics: list[Diagnostic] = []
+
+    def fixture(self, data: Any) -> Fixture:
+        top = self.mapping(data, (), _TOP_KEYS, "fixture")
+        if top is None:
+            raise FixtureError(self.map.file, self.diagnostics)
+        rules = self.rules(top.get("responses"))
+        default = self.reply(top["default"], ("default",)) if top.get("default") is not None else None
+        tools = self.tools(top.get("tools"))
+        if self.diagnostics:
+            raise FixtureError(self.map.file, finalize(self.diagnostics))
+        return Fixture(self.map.file, rules, default, tools)
+
+    # helpers -------------------------------------------------------------------------------------------------
+
+    def problem(self, path: JsonPath, message: str, hint: str = "") -> None:
+        self.diagnostics.append(cat.invalid_value(self.map.value(path), f"{_where(path)}: {message}", hint))
+
+    def wrong_type(self, path: JsonPath, expected: str, value: Any) -> None:
+        span = self.map.value(path)
+        self.diagnostics.append(cat.wrong_type(span, f"{expected} for {_where(path)}", _type_name(value)))
+
+    def mapping(self, value: Any, path: JsonPath, allowed: Iterable[str], where: str) -> dict[str, Any] | None:
+        """The value as a mapping with only `allowed` keys (unknown keys are reported with a did-you-mean)."""
+        label = f"{where} {_where(path)}" if path else _where(path)
+        if not isinstance(value, dict):
+            self.diagnostics.append(cat.wrong_type(self.map.value(path), f"a mapping for {label}", _type_name(value)))
+            return None
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                self.diagnostics.append(cat.unknown_key(self.map.key((*path, key)), key, allowed, label))
+        return value
+
+    def string(self, value: Any, path: JsonPath) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type(path, "a string", value)
+            return None
+        return value
+
+    def duration(self, value: Any, path: JsonPath) -> float | None:
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            seconds = parse_duration(value)
+        except ValueError:
+            self.problem(path, f"not a duration: {value!r}", "use 500ms, 30s, 5m, 1h or a number of seconds")
+            return None
+        if seconds is not None and seconds < 0:
+            self.problem(path, f"a duration cannot be negative: {value!r}")
+            return None
+        return seconds
+
+    def count(self, value: Any, path: JsonPath) -> int | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            self.wrong_type(path, "a non-negative integer", value)
+            return None
+        return value
+
+    # responses -----------------------------------------------------------------------------------------------
+
+    def rules(self, value: Any) -> tuple[Rule, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.wrong_type(("responses",), "a list of rules", value)
+            return ()
+        rules = (self.rule(item, ("responses", i), i) for i, item in enumerate(value))
+        return tuple(rule for rule in rules if rule is not None)
+
+    def rule(self, value: Any, path: JsonPath, index: int) -> Rule | None:
+        data = self.mapping(value, path, _RULE_KEYS, "rule")
+        if data is None:
+            return None
+        replies, repeat = self.rule_replies(data, path)
+        return Rule(
+            index=index,
+            span=self.map.value(path),
+            replies=replies,
+            repeat=repeat,
+            agent=self.string(data.get("agent"), (*path, "agent")),
+            step=self.string(data.get("step"), (*path, "step")),
+            model=self.string(data.get("model"), (*path, "model")),
+            prompt=self.regex(data.get("prompt"), (*path, "prompt")),
+            latency=self.duration(data.get("latency"), (*path, "latency")),
+        )
+
+    def rule_replies(self, data: dict[str, Any], path: JsonPath) -> tuple[tuple[Reply, ...], bool]:
+        if ("reply" in data) == ("replies" in data):
+            self.problem(path, "a rule needs exactly one of `reply` (reused) or `replies` (used in turn)")
+            return (), True
+        if "reply" in data:
+            reply = self.reply(data["reply"], (*path, "reply"))
+            return ((reply,) if reply else ()), True
+        items = data["replies"]
+        if not isinstance(items, list) or not items:
+            self.wrong_type((*path, "replies"), "a non-empty list of replies", items)
+            return (), False
+        replies = (self.reply(item, (*path, "replies", i)) for i, item in enumerate(items))
+        return tuple(r for r in replies if r is not None), False
+
+    def regex(self, value: Any, path: JsonPath) -> re.Pattern[str] | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            self.problem(path, f"not a valid regular expression: {exc}")
+            return None
+
+    def reply(self, value: Any, path: JsonPath) -> Reply | None:
+        span = self.map.value(path)
+        if isinstance(value, str):
+            return Reply(span, content=value)
+        if not isinstance(value, dict):
+            self.wrong_type(path, "a reply (a string or a mapping)", value)
+            return None
+        data = self.mapping(value, path, _REPLY_KEYS, "reply")
+        if data is None:
+            return None
+        kinds = [k for k in _REPLY_KINDS if k in data]
+        if len(kinds) != 1 and sorted(kinds) != ["content", "tool_calls"]:
+            found = ", ".join(kinds) or "none"
+            self.problem(path, f"a reply needs one of `content`, `json`, `tool_calls`, `error` (found: {found})")
+            return None
+        return Reply(
+            span,
+            content=self.string(data.get("content"), (*path, "content")),
+            json_text=self.json_text(data, path),
+            tool_calls=self.tool_calls(data.get("tool_calls"), (*path, "tool_calls")),
+            error=self.error_kind(data.get("error"), (*path, "error")),
+            message=self.string(data.get("message"), (*path, "message")),
+            retry_after=self.duration(data.get("retry_after"), (*path, "retry_after")),
+            latency=self.duration(data.get("latency"), (*path, "latency")),
+            **self.usage(data.get("usage"), (*path, "usage")),
+        )
+
+    def json_text(self, data: dict[str, Any], path: JsonPath) -> str | None:
+        if "json" not in data:
+            return None
+        try:
+            return json.dumps(data["json"], ensure_ascii=False, allow_nan=False)
+        except ValueError as exc:
+            self.problem((*path, "json"), f"cannot be written as JSON: {exc}")
+            return None
+
+    def error_kind(self, value: Any, path: JsonPath) -> str | None:
+        kind = self.string(value, path)
+        if kind is not None and kind not in ERROR_KINDS:
+            hint = cat.did_you_mean(kind, ERROR_KINDS) or "error kinds: " + ", ".join(ERROR_KINDS)
+            self.problem(path, f"unknown error kind {kind!r}", hint)
+            return None
+        return kind
+
+    def tool_calls(self, value: Any, path: JsonPath) -> tuple[ScriptedCall, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.wrong_type(path, "a non-empty list of tool calls", value)
+            return ()
+        calls = (self.tool_call(item, (*path, i)) for i, item in enumerate(value))
+        return tuple(c for c in calls if c is not None)
+
+    def tool_call(self, value: Any, path: JsonPath) -> ScriptedCall | None:
+        data = self.mapping(value, path, _CALL_KEYS, "tool call")
+        if data is None:
+            return None
+        if "name" not in data:
+            self.diagnostics.append(cat.missing_key(self.map.value(path), "name", _where(path)))
+        name = self.string(data.get("name"), (*path, "name"))
+        arguments = self.arguments(data.get("arguments", {}), (*path, "arguments"))
+        return ScriptedCall(name, arguments) if name is not None and arguments is not None else None
+
+    def arguments(self, value: Any, path: JsonPath) -> str | None:
+        """Raw JSON text: a string is sent verbatim (so a fixture can send broken arguments), a mapping as JSON."""
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, dict):
+            self.wrong_type(path, "a mapping or a JSON string", value)
+            return None
+        return json.dumps(value, ensure_ascii=False)
+
+    def usage(self, value: Any, path: JsonPath) -> dict[str, int | None]:
+        if value is None:
+            return {}
+        data = self.mapping(value, path, _USAGE_KEYS, "usage")
+        if data is None:
+            return {}
+        return {key: self.count(data.get(key), (*path, key)) for key in _USAGE_KEYS}
+
+    # tools -----------------------------------------------------------------------------------------------------
+
+    def tools(self, value: Any) -> dict[str, ToolEntry]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.wrong_type(("tools",), "a mapping of `server.tool` to results", value)
+            return {}
+        entries = (self.tool_entry(key, item, ("tools", key)) for key, item in value.items())
+        return {entry.key: entry for entry in entries if entry is not None}
+
+    def tool_entry(self, key: str, value: Any, path: JsonPath) -> ToolEntry | None:
+        server, _, tool = key.partition(".")
+        if not server or not tool:
+            hint = "name it `server.tool`, e.g. time.get_current_time"
+            self.diagnostics.append(cat.invalid_value(self.map.key(path), f"tools: bad key {key!r}", hint))
+            return None
+        if isinstance(value, list):
+            if not value:
+                self.wrong_type(path, "a result or a non-empty list of results", value)
+                return None
+            results = (self.tool_result(item, (*path, i)) for i, item in enumerate(value))
+            return ToolEntry(server, tool, tuple(r for r in results if r is not None), repeat=False)
+        result = self.tool_result(value, path)
+        return ToolEntry(server, tool, (result,) if result else (), repeat=True)
+
+    def tool_result(self, value: Any, path: JsonPath) -> ToolScript | None:
+        data = self.mapping(value, path, _TOOL_KEYS, "tool result")
+        if data is None:
+            return None
+        latency = self.duration(data.get("latency"), (*path, "latency"))
+        span = self.map.value(path)
+        if "fault" in data:
+            return self.tool_fault(data, path, span, latency)
+        if "error" in data:
+            text = self.string(data["error"], (*path, "error"))
+            return ToolScript(span, text or "", text or "", is_error=True, latency=latency)
+        if "value" not in data and "text" not in data:
+            self.problem(path, "a tool result needs `value` and/or `text`, or `error`, or `fault`")
+            return None
+        text = self.string(data.get("text"), (*path, "text"))
+        result_value = data.get("value", text)
+        if text is None:
+            text = result_value if isinstance(result_value, str) else json.dumps(result_value, ensure_ascii=False)
+        return ToolScript(span, text, result_value, latency=latency)
+
+    def tool_fault(self, data: dict[str, Any], path: JsonPath, span: Span, latency: float | None) -> ToolScript | None:
+        fault = self.string(data["fault"], (*path, "fault"))
+        if fault is not None and fault not in TOOL_FAULTS:
+            hint = cat.did_you_mean(fault, TOOL_FAULTS) or "faults: " + ", ".join(TOOL_FAULTS)
+            self.problem((*path, "fault"), f"unknown fault {fault!r}", hint)
+            return None
+        return ToolScript(span, fault=fault, latency=latency) if fault else None
+
+
+# --- the provider -----------------------------------------------------------------------------------------------
+
+
+class ScriptedProvider:
+    """An LLMProvider answering from a Fixture. Share one instance across models so sequences stay in order."""
+
+    def __init__(self, fixture: Fixture) -> None:
+        self.fixture = fixture
+        self.calls = 0  # every complete() call, answered or not
+        self.calls_by_rule: dict[int, int] = {rule.index: 0 for rule in fixture.rules}
+        self.default_calls = 0
+        self._used: dict[int, int] = {}  # replies consumed per rule index (for `replies:` rules)
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        reply, rule = self._take(request)  # synchronous: no await between matching and consuming
+        latency = reply.latency if reply.latency is not None else (rule.latency if rule else None)
+        if latency:
+            await anyio.sleep(latency)
+        return _answer(request, reply, rule, self.fixture.file)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def unused_rules(self) -> list[Rule]:
+        """Rules that never answered: a fixture drifting away from its pipeline (useful in `flowctl test`)."""
+        return [rule for rule in self.fixture.rules if self.calls_by_rule[rule.index] == 0]
+
+    def _take(self, request: CompletionRequest) -> tuple[Reply, Rule | None]:
+        self.calls += 1
+        used_up: list[Rule] = []
+        for rule in self.fixture.rules:
+            if not rule.replies or not rule.matches(request):
+                continue
+            reply = self._next_reply(rule)
+            if reply is None:
+                used_up.append(rule)
+                continue
+            self.calls_by_rule[rule.index] += 1
+            return reply, rule
+        if self.fixture.default is not None:
+            self.default_calls += 1
+            return self.fixture.default, None
+        raise NoScriptedReply(_no_match_message(request, self.fixture, used_up))
+
+    def _next_reply(self, rule: Rule) -> Reply | None:
+        if rule.repeat:
+            return rule.replies[0]
+        used = self._used.get(rule.index, 0)
+        if used >= len(rule.replies):
+            return None
+        self._used[rule.index] = used + 1
+        return rule.replies[used]
+
+
+def _answer(request: CompletionRequest, reply: Reply, rule: Rule | None, file: str) -> CompletionResponse:
+    """The response for a reply, or the typed error it scripts."""
+    source = rule.describe() if rule else f"`default:` of {file}"
+    if reply.error is not None:
+        raise _scripted_error(request, reply, source)
+    tool_calls = _tool_calls(request.messages, reply.tool_calls)
+    response = CompletionResponse(
+        content=reply.text,
+        tool_calls=tool_calls,
+        usage=_usage(request, reply, tool_calls),
+        finish_reason="tool_calls" if tool_calls else "stop",
+        model=request.model,
+    )
+    if request.output_schema is not None and not tool_calls:
+        _check_output(response.content, request.output_schema, f"{_who(request)} ({source})")
+    return response
+
+
+def _scripted_error(request: CompletionRequest, reply: Reply, source: str) -> ProviderError:
+    kind = reply.error or ""
+    message = reply.message or f"scripted {kind} error for {_who(request)}"
+    return ERROR_KINDS[kind](f"{message} ({source})", retry_after=reply.retry_after)
+
+
+def _tool_calls(messages: tuple[Message, ...], calls: tuple[ScriptedCall, ...]) -> tuple[ToolCallRequest, ...]:
+    """Ids `call_<n>` numbered after the conversation's earlier tool calls: unique and independent of scheduling."""
+    earlier = sum(len(m.tool_calls) for m in messages)
+    return tuple(ToolCallRequest(f"call_{earlier + i + 1}", c.name, c.arguments) for i, c in enumerate(calls))
+
+
+def _usage(request: CompletionRequest, reply: Reply, tool_calls: tuple[ToolCallRequest, ...]) -> Usage:
+    input_text = "".join(m.content or "" for m in request.messages)
+    output_text = (reply.text or "") + "".join(c.name + c.arguments for c in tool_calls)
+    return Usage(
+        reply.input_tokens if reply.input_tokens is not None else estimate_tokens(input_text),
+        reply.output_tokens if reply.output_tokens is not None else estimate_tokens(output_text),
+    )
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: good enough to exercise budgets and cost reports offline."""
+    return max(1, len(text) // 4)
+
+
+def _check_output(content: str | None, schema: dict[str, Any], where: str) -> None:
+    """Structured output is checked the way the real provider checks it, so fixtures can exercise the failure."""
+    try:
+        value = json.loads(content or "")
+    except ValueError as exc:
+        raise OutputSchemaMismatch(f"output of {where} is not valid JSON: {exc}") from None
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if problem is not None:
+        raise OutputSchemaMismatch(
+            f"output of {where} does not match the output schema: at {problem.json_path}: {problem.message}"
+        )
+
+
+def _no_match_message(request: CompletionRequest, fixture: Fixture, used_up: list[Rule]) -> str:
+    lines = [f"no scripted reply for {_who(request)} in {fixture.file}: no rule matches and there is no `default:`"]
+    if any(rule.prompt is not None for rule in fixture.rules):
+        lines.append(f"last user message: {_excerpt(_last_user_text(request.messages))}")
+    lines.extend(f"matched but used up ({len(rule.replies)} replies): {rule.describe()}" for rule in used_up)
+    return "\n  ".join(lines)
+
+
+# --- the tool pool ----------------------------------------------------------------------------------------------
+
+
+class ScriptedToolPool:
+    """A ToolPool answering from the fixture's `tools:`; the servers it scripts are never started."""
+
+    def __init__(self, fixture: Fixture) -> None:
+        self.fixture = fixture
+        self.calls = 0
+        self.calls_by_tool: dict[str, int] = {key: 0 for key in fixture.tools}
+        self._used: dict[str, int] = {}
+
+    def scripted_servers(self) -> set[str]:
+        return {entry.server for entry in self.fixture.tools.values()}
+
+    async def list_tools(self, server: ServerDef) -> list[ToolSpec]:
+        """The scripted tools of `server` in fixture order, filtered by its `allowed_tools` like the real pool."""
+        return [
+            ToolSpec(entry.tool, f"scripted tool {entry.key}", {"type": "object"})
+            for entry in self.fixture.tools.values()
+            if entry.server == server.name and (server.allowed_tools is None or entry.tool in server.allowed_tools)
+        ]
+
+    async def call_tool(self, server: ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
+        """The next scripted result; an unscripted or used-up tool is a tool-reported error, never an exception."""
+        self.calls += 1
+        key = f"{server.name}.{tool}"
+        script = self._take(key)  # synchronous: no await between the check and the consume
+        if isinstance(script, ToolResult):
+            return script
+        if script.latency:
+            await anyio.sleep(script.latency)
+        if script.fault is not None:
+            raise _tool_fault(script, server, tool)
+        return ToolResult(text=script.text, value=script.value, is_error=script.is_error)
+
+    async def aclose(self) -> None:
+        """Nothing to close: no server was started."""
+
+    def _take(self, key: str) -> ToolScript | ToolResult:
+        entry = self.fixture.tools.get(key)
+        if entry is None or not entry.results:
+            return ToolResult(text=f"no scripted result for {key}", value=None, is_error=True)
+        used = 0 if entry.repeat else self._used.get(key, 0)
+        if used >= len(entry.results):
+            text = f"scripted results for {key} are used up ({len(entry.results)} given in {self.fixture.file})"
+            return ToolResult(text=text, value=None, is_error=True)
+        if not entry.repeat:
+            self._used[key] = used + 1
+        self.calls_by_tool[key] += 1
+        return entry.results[used]
+
+
+def _tool_fault(script: ToolScript, server: ServerDef, tool: str) -> Exception:
+    """The transport fault a script asks for; retryable as the real one would be (idempotent tools only)."""
+    idempotent = tool in server.idempotent_tools
+    where = f"scripted {script.fault} for tool {tool!r} of server {server.name!r} (at {script.span})"
+    if script.fault == "server_start":
+        return ServerStartError(where)
+    if script.fault == "tool_timeout":
+        return ToolTimeout(where, idempotent=idempotent)
+    return ServerCrashed(where, idempotent=idempotent)
+
+
+# --- small helpers ----------------------------------------------------------------------------------------------
+
+
+def _glob(pattern: str | None, value: str) -> bool:
+    """Exact first, so names holding glob characters (`per_task[0]`) still match themselves."""
+    return pattern is None or pattern == value or fnmatch.fnmatchcase(value, pattern)
+
+
+def _last_user_text(messages: tuple[Message, ...]) -> str:
+    return next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
+
+
+def _who(request: CompletionRequest) -> str:
+    parts = [f"agent {request.agent!r}" if request.agent else "no agent"]
+    if request.step:
+        parts.append(f"step {request.step!r}")
+    parts.append(f"model {request.model!r}")
+    return ", ".join(parts)
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _where(path: JsonPath) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return text or "the fixture"
+
+
+def _type_name(value: Any) -> str:
+    names: Mapping[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    return names.get(type(value), type(value).__name__)
+
+
+def _diagnostic_line(diagnostic: Diagnostic) -> str:
+    hint = f" ({diagnostic.hint})" if diagnostic.hint else ""
+    return f"{diagnostic.span}: {diagnostic.message}{hint} [{diagnostic.code}]"
+
+
+def _first(diagnostics: list[Diagnostic]) -> Span | None:
+    return diagnostics[0].span if diagnostics else None

@@ -1,0 +1,68 @@
+"""Shared state: declared keys, a reducer per key, and a log of every change.
+
+Determinism for concurrent writers: steps inside a parallel group or a fan-out write into a per-branch buffer, and the
+group applies the buffers in declaration (item) order when it finishes — so the result never depends on which branch
+finished first. Elsewhere an update applies when its step succeeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flowctl.dsl.ir import Reducer, StateKey
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    step: str
+    values: dict[str, Any]
+    at: float
+
+
+Update = tuple[str, dict[str, Any]]  # (step path, {key: value})
+
+
+class SharedState:
+    def __init__(self, keys: dict[str, StateKey]) -> None:
+        self.keys = keys
+        self.values: dict[str, Any] = {name: copy.deepcopy(key.default) for name, key in keys.items()}
+        self.log: list[Change] = []
+        self.listeners: list[Callable[[Change], None]] = []  # the store's change log, threshold triggers
+
+    def apply(self, step: str, updates: dict[str, Any]) -> None:
+        """Apply one step's updates through each key's reducer, and log the change."""
+        for name, value in updates.items():
+            self.values[name] = _reduce(self.keys[name].reducer, self.values.get(name), value)
+        change = Change(step, {name: self.values[name] for name in updates}, time.time())
+        self.log.append(change)
+        for listener in self.listeners:
+            listener(change)
+
+
+def _reduce(reducer: Reducer, current: Any, value: Any) -> Any:
+    if reducer is Reducer.APPEND:
+        base = list(current) if isinstance(current, list) else ([] if current is None else [current])
+        return base + value if isinstance(value, list) else [*base, value]
+    if reducer is Reducer.MERGE:
+        base = dict(current) if isinstance(current, dict) else {}
+        if not isinstance(value, dict):
+            raise TypeError(f"merge reducer needs a mapping, got {type(value).__name__}")
+        base.update(value)
+        return base
+    return value
+
+
+class UpdateBuffer:
+    """Collects the updates of one branch of a concurrent group, to be applied later in a fixed order."""
+
+    __slots__ = ("updates",)
+
+    def __init__(self) -> None:
+        self.updates: list[Update] = []
+
+    def __call__(self, step: str, values: dict[str, Any]) -> None:
+        self.updates.append((step, values))

@@ -1,0 +1,94 @@
+"""A real MCP server (mcp SDK `MCPServer`) for the pool's tests: arithmetic plus tools that fail,
+stall, crash and report process state, served over stdio (default), streamable HTTP or SSE.
+
+    python calc_server.py                      # stdio
+    python calc_server.py --http --port 8123   # streamable HTTP at http://127.0.0.1:8123/mcp
+    python calc_server.py --sse --port 8123    # SSE at http://127.0.0.1:8123/sse
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from mcp import MCPError
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("calc")
+_calls = {"counter": 0}
+
+
+@server.tool()
+def add(a: float, b: float) -> float:
+    """Add two numbers (structured result)."""
+    return a + b
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool(structured_output=False)
+def fail(message: str) -> str:
+    """Report a tool error as an `is_error` result, as TypeScript servers do."""
+    raise ToolError(message)
+
+
+@server.tool(structured_output=False)
+def fail_rpc(message: str) -> str:
+    """Report a tool error as a JSON-RPC error response (a raised MCPError)."""
+    raise MCPError(code=-32000, message=message)
+
+
+@server.tool()
+def slow(seconds: float) -> str:
+    """Sleep, then answer: lets tests exceed the read timeout."""
+    time.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+def crash() -> str:
+    """Kill the process mid-call, without answering."""
+    os._exit(3)
+
+
+@server.tool()
+def counter() -> int:
+    """How many times this tool was called in this process: one process means one count."""
+    _calls["counter"] += 1
+    return _calls["counter"]
+
+
+@server.tool()
+def pid() -> int:
+    """The server's process id, so tests can check it is gone after shutdown."""
+    return os.getpid()
+
+
+@server.tool()
+def env(name: str) -> str:
+    """An environment variable of the server process ("<unset>" when absent)."""
+    return os.environ.get(name, "<unset>")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
+    parser.add_argument("--sse", action="store_true", help="serve SSE at /sse")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    if args.http:
+        server.run("streamable-http", host="127.0.0.1", port=args.port)
+    elif args.sse:
+        server.run("sse", host="127.0.0.1", port=args.port)
+    else:
+        server.run()
+
+
+if __name__ == "__main__":
+    main()
