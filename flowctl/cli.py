@@ -237,8 +237,10 @@ def _execute(start: Any, reporter: Any) -> Any:
 
     received: list[int] = []
 
+    from flowctl.interpreter.concurrency import task_group
+
     async def main() -> Any:
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
 
             async def watch() -> None:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -324,10 +326,16 @@ def run(
 ) -> None:
     """Run a pipeline."""
     from flowctl.interpreter.errors import InputError
+    from flowctl.interpreter.inputs import validate_inputs
     from flowctl.interpreter.runner import run_graph
 
     graph = _load_or_exit(file)
     inputs = _parse_inputs(graph, pairs, inputs_file)
+    try:  # before anything runs or is journaled
+        validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
     store = _open_store(store_path)
     try:

@@ -543,14 +543,19 @@ class SqliteRunStore:
             return None
         return CallRecord(run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"])
 
-    def record_call(self, run_id: str, key: str, request_digest: str, result: dict[str, Any]) -> None:
-        """Journal a completed side effect; committed (durable) before returning.
+    def record_call(
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
+    ) -> None:
+        """Journal a completed side effect; committed before returning unless `durable=False` (group commit).
 
         One row per (run, key): recording a key again (a forced re-run) replaces the result.
         """
         params = (run_id, key, request_digest, self._dump(result), time.time())
         with self._lock:
-            self._durable(_RECORD_CALL_SQL, params)
+            if durable:
+                self._durable(_RECORD_CALL_SQL, params)
+            else:
+                self._grouped(_RECORD_CALL_SQL, params)
 
     # -- events, signals, state ------------------------------------------------------------------
 

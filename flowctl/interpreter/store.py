@@ -5,7 +5,9 @@ later. The embedded default is SQLite (`sqlite_store.SqliteRunStore`).
 
 Durability contract (see shared/design/ARCHITECTURE.md): side effects (LLM and tool calls) run at least once; their
 completed results are recorded exactly once, keyed by (run id, call key); a resumed run looks each call up before
-making it and never pays twice. `record_call` returns only once the result is durable (committed).
+making it and never pays twice for an acknowledged result. A result is acknowledged once committed: `record_call`
+commits before returning, or, with `durable=False`, in a group commit that is flushed before any tool call (an
+external effect that may depend on it), at the end of the run, and at least every 50 ms.
 """
 
 from __future__ import annotations
@@ -134,7 +136,17 @@ class RunStore(Protocol):
 
     # side effects: the durable part
     def lookup_call(self, run_id: str, key: str) -> CallRecord | None: ...
-    def record_call(self, run_id: str, key: str, request_digest: str, result: dict[str, Any]) -> None: ...
+    def record_call(
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
+    ) -> None:
+        """Record a completed side effect. `durable=False` lets it ride in the next group commit: allowed for
+        results whose loss only costs a repeat (an LLM completion), never before an external effect depends on it
+        (callers `flush()` before tool calls and at the end of a run)."""
+        ...
+
+    def flush(self) -> None:
+        """Make every write so far durable."""
+        ...
 
     # events, signals, state
     def record_event(self, run_id: str, name: str, data: Any, source: str) -> int: ...
