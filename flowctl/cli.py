@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from flowctl import __version__
+from flowctl.testing import test_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -515,6 +516,9 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
         store.close()
     note = "" if record.status.value == "running" else f" (the run is {record.status.value}; it sees it if resumed)"
     click.echo(f"sent {event!r} to {run_id} as signal #{seq}{note}")
+
+
+main.add_command(test_command)
 
 
 def run_cli() -> None:  # pragma: no cover - console entry for `python -m flowctl`

@@ -1,0 +1,127 @@
+"""The example pipelines in pipelines/: each validates without errors, runs offline with its fixture through the CLI,
+and passes its `flowctl test` cases. mcp_time uses the real `mcp-server-time` server from the venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowctl.cli import main
+from flowctl.dsl.diagnostics import Severity
+from flowctl.dsl.frontend import load_pipeline
+from flowctl.testing import test_command as flowctl_test
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = ROOT / "pipelines"
+EXAMPLES = sorted(p for p in PIPELINES.glob("*.yaml") if not p.name.endswith((".fixture.yaml", ".test.yaml")))
+CHILDREN = sorted((PIPELINES / "children").glob("*.yaml"))
+EXPECTED = {
+    "data_pipeline",
+    "multi_analysis",
+    "project_management",
+    "adaptive_analysis",
+    "stateful_orchestrator",
+    "event_driven",
+    "resilience",
+    "evaluator_optimizer",
+    "mcp_time",
+}
+MODELINE = "# yaml-language-server: $schema="
+
+
+@pytest.fixture(autouse=True)
+def venv_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mcp_time starts `mcp-server-time`, installed in the venv's bin folder."""
+    bin_dir = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # offline means offline
+
+
+def test_every_example_is_present() -> None:
+    assert {p.stem for p in EXAMPLES} == EXPECTED
+
+
+@pytest.mark.parametrize("path", EXAMPLES + CHILDREN, ids=lambda p: p.stem)
+def test_example_validates_with_zero_errors_and_has_a_modeline(path: Path) -> None:
+    graph, diagnostics, _ = load_pipeline(path)
+    errors = [str(d) for d in diagnostics if d.severity is Severity.ERROR]
+    assert errors == []
+    assert graph is not None
+    first_line = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first_line.startswith(MODELINE)
+    schema = (path.parent / first_line[len(MODELINE) :]).resolve()
+    assert schema == (ROOT / "flowctl" / "schemas" / "pipeline.schema.json").resolve()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_has_a_header_fixture_and_test_cases(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert "What it shows" in text
+    assert f"flowctl run pipelines/{path.name} --scripted pipelines/{path.stem}.fixture.yaml" in text
+    assert (PIPELINES / f"{path.stem}.fixture.yaml").is_file()
+    assert (PIPELINES / f"{path.stem}.test.yaml").is_file()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_offline_with_its_fixture(path: Path, tmp_path: Path) -> None:
+    fixture = PIPELINES / f"{path.stem}.fixture.yaml"
+    args = [
+        "run",
+        str(path),
+        "--scripted",
+        str(fixture),
+        "--store",
+        str(tmp_path / "runs.db"),
+        "--output",
+        "json",
+        "-q",
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "succeeded"
+    assert outcome["error"] is None
+    assert outcome["outputs"]
+    shown = CliRunner().invoke(main, ["show", outcome["run_id"], "--store", str(tmp_path / "runs.db")])
+    assert shown.exit_code == 0
+    assert "succeeded" in shown.stdout
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_test_cases_pass(path: Path) -> None:
+    tests = PIPELINES / f"{path.stem}.test.yaml"
+    result = CliRunner().invoke(flowctl_test, [str(tests)], catch_exceptions=False)
+    last = result.stdout.strip().splitlines()[-1]
+    assert result.exit_code == 0, result.stdout
+    assert re.fullmatch(r"[1-9][0-9]* passed, 0 failed", last)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_draws_as_mermaid(path: Path) -> None:
+    result = CliRunner().invoke(main, ["graph", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(("flowchart", "graph", "%%"))
+
+
+def test_adaptive_analysis_reports_the_unknown_pattern(tmp_path: Path) -> None:
+    path = PIPELINES / "adaptive_analysis.yaml"
+    fixture = PIPELINES / "adaptive_analysis.fixture.yaml"
+    args = ["run", str(path), "--scripted", str(fixture), "--store", str(tmp_path / "r.db"), "--output", "json", "-q"]
+    outputs = json.loads(CliRunner().invoke(main, args).stdout)["outputs"]
+    assert outputs["errors"] == [{"error": "Unknown pattern: benchmark_audit"}]
+    assert outputs["chosen"] == ["technical", "factual", "comparative"]
+
+
+def test_resilience_shows_the_circuit_breaker_opening(tmp_path: Path) -> None:
+    path = PIPELINES / "resilience.yaml"
+    fixture = PIPELINES / "resilience.fixture.yaml"
+    args = ["run", str(path), "--scripted", str(fixture), "--store", str(tmp_path / "r.db"), "--output", "json", "-q"]
+    outputs = json.loads(CliRunner().invoke(main, args).stdout)["outputs"]
+    assert outputs["related_errors"] == ["provider-timeout", "provider-timeout", "circuit-open", "circuit-open"]
+    assert outputs["mode"] == "degraded"
