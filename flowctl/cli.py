@@ -388,7 +388,7 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
 
     store = _open_store(store_path)
     try:
-        records = [r for r in store.list_runs(limit * 4) if r.parent_id is None][:limit]
+        records = store.list_runs(limit, roots_only=True)
     finally:
         store.close()
     if output == "json":

@@ -262,3 +262,27 @@ def test_signal_rejects_bad_json(project: Path) -> None:
     result = invoke("signal", "r-x", "approved", "--data", "{not json", "--store", str(project / "runs.db"))
     assert result.exit_code == 2
     assert "--data is not JSON" in result.output
+
+
+def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None:
+    (tmp_path / "fan.yaml").write_text(
+        "flowctl: 1\nname: fan\nagents:\n  a: {instruction: x}\npipelines:\n  child:\n    steps:\n"
+        "      - {id: c, agent: a, prompt: hi}\nsteps:\n  - id: kids\n    pipeline: child\n"
+        '    for_each: "{{ range(6) | list }}"\n'
+    )
+    (tmp_path / "f.yaml").write_text("default: ok\n")
+    store = str(tmp_path / "runs.db")
+    ran = invoke(
+        "run",
+        str(tmp_path / "fan.yaml"),
+        "--quiet",
+        "--scripted",
+        str(tmp_path / "f.yaml"),
+        "--store",
+        store,
+        "--output",
+        "json",
+    )
+    assert ran.exit_code == 0, ran.output
+    listed = json.loads(invoke("runs", "-n", "1", "--store", store, "--output", "json").output)
+    assert [r["run_id"] for r in listed] == [json.loads(ran.output)["run_id"]]

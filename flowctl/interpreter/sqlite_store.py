@@ -471,9 +471,10 @@ class SqliteRunStore:
             row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _run_from_row(row)
 
-    def list_runs(self, limit: int = 50) -> list[RunRecord]:
-        """The most recent runs, newest first."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?"
+    def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]:
+        """The most recent runs, newest first; `roots_only` leaves out child runs."""
+        where = "WHERE parent_id IS NULL " if roots_only else ""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT ?"
         with self._lock:
             rows = self._conn.execute(sql, (limit,)).fetchall()
         return [_run_from_row(row) for row in rows]
