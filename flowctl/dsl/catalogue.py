@@ -121,6 +121,10 @@ def yaml_non_string_key(span: Span, text: str) -> Diagnostic:
     return _make(YAML_NON_STRING_KEY, f"mapping key {text!r} is not a string", span, hint=f"quote it: '{text}'")
 
 
+def yaml_complex_key(span: Span) -> Diagnostic:
+    return _make(YAML_NON_STRING_KEY, "a mapping or list is used as a mapping key", span, hint="keys are plain names")
+
+
 def yaml_tag(span: Span, tag: str) -> Diagnostic:
     return _make(YAML_TAG, f"YAML tag {tag!r} is not allowed", span)
 
@@ -269,8 +273,8 @@ def dependency_cycle(span: Span, path: list[str]) -> Diagnostic:
     return _make(DEPENDENCY_CYCLE, "dependency cycle: " + " -> ".join(path), span)
 
 
-def template_syntax(span: Span, problem: str) -> Diagnostic:
-    return _make(TEMPLATE_SYNTAX, f"template error: {problem}", span)
+def template_syntax(span: Span, problem: str, hint: str = "") -> Diagnostic:
+    return _make(TEMPLATE_SYNTAX, f"template error: {problem}", span, hint=hint)
 
 
 def undefined_variable(span: Span, name: str, known: Iterable[str]) -> Diagnostic:
@@ -278,7 +282,13 @@ def undefined_variable(span: Span, name: str, known: Iterable[str]) -> Diagnosti
     hint = did_you_mean(name.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known])
     if hint:
         hint = did_you_mean(name, known) or hint
+    root = name.split(".", 1)[0]
+    if not hint and not known and root in _DECLARED_UNDER:
+        hint = f"no {_DECLARED_UNDER[root]} are declared; declare it under `{root}:`"
     return _make(UNDEFINED_VARIABLE, f"undefined variable {name!r}", span, hint=hint or _known("name", known))
+
+
+_DECLARED_UNDER = {"inputs": "inputs", "state": "state keys"}
 
 
 def missing_input(span: Span, child: str, name: str) -> Diagnostic:

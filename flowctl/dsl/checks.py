@@ -76,6 +76,8 @@ def _agent_refs(step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
 def check_definitions(ctx: CheckContext) -> Iterator[Diagnostic]:
     """Agents, models and servers named by steps and agents exist."""
     agents, models, servers = (ctx.index.section(k) for k in ("agents", "models", "servers"))
+    if not models:
+        models = {"default": None}  # without models, the compiler supplies the built-in one, called `default`
     for pipeline in ctx.index.pipelines():
         for step in pipeline.ordered:
             for name, path in _agent_refs(step):
@@ -127,6 +129,30 @@ def _check_agent(
             yield cat.unknown_ref(
                 cat.UNKNOWN_SERVER, "server", ctx.span(("agents", name, "servers", i)), server, servers
             )
+    yield from _check_agent_tools(ctx, name, agent, servers)
+
+
+def _allowed_tools(server: Any) -> list[str] | None:
+    allowed = server.get("allowed_tools") if isinstance(server, dict) else None
+    return [t for t in allowed if isinstance(t, str)] if isinstance(allowed, list) else None
+
+
+def _check_agent_tools(
+    ctx: CheckContext, name: str, agent: dict[str, Any], servers: dict[str, Any]
+) -> Iterator[Diagnostic]:
+    """A `server.tool` entry of an agent's `tools:` must be a tool the server offers, when it lists `allowed_tools`.
+
+    A dotted entry whose prefix is no server may be a bare tool name with a dot, so only known servers are checked.
+    """
+    entries = agent.get("tools")
+    offered = {t for s in servers.values() for t in _allowed_tools(s) or ()}
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, str):
+            continue
+        server, dot, tool = entry.partition(".")
+        allowed = _allowed_tools(servers.get(server)) if dot else None
+        if allowed is not None and tool not in allowed and entry not in offered:
+            yield cat.unknown_tool(ctx.span(("agents", name, "tools", i)), server, tool, allowed)
 
 
 def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
@@ -192,7 +218,9 @@ def check_cycles(ctx: CheckContext) -> Iterator[Diagnostic]:
 
 
 def _cycles_in_list(ctx: CheckContext, steps: list[StepInfo]) -> Iterator[Diagnostic]:
-    by_id = {s.id: s for s in steps}
+    by_id: dict[str, StepInfo] = {}
+    for step in steps:
+        by_id.setdefault(step.id, step)  # a duplicate id is reported elsewhere; follow its first definition
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     reported: set[frozenset[str]] = set()
 
@@ -338,31 +366,38 @@ def _get(data: Any, path: JsonPath) -> Any:
 
 
 def _template_line_span(ctx: CheckContext, path: JsonPath, line_in_template: int) -> Span:
+    """The YAML line of a template's line. Only a literal block (`|`) keeps the template's lines one to one; in a
+    folded block or a quoted string, lines are folded or escaped, so point at the start of the value instead."""
     span = ctx.span(path)
-    offset = line_in_template if path in ctx.doc.source_map.blocks else line_in_template - 1
-    line = span.line + max(offset, 0)
     lines = ctx.doc.source.splitlines()
-    if offset and 0 < line <= len(lines):
-        text = lines[line - 1]
-        return Span(span.file, line, len(text) - len(text.lstrip()) + 1)
-    return span
+    if path not in ctx.doc.source_map.blocks or not 0 < span.line <= len(lines):
+        return span
+    if lines[span.line - 1][span.col - 1 : span.col] != "|":
+        return span
+    line = span.line + max(line_in_template, 1)
+    if line > len(lines) or (span.end_line and line > span.end_line):
+        return span
+    text = lines[line - 1]
+    return Span(span.file, line, len(text) - len(text.lstrip()) + 1)
 
 
 def _reference_span(ctx: CheckContext, path: JsonPath, ref: Reference) -> Span:
     """Point at the reference itself inside the template text (block scalars span several lines)."""
     span = ctx.span(path)
     lines = ctx.doc.source.splitlines()
-    needle = re.compile(
-        r"\b" + re.escape(ref[0]) + r"\b" + "".join(r"\s*(?:\.\s*|\[\s*['\"])" + re.escape(p) for p in ref[1:2])
-    )
     last = span.end_line if span.end_line >= span.line else span.line
-    for line_no in range(span.line, min(last, len(lines)) + 1):
-        text = lines[line_no - 1]
-        start = span.col - 1 if line_no == span.line else 0
-        match = needle.search(text, start)
-        if match:
-            return Span(span.file, line_no, match.start() + 1, line_no, match.end() + 1)
+    for parts in range(min(len(ref), 3), 0, -1):  # the longest written form wins: `steps.a.outptu`, then `steps.a`
+        needle = re.compile(r"\b" + r"(?:['\"]\s*\])?\s*(?:\.\s*|\[\s*['\"])".join(map(re.escape, ref[:parts])) + r"\b")
+        for line_no in range(span.line, min(last, len(lines)) + 1):
+            text = lines[line_no - 1]
+            start = span.col - 1 if line_no == span.line else 0
+            match = needle.search(text, start)
+            if match:
+                return Span(span.file, line_no, match.start() + 1, line_no, match.end() + 1)
     return span
+
+
+_BARE_EXPRESSION_HINT = "`when`, `until` and `match` take a bare expression: write it without `{{ }}`"
 
 
 def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
@@ -381,7 +416,8 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
             else:
                 refs = tuple(r for t in compile_string_value(source, span).templates() for r in t.references)
         except TemplateProblem as problem:
-            yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem))
+            hint = _BARE_EXPRESSION_HINT if tf.form == "expr" and has_template(source) else ""
+            yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem), hint)
             continue
         seen: set[Reference] = set()
         for ref in refs:
@@ -399,11 +435,10 @@ def _check_reference(ctx: CheckContext, tf: TemplateField, ref: Reference, ances
     if len(ref) < 2:
         return
     name = ".".join(ref[:2])
-    pipeline = tf.pipeline
-    if root == "inputs" and tf.path[0] != "agents" and ref[1] not in pipeline.inputs():
-        yield cat.undefined_variable(span, name, [f"inputs.{k}" for k in pipeline.inputs()])
-    elif root == "state" and tf.path[0] != "agents" and ref[1] not in pipeline.state_keys():
-        yield cat.undefined_variable(span, name, [f"state.{k}" for k in pipeline.state_keys()])
+    if root in ("inputs", "state"):
+        declared = _declared(ctx, tf, root)
+        if ref[1] not in declared:
+            yield cat.undefined_variable(span, name, [f"{root}.{k}" for k in declared])
     elif root == "run" and ref[1] not in RUN_FIELDS:
         yield cat.undefined_variable(span, name, [f"run.{k}" for k in RUN_FIELDS])
     elif root == "event" and ref[1] not in EVENT_FIELDS:
@@ -412,6 +447,15 @@ def _check_reference(ctx: CheckContext, tf: TemplateField, ref: Reference, ances
         yield cat.undefined_variable(span, name, [f"loop.{k}" for k in LOOP_FIELDS])
     elif root == "steps":
         yield from _check_step_reference(ctx, tf, ref, span, ancestry)
+
+
+def _declared(ctx: CheckContext, tf: TemplateField, root: str) -> set[str]:
+    """Inputs or state keys a template may read; an agent's instruction serves every pipeline in the file."""
+    pipelines = list(ctx.index.pipelines()) if tf.path[0] == "agents" else [tf.pipeline]
+    names: set[str] = set()
+    for pipeline in pipelines:
+        names.update(pipeline.inputs() if root == "inputs" else pipeline.state_keys())
+    return names
 
 
 def _check_step_reference(
@@ -490,7 +534,7 @@ def _descendants(step: StepInfo) -> Iterator[StepInfo]:
         yield from _descendants(child)
 
 
-# --- children, routes, loops, events ----------------------------------------------------------------------------
+# --- children, routes, events --------------------------------------------------------------------------------------
 
 
 def check_children(ctx: CheckContext) -> Iterator[Diagnostic]:
@@ -558,14 +602,6 @@ def _check_choices(ctx: CheckContext, value: Any, path: JsonPath, branches: list
             yield cat.route_choice_without_branch(ctx.span(choice_path), choice, branches)
 
 
-def check_loops(ctx: CheckContext) -> Iterator[Diagnostic]:
-    for pipeline in ctx.index.pipelines():
-        for step in pipeline.ordered:
-            loop = step.raw.get("loop")
-            if step.kind == "loop" and isinstance(loop, dict) and "max_iterations" not in loop:
-                yield cat.unbounded_loop(ctx.key_span((*step.path, "loop")))
-
-
 def _emitted_events(index: DocIndex) -> set[str]:
     events: set[str] = set()
     for pipeline in index.pipelines():
@@ -606,7 +642,6 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_templates,
     check_children,
     check_routes,
-    check_loops,
     check_events,
 )
 

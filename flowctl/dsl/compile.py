@@ -261,7 +261,7 @@ class _Compiler:
                 base_url=raw.get("base_url"),
                 api_key_env=raw.get("api_key_env", "OPENAI_API_KEY"),
                 params={k: raw[k] for k in ("temperature", "max_tokens", "top_p", "seed") if k in raw},
-                timeout=parse_duration(raw.get("timeout", 60)) or 60.0,
+                timeout=_seconds(raw.get("timeout"), 60.0),
                 circuit_breaker=_breaker(breaker),
                 price_in_per_mtok=price.get("input_per_mtok"),
                 price_out_per_mtok=price.get("output_per_mtok"),
@@ -314,6 +314,12 @@ class _Compiler:
         return agents
 
 
+def _seconds(value: Any, default: float) -> float:
+    """A duration in seconds, or `default` when absent (an explicit 0 stays 0)."""
+    seconds = parse_duration(value)
+    return default if seconds is None else seconds
+
+
 def _names(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -325,7 +331,7 @@ def _breaker(raw: Any) -> ir.CircuitBreakerSpec | None:
         return None
     return ir.CircuitBreakerSpec(
         failure_threshold=int(raw.get("failure_threshold", 5)),
-        reset_after=parse_duration(raw.get("reset_after", 30)) or 30.0,
+        reset_after=_seconds(raw.get("reset_after"), 30.0),
     )
 
 

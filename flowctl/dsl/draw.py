@@ -130,6 +130,16 @@ def _all_clusters(cluster: _Cluster) -> Iterator[_Cluster]:
         yield from _all_clusters(sub)
 
 
+def _mermaid_text(text: str) -> str:
+    """Text inside a quoted Mermaid label: quotes become entity codes (a `"` would end the label)."""
+    return text.replace('"', "#quot;")
+
+
+def _dot_text(text: str) -> str:
+    """Text inside a quoted DOT string; our own `\\n` line breaks are kept, any other backslash is escaped."""
+    return text.replace("\\", "\\\\").replace("\\\\n", "\\n").replace('"', '\\"')
+
+
 def to_mermaid(graph: ir.Graph) -> str:
     drawing = _drawing(graph)
     lines = ["flowchart TD"]
@@ -138,15 +148,15 @@ def to_mermaid(graph: ir.Graph) -> str:
     def emit(cluster: _Cluster, indent: str) -> None:
         for node, label, shape in cluster.nodes:
             left, right = shapes[shape]
-            lines.append(f"{indent}{node}{left}{label.replace(chr(92) + 'n', '<br/>')}{right}")
+            lines.append(f"{indent}{node}{left}{_mermaid_text(label).replace(chr(92) + 'n', '<br/>')}{right}")
         for sub in cluster.clusters:
-            lines.append(f'{indent}subgraph {sub.id}["{sub.label}"]')
+            lines.append(f'{indent}subgraph {sub.id}["{_mermaid_text(sub.label)}"]')
             emit(sub, indent + "  ")
             lines.append(f"{indent}end")
 
     emit(drawing.root, "  ")
     for src, dst, label in drawing.edges:
-        lines.append(f"  {src} -->|{label}| {dst}" if label else f"  {src} --> {dst}")
+        lines.append(f"  {src} -->|{_mermaid_text(label)}| {dst}" if label else f"  {src} --> {dst}")
     return "\n".join(lines) + "\n"
 
 
@@ -161,10 +171,10 @@ def to_dot(graph: ir.Graph) -> str:
 
     def emit(cluster: _Cluster, indent: str) -> None:
         for node, label, shape in cluster.nodes:
-            lines.append(f'{indent}{node} [label="{label}", shape={shapes[shape]}];')
+            lines.append(f'{indent}{node} [label="{_dot_text(label)}", shape={shapes[shape]}];')
         for sub in cluster.clusters:
             lines.append(f"{indent}subgraph cluster_{sub.id} {{")
-            lines.append(f'{indent}  label="{sub.label}";')
+            lines.append(f'{indent}  label="{_dot_text(sub.label)}";')
             emit(sub, indent + "  ")
             lines.append(f"{indent}}}")
 
@@ -177,7 +187,7 @@ def to_dot(graph: ir.Graph) -> str:
         return anchor(cluster.nodes[0][0] if cluster.nodes else cluster.clusters[0].id) if cluster else name
 
     for src, dst, label in drawing.edges:
-        attrs = [f'label="{label}"'] if label else []
+        attrs = [f'label="{_dot_text(label)}"'] if label else []
         if src in clusters:
             attrs.append(f"ltail=cluster_{src}")
         if dst in clusters:

@@ -33,7 +33,7 @@ class FrontEnd:
 
     root_dir: Path | None = None
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
-    _in_progress: set[str] = field(default_factory=set)
+    _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
 
     def sources(self) -> dict[str, str]:
         return {r.doc.file: r.doc.source for r in self.files.values()}
@@ -44,11 +44,11 @@ class FrontEnd:
             return self.files[resolved]
         if self.root_dir is None:
             self.root_dir = Path(resolved).parent
-        self._in_progress.add(resolved)
+        self._in_progress.append(resolved)
         try:
             result = self._process(resolved, display or _display_name(path))
         finally:
-            self._in_progress.discard(resolved)
+            self._in_progress.pop()
         self.files[resolved] = result
         return result
 
@@ -114,7 +114,7 @@ class _ChildResolver:
             return cat.child_not_found(span, ref)
         key = str(target)
         if key in self.front._in_progress:
-            return cat.dependency_cycle(span, [span.file, ref, "…"])
+            return cat.dependency_cycle(span, self._cycle(key))
         child = self.front.process(target)
         errors = sum(1 for d in child.diagnostics if d.severity.value == "error")
         if errors:
@@ -122,6 +122,12 @@ class _ChildResolver:
         data = child.doc.data if isinstance(child.doc.data, dict) else {}
         inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
         return ChildInfo(key, inputs, errors)
+
+    def _cycle(self, key: str) -> list[str]:
+        """The files of an include cycle, relative to the root folder: `a.yaml -> children/b.yaml -> a.yaml`."""
+        chain = [*self.front._in_progress[self.front._in_progress.index(key) :], key]
+        root = (self.front.root_dir or self.base).resolve()
+        return [Path(os.path.relpath(file, root)).as_posix() for file in chain]
 
 
 def load_pipeline(path: str | Path) -> tuple[Graph | None, list[Diagnostic], FrontEnd]:

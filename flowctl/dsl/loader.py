@@ -168,7 +168,7 @@ class _Builder:
     def check_tag(self, event: Any, span: Span) -> None:
         tag = getattr(event, "tag", None)
         if tag and tag != "!" and tag not in _STANDARD_TAGS:
-            self.diagnostics.append(cat.yaml_tag(span, tag))
+            self.diagnostics.append(cat.yaml_tag(span, _written_tag(tag)))
 
     def handle(self, event: Any) -> bool:
         """Consume one event; False stops loading (a fatal problem was reported)."""
@@ -207,7 +207,7 @@ class _Builder:
                 return False
             path = self.child_path()
             if path is None:  # a mapping or sequence used as a key
-                self.diagnostics.append(cat.yaml_non_string_key(span, "{…}"))
+                self.diagnostics.append(cat.yaml_complex_key(span))
                 return False
             container: dict[str, Any] | list[Any] = {} if isinstance(event, yaml.MappingStartEvent) else []
             self.add_value(container, span, path)
@@ -218,31 +218,78 @@ class _Builder:
         return True
 
 
+def _written_tag(tag: str) -> str:
+    """The tag as the user wrote it: `!!python/object`, not `tag:yaml.org,2002:python/object`."""
+    prefix = "tag:yaml.org,2002:"
+    return "!!" + tag[len(prefix) :] if tag.startswith(prefix) else tag
+
+
+def _byte_span(file: str, raw: bytes, offset: int) -> Span:
+    """The 1-based line and column (in characters) of a byte offset into UTF-8-ish bytes."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    column = len(raw[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return Span(file, raw.count(b"\n", 0, offset) + 1, column)
+
+
 def _decode(raw: bytes, file: str) -> tuple[str | None, Diagnostic | None]:
     if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        return None, cat.not_text(Span(file, line, 1), "it contains NUL bytes")
+        return None, cat.not_text(_byte_span(file, raw, raw.index(b"\x00")), "it contains NUL bytes")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return None, cat.not_text(Span(file, line, 1), f"invalid UTF-8 byte at offset {exc.start}")
+        return None, cat.not_text(_byte_span(file, raw, exc.start), f"invalid UTF-8 byte at offset {exc.start}")
     return text, None
+
+
+def _unencodable(text: str, file: str) -> Diagnostic | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        span = Span(file, line, exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1)
+        return cat.not_text(span, f"unpaired surrogate {text[exc.start]!r}")
+    return None
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+    """At the problem, naming the construct being parsed when it started on another line."""
+    mark = exc.problem_mark or exc.context_mark
+    span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
+    problem = str(exc.problem or exc.context)
+    context = exc.context_mark
+    if exc.problem and exc.context and context is not None and mark is not None and context.line != mark.line:
+        problem += f" ({exc.context} at line {context.line + 1})"
+    return cat.yaml_syntax(span, problem)
+
+
+def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
+    """A character YAML refuses (e.g. a control character). The C reader counts bytes, the Python one characters."""
+    if _EVENT_LOADER is yaml.SafeLoader:
+        position = len(text[: exc.position].encode("utf-8", errors="surrogatepass"))
+    else:
+        position = exc.position
+    character = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    problem = f"character {character!r} is not allowed ({exc.reason})"
+    return cat.yaml_syntax(_byte_span(file, text.encode("utf-8", errors="surrogatepass"), position), problem)
 
 
 def load_text(text: str, file: str) -> LoadedDocument:
     """Load pipeline YAML from text. Never raises for bad input: problems come back as diagnostics."""
     builder = _Builder(file)
+    unencodable = _unencodable(text, file)
+    if unencodable is not None:  # lone surrogates: the parser would raise UnicodeEncodeError
+        return LoadedDocument(file, text, None, builder.source_map, [unencodable])
     try:
         for event in yaml.parse(text, Loader=_EVENT_LOADER):
             if not builder.handle(event):
                 break
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
-        builder.diagnostics.append(cat.yaml_syntax(span, str(exc.problem or exc.context)))
+        builder.diagnostics.append(_syntax_error(exc, file))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
-    except yaml.YAMLError as exc:  # e.g. a reader error on control characters
+    except yaml.reader.ReaderError as exc:
+        builder.diagnostics.append(_reader_error(exc, text, file))
+        return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
+    except yaml.YAMLError as exc:  # anything else the parser may raise
         builder.diagnostics.append(cat.yaml_syntax(Span(file, 1, 1), str(exc).splitlines()[0]))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
     if builder.root is None and not builder.diagnostics:

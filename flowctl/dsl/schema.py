@@ -283,7 +283,7 @@ class _Checker:
             if key in error.instance or (key == "flowctl" and not path):
                 continue
             if key == "max_iterations" and path[-1:] == ("loop",) and path[:-1] in self.labels:
-                self.add(cat.unbounded_loop(self.key_span(path)))  # where checks.py reports it too
+                self.add(cat.unbounded_loop(self.key_span(path)))  # at the `loop:` key; the only report
             else:
                 self.add(cat.missing_key(self.span(path), key, self.where(path)))
 

@@ -154,11 +154,13 @@ def compile_text(source: str, span: Span) -> TextTemplate:
 def compile_expression(source: str, span: Span) -> Expression:
     """Compile a bare expression; raises TemplateProblem."""
     try:
-        # Parse as `{{ expr }}` so a stray `}}` or statement is a syntax error, not silently accepted.
-        tree = ENV.parse("{{ " + source + " }}")
+        # Compile first: its errors speak of the user's text (a stray `}}` is "chunk after expression"); the
+        # `{{ expr }}` parse then gives the tree the references are read from.
         compiled = ENV.compile_expression(source, undefined_to_none=False)
+        tree = ENV.parse("{{ " + source + " }}")
     except (TemplateSyntaxError, TemplateAssertionError) as exc:
-        raise _problem(exc) from exc
+        problem = _problem(exc)
+        raise TemplateProblem(str(problem).replace("end of template", "end of expression"), problem.line) from exc
     return Expression(source, span, tuple(_references(tree)), compiled)
 
 
