@@ -50,6 +50,14 @@ class CheckContext:
     index: DocIndex
     resolve_child: ChildResolver | None = None
     emitted_events: set[str] = field(default_factory=set)
+    _lines: list[str] | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        """The source split into lines once (template positions are looked up per reference)."""
+        if self._lines is None:
+            self._lines = self.doc.source.splitlines()
+        return self._lines
 
     def span(self, path: JsonPath) -> Span:
         return self.doc.source_map.value(path)
@@ -369,7 +377,7 @@ def _template_line_span(ctx: CheckContext, path: JsonPath, line_in_template: int
     """The YAML line of a template's line. Only a literal block (`|`) keeps the template's lines one to one; in a
     folded block or a quoted string, lines are folded or escaped, so point at the start of the value instead."""
     span = ctx.span(path)
-    lines = ctx.doc.source.splitlines()
+    lines = ctx.lines
     if path not in ctx.doc.source_map.blocks or not 0 < span.line <= len(lines):
         return span
     if lines[span.line - 1][span.col - 1 : span.col] != "|":
@@ -381,12 +389,29 @@ def _template_line_span(ctx: CheckContext, path: JsonPath, line_in_template: int
     return Span(span.file, line, len(text) - len(text.lstrip()) + 1)
 
 
+def _find_dotted(lines: list[str], span: Span, last: int, text: str) -> Span | None:
+    for line_no in range(span.line, min(last, len(lines)) + 1):
+        line = lines[line_no - 1]
+        start = line.find(text, span.col - 1 if line_no == span.line else 0)
+        while start >= 0:
+            end = start + len(text)
+            before_ok = start == 0 or not (line[start - 1].isalnum() or line[start - 1] in "_.")
+            after_ok = end == len(line) or not (line[end].isalnum() or line[end] == "_")
+            if before_ok and after_ok:
+                return Span(span.file, line_no, start + 1, line_no, end + 1)
+            start = line.find(text, start + 1)
+    return None
+
+
 def _reference_span(ctx: CheckContext, path: JsonPath, ref: Reference) -> Span:
     """Point at the reference itself inside the template text (block scalars span several lines)."""
     span = ctx.span(path)
-    lines = ctx.doc.source.splitlines()
+    lines = ctx.lines
     last = span.end_line if span.end_line >= span.line else span.line
     for parts in range(min(len(ref), 3), 0, -1):  # the longest written form wins: `steps.a.outptu`, then `steps.a`
+        found = _find_dotted(lines, span, last, ".".join(ref[:parts]))  # the usual spelling, without a regex
+        if found is not None:
+            return found
         needle = re.compile(r"\b" + r"(?:['\"]\s*\])?\s*(?:\.\s*|\[\s*['\"])".join(map(re.escape, ref[:parts])) + r"\b")
         for line_no in range(span.line, min(last, len(lines)) + 1):
             text = lines[line_no - 1]
