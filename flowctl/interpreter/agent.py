@@ -3,12 +3,19 @@
 Every LLM call and tool call goes through the journal (replayed on resume), the run's concurrency limiter and the
 resource's circuit breaker. Tool results are data: they go back to the model as tool messages and are never
 rendered as templates.
+
+Tool names: the model sees a tool under its own name when that name is unique among the tools the agent is
+offered, else as `server__tool`; names are made OpenAI-safe (`[A-Za-z0-9_-]`, at most 64 characters). An agent's
+`tools:` allow-list (`tool` or `server.tool`) narrows what is offered; an entry that matches nothing is an error,
+so a typo does not silently take a tool away.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +24,18 @@ import jsonschema
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.context import RunContext, Scope, meter_usage
-from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch
+from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
+from flowctl.interpreter.journal import Journal
 from flowctl.interpreter.llm import CompletionRequest, CompletionResponse, Message, ToolCallRequest, ToolSpec, Usage
 from flowctl.interpreter.tools import ToolResult
 
-MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model before we give up
+MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
+MAX_TOOL_NAME = 64  # OpenAI's limit for function names
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+# LLM calls whose usage this process already counted, per journal: a step retry replays the calls its earlier
+# attempt completed, and those must not be counted twice (a resumed run does count what an earlier process paid).
+_ACCOUNTED: weakref.WeakKeyDictionary[Journal, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -53,47 +66,125 @@ class _CallCounter:
         return key
 
 
-async def _agent_tools(ctx: RunContext, agent: AgentDef) -> dict[str, _Tool]:
-    """Tools of the agent's servers, named `tool` when unique across them and `server__tool` otherwise."""
-    found: list[tuple[ServerDef, ToolSpec]] = []
-    for name in agent.servers:
-        server = ctx.graph.servers[name]
-        for spec in await ctx.runtime.tools.list_tools(server):
-            found.append((server, spec))
+# --- the tools an agent is offered -------------------------------------------------------------------------------
+
+
+def allows(agent: AgentDef, server: str, tool: str) -> bool:
+    """Whether the agent's `tools:` allow-list (if any) names this tool, bare or as `server.tool`."""
+    return agent.tools is None or tool in agent.tools or f"{server}.{tool}" in agent.tools
+
+
+def unmatched_allow_list(agent: AgentDef, offered: list[tuple[str, str]]) -> list[str]:
+    """Allow-list entries that name none of the (server, tool) pairs offered."""
+    names = {tool for _, tool in offered} | {f"{server}.{tool}" for server, tool in offered}
+    return [entry for entry in agent.tools or () if entry not in names]
+
+
+def name_tools(found: list[tuple[ServerDef, ToolSpec]]) -> dict[str, _Tool]:
+    """Give each tool the name the model sees: bare when unique, else `server__tool`; OpenAI-safe and distinct."""
     counts: dict[str, int] = {}
     for _, spec in found:
         counts[spec.name] = counts.get(spec.name, 0) + 1
     tools: dict[str, _Tool] = {}
     for server, spec in found:
-        exposed = spec.name if counts[spec.name] == 1 else f"{server.name}__{spec.name}"
-        exposed = _TOOL_NAME.sub("_", exposed)
-        allowed = agent.tools is None or spec.name in agent.tools or f"{server.name}.{spec.name}" in agent.tools
-        if allowed:
-            tools[exposed] = _Tool(exposed, server, spec.name, ToolSpec(exposed, spec.description, spec.input_schema))
+        wanted = spec.name if counts[spec.name] == 1 else f"{server.name}__{spec.name}"
+        exposed = _safe_name(wanted, tools)
+        tools[exposed] = _Tool(exposed, server, spec.name, ToolSpec(exposed, spec.description, spec.input_schema))
     return tools
 
 
+def _safe_name(wanted: str, taken: dict[str, Any]) -> str:
+    name = _TOOL_NAME.sub("_", wanted) or "tool"
+    if len(name) > MAX_TOOL_NAME:
+        name = name[: MAX_TOOL_NAME - 9] + "_" + hashlib.sha256(wanted.encode()).hexdigest()[:8]
+    base, n = name, 2
+    while name in taken:  # two names that only differ in characters OpenAI does not allow
+        suffix = f"_{n}"
+        name, n = base[: MAX_TOOL_NAME - len(suffix)] + suffix, n + 1
+    return name
+
+
+async def _agent_tools(ctx: RunContext, agent: AgentDef) -> dict[str, _Tool]:
+    """The agent's servers' tools (the servers start concurrently, each once per run), allow-listed and named."""
+    listings: dict[str, list[ToolSpec]] = {}
+
+    async def list_one(name: str) -> None:
+        listings[name] = await ctx.runtime.tools.list_tools(ctx.graph.servers[name])
+
+    async with task_group() as tg:
+        for name in dict.fromkeys(agent.servers):
+            tg.start_soon(list_one, name)
+    found = [(ctx.graph.servers[name], spec) for name in dict.fromkeys(agent.servers) for spec in listings[name]]
+    missing = unmatched_allow_list(agent, [(server.name, spec.name) for server, spec in found])
+    if missing:
+        offered = ", ".join(f"{server.name}.{spec.name}" for server, spec in found) or "none"
+        raise ToolCallError(
+            f"agent {agent.name!r}: `tools:` names {', '.join(map(repr, missing))}, which none of its servers "
+            f"({', '.join(agent.servers)}) offers; offered: {offered}",
+            span=agent.span,
+        )
+    return name_tools([(server, spec) for server, spec in found if allows(agent, server.name, spec.name)])
+
+
+# --- journaled side effects ----------------------------------------------------------------------------------------
+
+
 async def call_model(
-    ctx: RunContext, model: ModelDef, request: CompletionRequest, counter: _CallCounter
+    ctx: RunContext,
+    model: ModelDef,
+    request: CompletionRequest,
+    counter: _CallCounter,
+    schema: dict[str, Any] | None = None,
 ) -> CompletionResponse:
+    """One journaled LLM call. With `schema`, a final answer that does not match is raised, never journaled."""
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker)
+    key = counter.key("llm")
+    executed = False
 
     async def execute() -> dict[str, Any]:
-        async with runtime.limiter:
-            response = await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+        nonlocal executed
+        try:
+            async with runtime.limiter:
+                response = await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+            if schema is not None and not response.tool_calls:
+                _check_structured(response, schema, model.model)
+        except OutputSchemaMismatch as exc:
+            usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
+            if isinstance(usage, Usage):
+                _account(ctx, model, usage)
+            raise
+        executed = True
         return response.to_json()
 
-    result = await runtime.journal.call(ctx.run_id, counter.key("llm"), request.digest(), execute, cacheable=True)
+    result = await runtime.journal.call(ctx.run_id, key, request.digest(), execute, cacheable=True)
     response = CompletionResponse.from_json(result)
-    runtime.totals.add(response.usage, model)
-    meter_usage(response.usage)
+    if _first_use(runtime.journal, ctx.run_id, key, executed):
+        _account(ctx, model, response.usage)
     return response
+
+
+def _first_use(journal: Journal, run_id: str, key: str, executed: bool) -> bool:
+    """Count a call's usage once per process: when it ran, or when a resumed run first replays it."""
+    seen = _ACCOUNTED.setdefault(journal, set())
+    if executed:
+        seen.add((run_id, key))
+        return True
+    if (run_id, key) in seen:
+        return False
+    seen.add((run_id, key))
+    return journal.resuming
+
+
+def _account(ctx: RunContext, model: ModelDef, usage: Usage) -> None:
+    ctx.runtime.totals.add(usage, model)
+    meter_usage(usage)
 
 
 async def call_tool(
     ctx: RunContext, server: ServerDef, tool: str, arguments: dict[str, Any], counter: _CallCounter
 ) -> ToolResult:
+    """One journaled MCP tool call (agents and `tool:` steps share it, and the run's one session per server)."""
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"server:{server.name}", server.circuit_breaker)
     digest = json.dumps({"server": server.name, "tool": tool, "arguments": arguments}, sort_keys=True, default=str)
@@ -108,19 +199,31 @@ async def call_tool(
     )
 
 
+def _check_structured(response: CompletionResponse, schema: dict[str, Any], model: str) -> None:
+    try:
+        parse_structured(response.content, schema, model)
+    except OutputSchemaMismatch as exc:
+        exc.usage = response.usage  # type: ignore[attr-defined]  # as the openai provider does
+        raise
+
+
 def parse_structured(text: str | None, schema: dict[str, Any], model: str) -> Any:
     """Parse and validate a structured answer; a mismatch is retryable (the model may do better next time)."""
     try:
         value = json.loads(text or "")
     except json.JSONDecodeError as exc:
         raise OutputSchemaMismatch(f"model {model!r} did not answer with JSON: {exc}") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the answer"
         raise OutputSchemaMismatch(
             f"model {model!r} answer does not match the output schema at {where}: {error.message}"
         )
     return value
+
+
+# --- the loop ----------------------------------------------------------------------------------------------------
 
 
 async def run_agent(
@@ -143,7 +246,7 @@ async def run_agent(
     messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
     counter = _CallCounter(path)
     outcome = AgentOutcome(None)
-    bad_arguments = 0
+    bad = _BadArguments(agent, model)
     for _ in range(agent.max_iterations):
         request = CompletionRequest(
             model=model.model,
@@ -155,22 +258,49 @@ async def run_agent(
             agent=agent.name,
             step=path,
         )
-        response = await call_model(ctx, model, request, counter)
+        response = await call_model(ctx, model, request, counter, schema)
         outcome.usage = outcome.usage + response.usage
         if not response.tool_calls:
             outcome.output = parse_structured(response.content, schema, model.model) if schema else response.content
             return outcome
         messages.append(Message("assistant", response.content, response.tool_calls))
-        replies, malformed = await _run_tool_calls(ctx, tools, response.tool_calls, counter, outcome)
-        bad_arguments += malformed
-        if bad_arguments > MAX_BAD_ARGUMENTS:
-            raise MalformedResponse(f"model {model.model!r} sent malformed tool arguments {bad_arguments} times")
-        messages.extend(replies)
+        messages.extend(await _run_tool_calls(ctx, tools, response.tool_calls, counter, outcome, bad))
     last = ", ".join(outcome.tool_calls[-3:]) or "none"
     raise MaxIterationsExceeded(
         f"agent {agent.name!r} reached max_iterations={agent.max_iterations} without a "
-        f"final answer; last tools called: {last}"
+        f"final answer; last tools called: {last}",
+        span=agent.span,
     )
+
+
+class _BadArguments:
+    """Counts tool calls whose arguments are not a JSON object; past MAX_BAD_ARGUMENTS the step fails for good."""
+
+    def __init__(self, agent: AgentDef, model: ModelDef) -> None:
+        self.agent = agent
+        self.model = model
+        self.count = 0
+
+    def parse(self, call: ToolCallRequest) -> dict[str, Any] | str:
+        """The arguments, or the error text the model gets back."""
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError as exc:
+            problem = f"invalid JSON ({exc})"
+        else:
+            if isinstance(arguments, dict):
+                return arguments
+            problem = f"a JSON {type(arguments).__name__}, not an object"
+        self.count += 1
+        if self.count > MAX_BAD_ARGUMENTS:
+            error = MalformedResponse(
+                f"agent {self.agent.name!r}: model {self.model.model!r} sent unusable tool arguments "
+                f"{self.count} times (the limit is {MAX_BAD_ARGUMENTS}); last, for {call.name!r}: {problem}",
+                span=self.agent.span,
+            )
+            error.retryable = False  # the journal would replay the same answers: retrying cannot help
+            raise error
+        return f"error: the arguments for {call.name} are {problem}; call it again with a JSON object"
 
 
 async def _run_tool_calls(
@@ -179,32 +309,35 @@ async def _run_tool_calls(
     calls: tuple[ToolCallRequest, ...],
     counter: _CallCounter,
     outcome: AgentOutcome,
-) -> tuple[list[Message], int]:
-    """Run a turn's tool calls concurrently; replies keep the model's order. Returns (messages, malformed count)."""
+    bad: _BadArguments,
+) -> list[Message]:
+    """Run a turn's tool calls concurrently; the replies keep the model's order."""
     replies: list[Message | None] = [None] * len(calls)
-    malformed = 0
     keys = [counter.key("turn") for _ in calls]  # reserve indices so concurrent calls keep stable journal keys
+    parsed = [bad.parse(call) if call.name in tools else None for call in calls]  # fails before any tool runs
 
     async def one(i: int, call: ToolCallRequest) -> None:
-        nonlocal malformed
-        tool = tools.get(call.name)
+        tool, arguments = tools.get(call.name), parsed[i]
         if tool is None:
             text = f"error: unknown tool {call.name!r}; available: {', '.join(tools) or 'none'}"
+        elif isinstance(arguments, str):
+            text = arguments
         else:
-            try:
-                arguments = json.loads(call.arguments or "{}")
-                if not isinstance(arguments, dict):
-                    raise ValueError("arguments must be a JSON object")
-            except ValueError as exc:
-                malformed += 1
-                text = f"error: invalid JSON arguments for {call.name}: {exc}; send a JSON object"
-            else:
-                outcome.tool_calls.append(f"{tool.server.name}.{tool.name}")
-                result = await call_tool(ctx, tool.server, tool.name, arguments, _CallCounter(keys[i]))
-                text = ("error: " + result.text) if result.is_error else result.text
-        replies[i] = Message("tool", text, tool_call_id=call.id, name=call.name)
+            assert arguments is not None
+            outcome.tool_calls.append(f"{tool.server.name}.{tool.name}")
+            result = await call_tool(ctx, tool.server, tool.name, arguments, _CallCounter(keys[i]))
+            text = _reply_text(result)
+        replies[i] = Message("tool", text, tool_call_id=call.id)
 
     async with task_group() as tg:
         for i, call in enumerate(calls):
             tg.start_soon(one, i, call)
-    return [r for r in replies if r is not None], malformed
+    return [r for r in replies if r is not None]
+
+
+def _reply_text(result: ToolResult) -> str:
+    """What the model reads: the tool's text (its structured content when it sent no text), verbatim."""
+    text = result.text
+    if not text and result.value not in (None, ""):
+        text = json.dumps(result.value, ensure_ascii=False, default=str)
+    return ("error: " + text) if result.is_error else text

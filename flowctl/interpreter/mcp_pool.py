@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Self
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -334,6 +335,8 @@ class _Connection:
             cause = f"exited with code {self.exit_code} before answering initialize"
         else:
             cause = _describe(self.failure) if self.failure else "closed the connection at start"
+        if self.launch.url is not None:  # a remote server: say where we tried (never user info or the query)
+            cause = f"{cause} (at {_safe_url(self.launch.url)})"
         return ServerStartError(f"server {server.name!r} failed to start: {cause}{self._evidence()}", span=server.span)
 
     def _evidence(self) -> str:
@@ -607,6 +610,16 @@ def _copy(error: ServerStartError) -> ServerStartError:
     copy = ServerStartError(error.message, span=error.span)
     copy.retryable = error.retryable
     return copy
+
+
+def _safe_url(url: str) -> str:
+    """scheme://host[:port]/path: a URL fit for messages (credentials live in user info and query strings)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def _who(server: ServerDef, tool: str) -> str:

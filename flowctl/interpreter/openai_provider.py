@@ -162,7 +162,11 @@ class OpenAIProvider:
             # The SDK's own message may quote the server's echo of the key: then drop it.
             raise mapped from (None if key in str(exc) else exc)
         if request.output_schema is not None and not response.tool_calls:
-            check_output(response, request.output_schema, call)
+            try:
+                check_output(response, request.output_schema, call)
+            except OutputSchemaMismatch as exc:
+                exc.usage = response.usage  # type: ignore[attr-defined]  # paid for: callers may count it
+                raise
         return response
 
     async def _stream(self, client: openai.AsyncOpenAI, request: CompletionRequest, call: _Call) -> CompletionResponse:
@@ -250,6 +254,7 @@ class _Collector:
     saw_choice: bool = False
     content: list[str] = field(default_factory=list)
     calls: dict[int, _PartialCall] = field(default_factory=dict)
+    slots: dict[int | None, int] = field(default_factory=dict)  # the stream's `index` → the call it continues
     finish_reason: str | None = None
     model: str = ""
     usage: Usage | None = None
@@ -282,12 +287,30 @@ class _Collector:
     def _add_call_part(self, part: object) -> None:
         if not isinstance(part, dict):
             raise MalformedResponse("stream chunk has a tool call that is not an object")
-        index = part.get("index")
-        partial = self.calls.setdefault(index if isinstance(index, int) else 0, _PartialCall())
-        partial.id = partial.id or _text(part.get("id"))
         function = part.get("function") or {}
+        if not isinstance(function, dict):
+            raise MalformedResponse("stream chunk has a tool call whose 'function' is not an object")
+        call_id = _text(part.get("id"))
+        partial = self.calls.setdefault(self._slot(part.get("index"), call_id), _PartialCall())
+        partial.id = partial.id or call_id
         partial.name = partial.name or _text(function.get("name"))
         partial.arguments.append(_text(function.get("arguments")))
+
+    def _slot(self, index: object, call_id: str) -> int:
+        """Which call a tool-call delta continues. Pieces without an id continue the call last seen at their
+        `index`; a new id starts a new call even at a used index, because some servers (Ollama) send `index` 0
+        for every call of a turn, or no index at all, and joining those would merge several calls into one."""
+        key = index if isinstance(index, int) else None
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = index if isinstance(index, int) and index not in self.calls else self._next_slot()
+        elif call_id and self.calls[slot].id and self.calls[slot].id != call_id:
+            slot = self._next_slot()
+        self.slots[key] = slot
+        return slot
+
+    def _next_slot(self) -> int:
+        return max(self.calls) + 1 if self.calls else 0
 
     def finish(self, call: _Call) -> CompletionResponse:
         """Refuse what is not a whole answer; else build the response."""

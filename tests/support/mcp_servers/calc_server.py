@@ -4,6 +4,9 @@ stall, crash and report process state, served over stdio (default), streamable H
     python calc_server.py                      # stdio
     python calc_server.py --http --port 8123   # streamable HTTP at http://127.0.0.1:8123/mcp
     python calc_server.py --sse --port 8123    # SSE at http://127.0.0.1:8123/sse
+    python calc_server.py --tag MARKER         # any mode: a marker tests find in /proc/*/cmdline
+
+With CALC_STARTS=FILE in its environment, each process appends its pid to FILE when it starts.
 """
 
 from __future__ import annotations
@@ -58,6 +61,16 @@ def crash() -> str:
 
 
 @server.tool()
+def crash_once(path: str) -> str:
+    """Kill the process mid-call the first time (when `path` does not exist yet); answer on later calls."""
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(str(os.getpid()))
+        os._exit(3)
+    return "survived"
+
+
+@server.tool()
 def counter() -> int:
     """How many times this tool was called in this process: one process means one count."""
     _calls["counter"] += 1
@@ -71,6 +84,14 @@ def pid() -> int:
 
 
 @server.tool()
+def append(path: str, text: str) -> str:
+    """Append one line to a file: a side effect tests can count across processes (and resumes)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(text + "\n")
+    return f"appended to {path}"
+
+
+@server.tool()
 def env(name: str) -> str:
     """An environment variable of the server process ("<unset>" when absent)."""
     return os.environ.get(name, "<unset>")
@@ -81,7 +102,12 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
     parser.add_argument("--sse", action="store_true", help="serve SSE at /sse")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--tag", help="ignored: a marker tests look for in the process list")
     args = parser.parse_args()
+    starts = os.environ.get("CALC_STARTS")
+    if starts:  # tests count the processes started: one line per start
+        with open(starts, "a", encoding="utf-8") as out:
+            out.write(f"{os.getpid()}\n")
     if args.http:
         server.run("streamable-http", host="127.0.0.1", port=args.port)
     elif args.sse:
