@@ -120,6 +120,8 @@ class RunContext:
     status: str = "running"
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {output, status, error, attempts}
     step_listeners: list[Callable[[str, StepResult], None]] = field(default_factory=list)  # triggers
+    # resuming: tokens the store already holds per step path (its step rows add tokens up); None on a fresh run
+    recorded_tokens: dict[str, tuple[int, int]] | None = None
 
     def run_meta(self) -> dict[str, Any]:
         return {
@@ -147,6 +149,11 @@ class RunContext:
     def notify_step(self, step_id: str, result: StepResult) -> None:
         for listener in list(self.step_listeners):
             listener(step_id, result)
+
+
+def recorded_step_tokens(store: RunStore, run_id: str) -> dict[str, tuple[int, int]]:
+    """Tokens the store holds per step of a run being resumed."""
+    return {s.path: (s.input_tokens, s.output_tokens) for s in store.steps(run_id)}
 
 
 StateSink = Callable[[str, dict[str, Any]], None]

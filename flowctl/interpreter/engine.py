@@ -19,6 +19,7 @@ from flowctl.interpreter.errors import (
     DeadlineExceeded,
     FlowctlError,
     RenderFailed,
+    ResumeRefused,
     StepFailed,
 )
 from flowctl.interpreter.policies import backoff_delay, with_timeout
@@ -28,6 +29,12 @@ from flowctl.interpreter.triggers import TriggerSet
 
 Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]
 FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
+
+
+class JoinFailed(FlowctlError):
+    """A `first` or `at_least` join can no longer be satisfied (too many branches failed)."""
+
+    code = "join-failed"
 
 
 @dataclass(slots=True)
@@ -41,6 +48,13 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, FlowctlError):
         return exc.to_json()
     return {"code": type(exc).__name__, "message": str(exc), "retryable": False}
+
+
+def refused(exc: BaseException) -> bool:
+    """A refused resume stops the run: no retry, fallback, `on_error`, join or trigger may absorb it."""
+    while isinstance(exc, StepFailed):
+        exc = exc.cause
+    return isinstance(exc, ResumeRefused)
 
 
 def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
@@ -58,25 +72,31 @@ class Engine:
         for step in ctx.pipeline.all_steps():
             ctx.steps.setdefault(step.id, StepResult().as_context())
         failure: BaseException | None = None
+        triggers = TriggerSet(self, ctx)
         try:
             async with task_group() as tg:
-                triggers = TriggerSet(self, ctx, tg)
+                triggers.open(tg)
                 try:
                     await self.run_list(ctx, ctx.pipeline.steps, Scope())
                 except FlowctlError as exc:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
+                    if refused(exc):
+                        tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
                 finally:
                     triggers.main_finished()
         except FlowctlError as exc:
             failure = failure or exc
         except anyio.get_cancelled_exc_class():
+            triggers.close()
             ctx.status = "cancelled"
             with anyio.CancelScope(shield=True), anyio.move_on_after(FINALLY_BOUND_ON_CANCEL):
                 await self._run_finally(ctx)
             raise
+        triggers.close()  # `finally` steps and late state changes must not start triggers any more
         ctx.status = "failed" if failure else "succeeded"
         try:
-            await self._run_finally(ctx)
+            if failure is None or not refused(failure):
+                await self._run_finally(ctx)
         except FlowctlError as exc:
             failure = failure or exc
         if failure is not None:
@@ -117,17 +137,16 @@ class Engine:
     async def run_step(self, ctx: RunContext, step: ir.Step, scope: Scope) -> StepResult:
         """Run one step under its policy and apply `set`/`emit`; raises StepFailed unless `on_error: continue`."""
         path = scope.path(step.id)
-        runtime = ctx.runtime
-        if step.when is not None and not self._evaluate(step.when, ctx, scope):
-            result = StepResult("skipped")
-            ctx.set_result(step.id, result)
-            runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
-            runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
-            return result
         started, meter = time.monotonic(), UsageMeter()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         result = StepResult("running")
         try:
+            if step.when is not None and not self._evaluate(step.when, ctx, scope):  # a failing `when` fails the step
+                result.status = "skipped"
+                ctx.set_result(step.id, result)
+                ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
+                ctx.runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
+                return result
             if step.fan_out is not None:
                 output = await self.run_fan_out(ctx, step, scope, path, result)
             else:
@@ -143,22 +162,45 @@ class Engine:
                 exc if isinstance(exc, StepFailed) else StepFailed(path, exc, attempts=result.attempts, span=step.span)
             )
             result.status, result.error = "failed", failed.to_json()
-            if step.policy.on_error is ir.OnError.CONTINUE:
+            if step.policy.on_error is ir.OnError.CONTINUE and not refused(failed):
                 result.output = self._default_output(ctx, step, scope)
             else:
-                self._finish(ctx, step, path, result, started, meter)
+                self._finish(ctx, step, path, result, started, meter, notify=not refused(failed))
                 raise failed from None
+        except anyio.get_cancelled_exc_class():
+            # a join that no longer needs it, a timeout or deadline of an enclosing step, Ctrl-C: say so in the store
+            result.status = "cancelled"
+            self._finish(ctx, step, path, result, started, meter, notify=False)
+            raise
         finally:
             STEP_METERS.reset(token)
         self._finish(ctx, step, path, result, started, meter)
         return result
 
     def _finish(
-        self, ctx: RunContext, step: ir.Step, path: str, result: StepResult, started: float, meter: UsageMeter
+        self,
+        ctx: RunContext,
+        step: ir.Step,
+        path: str,
+        result: StepResult,
+        started: float,
+        meter: UsageMeter,
+        *,
+        notify: bool = True,
     ) -> None:
-        runtime = ctx.runtime
         ctx.set_result(step.id, result)
+        self._record(ctx, path, result, started, meter)
+        if notify:
+            ctx.notify_step(step.id, result)
+
+    def _record(self, ctx: RunContext, path: str, result: StepResult, started: float, meter: UsageMeter) -> None:
+        """Journal a step's (or fan-out item's) outcome and report it."""
+        runtime = ctx.runtime
         input_tokens, output_tokens = meter.input_tokens, meter.output_tokens
+        if ctx.recorded_tokens is not None:  # resuming: the store adds tokens up, so record only what is new
+            before = ctx.recorded_tokens.pop(path, None)
+            if before is not None:
+                input_tokens, output_tokens = input_tokens - before[0], output_tokens - before[1]
         runtime.store.step_finished(
             ctx.run_id,
             path,
@@ -170,9 +212,13 @@ class Engine:
         )
         message = result.error["message"] if result.error else ""
         runtime.reporter.step_finished(
-            ctx.run_id, path, result.status, time.monotonic() - started, input_tokens + output_tokens, message
+            ctx.run_id,
+            path,
+            result.status,
+            time.monotonic() - started,
+            meter.input_tokens + meter.output_tokens,
+            message,
         )
-        ctx.notify_step(step.id, result)
 
     def _evaluate(self, expression: ir.Expression, ctx: RunContext, scope: Scope, **extra: Any) -> Any:
         context = ctx.template_context(scope)
@@ -222,7 +268,7 @@ class Engine:
                     f"step {path!r} exceeded its deadline of {policy.deadline:g}s", span=step.span
                 ) from None
         except FlowctlError as exc:
-            if policy.fallback is None:
+            if policy.fallback is None or refused(exc):
                 raise StepFailed(path, exc, attempts=result.attempts, span=step.span) from None
             return await self._fallback(ctx, step, scope, path, exc)
 
@@ -267,6 +313,8 @@ class Engine:
     async def run_fan_out(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, result: StepResult) -> Any:
         fan = step.fan_out
         assert fan is not None
+        ctx.runtime.store.step_started(ctx.run_id, path, step.kind.value, 1)
+        result.attempts = 1
         items = self.evaluate_value(fan.items, ctx, scope)
         if isinstance(items, dict):
             items = list(items.items())
@@ -278,12 +326,29 @@ class Engine:
 
         def job(i: int, item: Any) -> Callable[[], Awaitable[Any]]:
             item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=buffers[i], **{fan.var: item, "index": i})
-            return lambda: self.run_attempts(ctx, step, item_scope, f"{path}[{i}]", StepResult())
+            return lambda: self._run_item(ctx, step, item_scope, f"{path}[{i}]")
 
         outcomes = await run_concurrent([job(i, item) for i, item in enumerate(items)], fan.join, fan.max_concurrency)
         self._commit_buffers(ctx, scope, buffers, outcomes)
-        result.attempts = 1
         return join_output(fan.join, outcomes, None)
+
+    async def _run_item(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+        """One item of a fan-out, under the step's policy, journaled as its own step record `step[i]`."""
+        started, meter, result = time.monotonic(), UsageMeter(), StepResult("running")
+        token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        try:
+            result.output = await self.run_attempts(ctx, step, scope, path, result)
+            result.status = "succeeded"
+        except FlowctlError as exc:
+            result.status, result.error = "failed", error_json(exc)
+            raise
+        except anyio.get_cancelled_exc_class():
+            result.status = "cancelled"
+            raise
+        finally:
+            STEP_METERS.reset(token)
+            self._record(ctx, path, result, started, meter)
+        return result.output
 
     def _commit_buffers(
         self, ctx: RunContext, scope: Scope, buffers: list[UpdateBuffer], outcomes: list[Outcome | None]
@@ -321,13 +386,15 @@ async def run_concurrent(
             except FlowctlError as exc:
                 outcomes[i] = Outcome(False, error=exc)
                 counts["failed"] += 1
-                if join.kind is ir.JoinKind.ALL:
+                if join.kind is ir.JoinKind.ALL or refused(exc):
                     raise
                 if stops_early and len(jobs) - counts["failed"] < need:
                     tg.cancel_scope.cancel()  # the join can no longer be satisfied
                 return
-            outcomes[i] = Outcome(True, value)
+            if stops_early and counts["ok"] >= need:
+                return  # finished in the same instant as the ones that satisfied the join: too late to count
             counts["ok"] += 1
+            outcomes[i] = Outcome(True, value)
             if stops_early and counts["ok"] >= need:
                 tg.cancel_scope.cancel()
 
@@ -335,9 +402,7 @@ async def run_concurrent(
             tg.start_soon(one, i)
     if stops_early and counts["ok"] < need:
         errors = [o.error for o in outcomes if o is not None and o.error is not None]
-        from flowctl.interpreter.errors import FlowctlError as _Error
-
-        raise _Error(
+        raise JoinFailed(
             f"join {join.kind.value}{f' {need}' if join.kind is ir.JoinKind.AT_LEAST else ''} not satisfied: "
             f"{counts['ok']} succeeded, {counts['failed']} failed" + (f"; first error: {errors[0]}" if errors else "")
         )
@@ -345,7 +410,8 @@ async def run_concurrent(
 
 
 def join_output(join: ir.Join, outcomes: list[Outcome | None], keys: list[str] | None) -> Any:
-    """Fan-outs give an ordered list; parallel groups give a map branch id → output."""
+    """Fan-outs give an ordered list; parallel groups give a map branch id → output. With `first`, only the
+    winner's output (a fan-out) or entry (a parallel group); branches cancelled by a join are None."""
 
     def entry(outcome: Outcome | None) -> Any:
         if outcome is None:

@@ -45,6 +45,7 @@ class EventBus:
         self.history: list[Event] = []
         self._waiters: list[_Waiter] = []
         self._listeners: list[Listener] = []
+        self._debts: list[tuple[str, Matcher]] = []  # replayed waits whose event has not come again yet
         self._seq = 0
 
     def subscribe(self, listener: Listener) -> None:
@@ -58,14 +59,34 @@ class EventBus:
         self._seq += 1
         event = Event(self._seq, name, data, source, time.time())
         self.history.append(event)
-        for waiter in self._waiters:
-            if waiter.event is None and waiter.name == name and _safe_match(waiter.match, event):
-                waiter.event, event.taken = event, True
-                waiter.ready.set()
-                break
+        if not (self._debts and self._settle(event)):  # taken by a replayed wait: listeners still see it
+            self._deliver(event)
         for listener in list(self._listeners):
             listener(event)
         return event
+
+    def _deliver(self, event: Event) -> None:
+        for waiter in self._waiters:
+            if waiter.event is None and waiter.name == event.name and _safe_match(waiter.match, event):
+                waiter.event, event.taken = event, True
+                waiter.ready.set()
+                break
+
+    def consume(self, name: str, match: Matcher) -> None:
+        """A wait replayed from the journal takes its event again: the earliest untaken match, or the next to come."""
+        for event in self.history:
+            if not event.taken and event.name == name and _safe_match(match, event):
+                event.taken = True
+                return
+        self._debts.append((name, match))
+
+    def _settle(self, event: Event) -> bool:
+        for i, (name, match) in enumerate(self._debts):
+            if name == event.name and _safe_match(match, event):
+                del self._debts[i]
+                event.taken = True
+                return True
+        return False
 
     async def wait(self, name: str, match: Matcher, timeout: float | None) -> Event | None:
         """The earliest untaken matching event; None on timeout."""

@@ -7,13 +7,21 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from flowctl.dsl import ir
 from flowctl.interpreter.agent import _CallCounter, call_tool, run_agent
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import RunContext, Scope, StepResult
-from flowctl.interpreter.engine import Engine, Handler, emit_event, join_output, run_concurrent
+from flowctl.interpreter.context import (
+    STEP_METERS,
+    RunContext,
+    Scope,
+    StepResult,
+    UsageMeter,
+    recorded_step_tokens,
+)
+from flowctl.interpreter.engine import Engine, Handler, Outcome, emit_event, error_json, join_output, run_concurrent
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.events import Event
 from flowctl.interpreter.inputs import validate_inputs
@@ -90,12 +98,13 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
     )
     run_id = f"{ctx.run_id}/{path}"
     store = ctx.runtime.store
+    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, SharedState(pipeline.state), parent_id=ctx.run_id)
     if store.get_run(run_id) is None:
         store.create_run(
             RunRecord(
                 run_id,
                 pipeline.name,
-                graph.file,
+                str(Path(graph.file).resolve()),
                 RunStatus.RUNNING,
                 time.time(),
                 parent_id=ctx.run_id,
@@ -105,16 +114,23 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         )
     else:
         store.reopen_run(run_id)
-    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, SharedState(pipeline.state), parent_id=ctx.run_id)
+        if ctx.recorded_tokens is not None:  # resuming: see RunContext.recorded_tokens
+            child.recorded_tokens = recorded_step_tokens(store, run_id)
     child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
+    meter = UsageMeter()  # the child run's own token totals
+    token = STEP_METERS.set((*STEP_METERS.get(), meter))
+    status, outputs, error = RunStatus.CANCELLED, None, {"code": "cancelled", "message": "cancelled"}
     try:
         outputs = await engine.run_pipeline(child)
-    except BaseException as exc:
-        status = RunStatus.FAILED if isinstance(exc, Exception) else RunStatus.CANCELLED
-        store.finish_run(run_id, status, error={"message": str(exc)})
+        status, error = RunStatus.SUCCEEDED, None
+        return outputs
+    except Exception as exc:
+        status, error = RunStatus.FAILED, error_json(exc)
         raise
-    store.finish_run(run_id, RunStatus.SUCCEEDED, outputs=outputs)
-    return outputs
+    finally:
+        STEP_METERS.reset(token)
+        tokens = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
+        store.finish_run(run_id, status, outputs=outputs, error=error, **tokens)
 
 
 # --- adaptive routing -------------------------------------------------------------------------------------------
@@ -164,6 +180,8 @@ async def _choose(engine: Engine, ctx: RunContext, route: ir.Route, scope: Scope
 
 
 async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    """Rules, then the LLM, then `default`. `multiple` bounds only the LLM: a rule or default naming several
+    branches runs them all. Branches run concurrently; their state updates apply in declaration order."""
     route = step.body
     assert isinstance(route, ir.Route)
     chosen, source = await _choose(engine, ctx, route, scope, path)
@@ -177,19 +195,23 @@ async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sc
             span=step.span,
         )
     if unknown and route.on_unknown is ir.OnUnknown.DEFAULT and not known:
-        known = [c for c in route.default if c in route.branches]
-    if not route.multiple:
+        known, source = [c for c in route.default if c in route.branches], "default"
+    if source == "llm" and not route.multiple:
         known = known[:1]
     results: dict[str, Any] = {}
+    names = [name for name in route.branches if name in known]  # declaration order
+    buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
 
     async def run_branch(name: str) -> None:
         steps = route.branches[name]
-        await engine.run_list(ctx, steps, scope)
+        buffer = buffers.get(name)
+        await engine.run_list(ctx, steps, scope.child(sink=buffer) if buffer is not None else scope)
         results[name] = ctx.steps[steps[-1].id]["output"] if steps else None
 
     async with task_group() as tg:
         for name in known:
             tg.start_soon(run_branch, name)
+    engine._commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
     return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
 
 
@@ -226,7 +248,11 @@ async def handle_wait(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
     def matches(event: Event) -> bool:
         return wait.match is None or bool(wait.match.evaluate({**context, "event": event.as_context()}))
 
+    executed = False
+
     async def execute() -> dict[str, Any]:
+        nonlocal executed
+        executed = True
         event = await ctx.runtime.bus.wait(wait.event, matches, wait.timeout)
         if event is None:
             raise WaitTimeout(
@@ -236,6 +262,10 @@ async def handle_wait(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
 
     # The event that released a wait is journaled like a side effect, so a resumed run does not wait again.
     recorded = await ctx.runtime.journal.call(ctx.run_id, f"{path}/wait#0", f"wait:{wait.event}", execute)
+    if not executed:
+        # Replayed on resume: the events come again (emits re-run, signals are polled from the start), so take the
+        # one this wait took the first time; otherwise a later wait for the same event would take it a second time.
+        ctx.runtime.bus.consume(wait.event, matches)
     return recorded["data"]
 
 

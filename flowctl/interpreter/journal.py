@@ -4,15 +4,33 @@ A call's key is its step path plus its index within the step (`summary/llm#0`, `
 request digest is a hash of the rendered request. On resume a recorded result is replayed instead of paying again; a
 recorded call whose digest differs (the pipeline or inputs were edited) refuses the resume and names the step, unless
 the user forces it.
+
+A fresh run's keys are all new, so only keys this process wrote can be looked up: no store query per call then.
+
+Commits: a `cacheable` call (an LLM completion: no effect outside the answer) is recorded in the store's group commit
+(`durable=False`): a kill may lose the last ~50 ms of them, which costs only their repeat on resume. Every other
+call (tool calls, waits) flushes what is pending before it runs, since an external effect may depend on it, and is
+recorded durably before it returns.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flowctl.interpreter.errors import ResumeRefused
 from flowctl.interpreter.store import RunStore
+
+_CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
+
+
+def step_of(key: str) -> str:
+    """The step path of a call key: `per_task[0]/turn#1/tool:time.now#0` → `per_task[0]`."""
+    parts = key.split("/")
+    while len(parts) > 1 and _CALL_PART.match(parts[-1]):
+        parts.pop()
+    return "/".join(parts)
 
 
 class Journal:
@@ -36,13 +54,14 @@ class Journal:
         cacheable: bool = False,
     ) -> dict[str, Any]:
         """Replay the recorded result of `key`, or execute and record it durably before returning."""
-        recorded = self.store.lookup_call(run_id, key)
+        ident = (run_id, key)
+        recorded = self.store.lookup_call(run_id, key) if self.resuming or ident in self._written else None
         if recorded is not None:
             if recorded.request_digest == digest:
                 self.replayed += 1
                 return recorded.result
-            if self.resuming and (run_id, key) not in self._written and not self.force:
-                step = key.rsplit("/", 1)[0]
+            if self.resuming and ident not in self._written and not self.force:
+                step = step_of(key)
                 raise ResumeRefused(
                     f"step {step!r} changed since run {run_id!r} was journaled (its request is not the recorded "
                     "one): the pipeline or its inputs were edited; rerun it, or resume with --force to re-execute "
@@ -54,13 +73,15 @@ class Journal:
                 self.cached += 1
                 self._record(run_id, key, digest, hit)
                 return hit
+        if not cacheable:
+            self.store.flush()
         result = await execute()
         self.executed += 1
-        self._record(run_id, key, digest, result)
+        self._record(run_id, key, digest, result, durable=not cacheable)
         if cacheable and self.cache:
             self.store.cache_put(digest, result)
         return result
 
-    def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any]) -> None:
-        self.store.record_call(run_id, key, digest, result)
+    def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, durable: bool = True) -> None:
+        self.store.record_call(run_id, key, digest, result, durable=durable)
         self._written.add((run_id, key))

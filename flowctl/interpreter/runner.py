@@ -15,7 +15,7 @@ import anyio
 
 from flowctl.dsl import ir
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import RunContext, Runtime, Scope
+from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_step_tokens
 from flowctl.interpreter.engine import Engine
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
 from flowctl.interpreter.handlers import HANDLERS
@@ -28,6 +28,12 @@ from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1
+
+
+class InternalError(FlowctlError):
+    """An unexpected exception inside the interpreter (a bug); the run is marked failed with it."""
+
+    code = "internal-error"
 
 
 @dataclass(slots=True)
@@ -125,7 +131,12 @@ def _uses_events(graph: ir.Graph) -> bool:
 
 
 async def _poll_signals(runtime: Runtime, run_id: str) -> None:
-    """External signals (`flowctl signal`) arrive through the store from another process."""
+    """External signals (`flowctl signal`) arrive through the store from another process.
+
+    A resumed run polls from the first signal again, so that the events of the run come back in order (replayed waits
+    take theirs again, see EventBus.consume); the store's event log then lists those signals, and the events that
+    re-run `emit` steps send, once more per resume.
+    """
     last = 0
     while True:
         for signal in runtime.store.take_signals(run_id, last):
@@ -175,7 +186,7 @@ async def run_graph(
             RunRecord(
                 run_id,
                 graph.root.name,
-                graph.file,
+                str(Path(graph.file).resolve()),  # absolute: `flowctl resume` may run from another directory
                 RunStatus.RUNNING,
                 time.time(),
                 inputs=values,
@@ -195,6 +206,8 @@ async def run_graph(
             graph.concurrency,
         )
         ctx = RunContext(runtime, graph, graph.root, run_id, values, SharedState(graph.root.state))
+        if resuming:
+            ctx.recorded_tokens = recorded_step_tokens(store, run_id)
         ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
         outcome = await _run_root(ctx, runtime, started)
     return outcome
@@ -218,6 +231,11 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOut
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             _finish(ctx, runtime, RunStatus.CANCELLED, None, None)
+            await runtime.aclose()
+        raise
+    except Exception as exc:  # a bug: still leave the store saying how the run ended, then surface it
+        with anyio.CancelScope(shield=True):
+            _finish(ctx, runtime, RunStatus.FAILED, None, InternalError(f"internal error: {exc!r}"))
             await runtime.aclose()
         raise
     finally:

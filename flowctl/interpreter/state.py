@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowctl.dsl.ir import Reducer, StateKey
+from flowctl.interpreter.errors import FlowctlError
+
+
+class StateError(FlowctlError):
+    """A `set:` value its key's reducer cannot take (e.g. a non-mapping for `merge`)."""
+
+    code = "state-update-failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +43,10 @@ class SharedState:
     def apply(self, step: str, updates: dict[str, Any]) -> None:
         """Apply one step's updates through each key's reducer, and log the change."""
         for name, value in updates.items():
-            self.values[name] = _reduce(self.keys[name].reducer, self.values.get(name), value)
+            try:
+                self.values[name] = _reduce(self.keys[name].reducer, self.values.get(name), value)
+            except TypeError as exc:
+                raise StateError(f"step {step!r} cannot update state key {name!r}: {exc}") from None
         change = Change(step, {name: self.values[name] for name in updates}, time.time())
         self.log.append(change)
         for listener in self.listeners:

@@ -19,25 +19,42 @@ if TYPE_CHECKING:
 
 
 class TriggerSet:
-    def __init__(self, engine: Engine, ctx: RunContext, tg: TaskGroup) -> None:
+    """The triggers of one pipeline run. They fire only while the pipeline's task group is open (`open` to
+    `close`): a step of `finally`, which runs after the group, never starts a trigger."""
+
+    def __init__(self, engine: Engine, ctx: RunContext) -> None:
         self.engine = engine
         self.ctx = ctx
-        self.tg = tg
+        self.tg: TaskGroup | None = None
         self.fired: dict[str, int] = {}
+        self.holding: set[str] = set()  # `when` triggers whose condition held at the last check (edge detection)
         self.triggers = ctx.pipeline.triggers
         self.active = bool(self.triggers)
+
+    def open(self, tg: TaskGroup) -> None:
+        self.tg = tg
         if not self.active:
             return
-        ctx.runtime.bus.subscribe(self._on_event)
-        ctx.step_listeners.append(self._on_step)
-        ctx.state.listeners.append(self._on_state)
+        self.ctx.runtime.bus.subscribe(self._on_event)
+        self.ctx.step_listeners.append(self._on_step)
+        self.ctx.state.listeners.append(self._on_state)
 
     def main_finished(self) -> None:
-        """Fired triggers keep running; nothing new subscribes after the pipeline ends."""
+        """Fired triggers keep running; events emitted after the main steps end start nothing new."""
         if self.active:
             self.ctx.runtime.bus.unsubscribe(self._on_event)
 
+    def close(self) -> None:
+        """The task group has ended: stop listening to steps and state."""
+        if self.active and self.tg is not None:
+            self.active = False
+            self.ctx.runtime.bus.unsubscribe(self._on_event)
+            self.ctx.step_listeners.remove(self._on_step)
+            self.ctx.state.listeners.remove(self._on_state)
+
     def _fire(self, trigger: ir.Trigger, event: dict[str, Any]) -> None:
+        if not self.active or self.tg is None:
+            return
         count = self.fired.get(trigger.id, 0)
         if trigger.once and count:
             return
@@ -70,14 +87,19 @@ class TriggerSet:
         self._check_conditions(change.step)
 
     def _check_conditions(self, source: str) -> None:
+        """A `when` trigger fires when its condition becomes true (an edge, not a level): with `once: false` it fires
+        again only after the condition was false in between, never on every change while it holds."""
         for trigger in self.triggers:
             if trigger.kind is not ir.TriggerKind.WHEN or trigger.condition is None:
                 continue
             if trigger.once and self.fired.get(trigger.id):
                 continue
             try:
-                hit = trigger.condition.evaluate(self.ctx.template_context(Scope()))
+                hit = bool(trigger.condition.evaluate(self.ctx.template_context(Scope())))
             except RenderError:
                 hit = False  # a threshold over state that is not there yet is simply not reached
-            if hit:
+            if not hit:
+                self.holding.discard(trigger.id)
+            elif trigger.id not in self.holding:
+                self.holding.add(trigger.id)
                 self._fire(trigger, {"name": "when", "data": None, "error": None, "source": source, "step": source})
