@@ -6,8 +6,10 @@ so we unwrap to the first real error (cancellations are not errors and are never
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,3 +36,43 @@ async def task_group() -> AsyncIterator[TaskGroup]:
         if isinstance(error, anyio.get_cancelled_exc_class()):
             raise
         raise error from None
+
+
+class Limiter:
+    """A counting limiter whose uncontended acquire does not yield.
+
+    anyio's CapacityLimiter costs ~5 µs per acquire even when a slot is free, which is a tenth of our per-step
+    budget; slots here are handed to waiters first-in first-out, and a waiter cancelled after being handed a slot
+    passes it on.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.borrowed = 0
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def __aenter__(self) -> None:
+        if self.borrowed < self.total and not self._waiters:
+            self.borrowed += 1
+            return
+        handed = anyio.Event()
+        self._waiters.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self.release()  # we were given a slot but will not use it
+            else:
+                self._waiters.remove(handed)
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # the slot moves to the next waiter; `borrowed` is unchanged
+        else:
+            self.borrowed -= 1

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
+from flowctl.interpreter.concurrency import Limiter
 from flowctl.interpreter.events import EventBus
 from flowctl.interpreter.journal import Journal
 from flowctl.interpreter.llm import LLMProvider, Usage
@@ -74,10 +75,10 @@ class Runtime:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     totals: Totals = field(default_factory=Totals)
     providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
-    limiter: anyio.CapacityLimiter = field(init=False)
+    limiter: Limiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limiter = anyio.CapacityLimiter(self.concurrency)
+        self.limiter = Limiter(self.concurrency)
 
     def provider(self, model: ModelDef) -> LLMProvider:
         """One provider instance per model definition per run tree (shares HTTP connections)."""

@@ -13,7 +13,7 @@ import anyio
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError
-from flowctl.interpreter.concurrency import task_group
+from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.context import STEP_METERS, RunContext, Scope, StepResult, UsageMeter
 from flowctl.interpreter.errors import (
     DeadlineExceeded,
@@ -370,7 +370,7 @@ async def run_concurrent(
     """Run jobs concurrently under an optional cap; the join policy decides when to stop and what fails."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     need = {ir.JoinKind.FIRST: 1, ir.JoinKind.AT_LEAST: join.at_least}.get(join.kind, len(jobs))
-    limiter = anyio.CapacityLimiter(limit) if limit else None
+    limiter = Limiter(limit) if limit else None
     counts = {"ok": 0, "failed": 0}
     stops_early = join.kind in (ir.JoinKind.FIRST, ir.JoinKind.AT_LEAST)
 
