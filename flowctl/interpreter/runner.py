@@ -4,9 +4,11 @@ signals, and resume. This is the interpreter's public entry point; the CLI calls
 
 from __future__ import annotations
 
+import gc
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,34 @@ async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
     return _CompositeToolPool(scripted, real) if scripted is not None else real
 
 
+_gc_depth = 0
+_gc_saved: tuple[int, int, int] = (700, 10, 10)
+
+
+@contextmanager
+def _collector_tuned_for_runs() -> Iterator[None]:
+    """Fewer full garbage collections while a run is in flight.
+
+    A wide fan-out holds tens of thousands of live objects (frames, tasks, contexts); with the default thresholds
+    CPython walks all of them in repeated full collections, measured at over half the makespan of a 10,000-branch
+    fan-out. Objects that exist before the run (the compiled graph, imported modules) are frozen out of collection,
+    and the generation-0 threshold is raised; both are restored when the last concurrent run ends.
+    """
+    global _gc_depth, _gc_saved
+    if _gc_depth == 0:
+        _gc_saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+    _gc_depth += 1
+    try:
+        yield
+    finally:
+        _gc_depth -= 1
+        if _gc_depth == 0:
+            gc.set_threshold(*_gc_saved)
+            gc.unfreeze()
+
+
 async def run_graph(
     graph: ir.Graph,
     inputs: Mapping[str, Any],
@@ -196,6 +226,7 @@ async def run_graph(
     started = time.monotonic()
     options.reporter.run_started(run_id, graph.root.name, resuming)
     async with AsyncExitStack() as stack:
+        stack.enter_context(_collector_tuned_for_runs())
         tools = await _open_tools(stack, options)
         runtime = Runtime(
             store,
