@@ -46,6 +46,7 @@ class _Compiler:
         self.data: dict[str, Any] = doc.data
         self.resolve_child_path = resolve_child_path  # (ref) -> resolved key used in Graph.children
         defaults = self.data.get("defaults") or {}
+        self.defaults_retry = "retry" in defaults
         self.default_policy = self.policy(defaults, ("defaults",), inherit=False)
 
     def span(self, path: JsonPath) -> Span:
@@ -69,9 +70,13 @@ class _Compiler:
 
     # policies ---------------------------------------------------------------------------------------------------
 
-    def policy(self, raw: dict[str, Any], path: JsonPath, *, inherit: bool = True) -> ir.Policy:
+    def policy(
+        self, raw: dict[str, Any], path: JsonPath, *, inherit: bool = True, calls_out: bool = False
+    ) -> ir.Policy:
         base = self.default_policy if inherit else ir.Policy()
         retry = base.retry
+        if calls_out and "retry" not in raw and not self.defaults_retry:
+            retry = ir.TRANSIENT_RETRY  # model and tool calls retry transient faults unless told otherwise
         if isinstance(raw.get("retry"), dict):
             r = raw["retry"]
             retry = ir.RetryPolicy(
@@ -141,7 +146,7 @@ class _Compiler:
             when=self.expr(raw.get("when"), (*path, "when")),
             updates=tuple((k, self.value(v, (*path, "set", k))) for k, v in (raw.get("set") or {}).items()),
             emit=self.emit(emit, (*path, "emit")) if isinstance(emit, dict) else None,
-            policy=self.policy(raw, path),
+            policy=self.policy(raw, path, calls_out=_calls_out(kind, raw)),
             fan_out=fan_out,
         )
 
@@ -318,6 +323,12 @@ def _seconds(value: Any, default: float) -> float:
     """A duration in seconds, or `default` when absent (an explicit 0 stays 0)."""
     seconds = parse_duration(value)
     return default if seconds is None else seconds
+
+
+def _calls_out(kind: str, raw: dict[str, Any]) -> bool:
+    """Steps that call a model or a tool themselves (containers do not: their children have their own policy)."""
+    route = raw.get("route")
+    return kind in ("agent", "tool") or (kind == "route" and isinstance(route, dict) and "agent" in route)
 
 
 def _names(value: Any) -> tuple[str, ...]:

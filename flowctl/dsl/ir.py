@@ -82,6 +82,11 @@ class RetryPolicy:
     jitter: bool = True
 
 
+# The default for steps that call a model or a tool: only retryable errors (rate limits, 5xx, timeouts, broken
+# streams, ...) are retried; a bad request, an auth error or a tool's own error fails at once.
+TRANSIENT_RETRY = RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=1.0, max_delay=30.0, jitter=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Fallback:
     agent: str | None = None
