@@ -17,10 +17,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import urlsplit
@@ -307,7 +310,7 @@ class _Connection:
         if launch.transport is Transport.STDIO:
             assert launch.command is not None
             env = get_default_environment() | launch.env
-            argv = [launch.command, *launch.args]
+            argv = [resolve_command(launch.command, env.get("PATH"), launch.cwd), *launch.args]
             return _stdio_transport(argv, env, launch.cwd, errlog, self._stdio, self._wake)
         assert launch.url is not None
         if launch.transport is Transport.SSE:
@@ -333,6 +336,10 @@ class _Connection:
             cause = "the pool closed before it finished starting"
         elif self.exit_code is not None:
             cause = f"exited with code {self.exit_code} before answering initialize"
+        elif isinstance(self.failure, CommandNotFound):
+            error = ServerStartError(f"server {server.name!r} cannot start: {self.failure}", span=server.span)
+            error.retryable = False  # a configuration problem: trying again cannot help
+            return error
         else:
             cause = _describe(self.failure) if self.failure else "closed the connection at start"
         if self.launch.url is not None:  # a remote server: say where we tried (never user info or the query)
@@ -390,6 +397,30 @@ class _Connection:
 
 
 # --- transports ----------------------------------------------------------------------------------------------
+
+
+class CommandNotFound(Exception):
+    """A stdio server's command is neither on PATH nor installed beside flowctl."""
+
+
+def resolve_command(command: str, path: str | None, cwd: str | None) -> str:
+    """The executable to start: `command` on the server's PATH, else beside flowctl's own Python.
+
+    Servers installed with pip into flowctl's environment (`pip install mcp-server-time`) then work without the
+    environment being activated, the way `uvx` finds them.
+    """
+    if "/" in command:
+        return command
+    found = shutil.which(command, path=path)
+    if found is not None:
+        return found
+    beside = Path(sys.executable).parent / command
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    raise CommandNotFound(
+        f"command {command!r} was not found on PATH nor in {beside.parent}; install it (for a Python server, "
+        f"`pip install` it into this environment) or give its full path in `command:`"
+    )
 
 
 @asynccontextmanager

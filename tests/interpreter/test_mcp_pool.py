@@ -438,3 +438,29 @@ async def test_cancellation_during_startup_leaves_no_process() -> None:
 async def test_pool_requires_its_context_manager() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await McpPool().list_tools(calc())
+
+
+def test_commands_are_found_on_path_then_beside_flowctls_python(tmp_path: Path) -> None:
+    from flowctl.interpreter.mcp_pool import CommandNotFound, resolve_command
+
+    tool = tmp_path / "my-server"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert resolve_command("my-server", str(tmp_path), None) == str(tool)
+    # not on the server's PATH, but installed in flowctl's own environment (where `pip install` puts servers)
+    assert resolve_command("mcp-server-time", "/nonexistent", None) == str(
+        Path(sys.executable).parent / "mcp-server-time"
+    )
+    assert resolve_command("./relative/path", "/nonexistent", None) == "./relative/path"
+    with pytest.raises(CommandNotFound, match="'no-such-server' was not found on PATH"):
+        resolve_command("no-such-server", "/nonexistent", None)
+
+
+@pytest.mark.anyio
+async def test_a_missing_command_is_a_clear_start_error_that_is_not_retried() -> None:
+    server = ServerDef("ghost", Transport.STDIO, SPAN, command="no-such-mcp-server-xyz", startup_timeout=5.0)
+    async with McpPool() as pool:
+        with pytest.raises(ServerStartError) as caught:
+            await pool.call_tool(server, "anything", {})
+    assert "server 'ghost' cannot start: command 'no-such-mcp-server-xyz' was not found" in str(caught.value)
+    assert caught.value.retryable is False
