@@ -355,8 +355,19 @@ def run(
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--scripted", type=click.Path(exists=True, dir_okay=False), help="Answer models from this fixture.")
 @click.option("--force", is_flag=True, help="Resume even if recorded requests changed (re-executes those calls).")
+@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def resume(run_id: str, store_path: str | None, output: str, scripted: str | None, force: bool, quiet: bool) -> None:
+@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+def resume(
+    run_id: str,
+    store_path: str | None,
+    output: str,
+    scripted: str | None,
+    force: bool,
+    cache: bool,
+    quiet: bool,
+    events_file: str | None,
+) -> None:
     """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
     from flowctl.interpreter.errors import InputError
     from flowctl.interpreter.runner import load_resumable, run_graph
@@ -369,7 +380,7 @@ def resume(run_id: str, store_path: str | None, output: str, scripted: str | Non
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         graph = _load_or_exit(record.file)
-        options = _run_options(scripted, False, force, _reporter(quiet, None))
+        options = _run_options(scripted, cache, force, _reporter(quiet, events_file))
         outcome = _execute(
             lambda: run_graph(graph, record.inputs, store, options, run_id=run_id, resuming=True), options.reporter
         )

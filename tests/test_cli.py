@@ -286,3 +286,61 @@ def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None
     assert ran.exit_code == 0, ran.output
     listed = json.loads(invoke("runs", "-n", "1", "--store", store, "--output", "json").output)
     assert [r["run_id"] for r in listed] == [json.loads(ran.output)["run_id"]]
+
+
+def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: Path) -> None:
+    from flowctl.interpreter.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.store import RunRecord, RunStatus
+
+    store_path = project / "runs.db"
+    with SqliteRunStore(store_path) as store:  # as if `flowctl run` in this (live) process were still running it
+        store.create_run(
+            RunRecord("r-live", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0, inputs={"who": "Ada"})
+        )
+    result = invoke(
+        "resume", "r-live", "--quiet", "--scripted", str(project / "greet.fixture.yaml"), "--store", str(store_path)
+    )
+    assert result.exit_code == 2
+    assert "is still running (process" in result.output and "would run it twice" in result.output
+
+
+def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None:
+    import sqlite3
+
+    from flowctl.interpreter.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.store import RunRecord, RunStatus
+
+    store_path = project / "runs.db"
+    with SqliteRunStore(store_path) as store:
+        store.create_run(
+            RunRecord(
+                "r-dead",
+                "greet",
+                str(project / "greet.yaml"),
+                RunStatus.RUNNING,
+                1.0,
+                inputs={"who": "Ada", "times": 2},
+            )
+        )
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sqlite3.connect(store_path) as conn:  # its owner is a process that has exited (killed, say)
+        conn.execute(
+            "UPDATE runs SET owner = ? WHERE run_id = 'r-dead'", (f"{socket.gethostname()}:{gone.stdout.strip()}",)
+        )
+    result = invoke(
+        "resume",
+        "r-dead",
+        "--quiet",
+        "--scripted",
+        str(project / "greet.fixture.yaml"),
+        "--store",
+        str(store_path),
+        "--output",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["outputs"]["greeting"] == "Hello Ada, hello Ada!"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -43,7 +44,7 @@ from flowctl.interpreter.store import (
     StepStatus,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 MAX_PENDING_WRITES = 64
 MAX_COMMIT_DELAY = 0.05
@@ -124,11 +125,13 @@ _SCHEMA_V1 = (
 )
 
 # MIGRATIONS[i] upgrades a file from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+# v2: the process that runs a run ("host:pid"), so `flowctl resume` can refuse a run that is still alive.
+_SCHEMA_V2 = ("ALTER TABLE runs ADD COLUMN owner TEXT",)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 _RUN_COLUMNS = (
     "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
-    "source_digest, input_tokens, output_tokens, cost"
+    "source_digest, input_tokens, output_tokens, cost, owner"
 )
 _STEP_COLUMNS = (
     "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens"
@@ -197,7 +200,13 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
         cost=row["cost"],
+        owner=row["owner"],
     )
+
+
+def this_process() -> str:
+    """The owner id of runs this process runs: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _step_from_row(row: sqlite3.Row) -> StepRecord:
@@ -422,6 +431,7 @@ class SqliteRunStore:
             record.input_tokens,
             record.output_tokens,
             record.cost,
+            this_process() if record.status is RunStatus.RUNNING else None,
         )
         sql = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(params))})"
         with self._lock:
@@ -439,7 +449,7 @@ class SqliteRunStore:
         cost: float = 0.0,
     ) -> None:
         """Record the outcome and totals of a run and commit everything pending."""
-        sql = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error = ?,
+        sql = """UPDATE runs SET owner = NULL, status = ?, finished_at = ?, outputs = ?, error = ?,
                  input_tokens = ?, output_tokens = ?, cost = ? WHERE run_id = ?"""
         params = (
             status.value,
@@ -456,10 +466,10 @@ class SqliteRunStore:
 
     def reopen_run(self, run_id: str) -> None:
         """Mark a run as running again for resume: clears finished_at, outputs and error."""
-        sql = """UPDATE runs SET status = ?, finished_at = NULL, outputs = NULL, error = NULL
+        sql = """UPDATE runs SET status = ?, finished_at = NULL, outputs = NULL, error = NULL, owner = ?
                  WHERE run_id = ?"""
         with self._lock:
-            self._require_updated(self._durable(sql, (RunStatus.RUNNING.value, run_id)), run_id)
+            self._require_updated(self._durable(sql, (RunStatus.RUNNING.value, this_process(), run_id)), run_id)
 
     @staticmethod
     def _require_updated(cursor: sqlite3.Cursor, run_id: str) -> None:

@@ -48,6 +48,7 @@ class RunRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
+    owner: str | None = None  # "host:pid" of the process running it; cleared when it finishes
 
 
 @dataclass(slots=True)

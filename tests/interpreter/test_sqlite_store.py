@@ -18,10 +18,12 @@ import pytest
 
 from flowctl.interpreter.redact import Redactor
 from flowctl.interpreter.sqlite_store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     SqliteRunStore,
     default_store_path,
     new_run_id,
+    this_process,
 )
 from flowctl.interpreter.store import (
     CallRecord,
@@ -49,7 +51,8 @@ def make_run(store: RunStore, run_id: str = "r-1", **fields: Any) -> RunRecord:
     base = RunRecord(run_id, "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={"topic": "x"})
     record = replace(base, **fields)
     store.create_run(record)
-    return record
+    # a running run is stamped with the process that runs it (so `resume` can refuse a live run)
+    return replace(record, owner=this_process()) if record.status is RunStatus.RUNNING else record
 
 
 def committed(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -418,3 +421,27 @@ def test_secrets_from_the_environment_never_reach_the_file(db: Path) -> None:
     texts = every_text_value(db)
     assert not [text for text in texts if SECRET in text]
     assert sum("***" in text for text in texts) >= 9
+
+
+def test_finishing_a_run_clears_its_owner_and_reopening_takes_it(store: SqliteRunStore) -> None:
+    make_run(store)
+    store.finish_run("r-1", RunStatus.FAILED)
+    assert store.get_run("r-1").owner is None  # type: ignore[union-attr]
+    store.reopen_run("r-1")
+    assert store.get_run("r-1").owner == this_process()  # type: ignore[union-attr]
+
+
+def test_a_version_1_store_is_upgraded_in_place(db: Path) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO runs (run_id, pipeline, file, status, started_at, inputs) VALUES ('r-old', 'p', 'p.yaml', "
+            "'failed', 1.0, '{}')"
+        )
+    with SqliteRunStore(db, redactor=Redactor()) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.get_run("r-old")
+        assert old is not None and old.owner is None and old.status is RunStatus.FAILED
