@@ -102,10 +102,25 @@ class _Builder:
             if trigger.kind in (ir.TriggerKind.FAILED, ir.TriggerKind.COMPLETED) and trigger.steps:
                 label = "on failure" if trigger.kind is ir.TriggerKind.FAILED else "on completion"
                 self.edges.append((_node_id(scope, trigger.target), _node_id(scope, trigger.steps[0].id), label))
+            if trigger.kind is ir.TriggerKind.EVENT:  # dashed in spirit: whoever emits the event starts it
+                for emitter in _emitters(pipeline, trigger.target):
+                    self.edges.append((_node_id(scope, emitter), sub.id, f"emits {trigger.target}"))
         if pipeline.finally_steps:
             sub = _Cluster(_node_id(scope, "finally"), "finally")
             self.steps(pipeline.finally_steps, scope, sub)
             cluster.clusters.append(sub)
+            if pipeline.steps:  # `finally` runs after the main steps end, however they ended
+                self.edges.append((_node_id(scope, pipeline.steps[-1].id), sub.id, "finally"))
+
+
+def _emitters(pipeline: ir.PipelineDef, event: str) -> list[str]:
+    """Ids of the steps that emit `event` (emit steps and steps with an `emit:`)."""
+    found = []
+    for step in pipeline.all_steps():
+        spec = step.body if isinstance(step.body, ir.EmitSpec) else step.emit
+        if spec is not None and spec.event == event:
+            found.append(step.id)
+    return found
 
 
 def _drawing(graph: ir.Graph) -> _Drawing:
