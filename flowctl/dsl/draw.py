@@ -128,6 +128,10 @@ def _drawing(graph: ir.Graph) -> _Drawing:
     root = _Cluster("root", graph.root.name)
     builder.steps(graph.root.steps, "root", root)
     builder.triggers(graph.root, "root", root)
+    for step in graph.root.all_steps():  # a wait is released by whoever emits its event
+        if isinstance(step.body, ir.Wait):
+            for emitter in _emitters(graph.root, step.body.event):
+                builder.edges.append((_node_id("root", emitter), _node_id("root", step.id), f"emits {step.body.event}"))
     known = {n for n, _, _ in _all_nodes(root)} | {c.id for c in _all_clusters(root)}
     edges = [e for e in builder.edges if e[0] in known and e[1] in known]
     return _Drawing(root, edges)
