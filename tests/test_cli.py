@@ -344,3 +344,23 @@ def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["outputs"]["greeting"] == "Hello Ada, hello Ada!"
+
+
+def test_graph_image_needs_graphviz_and_says_so(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(project))  # no `dot` here
+    result = invoke("graph", str(project / "greet.yaml"), "--format", "svg", "-o", str(project / "g.svg"))
+    assert result.exit_code == 2
+    assert "needs Graphviz" in result.output and not (project / "g.svg").exists()
+
+
+def test_graph_image_is_drawn_by_graphviz_when_installed(project: Path) -> None:
+    import shutil
+
+    out = project / "g.svg"
+    result = invoke("graph", str(project / "greet.yaml"), "--format", "svg", "-o", str(out))
+    if shutil.which("dot") is None:  # .ci/run installs Graphviz; on a machine without it the error is the contract
+        assert result.exit_code == 2 and "needs Graphviz" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    svg = out.read_text()
+    assert "<svg" in svg and "hello" in svg
