@@ -266,26 +266,43 @@ def _execute(start: Any, reporter: Any) -> Any:
     return outcome
 
 
-def _report_outcome(outcome: Any, output: str) -> None:
-    result = {
-        "run_id": outcome.run_id,
-        "status": outcome.status.value,
-        "outputs": outcome.outputs,
-        "error": outcome.error.to_json() if outcome.error else None,
-        "usage": {
-            "input_tokens": outcome.input_tokens,
-            "output_tokens": outcome.output_tokens,
-            "cost": round(outcome.cost, 6),
-        },
-        "calls": {"executed": outcome.calls_executed, "replayed": outcome.calls_replayed},
-    }
+def _protect(graph: Any, store: Any, options: Any) -> Any:
+    """Secrets the pipeline reads (its `api_key_env`s and `${VAR}`s) and secret-looking environment variables are
+    masked in the store, the progress output and everything printed. Returns the redactor."""
+    import os
+
+    from flowctl.interpreter.progress import RedactingReporter
+    from flowctl.interpreter.redact import Redactor
+    from flowctl.interpreter.runner import graph_secret_names
+
+    redactor = Redactor.from_env(os.environ, graph_secret_names(graph))
+    store.use_redactor(redactor)
+    options.reporter = RedactingReporter(options.reporter, redactor.redact_text)
+    return redactor
+
+
+def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
+    result = redactor.redact(
+        {
+            "run_id": outcome.run_id,
+            "status": outcome.status.value,
+            "outputs": outcome.outputs,
+            "error": outcome.error.to_json() if outcome.error else None,
+            "usage": {
+                "input_tokens": outcome.input_tokens,
+                "output_tokens": outcome.output_tokens,
+                "cost": round(outcome.cost, 6),
+            },
+            "calls": {"executed": outcome.calls_executed, "replayed": outcome.calls_replayed},
+        }
+    )
     if output == "json":
         click.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
     else:
-        if outcome.outputs is not None:
-            click.echo(json.dumps(outcome.outputs, indent=2, ensure_ascii=False, default=str))
+        if result["outputs"] is not None:
+            click.echo(json.dumps(result["outputs"], indent=2, ensure_ascii=False, default=str))
         if outcome.error is not None:
-            click.echo(f"run {outcome.run_id} failed: {outcome.error}", err=True)
+            click.echo(f"run {outcome.run_id} failed: {redactor.redact_text(str(outcome.error))}", err=True)
             click.echo(
                 f"inspect it with `flowctl show {outcome.run_id}`, resume it with `flowctl resume {outcome.run_id}`",
                 err=True,
@@ -339,14 +356,15 @@ def run(
         sys.exit(EXIT_USAGE)
     options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
     store = _open_store(store_path)
+    redactor = _protect(graph, store, options)
     try:
         outcome = _execute(lambda: run_graph(graph, inputs, store, options), options.reporter)
     except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output)
+    _report_outcome(outcome, output, redactor)
 
 
 @main.command()
@@ -381,12 +399,17 @@ def resume(
             sys.exit(EXIT_USAGE)
         graph = _load_or_exit(record.file)
         options = _run_options(scripted, cache, force, _reporter(quiet, events_file))
-        outcome = _execute(
-            lambda: run_graph(graph, record.inputs, store, options, run_id=run_id, resuming=True), options.reporter
-        )
+        redactor = _protect(graph, store, options)
+        try:
+            outcome = _execute(
+                lambda: run_graph(graph, record.inputs, store, options, run_id=run_id, resuming=True), options.reporter
+            )
+        except InputError as exc:  # the pipeline was edited and no longer accepts the run's recorded inputs
+            click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
+            sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output)
+    _report_outcome(outcome, output, redactor)
 
 
 @main.command()

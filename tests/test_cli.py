@@ -364,3 +364,74 @@ def test_graph_image_is_drawn_by_graphviz_when_installed(project: Path) -> None:
     assert result.exit_code == 0, result.output
     svg = out.read_text()
     assert "<svg" in svg and "hello" in svg
+
+
+def test_run_events_writes_a_jsonl_log(project: Path) -> None:
+    events = project / "events.jsonl"
+    result = invoke(
+        "run",
+        str(project / "greet.yaml"),
+        "-i",
+        "who=Ada",
+        "--quiet",
+        "--scripted",
+        str(project / "greet.fixture.yaml"),
+        "--store",
+        str(project / "r.db"),
+        "--events",
+        str(events),
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["run_started", "step_started", "step_finished", "run_finished"]
+    assert lines[1]["step"] == "hello" and lines[1]["kind"] == "agent"
+
+
+def test_a_secret_the_pipeline_reads_never_reaches_the_store_or_the_terminal(tmp_path: Path) -> None:
+    import sqlite3
+
+    secret = "ghx_TopSecretValue_0123456789"
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: secrets\nservers:\n"
+        "  gh:\n    command: sh\n"
+        "    args: ['-c', 'echo \"auth failed for $GH_ACCESS\" >&2; exit 3']\n"
+        "    env: {GH_ACCESS: '${GH_ACCESS}'}\n"
+        "steps:\n  - {id: call, tool: gh.list_issues, args: {}, retry: {max_attempts: 1}}\n"
+    )
+    store = tmp_path / "runs.db"
+    result = CliRunner(env={"GH_ACCESS": secret}).invoke(
+        main, ["run", str(tmp_path / "p.yaml"), "--store", str(store)], catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert "auth failed for ***" in result.output  # the server's stderr is shown, masked
+    assert secret not in result.output
+    with sqlite3.connect(store) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        dump = "".join(str(row) for table in tables for row in conn.execute(f"SELECT * FROM {table}"))
+    assert "auth failed for ***" in dump and secret not in dump
+
+
+def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project: Path) -> None:
+    store = str(project / "runs.db")
+    failed = invoke(
+        "run",
+        str(project / "greet.yaml"),
+        "-i",
+        "who=Ada",
+        "--quiet",
+        "--scripted",
+        str(project / "failing.fixture.yaml"),
+        "--store",
+        store,
+        "--output",
+        "json",
+    )
+    run_id = json.loads(failed.output)["run_id"]
+    (project / "greet.yaml").write_text(
+        VALID.replace(
+            "  times: {type: integer, default: 1}", "  times: {type: integer, default: 1}\n  tone: {type: string}"
+        )
+    )
+    result = invoke("resume", run_id, "--quiet", "--scripted", str(project / "greet.fixture.yaml"), "--store", store)
+    assert result.exit_code == 2
+    assert "missing required input 'tone'" in result.output and "Traceback" not in result.output

@@ -107,8 +107,8 @@ class JsonlReporter(Reporter):
     def __init__(self, path: str) -> None:
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def _write(self, kind: str, **data: Any) -> None:
-        self.file.write(json.dumps({"type": kind, "at": time.time(), **data}, default=str) + "\n")
+    def _write(self, event_type: str, /, **data: Any) -> None:
+        self.file.write(json.dumps({"type": event_type, "at": time.time(), **data}, default=str) + "\n")
 
     def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None:
         self._write("run_started", run_id=run_id, pipeline=pipeline, resumed=resumed)
@@ -164,3 +164,29 @@ class MultiReporter(Reporter):
     def close(self) -> None:
         for r in self.reporters:
             r.close()
+
+
+class RedactingReporter(Reporter):
+    """Masks secrets in every text a reporter shows (error messages can quote a server's stderr)."""
+
+    def __init__(self, inner: Reporter, redact: Any) -> None:
+        self.inner = inner
+        self.redact = redact  # str -> str
+
+    def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None:
+        self.inner.run_started(run_id, pipeline, resumed)
+
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
+        self.inner.step_started(run_id, path, kind, attempt)
+
+    def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
+        self.inner.step_finished(run_id, path, status, elapsed, tokens, self.redact(error) if error else error)
+
+    def event(self, run_id: str, name: str, source: str) -> None:
+        self.inner.event(run_id, name, source)
+
+    def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
+        self.inner.run_finished(run_id, status, elapsed, tokens, self.redact(error) if error else error)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -7,8 +7,9 @@ events, signals, state) and can be attached to a logging handler with `Redacting
 
 Rules:
 - A variable is secret when the caller names it (the pipeline's `api_key_env`s and the `${VAR}`s
-  used in MCP server headers/env) or when its name looks secret (`KEY`, `TOKEN`, `SECRET`,
-  `PASSWORD`, `PASSWD`, `CREDENTIAL`, `AUTH`, case-insensitive).
+  used in MCP server headers/env/url and model base URLs) or when a whole `_`-separated segment of its
+  name looks secret (`KEY`, `API_KEY`, `TOKEN`, `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `CREDENTIAL(S)`,
+  `AUTH`, `PAT`, case-insensitive): `GIT_AUTHOR_NAME` is not a secret.
 - Values shorter than 8 characters are ignored: masking short strings such as `true` or `1234`
   would mangle ordinary text and protect nothing.
 - Each secret is also matched in its JSON-escaped form and without surrounding whitespace, so a
@@ -29,12 +30,18 @@ from typing import Any
 
 MASK = "***"
 MIN_SECRET_LENGTH = 8
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+# Whole `_`-separated segments only: OPENAI_API_KEY, GITHUB_TOKEN, DB_PASSWORD, HF_TOKEN are secrets;
+# GIT_AUTHOR_NAME or KEYBOARD_LAYOUT are not (masking their values would corrupt journaled text and replays).
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|AUTH|PAT|PRIVATE_KEY)(?:_|$)",
+    re.IGNORECASE,
+)
+_NOT_SECRET = frozenset({"SSH_AUTH_SOCK"})
 
 
 def looks_secret(name: str) -> bool:
     """True when an environment variable's name suggests it holds a secret."""
-    return _SECRET_NAME.search(name) is not None
+    return name.upper() not in _NOT_SECRET and _SECRET_NAME.search(name) is not None
 
 
 def _variants(secret: str) -> set[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -312,6 +313,26 @@ def _finish(
         steps=dict(ctx.steps),
         events=events,
     )
+
+
+_VAR_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+
+
+def graph_secret_names(graph: ir.Graph) -> set[str]:
+    """The environment variables a pipeline reads secrets from: every `api_key_env`, and every `${VAR}` in server
+    env, headers and URLs and in model base URLs (child files included). Their values are always redacted."""
+    names: set[str] = set()
+    texts: list[str] = []
+    for model in graph.models.values():
+        names.add(model.api_key_env)
+        texts.append(model.base_url or "")
+    for server in graph.servers.values():
+        texts += [*server.env.values(), *server.headers.values(), server.url or ""]
+    for text in texts:
+        names.update(_VAR_REFERENCE.findall(text))
+    for child in graph.children.values():
+        names |= graph_secret_names(child)
+    return names
 
 
 def load_resumable(store: RunStore, run_id: str) -> RunRecord:

@@ -381,6 +381,11 @@ class SqliteRunStore:
                     self._flush_error, self._flusher = error, None
                     return
 
+    def use_redactor(self, redactor: Redactor) -> None:
+        """Mask these secrets in everything written from now on (the CLI adds the pipeline's own variables)."""
+        with self._lock:
+            self._redactor = redactor
+
     def flush(self) -> None:
         """Commit every grouped write now."""
         with self._lock:

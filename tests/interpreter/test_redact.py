@@ -105,3 +105,28 @@ def test_logging_filter_masks_message_arguments_and_traceback() -> None:
     assert SECRET not in output
     assert "calling with ***" in output
     assert "ValueError: bad key ***" in output
+
+
+def test_only_whole_name_segments_look_secret() -> None:
+    from flowctl.interpreter.redact import looks_secret
+
+    for name in (
+        "OPENAI_API_KEY",
+        "GITHUB_TOKEN",
+        "DB_PASSWORD",
+        "HF_TOKEN",
+        "APIKEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "GH_PAT",
+        "MY_CREDENTIALS",
+    ):
+        assert looks_secret(name), name
+    for name in (
+        "GIT_AUTHOR_NAME",
+        "KEYBOARD_LAYOUT",
+        "SSH_AUTH_SOCK",
+        "MONKEY_MODE",
+        "PATH",
+        "TOKENIZERS_PARALLELISM",
+    ):
+        assert not looks_secret(name), name
