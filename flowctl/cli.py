@@ -71,18 +71,20 @@ def validate(paths: tuple[str, ...], fmt: str, resolve_tools: bool) -> None:
     files = _pipeline_files(paths)
     if not files:
         raise click.UsageError("no pipeline files found (a pipeline is a YAML file with a top-level `flowctl:` key)")
-    front = FrontEnd()
     diagnostics = []
+    sources: dict[str, str] = {}
     for file in files:
-        front.root_dir = None  # each named file is the root of its own folder tree
+        # each named file is the root of its own folder tree: a child is judged from the file that includes it,
+        # so a fresh front end per file keeps results independent of the order files are named in
+        front = FrontEnd()
         result = front.process(file)
         diagnostics.extend(result.diagnostics)
+        sources.update(front.sources())
         if resolve_tools and result.graph is not None:
             from flowctl.interpreter.resolve import resolve_tools as resolve
 
             diagnostics.extend(resolve(result.graph))
     diagnostics = finalize(diagnostics)
-    sources = front.sources()
     if fmt == "json":
         click.echo(render_json(diagnostics))
     elif fmt == "github":
@@ -167,7 +169,10 @@ def _render_image(dot_text: str, fmt: str, output: str | None) -> None:
         )
     if not output:
         raise click.UsageError(f"--format {fmt} writes a file: give -o FILE")
-    subprocess.run([dot, f"-T{fmt}", "-o", output], input=dot_text.encode(), check=True)
+    done = subprocess.run([dot, f"-T{fmt}", "-o", output], input=dot_text.encode(), capture_output=True)
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
+        raise click.ClickException(f"Graphviz could not draw the graph: {message}")
 
 
 # --- run, resume and the run store -----------------------------------------------------------------------------
@@ -213,7 +218,10 @@ def _reporter(quiet: bool, events_file: str | None) -> Any:
     if not quiet:
         reporters.append(TtyReporter() if sys.stderr.isatty() else LineReporter())
     if events_file:
-        reporters.append(JsonlReporter(events_file))
+        try:
+            reporters.append(JsonlReporter(events_file))
+        except OSError as exc:
+            raise click.UsageError(f"--events {events_file}: {exc.strerror or exc}") from None
     return MultiReporter(reporters)
 
 
@@ -545,11 +553,16 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
         if record is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
-        seq = store.send_signal(run_id, event, data)
+        target = run_id
+        if record.parent_id is not None:  # events are shared by the whole run tree; the root run polls for them
+            target = run_id.split("/", 1)[0]
+            record = store.get_run(target) or record
+            click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
+        seq = store.send_signal(target, event, data)
     finally:
         store.close()
     note = "" if record.status.value == "running" else f" (the run is {record.status.value}; it sees it if resumed)"
-    click.echo(f"sent {event!r} to {run_id} as signal #{seq}{note}")
+    click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")
 
 
 main.add_command(test_command)

@@ -435,3 +435,19 @@ def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project:
     result = invoke("resume", run_id, "--quiet", "--scripted", str(project / "greet.fixture.yaml"), "--store", store)
     assert result.exit_code == 2
     assert "missing required input 'tone'" in result.output and "Traceback" not in result.output
+
+
+def test_a_signal_for_a_child_run_is_delivered_to_its_root_run(project: Path) -> None:
+    from flowctl.interpreter.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.store import RunRecord, RunStatus
+
+    store_path = project / "runs.db"
+    with SqliteRunStore(store_path) as store:
+        store.create_run(RunRecord("r-root", "p", "p.yaml", RunStatus.RUNNING, 1.0))
+        store.create_run(RunRecord("r-root/ask", "child", "p.yaml", RunStatus.RUNNING, 1.0, parent_id="r-root"))
+    result = invoke("signal", "r-root/ask", "approved", "--data", '{"by": "ana"}', "--store", str(store_path))
+    assert result.exit_code == 0, result.output
+    assert "delivering to its root run r-root" in result.output
+    with SqliteRunStore(store_path) as store:
+        assert [(s.name, s.data) for s in store.take_signals("r-root", 0)] == [("approved", {"by": "ana"})]
+        assert store.take_signals("r-root/ask", 0) == []

@@ -475,12 +475,18 @@ def _check_reference(ctx: CheckContext, tf: TemplateField, ref: Reference, ances
 
 
 def _declared(ctx: CheckContext, tf: TemplateField, root: str) -> set[str]:
-    """Inputs or state keys a template may read; an agent's instruction serves every pipeline in the file."""
-    pipelines = list(ctx.index.pipelines()) if tf.path[0] == "agents" else [tf.pipeline]
-    names: set[str] = set()
-    for pipeline in pipelines:
-        names.update(pipeline.inputs() if root == "inputs" else pipeline.state_keys())
-    return names
+    """Inputs or state keys a template may read. An agent's instruction is rendered in every pipeline that uses the
+    agent, so it may read only what all of them declare (an agent no step uses is checked against the file)."""
+    if tf.path[0] != "agents":
+        return set(tf.pipeline.inputs() if root == "inputs" else tf.pipeline.state_keys())
+    users = _agent_users(ctx, str(tf.path[1]))
+    declared = [set(p.inputs() if root == "inputs" else p.state_keys()) for p in users or ctx.index.pipelines()]
+    return set.intersection(*declared) if users else set().union(*declared)
+
+
+def _agent_users(ctx: CheckContext, agent: str) -> list[PipelineInfo]:
+    """The pipelines of this file with a step that runs `agent` (as its agent, router or fallback)."""
+    return [p for p in ctx.index.pipelines() if any(name == agent for s in p.ordered for name, _ in _agent_refs(s))]
 
 
 def _check_step_reference(
@@ -658,6 +664,70 @@ def check_events(ctx: CheckContext) -> Iterator[Diagnostic]:
                     yield cat.unknown_ref(cat.UNKNOWN_STEP, "step", ctx.span((*path, key)), target, pipeline.steps)
 
 
+def check_embedded_schemas(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """Agents' output schemas and input schemas are themselves valid JSON schemas, with patterns that compile —
+    otherwise the run would fail (or crash) on the first answer or input it checks."""
+    for name, agent in ctx.index.section("agents").items():
+        if isinstance(agent, dict) and isinstance(agent.get("output_schema"), dict):
+            yield from _check_one_schema(ctx, ("agents", name, "output_schema"), agent["output_schema"])
+    for pipeline in ctx.index.pipelines():
+        for name, spec in pipeline.inputs().items():
+            if isinstance(spec, dict):
+                schema = {k: v for k, v in spec.items() if k not in ("default", "description")}
+                yield from _check_one_schema(ctx, (*pipeline.path, "inputs", name), schema)
+
+
+def _check_one_schema(ctx: CheckContext, path: JsonPath, schema: dict[str, Any]) -> Iterator[Diagnostic]:
+    from jsonschema import Draft202012Validator, SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = (*path, *exc.relative_path)
+        if exc.relative_path and exc.relative_path[-1] == "type" and isinstance(exc.instance, str):
+            yield cat.invalid_value(
+                ctx.span(where),
+                f"unknown JSON schema type {exc.instance!r}",
+                hint=cat.did_you_mean(exc.instance, _JSON_TYPES) or "use " + ", ".join(_JSON_TYPES),
+            )
+        else:
+            yield cat.invalid_value(ctx.span(where), f"not a valid JSON schema: {exc.message}")
+        return
+    for where, pattern in _patterns(schema, path):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            yield cat.invalid_value(ctx.span(where), f"pattern {pattern!r} is not a valid regular expression: {exc}")
+
+
+_JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
+
+
+def _patterns(schema: Any, path: JsonPath) -> Iterator[tuple[JsonPath, str]]:
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "pattern" and isinstance(value, str):
+                yield (*path, key), value
+            else:
+                yield from _patterns(value, (*path, key))
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            yield from _patterns(value, (*path, i))
+
+
+def check_joins(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """`join: {at_least: K}` on a parallel group with fewer than K branches can never succeed."""
+    for pipeline in ctx.index.pipelines():
+        for step in pipeline.ordered:
+            join, branches = step.raw.get("join"), step.raw.get("parallel")
+            k = join.get("at_least") if isinstance(join, dict) else None
+            if step.kind == "parallel" and isinstance(k, int) and isinstance(branches, list) and k > len(branches):
+                yield cat.invalid_value(
+                    ctx.span((*step.path, "join", "at_least")),
+                    f"at_least {k} can never be met: the group has {len(branches)} branch(es)",
+                )
+
+
 CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_definitions,
     check_servers,
@@ -668,6 +738,8 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_children,
     check_routes,
     check_events,
+    check_embedded_schemas,
+    check_joins,
 )
 
 

@@ -50,6 +50,11 @@ def _make_environment() -> ImmutableSandboxedEnvironment:
 ENV = _make_environment()
 
 
+# What rendering can raise on odd data (model output is untrusted): a type mismatch, `1e200 ** 2`, JSON nested
+# thousands deep through `fromjson`. All are the pipeline's data problem, reported as RenderError, never a crash.
+_DATA_ERRORS = (TypeError, ValueError, AttributeError, ArithmeticError, KeyError, IndexError, RecursionError)
+
+
 class TemplateProblem(Exception):
     """A template that does not compile; `line` is 1-based within the template text."""
 
@@ -121,8 +126,8 @@ class TextTemplate:
             return self._compiled.render(context)
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
-        except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError) as exc:
-            raise RenderError(f"{self.span}: {exc}") from exc
+        except _DATA_ERRORS as exc:
+            raise RenderError(f"{self.span}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +144,8 @@ class Expression:
             return self._compiled(**context)
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
-        except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError) as exc:
-            raise RenderError(f"{self.span}: in {self.source!r}: {exc}") from exc
+        except _DATA_ERRORS as exc:
+            raise RenderError(f"{self.span}: in {self.source!r}: {type(exc).__name__}: {exc}") from exc
 
 
 # Checks and the compiler both compile every template; Jinja's code generation is the front end's main cost

@@ -122,27 +122,32 @@ def test_the_builtin_model_is_called_default(check: Check) -> None:
     assert check(text) == []
 
 
-def test_agent_instructions_read_inputs_and_state_of_any_pipeline_in_the_file(check: Check) -> None:
+def test_agent_instructions_read_only_what_every_pipeline_using_the_agent_declares(check: Check) -> None:
     text = textwrap.dedent(
         """\
         flowctl: 1
         name: t
-        inputs: {tone: {type: string}}
+        inputs: {tone: {type: string}, audience: {type: string}}
+        state: {notes: {}}
         pipelines:
           child:
             inputs: {audience: {type: string}}
             state: {notes: {}}
             steps: [{id: inner, agent: w, prompt: hi}]
         agents:
-          w: {instruction: "{{ inputs.tone }} {{ inputs.audience }} {{ state.notes }} {{ state.zzz }}"}
+          w: {instruction: "{{ inputs.audience }} {{ state.notes }} {{ inputs.tone }}"}
+          idle: {instruction: "{{ inputs.tone }} {{ inputs.nowhere }}"}
         steps:
           - {id: a, agent: w, prompt: hi}
           - {id: b, pipeline: child, inputs: {audience: all}}
         """
     )
-    (diagnostic,) = check(text)
-    assert diagnostic.message == "undefined variable 'state.zzz'"
-    assert diagnostic.hint == "known names: 'state.notes'"
+    # `tone` exists in the root but not in `child`, which also renders w's instruction; an agent no step uses is
+    # checked against every pipeline of the file
+    tone, nowhere = check(text)
+    assert (tone.message, tone.span.line) == ("undefined variable 'inputs.tone'", 11)
+    assert tone.hint == "known names: 'inputs.audience'"
+    assert (nowhere.message, nowhere.span.line) == ("undefined variable 'inputs.nowhere'", 12)
 
 
 def test_agent_tool_entries_are_checked_only_against_servers_that_list_their_tools(check: Check) -> None:
