@@ -137,30 +137,41 @@ async def call_model(
     schema: dict[str, Any] | None = None,
 ) -> CompletionResponse:
     """One journaled LLM call. With `schema`, a final answer that does not match is raised, never journaled."""
-    runtime = ctx.runtime
-    breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker)
+    journal = ctx.runtime.journal
     key = counter.key("llm")
-    executed = False
+    digest = request.digest()
+    recorded = journal.replay(ctx.run_id, key, digest, cacheable=True)
+    if recorded is not None:
+        response = CompletionResponse.from_json(recorded)
+        if _first_use(journal, ctx.run_id, key, executed=False):
+            _account(ctx, model, response.usage)
+        return response
+    response = await _complete(ctx, model, request, schema)
+    journal.record(ctx.run_id, key, digest, response.to_json(), cacheable=True)
+    _first_use(journal, ctx.run_id, key, executed=True)
+    _account(ctx, model, response.usage)
+    return response
 
-    async def execute() -> dict[str, Any]:
-        nonlocal executed
-        try:
-            async with runtime.limiter:
+
+async def _complete(
+    ctx: RunContext, model: ModelDef, request: CompletionRequest, schema: dict[str, Any] | None
+) -> CompletionResponse:
+    """Ask the provider, under the run's limiter and the model's circuit breaker (if it has one)."""
+    runtime = ctx.runtime
+    breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
+    try:
+        async with runtime.limiter:
+            if breaker is None:  # the common case: no guard coroutine in between
+                response = await runtime.provider(model).complete(request)
+            else:
                 response = await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
-            if schema is not None and not response.tool_calls:
-                _check_structured(response, schema, model.model)
-        except OutputSchemaMismatch as exc:
-            usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
-            if isinstance(usage, Usage):
-                _account(ctx, model, usage)
-            raise
-        executed = True
-        return response.to_json()
-
-    result = await runtime.journal.call(ctx.run_id, key, request.digest(), execute, cacheable=True)
-    response = CompletionResponse.from_json(result)
-    if _first_use(runtime.journal, ctx.run_id, key, executed):
-        _account(ctx, model, response.usage)
+        if schema is not None and not response.tool_calls:
+            _check_structured(response, schema, model.model)
+    except OutputSchemaMismatch as exc:
+        usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
+        if isinstance(usage, Usage):
+            _account(ctx, model, usage)
+        raise
     return response
 
 
@@ -236,10 +247,13 @@ async def run_agent(
     model_name: str | None = None,
     extra_instruction: str = "",
     output_schema: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> AgentOutcome:
-    """Run one agent conversation to its final answer."""
+    """Run one agent conversation to its final answer. `context`: the scope's template context, when the caller
+    already built it (for the prompt)."""
     model = ctx.graph.models[model_name or agent.model]
-    instruction = agent.instruction.render(ctx.template_context(scope)) + extra_instruction
+    context = ctx.template_context(scope) if context is None else context
+    instruction = agent.instruction.render(context) + extra_instruction
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
     tools = await _agent_tools(ctx, agent) if agent.servers else {}

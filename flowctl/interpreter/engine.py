@@ -59,6 +59,12 @@ def refused(exc: BaseException) -> bool:
     return isinstance(exc, ResumeRefused)
 
 
+def _nested_sets_state(step: ir.Step) -> bool:
+    """Whether a step nested (at any depth) in this one has `set:`: only those write into a branch's buffer (the
+    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own)."""
+    return any(child.updates or child.kind is ir.NodeKind.SET or _nested_sets_state(child) for child in step.children())
+
+
 def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
     return all(s.needs == ((steps[i - 1].id,) if i else ()) for i, s in enumerate(steps))
 
@@ -285,6 +291,8 @@ class Engine:
             runtime.store.step_started(ctx.run_id, path, step.kind.value, result.attempts)
             runtime.reporter.step_started(ctx.run_id, path, step.kind.value, result.attempts)
             try:
+                if step.policy.timeout is None:  # the common case: no with_timeout frame, no lambda
+                    return await handler(self, ctx, step, scope, path)
                 return await with_timeout(
                     step.policy.timeout, f"step {path!r}", lambda: handler(self, ctx, step, scope, path)
                 )
@@ -326,14 +334,17 @@ class Engine:
             raise StepFailed(
                 path, RenderFailed(f"for_each must give a list, got {type(items).__name__}"), span=step.span
             )
-        buffers = [UpdateBuffer() for _ in items]
+        # Items write state only through steps nested in them; without such steps they need no buffer each.
+        buffers = [UpdateBuffer() for _ in items] if _nested_sets_state(step) else None
 
         def job(i: int, item: Any) -> Callable[[], Awaitable[Any]]:
-            item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=buffers[i], **{fan.var: item, "index": i})
+            sink = buffers[i] if buffers is not None else None
+            item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=sink, **{fan.var: item, "index": i})
             return lambda: self._run_item(ctx, step, item_scope, f"{path}[{i}]")
 
         outcomes = await run_concurrent([job(i, item) for i, item in enumerate(items)], fan.join, fan.max_concurrency)
-        self._commit_buffers(ctx, scope, buffers, outcomes)
+        if buffers is not None:
+            self._commit_buffers(ctx, scope, buffers, outcomes)
         return join_output(fan.join, outcomes, None)
 
     async def _run_item(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:

@@ -54,6 +54,18 @@ class Journal:
         cacheable: bool = False,
     ) -> dict[str, Any]:
         """Replay the recorded result of `key`, or execute and record it durably before returning."""
+        result = self.replay(run_id, key, digest, cacheable=cacheable)
+        if result is None:
+            result = await execute()
+            self.record(run_id, key, digest, result, cacheable=cacheable)
+        return result
+
+    # `call` in two halves, for the hot path (an LLM call) to run its effect inline, without two more coroutine
+    # frames per call: `replay` before the effect, `record` after it.
+
+    def replay(self, run_id: str, key: str, digest: str, *, cacheable: bool = False) -> dict[str, Any] | None:
+        """The recorded (or, with --cache, cached) result of `key`; None when the caller must execute it. Before
+        an effect that is not `cacheable`, makes everything pending durable."""
         ident = (run_id, key)
         recorded = self.store.lookup_call(run_id, key) if self.resuming or ident in self._written else None
         if recorded is not None:
@@ -75,12 +87,14 @@ class Journal:
                 return hit
         if not cacheable:
             self.store.flush()
-        result = await execute()
+        return None
+
+    def record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, cacheable: bool = False) -> None:
+        """Journal the result of an effect `replay` said to execute (a `cacheable` one rides the group commit)."""
         self.executed += 1
         self._record(run_id, key, digest, result, durable=not cacheable)
         if cacheable and self.cache:
             self.store.cache_put(digest, result)
-        return result
 
     def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, durable: bool = True) -> None:
         self.store.record_call(run_id, key, digest, result, durable=durable)

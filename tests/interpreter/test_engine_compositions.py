@@ -142,6 +142,16 @@ async def test_fan_out_max_concurrency_is_honoured(store: SqliteRunStore) -> Non
 # --- shared state -------------------------------------------------------------------------------------------------
 
 
+async def test_fan_out_items_nested_state_updates_apply_in_item_order(store: SqliteRunStore) -> None:
+    # Each item's fallback step sets state; the items finish in reverse order (the engine gives items a buffer only
+    # when a nested step sets state, so this is the case that needs one).
+    ran = await run_file("fanout_nested_state.yaml", "fanout_nested_state.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    assert ran.outcome.outputs == {"seen": ["A", "B", "C"], "results": ["A", "B", "C"]}
+    changes = store.state_changes(ran.run_id)
+    assert [change.step for change in changes] == [f"per_item[{i}]/per_item/fallback/rescue" for i in range(3)]
+
+
 async def test_state_reducers_are_deterministic_under_parallel_writers(store: SqliteRunStore) -> None:
     ran = await run_file("fanout_state.yaml", "fanout_state.fixture.yaml", store)
     outputs = ran.outcome.outputs

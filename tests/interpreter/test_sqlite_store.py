@@ -324,6 +324,44 @@ def test_group_commits_when_more_than_max_pending_writes_wait(db: Path) -> None:
         assert committed(db, "SELECT count(*) FROM steps") == [(4,)]
 
 
+def test_queued_writes_of_one_step_keep_their_order(db: Path) -> None:
+    # started, finished, then a retry's started: all queued in one group; the row must end as the retry left it
+    with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
+        make_run(store)
+        store.step_started("r-1", "a", "agent", 1)
+        store.step_finished("r-1", "a", StepStatus.FAILED, error={"code": "x"}, input_tokens=3)
+        store.step_started("r-1", "a", "agent", 2)
+        store.record_call("r-1", "a/llm#0", "d", {"content": "x"}, durable=False)
+        [step] = store.steps("r-1")
+        assert (step.status, step.attempts, step.error, step.input_tokens) == (StepStatus.RUNNING, 2, None, 3)
+        store.flush()
+        assert committed(db, "SELECT status, attempts, input_tokens FROM steps") == [("running", 2, 3)]
+
+
+def test_a_grouped_call_is_looked_up_before_it_is_committed(db: Path) -> None:
+    with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
+        make_run(store)
+        store.record_call("r-1", "a/llm#0", "d", {"content": "x"}, durable=False)
+        recorded = store.lookup_call("r-1", "a/llm#0")
+        assert recorded is not None and recorded.result == {"content": "x"}
+        assert committed(db, "SELECT count(*) FROM calls") == [(0,)]
+        store.flush()
+        assert committed(db, "SELECT count(*) FROM calls") == [(1,)]
+
+
+def test_queued_writes_leave_the_file_to_other_writers_until_the_commit(db: Path) -> None:
+    # Grouped writes wait in memory: another process can write (`flowctl signal`) while they are queued.
+    with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
+        make_run(store)
+        store.step_started("r-1", "a", "agent", 1)
+        with sqlite3.connect(db, timeout=0) as other:
+            other.execute("INSERT INTO signals (run_id, name, data, at) VALUES ('r-1', 'go', NULL, 0)")
+        assert [signal.name for signal in store.take_signals("r-1", 0)] == ["go"]  # polling does not lock either
+        with sqlite3.connect(db, timeout=0) as other:
+            other.execute("INSERT INTO signals (run_id, name, data, at) VALUES ('r-1', 'again', NULL, 0)")
+        assert [step.path for step in store.steps("r-1")] == ["a"]
+
+
 def test_idle_group_is_committed_after_max_delay(db: Path) -> None:
     with SqliteRunStore(db, redactor=Redactor(), max_delay=0.05) as store:
         make_run(store)
