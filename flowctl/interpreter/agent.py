@@ -19,14 +19,20 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.context import RunContext, Scope, meter_usage
 from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
 from flowctl.interpreter.journal import Journal
-from flowctl.interpreter.llm import CompletionRequest, CompletionResponse, Message, ToolCallRequest, ToolSpec, Usage
+from flowctl.interpreter.llm import (
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    ToolCallRequest,
+    ToolSpec,
+    Usage,
+    parse_structured_output,
+)
 from flowctl.interpreter.tools import ToolResult
 
 MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
@@ -220,18 +226,7 @@ def _check_structured(response: CompletionResponse, schema: dict[str, Any], mode
 
 def parse_structured(text: str | None, schema: dict[str, Any], model: str) -> Any:
     """Parse and validate a structured answer; a mismatch is retryable (the model may do better next time)."""
-    try:
-        value = json.loads(text or "")
-    except json.JSONDecodeError as exc:
-        raise OutputSchemaMismatch(f"model {model!r} did not answer with JSON: {exc}") from None
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "the answer"
-        raise OutputSchemaMismatch(
-            f"model {model!r} answer does not match the output schema at {where}: {error.message}"
-        )
-    return value
+    return parse_structured_output(text, schema, f"model {model!r}")
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
@@ -301,6 +296,8 @@ class _BadArguments:
             arguments = json.loads(call.arguments or "{}")
         except ValueError as exc:
             problem = f"invalid JSON ({exc})"
+        except RecursionError:
+            problem = "invalid JSON (nested too deeply)"
         else:
             if isinstance(arguments, dict):
                 return arguments

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import random
 import time
+from collections import ChainMap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,15 +138,18 @@ class RunContext:
     def template_context(self, scope: Scope) -> dict[str, Any]:
         context: dict[str, Any] = {
             "inputs": self.inputs,
-            "steps": self.steps,
+            "steps": self.steps if scope.results is None else ChainMap(scope.results, self.steps),
             "state": self.state.values,
             "run": self.run_meta(),
         }
         context.update(scope.variables)
         return context
 
-    def set_result(self, step_id: str, result: StepResult) -> None:
-        self.steps[step_id] = result.as_context()
+    def set_result(self, step_id: str, result: StepResult, scope: Scope | None = None) -> None:
+        value = result.as_context()
+        self.steps[step_id] = value  # the latest, for readers outside the instance (outputs, finally)
+        if scope is not None and scope.results is not None:
+            scope.results[step_id] = value
 
     def notify_step(self, step_id: str, result: StepResult) -> None:
         for listener in list(self.step_listeners):
@@ -167,9 +171,18 @@ class Scope:
     prefix: str = ""
     variables: Mapping[str, Any] = field(default_factory=dict)
     sink: StateSink | None = None  # None: apply to the run's state immediately
+    # Step results of this instance only, read before the run's: two firings of a trigger, or two fan-out items
+    # with fallback steps, run the same step ids at once and must not read each other's results.
+    results: ChainMap[str, Any] | None = None
 
     def path(self, step_id: str) -> str:
         return self.prefix + step_id
 
     def child(self, prefix: str = "", sink: StateSink | None = None, **variables: Any) -> Scope:
-        return Scope(self.prefix + prefix, {**self.variables, **variables}, sink if sink is not None else self.sink)
+        variables = {**self.variables, **variables}
+        return Scope(self.prefix + prefix, variables, sink if sink is not None else self.sink, self.results)
+
+    def isolated(self) -> Scope:
+        """The same scope with its own layer of step results (for concurrent instances of the same steps)."""
+        layer: ChainMap[str, Any] = self.results.new_child() if self.results is not None else ChainMap()
+        return Scope(self.prefix, self.variables, self.sink, layer)

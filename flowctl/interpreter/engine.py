@@ -153,7 +153,7 @@ class Engine:
         try:
             if step.when is not None and not self._evaluate(step.when, ctx, scope):  # a failing `when` fails the step
                 result.status = "skipped"
-                ctx.set_result(step.id, result)
+                ctx.set_result(step.id, result, scope)
                 ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
                 ctx.runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
                 return result
@@ -175,22 +175,23 @@ class Engine:
             if step.policy.on_error is ir.OnError.CONTINUE and not refused(failed):
                 result.output = self._default_output(ctx, step, scope)
             else:
-                self._finish(ctx, step, path, result, started, meter, notify=not refused(failed))
+                self._finish(ctx, step, scope, path, result, started, meter, notify=not refused(failed))
                 raise failed from None
         except anyio.get_cancelled_exc_class():
             # a join that no longer needs it, a timeout or deadline of an enclosing step, Ctrl-C: say so in the store
             result.status = "cancelled"
-            self._finish(ctx, step, path, result, started, meter, notify=False)
+            self._finish(ctx, step, scope, path, result, started, meter, notify=False)
             raise
         finally:
             STEP_METERS.reset(token)
-        self._finish(ctx, step, path, result, started, meter)
+        self._finish(ctx, step, scope, path, result, started, meter)
         return result
 
     def _finish(
         self,
         ctx: RunContext,
         step: ir.Step,
+        scope: Scope,
         path: str,
         result: StepResult,
         started: float,
@@ -198,7 +199,7 @@ class Engine:
         *,
         notify: bool = True,
     ) -> None:
-        ctx.set_result(step.id, result)
+        ctx.set_result(step.id, result, scope)
         self._record(ctx, path, result, started, meter)
         if notify:
             ctx.notify_step(step.id, result)
@@ -336,10 +337,13 @@ class Engine:
             )
         # Items write state only through steps nested in them; without such steps they need no buffer each.
         buffers = [UpdateBuffer() for _ in items] if _nested_sets_state(step) else None
+        has_nested_steps = next(step.children(), None) is not None
 
         def job(i: int, item: Any) -> Callable[[], Awaitable[Any]]:
             sink = buffers[i] if buffers is not None else None
             item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=sink, **{fan.var: item, "index": i})
+            if has_nested_steps:  # items run their fallback steps at once: each needs its own step results
+                item_scope = item_scope.isolated()
             return lambda: self._run_item(ctx, step, item_scope, f"{path}[{i}]")
 
         outcomes = await run_concurrent([job(i, item) for i, item in enumerate(items)], fan.join, fan.max_concurrency)

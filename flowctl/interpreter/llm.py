@@ -127,3 +127,27 @@ class LLMProvider(Protocol):
     async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def parse_structured_output(text: str | None, schema: dict[str, Any], where: str, *, note: str = "") -> Any:
+    """Parse a structured answer and check it against the agent's output schema; every way it can be wrong is an
+    OutputSchemaMismatch (retryable: the model may do better next time). Model output is untrusted, so JSON nested
+    deeper than Python can decode is a mismatch too, never a crash. One function for every provider and the agent.
+    """
+    import jsonschema
+
+    from flowctl.interpreter.errors import OutputSchemaMismatch
+
+    try:
+        value = json.loads(text or "")
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
+        problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except ValueError as exc:
+        raise OutputSchemaMismatch(f"output of {where} is not valid JSON{note}: {exc}") from None
+    except RecursionError:
+        raise OutputSchemaMismatch(f"output of {where} is JSON nested too deeply to read") from None
+    if problem is not None:
+        raise OutputSchemaMismatch(
+            f"output of {where} does not match the output schema: at {problem.json_path}: {problem.message}"
+        )
+    return value

@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import jsonschema
 import openai
 
 from flowctl.dsl.ir import ModelDef
@@ -47,6 +46,7 @@ from flowctl.interpreter.llm import (
     ToolCallRequest,
     ToolSpec,
     Usage,
+    parse_structured_output,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -378,18 +378,8 @@ def _check_arguments(tool_calls: tuple[ToolCallRequest, ...], call: _Call) -> No
 
 def check_output(response: CompletionResponse, schema: dict[str, Any], call: _Call) -> None:
     """Structured output: the content must be JSON matching the schema (it stays JSON text)."""
-    try:
-        value = json.loads(response.content or "")
-    except ValueError as exc:
-        cut = " (cut off at max_tokens)" if response.finish_reason == "length" else ""
-        raise OutputSchemaMismatch(
-            f"output of {call.where} is not valid JSON{cut}: {exc}; got {_quote(response.content or '')}"
-        ) from None
-    problem = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
-    if problem is not None:
-        raise OutputSchemaMismatch(
-            f"output of {call.where} does not match the output schema: at {problem.json_path}: {problem.message}"
-        )
+    cut = " (cut off at max_tokens)" if response.finish_reason == "length" else ""
+    parse_structured_output(response.content, schema, call.where, note=f"{cut}; got {_quote(response.content or '')}")
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import jsonschema
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.compile import parse_duration
@@ -60,7 +59,6 @@ from flowctl.interpreter.errors import (
     ContextTooLong,
     FlowctlError,
     MalformedResponse,
-    OutputSchemaMismatch,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -77,6 +75,7 @@ from flowctl.interpreter.llm import (
     ToolCallRequest,
     ToolSpec,
     Usage,
+    parse_structured_output,
 )
 from flowctl.interpreter.tools import ToolResult
 
@@ -589,16 +588,7 @@ def estimate_tokens(text: str) -> int:
 
 def _check_output(content: str | None, schema: dict[str, Any], where: str) -> None:
     """Structured output is checked the way the real provider checks it, so fixtures can exercise the failure."""
-    try:
-        value = json.loads(content or "")
-    except ValueError as exc:
-        raise OutputSchemaMismatch(f"output of {where} is not valid JSON: {exc}") from None
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if problem is not None:
-        raise OutputSchemaMismatch(
-            f"output of {where} does not match the output schema: at {problem.json_path}: {problem.message}"
-        )
+    parse_structured_output(content, schema, where)
 
 
 def _no_match_message(request: CompletionRequest, fixture: Fixture, used_up: list[Rule]) -> str:

@@ -59,7 +59,8 @@ class TriggerSet:
         if trigger.once and count:
             return
         self.fired[trigger.id] = count + 1
-        scope = Scope(prefix=f"{trigger.id}#{count + 1}/", variables={"event": event})
+        # each firing gets its own step results: with `once: false`, firings can run at the same time
+        scope = Scope(prefix=f"{trigger.id}#{count + 1}/", variables={"event": event}).isolated()
         self.ctx.runtime.reporter.event(self.ctx.run_id, f"trigger {trigger.id}", trigger.kind.value)
         self.tg.start_soon(self.engine.run_list, self.ctx, trigger.steps, scope)
 

@@ -356,3 +356,10 @@ async def test_a_value_its_reducer_cannot_take_fails_the_step(store: SqliteRunSt
     assert ran.outcome.state["settings"] == {"a": 1}
     record = store.get_run(ran.run_id)
     assert record is not None and record.status is RunStatus.FAILED
+
+
+async def test_concurrent_firings_of_a_trigger_read_their_own_step_results(store: SqliteRunStore) -> None:
+    # firing 2 fetches while firing 1 still thinks: with shared step results, firing 1 would log "fetched-2"
+    ran = await run_file("trigger_isolation.yaml", "trigger_isolation.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    assert ran.outcome.outputs == {"log": ["event 1 used fetched-1", "event 2 used fetched-2"]}

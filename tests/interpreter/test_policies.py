@@ -109,3 +109,24 @@ async def test_cancellation_is_never_retried(store: SqliteRunStore) -> None:
     assert steps["stuck"].status is StepStatus.CANCELLED and steps["stuck"].attempts == 1
     assert ran.provider.calls == 1
     assert ran.elapsed < 2.0
+
+
+async def test_deeply_nested_json_from_a_model_is_a_typed_failure_not_a_crash(tmp_path: Path) -> None:
+    from flowctl.dsl.frontend import load_pipeline
+    from flowctl.interpreter.runner import RunOptions, run_graph
+    from flowctl.interpreter.scripted import Fixture
+
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: deep\nagents:\n  j: {instruction: Judge., output_schema: {type: object}}\n"
+        "steps:\n  - {id: judge, agent: j, prompt: go, retry: {max_attempts: 2, initial_delay: 1ms}}\n"
+    )
+    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    assert graph is not None, diagnostics
+    fixture = Fixture.from_data({"default": "[" * 200_000})  # hostile output: deeper than Python's recursion limit
+    with SqliteRunStore(tmp_path / "runs.db") as store:
+        outcome = await run_graph(graph, {}, store, RunOptions(scripted=fixture, tool_pool=None))
+        steps = {s.path: s for s in store.steps(outcome.run_id)}
+    assert outcome.status is RunStatus.FAILED
+    assert outcome.error is not None and "nested too deeply" in str(outcome.error)
+    assert steps["judge"].attempts == 2  # a mismatch is retryable, like any other bad answer
+    assert steps["judge"].error is not None and steps["judge"].error["cause"] == "output-schema-mismatch"
