@@ -26,6 +26,7 @@ from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.journal import Journal
 from flowctl.interpreter.llm import LLMProvider
 from flowctl.interpreter.progress import Reporter
+from flowctl.interpreter.sqlite_store import RunBusy, owner_alive
 from flowctl.interpreter.state import SharedState
 from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.tools import ToolPool, ToolResult
@@ -343,31 +344,9 @@ def load_resumable(store: RunStore, run_id: str) -> RunRecord:
         raise InputError(f"run {run_id!r} is a child run; resume its root run {record.run_id.split('/')[0]!r}")
     if record.status is RunStatus.SUCCEEDED:
         raise InputError(f"run {run_id!r} already succeeded; nothing to resume")
-    if record.status is RunStatus.RUNNING and _owner_alive(record.owner):
-        raise InputError(
-            f"run {run_id!r} is still running (process {record.owner}); resuming it now would run it twice — "
-            "wait for it, or stop it first (Ctrl-C, or kill that process)"
-        )
+    if record.status is RunStatus.RUNNING and owner_alive(record.owner):
+        raise RunBusy(run_id, record.owner or "?")  # checked again, atomically, when the run is reopened
     return record
-
-
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the process that owns a `running` run is alive. Only this host's processes can be checked; a run
-    owned by another host is assumed alive (refusing is the safe side), a killed process is not."""
-    import socket
-
-    host, _, pid = (owner or "").rpartition(":")
-    if not pid.isdigit() or int(pid) <= 0:
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["RunOptions", "RunOutcome", "Scope", "load_resumable", "run_graph"]

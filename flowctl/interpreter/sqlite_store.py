@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from flowctl.interpreter.errors import InputError
 from flowctl.interpreter.redact import Redactor
 from flowctl.interpreter.store import (
     CallRecord,
@@ -212,6 +213,33 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
 def this_process() -> str:
     """The owner id of runs this process runs: `host:pid`."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process that owns a `running` run is alive. Only this host's processes can be checked; a run
+    owned by another host is assumed alive (refusing is the safe side); a killed process is not."""
+    host, _, pid = (owner or "").rpartition(":")
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunBusy(InputError):
+    """A run is still running in another live process: resuming it now would run it twice."""
+
+    def __init__(self, run_id: str, owner: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is still running (process {owner}); resuming it now would run it twice — "
+            "wait for it, or stop it first (Ctrl-C, or kill that process)"
+        )
 
 
 def _step_from_row(row: sqlite3.Row) -> StepRecord:
@@ -518,11 +546,28 @@ class SqliteRunStore:
             self._require_updated(self._durable(sql, params), run_id)
 
     def reopen_run(self, run_id: str) -> None:
-        """Mark a run as running again for resume: clears finished_at, outputs and error."""
-        sql = """UPDATE runs SET status = ?, finished_at = NULL, outputs = NULL, error = NULL, owner = ?
-                 WHERE run_id = ?"""
+        """Claim a run for resume: mark it running by this process, clearing finished_at, outputs and error.
+
+        Atomic under SQLite's write lock, so two `flowctl resume` of one run cannot both claim it: the second sees
+        the first's live process as owner and is refused (RunBusy).
+        """
+        update = """UPDATE runs SET status = ?, finished_at = NULL, outputs = NULL, error = NULL, owner = ?
+                    WHERE run_id = ?"""
         with self._lock:
-            self._require_updated(self._durable(sql, (RunStatus.RUNNING.value, this_process(), run_id)), run_id)
+            self._commit()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise KeyError(f"unknown run {run_id!r}")
+                owner = row["owner"]
+                if row["status"] == RunStatus.RUNNING.value and owner != this_process() and owner_alive(owner):
+                    raise RunBusy(run_id, owner)
+                self._conn.execute(update, (RunStatus.RUNNING.value, this_process(), run_id))
+            except BaseException:
+                self._conn.rollback()
+                raise
+            self._conn.commit()
 
     @staticmethod
     def _require_updated(cursor: sqlite3.Cursor, run_id: str) -> None:

@@ -483,3 +483,27 @@ def test_a_version_1_store_is_upgraded_in_place(db: Path) -> None:
         assert store.schema_version == SCHEMA_VERSION
         old = store.get_run("r-old")
         assert old is not None and old.owner is None and old.status is RunStatus.FAILED
+
+
+def test_only_one_process_can_claim_a_run_for_resume(db: Path) -> None:
+    with SqliteRunStore(db, redactor=Redactor()) as store:
+        make_run(store)
+        store.finish_run("r-1", RunStatus.FAILED)
+        store.reopen_run("r-1")  # this (live) process claims it, as `flowctl resume` does
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys\n"
+                "from flowctl.interpreter.redact import Redactor\n"
+                "from flowctl.interpreter.sqlite_store import RunBusy, SqliteRunStore\n"
+                f"store = SqliteRunStore({str(db)!r}, redactor=Redactor())\n"
+                "try:\n    store.reopen_run('r-1')\nexcept RunBusy as exc:\n    print('busy:', exc); sys.exit(3)\n",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode == 3, other.stderr
+        assert "is still running (process" in other.stdout
+        assert store.get_run("r-1").owner == this_process()  # type: ignore[union-attr]
