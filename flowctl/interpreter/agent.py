@@ -199,21 +199,35 @@ def _account(ctx: RunContext, model: ModelDef, usage: Usage) -> None:
 
 
 async def call_tool(
-    ctx: RunContext, server: ServerDef, tool: str, arguments: dict[str, Any], counter: _CallCounter
+    ctx: RunContext,
+    server: ServerDef,
+    tool: str,
+    arguments: dict[str, Any],
+    counter: _CallCounter,
+    *,
+    journal_errors: bool = True,
 ) -> ToolResult:
-    """One journaled MCP tool call (agents and `tool:` steps share it, and the run's one session per server)."""
+    """One journaled MCP tool call (agents and `tool:` steps share it, and the run's one session per server).
+
+    In an agent's tool loop an error result is data the model has seen, so it is journaled and replayed like any
+    result. A `tool:` step fails on an error result, so there (`journal_errors=False`) it is not recorded: a
+    resumed run calls the tool again instead of replaying the failure.
+    """
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"server:{server.name}", server.circuit_breaker)
     digest = json.dumps({"server": server.name, "tool": tool, "arguments": arguments}, sort_keys=True, default=str)
-
-    async def execute() -> dict[str, Any]:
-        async with runtime.limiter:
-            result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
-        return result.to_json()
-
-    return ToolResult.from_json(
-        await runtime.journal.call(ctx.run_id, counter.key(f"tool:{server.name}.{tool}"), digest, execute)
-    )
+    key = counter.key(f"tool:{server.name}.{tool}")
+    journal = runtime.journal
+    recorded = journal.replay(ctx.run_id, key, digest)
+    if recorded is not None and (journal_errors or not recorded.get("is_error")):
+        return ToolResult.from_json(recorded)
+    async with runtime.limiter:
+        result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+    if journal_errors or not result.is_error:
+        journal.record(ctx.run_id, key, digest, result.to_json())
+    else:
+        journal.executed += 1
+    return result
 
 
 def _check_structured(response: CompletionResponse, schema: dict[str, Any], model: str) -> None:

@@ -122,6 +122,9 @@ class RunContext:
     status: str = "running"
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {output, status, error, attempts}
     step_listeners: list[Callable[[str, StepResult], None]] = field(default_factory=list)  # triggers
+    # `finally` cleans up after each execution of the body, so it is never replayed: a resumed run's `finally`
+    # is journaled under a new prefix (`finally@<epoch>/`) and runs for real; a fresh run uses `finally/`.
+    finally_prefix: str = "finally/"
     # resuming: tokens the store already holds per step path (its step rows add tokens up); None on a fresh run
     recorded_tokens: dict[str, tuple[int, int]] | None = None
 

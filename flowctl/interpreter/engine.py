@@ -116,7 +116,7 @@ class Engine:
 
     async def _run_finally(self, ctx: RunContext) -> None:
         if ctx.pipeline.finally_steps:
-            await self.run_list(ctx, ctx.pipeline.finally_steps, Scope(prefix="finally/"))
+            await self.run_list(ctx, ctx.pipeline.finally_steps, Scope(prefix=ctx.finally_prefix))
 
     # lists ----------------------------------------------------------------------------------------------------
 

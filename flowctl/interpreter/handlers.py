@@ -53,7 +53,7 @@ async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
     assert isinstance(body, ir.ToolCall)
     arguments = engine.evaluate_value(body.args, ctx, scope)
     server = ctx.graph.servers[body.server]
-    result = await call_tool(ctx, server, body.tool, arguments, _CallCounter(path))
+    result = await call_tool(ctx, server, body.tool, arguments, _CallCounter(path), journal_errors=False)
     if result.is_error:
         raise ToolCallError(f"tool {body.server}.{body.tool} reported an error: {result.text}", span=step.span)
     return result.value
@@ -96,7 +96,8 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
     run_id = f"{ctx.run_id}/{path}"
     store = ctx.runtime.store
     child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, SharedState(pipeline.state), parent_id=ctx.run_id)
-    if store.get_run(run_id) is None:
+    previous = store.get_run(run_id)
+    if previous is None:
         store.create_run(
             RunRecord(
                 run_id,
@@ -113,6 +114,8 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         store.reopen_run(run_id)
         if ctx.recorded_tokens is not None:  # resuming: see RunContext.recorded_tokens
             child.recorded_tokens = recorded_step_tokens(store, run_id)
+        if previous.status is not RunStatus.SUCCEEDED:  # its body runs again, so its cleanup must too
+            child.finally_prefix = f"finally@{ctx.runtime.journal.epoch}/"
     child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
     meter = UsageMeter()  # the child run's own token totals
     token = STEP_METERS.set((*STEP_METERS.get(), meter))

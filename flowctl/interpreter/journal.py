@@ -16,6 +16,7 @@ recorded durably before it returns.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ class Journal:
         self.cached = 0
         self.executed = 0
         self._written: set[tuple[str, str]] = set()  # keys recorded by this process
+        # distinguishes this execution of a run from earlier ones, for work that must run anew (`finally`)
+        self.epoch = f"{time.time_ns() // 1_000_000:x}"
 
     async def call(
         self,

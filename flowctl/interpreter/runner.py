@@ -241,6 +241,7 @@ async def run_graph(
         ctx = RunContext(runtime, graph, graph.root, run_id, values, SharedState(graph.root.state))
         if resuming:
             ctx.recorded_tokens = recorded_step_tokens(store, run_id)
+            ctx.finally_prefix = f"finally@{journal.epoch}/"
         ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
         outcome = await _run_root(ctx, runtime, started)
     return outcome
