@@ -218,6 +218,7 @@ pipelines:
     inputs:
       ticket: {type: object}
       context: {type: string, default: ""}
+      tone: {type: string, enum: [formal, friendly], default: friendly}
     outputs:
       answer: "{{ steps.refine.output.draft }}"
     steps:
