@@ -528,3 +528,47 @@ def test_a_tool_step_that_failed_is_called_again_on_resume(tmp_path: Path) -> No
     )
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.output)["outputs"] == {"text": "hello"}
+
+
+def test_resume_after_a_model_echoed_a_secret_reexecutes_that_call_instead_of_replaying_the_mask(
+    tmp_path: Path,
+) -> None:
+    secret = "svc-0123456789abcdef"
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: echo\nagents:\n  w: {instruction: Write.}\n"
+        "steps:\n  - {id: draft, agent: w, prompt: draft}\n"
+        "  - {id: edit, agent: w, prompt: 'edit {{ steps.draft.output }}'}\n"
+        "  - {id: final, agent: w, prompt: final, retry: {max_attempts: 1}}\n"
+        "outputs:\n  edited: '{{ steps.edit.output }}'\n"
+    )
+    rules = f"  - {{prompt: '^draft$', reply: 'uses {secret}'}}\n  - {{prompt: '^edit ', reply: edited}}\n"
+    (tmp_path / "fail.yaml").write_text(
+        "responses:\n" + rules + "  - {prompt: '^final$', reply: {error: bad_request}}\n"
+    )
+    (tmp_path / "ok.yaml").write_text("responses:\n" + rules + "  - {prompt: '^final$', reply: done}\n")
+    runner, store = CliRunner(env={"SERVICE_TOKEN": secret}), str(tmp_path / "runs.db")
+    failed = runner.invoke(
+        main,
+        [
+            "run",
+            str(tmp_path / "p.yaml"),
+            "-q",
+            "--scripted",
+            str(tmp_path / "fail.yaml"),
+            "--store",
+            store,
+            "--output",
+            "json",
+        ],
+        catch_exceptions=False,
+    )
+    run_id = json.loads(failed.output)["run_id"]
+    resumed = runner.invoke(
+        main,
+        ["resume", run_id, "-q", "--scripted", str(tmp_path / "ok.yaml"), "--store", store, "--output", "json"],
+        catch_exceptions=False,
+    )
+    # the journal holds "uses ***" for draft: replaying it would change edit's request and refuse the resume
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output)["calls"] == {"executed": 2, "replayed": 1}  # draft again, final; edit replayed
+    assert secret not in resumed.output

@@ -71,6 +71,8 @@ class Journal:
         an effect that is not `cacheable`, makes everything pending durable."""
         ident = (run_id, key)
         recorded = self.store.lookup_call(run_id, key) if self.resuming or ident in self._written else None
+        if recorded is not None and recorded.redacted:
+            recorded = None  # the journal holds a masked copy: the call is made again (paid twice, but correct)
         if recorded is not None:
             if recorded.request_digest == digest:
                 self.replayed += 1

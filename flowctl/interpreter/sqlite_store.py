@@ -50,7 +50,7 @@ from flowctl.interpreter.store import (
     StepStatus,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 MAX_PENDING_WRITES = 1024
 MAX_COMMIT_DELAY = 0.05
@@ -133,7 +133,9 @@ _SCHEMA_V1 = (
 # MIGRATIONS[i] upgrades a file from user_version i to i + 1.
 # v2: the process that runs a run ("host:pid"), so `flowctl resume` can refuse a run that is still alive.
 _SCHEMA_V2 = ("ALTER TABLE runs ADD COLUMN owner TEXT",)
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: call results that redaction altered are flagged, so a resume re-executes them instead of replaying the mask.
+_SCHEMA_V3 = ("ALTER TABLE calls ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0",)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 _RUN_COLUMNS = (
     "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
@@ -156,10 +158,10 @@ _STEP_FINISHED_SQL = """
         error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
         output_tokens = steps.output_tokens + excluded.output_tokens"""
 _RECORD_CALL_SQL = """
-    INSERT INTO calls (run_id, key, request_digest, result, recorded_at) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted) VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (run_id, key) DO UPDATE SET
         request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at"""
+        recorded_at = excluded.recorded_at, redacted = excluded.redacted"""
 
 _id_lock = threading.Lock()
 _last_id: tuple[str, int] = ("", 0)
@@ -638,12 +640,14 @@ class SqliteRunStore:
     # -- side effects ----------------------------------------------------------------------------
 
     def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
-        sql = "SELECT request_digest, result, recorded_at FROM calls WHERE run_id = ? AND key = ?"
+        sql = "SELECT request_digest, result, recorded_at, redacted FROM calls WHERE run_id = ? AND key = ?"
         rows = self._read("calls", sql, (run_id, key))
         if not rows:
             return None
         row = rows[0]
-        return CallRecord(run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"])
+        return CallRecord(
+            run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"], bool(row["redacted"])
+        )
 
     def record_call(
         self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
@@ -652,7 +656,9 @@ class SqliteRunStore:
 
         One row per (run, key): recording a key again (a forced re-run) replaces the result.
         """
-        params = (run_id, key, request_digest, self._dump(result), time.time())
+        stored = self._redactor.redact(result)
+        altered = bool(self._redactor) and stored != result  # replaying it would replay the mask, not the answer
+        params = (run_id, key, request_digest, self._encode(stored), time.time(), int(altered))
         with self._lock:
             if durable:
                 self._durable(_RECORD_CALL_SQL, params)

@@ -75,6 +75,7 @@ class CallRecord:
     request_digest: str
     result: dict[str, Any]
     recorded_at: float
+    redacted: bool = False  # the stored result differs from the real one (a secret was masked): never replay it
 
 
 @dataclass(slots=True)
