@@ -301,7 +301,11 @@ def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
                 "output_tokens": outcome.output_tokens,
                 "cost": round(outcome.cost, 6),
             },
-            "calls": {"executed": outcome.calls_executed, "replayed": outcome.calls_replayed},
+            "calls": {
+                "executed": outcome.calls_executed,
+                "replayed": outcome.calls_replayed,
+                "cached": outcome.calls_cached,
+            },
         }
     )
     if output == "json":

@@ -149,7 +149,7 @@ def test_run_offline_prints_outputs_and_journals(project: Path) -> None:
     assert data["status"] == "succeeded"
     # the prompt regex in the fixture only matches the correctly rendered prompt: inputs reached the model
     assert data["outputs"] == {"greeting": "Hello Ada, hello Ada!", "times": 2}
-    assert data["calls"] == {"executed": 1, "replayed": 0}
+    assert data["calls"] == {"executed": 1, "replayed": 0, "cached": 0}
     assert data["usage"]["input_tokens"] > 0
 
     listed = invoke("runs", "--store", str(store), "--output", "json")
@@ -492,7 +492,7 @@ def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path
     second = json.loads(resumed.output)
     assert resumed.exit_code == 0, resumed.output
     # acquire is replayed; work runs; release runs again (the lock was taken again by this execution's body)
-    assert second["calls"] == {"executed": 2, "replayed": 1}
+    assert second["calls"] == {"executed": 2, "replayed": 1, "cached": 0}
     paths = [
         s["path"]
         for s in json.loads(invoke("show", first["run_id"], "--store", store, "--output", "json").output)["steps"]
@@ -570,5 +570,35 @@ def test_resume_after_a_model_echoed_a_secret_reexecutes_that_call_instead_of_re
     )
     # the journal holds "uses ***" for draft: replaying it would change edit's request and refuse the resume
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads(resumed.output)["calls"] == {"executed": 2, "replayed": 1}  # draft again, final; edit replayed
+    assert json.loads(resumed.output)["calls"] == {
+        "executed": 2,
+        "replayed": 1,
+        "cached": 0,
+    }  # draft again, final; edit replayed
     assert secret not in resumed.output
+
+
+def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path) -> None:
+    args = [
+        "run",
+        str(project / "greet.yaml"),
+        "-i",
+        "who=Ada",
+        "-i",
+        "times=2",
+        "--quiet",
+        "--scripted",
+        str(project / "greet.fixture.yaml"),
+        "--store",
+        str(project / "runs.db"),
+        "--output",
+        "json",
+        "--cache",
+    ]
+    first = json.loads(invoke(*args).output)
+    second = json.loads(invoke(*args).output)
+    assert first["calls"] == {"executed": 1, "replayed": 0, "cached": 0}
+    assert second["calls"] == {"executed": 0, "replayed": 0, "cached": 1}  # no model call: the same request was cached
+    assert second["outputs"] == first["outputs"]
+    without = json.loads(invoke(*args[:-1]).output)  # without --cache, the model is asked again
+    assert without["calls"]["executed"] == 1

@@ -62,6 +62,7 @@ class RunOutcome:
     cost: float = 0.0
     calls_executed: int = 0
     calls_replayed: int = 0
+    calls_cached: int = 0  # served from the response cache (--cache)
     elapsed: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -311,6 +312,7 @@ def _finish(
         totals.cost,
         runtime.journal.executed,
         runtime.journal.replayed,
+        runtime.journal.cached,
         state=dict(ctx.state.values),
         steps=dict(ctx.steps),
         events=events,

@@ -94,7 +94,7 @@ def test_killed_run_resumes_without_repeating_completed_calls(
     assert result["status"] == "succeeded"
     assert result["outputs"] == baseline["outputs"]
     # every call journaled before the kill was replayed; only the others reached the provider
-    assert result["calls"] == {"executed": TOTAL_CALLS - len(before), "replayed": len(before)}
+    assert result["calls"] == {"executed": TOTAL_CALLS - len(before), "replayed": len(before), "cached": 0}
     after = recorded_calls(db)
     assert len(after) == TOTAL_CALLS
     assert {key: after[key] for key in before} == before  # not one of them was recorded again
@@ -128,7 +128,7 @@ def test_resume_is_refused_after_an_edit_unless_forced(tmp_path: Path, baseline:
     assert code == 0, stderr
     assert result["outputs"] == baseline["outputs"]
     # the edited call ran again; its answer is unchanged, so everything after it still replays
-    assert result["calls"] == {"executed": TOTAL_CALLS - len(before) + 1, "replayed": len(before) - 1}
+    assert result["calls"] == {"executed": TOTAL_CALLS - len(before) + 1, "replayed": len(before) - 1, "cached": 0}
 
 
 @pytest.fixture
