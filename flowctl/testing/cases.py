@@ -1,32 +1,20 @@
-"""`flowctl test`: pipelines tested in isolation, with scripted models and tools, offline and without an API key.
+"""The test-file model and its loading: Signal/Expect/Case/CaseResult, finding test files, checking them into cases.
 
-A test file (`NAME.test.yaml`, or any `*.test.yaml`) names a pipeline and lists cases; each case gives inputs,
-scripted model replies and tool results (a fixture file and/or inline rules), optional external signals, and
-expectations on the run's status, outputs, state, events, steps and error. The user reference is docs/testing.md.
-
-Stages, in plain sight: load every test file with the hardened loader and check it (problems are diagnostics with
-file:line:col, exit 2) → compile each pipeline once → run each case with `run_graph` on an in-memory store →
-compare the outcome with the expectations → report (text or JSON). Exit codes: 0 all passed, 1 any failed, 2 usage
-problem or invalid files.
-
-Only click is imported at module level, so registering the command keeps `flowctl --version` fast.
+Every problem in a test file is a Diagnostic with file:line:col (the `_Checker` compiles expected values into
+`matchers` patterns as it goes); each pipeline is validated and compiled once (`_PipelineCache`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
+from flowctl.testing.matchers import OPERATORS, TYPES, Exact, ListPattern, MapPattern, Operators, Pattern, is_number
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CASE_TIMEOUT = 60.0
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 _SKIP_DIRS = {"node_modules", "__pycache__", "venv"}
@@ -50,180 +38,7 @@ _EVENT_KEYS = ("name", "data", "source")
 _RUN_STATUSES = ("succeeded", "failed")
 _STEP_STATUSES = ("succeeded", "failed", "skipped", "pending")
 _STEP_FIELDS = ("status", "output", "error", "attempts")
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "number": (int, float),
-    "integer": (int,),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-    "null": (type(None),),
-}
 REGEX_PREFIX = "=~ "
-
-
-# --- matchers: what an expectation compiles to ------------------------------------------------------------------
-
-
-class Pattern:
-    """An expected value. `check` returns mismatches as (path, message) pairs; empty when the value matches."""
-
-    def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True, slots=True)
-class Exact(Pattern):
-    value: Any
-
-    def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        return [] if _same(self.value, actual) else [(path, f"expected {_show(self.value)}, got {_show(actual)}")]
-
-
-@dataclass(frozen=True, slots=True)
-class MapPattern(Pattern):
-    """Subset match: every expected key must be present and match; other keys are ignored. `{}` matches `{}` only."""
-
-    items: tuple[tuple[str, Pattern], ...]
-
-    def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        if not isinstance(actual, dict):
-            return [(path, f"expected a mapping, got {_show(actual)}")]
-        if not self.items and actual:  # `{}` means an empty mapping, not "any mapping"
-            return [(path, f"expected an empty mapping, got {_show(actual)}")]
-        problems: list[tuple[str, str]] = []
-        for key, pattern in self.items:
-            where = _join(path, key)
-            if key not in actual:
-                known = ", ".join(map(repr, list(actual)[:10])) or "none"
-                problems.append((where, f"missing (keys present: {known})"))
-            else:
-                problems.extend(pattern.check(actual[key], where))
-        return problems
-
-
-@dataclass(frozen=True, slots=True)
-class ListPattern(Pattern):
-    """Same length, and each element matches (elements that are mappings match as subsets)."""
-
-    items: tuple[Pattern, ...]
-
-    def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        if not isinstance(actual, list | tuple):
-            return [(path, f"expected a list, got {_show(actual)}")]
-        if len(actual) != len(self.items):
-            return [(path, f"expected a list of {len(self.items)} item(s), got {len(actual)}: {_show(actual)}")]
-        problems: list[tuple[str, str]] = []
-        for i, (pattern, value) in enumerate(zip(self.items, actual, strict=True)):
-            problems.extend(pattern.check(value, f"{path}[{i}]"))
-        return problems
-
-
-@dataclass(frozen=True, slots=True)
-class Operators(Pattern):
-    """`{$op: arg, ...}` (all must hold) or the `"=~ regex"` shorthand."""
-
-    ops: tuple[tuple[str, Any], ...]
-
-    def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        problems: list[tuple[str, str]] = []
-        for op, arg in self.ops:
-            problems.extend(_OPERATORS[op](arg, actual, path))
-        return problems
-
-
-def _op_regex(pattern: re.Pattern[str], actual: Any, path: str) -> list[tuple[str, str]]:
-    if not isinstance(actual, str):
-        return [(path, f"expected a string matching /{pattern.pattern}/, got {_show(actual)}")]
-    if pattern.search(actual) is None:
-        return [(path, f"expected a match for /{pattern.pattern}/, got {_show(actual)}")]
-    return []
-
-
-def _op_compare(symbol: str) -> Any:
-    compare = {
-        "$gt": lambda a, b: a > b,
-        "$gte": lambda a, b: a >= b,
-        "$lt": lambda a, b: a < b,
-        "$lte": lambda a, b: a <= b,
-    }[symbol]
-    shown = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[symbol]
-
-    def check(limit: Any, actual: Any, path: str) -> list[tuple[str, str]]:
-        if not _is_number(actual):
-            return [(path, f"expected a number {shown} {limit}, got {_show(actual)}")]
-        return [] if compare(actual, limit) else [(path, f"expected a number {shown} {limit}, got {_show(actual)}")]
-
-    return check
-
-
-def _op_len(pattern: Pattern, actual: Any, path: str) -> list[tuple[str, str]]:
-    if not isinstance(actual, str | list | tuple | dict):
-        return [(path, f"expected something with a length, got {_show(actual)}")]
-    return pattern.check(len(actual), f"{path} (length)")
-
-
-def _op_contains(pattern: Pattern, actual: Any, path: str) -> list[tuple[str, str]]:
-    if isinstance(actual, str) and isinstance(pattern, Exact) and isinstance(pattern.value, str):
-        if pattern.value in actual:
-            return []
-        return [(path, f"expected a string containing {_show(pattern.value)}, got {_show(actual)}")]
-    if isinstance(actual, list | tuple):
-        if any(not pattern.check(item, path) for item in actual):
-            return []
-        return [(path, f"expected a list with an item matching {_describe(pattern)}, got {_show(actual)}")]
-    return [(path, f"expected a list or a string to search, got {_show(actual)}")]
-
-
-def _op_type(names: tuple[str, ...], actual: Any, path: str) -> list[tuple[str, str]]:
-    for name in names:
-        ok = isinstance(actual, _TYPES[name]) and not (name in ("number", "integer") and isinstance(actual, bool))
-        if ok:
-            return []
-    return [(path, f"expected type {' or '.join(names)}, got {_show(actual)}")]
-
-
-def _op_any(_arg: Any, _actual: Any, _path: str) -> list[tuple[str, str]]:
-    return []
-
-
-def _op_eq(value: Any, actual: Any, path: str) -> list[tuple[str, str]]:
-    return Exact(value).check(actual, path)
-
-
-def _op_ne(value: Any, actual: Any, path: str) -> list[tuple[str, str]]:
-    return [(path, f"expected anything but {_show(value)}")] if _same(value, actual) else []
-
-
-def _op_not(pattern: Pattern, actual: Any, path: str) -> list[tuple[str, str]]:
-    return [] if pattern.check(actual, path) else [(path, f"expected no match for {_describe(pattern)}")]
-
-
-_OPERATORS: dict[str, Any] = {
-    "$regex": _op_regex,
-    "$eq": _op_eq,
-    "$ne": _op_ne,
-    "$gt": _op_compare("$gt"),
-    "$gte": _op_compare("$gte"),
-    "$lt": _op_compare("$lt"),
-    "$lte": _op_compare("$lte"),
-    "$len": _op_len,
-    "$contains": _op_contains,
-    "$type": _op_type,
-    "$any": _op_any,
-    "$not": _op_not,
-}
-
-
-def _describe(pattern: Pattern) -> str:
-    if isinstance(pattern, Exact):
-        return _show(pattern.value)
-    if isinstance(pattern, Operators):
-        return ", ".join(
-            f"/{a.pattern}/" if op == "$regex" else f"{op} {_describe(a) if isinstance(a, Pattern) else a}"
-            for op, a in pattern.ops
-        )
-    return type(pattern).__name__
 
 
 # --- the test file model ----------------------------------------------------------------------------------------
@@ -627,8 +442,8 @@ class _Checker:
         ops: list[tuple[str, Any]] = []
         for op, arg in raw.items():
             where = (*path, op)
-            if op not in _OPERATORS:
-                hint = self.cat.did_you_mean(op, _OPERATORS) or "operators: " + ", ".join(_OPERATORS)
+            if op not in OPERATORS:
+                hint = self.cat.did_you_mean(op, OPERATORS) or "operators: " + ", ".join(OPERATORS)
                 self.problem(where, f"unknown operator {op!r}", hint, key=True)
             elif op == "$regex":
                 regex = self.regex(arg, where) if isinstance(arg, str) else None
@@ -637,15 +452,15 @@ class _Checker:
                 if regex is not None:
                     ops.append((op, regex))
             elif op in ("$gt", "$gte", "$lt", "$lte"):
-                if _is_number(arg):
+                if is_number(arg):
                     ops.append((op, arg))
                 else:
                     self.wrong_type(where, "a number", arg)
             elif op == "$type":
                 names = (arg,) if isinstance(arg, str) else tuple(arg) if isinstance(arg, list) else ()
-                bad = [n for n in names if n not in _TYPES] if names else [repr(arg)]
+                bad = [n for n in names if n not in TYPES] if names else [repr(arg)]
                 if bad:
-                    self.problem(where, f"unknown type {bad[0]!r}", "types: " + ", ".join(_TYPES))
+                    self.problem(where, f"unknown type {bad[0]!r}", "types: " + ", ".join(TYPES))
                 else:
                     ops.append((op, names))
             elif op in ("$len", "$contains", "$not"):
@@ -711,248 +526,7 @@ def load_cases(files: list[Path], selector: str | None) -> tuple[list[Case], lis
     return cases, problems, total - len(cases)
 
 
-# --- running ----------------------------------------------------------------------------------------------------
-
-
-async def run_case(case: Case, verbose: bool = False) -> CaseResult:
-    """Run one case on a fresh in-memory store and compare the outcome with its expectations."""
-    import anyio
-
-    from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.progress import LineReporter, Reporter
-    from flowctl.interpreter.runner import RunOptions, run_graph
-    from flowctl.interpreter.sqlite_store import SqliteRunStore, new_run_id
-
-    started = time.monotonic()
-    run_id = new_run_id()
-    reporter = LineReporter() if verbose else Reporter()
-    options = RunOptions(scripted=case.fixture, reporter=reporter)
-    store = SqliteRunStore(":memory:")
-    outcome: Any = None
-    error: FlowctlError | None = None
-    try:
-        with anyio.fail_after(case.timeout):
-            async with anyio.create_task_group() as tg:
-                for signal in case.signals:
-                    tg.start_soon(_send_signal, store, run_id, signal)
-                try:
-                    outcome = await run_graph(case.graph, case.inputs, store, options, run_id=run_id)
-                except FlowctlError as exc:  # invalid inputs: nothing ran
-                    error = exc
-                tg.cancel_scope.cancel()
-    except TimeoutError:
-        result = CaseResult(case, False, time.monotonic() - started, run_id, "timeout")
-        result.failures.append(("run", f"did not finish within the case timeout of {case.timeout:g}s"))
-        return result
-    finally:
-        store.close()
-    failures = compare(case.expect, outcome, error)
-    run_error = outcome.error if outcome is not None else error
-    return CaseResult(
-        case,
-        not failures,
-        time.monotonic() - started,
-        run_id,
-        outcome.status.value if outcome is not None else "failed",
-        str(run_error) if run_error is not None else "",
-        failures,
-    )
-
-
-async def _send_signal(store: Any, run_id: str, signal: Signal) -> None:
-    """Deliver an external signal the way `flowctl signal` does: through the run store, once the run exists."""
-    import anyio
-
-    await anyio.sleep(signal.after)
-    while store.get_run(run_id) is None:
-        await anyio.sleep(0.005)
-    store.send_signal(run_id, signal.event, signal.data)
-
-
-def compare(expect: Expect, outcome: Any, error: Any) -> list[tuple[str, str]]:
-    """Every difference between the expectations and the outcome, as (path, message)."""
-    failures: list[tuple[str, str]] = []
-    status = outcome.status.value if outcome is not None else "failed"
-    run_error = outcome.error if outcome is not None else error
-    if status != expect.status:
-        detail = f": {_first_line(str(run_error))}" if run_error is not None else ""
-        failures.append(("status", f"expected {expect.status!r}, got {status!r}{detail}"))
-    if expect.error is not None:
-        if run_error is None:
-            failures.append(("error", f"expected an error matching {_describe(expect.error)}, but the run had none"))
-        elif isinstance(expect.error, MapPattern):  # {code, message, cause, step, ...}
-            failures.extend(expect.error.check(_error_json(run_error), "error"))
-        else:
-            failures.extend(expect.error.check(str(run_error), "error"))
-    if outcome is None:  # invalid inputs: nothing ran, every step is still pending
-        from types import SimpleNamespace
-
-        outcome = SimpleNamespace(outputs=None, state={}, events=[], steps={})
-    if expect.outputs is not None:
-        if outcome.outputs is None:
-            failures.append(("outputs", "the run produced no outputs (it failed before computing them)"))
-        else:
-            failures.extend(expect.outputs.check(outcome.outputs, "outputs"))
-    if expect.state is not None:
-        failures.extend(expect.state.check(outcome.state, "state"))
-    failures.extend(_compare_events(expect.events, outcome.events))
-    for step_id, pattern in expect.steps.items():
-        record = outcome.steps.get(step_id, {"status": "pending", "output": None, "error": None, "attempts": 0})
-        failures.extend(pattern.check(record, f"steps.{step_id}"))
-    return failures
-
-
-def _compare_events(expected: list[tuple[str, Pattern | None]], actual: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Expected events must occur in this order; other events may come between them."""
-    position = 0
-    for i, (name, pattern) in enumerate(expected):
-        while position < len(actual):
-            event = actual[position]
-            position += 1
-            if event["name"] == name and (pattern is None or not pattern.check(event, "")):
-                break
-        else:
-            seen = ", ".join(e["name"] for e in actual) or "none"
-            after = f" after {expected[i - 1][0]!r}" if i else ""
-            what = f"{name!r}" + (f" with {_describe_event(pattern)}" if pattern is not None else "")
-            return [(f"events[{i}]", f"expected event {what}{after}; events in order: {seen}")]
-    return []
-
-
-def _describe_event(pattern: Pattern) -> str:
-    if isinstance(pattern, MapPattern):
-        return ", ".join(f"{k} {_describe(p)}" for k, p in pattern.items if k != "name") or "any payload"
-    return _describe(pattern)
-
-
-# --- reporting --------------------------------------------------------------------------------------------------
-
-
-def _render_text(results: list[CaseResult], deselected: int) -> None:
-    current = None
-    for result in results:
-        if result.case.file != current:
-            current = result.case.file
-            click.echo(current)
-        mark = "✓" if result.passed else "✗"
-        click.echo(f"  {mark} {result.case.name} ({result.duration:.2f}s)")
-        if result.passed:
-            continue
-        click.echo(f"      at {result.case.file}:{result.case.line}, run {result.run_id} {result.run_status}")
-        for path, message in result.failures:
-            click.echo(f"      {path}: {message}")
-        if result.error and not any(p in ("status", "error") for p, _ in result.failures):
-            click.echo(f"      run error: {_first_line(result.error)}")
-    if deselected:
-        click.echo(f"({deselected} case(s) deselected by -k)")
-
-
-def _summary(results: list[CaseResult]) -> str:
-    passed = sum(r.passed for r in results)
-    return f"{passed} passed, {len(results) - passed} failed"
-
-
-def _report_problems(problems: list[tuple[Any, str | None]], fmt: str) -> None:
-    from flowctl.dsl.diagnostics import render_text
-
-    if fmt == "json":
-        click.echo(json.dumps({"errors": [d.to_json() for d, _ in problems]}, indent=2))
-        return
-    for diagnostic, source in problems:
-        click.echo(render_text(diagnostic, source), err=True)
-    click.echo(f"{len(problems)} problem(s) in test files or pipelines; no case was run", err=True)
-
-
-@click.command("test")
-@click.argument("paths", nargs=-1, type=click.Path(exists=True))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one document with every case (the summary line goes to stderr).",
-)
-@click.option("-k", "pattern", metavar="PATTERN", help="Only cases whose FILE::NAME contains PATTERN (any case).")
-@click.option("-v", "--verbose", is_flag=True, help="Show each run's progress on stderr.")
-def test_command(paths: tuple[str, ...], fmt: str, pattern: str | None, verbose: bool) -> None:
-    """Run pipeline test cases (`*.test.yaml`) with scripted models and tools, offline.
-
-    PATHS are test files or folders (searched for *.test.yaml); default: the current folder.
-    Exit codes: 0 all passed, 1 a case failed, 2 invalid test files or pipelines, or nothing to run.
-    """
-    import anyio
-
-    files = find_test_files(paths or (".",))
-    if not files:
-        raise click.UsageError("no test files found (test files are named *.test.yaml)")
-    selector = pattern.lower() if pattern else None
-    cases, problems, deselected = load_cases(files, selector)
-    if problems:
-        _report_problems(problems, fmt)
-        sys.exit(EXIT_USAGE)
-    if not cases:
-        click.echo("no test cases selected" + (f" by -k {pattern!r}" if pattern else ""), err=True)
-        sys.exit(EXIT_USAGE)
-
-    async def run_all() -> list[CaseResult]:
-        return [await run_case(case, verbose) for case in cases]
-
-    results = anyio.run(run_all)
-    summary = _summary(results)
-    if fmt == "json":
-        passed = sum(r.passed for r in results)
-        document = {
-            "cases": [r.to_json() for r in results],
-            "passed": passed,
-            "failed": len(results) - passed,
-            "deselected": deselected,
-        }
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
-        click.echo(summary, err=True)
-    else:
-        _render_text(results, deselected)
-        click.echo(summary)
-    sys.exit(EXIT_OK if all(r.passed for r in results) else EXIT_FAILED)
-
-
 # --- small helpers ----------------------------------------------------------------------------------------------
-
-
-def _same(expected: Any, actual: Any) -> bool:
-    """Equality that does not confuse booleans with numbers (YAML `1` must not match `true`)."""
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return type(expected) is type(actual) and expected == actual
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return expected.keys() == actual.keys() and all(_same(v, actual[k]) for k, v in expected.items())
-    if isinstance(expected, list) and isinstance(actual, list | tuple):
-        return len(expected) == len(actual) and all(_same(a, b) for a, b in zip(expected, actual, strict=True))
-    return bool(expected == actual)
-
-
-def _error_json(error: Any) -> dict[str, Any]:
-    return error.to_json() if hasattr(error, "to_json") else {"code": type(error).__name__, "message": str(error)}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _show(value: Any, limit: int = 160) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except ValueError:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _join(path: str, key: str) -> str:
-    simple = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) is not None
-    return (f"{path}.{key}" if path else key) if simple else f"{path}[{json.dumps(key)}]"
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def _where(path: tuple[Any, ...]) -> str:
@@ -1001,6 +575,3 @@ def _sub_map(source_map: Any, prefix: tuple[Any, ...]) -> Any:
     sub.values = {p[n:]: s for p, s in source_map.values.items() if p[:n] == prefix}
     sub.keys = {p[n:]: s for p, s in source_map.keys.items() if p[:n] == prefix}
     return sub
-
-
-__all__ = ["Case", "CaseResult", "compare", "find_test_files", "load_cases", "run_case", "test_command"]

@@ -1,0 +1,129 @@
+"""Running a case: `run_graph` on a fresh in-memory store with the case's fixture, delivering its external signals,
+and comparing the outcome with its expectations."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flowctl.testing._text import first_line
+from flowctl.testing.cases import Case, CaseResult, Expect, Signal
+from flowctl.testing.matchers import MapPattern, Pattern, describe
+
+
+async def run_case(case: Case, verbose: bool = False) -> CaseResult:
+    """Run one case on a fresh in-memory store and compare the outcome with its expectations."""
+    import anyio
+
+    from flowctl.interpreter.errors import FlowctlError
+    from flowctl.interpreter.progress import LineReporter, Reporter
+    from flowctl.interpreter.runner import RunOptions, run_graph
+    from flowctl.interpreter.sqlite_store import SqliteRunStore, new_run_id
+
+    started = time.monotonic()
+    run_id = new_run_id()
+    reporter = LineReporter() if verbose else Reporter()
+    options = RunOptions(scripted=case.fixture, reporter=reporter)
+    store = SqliteRunStore(":memory:")
+    outcome: Any = None
+    error: FlowctlError | None = None
+    try:
+        with anyio.fail_after(case.timeout):
+            async with anyio.create_task_group() as tg:
+                for signal in case.signals:
+                    tg.start_soon(_send_signal, store, run_id, signal)
+                try:
+                    outcome = await run_graph(case.graph, case.inputs, store, options, run_id=run_id)
+                except FlowctlError as exc:  # invalid inputs: nothing ran
+                    error = exc
+                tg.cancel_scope.cancel()
+    except TimeoutError:
+        result = CaseResult(case, False, time.monotonic() - started, run_id, "timeout")
+        result.failures.append(("run", f"did not finish within the case timeout of {case.timeout:g}s"))
+        return result
+    finally:
+        store.close()
+    failures = compare(case.expect, outcome, error)
+    run_error = outcome.error if outcome is not None else error
+    return CaseResult(
+        case,
+        not failures,
+        time.monotonic() - started,
+        run_id,
+        outcome.status.value if outcome is not None else "failed",
+        str(run_error) if run_error is not None else "",
+        failures,
+    )
+
+
+async def _send_signal(store: Any, run_id: str, signal: Signal) -> None:
+    """Deliver an external signal the way `flowctl signal` does: through the run store, once the run exists."""
+    import anyio
+
+    await anyio.sleep(signal.after)
+    while store.get_run(run_id) is None:
+        await anyio.sleep(0.005)
+    store.send_signal(run_id, signal.event, signal.data)
+
+
+def compare(expect: Expect, outcome: Any, error: Any) -> list[tuple[str, str]]:
+    """Every difference between the expectations and the outcome, as (path, message)."""
+    failures: list[tuple[str, str]] = []
+    status = outcome.status.value if outcome is not None else "failed"
+    run_error = outcome.error if outcome is not None else error
+    if status != expect.status:
+        detail = f": {first_line(str(run_error))}" if run_error is not None else ""
+        failures.append(("status", f"expected {expect.status!r}, got {status!r}{detail}"))
+    if expect.error is not None:
+        if run_error is None:
+            failures.append(("error", f"expected an error matching {describe(expect.error)}, but the run had none"))
+        elif isinstance(expect.error, MapPattern):  # {code, message, cause, step, ...}
+            failures.extend(expect.error.check(_error_json(run_error), "error"))
+        else:
+            failures.extend(expect.error.check(str(run_error), "error"))
+    if outcome is None:  # invalid inputs: nothing ran, every step is still pending
+        from types import SimpleNamespace
+
+        outcome = SimpleNamespace(outputs=None, state={}, events=[], steps={})
+    if expect.outputs is not None:
+        if outcome.outputs is None:
+            failures.append(("outputs", "the run produced no outputs (it failed before computing them)"))
+        else:
+            failures.extend(expect.outputs.check(outcome.outputs, "outputs"))
+    if expect.state is not None:
+        failures.extend(expect.state.check(outcome.state, "state"))
+    failures.extend(_compare_events(expect.events, outcome.events))
+    for step_id, pattern in expect.steps.items():
+        record = outcome.steps.get(step_id, {"status": "pending", "output": None, "error": None, "attempts": 0})
+        failures.extend(pattern.check(record, f"steps.{step_id}"))
+    return failures
+
+
+def _compare_events(expected: list[tuple[str, Pattern | None]], actual: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Expected events must occur in this order; other events may come between them."""
+    position = 0
+    for i, (name, pattern) in enumerate(expected):
+        while position < len(actual):
+            event = actual[position]
+            position += 1
+            if event["name"] == name and (pattern is None or not pattern.check(event, "")):
+                break
+        else:
+            seen = ", ".join(e["name"] for e in actual) or "none"
+            after = f" after {expected[i - 1][0]!r}" if i else ""
+            what = f"{name!r}" + (f" with {_describe_event(pattern)}" if pattern is not None else "")
+            return [(f"events[{i}]", f"expected event {what}{after}; events in order: {seen}")]
+    return []
+
+
+def _describe_event(pattern: Pattern) -> str:
+    if isinstance(pattern, MapPattern):
+        return ", ".join(f"{k} {describe(p)}" for k, p in pattern.items if k != "name") or "any payload"
+    return describe(pattern)
+
+
+# --- small helpers ----------------------------------------------------------------------------------------------
+
+
+def _error_json(error: Any) -> dict[str, Any]:
+    return error.to_json() if hasattr(error, "to_json") else {"code": type(error).__name__, "message": str(error)}
