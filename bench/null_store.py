@@ -65,6 +65,22 @@ class NullStore:
     ) -> None:
         pass
 
+    def step_done(
+        self,
+        run_id: str,
+        path: str,
+        kind: str,
+        attempts: int,
+        started_at: float,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        pass
+
     def steps(self, run_id: str) -> list[StepRecord]:
         return []
 

@@ -152,24 +152,20 @@ async def call_model(
         if _first_use(journal, ctx.run_id, key, executed=False):
             _account(ctx, model, response.usage)
         return response
-    response = await _complete(ctx, model, request, schema)
-    journal.record(ctx.run_id, key, digest, response.to_json(), cacheable=True)
-    _first_use(journal, ctx.run_id, key, executed=True)
-    _account(ctx, model, response.usage)
-    return response
-
-
-async def _complete(
-    ctx: RunContext, model: ModelDef, request: CompletionRequest, schema: dict[str, Any] | None
-) -> CompletionResponse:
-    """Ask the provider, under the run's limiter and the model's circuit breaker (if it has one)."""
+    # Ask the provider, under the run's limiter and the model's circuit breaker (if it has one). Inline rather than
+    # a helper coroutine: one frame fewer per call, which adds up in a fan-out of thousands.
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
+    limiter = runtime.limiter
     try:
-        async with runtime.limiter:
-            if breaker is None:  # the common case: no guard coroutine in between
+        if breaker is None and limiter.try_acquire():
+            # the common case, a free slot and no breaker: no `async with` frames, no guard coroutine
+            try:
                 response = await runtime.provider(model).complete(request)
-            else:
+            finally:
+                limiter.release()
+        else:
+            async with limiter:
                 response = await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
         if schema is not None and not response.tool_calls:
             _check_structured(response, schema, model.model)
@@ -178,6 +174,9 @@ async def _complete(
         if isinstance(usage, Usage):
             _account(ctx, model, usage)
         raise
+    journal.record(ctx.run_id, key, digest, response.to_json(), cacheable=True)
+    _first_use(journal, ctx.run_id, key, executed=True)
+    _account(ctx, model, response.usage)
     return response
 
 
@@ -270,11 +269,12 @@ async def run_agent(
     counter = _CallCounter(path)
     outcome = AgentOutcome(None)
     bad = _BadArguments(agent, model)
+    specs = tuple(t.spec for t in tools.values())  # the same every turn
     for _ in range(agent.max_iterations):
         request = CompletionRequest(
             model=model.model,
             messages=tuple(messages),
-            tools=tuple(t.spec for t in tools.values()),
+            tools=specs,
             output_schema=schema,
             params=model.params,
             timeout=model.timeout,

@@ -4,7 +4,7 @@ Durability (see `store.py` and ARCHITECTURE.md, "Durability contract"):
 - `record_call`, `create_run`, `reopen_run`, `finish_run` and `send_signal` commit before they
   return. WAL with `synchronous=NORMAL` makes a commit survive a killed process (the contract)
   without an fsync per commit; only a power loss may drop the last commits.
-- Observability writes (`step_started`, `step_finished`, `record_event`, `record_state_change`,
+- Observability writes (`step_started`, `step_finished`, `step_done`, `record_event`, `record_state_change`,
   `cache_put`, and `record_call(durable=False)`) are group-committed: they are queued in memory and
   written in one transaction (`executemany` per statement: ~1 µs a row cheaper than one `execute`
   each) at the next durable write, at `flush()`/`close()`, once more than `max_pending` (1,024)
@@ -155,6 +155,15 @@ _STEP_FINISHED_SQL = """
     VALUES (?, ?, '', ?, 0, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (run_id, path) DO UPDATE SET
         status = excluded.status, finished_at = excluded.finished_at, output = excluded.output,
+        error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
+        output_tokens = steps.output_tokens + excluded.output_tokens"""
+_STEP_DONE_SQL = """
+    INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error,
+                       input_tokens, output_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (run_id, path) DO UPDATE SET
+        kind = excluded.kind, status = excluded.status, attempts = steps.attempts + excluded.attempts,
+        started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
         error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
         output_tokens = steps.output_tokens + excluded.output_tokens"""
 _RECORD_CALL_SQL = """
@@ -632,8 +641,42 @@ class SqliteRunStore:
         with self._lock:
             self._grouped("steps", _STEP_FINISHED_SQL, params)
 
+    def step_done(
+        self,
+        run_id: str,
+        path: str,
+        kind: str,
+        attempts: int,
+        started_at: float,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """`step_started` for each of `attempts` attempts and `step_finished`, in one row written at the end: what
+        the engine writes for a fan-out item (one row per item instead of two; the fan-out's own row shows it
+        running). A resumed item adds its attempts and tokens to the row an earlier process wrote."""
+        params = (
+            run_id,
+            path,
+            kind,
+            status.value,
+            attempts,
+            started_at,
+            time.time(),
+            self._dump(output),
+            self._dump(error),
+            input_tokens,
+            output_tokens,
+        )
+        with self._lock:
+            self._grouped("steps", _STEP_DONE_SQL, params)
+
     def steps(self, run_id: str) -> list[StepRecord]:
-        """The run's steps in the order they first started."""
+        """The run's steps in the order they first started (fan-out items, written once as they finish: in the order
+        they finished)."""
         sql = f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY seq"
         return [_step_from_row(row) for row in self._read("steps", sql, (run_id,))]
 

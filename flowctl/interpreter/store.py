@@ -134,6 +134,24 @@ class RunStore(Protocol):
         input_tokens: int = 0,
         output_tokens: int = 0,
     ) -> None: ...
+    def step_done(
+        self,
+        run_id: str,
+        path: str,
+        kind: str,
+        attempts: int,
+        started_at: float,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """A whole step row written once, at the end (fan-out items: one row each instead of two); a row an earlier
+        process wrote for the same path gets the attempts and tokens added."""
+        ...
+
     def steps(self, run_id: str) -> list[StepRecord]: ...
 
     # side effects: the durable part
