@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -128,20 +126,3 @@ class Flow:
         options = RunOptions(env=env if env is not None else self.env(), reporter=Reporter())
         outcome = await run_graph(graph, inputs or {}, store, options)
         return Result(outcome, store, path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited at start"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from flowctl.interpreter.store import RunStatus
-from tests.integration.helpers import CALC, Flow, free_port, wait_listening
+from tests.integration.helpers import CALC, Flow
+from tests.support.net import free_port, wait_listening
 from tests.support.openai_server import Reply, call, reply
 
 pytestmark = pytest.mark.anyio

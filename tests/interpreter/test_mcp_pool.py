@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolTimeout
 from flowctl.interpreter.mcp_pool import McpPool
 from flowctl.interpreter.tools import ToolPool, ToolResult
+from tests.support.net import free_port, wait_listening
 
 SERVERS = Path(__file__).resolve().parents[1] / "support" / "mcp_servers"
 CALC = str(SERVERS / "calc_server.py")
@@ -73,23 +73,6 @@ def children() -> set[int]:
 async def server_pid(pool: McpPool, server: ServerDef) -> int:
     result = await pool.call_tool(server, "pid", {})
     return int(result.value["result"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the HTTP server exited at start"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `tests` is not a package on pytest's default path
     sys.path.insert(0, str(REPO))
 
+from tests.support.net import free_port  # noqa: E402
 from tests.support.openai_server import (  # noqa: E402
     OpenAIServer,
     RawStream,
@@ -92,12 +92,6 @@ async def provider(server: OpenAIServer) -> AsyncIterator[OpenAIProvider]:
 
 def ask(text: str = "hi", **fields: Any) -> CompletionRequest:
     return CompletionRequest(model="gpt-test", messages=(Message("user", text),), timeout=TIMEOUT, **fields)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- answers ------------------------------------------------------------------------------------
