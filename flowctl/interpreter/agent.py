@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
@@ -42,13 +42,6 @@ _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 # LLM calls whose usage this process already counted, per journal: a step retry replays the calls its earlier
 # attempt completed, and those must not be counted twice (a resumed run does count what an earlier process paid).
 _ACCOUNTED: weakref.WeakKeyDictionary[Journal, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
-
-
-@dataclass(slots=True)
-class AgentOutcome:
-    output: Any
-    usage: Usage = Usage()
-    tool_calls: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +249,9 @@ async def run_agent(
     extra_instruction: str = "",
     output_schema: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
-) -> AgentOutcome:
-    """Run one agent conversation to its final answer. `context`: the scope's template context, when the caller
-    already built it (for the prompt)."""
+) -> Any:
+    """Run one agent conversation to its final answer and return it (parsed when the agent has an output schema).
+    `context`: the scope's template context, when the caller already built it (for the prompt)."""
     model = ctx.graph.models[model_name or agent.model]
     context = ctx.template_context(scope) if context is None else context
     instruction = agent.instruction.render(context) + extra_instruction
@@ -267,8 +260,8 @@ async def run_agent(
     tools = await _agent_tools(ctx, agent) if agent.servers else {}
     messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
     counter = _CallCounter(path)
-    outcome = AgentOutcome(None)
-    bad = _BadArguments(agent, model)
+    called: list[str] = []  # server.tool of each tool call, for the max_iterations message
+    bad: _BadArguments | None = None
     specs = tuple(t.spec for t in tools.values())  # the same every turn
     for _ in range(agent.max_iterations):
         request = CompletionRequest(
@@ -282,13 +275,12 @@ async def run_agent(
             step=path,
         )
         response = await call_model(ctx, model, request, counter, schema)
-        outcome.usage = outcome.usage + response.usage
         if not response.tool_calls:
-            outcome.output = parse_structured(response.content, schema, model.model) if schema else response.content
-            return outcome
+            return parse_structured(response.content, schema, model.model) if schema else response.content
         messages.append(Message("assistant", response.content, response.tool_calls))
-        messages.extend(await _run_tool_calls(ctx, tools, response.tool_calls, counter, outcome, bad))
-    last = ", ".join(outcome.tool_calls[-3:]) or "none"
+        bad = bad or _BadArguments(agent, model)
+        messages.extend(await _run_tool_calls(ctx, tools, response.tool_calls, counter, called, bad))
+    last = ", ".join(called[-3:]) or "none"
     raise MaxIterationsExceeded(
         f"agent {agent.name!r} reached max_iterations={agent.max_iterations} without a "
         f"final answer; last tools called: {last}",
@@ -333,7 +325,7 @@ async def _run_tool_calls(
     tools: dict[str, _Tool],
     calls: tuple[ToolCallRequest, ...],
     counter: _CallCounter,
-    outcome: AgentOutcome,
+    called: list[str],
     bad: _BadArguments,
 ) -> list[Message]:
     """Run a turn's tool calls concurrently; the replies keep the model's order."""
@@ -349,7 +341,7 @@ async def _run_tool_calls(
             text = arguments
         else:
             assert arguments is not None
-            outcome.tool_calls.append(f"{tool.server.name}.{tool.name}")
+            called.append(f"{tool.server.name}.{tool.name}")
             result = await call_tool(ctx, tool.server, tool.name, arguments, _CallCounter(keys[i]))
             text = _reply_text(result)
         replies[i] = Message("tool", text, tool_call_id=call.id)

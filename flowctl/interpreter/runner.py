@@ -297,8 +297,8 @@ def _finish(
         status,
         outputs=outputs,
         error=error.to_json() if error else None,
-        input_tokens=totals.usage.input_tokens,
-        output_tokens=totals.usage.output_tokens,
+        input_tokens=totals.input_tokens,
+        output_tokens=totals.output_tokens,
         cost=totals.cost,
     )
     events = [{"name": e.name, "data": e.data, "source": e.source} for e in runtime.bus.history]
@@ -307,8 +307,8 @@ def _finish(
         status,
         outputs,
         error,
-        totals.usage.input_tokens,
-        totals.usage.output_tokens,
+        totals.input_tokens,
+        totals.output_tokens,
         totals.cost,
         runtime.journal.executed,
         runtime.journal.replayed,
