@@ -95,8 +95,8 @@ class NullStore:
     def flush(self) -> None:
         pass
 
-    def record_event(self, run_id: str, name: str, data: Any, source: str) -> int:
-        return 0
+    def record_event(self, run_id: str, name: str, data: Any, source: str) -> None:
+        pass
 
     def events(self, run_id: str) -> list[EventRecord]:
         return []

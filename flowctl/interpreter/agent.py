@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.context import RunContext, Scope, meter_usage
 from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
-from flowctl.interpreter.journal import Journal
 from flowctl.interpreter.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -38,10 +36,6 @@ from flowctl.interpreter.tools import ToolResult
 MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
 MAX_TOOL_NAME = 64  # OpenAI's limit for function names
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
-
-# LLM calls whose usage this process already counted, per journal: a step retry replays the calls its earlier
-# attempt completed, and those must not be counted twice (a resumed run does count what an earlier process paid).
-_ACCOUNTED: weakref.WeakKeyDictionary[Journal, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +136,7 @@ async def call_model(
     recorded = journal.replay(ctx.run_id, key, digest, cacheable=True)
     if recorded is not None:
         response = CompletionResponse.from_json(recorded)
-        if _first_use(journal, ctx.run_id, key, executed=False):
+        if journal.count_replayed(ctx.run_id, key):
             _account(ctx, model, response.usage)
         return response
     # Ask the provider, under the run's limiter and the model's circuit breaker (if it has one). Inline rather than
@@ -168,21 +162,8 @@ async def call_model(
             _account(ctx, model, usage)
         raise
     journal.record(ctx.run_id, key, digest, response.to_json(), cacheable=True)
-    _first_use(journal, ctx.run_id, key, executed=True)
     _account(ctx, model, response.usage)
     return response
-
-
-def _first_use(journal: Journal, run_id: str, key: str, executed: bool) -> bool:
-    """Count a call's usage once per process: when it ran, or when a resumed run first replays it."""
-    seen = _ACCOUNTED.setdefault(journal, set())
-    if executed:
-        seen.add((run_id, key))
-        return True
-    if (run_id, key) in seen:
-        return False
-    seen.add((run_id, key))
-    return journal.resuming
 
 
 def _account(ctx: RunContext, model: ModelDef, usage: Usage) -> None:

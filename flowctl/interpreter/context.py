@@ -129,16 +129,22 @@ class RunContext:
     finally_prefix: str = "finally/"
     # resuming: tokens the store already holds per step path (its step rows add tokens up); None on a fresh run
     recorded_tokens: dict[str, tuple[int, int]] | None = None
+    _meta: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def run_meta(self) -> dict[str, Any]:
-        return {
-            "id": self.run_id,
-            "pipeline": self.pipeline.name,
-            "started_at": self.started_at,
-            "status": self.status,
-            "parent_id": self.parent_id,
-            "file": self.graph.file,
-        }
+        """`run` in templates. Built once per status, not per render; never changed in place (templates may have
+        handed it on as a value), but replaced when the status changes."""
+        meta = self._meta
+        if meta is None or meta["status"] != self.status:
+            meta = self._meta = {
+                "id": self.run_id,
+                "pipeline": self.pipeline.name,
+                "started_at": self.started_at,
+                "status": self.status,
+                "parent_id": self.parent_id,
+                "file": self.graph.file,
+            }
+        return meta
 
     def template_context(self, scope: Scope) -> dict[str, Any]:
         context: dict[str, Any] = {

@@ -370,15 +370,18 @@ class Engine:
         # Items write state only through steps nested in them; without such steps they need no buffer each.
         buffers = [UpdateBuffer() for _ in items] if _nested_sets_state(step) else None
         has_nested_steps = next(step.children(), None) is not None
+        prefix, variables, var = f"{scope.prefix}{step.id}[", scope.variables, fan.var
 
-        def job(i: int, item: Any) -> Callable[[], Awaitable[Any]]:
-            sink = buffers[i] if buffers is not None else None
-            item_scope = scope.child(prefix=f"{step.id}[{i}]/", sink=sink, **{fan.var: item, "index": i})
+        def item(i: int) -> Awaitable[Any]:
+            # the item's scope is made when its branch starts (not 10,000 of them up front), directly: this is
+            # scope.child(prefix=f"{step.id}[{i}]/", sink=…, item=…, index=i) without its kwargs and copies
+            sink = buffers[i] if buffers is not None else scope.sink
+            item_scope = Scope(f"{prefix}{i}]/", {**variables, var: items[i], "index": i}, sink, scope.results)
             if has_nested_steps:  # items run their fallback steps at once: each needs its own step results
                 item_scope = item_scope.isolated()
-            return lambda: self._run_item(ctx, step, item_scope, f"{path}[{i}]")
+            return self._run_item(ctx, step, item_scope, f"{path}[{i}]")
 
-        outcomes = await run_concurrent([job(i, item) for i, item in enumerate(items)], fan.join, fan.max_concurrency)
+        outcomes = await run_concurrent(len(items), item, fan.join, fan.max_concurrency)
         if buffers is not None:
             self._commit_buffers(ctx, scope, buffers, outcomes)
         return join_output(fan.join, outcomes, None)
@@ -422,11 +425,12 @@ class Engine:
 
 
 async def run_concurrent(
-    jobs: list[Callable[[], Awaitable[Any]]], join: ir.Join, limit: int | None
+    count: int, branch: Callable[[int], Awaitable[Any]], join: ir.Join, limit: int | None
 ) -> list[Outcome | None]:
-    """Run jobs concurrently under an optional cap; the join policy decides when to stop and what fails."""
-    outcomes: list[Outcome | None] = [None] * len(jobs)
-    need = {ir.JoinKind.FIRST: 1, ir.JoinKind.AT_LEAST: join.at_least}.get(join.kind, len(jobs))
+    """Run `branch(0)` … `branch(count - 1)` concurrently under an optional cap; the join policy decides when to
+    stop and what fails. Outcomes are in branch order."""
+    outcomes: list[Outcome | None] = [None] * count
+    need = {ir.JoinKind.FIRST: 1, ir.JoinKind.AT_LEAST: join.at_least}.get(join.kind, count)
     limiter = Limiter(limit) if limit else None
     counts = {"ok": 0, "failed": 0}
     stops_early = join.kind in (ir.JoinKind.FIRST, ir.JoinKind.AT_LEAST)
@@ -437,17 +441,17 @@ async def run_concurrent(
         try:
             try:
                 if limiter is None:
-                    value = await jobs[i]()
+                    value = await branch(i)
                 else:
                     async with limiter:
-                        value = await jobs[i]()
+                        value = await branch(i)
             except FlowctlError as exc:
                 outcomes[i] = Outcome(False, error=exc)
                 counts["failed"] += 1
                 if join.kind is ir.JoinKind.ALL or refused(exc):
                     fatal.append(exc)
                     stop()
-                elif stops_early and len(jobs) - counts["failed"] < need:
+                elif stops_early and count - counts["failed"] < need:
                     stop()  # the join can no longer be satisfied
                 return
             except Exception as exc:  # a bug: stop the group and let it surface
@@ -464,10 +468,10 @@ async def run_concurrent(
             finished()
 
     if _on_asyncio():
-        await _gather_native(len(jobs), one)
+        await _gather_native(count, one)
     else:
         async with task_group() as tg:
-            for i in range(len(jobs)):
+            for i in range(count):
                 tg.start_soon(one, i, tg.cancel_scope.cancel, _nothing)
     if fatal:
         raise fatal[0]

@@ -66,14 +66,11 @@ async def handle_parallel(engine: Engine, ctx: RunContext, step: ir.Step, scope:
     assert isinstance(body, ir.ParallelGroup)
     buffers = [UpdateBuffer() for _ in body.branches]
 
-    def job(i: int, branch: ir.Step) -> Any:
-        async def run() -> Any:
-            result = await engine.run_step(ctx, branch, scope.child(sink=buffers[i]))
-            return result.output
+    async def branch(i: int) -> Any:
+        result = await engine.run_step(ctx, body.branches[i], scope.child(sink=buffers[i]))
+        return result.output
 
-        return run
-
-    outcomes = await run_concurrent([job(i, b) for i, b in enumerate(body.branches)], body.join, body.max_concurrency)
+    outcomes = await run_concurrent(len(body.branches), branch, body.join, body.max_concurrency)
     engine._commit_buffers(ctx, scope, buffers, outcomes)
     return join_output(body.join, outcomes, [b.id for b in body.branches])
 

@@ -44,6 +44,7 @@ class Journal:
         self.cached = 0
         self.executed = 0
         self._written: set[tuple[str, str]] = set()  # keys recorded by this process
+        self._counted: set[tuple[str, str]] = set()  # replayed keys whose usage this process counted
         # distinguishes this execution of a run from earlier ones, for work that must run anew (`finally`)
         self.epoch = f"{time.time_ns() // 1_000_000:x}"
 
@@ -93,6 +94,16 @@ class Journal:
         if not cacheable:
             self.store.flush()
         return None
+
+    def count_replayed(self, run_id: str, key: str) -> bool:
+        """Whether a replayed call's usage is to be counted: once per process, and only for what an earlier process
+        paid (a resumed run). A step retry replays the calls its earlier attempt made in this process, which were
+        counted when they ran."""
+        ident = (run_id, key)
+        if ident in self._written or ident in self._counted:
+            return False
+        self._counted.add(ident)
+        return self.resuming
 
     def record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, cacheable: bool = False) -> None:
         """Journal the result of an effect `replay` said to execute (a `cacheable` one rides the group commit)."""

@@ -5,23 +5,26 @@ Durability (see `store.py` and ARCHITECTURE.md, "Durability contract"):
   return. WAL with `synchronous=NORMAL` makes a commit survive a killed process (the contract)
   without an fsync per commit; only a power loss may drop the last commits.
 - Observability writes (`step_started`, `step_finished`, `step_done`, `record_event`, `record_state_change`,
-  `cache_put`, and `record_call(durable=False)`) are group-committed: they are queued in memory and
-  written in one transaction (`executemany` per statement: ~1 µs a row cheaper than one `execute`
-  each) at the next durable write, at `flush()`/`close()`, once more than `max_pending` (1,024)
-  writes wait, or `max_delay` (50 ms) after the first waiting write. A background thread enforces
-  the delay while the interpreter is idle (waiting on an LLM, a timer or a signal), so no write
-  waits longer than that, and `flowctl signal` in another process gets through. A killed process
-  loses at most those uncommitted writes; the file stays consistent.
-- Reads use the same connection and first write the queued rows of the table they read (into
-  the open group transaction), so they see this process's uncommitted writes.
+  `cache_put`, and `record_call(durable=False)`) are group-committed: they are queued in memory (a list append:
+  the interpreter never waits for SQLite for them) and written by a writer thread, a table at a time, once
+  `max_pending` (1,024) rows of a table wait, or `max_delay` (50 ms) after the first waiting row, or with the next
+  durable write, read of that table, `flush()` or `close()`. The writer writes a batch as one multi-row statement,
+  during which SQLite runs without the GIL, on another core. A killed process loses at most the rows not yet
+  written; the file stays consistent, and `flowctl signal` in another process is never locked out for long.
+- Each table has one grouped INSERT (steps: one upsert for started, finished and whole rows), so a batch is always
+  one statement; rows of one table are written in the order they were made (a step's finished row updates its
+  started row); rows of different tables never depend on each other.
+- Reads use the same connection and first write and commit the waiting rows of the table they read, so they see
+  this process's writes.
 - Every value written passes through the `Redactor` first.
 
-The interpreter is single-threaded async and the calls are short, so one connection serves it;
-a lock serialises it with the flusher thread.
+One connection serves the interpreter (single-threaded async), the writer thread and the CLI; `_lock` serialises
+the SQL, and grouped writes only take `_queue_lock`, which no SQL runs under.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -29,11 +32,11 @@ import socket
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import groupby
-from operator import itemgetter
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -144,33 +147,68 @@ _RUN_COLUMNS = (
 _STEP_COLUMNS = (
     "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens"
 )
-_STEP_STARTED_SQL = """
-    INSERT INTO steps (run_id, path, kind, status, attempts, started_at) VALUES (?, ?, ?, ?, 1, ?)
-    ON CONFLICT (run_id, path) DO UPDATE SET
-        kind = excluded.kind, status = excluded.status, attempts = steps.attempts + 1,
-        started_at = excluded.started_at, finished_at = NULL, output = NULL, error = NULL"""
-_STEP_FINISHED_SQL = """
-    INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error,
-                       input_tokens, output_tokens)
-    VALUES (?, ?, '', ?, 0, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (run_id, path) DO UPDATE SET
-        status = excluded.status, finished_at = excluded.finished_at, output = excluded.output,
-        error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
-        output_tokens = steps.output_tokens + excluded.output_tokens"""
-_STEP_DONE_SQL = """
-    INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error,
-                       input_tokens, output_tokens)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (run_id, path) DO UPDATE SET
-        kind = excluded.kind, status = excluded.status, attempts = steps.attempts + excluded.attempts,
-        started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
-        error = excluded.error, input_tokens = steps.input_tokens + excluded.input_tokens,
-        output_tokens = steps.output_tokens + excluded.output_tokens"""
-_RECORD_CALL_SQL = """
-    INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted) VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (run_id, key) DO UPDATE SET
+
+
+@dataclass(frozen=True)
+class _Insert:
+    """The one grouped INSERT of a table. Queued rows are written many to a statement (`INSERT … VALUES (…), (…), …
+    ON CONFLICT …`): one SQLite call for a batch, which the writer thread makes without holding the GIL."""
+
+    table: str
+    head: str  # INSERT INTO table (columns)
+    row: str  # (?, ?, …) — the parameters of one row
+    tail: str = ""  # ON CONFLICT …
+
+    @property
+    def params(self) -> int:
+        return self.row.count("?")
+
+    def sql(self, rows: int) -> str:
+        return _multi_row_sql(self, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_sql(insert: _Insert, rows: int) -> str:
+    return f"{insert.head} VALUES {', '.join([insert.row] * rows)} {insert.tail}"
+
+
+# Every step write is this one upsert (so a table's queued rows are always one statement), told apart by its row:
+# - started: (kind, 'running', attempts 1, started_at now, finished_at/output/error NULL, tokens 0) — a retry
+#   restarts the clock and clears the previous attempt's outcome;
+# - finished: (kind '', status, attempts 0, now, now, outcome, tokens) — keeps the kind and start of its started
+#   row, or makes a row of its own (kind "", 0 attempts: a skipped step);
+# - done: a fan-out item's whole row at once (kind, status, attempts, its start, now, outcome, tokens).
+# Attempts and tokens add up (over retries and resumes).
+_STEP_ROW = _Insert(
+    "steps",
+    "INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error, "
+    "input_tokens, output_tokens)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (run_id, path) DO UPDATE SET
+        kind = CASE WHEN excluded.kind = '' THEN steps.kind ELSE excluded.kind END,
+        status = excluded.status, attempts = steps.attempts + excluded.attempts,
+        started_at = CASE WHEN excluded.kind = '' THEN steps.started_at ELSE excluded.started_at END,
+        finished_at = excluded.finished_at, output = excluded.output, error = excluded.error,
+        input_tokens = steps.input_tokens + excluded.input_tokens,
+        output_tokens = steps.output_tokens + excluded.output_tokens""",
+)
+_CALL_ROW = _Insert(
+    "calls",
+    "INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted)",
+    "(?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (run_id, key) DO UPDATE SET
         request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted"""
+        recorded_at = excluded.recorded_at, redacted = excluded.redacted""",
+)
+_EVENT_ROW = _Insert("events", "INSERT INTO events (run_id, name, data, source, at)", "(?, ?, ?, ?, ?)")
+_STATE_ROW = _Insert("state_changes", 'INSERT INTO state_changes (run_id, step, keys, "values", at)', "(?, ?, ?, ?, ?)")
+_CACHE_ROW = _Insert(
+    "cache",
+    "INSERT INTO cache (digest, result, created_at)",
+    "(?, ?, ?)",
+    "ON CONFLICT (digest) DO UPDATE SET result = excluded.result, created_at = excluded.created_at",
+)
+
 
 _id_lock = threading.Lock()
 _last_id: tuple[str, int] = ("", 0)
@@ -290,18 +328,24 @@ class SqliteRunStore:
         self._encoder = json.JSONEncoder(ensure_ascii=False, default=self._encode_odd)
         self._max_pending = max_pending
         self._max_delay = max_delay
+        # The connection: every SQL statement runs under this lock (the writer thread holds it while it writes).
         self._lock = threading.RLock()
-        self._wakeup = threading.Condition(self._lock)
-        self._pending = 0  # grouped writes since the last commit (queued or already executed)
+        # The queues below: held only for list operations, never while SQLite works, so grouped writes never wait
+        # for the writer thread. Lock order: `_lock` before `_queue_lock`.
+        self._queue_lock = threading.Lock()
+        self._wakeup = threading.Condition(self._queue_lock)
+        # grouped rows not yet written, per table in the order they were made: rows of one table may depend on each
+        # other (a step's finished row updates its started row); rows of different tables never do
+        self._queued: dict[_Insert, list[tuple[Any, ...]]] = {}
+        self._pending = 0  # rows in `_queued`
         self._first_pending_at = 0.0
-        # grouped writes not yet executed, per table in the order they were made: rows of one table may depend on
-        # each other (a step's finished row updates its started row); rows of different tables never do
-        self._queued: defaultdict[str, list[tuple[str, tuple[Any, ...]]]] = defaultdict(list)
-        self._flusher: threading.Thread | None = None
-        self._flusher_parked = False
-        self._flush_error: sqlite3.Error | None = None
+        self._handed: deque[tuple[_Insert, list[tuple[Any, ...]]]] = deque()  # full batches for the writer
+        self._writer: threading.Thread | None = None
+        self._writer_parked = False
+        self._writer_error: sqlite3.Error | None = None
         self._closed = False
         self._conn = self._connect()
+        self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # caps rows per statement
         self._migrate()
 
     # -- connection and schema -------------------------------------------------------------------
@@ -370,103 +414,161 @@ class SqliteRunStore:
     def _encode_odd(self, odd: object) -> str:
         return self._redactor.redact_text(str(odd))
 
-    def _grouped(self, table: str, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue a write for the group transaction; commit when the group is full or old."""
-        self._open_group()
-        self._queued[table].append((sql, params))
-        self._count_grouped()
+    def _grouped(self, insert: _Insert, params: tuple[Any, ...]) -> None:
+        """Queue a row for the group commit. Cheap: a list append under a lock no SQL runs under. A table's full
+        batch goes to the writer thread; the writer also commits a group `max_delay` after its first row."""
+        with self._queue_lock:
+            if self._writer_error is not None:
+                self._raise_writer_error()
+            if not self._pending:
+                self._first_pending_at = time.monotonic()
+                self._wake_writer()
+            elif self._writer is None:  # it stopped on an error, which the caller has seen
+                self._wake_writer()
+            rows = self._queued.get(insert)
+            if rows is None:
+                rows = self._queued[insert] = []
+            rows.append(params)
+            self._pending += 1
+            if len(rows) >= self._max_pending:
+                self._hand_off(insert)
 
-    def _grouped_now(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
-        """A grouped write whose cursor the caller needs (an event's seq): executed at once in the group."""
-        self._open_group()
-        self._write_queued()
-        self._begin()
-        cursor = self._conn.execute(sql, params)
-        self._count_grouped()
-        return cursor
-
-    def _open_group(self) -> None:
-        """Start the clock of a new group (and have the flusher watch it) on the first write after a commit."""
-        if self._pending:
-            return
-        self._raise_flush_error()
-        self._first_pending_at = time.monotonic()
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_loop, name="flowctl-store-flush", daemon=True)
-            self._flusher.start()
-        elif self._flusher_parked:
-            self._flusher_parked = False
+    def _hand_off(self, insert: _Insert) -> None:
+        """Give a table's queued rows to the writer thread (`_queue_lock` held)."""
+        rows = self._queued.pop(insert)
+        self._pending -= len(rows)
+        self._handed.append((insert, rows))
+        if self._writer is None:
+            self._wake_writer()
+        else:  # parked, or waiting for the group to come due
+            self._writer_parked = False
             self._wakeup.notify()
 
-    def _count_grouped(self) -> None:
-        self._pending += 1
-        if self._pending > self._max_pending or time.monotonic() - self._first_pending_at > self._max_delay:
-            self._commit()
+    def _wake_writer(self) -> None:
+        """Start the writer thread, or wake it if it is parked (`_queue_lock` held). Waking a thread costs ~18 µs of
+        switching here, so it is done only when it has nothing to watch: at the first row of a group, or a batch."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="flowctl-store-writer", daemon=True)
+            self._writer.start()
+        elif self._writer_parked:
+            self._writer_parked = False
+            self._wakeup.notify()
 
-    def _write_queued(self, table: str | None = None) -> None:
-        """Execute the queued rows (all, or one table's) in the group transaction (opened here if need be)."""
-        if not self._queued or (table is not None and table not in self._queued):
-            return
-        self._begin()  # on failure (busy), the rows stay queued
-        if table is None:
-            tables, self._queued = list(self._queued.values()), defaultdict(list)
-        else:
-            tables = [self._queued.pop(table)]
-        for rows in tables:
-            for sql, run in groupby(rows, key=itemgetter(0)):
-                self._conn.executemany(sql, [params for _, params in run])
+    def _write_loop(self) -> None:
+        """The writer thread: writes handed-off batches, and commits a group `max_delay` after its first row.
+
+        A batch is one multi-row statement per ≤`max_pending` rows, during which SQLite runs without the GIL: on a
+        second core, while the interpreter goes on. (`executemany` would take the GIL back after every row, which
+        costs a writer thread a switch interval, 5 ms, each time the interpreter is busy.)"""
+        while True:
+            with self._wakeup:
+                while not self._handed:
+                    if self._closed:
+                        return
+                    if not self._pending:
+                        self._writer_parked = True
+                        self._wakeup.wait()
+                        continue
+                    due = self._first_pending_at + self._max_delay - time.monotonic()
+                    if due > 0:
+                        self._wakeup.wait(due)
+                        continue
+                    for insert in list(self._queued):  # the group is due: commit what is queued
+                        self._hand_off(insert)
+            with self._lock:  # held from taking the batch to writing it: rows of a table are written in order
+                with self._queue_lock:
+                    batch = self._handed.popleft() if self._handed else None  # a flush may have written it
+                if batch is None:
+                    continue
+                try:
+                    self._insert(*batch)
+                except sqlite3.Error as error:  # raised at the next write; the batch is written by the next commit
+                    with self._queue_lock:
+                        self._handed.appendleft(batch)
+                        self._writer_error, self._writer = error, None
+                    return
+
+    def _insert(self, insert: _Insert, rows: list[tuple[Any, ...]]) -> None:
+        """Write rows in statements of ≤`max_pending` rows: full batches share one prepared statement, the rest take
+        power-of-two sizes, so few statements are prepared and cached."""
+        most = max(1, min(self._max_pending, self._max_variables // insert.params))
+        start = 0
+        while start < len(rows):
+            count = min(most, len(rows) - start)
+            if count < most:
+                count = 1 << (count.bit_length() - 1)
+            chunk = rows[start : start + count]
+            self._conn.execute(insert.sql(count), list(chain.from_iterable(chunk)))
+            start += count
+
+    def _drain(self, table: str | None = None) -> list[tuple[_Insert, list[tuple[Any, ...]]]]:
+        """Write every row handed off or queued (all tables, oldest first) into a transaction the caller commits
+        (`_lock` held), and return them, for `_restore` if that fails. With `table`: only if that table has rows
+        waiting."""
+        with self._queue_lock:
+            waiting = [*self._handed, *self._queued.items()]
+            if table is not None and all(insert.table != table for insert, _ in waiting):
+                return []
+            self._handed.clear()
+            self._queued, self._pending = {}, 0
+        try:
+            if waiting:
+                self._begin()
+                for insert, rows in waiting:
+                    self._insert(insert, rows)
+        except BaseException:
+            self._restore(waiting)
+            raise
+        return waiting
+
+    def _restore(self, batches: list[tuple[_Insert, list[tuple[Any, ...]]]]) -> None:
+        """After a failed write or commit: roll back and put the rows back at the front of the line (nothing is
+        lost; the next commit tries again)."""
+        if self._conn.in_transaction:
+            self._conn.rollback()
+        with self._queue_lock:
+            self._handed.extendleft(reversed(batches))
 
     def _begin(self) -> None:
         if not self._conn.in_transaction:
             self._conn.execute("BEGIN IMMEDIATE")
 
     def _durable(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
-        """Run a write and commit it (with any grouped writes) before returning."""
-        self._write_queued()
-        cursor = self._conn.execute(sql, tuple(params))
-        self._commit()
+        """Run a write and commit it, with every grouped row before it, before returning (`_lock` held)."""
+        self._raise_writer_error()
+        written = self._drain()
+        try:
+            self._begin()
+            cursor = self._conn.execute(sql, tuple(params))
+            self._conn.commit()
+        except BaseException:
+            self._restore(written)
+            raise
         return cursor
 
     def _read(self, table: str, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Rows of a query on `table` that sees this process's writes, committed or not. Only that table's queued
-        rows are written first: reading runs or signals (never queued) does not start a write transaction."""
+        """Rows of a query on `table` that sees this process's grouped writes: if that table has rows waiting, they
+        are written and committed first. Reading runs or signals (never grouped) starts no write transaction."""
         with self._lock:
-            self._write_queued(table)
+            self._commit(table)
             return self._conn.execute(sql, params).fetchall()
 
-    def _commit(self) -> None:
-        self._raise_flush_error()
-        self._write_queued()
-        if self._conn.in_transaction:
-            self._conn.commit()
-        self._pending = 0
+    def _commit(self, table: str | None = None) -> None:
+        """Write and commit every grouped row (with `table`: only if that table has rows waiting; `_lock` held)."""
+        self._raise_writer_error()
+        written = self._drain(table)
+        try:
+            if self._conn.in_transaction:
+                self._conn.commit()
+        except BaseException:
+            self._restore(written)
+            raise
 
-    def _raise_flush_error(self) -> None:
-        if self._flush_error is not None:
-            error, self._flush_error = self._flush_error, None
+    def _raise_writer_error(self) -> None:
+        error = self._writer_error
+        if error is not None:
+            self._writer_error = None
             raise error
-
-    def _flush_loop(self) -> None:
-        """Background: commit a group `max_delay` after its first write if nothing else did.
-
-        The thread parks only when it finds no open group, and `_open_group` wakes it only then:
-        waking it for every group costs ~18 µs of thread switching per group on this machine.
-        """
-        with self._wakeup:
-            while not self._closed:
-                if not self._pending:
-                    self._flusher_parked = True
-                    self._wakeup.wait()
-                    continue
-                due = self._first_pending_at + self._max_delay - time.monotonic()
-                if due > 0:
-                    self._wakeup.wait(due)
-                    continue
-                try:
-                    self._commit()
-                except sqlite3.Error as error:  # raised at the next write, which starts a new flusher
-                    self._flush_error, self._flusher = error, None
-                    return
 
     def use_redactor(self, redactor: Redactor) -> None:
         """Mask these secrets in everything written from now on (the CLI adds the pipeline's own variables)."""
@@ -479,14 +581,15 @@ class SqliteRunStore:
             self._commit()
 
     def close(self) -> None:
-        """Commit pending writes, stop the flusher and close the file. Idempotent."""
-        with self._lock:
+        """Commit pending writes, stop the writer thread and close the file. Idempotent."""
+        with self._queue_lock:
             if self._closed:
                 return
             self._closed = True
             self._wakeup.notify_all()
-        if self._flusher is not None:
-            self._flusher.join()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         with self._lock:
             try:
                 self._commit()
@@ -607,9 +710,8 @@ class SqliteRunStore:
 
         A retry restarts the step's clock and clears the previous attempt's output and error.
         """
-        params = (run_id, path, kind, StepStatus.RUNNING.value, time.time())
-        with self._lock:
-            self._grouped("steps", _STEP_STARTED_SQL, params)
+        params = (run_id, path, kind, StepStatus.RUNNING.value, 1, time.time(), None, None, None, 0, 0)
+        self._grouped(_STEP_ROW, params)
 
     def step_finished(
         self,
@@ -630,7 +732,9 @@ class SqliteRunStore:
         params = (
             run_id,
             path,
+            "",
             status.value,
+            0,
             now,
             now,
             self._dump(output),
@@ -638,8 +742,7 @@ class SqliteRunStore:
             input_tokens,
             output_tokens,
         )
-        with self._lock:
-            self._grouped("steps", _STEP_FINISHED_SQL, params)
+        self._grouped(_STEP_ROW, params)
 
     def step_done(
         self,
@@ -671,8 +774,7 @@ class SqliteRunStore:
             input_tokens,
             output_tokens,
         )
-        with self._lock:
-            self._grouped("steps", _STEP_DONE_SQL, params)
+        self._grouped(_STEP_ROW, params)
 
     def steps(self, run_id: str) -> list[StepRecord]:
         """The run's steps in the order they first started (fan-out items, written once as they finish: in the order
@@ -702,21 +804,17 @@ class SqliteRunStore:
         stored = self._redactor.redact(result)
         altered = bool(self._redactor) and stored != result  # replaying it would replay the mask, not the answer
         params = (run_id, key, request_digest, self._encode(stored), time.time(), int(altered))
-        with self._lock:
-            if durable:
-                self._durable(_RECORD_CALL_SQL, params)
-            else:
-                self._grouped("calls", _RECORD_CALL_SQL, params)
+        if durable:
+            with self._lock:
+                self._durable(_CALL_ROW.sql(1), params)
+        else:
+            self._grouped(_CALL_ROW, params)
 
     # -- events, signals, state ------------------------------------------------------------------
 
-    def record_event(self, run_id: str, name: str, data: Any, source: str) -> int:
-        sql = "INSERT INTO events (run_id, name, data, source, at) VALUES (?, ?, ?, ?, ?)"
+    def record_event(self, run_id: str, name: str, data: Any, source: str) -> None:
         params = (run_id, self._redactor.redact_text(name), self._dump(data), source, time.time())
-        with self._lock:
-            seq = self._grouped_now(sql, params).lastrowid
-        assert seq is not None
-        return seq
+        self._grouped(_EVENT_ROW, params)
 
     def events(self, run_id: str) -> list[EventRecord]:
         sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = ? ORDER BY seq"
@@ -744,10 +842,8 @@ class SqliteRunStore:
 
     def record_state_change(self, run_id: str, step: str, values: dict[str, Any]) -> None:
         redacted = self._redactor.redact(values)
-        sql = 'INSERT INTO state_changes (run_id, step, keys, "values", at) VALUES (?, ?, ?, ?, ?)'
         params = (run_id, step, self._encode(list(redacted)), self._encode(redacted), time.time())
-        with self._lock:
-            self._grouped("state_changes", sql, params)
+        self._grouped(_STATE_ROW, params)
 
     def state_changes(self, run_id: str) -> list[StateChange]:
         sql = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
@@ -765,8 +861,4 @@ class SqliteRunStore:
 
     def cache_put(self, digest: str, result: dict[str, Any]) -> None:
         """Remember a response for identical requests; grouped (a lost entry is only a miss)."""
-        sql = """INSERT INTO cache (digest, result, created_at) VALUES (?, ?, ?)
-                 ON CONFLICT (digest) DO UPDATE SET result = excluded.result,
-                 created_at = excluded.created_at"""
-        with self._lock:
-            self._grouped("cache", sql, (digest, self._dump(result), time.time()))
+        self._grouped(_CACHE_ROW, (digest, self._dump(result), time.time()))

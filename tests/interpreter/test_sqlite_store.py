@@ -242,15 +242,15 @@ def test_record_and_lookup_call(store: SqliteRunStore) -> None:
 def test_events_in_order_with_increasing_seq(store: SqliteRunStore) -> None:
     make_run(store)
     make_run(store, "r-2")
-    first = store.record_event("r-1", "approved", {"by": "ann"}, "review")
+    store.record_event("r-1", "approved", {"by": "ann"}, "review")
     store.record_event("r-2", "noise", None, "system")
-    second = store.record_event("r-1", "done", [1, 2], "system")
-    assert second > first
+    store.record_event("r-1", "done", [1, 2], "system")
     events = store.events("r-1")
-    assert [(e.seq, e.run_id, e.name, e.data, e.source) for e in events] == [
-        (first, "r-1", "approved", {"by": "ann"}, "review"),
-        (second, "r-1", "done", [1, 2], "system"),
+    assert [(e.run_id, e.name, e.data, e.source) for e in events] == [
+        ("r-1", "approved", {"by": "ann"}, "review"),
+        ("r-1", "done", [1, 2], "system"),
     ]
+    assert events[0].seq < events[1].seq
 
 
 def test_take_signals_after_seq(store: SqliteRunStore) -> None:
@@ -293,16 +293,26 @@ def test_cache_get_and_put(store: SqliteRunStore) -> None:
 # -- group commit ----------------------------------------------------------------------------------
 
 
-def test_grouped_writes_are_read_in_process_and_committed_by_flush(db: Path) -> None:
+def test_grouped_writes_wait_in_memory_until_flush(db: Path) -> None:
     with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
         make_run(store)
         store.step_started("r-1", "a", "agent", 1)
         store.record_event("r-1", "e", None, "system")
-        assert [step.path for step in store.steps("r-1")] == ["a"]
         assert committed(db, "SELECT count(*) FROM steps") == [(0,)]
+        assert committed(db, "SELECT count(*) FROM events") == [(0,)]
         store.flush()
         assert committed(db, "SELECT count(*) FROM steps") == [(1,)]
         assert committed(db, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_a_read_sees_the_grouped_writes_of_its_table(db: Path) -> None:
+    with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
+        make_run(store)
+        store.step_started("r-1", "a", "agent", 1)
+        store.record_call("r-1", "a/llm#0", "d", {"content": "x"}, durable=False)
+        assert [step.path for step in store.steps("r-1")] == ["a"]
+        recorded = store.lookup_call("r-1", "a/llm#0")
+        assert recorded is not None and recorded.result == {"content": "x"}
 
 
 def test_record_call_commits_pending_writes(db: Path) -> None:
@@ -314,14 +324,41 @@ def test_record_call_commits_pending_writes(db: Path) -> None:
         assert committed(db, "SELECT count(*) FROM calls") == [(1,)]
 
 
-def test_group_commits_when_more_than_max_pending_writes_wait(db: Path) -> None:
+def wait_until_committed(db: Path, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    deadline = time.monotonic() + 5
+    while committed(db, sql) != expected:
+        assert time.monotonic() < deadline, f"never committed: {sql} is {committed(db, sql)}, not {expected}"
+        time.sleep(0.01)
+
+
+def test_a_full_batch_is_committed_by_the_writer_thread(db: Path) -> None:
     with SqliteRunStore(db, redactor=Redactor(), max_pending=3, max_delay=60) as store:
         make_run(store)
-        for index in range(3):
+        for index in range(2):
             store.step_started("r-1", f"s{index}", "agent", 1)
+        store.record_call("r-1", "s0/llm#0", "d", {"content": "x"}, durable=False)  # another table: its own batch
+        time.sleep(0.05)
         assert committed(db, "SELECT count(*) FROM steps") == [(0,)]
-        store.step_started("r-1", "s3", "agent", 1)
-        assert committed(db, "SELECT count(*) FROM steps") == [(4,)]
+        store.step_started("r-1", "s2", "agent", 1)
+        wait_until_committed(db, "SELECT count(*) FROM steps", [(3,)])
+        assert committed(db, "SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_batches_are_written_in_order_and_many_rows_to_a_statement(db: Path) -> None:
+    # 2,500 rows of one step table through batches of 1,000 (written by the writer thread, as 1,000-row statements)
+    # and a flush (the rest: power-of-two statements); a finished row after its started row in another batch
+    with SqliteRunStore(db, redactor=Redactor(), max_pending=1000, max_delay=60) as store:
+        make_run(store)
+        for index in range(2500):
+            store.step_started("r-1", f"s{index}", "agent", 1)
+        store.step_finished("r-1", "s0", StepStatus.SUCCEEDED, output="done", input_tokens=2)
+        store.step_started("r-1", "s1", "agent", 2)
+        store.flush()
+        rows = committed(db, "SELECT path, status, attempts, output, input_tokens FROM steps ORDER BY seq")
+        assert len(rows) == 2500
+        assert rows[0] == ("s0", "succeeded", 1, '"done"', 2)
+        assert rows[1] == ("s1", "running", 2, None, 0)
+        assert [row[0] for row in rows] == [f"s{index}" for index in range(2500)]
 
 
 def test_queued_writes_of_one_step_keep_their_order(db: Path) -> None:
@@ -336,17 +373,6 @@ def test_queued_writes_of_one_step_keep_their_order(db: Path) -> None:
         assert (step.status, step.attempts, step.error, step.input_tokens) == (StepStatus.RUNNING, 2, None, 3)
         store.flush()
         assert committed(db, "SELECT status, attempts, input_tokens FROM steps") == [("running", 2, 3)]
-
-
-def test_a_grouped_call_is_looked_up_before_it_is_committed(db: Path) -> None:
-    with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
-        make_run(store)
-        store.record_call("r-1", "a/llm#0", "d", {"content": "x"}, durable=False)
-        recorded = store.lookup_call("r-1", "a/llm#0")
-        assert recorded is not None and recorded.result == {"content": "x"}
-        assert committed(db, "SELECT count(*) FROM calls") == [(0,)]
-        store.flush()
-        assert committed(db, "SELECT count(*) FROM calls") == [(1,)]
 
 
 def test_queued_writes_leave_the_file_to_other_writers_until_the_commit(db: Path) -> None:
