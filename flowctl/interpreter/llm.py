@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -171,7 +172,9 @@ class CompletionResponse:
 class LLMProvider(Protocol):
     """One model backend. Raises flowctl.interpreter.errors.ProviderError subclasses, never SDK exceptions."""
 
-    async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
+    def complete(self, request: CompletionRequest) -> Awaitable[CompletionResponse]:
+        """The model's answer (an `async def` is fine; so is anything awaitable, such as a future)."""
+        ...
 
     async def aclose(self) -> None: ...
 

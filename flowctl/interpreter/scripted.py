@@ -43,7 +43,7 @@ import fnmatch
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,16 +503,41 @@ class ScriptedProvider:
         self.default_calls = 0
         self._used: dict[int, int] = {}  # replies consumed per rule index (for `replies:` rules)
 
-    async def complete(self, request: CompletionRequest) -> CompletionResponse:
-        reply, rule = self._take(request)  # synchronous: no await between matching and consuming
+    def complete(self, request: CompletionRequest) -> Awaitable[CompletionResponse]:
+        """The scripted answer, after the scripted latency.
+
+        On asyncio this is not a coroutine but a future that a timer completes: what `asyncio.sleep` does, without
+        its coroutine and this method's (offline runs and CI fan out thousands of scripted calls, and each frame
+        costs every one of them). Cancelling the caller cancels the future; the timer then finds it done.
+        """
+        reply, rule = self._take(request)  # synchronous: nothing runs between matching and consuming
         latency = reply.latency if reply.latency is not None else (rule.latency if rule else None)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend (trio)
+            return self._complete_later(request, reply, rule, latency)
+        future: asyncio.Future[CompletionResponse] = loop.create_future()
         if latency:
-            # On asyncio, anyio.sleep is asyncio.sleep behind two more frames (~1 µs a call): offline runs and CI
-            # fan out thousands of scripted calls. Cancel scopes work the same (they cancel the task).
-            if _on_asyncio():
-                await asyncio.sleep(latency)
-            else:
-                await anyio.sleep(latency)
+            loop.call_later(latency, self._settle, future, request, reply, rule)
+        else:
+            self._settle(future, request, reply, rule)
+        return future
+
+    def _settle(
+        self, future: asyncio.Future[CompletionResponse], request: CompletionRequest, reply: Reply, rule: Rule | None
+    ) -> None:
+        if future.done():  # the caller was cancelled meanwhile
+            return
+        try:
+            future.set_result(_answer(request, reply, rule, self.fixture.file))
+        except Exception as exc:  # a scripted error, or an answer that does not match the output schema
+            future.set_exception(exc)
+
+    async def _complete_later(
+        self, request: CompletionRequest, reply: Reply, rule: Rule | None, latency: float | None
+    ) -> CompletionResponse:
+        if latency:
+            await anyio.sleep(latency)
         return _answer(request, reply, rule, self.fixture.file)
 
     async def aclose(self) -> None:
@@ -689,14 +714,6 @@ def _glob(pattern: str | None, value: str) -> bool:
 def _has_magic(pattern: str) -> bool:
     """Whether a pattern has glob characters: one without them matches only itself (no regex needed)."""
     return any(c in pattern for c in "*?[")
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # another anyio backend (trio)
-        return False
-    return True
 
 
 def _last_user_text(messages: tuple[Message, ...]) -> str:
