@@ -448,19 +448,16 @@ class SqliteRunStore:
         rows = self._queued.pop(insert)
         self._pending -= len(rows)
         self._handed.append((insert, rows))
-        if self._writer is None:
-            self._wake_writer()
-        else:  # parked, or waiting for the group to come due
-            self._writer_parked = False
-            self._wakeup.notify()
+        self._wake_writer(batch=True)
 
-    def _wake_writer(self) -> None:
-        """Start the writer thread, or wake it if it is parked (`_queue_lock` held). Waking a thread costs ~18 µs of
-        switching here, so it is done only when it has nothing to watch: at the first row of a group, or a batch."""
+    def _wake_writer(self, *, batch: bool = False) -> None:
+        """Start the writer thread, or wake it (`_queue_lock` held): if it is parked, or, for a `batch`, also if it is
+        waiting for the group to come due. Waking a thread costs ~18 µs of switching here, so it is done only when
+        needed: at the first row of a group, or a batch."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="flowctl-store-writer", daemon=True)
             self._writer.start()
-        elif self._writer_parked:
+        elif batch or self._writer_parked:
             self._writer_parked = False
             self._wakeup.notify()
 
