@@ -29,6 +29,7 @@ from flowctl.interpreter.policies import backoff_delay, with_timeout
 from flowctl.interpreter.state import UpdateBuffer
 from flowctl.interpreter.store import StepStatus
 from flowctl.interpreter.triggers import TriggerSet
+from flowctl.interpreter.tuning import branches_in_flight
 
 Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]
 FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
@@ -467,12 +468,13 @@ async def run_concurrent(
         finally:
             finished()
 
-    if _on_asyncio():
-        await _gather_native(count, one)
-    else:
-        async with task_group() as tg:
-            for i in range(count):
-                tg.start_soon(one, i, tg.cancel_scope.cancel, _nothing)
+    with branches_in_flight(min(count, limit) if limit else count):
+        if _on_asyncio():
+            await _gather_native(count, one)
+        else:
+            async with task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(one, i, tg.cancel_scope.cancel, _nothing)
     if fatal:
         raise fatal[0]
     if stops_early and counts["ok"] < need:

@@ -4,13 +4,10 @@ signals, and resume. This is the interpreter's public entry point; the CLI calls
 
 from __future__ import annotations
 
-import gc
 import os
 import re
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from flowctl.interpreter.sqlite_store import RunBusy, owner_alive
 from flowctl.interpreter.state import SharedState
 from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.tools import ToolPool, ToolResult
+from flowctl.interpreter.tuning import tuned_for_runs
 
 SIGNAL_POLL_INTERVAL = 0.1
 
@@ -168,46 +166,6 @@ async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
     return _CompositeToolPool(scripted, real) if scripted is not None else real
 
 
-_tuned_depth = 0
-_gc_saved: tuple[int, int, int] = (700, 10, 10)
-_switch_saved = 0.005
-RUN_SWITCH_INTERVAL = 0.001  # seconds; CPython's default is 0.005
-
-
-@contextmanager
-def _interpreter_tuned_for_runs() -> Iterator[None]:
-    """The garbage collector and the GIL switch interval, set for runs while any is in flight.
-
-    Collector: a wide fan-out holds tens of thousands of live objects (frames, tasks, contexts); with the default
-    thresholds CPython walks all of them in repeated full collections, measured at over half the makespan of a
-    10,000-branch fan-out. Objects that exist before the run (the compiled graph, imported modules) are frozen out
-    of collection, and the generation-0 threshold is raised.
-
-    Switch interval: the run store's writer thread hands SQLite its batches without the GIL, and needs the GIL back
-    after each SQLite call; while the interpreter is busy it gets it only after a switch interval. At 5 ms it falls
-    behind a busy fan-out (a 1,024-row batch took ~12 ms instead of ~2.5) and the run ends waiting for it; at 1 ms it
-    keeps up. The interval only matters when another thread asks for the GIL, so single-threaded work is unaffected.
-
-    Both are restored when the last concurrent run ends.
-    """
-    global _tuned_depth, _gc_saved, _switch_saved
-    if _tuned_depth == 0:
-        _gc_saved = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
-        _switch_saved = sys.getswitchinterval()
-        sys.setswitchinterval(min(_switch_saved, RUN_SWITCH_INTERVAL))
-    _tuned_depth += 1
-    try:
-        yield
-    finally:
-        _tuned_depth -= 1
-        if _tuned_depth == 0:
-            sys.setswitchinterval(_switch_saved)
-            gc.set_threshold(*_gc_saved)
-            gc.unfreeze()
-
-
 async def run_graph(
     graph: ir.Graph,
     inputs: Mapping[str, Any],
@@ -242,7 +200,7 @@ async def run_graph(
     started = time.monotonic()
     options.reporter.run_started(run_id, graph.root.name, resuming)
     async with AsyncExitStack() as stack:
-        stack.enter_context(_interpreter_tuned_for_runs())
+        stack.enter_context(tuned_for_runs())
         tools = await _open_tools(stack, options)
         runtime = Runtime(
             store,

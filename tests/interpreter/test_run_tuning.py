@@ -1,5 +1,6 @@
-"""While a run is in flight the collector's thresholds and the GIL switch interval are tuned for it (see
-`runner._interpreter_tuned_for_runs`); afterwards the process gets its own settings back, even when the run fails."""
+"""While a run is in flight the collector's thresholds and the GIL switch interval are tuned for it, and a wide
+fan-out widens the young generation further (see `flowctl.interpreter.tuning`); afterwards the process gets its own
+settings back, even when the run fails."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.llm import CompletionRequest
-from flowctl.interpreter.runner import RUN_SWITCH_INTERVAL, RunOptions, run_graph
+from flowctl.interpreter.runner import RunOptions, run_graph
 from flowctl.interpreter.scripted import ScriptedProvider, load_fixture
 from flowctl.interpreter.sqlite_store import SqliteRunStore
 from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.tuning import OBJECTS_PER_BRANCH, RUN_SWITCH_INTERVAL, RUN_YOUNG_GENERATION
 
 PIPELINE = """\
 flowctl: 1
@@ -25,6 +27,18 @@ agents:
   worker: {instruction: You work.}
 steps:
   - {id: one, agent: worker, prompt: "go"}
+"""
+
+FAN_OUT = """\
+flowctl: 1
+name: wide
+inputs:
+  items: {type: array}
+agents:
+  worker: {instruction: You work.}
+steps:
+  - {id: fan, agent: worker, for_each: "{{ inputs.items }}", as: item, prompt: "{{ item }}"%s}
+  - {id: after, agent: worker, prompt: "done"}
 """
 
 
@@ -48,11 +62,11 @@ def settings() -> Iterator[None]:
     sys.setswitchinterval(before[1])
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.parametrize("reply", ["done", "{error: auth}"])
-async def test_settings_are_tuned_during_a_run_and_restored_after(tmp_path: Path, settings: None, reply: str) -> None:
-    (tmp_path / "p.yaml").write_text(PIPELINE)
+Seen = list[tuple[tuple[int, int, int], float]]  # (collector thresholds, switch interval) at each model call
+
+
+async def _run_observed(tmp_path: Path, pipeline: str, inputs: dict[str, Any], reply: str = "done") -> Seen:
+    (tmp_path / "p.yaml").write_text(pipeline)
     (tmp_path / "f.yaml").write_text(f"default: {reply}\n")
     graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
     assert graph is not None, diagnostics
@@ -61,11 +75,38 @@ async def test_settings_are_tuned_during_a_run_and_restored_after(tmp_path: Path
     provider.seen = []
     with SqliteRunStore(tmp_path / "runs.db") as store:
         options = RunOptions(scripted=fixture, provider_factory=lambda model: provider)
-        outcome = await run_graph(graph, {}, store, options)
-    assert outcome.status is (RunStatus.SUCCEEDED if reply == "done" else RunStatus.FAILED)
-    assert provider.seen and all(
-        threshold[0] == 50_000 and interval == RUN_SWITCH_INTERVAL for threshold, interval in provider.seen
+        outcome = await run_graph(graph, inputs, store, options)
+    assert outcome.status is (RunStatus.SUCCEEDED if reply == "done" else RunStatus.FAILED), outcome.error
+    return provider.seen
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("reply", ["done", "{error: auth}"])
+async def test_settings_are_tuned_during_a_run_and_restored_after(tmp_path: Path, settings: None, reply: str) -> None:
+    seen = await _run_observed(tmp_path, PIPELINE, {}, reply)
+    assert seen and all(
+        threshold[0] == RUN_YOUNG_GENERATION and interval == RUN_SWITCH_INTERVAL for threshold, interval in seen
     )
     assert gc.get_threshold() == (700, 10, 10)
     assert sys.getswitchinterval() == pytest.approx(0.005)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_wide_fan_out_widens_the_young_generation_while_it_is_in_flight(tmp_path: Path, settings: None) -> None:
+    branches = 2 * RUN_YOUNG_GENERATION // OBJECTS_PER_BRANCH  # wide enough to need more than the run's threshold
+    seen = await _run_observed(tmp_path, FAN_OUT % "", {"items": list(range(branches))})
+    assert len(seen) == branches + 1
+    assert {threshold for threshold, _ in seen[:branches]} == {(branches * OBJECTS_PER_BRANCH, 20, 100)}
+    assert seen[-1][0] == (RUN_YOUNG_GENERATION, 20, 100)  # the step after the fan-out: back to the run's
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_capped_fan_out_is_as_wide_as_its_cap(tmp_path: Path, settings: None) -> None:
+    branches = 2 * RUN_YOUNG_GENERATION // OBJECTS_PER_BRANCH
+    seen = await _run_observed(tmp_path, FAN_OUT % ", max_concurrency: 10", {"items": list(range(branches))})
+    assert {threshold for threshold, _ in seen} == {(RUN_YOUNG_GENERATION, 20, 100)}
