@@ -10,6 +10,7 @@ from typing import Any
 from flowctl.interpreter.store import (
     CallRecord,
     EventRecord,
+    JsonText,
     RunRecord,
     RunStatus,
     StateChange,
@@ -88,7 +89,7 @@ class NullStore:
         return None
 
     def record_call(
-        self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
     ) -> None:
         pass
 
@@ -116,7 +117,7 @@ class NullStore:
     def cache_get(self, digest: str) -> dict[str, Any] | None:
         return None
 
-    def cache_put(self, digest: str, result: dict[str, Any]) -> None:
+    def cache_put(self, digest: str, result: dict[str, Any] | JsonText) -> None:
         pass
 
     def close(self) -> None:

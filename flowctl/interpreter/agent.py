@@ -159,7 +159,7 @@ def _record_model_call(
     journaled (riding the group commit: an LLM call has no effect outside its answer) and its usage counted."""
     if schema is not None and not response.tool_calls:
         _check_structured(response, schema, model.model)
-    ctx.runtime.journal.record(ctx.run_id, key, digest, response.to_json(), cacheable=True)
+    ctx.runtime.journal.record(ctx.run_id, key, digest, response.journal_text(), cacheable=True)
     _account(ctx, model, response.usage)
 
 

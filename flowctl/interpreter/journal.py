@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flowctl.interpreter.errors import ResumeRefused
-from flowctl.interpreter.store import RunStore
+from flowctl.interpreter.store import JsonText, RunStore
 
 _CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
 
@@ -105,13 +105,17 @@ class Journal:
         self._counted.add(ident)
         return self.resuming
 
-    def record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, cacheable: bool = False) -> None:
+    def record(
+        self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, cacheable: bool = False
+    ) -> None:
         """Journal the result of an effect `replay` said to execute (a `cacheable` one rides the group commit)."""
         self.executed += 1
         self._record(run_id, key, digest, result, durable=not cacheable)
         if cacheable and self.cache:
             self.store.cache_put(digest, result)
 
-    def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any], *, durable: bool = True) -> None:
+    def _record(
+        self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
+    ) -> None:
         self.store.record_call(run_id, key, digest, result, durable=durable)
         self._written.add((run_id, key))

@@ -13,9 +13,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from flowctl.interpreter.store import JsonText
+
 # The request digest's JSON form, built once (json.dumps with options builds an encoder per call, ~0.7 µs).
 _DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 _ascii_string = json.encoder.encode_basestring_ascii  # how that encoder writes a str (it is ensure_ascii)
+_string = json.encoder.encode_basestring  # how json.dumps(ensure_ascii=False) writes a str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,28 @@ class CompletionResponse:
             "finish_reason": self.finish_reason,
             "model": self.model,
         }
+
+    def journal_text(self) -> JsonText:
+        """`to_json()` encoded, for the journal. The common answer (text, no tool calls) is written out by hand:
+        ~1 µs less per LLM call than building the dict and encoding it, which a fan-out of thousands feels."""
+        content, usage = self.content, self.usage
+        if (
+            self.tool_calls
+            or not (content is None or type(content) is str)
+            or type(self.finish_reason) is not str
+            or type(self.model) is not str
+            or type(usage.input_tokens) is not int
+            or type(usage.output_tokens) is not int
+        ):
+            return JsonText(json.dumps(self.to_json(), ensure_ascii=False, default=str))
+        return JsonText(
+            '{"content": '
+            + ("null" if content is None else _string(content))
+            + f', "tool_calls": [], "usage": {{"input_tokens": {usage.input_tokens}, "output_tokens": '
+            + f'{usage.output_tokens}}}, "finish_reason": {_string(self.finish_reason)}, "model": '
+            + _string(self.model)
+            + "}"
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompletionResponse:

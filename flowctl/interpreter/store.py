@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
+class JsonText(str):
+    """A side effect's result already encoded as JSON by whoever produced it (a response writes its common form by
+    hand, cheaper than a dict and an encoder). Stores keep the text as it is, or decode it when they need the value,
+    e.g. to redact secrets from it; anything returned to the interpreter is decoded."""
+
+    __slots__ = ()
+
+
 class RunStatus(enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -157,11 +165,11 @@ class RunStore(Protocol):
     # side effects: the durable part
     def lookup_call(self, run_id: str, key: str) -> CallRecord | None: ...
     def record_call(
-        self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
     ) -> None:
-        """Record a completed side effect. `durable=False` lets it ride in the next group commit: allowed for
-        results whose loss only costs a repeat (an LLM completion), never before an external effect depends on it
-        (callers `flush()` before tool calls and at the end of a run)."""
+        """Record a completed side effect (its result as a dict, or as JsonText). `durable=False` lets it ride in the
+        next group commit: allowed for results whose loss only costs a repeat (an LLM completion), never before an
+        external effect depends on it (callers `flush()` before tool calls and at the end of a run)."""
         ...
 
     def flush(self) -> None:
@@ -184,6 +192,6 @@ class RunStore(Protocol):
 
     # response cache (opt-in with --cache): identical requests across runs
     def cache_get(self, digest: str) -> dict[str, Any] | None: ...
-    def cache_put(self, digest: str, result: dict[str, Any]) -> None: ...
+    def cache_put(self, digest: str, result: dict[str, Any] | JsonText) -> None: ...
 
     def close(self) -> None: ...
