@@ -304,7 +304,7 @@ class Engine:
         """
         policy = step.policy
         handler = self.handlers[step.kind]
-        retry, timeout, kind = policy.retry, policy.timeout, step.kind.value
+        retry, timeout, kind = policy.retry, policy.timeout, step.kind._value_  # `.value`: a ~0.1 µs descriptor
         runtime = ctx.runtime
         try:
             with _NO_DEADLINE if policy.deadline is None else anyio.fail_after(policy.deadline):
@@ -395,7 +395,7 @@ class Engine:
         says it is running; `flowctl show` lists items as they finish.
         """
         started, meter, result = time.monotonic(), UsageMeter(), StepResult("running")
-        one_row = (step.kind.value, time.time())
+        one_row = (step.kind._value_, time.time())
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)
