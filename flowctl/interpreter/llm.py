@@ -105,31 +105,26 @@ class CompletionRequest:
         runs compare it with journaled digests. The common request (plain messages, no tools) is written out by
         hand here, ~1 µs cheaper than building the dicts and encoding them; anything else takes the encoder.
         """
-        text = None
-        if not self.tools and all(_plain(m) for m in self.messages):
-            text = self._plain_digest_text()
+        text = None if self.tools else self._plain_digest_text()
         if text is None:
             text = _DIGEST_ENCODER.encode(self.to_json())
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _plain_digest_text(self) -> str | None:
-        """`to_json()` encoded as the digest encoder would, for plain messages and no tools; None for odd values
-        (a non-str content or model: the encoder's `default` decides those)."""
+        """`to_json()` encoded as the digest encoder would, for a request without tools; None when a message is not
+        plain (it has more than content and role) or a value is odd (a non-str content or model: the encoder's
+        `default` decides those)."""
         try:
             # {"messages":[{"content":…,"role":…},…],"model":…,"output_schema":…,"params":…,"tools":[]}
-            messages = ",".join(
-                [
-                    '{"content":'
-                    + ("null" if m.content is None else _ascii_string(m.content))
-                    + ',"role":'
-                    + _ascii_string(m.role)
-                    + "}"
-                    for m in self.messages
-                ]
-            )
+            messages = []
+            for m in self.messages:
+                if m.tool_calls or m.tool_call_id is not None or m.name is not None:
+                    return None
+                content = "null" if m.content is None else _ascii_string(m.content)
+                messages.append('{"content":' + content + ',"role":' + _ascii_string(m.role) + "}")
             return (
                 '{"messages":['
-                + messages
+                + ",".join(messages)
                 + '],"model":'
                 + _ascii_string(self.model)
                 + ',"output_schema":'
@@ -140,11 +135,6 @@ class CompletionRequest:
             )
         except TypeError:
             return None
-
-
-def _plain(message: Message) -> bool:
-    """Whether a message's JSON form is just its content and role."""
-    return not message.tool_calls and message.tool_call_id is None and message.name is None
 
 
 @dataclass(slots=True)

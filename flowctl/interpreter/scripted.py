@@ -579,12 +579,13 @@ def _answer(request: CompletionRequest, reply: Reply, rule: Rule | None, file: s
     if reply.error is not None:
         raise _scripted_error(request, reply, _source(rule, file))
     tool_calls = _tool_calls(request.messages, reply.tool_calls) if reply.tool_calls else ()
+    text = reply.text
     response = CompletionResponse(
-        content=reply.text,
-        tool_calls=tool_calls,
-        usage=_usage(request, reply, tool_calls),
-        finish_reason="tool_calls" if tool_calls else "stop",
-        model=request.model,
+        text,
+        tool_calls,
+        _usage(request, reply, text, tool_calls),
+        "tool_calls" if tool_calls else "stop",
+        request.model,
     )
     if request.output_schema is not None and not tool_calls:
         _check_output(response.content, request.output_schema, f"{_who(request)} ({_source(rule, file)})")
@@ -608,15 +609,23 @@ def _tool_calls(messages: tuple[Message, ...], calls: tuple[ScriptedCall, ...]) 
     return tuple(ToolCallRequest(f"call_{earlier + i + 1}", c.name, c.arguments) for i, c in enumerate(calls))
 
 
-def _usage(request: CompletionRequest, reply: Reply, tool_calls: tuple[ToolCallRequest, ...]) -> Usage:
+def _usage(
+    request: CompletionRequest, reply: Reply, text: str | None, tool_calls: tuple[ToolCallRequest, ...]
+) -> Usage:
     # Estimate only what the reply does not fix, from lengths: the same as estimate_tokens of the joined text,
     # without building it.
     input_tokens, output_tokens = reply.input_tokens, reply.output_tokens
     if input_tokens is None:
-        input_tokens = max(1, sum([len(m.content) for m in request.messages if m.content]) // 4)
+        length = 0
+        for message in request.messages:
+            if message.content:
+                length += len(message.content)
+        input_tokens = length // 4 or 1
     if output_tokens is None:
-        output_length = len(reply.text or "") + sum([len(c.name) + len(c.arguments) for c in tool_calls])
-        output_tokens = max(1, output_length // 4)
+        length = len(text) if text else 0
+        for call in tool_calls:
+            length += len(call.name) + len(call.arguments)
+        output_tokens = length // 4 or 1
     return Usage(input_tokens, output_tokens)
 
 

@@ -417,7 +417,7 @@ class SqliteRunStore:
         if value is None:
             return None
         if type(value) is str:  # the common step output: 0.15 µs cheaper than the encoder
-            return encode_basestring(self._redactor.redact_text(value) if self._redactor else value)
+            return encode_basestring(self._redactor.redact_text(value))
         return self._encode(self._redactor.redact(value))
 
     def _encode(self, redacted: Any) -> str:
