@@ -193,33 +193,7 @@ def fanout_suite(quick: bool, workdir: Path) -> list[Row]:
                 ],
             )
         )
-    rows.append(_fanout_gc_experiment(graph, scripted, items, workdir, gather, label))
     return rows
-
-
-def _fanout_gc_experiment(graph, scripted, items, workdir: Path, gather: float, label: str) -> Row:  # type: ignore[no-untyped-def]
-    """What-if: the same journaled fan-out with the collector tuned the way proposal #1 suggests."""
-    gc.collect()
-    gc.freeze()
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        with GcMeter() as meter:
-            value = _fan_run(graph, scripted, items, workdir, "fan-gc.db")
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()
-    return Row(
-        f"{label}, journal on, GC tuned (experiment)",
-        value,
-        "s",
-        gather,
-        "asyncio.gather of sleeps",
-        notes=[
-            "not flowctl's behaviour today: gc.freeze() after compile + gc.set_threshold(50_000, 20, 100) "
-            f"around the run; {meter.describe()}"
-        ],
-    )
 
 
 def _fan_run(graph, scripted, items: list[int], workdir: Path, name: str) -> float:  # type: ignore[no-untyped-def]
