@@ -50,7 +50,7 @@ class NullStore:
     def child_runs(self, run_id: str) -> list[RunRecord]:
         return []
 
-    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int, *, continued: bool = False) -> None:
         pass
 
     def step_finished(

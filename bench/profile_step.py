@@ -123,8 +123,8 @@ def per_call(function: Callable[[], object], number: int = 2000) -> float:
 
 def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]]:
     """The work one chain step does, piece by piece, with flowctl's own objects and a realistic context."""
-    from flowctl.interpreter.context import STEP_METERS, UsageMeter
     from flowctl.interpreter.llm import CompletionRequest, CompletionResponse, Message
+    from flowctl.interpreter.meters import STEP_METERS, UsageMeter
     from flowctl.interpreter.scripted import ScriptedProvider
 
     step = graph.root.steps[-1]

@@ -20,7 +20,7 @@ from typing import Any
 
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import RunContext, Scope, meter_usage
+from flowctl.interpreter.context import RunContext, Scope
 from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
 from flowctl.interpreter.llm import (
     CompletionRequest,
@@ -31,6 +31,7 @@ from flowctl.interpreter.llm import (
     Usage,
     parse_structured_output,
 )
+from flowctl.interpreter.meters import meter_usage
 from flowctl.interpreter.tools import ToolResult
 
 MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
@@ -196,7 +197,7 @@ async def call_tool(
     if journal_errors or not result.is_error:
         journal.record(ctx.run_id, key, digest, result.to_json())
     else:
-        journal.executed += 1
+        journal.executed_unrecorded()
     return result
 
 

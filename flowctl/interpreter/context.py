@@ -4,10 +4,9 @@ child), and the `Scope` a step runs in (its journal path prefix, extra template 
 
 from __future__ import annotations
 
-import contextvars
 import random
 import time
-from collections import ChainMap
+from collections import ChainMap, Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,26 +25,6 @@ from flowctl.interpreter.store import RunStore
 from flowctl.interpreter.tools import ToolPool
 
 ProviderFactory = Callable[[ModelDef], LLMProvider]
-
-
-class UsageMeter:
-    """Tokens used by one step (and everything nested in it). Concurrent steps each have their own meter."""
-
-    __slots__ = ("input_tokens", "output_tokens")
-
-    def __init__(self) -> None:
-        self.input_tokens = 0
-        self.output_tokens = 0
-
-
-# The meters of the steps enclosing the current task: a call adds its usage to each (a container sees its children).
-STEP_METERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar("flowctl_step_meters", default=())
-
-
-def meter_usage(usage: Usage) -> None:
-    for meter in STEP_METERS.get():
-        meter.input_tokens += usage.input_tokens
-        meter.output_tokens += usage.output_tokens
 
 
 @dataclass(slots=True)
@@ -79,6 +58,8 @@ class Runtime:
     totals: Totals = field(default_factory=Totals)
     providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
     limiter: Limiter = field(init=False)
+    # resuming: per run, the events its log already holds, by (source, name), not yet sent again
+    logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
@@ -90,6 +71,18 @@ class Runtime:
         if provider is None:
             provider = self.providers[key] = self.provider_factory(model)
         return provider
+
+    def record_event(self, run_id: str, name: str, data: Any, source: str) -> None:
+        """Add an event to the run's log. A resumed run sends the events of the work it replays again (an `emit`
+        step, a signal taken again): the log already holds those, so each is logged once."""
+        if self.journal.resuming:
+            logged = self.logged_events.get(run_id)
+            if logged is None:
+                logged = self.logged_events[run_id] = Counter((e.source, e.name) for e in self.store.events(run_id))
+            if logged[source, name] > 0:
+                logged[source, name] -= 1
+                return
+        self.store.record_event(run_id, name, data, source)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -127,8 +120,8 @@ class RunContext:
     # `finally` cleans up after each execution of the body, so it is never replayed: a resumed run's `finally`
     # is journaled under a new prefix (`finally@<epoch>/`) and runs for real; a fresh run uses `finally/`.
     finally_prefix: str = "finally/"
-    # resuming: tokens the store already holds per step path (its step rows add tokens up); None on a fresh run
-    recorded_tokens: dict[str, tuple[int, int]] | None = None
+    # resuming: the step rows the store already holds, by path (rows add tokens and attempts up); None on a fresh run
+    recorded: dict[str, RecordedStep] | None = None
     _meta: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def run_meta(self) -> dict[str, Any]:
@@ -167,9 +160,25 @@ class RunContext:
             listener(step_id, result)
 
 
-def recorded_step_tokens(store: RunStore, run_id: str) -> dict[str, tuple[int, int]]:
-    """Tokens the store holds per step of a run being resumed."""
-    return {s.path: (s.input_tokens, s.output_tokens) for s in store.steps(run_id)}
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """What the store holds of a step of a run being resumed."""
+
+    status: str
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def continued(self) -> bool:
+        """Whether the resumed run's first attempt continues the recorded one rather than adding an attempt: it
+        succeeded (and is replayed) or was interrupted (running when killed, or cancelled); a failed attempt is
+        over, and running the step again is a new attempt."""
+        return self.status in ("succeeded", "running", "cancelled")
+
+
+def recorded_steps(store: RunStore, run_id: str) -> dict[str, RecordedStep]:
+    """The step rows the store holds for a run being resumed, by path."""
+    return {s.path: RecordedStep(s.status.value, s.input_tokens, s.output_tokens) for s in store.steps(run_id)}
 
 
 StateSink = Callable[[str, dict[str, Any]], None]

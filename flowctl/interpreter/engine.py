@@ -17,7 +17,7 @@ import anyio.lowlevel
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError
 from flowctl.interpreter.concurrency import Limiter, task_group
-from flowctl.interpreter.context import STEP_METERS, RunContext, Scope, StepResult, UsageMeter
+from flowctl.interpreter.context import RecordedStep, RunContext, Scope, StepResult
 from flowctl.interpreter.errors import (
     DeadlineExceeded,
     FlowctlError,
@@ -25,6 +25,7 @@ from flowctl.interpreter.errors import (
     ResumeRefused,
     StepFailed,
 )
+from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.policies import backoff_delay, with_timeout
 from flowctl.interpreter.state import UpdateBuffer
 from flowctl.interpreter.store import StepStatus
@@ -67,6 +68,22 @@ def _nested_sets_state(step: ir.Step) -> bool:
     """Whether a step nested (at any depth) in this one has `set:`: only those write into a branch's buffer (the
     step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own)."""
     return any(child.updates or child.kind is ir.NodeKind.SET or _nested_sets_state(child) for child in step.children())
+
+
+def _replayed_whole(recorded: RecordedStep, result: StepResult, meter: UsageMeter) -> bool:
+    """A resumed run went through a step that had succeeded, and everything in it came from the journal."""
+    return recorded.status == "succeeded" and result.status == "succeeded" and not meter.executed
+
+
+def _start_row(ctx: RunContext, path: str, kind: str, attempt: int) -> None:
+    """The started row of an attempt. On resume, a step's first attempt continues the recorded one when that one
+    succeeded (its row stays as it is while it is replayed) or was interrupted (the row is running again, with no
+    attempt added); see RecordedStep.continued."""
+    recorded = ctx.recorded.get(path) if ctx.recorded is not None and attempt == 1 else None
+    if recorded is None or not recorded.continued:
+        ctx.runtime.store.step_started(ctx.run_id, path, kind, attempt)
+    elif recorded.status != "succeeded":
+        ctx.runtime.store.step_started(ctx.run_id, path, kind, attempt, continued=True)
 
 
 def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
@@ -222,20 +239,21 @@ class Engine:
         """Journal a step's (or fan-out item's) outcome and report it. `one_row` (kind, wall-clock start): the step
         wrote no started row, so this writes its whole row at once (`step_done`)."""
         runtime = ctx.runtime
-        input_tokens, output_tokens = meter.input_tokens, meter.output_tokens
-        if ctx.recorded_tokens is not None:  # resuming: the store adds tokens up, so record only what is new
-            before = ctx.recorded_tokens.pop(path, None)
-            if before is not None:
-                input_tokens, output_tokens = input_tokens - before[0], output_tokens - before[1]
-        status = _STATUS[result.status]
-        if one_row is not None:
+        input_tokens, output_tokens, attempts = meter.input_tokens, meter.output_tokens, result.attempts
+        before = ctx.recorded.pop(path, None) if ctx.recorded is not None else None
+        if before is not None:  # resuming: the store adds tokens and attempts up, so record only what is new
+            input_tokens, output_tokens = input_tokens - before.input_tokens, output_tokens - before.output_tokens
+            attempts -= before.continued
+        if before is not None and _replayed_whole(before, result, meter):
+            pass  # its row stays as the run that did the work wrote it, timings included
+        elif one_row is not None:
             runtime.store.step_done(
                 ctx.run_id,
                 path,
                 one_row[0],
-                result.attempts,
+                attempts,
                 one_row[1],
-                status,
+                _STATUS[result.status],
                 output=result.output,
                 error=result.error,
                 input_tokens=input_tokens,
@@ -245,7 +263,7 @@ class Engine:
             runtime.store.step_finished(
                 ctx.run_id,
                 path,
-                status,
+                _STATUS[result.status],
                 output=result.output,
                 error=result.error,
                 input_tokens=input_tokens,
@@ -313,7 +331,7 @@ class Engine:
                 while True:
                     result.attempts += 1
                     if not item:
-                        runtime.store.step_started(ctx.run_id, path, kind, result.attempts)
+                        _start_row(ctx, path, kind, result.attempts)
                     runtime.reporter.step_started(ctx.run_id, path, kind, result.attempts)
                     try:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
@@ -361,8 +379,8 @@ class Engine:
     async def run_fan_out(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, result: StepResult) -> Any:
         fan = step.fan_out
         assert fan is not None
-        ctx.runtime.store.step_started(ctx.run_id, path, step.kind.value, 1)
         result.attempts = 1
+        _start_row(ctx, path, step.kind._value_, 1)
         items = self.evaluate_value(fan.items, ctx, scope)
         if isinstance(items, dict):
             items = list(items.items())
@@ -570,7 +588,7 @@ def emit_event(ctx: RunContext, spec: ir.EmitSpec, scope: Scope, path: str, outp
     except RenderError as exc:
         raise RenderFailed(str(exc)) from None
     runtime = ctx.runtime
-    runtime.store.record_event(ctx.run_id, spec.event, data, path)
+    runtime.record_event(ctx.run_id, spec.event, data, path)
     runtime.reporter.event(ctx.run_id, spec.event, path)
     runtime.bus.emit(spec.event, data, path)
     return data

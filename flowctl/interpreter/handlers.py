@@ -14,18 +14,12 @@ from typing import Any
 from flowctl.dsl import ir
 from flowctl.interpreter.agent import _CallCounter, call_tool, run_agent
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import (
-    STEP_METERS,
-    RunContext,
-    Scope,
-    StepResult,
-    UsageMeter,
-    recorded_step_tokens,
-)
+from flowctl.interpreter.context import RunContext, Scope, StepResult, recorded_steps
 from flowctl.interpreter.engine import Engine, Handler, Outcome, emit_event, error_json, join_output, run_concurrent
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.events import Event
 from flowctl.interpreter.inputs import validate_inputs
+from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.state import SharedState, UpdateBuffer
 from flowctl.interpreter.store import RunRecord, RunStatus
 
@@ -111,8 +105,8 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         )
     else:
         store.reopen_run(run_id)
-        if ctx.recorded_tokens is not None:  # resuming: see RunContext.recorded_tokens
-            child.recorded_tokens = recorded_step_tokens(store, run_id)
+        if ctx.recorded is not None:  # resuming: see RunContext.recorded
+            child.recorded = recorded_steps(store, run_id)
         if previous.status is not RunStatus.SUCCEEDED:  # its body runs again, so its cleanup must too
             child.finally_prefix = f"finally@{ctx.runtime.journal.epoch}/"
     child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flowctl.interpreter.errors import ResumeRefused
+from flowctl.interpreter.meters import meter_execution
 from flowctl.interpreter.store import JsonText, RunStore
 
 _CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
@@ -109,10 +110,16 @@ class Journal:
         self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, cacheable: bool = False
     ) -> None:
         """Journal the result of an effect `replay` said to execute (a `cacheable` one rides the group commit)."""
-        self.executed += 1
+        self.executed_unrecorded()
         self._record(run_id, key, digest, result, durable=not cacheable)
         if cacheable and self.cache:
             self.store.cache_put(digest, result)
+
+    def executed_unrecorded(self) -> None:
+        """Count an effect that was executed (not replayed): the run's total, and every enclosing step's meter
+        (a resumed run tells a step replayed whole from one that did new work by it)."""
+        self.executed += 1
+        meter_execution()
 
     def _record(
         self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True

@@ -16,7 +16,7 @@ import anyio
 
 from flowctl.dsl import ir
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_step_tokens
+from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_steps
 from flowctl.interpreter.engine import Engine
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
 from flowctl.interpreter.handlers import HANDLERS
@@ -138,14 +138,13 @@ async def _poll_signals(runtime: Runtime, run_id: str) -> None:
     """External signals (`flowctl signal`) arrive through the store from another process.
 
     A resumed run polls from the first signal again, so that the events of the run come back in order (replayed waits
-    take theirs again, see EventBus.consume); the store's event log then lists those signals, and the events that
-    re-run `emit` steps send, once more per resume.
+    take theirs again, see EventBus.consume); the event log lists each once (Runtime.record_event).
     """
     last = 0
     while True:
         for signal in runtime.store.take_signals(run_id, last):
             last = signal.seq
-            runtime.store.record_event(run_id, signal.name, signal.data, "signal")
+            runtime.record_event(run_id, signal.name, signal.data, "signal")
             runtime.reporter.event(run_id, signal.name, "signal")
             runtime.bus.emit(signal.name, signal.data, "signal")
         await anyio.sleep(SIGNAL_POLL_INTERVAL)
@@ -212,7 +211,7 @@ async def run_graph(
         )
         ctx = RunContext(runtime, graph, graph.root, run_id, values, SharedState(graph.root.state))
         if resuming:
-            ctx.recorded_tokens = recorded_step_tokens(store, run_id)
+            ctx.recorded = recorded_steps(store, run_id)
             ctx.finally_prefix = f"finally@{journal.epoch}/"
         ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
         outcome = await _run_root(ctx, runtime, started)

@@ -731,12 +731,13 @@ class SqliteRunStore:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
-        """Mark a step running. `attempts` counts calls (across resumes too); `attempt` is advisory.
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int, *, continued: bool = False) -> None:
+        """Mark a step running. `attempts` counts starts (across resumes too), except `continued` ones (a resumed run
+        going on with an attempt an earlier process started); `attempt` is advisory.
 
         A retry restarts the step's clock and clears the previous attempt's output and error.
         """
-        params = (run_id, path, kind, StepStatus.RUNNING.value, 1, time.time(), None, None, None, 0, 0)
+        params = (run_id, path, kind, StepStatus.RUNNING.value, int(not continued), time.time(), None, None, None, 0, 0)
         self._grouped(_STEP_ROW, params)
 
     def step_finished(

@@ -130,7 +130,11 @@ class RunStore(Protocol):
     def child_runs(self, run_id: str) -> list[RunRecord]: ...
 
     # steps (observability: status, attempts, timings, tokens, errors)
-    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None: ...
+    def step_started(self, run_id: str, path: str, kind: str, attempt: int, *, continued: bool = False) -> None:
+        """Mark a step running; each start adds an attempt, except a `continued` one (a resumed run going on with
+        an attempt an earlier process started)."""
+        ...
+
     def step_finished(
         self,
         run_id: str,

@@ -25,8 +25,9 @@ DURABLE_FIXTURE = HERE / "durable.fixture.yaml"
 TOTAL_CALLS = 14  # early, six fan-out items, three loop iterations of two, final
 
 
-def steps_by_path(store: SqliteRunStore, run_id: str) -> dict[str, tuple[str, int, int]]:
-    return {s.path: (s.status.value, s.input_tokens, s.output_tokens) for s in store.steps(run_id)}
+def steps_by_path(store: SqliteRunStore, run_id: str) -> dict[str, tuple[str, int, int, int]]:
+    """Each step row's status, tokens and attempts: a resumed run's rows must say what an uninterrupted run's say."""
+    return {s.path: (s.status.value, s.input_tokens, s.output_tokens, s.attempts) for s in store.steps(run_id)}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,7 @@ async def test_failed_run_keeps_its_journal_and_resumes_after_the_fixture_is_fix
     assert failed.outcome.status is RunStatus.FAILED
     assert failed.outcome.error is not None and failed.outcome.error.to_json()["cause"] == "bad-request"
     assert failed.outcome.calls_executed == TOTAL_CALLS - 1
+    rows_before = {s.path: s for s in store.steps(failed.run_id)}
 
     resumed = await run_file(
         DURABLE, fixture_without_latency(DURABLE_FIXTURE), store, run_id=failed.run_id, resuming=True
@@ -160,7 +162,42 @@ async def test_failed_run_keeps_its_journal_and_resumes_after_the_fixture_is_fix
     assert (resumed.outcome.calls_executed, resumed.outcome.calls_replayed) == (1, TOTAL_CALLS - 1)
     assert resumed.provider.calls == 1
     assert (resumed.outcome.input_tokens, resumed.outcome.output_tokens) == baseline["usage"]
-    assert steps_by_path(store, failed.run_id) == baseline["steps"]
+    # `final` failed once and succeeded on resume: two attempts; every other step was replayed, not attempted again
+    expected = {path: (*row[:3], 2 if path == "final" else row[3]) for path, row in baseline["steps"].items()}
+    assert steps_by_path(store, failed.run_id) == expected
+    # a step replayed whole keeps the row of the run that did its work, timings included
+    for record in store.steps(failed.run_id):
+        if record.path != "final":
+            assert record == rows_before[record.path], record.path
+
+
+EVENTS = """\
+flowctl: 1
+name: evented
+agents:
+  worker: {instruction: You work.}
+steps:
+  - {id: first, agent: worker, prompt: "first", emit: {event: first_done, data: "{{ output }}"}}
+  - {id: second, agent: worker, prompt: "second"}
+"""
+
+
+@pytest.mark.anyio
+async def test_a_resumed_run_logs_each_event_once(store: SqliteRunStore, tmp_path: Path) -> None:
+    """The `emit` of a replayed step sends its event again (triggers and waits may need it), but the run's event log
+    already holds it."""
+    pipeline = tmp_path / "evented.yaml"
+    pipeline.write_text(EVENTS)
+    (tmp_path / "broken.yaml").write_text("responses:\n  - {step: second, reply: {error: bad_request}}\ndefault: ok\n")
+    (tmp_path / "fixed.yaml").write_text("default: ok\n")
+    failed = await run_file(pipeline, tmp_path / "broken.yaml", store)
+    assert failed.outcome.status is RunStatus.FAILED
+    logged = [(e.name, e.source, e.data) for e in store.events(failed.run_id)]
+    assert logged == [("first_done", "first", "ok")]
+
+    resumed = await run_file(pipeline, tmp_path / "fixed.yaml", store, run_id=failed.run_id, resuming=True)
+    assert resumed.outcome.status is RunStatus.SUCCEEDED, resumed.outcome.error
+    assert [(e.name, e.source, e.data) for e in store.events(failed.run_id)] == logged
 
 
 @pytest.mark.anyio
