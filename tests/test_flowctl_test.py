@@ -366,6 +366,8 @@ cases:
   - name: bad fixture rule
     responses:
       - {agent: critic, reply: {error: rate_limited}}
+  - name: negative timeout
+    timeout: -5
 """,
     )
     result = CliRunner().invoke(flowctl_test, [str(path)], catch_exceptions=False)
@@ -380,6 +382,7 @@ cases:
     assert f"{name}:8:41: error: unknown step status 'done'" in err
     assert f"{name}:9:15: error: unknown run status 'crashed'" in err
     assert f"{name}:12:40: error: responses[0].reply.error: unknown error kind 'rate_limited'" in err
+    assert f"{name}:14:14: error: a duration cannot be negative: -5" in err
     assert "no case was run" in err
     assert "passed" not in result.stdout
 

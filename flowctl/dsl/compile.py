@@ -40,6 +40,20 @@ def parse_duration(value: Any) -> float | None:
     return float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
 
 
+DURATION_HINT = "use 500ms, 30s, 5m, 1h or a number of seconds"
+
+
+def checked_duration(value: Any) -> float | None:
+    """`parse_duration` for a value a user wrote in a side file (a fixture, a test file), where the schema has not
+    checked it: raises ValueError with the problem (a bool or a negative number is no duration either)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    seconds = parse_duration(value)
+    if seconds is not None and seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return seconds
+
+
 class _Compiler:
     def __init__(self, doc: LoadedDocument, resolve_child_path: Any) -> None:
         self.doc = doc

@@ -53,6 +53,15 @@ class SourceMap:
         """The span of the key that introduces `path` (falls back to the value's span)."""
         return self.keys.get(path) or self.value(path)
 
+    def subtree(self, prefix: JsonPath) -> SourceMap:
+        """The part of the map under `prefix`, re-rooted: a parser of that part (a fixture inlined in a test file)
+        reports positions in this document."""
+        n = len(prefix)
+        part = SourceMap(self.file)
+        part.values = {p[n:]: s for p, s in self.values.items() if p[:n] == prefix}
+        part.keys = {p[n:]: s for p, s in self.keys.items() if p[:n] == prefix}
+        return part
+
 
 @dataclass(slots=True)
 class LoadedDocument:

@@ -39,6 +39,7 @@ concurrent branches by agent or step rather than by sequence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -51,7 +52,7 @@ from typing import Any
 import anyio
 
 from flowctl.dsl import catalogue as cat
-from flowctl.dsl.compile import parse_duration
+from flowctl.dsl.compile import DURATION_HINT, checked_duration
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.ir import ServerDef
 from flowctl.dsl.loader import JsonPath, SourceMap, load_file
@@ -219,7 +220,17 @@ class Fixture:
     @classmethod
     def from_data(cls, data: Any, file: str = "<fixture>") -> Fixture:
         """Build from plain Python data (same format as the file); problems raise FixtureError at `file:1:1`."""
-        return _Parser(SourceMap(file)).fixture(data)
+        return parse_fixture(data, SourceMap(file))
+
+    def over(self, base: Fixture) -> Fixture:
+        """This fixture layered over `base`: its rules are tried first, its default and tools win."""
+        shifted = tuple(dataclasses.replace(rule, index=rule.index + len(self.rules)) for rule in base.rules)
+        return Fixture(
+            f"{self.file} + {base.file}",
+            self.rules + shifted,
+            self.default if self.default is not None else base.default,
+            {**base.tools, **self.tools},
+        )
 
 
 def load_fixture(path: str | Path) -> Fixture:
@@ -227,7 +238,12 @@ def load_fixture(path: str | Path) -> Fixture:
     doc = load_file(path)
     if has_errors(doc.diagnostics):
         raise FixtureError(doc.file, finalize(doc.diagnostics))
-    return _Parser(doc.source_map).fixture(doc.data)
+    return parse_fixture(doc.data, doc.source_map)
+
+
+def parse_fixture(data: Any, source_map: SourceMap) -> Fixture:
+    """Validate loaded fixture data; `source_map` places its problems (FixtureError, every problem at once)."""
+    return _Parser(source_map).fixture(data)
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -281,19 +297,11 @@ class _Parser:
         return value
 
     def duration(self, value: Any, path: JsonPath) -> float | None:
-        if value is None:
-            return None
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            seconds = parse_duration(value)
-        except ValueError:
-            self.problem(path, f"not a duration: {value!r}", "use 500ms, 30s, 5m, 1h or a number of seconds")
+            return checked_duration(value)
+        except ValueError as exc:
+            self.problem(path, str(exc), DURATION_HINT)
             return None
-        if seconds is not None and seconds < 0:
-            self.problem(path, f"a duration cannot be negative: {value!r}")
-            return None
-        return seconds
 
     def count(self, value: Any, path: JsonPath) -> int | None:
         if value is None:

@@ -158,16 +158,12 @@ class _Checker:
         return value
 
     def duration(self, value: Any, path: tuple[Any, ...], default: float) -> float:
-        from flowctl.dsl.compile import parse_duration
+        from flowctl.dsl.compile import DURATION_HINT, checked_duration
 
-        if value is None:
-            return default
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            seconds = parse_duration(value)
-        except ValueError:
-            self.problem(path, f"not a duration: {value!r}", "use 500ms, 30s, 5m, 1h or a number of seconds")
+            seconds = checked_duration(value)
+        except ValueError as exc:
+            self.problem(path, str(exc), DURATION_HINT)
             return default
         return default if seconds is None else seconds
 
@@ -287,27 +283,17 @@ class _Checker:
 
     def inline_fixture(self, data: dict[str, Any], path: tuple[Any, ...], base: Any) -> Any:
         """Inline `responses`/`default`/`tools` are tried before the fixture file's rules and override its tools."""
-        from flowctl.interpreter.scripted import Fixture, FixtureError, _Parser
+        from flowctl.interpreter.scripted import Fixture, FixtureError, parse_fixture
 
         inline = {key: data[key] for key in ("responses", "default", "tools") if key in data}
         if not inline:
             return base if base is not None else Fixture(self.doc.file)
         try:
-            own = _Parser(_sub_map(self.map, path)).fixture(inline)
+            own = parse_fixture(inline, self.map.subtree(path))
         except FixtureError as exc:
             self.diagnostics.extend(exc.diagnostics)
             return None
-        if base is None:
-            return own
-        import dataclasses
-
-        shifted = tuple(dataclasses.replace(r, index=r.index + len(own.rules)) for r in base.rules)
-        return Fixture(
-            f"{self.doc.file} + {base.file}",
-            own.rules + shifted,
-            own.default if own.default is not None else base.default,
-            {**base.tools, **own.tools},
-        )
+        return own if base is None else own.over(base)
 
     def signals(self, raw: Any, path: tuple[Any, ...]) -> list[Signal]:
         if raw is None:
@@ -564,14 +550,3 @@ def _with_hint(diagnostic: Any, hint: str) -> Any:
     import dataclasses
 
     return dataclasses.replace(diagnostic, hint=hint)
-
-
-def _sub_map(source_map: Any, prefix: tuple[Any, ...]) -> Any:
-    """The part of a SourceMap under `prefix`, re-rooted, so a fixture parser reports positions in the test file."""
-    from flowctl.dsl.loader import SourceMap
-
-    n = len(prefix)
-    sub = SourceMap(source_map.file)
-    sub.values = {p[n:]: s for p, s in source_map.values.items() if p[:n] == prefix}
-    sub.keys = {p[n:]: s for p, s in source_map.keys.items() if p[:n] == prefix}
-    return sub
