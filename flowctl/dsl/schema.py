@@ -228,8 +228,10 @@ class _Checker:
         if len(kinds) == 1:
             return
         self.bad_steps.add(path)
-        if kinds:
-            self.add(cat.multiple_step_kinds(self.span(path), kinds))
+        if kinds:  # point at the kind key that came second: the step was one thing until then
+            spans = {kind: self.key_span((*path, kind)) for kind in kinds}
+            in_order = sorted(kinds, key=lambda kind: (spans[kind].line, spans[kind].col))
+            self.add(cat.multiple_step_kinds(spans[in_order[1]], in_order))
             return
         diagnostic = cat.unknown_step_kind(self.span(path), STEP_KINDS)
         guess = _misspelled_kind(step)

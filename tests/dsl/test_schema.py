@@ -462,7 +462,7 @@ def test_step_without_kind() -> None:
 
 def test_step_with_two_kinds_is_one_diagnostic() -> None:
     diagnostic = only(check(minimal("- id: a\n  agent: w\n  tool: t.x\n")))
-    assert at(diagnostic) == ("multiple-step-kinds", 4, 5)
+    assert at(diagnostic) == ("multiple-step-kinds", 6, 5)  # the second kind key, `tool:`
     assert "'agent', 'tool'" in diagnostic.message
 
 
