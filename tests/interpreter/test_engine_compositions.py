@@ -5,9 +5,6 @@ the store journaled; nothing inside the interpreter is patched.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from flowctl.interpreter.sqlite_store import SqliteRunStore
@@ -15,17 +12,6 @@ from flowctl.interpreter.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import HERE, max_overlap, run_file
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRunStore]:
-    with SqliteRunStore(tmp_path / "runs.db") as opened:
-        yield opened
 
 
 # --- sequential ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ and tokens must be what a started row per attempt plus a finished row would have
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,6 @@ responses:
   - {prompt: "^item a$", replies: [{error: unavailable}, "A"]}
   - {prompt: "^item b$", reply: "B"}
 """
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRunStore]:
-    with SqliteRunStore(tmp_path / "runs.db") as opened:
-        yield opened
 
 
 @pytest.mark.anyio

@@ -31,11 +31,6 @@ CALC = str(SERVERS / "calc_server.py")
 SPAN = Span("pipeline.yaml", 1, 1)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def stdio(name: str, script: str | Path, **overrides: Any) -> ServerDef:
     """A stdio server running one of the support scripts with this interpreter."""
     options: dict[str, Any] = {"startup_timeout": 10.0, "read_timeout": 10.0} | overrides

@@ -68,11 +68,6 @@ SCHEMA = {
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def server() -> Iterator[OpenAIServer]:
     with running_openai_server() as running:
         yield running

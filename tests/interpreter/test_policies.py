@@ -5,7 +5,6 @@ tests/interpreter/pipelines/policies/; the scripted provider simulates the failu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from flowctl.interpreter.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import run_file
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRunStore]:
-    with SqliteRunStore(tmp_path / "runs.db") as opened:
-        yield opened
 
 
 async def test_retry_counts_total_attempts_and_skips_non_retryable_errors(store: SqliteRunStore) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +129,6 @@ def test_resume_is_refused_after_an_edit_unless_forced(tmp_path: Path, baseline:
     assert result["outputs"] == baseline["outputs"]
     # the edited call ran again; its answer is unchanged, so everything after it still replays
     assert result["calls"] == {"executed": TOTAL_CALLS - len(before) + 1, "replayed": len(before) - 1, "cached": 0}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRunStore]:
-    with SqliteRunStore(tmp_path / "runs.db") as opened:
-        yield opened
 
 
 @pytest.mark.anyio

@@ -41,11 +41,6 @@ from flowctl.interpreter.tools import ToolPool, ToolResult
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def request(
     prompt: str = "hello",
     *,

@@ -48,11 +48,6 @@ def test_signal_from_another_process_releases_a_waiting_run(tmp_path: Path) -> N
     assert events == [("approved", '{"by": "ana"}', "signal")]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _until(condition: Any, what: str, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout, shield=False):
         while not condition():
