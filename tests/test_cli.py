@@ -46,6 +46,11 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def scripted(command: str, target: str | Path, fixture: str | Path, store: str | Path, *extra: str) -> Result:
+    """`flowctl run|resume TARGET --quiet --scripted FIXTURE --store STORE [EXTRA...]`."""
+    return invoke(command, str(target), "--quiet", "--scripted", str(fixture), "--store", str(store), *extra)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "greet.yaml").write_text(VALID)
@@ -129,18 +134,15 @@ def test_graph_of_invalid_pipeline_exits_two_without_traceback(project: Path) ->
 
 def test_run_offline_prints_outputs_and_journals(project: Path) -> None:
     store = project / "runs.db"
-    result = invoke(
+    result = scripted(
         "run",
         str(project / "greet.yaml"),
+        project / "greet.fixture.yaml",
+        store,
         "-i",
         "who=Ada",
         "-i",
         "times=2",
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(store),
         "--output",
         "json",
     )
@@ -161,33 +163,22 @@ def test_run_offline_prints_outputs_and_journals(project: Path) -> None:
 
 def test_run_with_missing_input_exits_two_and_runs_nothing(project: Path) -> None:
     store = project / "runs.db"
-    result = invoke(
-        "run",
-        str(project / "greet.yaml"),
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(store),
-    )
+    result = scripted("run", str(project / "greet.yaml"), project / "greet.fixture.yaml", store)
     assert result.exit_code == 2
     assert "missing required input 'who'" in result.output
     assert "Traceback" not in result.output
 
 
 def test_run_with_wrongly_typed_input_exits_two(project: Path) -> None:
-    result = invoke(
+    result = scripted(
         "run",
         str(project / "greet.yaml"),
+        project / "greet.fixture.yaml",
+        project / "r.db",
         "-i",
         "who=Ada",
         "-i",
         "times=many",
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(project / "r.db"),
     )
     assert result.exit_code == 2
     assert "input 'times'" in result.output and "integer" in result.output
@@ -201,17 +192,7 @@ def test_run_invalid_pipeline_exits_two(project: Path) -> None:
 
 def test_failed_run_exits_one_keeps_journal_and_says_how_to_resume(project: Path) -> None:
     store = project / "runs.db"
-    result = invoke(
-        "run",
-        str(project / "greet.yaml"),
-        "-i",
-        "who=Ada",
-        "--quiet",
-        "--scripted",
-        str(project / "failing.fixture.yaml"),
-        "--store",
-        str(store),
-    )
+    result = scripted("run", str(project / "greet.yaml"), project / "failing.fixture.yaml", store, "-i", "who=Ada")
     assert result.exit_code == 1
     assert "auth" in result.output.lower()
     assert "flowctl resume" in result.output
@@ -219,17 +200,7 @@ def test_failed_run_exits_one_keeps_journal_and_says_how_to_resume(project: Path
     assert runs[0]["status"] == "failed"
     assert runs[0]["error"]["code"] == "step-failed"
 
-    resumed = invoke(
-        "resume",
-        runs[0]["run_id"],
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(store),
-        "--output",
-        "json",
-    )
+    resumed = scripted("resume", runs[0]["run_id"], project / "greet.fixture.yaml", store, "--output", "json")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.output)["status"] == "succeeded"
 
@@ -272,17 +243,7 @@ def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None
     )
     (tmp_path / "f.yaml").write_text("default: ok\n")
     store = str(tmp_path / "runs.db")
-    ran = invoke(
-        "run",
-        str(tmp_path / "fan.yaml"),
-        "--quiet",
-        "--scripted",
-        str(tmp_path / "f.yaml"),
-        "--store",
-        store,
-        "--output",
-        "json",
-    )
+    ran = scripted("run", str(tmp_path / "fan.yaml"), tmp_path / "f.yaml", store, "--output", "json")
     assert ran.exit_code == 0, ran.output
     listed = json.loads(invoke("runs", "-n", "1", "--store", store, "--output", "json").output)
     assert [r["run_id"] for r in listed] == [json.loads(ran.output)["run_id"]]
@@ -297,9 +258,7 @@ def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: P
         store.create_run(
             RunRecord("r-live", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0, inputs={"who": "Ada"})
         )
-    result = invoke(
-        "resume", "r-live", "--quiet", "--scripted", str(project / "greet.fixture.yaml"), "--store", str(store_path)
-    )
+    result = scripted("resume", "r-live", project / "greet.fixture.yaml", store_path)
     assert result.exit_code == 2
     assert "is still running (process" in result.output and "would run it twice" in result.output
 
@@ -331,17 +290,7 @@ def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None
         conn.execute(
             "UPDATE runs SET owner = ? WHERE run_id = 'r-dead'", (f"{socket.gethostname()}:{gone.stdout.strip()}",)
         )
-    result = invoke(
-        "resume",
-        "r-dead",
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(store_path),
-        "--output",
-        "json",
-    )
+    result = scripted("resume", "r-dead", project / "greet.fixture.yaml", store_path, "--output", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["outputs"]["greeting"] == "Hello Ada, hello Ada!"
 
@@ -368,16 +317,13 @@ def test_graph_image_is_drawn_by_graphviz_when_installed(project: Path) -> None:
 
 def test_run_events_writes_a_jsonl_log(project: Path) -> None:
     events = project / "events.jsonl"
-    result = invoke(
+    result = scripted(
         "run",
         str(project / "greet.yaml"),
+        project / "greet.fixture.yaml",
+        project / "r.db",
         "-i",
         "who=Ada",
-        "--quiet",
-        "--scripted",
-        str(project / "greet.fixture.yaml"),
-        "--store",
-        str(project / "r.db"),
         "--events",
         str(events),
     )
@@ -413,18 +359,8 @@ def test_a_secret_the_pipeline_reads_never_reaches_the_store_or_the_terminal(tmp
 
 def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project: Path) -> None:
     store = str(project / "runs.db")
-    failed = invoke(
-        "run",
-        str(project / "greet.yaml"),
-        "-i",
-        "who=Ada",
-        "--quiet",
-        "--scripted",
-        str(project / "failing.fixture.yaml"),
-        "--store",
-        store,
-        "--output",
-        "json",
+    failed = scripted(
+        "run", str(project / "greet.yaml"), project / "failing.fixture.yaml", store, "-i", "who=Ada", "--output", "json"
     )
     run_id = json.loads(failed.output)["run_id"]
     (project / "greet.yaml").write_text(
@@ -432,7 +368,7 @@ def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project:
             "  times: {type: integer, default: 1}", "  times: {type: integer, default: 1}\n  tone: {type: string}"
         )
     )
-    result = invoke("resume", run_id, "--quiet", "--scripted", str(project / "greet.fixture.yaml"), "--store", store)
+    result = scripted("resume", run_id, project / "greet.fixture.yaml", store)
     assert result.exit_code == 2
     assert "missing required input 'tone'" in result.output and "Traceback" not in result.output
 
@@ -465,30 +401,10 @@ def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path
     (tmp_path / "fail.yaml").write_text("responses:\n  - {agent: w, reply: {error: unavailable}}\n" + tools)
     (tmp_path / "ok.yaml").write_text("default: done\n" + tools)
     store = str(tmp_path / "runs.db")
-    failed = invoke(
-        "run",
-        str(tmp_path / "p.yaml"),
-        "--quiet",
-        "--scripted",
-        str(tmp_path / "fail.yaml"),
-        "--store",
-        store,
-        "--output",
-        "json",
-    )
+    failed = scripted("run", str(tmp_path / "p.yaml"), tmp_path / "fail.yaml", store, "--output", "json")
     first = json.loads(failed.output)
     assert failed.exit_code == 1 and first["calls"]["executed"] == 2  # acquire and release
-    resumed = invoke(
-        "resume",
-        first["run_id"],
-        "--quiet",
-        "--scripted",
-        str(tmp_path / "ok.yaml"),
-        "--store",
-        store,
-        "--output",
-        "json",
-    )
+    resumed = scripted("resume", first["run_id"], tmp_path / "ok.yaml", store, "--output", "json")
     second = json.loads(resumed.output)
     assert resumed.exit_code == 0, resumed.output
     # acquire is replayed; work runs; release runs again (the lock was taken again by this execution's body)
@@ -509,23 +425,11 @@ def test_a_tool_step_that_failed_is_called_again_on_resume(tmp_path: Path) -> No
     (tmp_path / "missing.yaml").write_text("tools:\n  files.read_file: {error: 'no such file'}\n")
     (tmp_path / "found.yaml").write_text("tools:\n  files.read_file: {text: hello}\n")
     store = str(tmp_path / "runs.db")
-    failed = invoke(
-        "run",
-        str(tmp_path / "p.yaml"),
-        "--quiet",
-        "--scripted",
-        str(tmp_path / "missing.yaml"),
-        "--store",
-        store,
-        "--output",
-        "json",
-    )
+    failed = scripted("run", str(tmp_path / "p.yaml"), tmp_path / "missing.yaml", store, "--output", "json")
     assert failed.exit_code == 1 and "no such file" in failed.output
     run_id = json.loads(failed.output)["run_id"]
     # the cause was fixed (here: the fixture): the failed call is made again, not replayed
-    resumed = invoke(
-        "resume", run_id, "--quiet", "--scripted", str(tmp_path / "found.yaml"), "--store", store, "--output", "json"
-    )
+    resumed = scripted("resume", run_id, tmp_path / "found.yaml", store, "--output", "json")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.output)["outputs"] == {"text": "hello"}
 
