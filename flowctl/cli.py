@@ -8,6 +8,7 @@ Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem o
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -493,7 +494,36 @@ def _show_json(store: Any, run_id: str) -> dict[str, Any]:
     return data
 
 
-def _show_text(data: dict[str, Any], indent: str = "") -> None:
+ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
+_ITEM_PATH = re.compile(r"^(?P<step>.+)\[\d+\]$")
+
+
+def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
+    """For fan-outs of more than ITEMS_LISTED items: the items to leave out of the text tree (succeeded at the first
+    attempt), and per fan-out step the line that sums its items up."""
+    paths = {step["path"] for step in steps}
+    items: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        match = _ITEM_PATH.match(step["path"])
+        if match and match["step"] in paths:
+            items.setdefault(match["step"], []).append(step)
+    hidden: set[str] = set()
+    summaries: dict[str, str] = {}
+    for parent, group in items.items():
+        if len(group) <= ITEMS_LISTED:
+            continue
+        quiet = [item["path"] for item in group if item["status"] == "succeeded" and item["attempts"] <= 1]
+        hidden.update(quiet)
+        counts: dict[str, int] = {}
+        for item in group:
+            counts[item["status"]] = counts.get(item["status"], 0) + 1
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda c: -c[1]))
+        shown = f"; {len(group) - len(quiet)} listed below" if len(quiet) < len(group) else ""
+        summaries[parent] = f"{parent}[…]  {len(group)} items: {tally}{shown} (`show --items` lists every one)"
+    return hidden, summaries
+
+
+def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = False) -> None:
     took = f" in {data['finished_at'] - data['started_at']:.2f}s" if data["finished_at"] else ""
     click.echo(
         f"{indent}{data['run_id']}  {data['pipeline']}  {data['status']}{took}  "
@@ -503,7 +533,10 @@ def _show_text(data: dict[str, Any], indent: str = "") -> None:
         click.echo(f"{indent}  error: {data['error'].get('message')}")
     children = {c["run_id"].rsplit("/", 1)[-1] if "/" in c["run_id"] else c["run_id"]: c for c in data["children"]}
     mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "…", "cancelled": "⊘"}
+    hidden, summaries = _quiet_items(data["steps"]) if not all_items else (set(), {})
     for step in data["steps"]:
+        if step["path"].split("/", 1)[0] in hidden:
+            continue  # a quiet item, or a step nested in one
         took = f"{step['finished_at'] - step['started_at']:.2f}s" if step["finished_at"] and step["started_at"] else "-"
         tokens = step["input_tokens"] + step["output_tokens"]
         attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
@@ -515,7 +548,9 @@ def _show_text(data: dict[str, Any], indent: str = "") -> None:
             click.echo(f"{indent}      {step['error'].get('message')}")
         child = children.get(step["path"])
         if child is not None:
-            _show_text(child, indent + "      ")
+            _show_text(child, indent + "      ", all_items=all_items)
+        if step["path"] in summaries:
+            click.echo(f"{indent}    {summaries[step['path']]}")
     if data["events"]:
         click.echo(f"{indent}  events: " + ", ".join(f"{e['name']} ({e['source']})" for e in data["events"]))
 
@@ -524,7 +559,14 @@ def _show_text(data: dict[str, Any], indent: str = "") -> None:
 @click.argument("run_id")
 @_store_option
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def show(run_id: str, store_path: str | None, output: str) -> None:
+@click.option(
+    "--items",
+    "all_items",
+    is_flag=True,
+    help=f"List every fan-out item (by default a fan-out of more than {ITEMS_LISTED} items lists only the items that "
+    "failed, were retried or did not finish, and sums up the rest).",
+)
+def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> None:
     """Show a run's step tree: status, attempts, timings, tokens, errors, events."""
     store = _open_store(store_path)
     try:
@@ -537,7 +579,7 @@ def show(run_id: str, store_path: str | None, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
     else:
-        _show_text(data)
+        _show_text(data, all_items=all_items)
 
 
 @main.command()

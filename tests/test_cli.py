@@ -506,3 +506,28 @@ def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path
     assert second["outputs"] == first["outputs"]
     without = json.loads(invoke(*args[:-1]).output)  # without --cache, the model is asked again
     assert without["calls"]["executed"] == 1
+
+
+def test_show_sums_up_a_wide_fan_out_and_lists_what_did_not_simply_succeed(tmp_path: Path) -> None:
+    (tmp_path / "fan.yaml").write_text(
+        "flowctl: 1\nname: fan\ninputs:\n  items: {type: array}\nagents:\n  a: {instruction: x}\nsteps:\n"
+        '  - {id: fan, agent: a, for_each: "{{ inputs.items }}", as: item, prompt: "item {{ item }}", join: collect,\n'
+        "      retry: {max_attempts: 2, initial_delay: 10ms}}\n"
+    )
+    (tmp_path / "f.yaml").write_text(
+        'responses:\n  - {prompt: "item 3", reply: {error: auth}}\n'
+        '  - {prompt: "item 5", replies: [{error: rate_limit}, ok]}\ndefault: ok\n'
+    )
+    (tmp_path / "in.json").write_text(json.dumps({"items": list(range(12))}))
+    store = tmp_path / "runs.db"
+    ran = scripted("run", tmp_path / "fan.yaml", tmp_path / "f.yaml", store, "--inputs", str(tmp_path / "in.json"))
+    assert ran.exit_code == 0, ran.output
+    run_id = json.loads(invoke("runs", "--store", str(store), "--output", "json").output)[0]["run_id"]
+
+    text = invoke("show", run_id, "--store", str(store)).output
+    assert "fan[…]  12 items: 11 succeeded, 1 failed; 2 listed below (`show --items` lists every one)" in text
+    listed = [line.split()[1] for line in text.splitlines() if line.lstrip().startswith(("✓ fan[", "✗ fan["))]
+    assert listed == ["fan[3]", "fan[5]"]  # the failure and the retried item; the ten quiet ones are summed up
+    everything = invoke("show", run_id, "--store", str(store), "--items").output
+    assert sum(line.lstrip().startswith(("✓ fan[", "✗ fan[")) for line in everything.splitlines()) == 12
+    assert "fan[…]" not in everything
