@@ -6,9 +6,35 @@ Reporters only observe; they never affect the run. Lines go to stderr so stdout 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
+_ITEM = re.compile(r"\[\d+\]$")
+
+
+@dataclass(slots=True)
+class _ItemGroup:
+    """The items of one fan-out, as a line reporter has seen them."""
+
+    loud: set[str] = field(default_factory=set)  # the first ITEMS_REPORTED items: reported line by line
+    retried: set[str] = field(default_factory=set)  # items reported from their retry on
+    finished: dict[str, int] = field(default_factory=dict)  # items finished, by status
+    quiet: int = 0  # items whose lines were left out
+
+
+def _item_of(where: str) -> tuple[str, str] | None:
+    """(fan-out step, item) when `where` is a fan-out item or a step inside one: `fan[3]/check` → (`fan`, `fan[3]`)."""
+    parts = where.split("/")
+    for i, part in enumerate(parts):
+        match = _ITEM.search(part)
+        if match:
+            item = "/".join(parts[: i + 1])
+            return item[: len(item) - len(match.group())], item
+    return None
 
 
 class Reporter:
@@ -23,11 +49,41 @@ class Reporter:
 
 
 class LineReporter(Reporter):
-    """One plain line per step start/finish; used when stderr is not a terminal."""
+    """One plain line per step start/finish; used when stderr is not a terminal.
+
+    A fan-out of thousands would be thousands of lines: past its first ITEMS_REPORTED items, an item's lines are
+    shown only when it fails or retries, and the fan-out's own finish line sums its items up.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.root: str | None = None
+        self.groups: dict[str, _ItemGroup] = {}
+
+    def _quiet(self, where: str, status: str | None = None, attempt: int = 1) -> bool:
+        """Whether a line about `where` (a start of `attempt`, or a finish with `status`) is left out; counts items."""
+        found = _item_of(where)
+        if found is None:
+            return False
+        step, item = found
+        group = self.groups.setdefault(step, _ItemGroup())
+        if item not in group.loud and len(group.loud) < ITEMS_REPORTED:
+            group.loud.add(item)
+        if attempt > 1:
+            group.retried.add(item)
+        if status is not None and where == item:
+            group.finished[status] = group.finished.get(status, 0) + 1
+        shown = item in group.loud or item in group.retried
+        quiet = not shown and status in (None, "succeeded", "skipped")
+        group.quiet += quiet and where == item and status is not None
+        return quiet
+
+    def _summary(self, where: str) -> str:
+        group = self.groups.pop(where, None)
+        if group is None or not group.quiet:
+            return ""
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(group.finished.items(), key=lambda s: -s[1]))
+        return f" — {sum(group.finished.values())} items: {tally} ({group.quiet} not listed)"
 
     def _where(self, run_id: str, path: str) -> str:
         """Steps of child runs show under the child's id relative to the root run: `tasks[0]/do`."""
@@ -44,14 +100,20 @@ class LineReporter(Reporter):
         self._line(f"{'resuming' if resumed else 'run'} {run_id} ({pipeline})")
 
     def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
+        where = self._where(run_id, path)
+        if self._quiet(where, attempt=attempt):
+            return
         retry = f" (attempt {attempt})" if attempt > 1 else ""
-        self._line(f"  ▸ {self._where(run_id, path)} [{kind}]{retry}")
+        self._line(f"  ▸ {where} [{kind}]{retry}")
 
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
+        where = self._where(run_id, path)
+        if self._quiet(where, status):
+            return
         mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘"}.get(status, "?")
         extra = f", {tokens} tok" if tokens else ""
         detail = f": {error}" if error else ""
-        self._line(f"  {mark} {self._where(run_id, path)} {status} in {elapsed:.2f}s{extra}{detail}")
+        self._line(f"  {mark} {where} {status} in {elapsed:.2f}s{extra}{self._summary(where)}{detail}")
 
     def event(self, run_id: str, name: str, source: str) -> None:
         self._line(f"  ⚑ event {name} from {source}")

@@ -1,0 +1,50 @@
+"""Plain progress lines (stderr not a terminal): every step's start and finish, except that a wide fan-out's items
+go quiet after the first ITEMS_REPORTED unless they fail or retry, and the fan-out's own line sums them up."""
+
+from __future__ import annotations
+
+import io
+
+from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter
+
+
+def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out)
+    reporter.run_started("r-1", "wide", False)
+    items = ITEMS_REPORTED + 5
+    failing, retried = ITEMS_REPORTED + 1, ITEMS_REPORTED + 3
+    for i in range(items):
+        reporter.step_started("r-1", f"fan[{i}]", "agent", 1)
+        if i == retried:
+            reporter.step_started("r-1", f"fan[{i}]", "agent", 2)
+        status = "failed" if i == failing else "succeeded"
+        reporter.step_finished("r-1", f"fan[{i}]", status, 0.1, 3, "boom" if i == failing else "")
+    reporter.step_finished("r-1", "fan", "succeeded", 1.0, 3 * items, "")
+    lines = out.getvalue().splitlines()
+
+    shown = [line for line in lines if "fan[" in line]
+    assert (
+        len(shown) == 2 * ITEMS_REPORTED + 3
+    )  # the first items' starts and finishes; the failure; the retry and its end
+    assert f"  ✗ fan[{failing}] failed in 0.10s, 3 tok: boom" in lines
+    assert f"  ▸ fan[{retried}] [agent] (attempt 2)" in lines
+    assert not any(f"fan[{ITEMS_REPORTED}]" in line for line in lines)  # a quiet item that simply succeeded
+    assert lines[-1] == (
+        f"  ✓ fan succeeded in 1.00s, {3 * items} tok — {items} items: {items - 1} succeeded, 1 failed (3 not listed)"
+    )
+
+
+def test_a_narrow_fan_out_and_steps_inside_items_are_reported_line_by_line() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out)
+    reporter.run_started("r-1", "narrow", False)
+    for i in range(3):
+        reporter.step_started("r-1", f"fan[{i}]/check", "agent", 1)
+        reporter.step_finished("r-1", f"fan[{i}]/check", "succeeded", 0.1, 0, "")
+    reporter.step_finished("r-1", "fan", "succeeded", 1.0, 0, "")
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if "check" in line] == [
+        line for i in range(3) for line in (f"  ▸ fan[{i}]/check [agent]", f"  ✓ fan[{i}]/check succeeded in 0.10s")
+    ]
+    assert lines[-1] == "  ✓ fan succeeded in 1.00s"
