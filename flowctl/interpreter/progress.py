@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TextIO
 
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
@@ -123,20 +125,37 @@ class LineReporter(Reporter):
 
 
 class TtyReporter(LineReporter):
-    """Live progress on a terminal: a status line of running steps, finished steps scroll above it."""
+    """Live progress on a terminal: a status line of running steps, finished steps scroll above it.
+
+    A ticker thread redraws the status line every REDRAW_INTERVAL (so the elapsed time moves while a long call runs);
+    events only update the counts. Redrawing it at every event, twice per item of a fan-out of thousands, cost 0.33 s
+    of a 10,000-item fan-out: more than the run itself. Lines (failures, the run's end) are written at once."""
+
+    REDRAW_INTERVAL = 0.1  # seconds
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self.running: dict[str, float] = {}
         self.done = self.failed = self.tokens = 0
         self.started = time.monotonic()
+        self._lock = threading.Lock()  # the stream and `running`, shared with the ticker
+        self._closed = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def _tick(self) -> None:
+        while not self._closed.wait(self.REDRAW_INTERVAL):
+            with self._lock:
+                if not self._closed.is_set():
+                    self._draw()
 
     def _line(self, text: str) -> None:
-        self.stream.write("\r\x1b[2K" + text + "\n")
-        self._status()
+        with self._lock:
+            self.stream.write("\r\x1b[2K" + text + "\n")
+            self._draw()  # the line took the status line's place
 
-    def _status(self) -> None:
-        names = ", ".join(list(self.running)[:3]) + (" …" if len(self.running) > 3 else "")
+    def _draw(self) -> None:
+        """Write the status line (`_lock` held)."""
+        names = ", ".join(islice(self.running, 3)) + (" …" if len(self.running) > 3 else "")
         elapsed = time.monotonic() - self.started
         self.stream.write(
             f"\r\x1b[2K{elapsed:6.1f}s  running {len(self.running)}: {names}  done {self.done}  "
@@ -144,23 +163,34 @@ class TtyReporter(LineReporter):
         )
         self.stream.flush()
 
+    def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None:
+        super().run_started(run_id, pipeline, resumed)
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="flowctl-progress", daemon=True)
+            self._ticker.start()
+
     def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
-        self.running[self._where(run_id, path)] = time.monotonic()
-        self._status()
+        where = self._where(run_id, path)
+        with self._lock:
+            self.running[where] = time.monotonic()
 
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
-        self.running.pop(self._where(run_id, path), None)
-        self.done += status == "succeeded"
-        self.failed += status == "failed"
-        self.tokens += tokens
+        where = self._where(run_id, path)
+        with self._lock:
+            self.running.pop(where, None)
+            self.done += status == "succeeded"
+            self.failed += status == "failed"
+            self.tokens += tokens
         if status != "succeeded":
             super().step_finished(run_id, path, status, elapsed, tokens, error)
-        else:
-            self._status()
 
     def close(self) -> None:
-        self.stream.write("\r\x1b[2K")
-        self.stream.flush()
+        self._closed.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        with self._lock:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
 
 
 class JsonlReporter(Reporter):

@@ -4,8 +4,9 @@ go quiet after the first ITEMS_REPORTED unless they fail or retry, and the fan-o
 from __future__ import annotations
 
 import io
+import time
 
-from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter
+from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, TtyReporter
 
 
 def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:
@@ -48,3 +49,24 @@ def test_a_narrow_fan_out_and_steps_inside_items_are_reported_line_by_line() -> 
         line for i in range(3) for line in (f"  ▸ fan[{i}]/check [agent]", f"  ✓ fan[{i}]/check succeeded in 0.10s")
     ]
     assert lines[-1] == "  ✓ fan succeeded in 1.00s"
+
+
+def test_the_terminal_status_line_is_redrawn_by_a_ticker_and_failures_print_at_once() -> None:
+    out = io.StringIO()
+    reporter = TtyReporter(out)
+    reporter.REDRAW_INTERVAL = 0.01
+    reporter.run_started("r-1", "wide", False)
+    for i in range(1000):
+        reporter.step_started("r-1", f"fan[{i}]", "agent", 1)
+    for i in range(1000):
+        failed = i == 500
+        reporter.step_finished(
+            "r-1", f"fan[{i}]", "failed" if failed else "succeeded", 0.1, 1, "boom" if failed else ""
+        )
+    time.sleep(0.1)  # the ticker draws the latest counts
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") < 100  # 2,000 events; drawn at each, the status line was 2,000 writes
+    assert "✗ fan[500] failed in 0.10s, 1 tok: boom" in text  # at once, with the status line drawn after it
+    assert text.endswith("running 0:   done 999  failed 1  1000 tok")
+    reporter.close()
+    assert out.getvalue().endswith("\r\x1b[2K")  # the status line is cleared
