@@ -381,6 +381,7 @@ class Engine:
         assert fan is not None
         result.attempts = 1
         _start_row(ctx, path, step.kind._value_, 1)
+        ctx.runtime.reporter.step_started(ctx.run_id, path, step.kind._value_, 1)
         items = self.evaluate_value(fan.items, ctx, scope)
         if isinstance(items, dict):
             items = list(items.items())

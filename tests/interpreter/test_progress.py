@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
+import pytest
+
+from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, TtyReporter
+from flowctl.interpreter.runner import RunOptions, run_graph
+from flowctl.interpreter.scripted import Fixture
+from flowctl.interpreter.sqlite_store import SqliteRunStore
+from flowctl.interpreter.store import RunStatus
 
 
 def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:
@@ -70,3 +78,19 @@ def test_the_terminal_status_line_is_redrawn_by_a_ticker_and_failures_print_at_o
     assert text.endswith("running 0:   done 999  failed 1  1000 tok")
     reporter.close()
     assert out.getvalue().endswith("\r\x1b[2K")  # the status line is cleared
+
+
+@pytest.mark.anyio
+async def test_a_fan_out_step_is_reported_started_before_its_items(tmp_path: Path, store: SqliteRunStore) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: fan\nagents:\n  a: {instruction: x}\nsteps:\n"
+        '  - {id: fan, agent: a, for_each: "{{ [1, 2] }}", prompt: "{{ item }}"}\n'
+    )
+    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    assert graph is not None, diagnostics
+    out = io.StringIO()
+    fixture = Fixture.from_data({"default": "ok"})
+    outcome = await run_graph(graph, {}, store, RunOptions(scripted=fixture, reporter=LineReporter(out)))
+    assert outcome.status is RunStatus.SUCCEEDED
+    started = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("  ▸")]
+    assert started == ["fan", "fan[0]", "fan[1]"]
