@@ -174,7 +174,8 @@ class Engine:
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         result = StepResult("running")
         try:
-            if step.when is not None and not self._evaluate(step.when, ctx, scope):  # a failing `when` fails the step
+            # a `when` that fails to evaluate fails the step
+            if step.when is not None and not self.evaluate_value(step.when, ctx, scope):
                 result.status = "skipped"
                 ctx.set_result(step.id, result, scope)
                 ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
@@ -279,15 +280,10 @@ class Engine:
             message,
         )
 
-    def _evaluate(self, expression: ir.Expression, ctx: RunContext, scope: Scope, **extra: Any) -> Any:
-        context = ctx.template_context(scope)
-        context.update(extra)
-        try:
-            return expression.evaluate(context)
-        except RenderError as exc:
-            raise RenderFailed(str(exc)) from None
-
-    def evaluate_value(self, value: ir.CompiledValue, ctx: RunContext, scope: Scope, **extra: Any) -> Any:
+    def evaluate_value(
+        self, value: ir.CompiledValue | ir.Expression, ctx: RunContext, scope: Scope, **extra: Any
+    ) -> Any:
+        """A value field or a condition, in the scope's template context (plus `extra` variables)."""
         context = ctx.template_context(scope)
         context.update(extra)
         try:

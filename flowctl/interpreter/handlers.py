@@ -163,7 +163,7 @@ async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str
 
 async def _choose(engine: Engine, ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> tuple[list, str]:
     for rule in route.rules:
-        if engine._evaluate(rule.when, ctx, scope):
+        if engine.evaluate_value(rule.when, ctx, scope):
             return list(rule.choose), "rule"
     if route.agent is not None:
         chosen = await _llm_choices(ctx, route, scope, path)
@@ -226,7 +226,7 @@ async def handle_loop(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
         )
         await engine.run_list(ctx, loop.steps, body_scope)
         outputs = {s.id: ctx.steps[s.id]["output"] for s in loop.steps}
-        if loop.until is not None and engine._evaluate(loop.until, ctx, body_scope):
+        if loop.until is not None and engine.evaluate_value(loop.until, ctx, body_scope):
             converged = True
             break
         previous = outputs

@@ -77,7 +77,8 @@ class LineReporter(Reporter):
             group.finished[status] = group.finished.get(status, 0) + 1
         shown = item in group.loud or item in group.retried
         quiet = not shown and status in (None, "succeeded", "skipped")
-        group.quiet += quiet and where == item and status is not None
+        if quiet and status is not None and where == item:
+            group.quiet += 1
         return quiet
 
     def _summary(self, where: str) -> str:

@@ -755,23 +755,21 @@ class SqliteRunStore:
     ) -> None:
         """Record a step's outcome. Tokens add up over attempts: the step's cost includes retries.
 
-        A step finished without being started (e.g. skipped) gets a row with kind "" and 0 attempts.
+        A step finished without being started (e.g. skipped) gets a row with kind "" and 0 attempts. The row is the
+        one `step_done` writes, with kind "" (keep the started row's kind and start) and no attempt added.
         """
-        now = time.time()
-        params = (
+        self.step_done(
             run_id,
             path,
             "",
-            status._value_,  # `.value` is a descriptor costing ~0.1 µs a row
             0,
-            now,
-            now,
-            self._dump(output),
-            self._dump(error),
-            input_tokens,
-            output_tokens,
+            time.time(),
+            status,
+            output=output,
+            error=error,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         )
-        self._grouped(_STEP_ROW, params)
 
     def step_done(
         self,
