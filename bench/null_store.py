@@ -44,7 +44,7 @@ class NullStore:
     def get_run(self, run_id: str) -> RunRecord | None:
         return None
 
-    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+    def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]:
         return []
 
     def child_runs(self, run_id: str) -> list[RunRecord]:

@@ -199,7 +199,7 @@ def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]
         ("store: one step's 3 writes, call record group-committed", per_call(store_step(False), 1000)),
         ("store: one step's 3 writes, call record committed", per_call(store_step(True), 1000)),
     ]
-    for name, call in (
+    store_calls: tuple[tuple[str, Callable[[int], object]], ...] = (
         ("  store.step_started (grouped)", lambda i: store.step_started("r", f"x{i}", "agent", 1)),
         ("  store.lookup_call (SELECT)", lambda i: store.lookup_call("r", f"x{i}/llm#0")),
         ("  store.record_call durable (INSERT + COMMIT)", lambda i: store.record_call("r", f"x{i}", "d", {"c": "ok"})),
@@ -208,9 +208,14 @@ def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]
             lambda i: store.record_call("r", f"y{i}", "d", {"c": "ok"}, durable=False),
         ),
         ("  store.step_finished (grouped)", lambda i: store.step_finished("r", f"x{i}", StepStatus.SUCCEEDED)),
-    ):
+    )
+    for name, call in store_calls:
         ids = iter(range(10**9))
-        pieces.append((name, per_call(lambda call=call, ids=ids: call(next(ids)), 1000)))
+
+        def one_call(call: Callable[[int], object] = call, ids: Any = ids) -> object:
+            return call(next(ids))
+
+        pieces.append((name, per_call(one_call, 1000)))
     store.close()
     return pieces
 

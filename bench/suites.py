@@ -229,10 +229,10 @@ def memory_suite(quick: bool, workdir: Path) -> list[Row]:
         provider = CountingProvider(ScriptedProvider(scripted))
         store = make_store()
         try:
-            flowctl_kb = _traced_peak(lambda: timed_run(graph, {"items": items}, store, scripted, provider))  # noqa: B023
+            peak_bytes = _traced_peak(lambda: timed_run(graph, {"items": items}, store, scripted, provider))  # noqa: B023
         finally:
             store.close()
-        flowctl_kb = flowctl_kb / branches / 1024
+        flowctl_kb = peak_bytes / branches / 1024
         notes = [
             f"tracemalloc peak during the run minus the traced memory before it, / {branches:,} branches; "
             f"{provider.peak:,} model calls were in flight at once",

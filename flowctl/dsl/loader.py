@@ -22,6 +22,10 @@ from flowctl.dsl.diagnostics import Diagnostic, Span
 
 # The C parser gives the same events and marks, about 4x faster; we only use its events (no constructor runs).
 _EVENT_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml 0.2.6 (bundled since PyYAML 6.0.2's wheels) refuses flow nesting past 1000 in its scanner, which reads all
+# the brackets ahead before the parser hands us the 65th level; older releases and the pure-Python parser have no
+# such limit. So that depth is judged by our own walk on every release, the pure-Python parser decides then.
+_LIBYAML_DEPTH_PROBLEM = "maximum nesting depth"
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 64
@@ -271,9 +275,9 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
     return cat.yaml_syntax(span, problem)
 
 
-def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
+def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str, loader: type) -> Diagnostic:
     """A character YAML refuses (e.g. a control character). The C reader counts bytes, the Python one characters."""
-    if _EVENT_LOADER is yaml.SafeLoader:
+    if loader is yaml.SafeLoader:
         position = len(text[: exc.position].encode("utf-8", errors="surrogatepass"))
     else:
         position = exc.position
@@ -282,21 +286,26 @@ def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnos
     return cat.yaml_syntax(_byte_span(file, text.encode("utf-8", errors="surrogatepass"), position), problem)
 
 
-def load_text(text: str, file: str) -> LoadedDocument:
-    """Load pipeline YAML from text. Never raises for bad input: problems come back as diagnostics."""
-    builder = _Builder(file)
+def load_text(text: str, file: str, *, event_loader: type | None = None) -> LoadedDocument:
+    """Load pipeline YAML from text. Never raises for bad input: problems come back as diagnostics.
+
+    `event_loader` picks the YAML parser (the C one when PyYAML has it); the result is the same with either."""
+    loader = event_loader or _EVENT_LOADER
     unencodable = _unencodable(text, file)
     if unencodable is not None:  # lone surrogates: the parser would raise UnicodeEncodeError
-        return LoadedDocument(file, text, None, builder.source_map, [unencodable])
+        return LoadedDocument(file, text, None, SourceMap(file), [unencodable])
+    builder = _Builder(file)
     try:
-        for event in yaml.parse(text, Loader=_EVENT_LOADER):
+        for event in yaml.parse(text, Loader=loader):
             if not builder.handle(event):
                 break
     except yaml.MarkedYAMLError as exc:
+        if loader is not yaml.SafeLoader and _LIBYAML_DEPTH_PROBLEM in str(exc.problem):
+            return load_text(text, file, event_loader=yaml.SafeLoader)
         builder.diagnostics.append(_syntax_error(exc, file))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
     except yaml.reader.ReaderError as exc:
-        builder.diagnostics.append(_reader_error(exc, text, file))
+        builder.diagnostics.append(_reader_error(exc, text, file, loader))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
     except yaml.YAMLError as exc:  # anything else the parser may raise
         builder.diagnostics.append(cat.yaml_syntax(Span(file, 1, 1), str(exc).splitlines()[0]))

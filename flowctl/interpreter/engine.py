@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -516,7 +516,7 @@ def _nothing() -> None:
 
 
 async def _gather_native(
-    count: int, one: Callable[[int, Callable[[], None], Callable[[], None]], Awaitable[None]]
+    count: int, one: Callable[[int, Callable[[], None], Callable[[], None]], Coroutine[Any, Any, None]]
 ) -> None:
     """Branches as plain asyncio tasks: ~5 µs and ~2.5 KB less per branch than anyio's task groups, which matters
     for fan-outs of thousands. Branches never raise (see `one`); an outer cancellation cancels them all and waits,

@@ -112,7 +112,8 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
     child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
     meter = UsageMeter()  # the child run's own token totals
     token = STEP_METERS.set((*STEP_METERS.get(), meter))
-    status, outputs, error = RunStatus.CANCELLED, None, {"code": "cancelled", "message": "cancelled"}
+    status, outputs = RunStatus.CANCELLED, None
+    error: dict[str, Any] | None = {"code": "cancelled", "message": "cancelled"}
     try:
         outputs = await engine.run_pipeline(child)
         status, error = RunStatus.SUCCEEDED, None

@@ -822,7 +822,7 @@ class SqliteRunStore:
         )
 
     def record_call(
-        self, run_id: str, key: str, request_digest: str, result: dict[str, Any], *, durable: bool = True
+        self, run_id: str, key: str, request_digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
     ) -> None:
         """Journal a completed side effect; committed before returning unless `durable=False` (group commit).
 

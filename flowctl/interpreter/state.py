@@ -55,14 +55,14 @@ class SharedState:
 
 def _reduce(reducer: Reducer, current: Any, value: Any) -> Any:
     if reducer is Reducer.APPEND:
-        base = list(current) if isinstance(current, list) else ([] if current is None else [current])
-        return base + value if isinstance(value, list) else [*base, value]
+        items = list(current) if isinstance(current, list) else ([] if current is None else [current])
+        return items + value if isinstance(value, list) else [*items, value]
     if reducer is Reducer.MERGE:
-        base = dict(current) if isinstance(current, dict) else {}
+        merged = dict(current) if isinstance(current, dict) else {}
         if not isinstance(value, dict):
             raise TypeError(f"merge reducer needs a mapping, got {type(value).__name__}")
-        base.update(value)
-        return base
+        merged.update(value)
+        return merged
     return value
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Span
@@ -114,9 +115,26 @@ def test_aliases_and_anchors_are_refused() -> None:
     assert codes("a: &x [1]\nb: *x\n") == [(cat.YAML_ALIAS, 1, 4)]
 
 
-def test_nesting_past_the_limit_is_refused_without_recursion() -> None:
-    deep = "[" * 10_000 + "]" * 10_000
-    assert codes(deep) == [(cat.YAML_TOO_DEEP, 1, MAX_DEPTH + 1)]
+# Both parsers PyYAML may use: the C one (libyaml, when the wheel has it) and the pure-Python one.
+PARSERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.__name__)
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("[" * 10_000 + "]" * 10_000, (1, MAX_DEPTH + 1)),  # past libyaml 0.2.6's own limit of 1000
+        ("[" * 900 + "]" * 900, (1, MAX_DEPTH + 1)),  # under it
+        ("{a: " * 2_000 + "1" + "}" * 2_000, (1, 4 * MAX_DEPTH + 1)),
+        ("- " * 2_000 + "x\n", (1, 2 * MAX_DEPTH + 1)),  # block sequences
+    ],
+    ids=["flow-10000", "flow-900", "flow-mappings", "block"],
+)
+def test_nesting_past_the_limit_is_refused_the_same_by_every_parser(
+    parser: type, text: str, position: tuple[int, int]
+) -> None:
+    diagnostics = load_text(text, "t.yaml", event_loader=parser).diagnostics
+    assert [(d.code, d.span.line, d.span.col) for d in diagnostics] == [(cat.YAML_TOO_DEEP, *position)]
 
 
 def test_nesting_at_the_limit_is_fine() -> None:
