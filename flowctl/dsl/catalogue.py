@@ -203,9 +203,10 @@ CHILD_INVALID = _code(
 PATH_ESCAPE = _code(
     "path-escape",
     "A file path leaves the folder tree it must stay in: a child pipeline or a model's `fixture:` leaves the root "
-    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the test file's folder. flowctl quotes the "
-    "files it reads in its messages, so it reads none outside the project.",
-    "Move the file into that folder or a subfolder (a test file can live next to its pipeline or above it).",
+    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the folder `flowctl test` searched. flowctl "
+    "quotes the files it reads in its messages, so it reads none outside the project.",
+    "Move the file into that folder or a subfolder, or give `flowctl test` a folder that holds the test file and "
+    "what it names.",
 )
 DUPLICATE_ID = _code("duplicate-id", "Two steps (or triggers) share an id.", "Rename one of them.")
 DEPENDENCY_CYCLE = _code(

@@ -7,7 +7,7 @@ call results, errors, events, signals, state), to everything the CLI prints, and
 logging handler with `RedactingFilter`. Every command builds it the same way: `redactor_for(graphs, env)`.
 
 What is a secret (`secret_names`):
-- every model's `api_key_env`;
+- every model's `api_key_env` (a scripted model reads none);
 - every `${VAR}` in a server's `headers:`, and in a server's `env:` entry whose own name looks secret
   (`GITHUB_TOKEN: ${GH_ACCESS}`);
 - every environment variable whose name looks secret: a whole `_`-separated segment of it is `KEY`,
@@ -90,7 +90,7 @@ def marked_secret_names(env: Mapping[str, str]) -> set[str]:
 def secret_names(graph: Graph) -> set[str]:
     """The variables a pipeline reads secrets from (child files included): every `api_key_env`, every `${VAR}` in
     server headers, and every `${VAR}` in a server `env:` entry whose name looks secret."""
-    names: set[str] = {model.api_key_env for model in graph.models.values()}
+    names: set[str] = {model.api_key_env for model in graph.models.values() if model.provider != "scripted"}
     for server in graph.servers.values():
         texts = [*server.headers.values(), *(value for key, value in server.env.items() if looks_secret(key))]
         for text in texts:

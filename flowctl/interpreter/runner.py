@@ -288,13 +288,6 @@ def _finish(
     )
 
 
-def graph_secret_names(graph: ir.Graph) -> set[str]:
-    """The environment variables a pipeline reads secrets from (see redact.secret_names)."""
-    from flowctl.interpreter.redact import secret_names
-
-    return secret_names(graph)
-
-
 def load_resumable(store: RunStore, run_id: str) -> RunRecord:
     record = store.get_run(run_id)
     if record is None:

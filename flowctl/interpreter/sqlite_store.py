@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any
 
 from flowctl.interpreter.errors import InputError
-from flowctl.interpreter.redact import Redactor
+from flowctl.interpreter.redact import Redactor, redactor_for
 from flowctl.interpreter.store import (
     CallRecord,
     EventRecord,
@@ -329,7 +329,7 @@ class SqliteRunStore:
         max_delay: float = MAX_COMMIT_DELAY,
     ) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
-        self._redactor = redactor if redactor is not None else Redactor.from_env(os.environ)
+        self._redactor = redactor if redactor is not None else redactor_for((), os.environ)
         # One encoder for every value. JSONEncoder.encode builds its C encoder anew per call (~0.7 µs of a 1.6 µs
         # call response); the C encoder, made once, writes the same text. Without circular-reference checks: the
         # values are JSON-like data (parsed JSON, template results), which cannot refer to themselves.
