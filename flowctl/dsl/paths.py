@@ -1,5 +1,6 @@
 """Confining file references to a folder tree: a pipeline's child pipelines and model fixtures stay in the root
-pipeline's folder, a test file's pipeline and fixtures in the test file's folder (`path-escape` otherwise).
+pipeline's folder, a test file's pipeline and fixtures in the folder `flowctl test` searched (`path-escape`
+otherwise).
 
 Why: `validate`, `run` and `flowctl test` quote the files they read in their diagnostics, so a reference such as
 `../outside.env` or `/etc/passwd` in a file someone else wrote would print that file to a terminal or a CI log.

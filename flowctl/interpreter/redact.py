@@ -246,6 +246,8 @@ def restore_inputs(masked: Any, record: Mapping[str, Any] | None, env: Mapping[s
                 f"its inputs held the value of {name}, which has changed since: set it back to the value it had"
             )
         texts[text] = _FORMS[origin.get("form", "")](value)
+    if not texts:
+        return masked
     pattern = re.compile("|".join(map(re.escape, sorted(texts, key=lambda t: (-len(t), t)))))
     return _walk(masked, lambda text: pattern.sub(lambda m: texts[m.group(0)], text))
 
