@@ -8,6 +8,7 @@ Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem o
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -276,15 +277,18 @@ def _execute(start: Any, reporter: Any) -> Any:
 
 
 def _protect(graph: Any, store: Any, options: Any) -> Any:
-    """Secrets the pipeline reads (its `api_key_env`s and `${VAR}`s) and secret-looking environment variables are
-    masked in the store, the progress output and everything printed. Returns the redactor."""
-    import os
-
+    """The secrets (see docs/cli.md#secrets) are masked in the store, the progress output and everything printed.
+    Returns the redactor."""
     from flowctl.interpreter.progress import RedactingReporter
-    from flowctl.interpreter.redact import Redactor
-    from flowctl.interpreter.runner import graph_secret_names
+    from flowctl.interpreter.redact import MIN_SECRET_LENGTH, redactor_for
 
-    redactor = Redactor.from_env(os.environ, graph_secret_names(graph))
+    redactor = redactor_for([graph], os.environ)
+    for name in redactor.short_names:
+        click.echo(
+            f"warning: {name} is read as a secret but its value is shorter than {MIN_SECRET_LENGTH} characters, "
+            "too short to mask: it is shown and stored as it is",
+            err=True,
+        )
     store.use_redactor(redactor)
     options.reporter = RedactingReporter(options.reporter, redactor.redact_text)
     return redactor
@@ -401,12 +405,13 @@ def resume(
 ) -> None:
     """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
     from flowctl.interpreter.errors import InputError
-    from flowctl.interpreter.runner import load_resumable, run_graph
+    from flowctl.interpreter.runner import load_resumable, resume_inputs, run_graph
 
     store = _open_store(store_path)
     try:
         try:
             record = load_resumable(store, run_id)
+            inputs = resume_inputs(record, os.environ)  # secrets in them are restored from the environment
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
@@ -415,7 +420,7 @@ def resume(
         redactor = _protect(graph, store, options)
         try:
             outcome = _execute(
-                lambda: run_graph(graph, record.inputs, store, options, run_id=run_id, resuming=True), options.reporter
+                lambda: run_graph(graph, inputs, store, options, run_id=run_id, resuming=True), options.reporter
             )
         except InputError as exc:  # the pipeline was edited and no longer accepts the run's recorded inputs
             click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)

@@ -340,8 +340,8 @@ def test_a_secret_the_pipeline_reads_never_reaches_the_store_or_the_terminal(tmp
     (tmp_path / "p.yaml").write_text(
         "flowctl: 1\nname: secrets\nservers:\n"
         "  gh:\n    command: sh\n"
-        "    args: ['-c', 'echo \"auth failed for $GH_ACCESS\" >&2; exit 3']\n"
-        "    env: {GH_ACCESS: '${GH_ACCESS}'}\n"
+        "    args: ['-c', 'echo \"auth failed for $GITHUB_TOKEN\" >&2; exit 3']\n"
+        "    env: {GITHUB_TOKEN: '${GH_ACCESS}'}\n"
         "steps:\n  - {id: call, tool: gh.list_issues, args: {}, retry: {max_attempts: 1}}\n"
     )
     store = tmp_path / "runs.db"

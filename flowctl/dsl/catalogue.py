@@ -202,8 +202,11 @@ CHILD_INVALID = _code(
 )
 PATH_ESCAPE = _code(
     "path-escape",
-    "A child pipeline path leaves the pipeline's folder tree.",
-    "Move the child into the pipeline's folder or a subfolder.",
+    "A file path leaves the folder tree it must stay in: a child pipeline or a model's `fixture:` leaves the root "
+    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the folder `flowctl test` searched. flowctl "
+    "quotes the files it reads in its messages, so it reads none outside the project.",
+    "Move the file into that folder or a subfolder, or give `flowctl test` a folder that holds the test file and "
+    "what it names.",
 )
 DUPLICATE_ID = _code("duplicate-id", "Two steps (or triggers) share an id.", "Rename one of them.")
 DEPENDENCY_CYCLE = _code(
@@ -261,8 +264,10 @@ def child_invalid(span: Span, path: str, count: int) -> Diagnostic:
     )
 
 
-def path_escape(span: Span, path: str) -> Diagnostic:
-    return _make(PATH_ESCAPE, f"child pipeline path {path!r} leaves the pipeline's folder", span)
+def path_escape(
+    span: Span, path: str, what: str = "child pipeline path", folder: str = "the pipeline's folder"
+) -> Diagnostic:
+    return _make(PATH_ESCAPE, f"{what} {path!r} leaves {folder}", span)
 
 
 def duplicate_id(span: Span, name: str, first: Span) -> Diagnostic:

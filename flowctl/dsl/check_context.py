@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flowctl.dsl.diagnostics import Diagnostic, Span
@@ -32,6 +33,8 @@ class CheckContext:
     doc: LoadedDocument
     index: DocIndex
     resolve_child: ChildResolver | None = None
+    # (this file's folder, the root pipeline's folder that file references must stay in); None: not checked
+    folders: tuple[Path, Path] | None = None
     emitted_events: set[str] = field(default_factory=set)
     _lines: list[str] | None = None
 

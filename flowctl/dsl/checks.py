@@ -16,6 +16,7 @@ from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, ag
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
+from flowctl.dsl.paths import confine
 from flowctl.dsl.template_checks import check_templates
 from flowctl.dsl.templates import has_template
 
@@ -362,8 +363,21 @@ def check_joins(ctx: CheckContext) -> Iterator[Diagnostic]:
                 )
 
 
+def check_fixture_paths(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """A model's `fixture:` stays in the root pipeline's folder tree, as child pipelines do (flowctl/dsl/paths.py)."""
+    if ctx.folders is None:
+        return
+    base, root = ctx.folders
+    for name, model in ctx.index.section("models").items():
+        fixture = model.get("fixture") if isinstance(model, dict) else None
+        if isinstance(fixture, str) and confine(root, base, fixture) is None:
+            span = ctx.span(("models", name, "fixture"))
+            yield cat.path_escape(span, fixture, "fixture path", "the pipeline's folder")
+
+
 CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_definitions,
+    check_fixture_paths,
     check_servers,
     check_duplicate_ids,
     check_needs,

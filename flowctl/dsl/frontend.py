@@ -61,7 +61,8 @@ class FrontEnd:
         index = build_index(doc.data)
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
-            diagnostics += check_document(CheckContext(doc, index, resolver))
+            folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
+            diagnostics += check_document(CheckContext(doc, index, resolver, folders=folders))
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):

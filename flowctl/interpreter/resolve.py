@@ -4,7 +4,8 @@ exist — each `tool:` step's tool and each entry of an agent's `tools:` allow-l
 Stage: interpreter (it starts servers, so it is never part of plain `validate`). Problems come back as ordinary
 diagnostics at the YAML position of the step or agent: `unknown-tool` for a tool a server does not offer (the
 server's `allowed_tools` applies, as at run time), and `invalid-value` at the server's definition when it cannot be
-started or reached.
+started or reached. A server's stderr quoted in a diagnostic is masked like everything `flowctl run` prints
+(redact.redactor_for).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Diagnostic
 from flowctl.dsl.ir import AgentDef, Graph, NodeKind, ServerDef, Step, ToolCall
 from flowctl.interpreter.errors import FlowctlError
+from flowctl.interpreter.redact import redactor_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
     from flowctl.interpreter.mcp_pool import McpPool  # imports mcp (~0.6 s): only when asked to resolve
 
     graphs = list(_graphs(graph))
+    redactor = redactor_for([graph], env)  # a failing server's stderr may quote its environment
     servers = {_key(s): s for g in graphs for s in _used_servers(g)}
     listings: dict[tuple[str, str], _Listing] = {}
     async with McpPool(env=env) as pool:
@@ -48,7 +51,7 @@ async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
                 everything = dataclasses.replace(server, allowed_tools=None)  # `tool:` steps are not limited by it
                 listings[key] = _Listing(tools=tuple(t.name for t in await pool.list_tools(everything)))
             except FlowctlError as exc:
-                listings[key] = _Listing(error=exc.message)
+                listings[key] = _Listing(error=redactor.redact_text(exc.message))
 
         async with anyio.create_task_group() as tg:
             for key, server in servers.items():

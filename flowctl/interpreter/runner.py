@@ -5,7 +5,6 @@ signals, and resume. This is the interpreter's public entry point; the CLI calls
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -289,26 +288,6 @@ def _finish(
     )
 
 
-_VAR_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
-
-
-def graph_secret_names(graph: ir.Graph) -> set[str]:
-    """The environment variables a pipeline reads secrets from: every `api_key_env`, and every `${VAR}` in server
-    env, headers and URLs and in model base URLs (child files included). Their values are always redacted."""
-    names: set[str] = set()
-    texts: list[str] = []
-    for model in graph.models.values():
-        names.add(model.api_key_env)
-        texts.append(model.base_url or "")
-    for server in graph.servers.values():
-        texts += [*server.env.values(), *server.headers.values(), server.url or ""]
-    for text in texts:
-        names.update(_VAR_REFERENCE.findall(text))
-    for child in graph.children.values():
-        names |= graph_secret_names(child)
-    return names
-
-
 def load_resumable(store: RunStore, run_id: str) -> RunRecord:
     record = store.get_run(run_id)
     if record is None:
@@ -322,4 +301,16 @@ def load_resumable(store: RunStore, run_id: str) -> RunRecord:
     return record
 
 
-__all__ = ["RunOptions", "RunOutcome", "Scope", "load_resumable", "run_graph"]
+def resume_inputs(record: RunRecord, env: Mapping[str, str]) -> dict[str, Any]:
+    """The inputs the run started with: the store keeps secrets in them as placeholders naming their variables, and
+    they are restored from `env`. Refused (InputError naming the variable) when one is unset or has changed."""
+    from flowctl.interpreter.redact import SecretUnavailable, restore_inputs
+
+    try:
+        restored: dict[str, Any] = restore_inputs(record.inputs, record.input_secrets, env)
+    except SecretUnavailable as exc:
+        raise InputError(f"cannot resume run {record.run_id!r}: {exc}") from None
+    return restored
+
+
+__all__ = ["RunOptions", "RunOutcome", "Scope", "load_resumable", "resume_inputs", "run_graph"]

@@ -57,6 +57,8 @@ class RunRecord:
     output_tokens: int = 0
     cost: float = 0.0
     owner: str | None = None  # "host:pid" of the process running it; cleared when it finishes
+    # how to restore the secrets masked in `inputs` (redact.Redactor.mask_inputs); None when none were
+    input_secrets: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -105,27 +105,31 @@ class CaseResult:
 # --- finding and loading test files -----------------------------------------------------------------------------
 
 
-def find_test_files(paths: tuple[str, ...]) -> list[Path]:
-    """Named files are taken as given; folders are searched for `*.test.yaml` (hidden folders and venvs skipped)."""
-    files: list[Path] = []
+def find_test_files(paths: tuple[str, ...]) -> list[tuple[Path, Path]]:
+    """Each test file with the folder its `pipeline:` and `fixture:` paths must stay in: the folder it was found in
+    (the widest, when several PATHS find it), or its own folder when named. Named files are taken as given; folders
+    are searched for `*.test.yaml` (hidden folders and venvs skipped)."""
+    found: list[tuple[Path, Path]] = []
     for name in paths:
         path = Path(name)
         if not path.is_dir():
-            files.append(path)
+            found.append((path, path.parent))
             continue
         for root, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
-            files.extend(Path(root) / n for n in sorted(names) if n.endswith(TEST_FILE_SUFFIXES))
-    unique: dict[str, Path] = {}
-    for file in files:
-        unique.setdefault(str(file.resolve()), file)
+            found.extend((Path(root) / n, path) for n in sorted(names) if n.endswith(TEST_FILE_SUFFIXES))
+    unique: dict[str, tuple[Path, Path]] = {}
+    for file, top in found:
+        key = str(file.resolve())
+        if key not in unique or unique[key][1].resolve().is_relative_to(top.resolve()):
+            unique[key] = (unique[key][0] if key in unique else file, top)
     return list(unique.values())
 
 
 class _Checker:
     """Turns one loaded test file into Cases, collecting every problem as a Diagnostic with its position."""
 
-    def __init__(self, doc: Any, path: Path, pipelines: _PipelineCache) -> None:
+    def __init__(self, doc: Any, path: Path, top: Path, pipelines: _PipelineCache) -> None:
         from flowctl.dsl import catalogue
 
         self.cat = catalogue
@@ -133,6 +137,7 @@ class _Checker:
         self.map = doc.source_map
         self.path = path
         self.base = path.parent
+        self.top = top  # the folder tree its file references must stay in
         self.pipelines = pipelines
         self.diagnostics: list[Any] = []
 
@@ -209,11 +214,15 @@ class _Checker:
                 self.diagnostics.append(self.cat.missing_key(self.span(()), "pipeline", "the test file"))
                 self.diagnostics[-1] = _with_hint(self.diagnostics[-1], hint)
                 return None
+            if self.confined(target.name, (), "pipeline path") is None:  # a symlink pointing out
+                return None
         elif not isinstance(ref, str):
             self.wrong_type(("pipeline",), "a file path", ref)
             return None
         else:
-            target = self.base / ref
+            target = self.confined(ref, ("pipeline",), "pipeline path")
+            if target is None:
+                return None
             if not target.is_file():
                 self.problem(("pipeline",), f"pipeline file not found: {ref!r} (relative to {self.base})")
                 return None
@@ -231,7 +240,9 @@ class _Checker:
         if not isinstance(ref, str):
             self.wrong_type(path, "a fixture file path", ref)
             return None
-        target = self.base / ref
+        target = self.confined(ref, path, "fixture path")
+        if target is None:
+            return None
         if not target.is_file():
             self.problem(path, f"fixture file not found: {ref!r} (relative to {self.base})")
             return None
@@ -240,6 +251,19 @@ class _Checker:
         except FixtureError as exc:
             self.diagnostics.extend(exc.diagnostics)
             return None
+
+    def confined(self, ref: str, path: tuple[Any, ...], what: str) -> Path | None:
+        """The file `ref` names, or None (reported) when it leaves the folder tree the test file was found in: its
+        contents would be quoted in diagnostics (flowctl/dsl/paths.py)."""
+        from flowctl.dsl.paths import confine
+
+        target = confine(self.top, self.base, ref)
+        if target is None:
+            folder = f"the folder searched for test files ({_display(self.top)})"
+            if self.top == self.path.parent:
+                folder = "the test file's folder (name a folder that holds both to test it: `flowctl test FOLDER`)"
+            self.diagnostics.append(self.cat.path_escape(self.span(path), ref, what, folder))
+        return target
 
     # one case ------------------------------------------------------------------------------------------------
 
@@ -487,9 +511,12 @@ class _PipelineCache:
         return self.graphs[key]
 
 
-def load_cases(files: list[Path], selector: str | None) -> tuple[list[Case], list[tuple[Any, str | None]], int]:
-    """Every case of every file (selected by `selector`, a lowercase substring of `FILE::NAME`), the problems found
-    (diagnostic, source text) and the number of cases left out by the selector."""
+def load_cases(
+    files: list[tuple[Path, Path]], selector: str | None
+) -> tuple[list[Case], list[tuple[Any, str | None]], int]:
+    """Every case of every file (as `find_test_files` gives them: with the folder their references must stay in;
+    selected by `selector`, a lowercase substring of `FILE::NAME`), the problems found (diagnostic, source text) and
+    the number of cases left out by the selector."""
     from flowctl.dsl.diagnostics import finalize, has_errors
     from flowctl.dsl.loader import load_file
 
@@ -497,12 +524,12 @@ def load_cases(files: list[Path], selector: str | None) -> tuple[list[Case], lis
     cases: list[Case] = []
     problems: list[tuple[Any, str | None]] = []
     total = 0
-    for path in files:
+    for path, top in files:
         doc = load_file(path, _display(path))
         if doc.data is None or has_errors(doc.diagnostics):
             problems.extend((d, doc.source) for d in finalize(doc.diagnostics))
             continue
-        checker = _Checker(doc, path, pipelines)
+        checker = _Checker(doc, path, top, pipelines)
         everything = checker.cases()
         total += len(everything)
         selected = [c for c in everything if selector is None or selector in c.id.lower()]

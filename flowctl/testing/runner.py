@@ -1,5 +1,7 @@
 """Running a case: `run_graph` on a fresh in-memory store with the case's fixture, delivering its external signals,
-and comparing the outcome with its expectations."""
+and comparing the outcome with its expectations. Secrets are masked in what a case reports (its failures, its run
+error, its progress) as `flowctl run` masks them (redact.redactor_for): a real server the fixture does not script may
+print its environment."""
 
 from __future__ import annotations
 
@@ -13,18 +15,22 @@ from flowctl.testing.matchers import MapPattern, Pattern, describe
 
 async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     """Run one case on a fresh in-memory store and compare the outcome with its expectations."""
+    import os
+
     import anyio
 
     from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.progress import LineReporter, Reporter
+    from flowctl.interpreter.progress import LineReporter, RedactingReporter, Reporter
+    from flowctl.interpreter.redact import redactor_for
     from flowctl.interpreter.runner import RunOptions, run_graph
     from flowctl.interpreter.sqlite_store import SqliteRunStore, new_run_id
 
     started = time.monotonic()
     run_id = new_run_id()
-    reporter = LineReporter() if verbose else Reporter()
+    redactor = redactor_for([case.graph], os.environ)
+    reporter = RedactingReporter(LineReporter(), redactor.redact_text) if verbose else Reporter()
     options = RunOptions(scripted=case.fixture, reporter=reporter)
-    store = SqliteRunStore(":memory:")
+    store = SqliteRunStore(":memory:", redactor=redactor)
     outcome: Any = None
     error: FlowctlError | None = None
     try:
@@ -51,8 +57,8 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
         time.monotonic() - started,
         run_id,
         outcome.status.value if outcome is not None else "failed",
-        str(run_error) if run_error is not None else "",
-        failures,
+        redactor.redact_text(str(run_error)) if run_error is not None else "",
+        [(path, redactor.redact_text(message)) for path, message in failures],
     )
 
 

@@ -5,8 +5,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
+from typing import Any
 
-from flowctl.interpreter.redact import MASK, RedactingFilter, Redactor, looks_secret
+import pytest
+
+from flowctl.interpreter.redact import (
+    MASK,
+    RedactingFilter,
+    Redactor,
+    SecretUnavailable,
+    looks_secret,
+    redactor_for,
+    restore_inputs,
+    secret_names,
+)
 
 SECRET = "sk-test-1234567890"
 
@@ -34,10 +47,13 @@ def test_from_env_adds_explicitly_named_variables() -> None:
     assert redactor.secrets == ("header-value-123",)
 
 
-def test_values_shorter_than_eight_characters_are_ignored() -> None:
-    redactor = Redactor.from_env({"SHORT_TOKEN": "1234567", "NAMED": "abc"}, names=["NAMED"])
-    assert not redactor
-    assert redactor.redact_text("1234567 abc") == "1234567 abc"
+def test_values_shorter_than_six_characters_are_never_masked_and_named_ones_are_listed() -> None:
+    redactor = Redactor.from_env(
+        {"SHORT_TOKEN": "12345", "NAMED": "abc", "EMPTY_KEY": "", "SIX_TOKEN": "123456"}, names=["NAMED", "EMPTY_KEY"]
+    )
+    assert redactor.secrets == ("123456",)
+    assert redactor.redact_text("12345 abc 123456 1") == "12345 abc *** 1"
+    assert redactor.short_names == ("NAMED",)  # the CLI warns about it; an empty value is not worth a warning
 
 
 def test_redact_text_masks_every_occurrence() -> None:
@@ -119,6 +135,10 @@ def test_only_whole_name_segments_look_secret() -> None:
         "AWS_SECRET_ACCESS_KEY",
         "GH_PAT",
         "MY_CREDENTIALS",
+        "GPG_PRIVATE",
+        "SITE_COOKIE",
+        "APP_SESSION",
+        "API_KEYS",
     ):
         assert looks_secret(name), name
     for name in (
@@ -128,5 +148,115 @@ def test_only_whole_name_segments_look_secret() -> None:
         "MONKEY_MODE",
         "PATH",
         "TOKENIZERS_PARALLELISM",
+        "XDG_SESSION_TYPE",
+        "DESKTOP_SESSION",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "FLOWCTL_SECRETS",
     ):
         assert not looks_secret(name), name
+
+
+def _graph(tmp_path: Path, text: str) -> Any:
+    from flowctl.dsl.frontend import load_pipeline
+
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    assert graph is not None, [str(d) for d in diagnostics]
+    return graph
+
+
+PIPELINE = """\
+flowctl: 1
+name: p
+models:
+  default: {model: m, base_url: '${MODEL_BASE}/v1', api_key_env: LLM_ACCESS}
+servers:
+  files: {command: files-server, env: {ROOT: '${PWD}', GITHUB_TOKEN: '${GH_ACCESS}', LEVEL: '${LOG_LEVEL:-info}'}}
+  remote: {url: '${MCP_BASE}/mcp', headers: {Authorization: 'Bearer ${SVC_BEARER}'}}
+agents:
+  a: {instruction: Work., servers: [files, remote]}
+steps:
+  - {id: s, agent: a, prompt: go}
+"""
+
+
+def test_a_pipeline_reads_secrets_from_api_key_envs_headers_and_secret_named_server_env_entries(
+    tmp_path: Path,
+) -> None:
+    assert secret_names(_graph(tmp_path, PIPELINE)) == {"LLM_ACCESS", "GH_ACCESS", "SVC_BEARER"}
+
+
+def test_other_interpolated_variables_are_shown_and_flowctl_secrets_marks_more(tmp_path: Path) -> None:
+    env = {
+        "PWD": "/home/someone/project",
+        "MODEL_BASE": "http://localhost:8080",
+        "MCP_BASE": "http://127.0.0.1:9000",
+        "LLM_ACCESS": "llm-access-value",
+        "GH_ACCESS": "gh-access-value",
+        "SVC_BEARER": "svc-bearer-value",
+        "LOG_LEVEL": "verbose",
+    }
+    redactor = redactor_for([_graph(tmp_path, PIPELINE)], env)
+    text = " ".join(env.values())
+    assert (
+        redactor.redact_text(text)
+        == "/home/someone/project http://localhost:8080 http://127.0.0.1:9000 *** *** *** verbose"
+    )
+    marked = redactor_for([_graph(tmp_path, PIPELINE)], {**env, "FLOWCTL_SECRETS": "LOG_LEVEL, MCP_BASE"})
+    assert marked.redact_text(text) == "/home/someone/project http://localhost:8080 *** *** *** *** ***"
+
+
+NAMED = {"API_TOKEN": "tok-0123456789", "DB_PASSWORD": "pw with spaces\n"}
+
+
+def test_inputs_are_masked_with_placeholders_and_restored_from_the_environment() -> None:
+    inputs = {
+        "path": "tok-0123456789/report.txt",
+        "nested": [{"tok-0123456789": "uses pw with spaces"}, 3, None],
+        "quoted": json.dumps({"auth": "tok-0123456789"}),
+        "plain": "nothing secret",
+    }
+    masked, record = Redactor(NAMED).mask_inputs(inputs)
+    assert masked == {
+        "path": "${API_TOKEN}/report.txt",
+        "nested": [{"${API_TOKEN}": "uses ${DB_PASSWORD|strip}"}, 3, None],
+        "quoted": json.dumps({"auth": "${API_TOKEN}"}),
+        "plain": "nothing secret",
+    }
+    assert record is not None
+    assert "tok-0123456789" not in json.dumps(record) and "pw with spaces" not in json.dumps(record)
+    assert restore_inputs(masked, record, NAMED) == inputs
+
+
+def test_a_placeholder_already_written_in_the_inputs_is_kept_literally() -> None:
+    inputs = {"a": "literal ${API_TOKEN} and the real tok-0123456789", "b": "${API_TOKEN#2}"}
+    masked, record = Redactor(NAMED).mask_inputs(inputs)
+    assert masked == {"a": "literal ${API_TOKEN} and the real ${API_TOKEN#3}", "b": "${API_TOKEN#2}"}
+    assert restore_inputs(masked, record, NAMED) == inputs
+
+
+def test_inputs_without_secrets_record_nothing() -> None:
+    inputs = {"a": "plain"}
+    assert Redactor(NAMED).mask_inputs(inputs) == (inputs, None)
+    assert restore_inputs(inputs, None, {}) == inputs
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "API_TOKEN, which is not set now"),
+        ({"API_TOKEN": "tok-9999999999"}, "API_TOKEN, which has changed since"),
+    ],
+)
+def test_restoring_refuses_a_missing_or_changed_variable(env: dict[str, str], message: str) -> None:
+    masked, record = Redactor(NAMED).mask_inputs({"path": "tok-0123456789/x"})
+    with pytest.raises(SecretUnavailable, match=message):
+        restore_inputs(masked, record, env)
+
+
+def test_the_record_keeps_a_salted_digest_never_the_value() -> None:
+    _, first = Redactor(NAMED).mask_inputs({"a": "tok-0123456789"})
+    _, second = Redactor(NAMED).mask_inputs({"a": "tok-0123456789"})
+    assert first is not None and second is not None
+    assert first["salt"] != second["salt"] and first["digests"] != second["digests"]
+    assert first["placeholders"] == {"${API_TOKEN}": {"var": "API_TOKEN", "form": ""}}

@@ -3,6 +3,7 @@ grouped writes commit by the documented rule, and secrets never reach the file."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -502,6 +503,20 @@ def test_secrets_from_the_environment_never_reach_the_file(db: Path) -> None:
     assert sum("***" in text for text in texts) >= 9
 
 
+def test_secrets_in_inputs_are_stored_as_placeholders_that_restore_from_the_environment(db: Path) -> None:
+    from flowctl.interpreter.redact import restore_inputs
+
+    env = {"OPENAI_API_KEY": SECRET}
+    inputs = {"path": f"{SECRET}/report.txt", "n": 3}
+    with SqliteRunStore(db, redactor=Redactor.from_env(env)) as store:
+        make_run(store, inputs=inputs)
+        stored = store.get_run("r-1")
+    assert stored is not None and stored.inputs == {"path": "${OPENAI_API_KEY}/report.txt", "n": 3}
+    assert stored.input_secrets is not None and SECRET not in json.dumps(stored.input_secrets)
+    assert restore_inputs(stored.inputs, stored.input_secrets, env) == inputs
+    assert not [text for text in every_text_value(db) if SECRET in text]
+
+
 def test_finishing_a_run_clears_its_owner_and_reopening_takes_it(store: SqliteRunStore) -> None:
     make_run(store)
     store.finish_run("r-1", RunStatus.FAILED)
@@ -524,6 +539,7 @@ def test_a_version_1_store_is_upgraded_in_place(db: Path) -> None:
         assert store.schema_version == SCHEMA_VERSION
         old = store.get_run("r-old")
         assert old is not None and old.owner is None and old.status is RunStatus.FAILED
+        assert old.input_secrets is None  # inputs stored before v4 restore as they are
 
 
 def test_only_one_process_can_claim_a_run_for_resume(db: Path) -> None:
