@@ -54,6 +54,14 @@ from flowctl.interpreter.store import (
     StepRecord,
     StepStatus,
 )
+from flowctl.interpreter.store_errors import (
+    StoreAccess,
+    cannot_read_shared,
+    foreign_database,
+    from_exception,
+    missing_store,
+    newer_schema,
+)
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
@@ -314,6 +322,10 @@ class SqliteRunStore:
 
     `redactor` defaults to one built from `os.environ`, so secrets stay out of the file even when
     the caller forgets to pass one. Use it as a context manager or call `close()`.
+
+    `access`: "create" makes the file (and its folder) if missing; "write" and "read" need an existing store and never
+    create one ("read" opens it read-only). Every failure of the file or its disk, from opening on, is raised as a
+    `StoreError` that names the file and what to do.
     """
 
     def __init__(
@@ -323,8 +335,11 @@ class SqliteRunStore:
         redactor: Redactor | None = None,
         max_pending: int = MAX_PENDING_WRITES,
         max_delay: float = MAX_COMMIT_DELAY,
+        access: StoreAccess = "create",
     ) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
+        self._access = access
+        self._running_root: str | None = None  # the root run this process runs (named by a StoreError mid-run)
         self._redactor = redactor if redactor is not None else Redactor.from_env(os.environ)
         # One encoder for every value. JSONEncoder.encode builds its C encoder anew per call (~0.7 µs of a 1.6 µs
         # call response); the C encoder, made once, writes the same text. Without circular-reference checks: the
@@ -353,62 +368,115 @@ class SqliteRunStore:
         self._writer_parked = False
         self._writer_error: sqlite3.Error | None = None
         self._closed = False
-        self._conn = self._connect()
+        self._conn = self._open()
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # caps rows per statement
-        self._migrate()
 
     # -- connection and schema -------------------------------------------------------------------
 
+    def _open(self) -> sqlite3.Connection:
+        """Connect and bring the file to SCHEMA_VERSION; a file or disk that cannot serve is a StoreError."""
+        if isinstance(self.path, Path) and self._access != "create" and not self.path.exists():
+            raise missing_store(self.path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise newer_schema(self.path, version, SCHEMA_VERSION)
+            if version < SCHEMA_VERSION and self._access == "read":  # an upgrade writes, so it needs write access
+                conn.close()
+                self._access = "write"
+                conn = self._connect()
+            self._migrate(conn)
+            return conn
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise self._fail(exc) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+
     def _connect(self) -> sqlite3.Connection:
         """One autocommit connection; transactions are explicit so group commit is ours to steer."""
-        if isinstance(self.path, Path):
+        if not isinstance(self.path, Path):
+            return self._configure(str(self.path), uri=False)
+        if self._access == "create":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._configure(str(self.path), uri=False)
+        # never create the file: SQLite's URI modes `rw` and `ro`
+        uri = f"{self.path.absolute().as_uri()}?mode={'ro' if self._access == 'read' else 'rw'}"
+        try:
+            return self._configure(uri, uri=True)
+        except sqlite3.OperationalError as exc:
+            # A WAL store on a read-only (or full) file system cannot be read the usual way: SQLite must create or
+            # grow FILE-shm. With no FILE-wal beside it, or an empty one, every committed row is in the file itself,
+            # which is then read as immutable.
+            wal = self.path.with_name(self.path.name + "-wal")
+            if self._access != "read" or not cannot_read_shared(exc) or (wal.exists() and wal.stat().st_size):
+                raise
+            return self._configure(uri + "&immutable=1", uri=True)
+
+    def _configure(self, target: str, *, uri: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            str(self.path),
+            target,
             timeout=BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,
             check_same_thread=False,
+            uri=uri,
         )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self._access != "read":  # a read-only connection cannot set it (a store is in WAL mode already)
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: a non-database fails
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
-    def _migrate(self) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once.
 
         The write lock is taken only when an upgrade is due, so opening a current file to read
         never waits for a running interpreter.
         """
-        with self._lock:
-            if self.schema_version == SCHEMA_VERSION:
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._upgrade(self.schema_version)
-                self._conn.commit()
-            except BaseException:
-                self._conn.rollback()
-                raise
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._upgrade(conn, int(conn.execute("PRAGMA user_version").fetchone()[0]))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
-    def _upgrade(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"run store {self.path} has schema version {version}; this flowctl "
-                f"understands up to {SCHEMA_VERSION} (upgrade flowctl)"
-            )
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        if version > SCHEMA_VERSION:  # another process upgraded it since we looked
+            raise newer_schema(self.path, version, SCHEMA_VERSION)
+        if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+            raise foreign_database(self.path)  # another program's database: adding our tables would spoil it
         for statements in MIGRATIONS[version:]:
             for statement in statements:
-                self._conn.execute(statement)
-        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
         """The schema version recorded in the file (`PRAGMA user_version`)."""
         with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            try:
+                return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        """The StoreError an sqlite3/OS error means (naming the run it stopped, if any); a bug's error unchanged."""
+        return from_exception(exc, self.path, self._access, self._running_root) or exc
 
     # -- writing: redaction and group commit -----------------------------------------------------
 
@@ -564,14 +632,17 @@ class SqliteRunStore:
     def _durable(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
         """Run a write and commit it, with every grouped row before it, before returning (`_lock` held)."""
         self._raise_writer_error()
-        written = self._drain()
         try:
-            self._begin()
-            cursor = self._conn.execute(sql, tuple(params))
-            self._conn.commit()
-        except BaseException:
-            self._restore(written)
-            raise
+            written = self._drain()
+            try:
+                self._begin()
+                cursor = self._conn.execute(sql, tuple(params))
+                self._conn.commit()
+            except BaseException:
+                self._restore(written)
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
         return cursor
 
     def _read(self, table: str, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
@@ -579,24 +650,30 @@ class SqliteRunStore:
         are written and committed first. Reading runs or signals (never grouped) starts no write transaction."""
         with self._lock:
             self._commit(table)
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
 
     def _commit(self, table: str | None = None) -> None:
         """Write and commit every grouped row (with `table`: only if that table has rows waiting; `_lock` held)."""
         self._raise_writer_error()
-        written = self._drain(table)
         try:
-            if self._conn.in_transaction:
-                self._conn.commit()
-        except BaseException:
-            self._restore(written)
-            raise
+            written = self._drain(table)
+            try:
+                if self._conn.in_transaction:
+                    self._conn.commit()
+            except BaseException:
+                self._restore(written)
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
 
     def _raise_writer_error(self) -> None:
         error = self._writer_error
         if error is not None:
             self._writer_error = None
-            raise error
+            raise self._fail(error) from None
 
     def use_redactor(self, redactor: Redactor) -> None:
         """Mask these secrets in everything written from now on (the CLI adds the pipeline's own variables)."""
@@ -659,6 +736,8 @@ class SqliteRunStore:
         sql = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(params))})"
         with self._lock:
             self._durable(sql, params)
+            if record.parent_id is None and record.status is RunStatus.RUNNING:
+                self._running_root = record.run_id
 
     def finish_run(
         self,
@@ -686,6 +765,8 @@ class SqliteRunStore:
         )
         with self._lock:
             self._require_updated(self._durable(sql, params), run_id)
+            if run_id == self._running_root:
+                self._running_root = None
 
     def reopen_run(self, run_id: str) -> None:
         """Claim a run for resume: mark it running by this process, clearing finished_at, outputs and error.
@@ -697,19 +778,24 @@ class SqliteRunStore:
                     WHERE run_id = ?"""
         with self._lock:
             self._commit()
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self._conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-                if row is None:
-                    raise KeyError(f"unknown run {run_id!r}")
-                owner = row["owner"]
-                if row["status"] == RunStatus.RUNNING.value and owner != this_process() and owner_alive(owner):
-                    raise RunBusy(run_id, owner)
-                self._conn.execute(update, (RunStatus.RUNNING.value, this_process(), run_id))
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                    if row is None:
+                        raise KeyError(f"unknown run {run_id!r}")
+                    owner = row["owner"]
+                    if row["status"] == RunStatus.RUNNING.value and owner != this_process() and owner_alive(owner):
+                        raise RunBusy(run_id, owner)
+                    self._conn.execute(update, (RunStatus.RUNNING.value, this_process(), run_id))
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+            if self._running_root is None:  # the root is claimed first (a child's id names its root run)
+                self._running_root = run_id.split("/", 1)[0]
 
     @staticmethod
     def _require_updated(cursor: sqlite3.Cursor, run_id: str) -> None:
