@@ -225,13 +225,17 @@ def _open_store(store_path: str | None, access: StoreAccess) -> Any:
 
 
 def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
-    from flowctl.interpreter.inputs import parse_cli_value
+    """`--inputs FILE` (UTF-8, or UTF-16 with a BOM), then `-i KEY=VALUE`s; JSON past the limits in
+    flowctl.interpreter.inputs (nesting, integer digits) or in another encoding is a usage error with its position."""
+    from flowctl.interpreter.inputs import InputTextError, parse_cli_value, read_json_file
 
     values: dict[str, Any] = {}
     if inputs_file:
         try:
-            loaded = json.loads(Path(inputs_file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            loaded = read_json_file(inputs_file)
+        except OSError as exc:
+            raise click.UsageError(f"--inputs {inputs_file}: {exc.strerror or exc}") from None
+        except (InputTextError, json.JSONDecodeError) as exc:
             raise click.UsageError(f"--inputs {inputs_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise click.UsageError(f"--inputs {inputs_file}: expected a JSON object")
@@ -240,7 +244,10 @@ def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -
         key, sep, text = pair.partition("=")
         if not sep:
             raise click.UsageError(f"-i {pair!r}: write inputs as key=value")
-        values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+        try:
+            values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+        except InputTextError as exc:
+            raise click.UsageError(f"-i {key}: {exc}") from None
     return values
 
 
@@ -621,10 +628,15 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 @_store_option
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
     """Send an external event (e.g. a human approval) to a running pipeline."""
+    from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
+
     try:
-        data = json.loads(data_text)
+        check_argument_text(data_text)
+        data = parse_json(data_text)
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"--data is not JSON: {exc}") from None
+    except InputTextError as exc:
+        raise click.UsageError(f"--data: {exc}") from None
     store = _open_store(store_path, "write")
     try:
         record = store.get_run(run_id)

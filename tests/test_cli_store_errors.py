@@ -322,3 +322,15 @@ def test_sqlite_full_in_a_durable_or_grouped_write_is_a_store_error_naming_the_r
         store.record_call("r-1", "k", "digest", {"text": "x" * 100_000})
         assert store.steps("r-1")[0].output == "y" * 100_000
         store.finish_run("r-1", RunStatus.SUCCEEDED)
+
+
+def test_a_lone_surrogate_in_an_input_is_stored_and_read_back(project: Path) -> None:
+    """JSON allows `"\\ud800"` (half a UTF-16 pair), which SQLite cannot store as UTF-8: it is kept as its escape."""
+    (project / "inputs.json").write_text('{"who": "half \\ud800 a pair"}')
+    store = project / "runs.db"
+    fixture = project / "greet.fixture.yaml"
+    result = invoke("run", project / "greet.yaml", "-q", "--scripted", fixture, "--inputs", project / "inputs.json",
+                    "--store", store)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [run] = json.loads(invoke("runs", "--store", store, "--output", "json").output)
+    assert run["inputs"] == {"who": "half \ud800 a pair"}

@@ -245,6 +245,11 @@ def default_store_path(cwd: Path | None = None) -> Path:
     return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
 
 
+def _utf8_safe(value: Any) -> Any:
+    """A str with its lone surrogates written as `\\udXXXX` escapes; other values as they are."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -594,8 +599,17 @@ class SqliteRunStore:
             if count < most:
                 count = 1 << (count.bit_length() - 1)
             chunk = rows[start : start + count]
-            self._conn.execute(insert.sql(count), list(chain.from_iterable(chunk)))
+            self._execute(insert.sql(count), list(chain.from_iterable(chunk)))
             start += count
+
+    def _execute(self, sql: str, params: list[Any] | tuple[Any, ...]) -> sqlite3.Cursor:
+        """Execute with text that SQLite can store: a lone surrogate (from undecodable command-line bytes, or a
+        `"\\ud800"` JSON escape in a model's or tool's answer) is not UTF-8, so it is written as its JSON escape,
+        which a JSON column reads back as the same character."""
+        try:
+            return self._conn.execute(sql, params)
+        except UnicodeEncodeError:
+            return self._conn.execute(sql, [_utf8_safe(value) for value in params])
 
     def _drain(self, table: str | None = None) -> list[tuple[_Insert, list[tuple[Any, ...]]]]:
         """Write every row handed off or queued (all tables, oldest first) into a transaction the caller commits
@@ -636,7 +650,7 @@ class SqliteRunStore:
             written = self._drain()
             try:
                 self._begin()
-                cursor = self._conn.execute(sql, tuple(params))
+                cursor = self._execute(sql, tuple(params))
                 self._conn.commit()
             except BaseException:
                 self._restore(written)
@@ -651,7 +665,7 @@ class SqliteRunStore:
         with self._lock:
             self._commit(table)
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
 
