@@ -334,3 +334,11 @@ def test_a_lone_surrogate_in_an_input_is_stored_and_read_back(project: Path) -> 
     assert result.exit_code == 0, result.output
     [run] = json.loads(invoke("runs", "--store", store, "--output", "json").output)
     assert run["inputs"] == {"who": "half \ud800 a pair"}
+
+
+def test_a_store_path_the_system_refuses_is_named_with_the_reason(project: Path) -> None:
+    (project / "loop.db").symlink_to(project / "loop.db")
+    assert_refused(every_command(project, project / "loop.db"), "Too many levels of symbolic links")
+    too_long = project / ("a" * 300)
+    assert_refused(every_command(project, too_long / "runs.db"), "File name too long")
+    assert_refused(every_command(project, Path(f"{too_long}.db")), "File name too long")

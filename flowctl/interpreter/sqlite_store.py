@@ -59,8 +59,8 @@ from flowctl.interpreter.store_errors import (
     cannot_read_shared,
     foreign_database,
     from_exception,
-    missing_store,
     newer_schema,
+    stat_problem,
 )
 
 SCHEMA_VERSION = 3
@@ -380,8 +380,10 @@ class SqliteRunStore:
 
     def _open(self) -> sqlite3.Connection:
         """Connect and bring the file to SCHEMA_VERSION; a file or disk that cannot serve is a StoreError."""
-        if isinstance(self.path, Path) and self._access != "create" and not self.path.exists():
-            raise missing_store(self.path)
+        if isinstance(self.path, Path) and self._access != "create":
+            problem = stat_problem(self.path)
+            if problem is not None:
+                raise problem
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()

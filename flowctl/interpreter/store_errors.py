@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -107,12 +108,15 @@ def from_exception(
     exc: BaseException, path: str | Path, access: StoreAccess, run_id: str | None = None
 ) -> StoreError | None:
     """The StoreError an `sqlite3.Error` or `OSError` means, or None for one that is a bug (let it surface)."""
-    if isinstance(exc, sqlite3.Error):
-        found = _from_sqlite(exc, Path(path), access)
-    elif isinstance(exc, OSError):
-        found = _from_os(exc, Path(path))
-    else:
-        return None
+    try:
+        if isinstance(exc, sqlite3.Error):
+            found = _from_sqlite(exc, Path(path), access)
+        elif isinstance(exc, OSError):
+            found = _from_os(exc, Path(path))
+        else:
+            return None
+    except OSError:  # looking into why failed too: say what SQLite or the system said
+        found = (f"cannot use it ({exc})", ELSEWHERE)
     if found is None:
         return None
     problem, advice = found
@@ -165,12 +169,26 @@ def _from_os(exc: OSError, path: Path) -> tuple[str, str] | None:
     if place is not None:
         return place, "pass --store FILE on a real disk"
     reason = exc.strerror or str(exc)
-    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    named = exc.filename is not None and len(str(exc.filename)) <= 200 and str(exc.filename) != str(path)
+    where = f" ({exc.filename})" if named else ""
     if exc.errno == errno.ENOSPC:
         return f"the disk is full ({reason}){where}", "free some space and try again"
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot create it: {reason}{where}", f"make its folder writable, or {ELSEWHERE}"
-    return f"cannot create it: {reason}{where}", ELSEWHERE
+        return f"cannot use it: {reason}{where}", f"make its folder writable, or {ELSEWHERE}"
+    return f"cannot use it: {reason}{where}", ELSEWHERE
+
+
+def stat_problem(path: Path) -> StoreError | None:
+    """Before opening an existing store: none there (`missing_store`), or a path the system refuses (a name too
+    long, a symbolic link loop, no permission); None when there is a file to open."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return missing_store(path)
+    except OSError as exc:
+        found = _from_os(exc, path)
+        return StoreError(path, *found) if found else None
+    return None
 
 
 def _cannot_open(path: Path, access: StoreAccess) -> str:
@@ -178,8 +196,13 @@ def _cannot_open(path: Path, access: StoreAccess) -> str:
     blocked = _path_blocker(path)
     if blocked is not None:
         return blocked
-    if path.is_dir():
-        return "that is a folder, not a file"
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return "that is a folder, not a file"
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a symbolic link loop
+        return f"cannot use it: {exc.strerror or exc}"
     folder = path.parent
     try:
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
@@ -193,7 +216,7 @@ def _cannot_open(path: Path, access: StoreAccess) -> str:
 
 def _open_problem(path: Path, access: StoreAccess) -> str | None:
     """What the operating system says when the file (or, to create it, its folder) is opened as SQLite would."""
-    existed = path.exists()
+    existed = os.path.lexists(path)
     flags = os.O_RDONLY if access == "read" else os.O_RDWR
     try:
         if not existed and access == "create":
