@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # imported when needed: the CLI imports this module for every command, sqlite3 costs ~3 ms
+    import sqlite3
 
 # How a command opens the store: `run` creates it (and its folder); `resume` and `signal` write to an existing one;
 # `runs` and `show` only read, and neither of the last three ever creates a file.
@@ -108,6 +110,8 @@ def from_exception(
     exc: BaseException, path: str | Path, access: StoreAccess, run_id: str | None = None
 ) -> StoreError | None:
     """The StoreError an `sqlite3.Error` or `OSError` means, or None for one that is a bug (let it surface)."""
+    import sqlite3
+
     try:
         if isinstance(exc, sqlite3.Error):
             found = _from_sqlite(exc, Path(path), access)
