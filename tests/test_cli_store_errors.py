@@ -167,11 +167,20 @@ def test_commands_that_need_a_store_say_there_is_none_and_create_nothing(
     assert not (project / "missing").exists()
 
 
+def downgrade(store: Path) -> None:
+    """Make a store as schema version 2 wrote it (closed: the last connection folds the WAL into the file)."""
+    conn = sqlite3.connect(store)
+    try:
+        conn.execute("ALTER TABLE calls DROP COLUMN redacted")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def test_a_store_from_an_older_flowctl_is_upgraded_by_a_read_command(project: Path) -> None:
     store = real_store(project, runs=1)
-    with sqlite3.connect(store) as conn:
-        conn.execute("ALTER TABLE calls DROP COLUMN redacted")  # as schema version 2 had it
-        conn.execute("PRAGMA user_version = 2")
+    downgrade(store)
     result = invoke("runs", "--store", store, "--output", "json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)) == 1
@@ -202,9 +211,12 @@ def remount(folder: Path, options: str) -> None:
 
 
 @contextmanager
-def read_only_store(project: Path) -> Iterator[Path]:
-    """A store with one run, in a folder nothing may write to: a read-only mount as root, permission bits otherwise."""
+def read_only_store(project: Path, *, older: bool = False) -> Iterator[Path]:
+    """A store with one run, in a folder nothing may write to: a read-only mount as root, permission bits otherwise.
+    `older`: as flowctl's schema version 2 wrote it."""
     source = real_store(project, runs=1)
+    if older:
+        downgrade(source)
     if os.geteuid() == 0:
         with tmpfs(project / "ro", "4m") as folder:
             shutil.copy(source, folder / "runs.db")
@@ -342,3 +354,9 @@ def test_a_store_path_the_system_refuses_is_named_with_the_reason(project: Path)
     too_long = project / ("a" * 300)
     assert_refused(every_command(project, too_long / "runs.db"), "File name too long")
     assert_refused(every_command(project, Path(f"{too_long}.db")), "File name too long")
+
+
+def test_a_read_only_store_from_an_older_flowctl_says_it_needs_upgrading(project: Path) -> None:
+    with read_only_store(project, older=True) as store:
+        result = invoke("runs", "--store", store)
+        assert_refused({"runs": result}, "written by an older flowctl, and upgrading it needs write access")

@@ -56,6 +56,7 @@ from flowctl.interpreter.store import (
 )
 from flowctl.interpreter.store_errors import (
     StoreAccess,
+    StoreError,
     cannot_read_shared,
     foreign_database,
     from_exception,
@@ -385,6 +386,7 @@ class SqliteRunStore:
             if problem is not None:
                 raise problem
         conn: sqlite3.Connection | None = None
+        upgrading_read_only = False
         try:
             conn = self._connect()
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -392,14 +394,17 @@ class SqliteRunStore:
                 raise newer_schema(self.path, version, SCHEMA_VERSION)
             if version < SCHEMA_VERSION and self._access == "read":  # an upgrade writes, so it needs write access
                 conn.close()
-                self._access = "write"
+                self._access, upgrading_read_only = "write", True
                 conn = self._connect()
             self._migrate(conn)
             return conn
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:
                 conn.close()
-            raise self._fail(exc) from None
+            error = self._fail(exc)
+            if isinstance(error, StoreError) and upgrading_read_only:
+                error.problem = f"written by an older flowctl, and upgrading it needs write access: {error.problem}"
+            raise error from None
         except BaseException:
             if conn is not None:
                 conn.close()
