@@ -360,3 +360,16 @@ def test_a_read_only_store_from_an_older_flowctl_says_it_needs_upgrading(project
     with read_only_store(project, older=True) as store:
         result = invoke("runs", "--store", store)
         assert_refused({"runs": result}, "written by an older flowctl, and upgrading it needs write access")
+
+
+def test_values_sqlite_cannot_bind_are_stored_not_lost_in_the_writer_thread(tmp_path: Path) -> None:
+    """An integer past 64 bits (a server's usage numbers) or a lone surrogate reaches the grouped writes, which the
+    writer thread makes: they are stored (as a float, as an escape), not dropped with a traceback from the thread."""
+    with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor(), max_delay=0) as store:
+        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
+        store.step_done("r-1", "a", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output="\ud800", input_tokens=10**20)
+        store.step_done("r-1", "b", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output_tokens=10**400)
+        store.finish_run("r-1", RunStatus.SUCCEEDED, input_tokens=10**30)
+        a, b = store.steps("r-1")
+        assert (a.output, a.input_tokens, b.output_tokens) == ("\ud800", 1e20, float("inf"))
+        assert store.get_run("r-1").input_tokens == 1e30  # type: ignore[union-attr]

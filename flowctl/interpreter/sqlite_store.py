@@ -246,9 +246,20 @@ def default_store_path(cwd: Path | None = None) -> Path:
     return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
 
 
-def _utf8_safe(value: Any) -> Any:
-    """A str with its lone surrogates written as `\\udXXXX` escapes; other values as they are."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+_SQLITE_INT_MAX = 2**63 - 1
+
+
+def _storable(value: Any) -> Any:
+    """A value SQLite can bind: a str with its lone surrogates written as `\\udXXXX` escapes, an int past 64 bits as
+    a float (as big, less exact); other values as they are."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int) and not -_SQLITE_INT_MAX - 1 <= value <= _SQLITE_INT_MAX:
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf") if value > 0 else float("-inf")
+    return value
 
 
 def _load(text: str | None) -> Any:
@@ -372,7 +383,7 @@ class SqliteRunStore:
         self._handed: deque[tuple[_Insert, list[tuple[Any, ...]]]] = deque()  # full batches for the writer
         self._writer: threading.Thread | None = None
         self._writer_parked = False
-        self._writer_error: sqlite3.Error | None = None
+        self._writer_error: Exception | None = None
         self._closed = False
         self._conn = self._open()
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # caps rows per statement
@@ -590,7 +601,7 @@ class SqliteRunStore:
                         break
                     try:
                         self._insert(*batch)
-                    except sqlite3.Error as error:  # raised at the next write; the batch waits for the next commit
+                    except Exception as error:  # raised at the next write; the batch waits for the next commit
                         with self._queue_lock:
                             self._handed.appendleft(batch)
                             self._writer_error, self._writer = error, None
@@ -610,13 +621,14 @@ class SqliteRunStore:
             start += count
 
     def _execute(self, sql: str, params: list[Any] | tuple[Any, ...]) -> sqlite3.Cursor:
-        """Execute with text that SQLite can store: a lone surrogate (from undecodable command-line bytes, or a
+        """Execute with values that SQLite can store: a lone surrogate (from undecodable command-line bytes, or a
         `"\\ud800"` JSON escape in a model's or tool's answer) is not UTF-8, so it is written as its JSON escape,
-        which a JSON column reads back as the same character."""
+        which a JSON column reads back as the same character; an integer past 64 bits (a server's usage numbers) is
+        written as a float."""
         try:
             return self._conn.execute(sql, params)
-        except UnicodeEncodeError:
-            return self._conn.execute(sql, [_utf8_safe(value) for value in params])
+        except (UnicodeEncodeError, OverflowError):
+            return self._conn.execute(sql, [_storable(value) for value in params])
 
     def _drain(self, table: str | None = None) -> list[tuple[_Insert, list[tuple[Any, ...]]]]:
         """Write every row handed off or queued (all tables, oldest first) into a transaction the caller commits
