@@ -17,6 +17,9 @@ Durability (see `store.py` and ARCHITECTURE.md, "Durability contract"):
 - Reads use the same connection and first write and commit the waiting rows of the table they read, so they see
   this process's writes.
 - Every value written passes through the `Redactor` first.
+- Every failure of the file or its disk (not a database, damaged, read-only, full, …), from opening on, is raised as a
+  `store_errors.StoreError` naming the file and what to do; one raised while a root run is running names that run,
+  which stays `running` with this process as owner, so `flowctl resume` takes it over once the problem is fixed.
 
 One connection serves the interpreter (single-threaded async), the writer thread and the CLI; `_lock` serialises
 the SQL, and grouped writes only take `_queue_lock`, which no SQL runs under.
