@@ -1,7 +1,8 @@
 """The `flowctl` command line. It chains the stages in plain sight and keeps imports lazy: `flowctl --version` and
 `flowctl validate` never import anyio, openai or mcp.
 
-Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem or invalid pipeline given to `run`,
+Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem, invalid pipeline given to `run` or a run
+store that cannot be used (`store_errors`),
 130/143 interrupted.
 """
 

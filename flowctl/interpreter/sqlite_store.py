@@ -47,6 +47,7 @@ from typing import Any
 
 from flowctl.interpreter.errors import InputError
 from flowctl.interpreter.redact import Redactor
+from flowctl.interpreter.sqlite_open import open_connection
 from flowctl.interpreter.store import (
     CallRecord,
     EventRecord,
@@ -57,15 +58,7 @@ from flowctl.interpreter.store import (
     StepRecord,
     StepStatus,
 )
-from flowctl.interpreter.store_errors import (
-    StoreAccess,
-    StoreError,
-    cannot_read_shared,
-    foreign_database,
-    from_exception,
-    newer_schema,
-    stat_problem,
-)
+from flowctl.interpreter.store_errors import StoreAccess, from_exception
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
@@ -388,108 +381,10 @@ class SqliteRunStore:
         self._writer_parked = False
         self._writer_error: Exception | None = None
         self._closed = False
-        self._conn = self._open()
+        self._conn, self._access = open_connection(self.path, access, MIGRATIONS, BUSY_TIMEOUT_MS)
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # caps rows per statement
 
     # -- connection and schema -------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        """Connect and bring the file to SCHEMA_VERSION; a file or disk that cannot serve is a StoreError."""
-        if isinstance(self.path, Path) and self._access != "create":
-            problem = stat_problem(self.path)
-            if problem is not None:
-                raise problem
-        conn: sqlite3.Connection | None = None
-        upgrading_read_only = False
-        try:
-            conn = self._connect()
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise newer_schema(self.path, version, SCHEMA_VERSION)
-            if version < SCHEMA_VERSION and self._access == "read":  # an upgrade writes, so it needs write access
-                conn.close()
-                self._access, upgrading_read_only = "write", True
-                conn = self._connect()
-            self._migrate(conn)
-            return conn
-        except (sqlite3.Error, OSError) as exc:
-            if conn is not None:
-                conn.close()
-            error = self._fail(exc)
-            if isinstance(error, StoreError) and upgrading_read_only:
-                error.problem = f"written by an older flowctl, and upgrading it needs write access: {error.problem}"
-            raise error from None
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
-
-    def _connect(self) -> sqlite3.Connection:
-        """One autocommit connection; transactions are explicit so group commit is ours to steer."""
-        if not isinstance(self.path, Path):
-            return self._configure(str(self.path), uri=False)
-        if self._access == "create":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return self._configure(str(self.path), uri=False)
-        # never create the file: SQLite's URI modes `rw` and `ro`
-        uri = f"{self.path.absolute().as_uri()}?mode={'ro' if self._access == 'read' else 'rw'}"
-        try:
-            return self._configure(uri, uri=True)
-        except sqlite3.OperationalError as exc:
-            # A WAL store on a read-only (or full) file system cannot be read the usual way: SQLite must create or
-            # grow FILE-shm. With no FILE-wal beside it, or an empty one, every committed row is in the file itself,
-            # which is then read as immutable.
-            wal = self.path.with_name(self.path.name + "-wal")
-            if self._access != "read" or not cannot_read_shared(exc) or (wal.exists() and wal.stat().st_size):
-                raise
-            return self._configure(uri + "&immutable=1", uri=True)
-
-    def _configure(self, target: str, *, uri: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            target,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-            uri=uri,
-        )
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if self._access != "read":  # a read-only connection cannot set it (a store is in WAL mode already)
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: a non-database fails
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once.
-
-        The write lock is taken only when an upgrade is due, so opening a current file to read
-        never waits for a running interpreter.
-        """
-        if int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._upgrade(conn, int(conn.execute("PRAGMA user_version").fetchone()[0]))
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-
-    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
-        if version > SCHEMA_VERSION:  # another process upgraded it since we looked
-            raise newer_schema(self.path, version, SCHEMA_VERSION)
-        if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
-            raise foreign_database(self.path)  # another program's database: adding our tables would spoil it
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
