@@ -373,3 +373,43 @@ def test_values_sqlite_cannot_bind_are_stored_not_lost_in_the_writer_thread(tmp_
         a, b = store.steps("r-1")
         assert (a.output, a.input_tokens, b.output_tokens) == ("\ud800", 1e20, float("inf"))
         assert store.get_run("r-1").input_tokens == 1e30  # type: ignore[union-attr]
+
+
+def as_user_without_override(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`flowctl ARGS` in a real process that permission bits bind: not root, or root without the capabilities that
+    bypass them (CAP_DAC_OVERRIDE and friends), via setpriv."""
+    command = [sys.executable, "-c", "from flowctl.cli import main; main()", *map(str, args)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's permission override")
+        caps = "-dac_override,-dac_read_search,-fowner"
+        command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_permission_bits_of_a_read_only_folder_are_named_and_reading_still_works(project: Path) -> None:
+    folder = project / "locked"
+    folder.mkdir()
+    shutil.copy(real_store(project, runs=1), folder / "runs.db")
+    (folder / "runs.db").chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        probe = as_user_without_override("runs", "--store", folder / "runs.db", "--output", "json")
+        if probe.returncode != 0 and "setpriv" in probe.stderr:
+            pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()}")
+        assert probe.returncode == 0, probe.stderr
+        assert len(json.loads(probe.stdout)) == 1
+        for store, phrase in [
+            (folder / "runs.db", "the store is read-only"),
+            (folder / "new.db", "its folder is read-only to this user"),
+        ]:
+            done = as_user_without_override(
+                "run", project / "greet.yaml", "-q", "--scripted", project / "greet.fixture.yaml", "-i", "who=A",
+                "--store", store,
+            )  # fmt: skip
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith(f"error: run store {store}: {phrase}"), done.stderr
+            assert "Traceback" not in done.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["runs.db"]
+    finally:
+        folder.chmod(0o755)

@@ -102,8 +102,9 @@ def foreign_database(path: str | Path) -> StoreError:
 
 
 def cannot_read_shared(exc: sqlite3.Error) -> bool:
-    """SQLITE_CANTOPEN or SQLITE_IOERR: SQLite could not open the file or the FILE-shm beside it."""
-    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (_SQLITE_CANTOPEN, _SQLITE_IOERR)
+    """SQLITE_CANTOPEN, SQLITE_IOERR or SQLITE_READONLY: SQLite could not open, create or set up the FILE-shm beside
+    the file (its folder, the file system or the disk is read-only or full)."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (_SQLITE_CANTOPEN, _SQLITE_IOERR, _SQLITE_READONLY)
 
 
 def from_exception(
@@ -214,11 +215,18 @@ def _cannot_open(path: Path, access: StoreAccess) -> str:
         read_only = False
     if read_only:
         return "it is on a read-only file system (SQLite also writes FILE-wal and FILE-shm beside it)"
+    existed = os.path.lexists(path)
     problem = _open_problem(path, access)
-    return f"SQLite cannot open it ({problem})" if problem else "SQLite cannot open it"
+    if problem is not None and problem.errno in (errno.EACCES, errno.EPERM):
+        if not existed:
+            return f"its folder is read-only to this user, so the store cannot be created ({problem.strerror})"
+        return f"the store is read-only to this user ({problem.strerror})"
+    if problem is None and access != "read" and not os.access(folder, os.W_OK):
+        return "its folder is read-only to this user (SQLite writes FILE-wal and FILE-shm beside the file)"
+    return f"SQLite cannot open it ({problem.strerror or problem})" if problem else "SQLite cannot open it"
 
 
-def _open_problem(path: Path, access: StoreAccess) -> str | None:
+def _open_problem(path: Path, access: StoreAccess) -> OSError | None:
     """What the operating system says when the file (or, to create it, its folder) is opened as SQLite would."""
     existed = os.path.lexists(path)
     flags = os.O_RDONLY if access == "read" else os.O_RDWR
@@ -230,7 +238,7 @@ def _open_problem(path: Path, access: StoreAccess) -> str | None:
             return None
         os.close(os.open(path, flags))
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return exc
     return None
 
 
