@@ -413,3 +413,14 @@ def test_permission_bits_of_a_read_only_folder_are_named_and_reading_still_works
         assert sorted(p.name for p in folder.iterdir()) == ["runs.db"]
     finally:
         folder.chmod(0o755)
+
+
+def test_a_store_path_with_uri_characters_is_opened_by_every_command(project: Path) -> None:
+    """resume, signal, runs and show open the store through an SQLite URI (to never create it): `#`, `?`, `%` and
+    spaces in the path must be escaped, not read as URI syntax."""
+    store = real_store(project, name="odd #1?%20 ünï/runs.db", runs=1)
+    listed = invoke("runs", "--store", store, "--output", "json")
+    assert listed.exit_code == 0, listed.output
+    [run] = json.loads(listed.output)
+    assert invoke("show", run["run_id"], "--store", store).exit_code == 0
+    assert invoke("signal", run["run_id"], "approved", "--store", store).exit_code == 0
