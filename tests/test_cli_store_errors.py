@@ -424,3 +424,18 @@ def test_a_store_path_with_uri_characters_is_opened_by_every_command(project: Pa
     [run] = json.loads(listed.output)
     assert invoke("show", run["run_id"], "--store", store).exit_code == 0
     assert invoke("signal", run["run_id"], "approved", "--store", store).exit_code == 0
+
+
+def test_a_store_locked_by_another_process_past_the_busy_timeout_says_so(tmp_path: Path) -> None:
+    with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor()) as store:
+        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.FAILED, 1000.0, inputs={}))
+        store._conn.execute("PRAGMA busy_timeout = 0")  # instead of waiting the 5 s the store allows
+        other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(StoreError, match="another process has kept it locked") as raised:
+                store.send_signal("r-1", "approved", None)
+            assert raised.value.run_id is None  # no run of this process was stopped
+        finally:
+            other.close()
+        assert store.send_signal("r-1", "approved", None) == 1
