@@ -1,7 +1,8 @@
 """The `flowctl` command line. It chains the stages in plain sight and keeps imports lazy: `flowctl --version` and
 `flowctl validate` never import anyio, openai or mcp.
 
-Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem or invalid pipeline given to `run`,
+Exit codes: 0 success/valid, 1 run failed or pipeline invalid, 2 usage problem, invalid pipeline given to `run` or a run
+store that cannot be used (`store_errors`),
 130/143 interrupted.
 """
 
@@ -12,17 +13,48 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from flowctl import __version__
 from flowctl.testing import test_command
 
+if TYPE_CHECKING:
+    from flowctl.interpreter.store_errors import StoreAccess, StoreError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a run store that cannot be used ends any command with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from flowctl.interpreter.store_errors import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            _report_store_error(exc, ctx)
+
+
+def _report_store_error(exc: StoreError, ctx: click.Context) -> NoReturn:
+    """`error: run store FILE: problem — advice`: exit 2 (fix the environment), or 1 when it stopped a run part-way,
+    with the command that resumes that run."""
+    import shlex
+
+    from flowctl.interpreter.sqlite_store import default_store_path
+
+    click.echo(f"error: {exc}", err=True)
+    if exc.run_id is None:
+        ctx.exit(EXIT_USAGE)
+    store = "" if Path(exc.path) == default_store_path() else f" --store {shlex.quote(exc.path)}"
+    resume = f"flowctl resume {exc.run_id}{store}"
+    click.echo(f"run {exc.run_id} stopped part-way; once that is fixed, resume it: {resume}", err=True)
+    ctx.exit(EXIT_FAILED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="flowctl")
 def main() -> None:
     """flowctl: declarative YAML pipelines of LLM agents with MCP tools."""
@@ -187,20 +219,25 @@ _store_option = click.option(
 )
 
 
-def _open_store(store_path: str | None) -> Any:
+def _open_store(store_path: str | None, access: StoreAccess) -> Any:
+    """`run` creates the store; the other commands need one and never create it (`runs` and `show` only read)."""
     from flowctl.interpreter.sqlite_store import SqliteRunStore, default_store_path
 
-    return SqliteRunStore(Path(store_path) if store_path else default_store_path())
+    return SqliteRunStore(Path(store_path) if store_path else default_store_path(), access=access)
 
 
 def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
-    from flowctl.interpreter.inputs import parse_cli_value
+    """`--inputs FILE` (UTF-8, or UTF-16 with a BOM), then `-i KEY=VALUE`s; JSON past the limits in
+    flowctl.interpreter.inputs (nesting, integer digits) or in another encoding is a usage error with its position."""
+    from flowctl.interpreter.inputs import InputTextError, parse_cli_value, read_json_file
 
     values: dict[str, Any] = {}
     if inputs_file:
         try:
-            loaded = json.loads(Path(inputs_file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            loaded = read_json_file(inputs_file)
+        except OSError as exc:
+            raise click.UsageError(f"--inputs {inputs_file}: {exc.strerror or exc}") from None
+        except (InputTextError, json.JSONDecodeError) as exc:
             raise click.UsageError(f"--inputs {inputs_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise click.UsageError(f"--inputs {inputs_file}: expected a JSON object")
@@ -209,7 +246,10 @@ def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -
         key, sep, text = pair.partition("=")
         if not sep:
             raise click.UsageError(f"-i {pair!r}: write inputs as key=value")
-        values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+        try:
+            values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+        except InputTextError as exc:
+            raise click.UsageError(f"-i {key}: {exc}") from None
     return values
 
 
@@ -372,7 +412,7 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
-    store = _open_store(store_path)
+    store = _open_store(store_path, "create")
     redactor = _protect(graph, store, options)
     try:
         outcome = _execute(lambda: run_graph(graph, inputs, store, options), options.reporter)
@@ -407,7 +447,7 @@ def resume(
     from flowctl.interpreter.errors import InputError
     from flowctl.interpreter.runner import load_resumable, resume_inputs, run_graph
 
-    store = _open_store(store_path)
+    store = _open_store(store_path, "write")
     try:
         try:
             record = load_resumable(store, run_id)
@@ -438,7 +478,7 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
     """List recent runs."""
     import time as _time
 
-    store = _open_store(store_path)
+    store = _open_store(store_path, "read")
     try:
         records = store.list_runs(limit, roots_only=True)
     finally:
@@ -573,7 +613,7 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
 )
 def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> None:
     """Show a run's step tree: status, attempts, timings, tokens, errors, events."""
-    store = _open_store(store_path)
+    store = _open_store(store_path, "read")
     try:
         if store.get_run(run_id) is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
@@ -594,11 +634,16 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 @_store_option
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
     """Send an external event (e.g. a human approval) to a running pipeline."""
+    from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
+
     try:
-        data = json.loads(data_text)
+        check_argument_text(data_text)
+        data = parse_json(data_text)
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"--data is not JSON: {exc}") from None
-    store = _open_store(store_path)
+    except InputTextError as exc:
+        raise click.UsageError(f"--data: {exc}") from None
+    store = _open_store(store_path, "write")
     try:
         record = store.get_run(run_id)
         if record is None:

@@ -17,6 +17,9 @@ Durability (see `store.py` and ARCHITECTURE.md, "Durability contract"):
 - Reads use the same connection and first write and commit the waiting rows of the table they read, so they see
   this process's writes.
 - Every value written passes through the `Redactor` first.
+- Every failure of the file or its disk (not a database, damaged, read-only, full, …), from opening on, is raised as a
+  `store_errors.StoreError` naming the file and what to do; one raised while a root run is running names that run,
+  which stays `running` with this process as owner, so `flowctl resume` takes it over once the problem is fixed.
 
 One connection serves the interpreter (single-threaded async), the writer thread and the CLI; `_lock` serialises
 the SQL, and grouped writes only take `_queue_lock`, which no SQL runs under.
@@ -44,6 +47,7 @@ from typing import Any
 
 from flowctl.interpreter.errors import InputError
 from flowctl.interpreter.redact import Redactor, redactor_for
+from flowctl.interpreter.sqlite_open import open_connection
 from flowctl.interpreter.store import (
     CallRecord,
     EventRecord,
@@ -54,6 +58,7 @@ from flowctl.interpreter.store import (
     StepRecord,
     StepStatus,
 )
+from flowctl.interpreter.store_errors import StoreAccess, from_exception
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
@@ -240,6 +245,22 @@ def default_store_path(cwd: Path | None = None) -> Path:
     return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
 
 
+_SQLITE_INT_MAX = 2**63 - 1
+
+
+def _storable(value: Any) -> Any:
+    """A value SQLite can bind: a str with its lone surrogates written as `\\udXXXX` escapes, an int past 64 bits as
+    a float (as big, less exact); other values as they are."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int) and not -_SQLITE_INT_MAX - 1 <= value <= _SQLITE_INT_MAX:
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf") if value > 0 else float("-inf")
+    return value
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -318,6 +339,10 @@ class SqliteRunStore:
 
     `redactor` defaults to one built from `os.environ`, so secrets stay out of the file even when
     the caller forgets to pass one. Use it as a context manager or call `close()`.
+
+    `access`: "create" makes the file (and its folder) if missing; "write" and "read" need an existing store and never
+    create one ("read" opens it read-only). Every failure of the file or its disk, from opening on, is raised as a
+    `StoreError` that names the file and what to do.
     """
 
     def __init__(
@@ -327,8 +352,11 @@ class SqliteRunStore:
         redactor: Redactor | None = None,
         max_pending: int = MAX_PENDING_WRITES,
         max_delay: float = MAX_COMMIT_DELAY,
+        access: StoreAccess = "create",
     ) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
+        self._access = access
+        self._running_root: str | None = None  # the root run this process runs (named by a StoreError mid-run)
         self._redactor = redactor if redactor is not None else redactor_for((), os.environ)
         # One encoder for every value. JSONEncoder.encode builds its C encoder anew per call (~0.7 µs of a 1.6 µs
         # call response); the C encoder, made once, writes the same text. Without circular-reference checks: the
@@ -355,64 +383,25 @@ class SqliteRunStore:
         self._handed: deque[tuple[_Insert, list[tuple[Any, ...]]]] = deque()  # full batches for the writer
         self._writer: threading.Thread | None = None
         self._writer_parked = False
-        self._writer_error: sqlite3.Error | None = None
+        self._writer_error: Exception | None = None
         self._closed = False
-        self._conn = self._connect()
+        self._conn, self._access = open_connection(self.path, access, MIGRATIONS, BUSY_TIMEOUT_MS)
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # caps rows per statement
-        self._migrate()
 
     # -- connection and schema -------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        """One autocommit connection; transactions are explicit so group commit is ours to steer."""
-        if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.path),
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION; safe when several processes open a new file at once.
-
-        The write lock is taken only when an upgrade is due, so opening a current file to read
-        never waits for a running interpreter.
-        """
-        with self._lock:
-            if self.schema_version == SCHEMA_VERSION:
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._upgrade(self.schema_version)
-                self._conn.commit()
-            except BaseException:
-                self._conn.rollback()
-                raise
-
-    def _upgrade(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"run store {self.path} has schema version {version}; this flowctl "
-                f"understands up to {SCHEMA_VERSION} (upgrade flowctl)"
-            )
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                self._conn.execute(statement)
-        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
         """The schema version recorded in the file (`PRAGMA user_version`)."""
         with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            try:
+                return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        """The StoreError an sqlite3/OS error means (naming the run it stopped, if any); a bug's error unchanged."""
+        return from_exception(exc, self.path, self._access, self._running_root) or exc
 
     # -- writing: redaction and group commit -----------------------------------------------------
 
@@ -514,7 +503,7 @@ class SqliteRunStore:
                         break
                     try:
                         self._insert(*batch)
-                    except sqlite3.Error as error:  # raised at the next write; the batch waits for the next commit
+                    except Exception as error:  # raised at the next write; the batch waits for the next commit
                         with self._queue_lock:
                             self._handed.appendleft(batch)
                             self._writer_error, self._writer = error, None
@@ -530,8 +519,18 @@ class SqliteRunStore:
             if count < most:
                 count = 1 << (count.bit_length() - 1)
             chunk = rows[start : start + count]
-            self._conn.execute(insert.sql(count), list(chain.from_iterable(chunk)))
+            self._execute(insert.sql(count), list(chain.from_iterable(chunk)))
             start += count
+
+    def _execute(self, sql: str, params: list[Any] | tuple[Any, ...]) -> sqlite3.Cursor:
+        """Execute with values that SQLite can store: a lone surrogate (from undecodable command-line bytes, or a
+        `"\\ud800"` JSON escape in a model's or tool's answer) is not UTF-8, so it is written as its JSON escape,
+        which a JSON column reads back as the same character; an integer past 64 bits (a server's usage numbers) is
+        written as a float."""
+        try:
+            return self._conn.execute(sql, params)
+        except (UnicodeEncodeError, OverflowError):
+            return self._conn.execute(sql, [_storable(value) for value in params])
 
     def _drain(self, table: str | None = None) -> list[tuple[_Insert, list[tuple[Any, ...]]]]:
         """Write every row handed off or queued (all tables, oldest first) into a transaction the caller commits
@@ -568,14 +567,17 @@ class SqliteRunStore:
     def _durable(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
         """Run a write and commit it, with every grouped row before it, before returning (`_lock` held)."""
         self._raise_writer_error()
-        written = self._drain()
         try:
-            self._begin()
-            cursor = self._conn.execute(sql, tuple(params))
-            self._conn.commit()
-        except BaseException:
-            self._restore(written)
-            raise
+            written = self._drain()
+            try:
+                self._begin()
+                cursor = self._execute(sql, tuple(params))
+                self._conn.commit()
+            except BaseException:
+                self._restore(written)
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
         return cursor
 
     def _read(self, table: str, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
@@ -583,24 +585,30 @@ class SqliteRunStore:
         are written and committed first. Reading runs or signals (never grouped) starts no write transaction."""
         with self._lock:
             self._commit(table)
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
 
     def _commit(self, table: str | None = None) -> None:
         """Write and commit every grouped row (with `table`: only if that table has rows waiting; `_lock` held)."""
         self._raise_writer_error()
-        written = self._drain(table)
         try:
-            if self._conn.in_transaction:
-                self._conn.commit()
-        except BaseException:
-            self._restore(written)
-            raise
+            written = self._drain(table)
+            try:
+                if self._conn.in_transaction:
+                    self._conn.commit()
+            except BaseException:
+                self._restore(written)
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
 
     def _raise_writer_error(self) -> None:
         error = self._writer_error
         if error is not None:
             self._writer_error = None
-            raise error
+            raise self._fail(error) from None
 
     def use_redactor(self, redactor: Redactor) -> None:
         """Mask these secrets in everything written from now on (the CLI adds the pipeline's own variables)."""
@@ -666,6 +674,8 @@ class SqliteRunStore:
         sql = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(params))})"
         with self._lock:
             self._durable(sql, params)
+            if record.parent_id is None and record.status is RunStatus.RUNNING:
+                self._running_root = record.run_id
 
     def finish_run(
         self,
@@ -693,6 +703,8 @@ class SqliteRunStore:
         )
         with self._lock:
             self._require_updated(self._durable(sql, params), run_id)
+            if run_id == self._running_root:
+                self._running_root = None
 
     def reopen_run(self, run_id: str) -> None:
         """Claim a run for resume: mark it running by this process, clearing finished_at, outputs and error.
@@ -704,19 +716,24 @@ class SqliteRunStore:
                     WHERE run_id = ?"""
         with self._lock:
             self._commit()
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self._conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-                if row is None:
-                    raise KeyError(f"unknown run {run_id!r}")
-                owner = row["owner"]
-                if row["status"] == RunStatus.RUNNING.value and owner != this_process() and owner_alive(owner):
-                    raise RunBusy(run_id, owner)
-                self._conn.execute(update, (RunStatus.RUNNING.value, this_process(), run_id))
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                    if row is None:
+                        raise KeyError(f"unknown run {run_id!r}")
+                    owner = row["owner"]
+                    if row["status"] == RunStatus.RUNNING.value and owner != this_process() and owner_alive(owner):
+                        raise RunBusy(run_id, owner)
+                    self._conn.execute(update, (RunStatus.RUNNING.value, this_process(), run_id))
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+            if self._running_root is None:  # the root is claimed first (a child's id names its root run)
+                self._running_root = run_id.split("/", 1)[0]
 
     @staticmethod
     def _require_updated(cursor: sqlite3.Cursor, run_id: str) -> None:

@@ -33,6 +33,7 @@ from flowctl.interpreter.store import (
     RunStore,
     StepStatus,
 )
+from flowctl.interpreter.store_errors import StoreError
 
 SECRET = "sk-test-1234567890"
 
@@ -96,7 +97,7 @@ def test_a_store_from_a_newer_flowctl_is_refused(db: Path) -> None:
     SqliteRunStore(db, redactor=Redactor()).close()
     with sqlite3.connect(db) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(StoreError, match="newer flowctl"):
         SqliteRunStore(db, redactor=Redactor())
 
 
