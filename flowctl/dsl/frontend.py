@@ -6,6 +6,7 @@ Child files must live inside the root pipeline's folder tree, and a child may no
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.index import build_index
 from flowctl.dsl.ir import Graph
 from flowctl.dsl.loader import LoadedDocument, load_file
-from flowctl.dsl.schema import validate_schema
+from flowctl.dsl.schema import check_schema, without_rejected
 
 
 @dataclass(slots=True)
@@ -57,11 +58,14 @@ class FrontEnd:
         diagnostics = list(doc.diagnostics)
         if doc.data is None or has_errors(doc.diagnostics):
             return FileResult(doc, finalize(diagnostics))
-        diagnostics += validate_schema(doc)
-        index = build_index(doc.data)
+        schema = check_schema(doc)
+        diagnostics += schema.diagnostics
+        # the checks see only values of the types the schema allows: each may trust the shape of what it finds
+        checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
+        index = build_index(checked.data)
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
-            diagnostics += check_document(CheckContext(doc, index, resolver))
+            diagnostics += check_document(CheckContext(checked, index, resolver))
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):

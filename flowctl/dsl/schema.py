@@ -30,7 +30,16 @@ from flowctl.dsl.diagnostics import Diagnostic, Span, finalize
 from flowctl.dsl.index import STEP_KINDS
 from flowctl.dsl.loader import MAX_DEPTH, JsonPath, LoadedDocument, SourceMap
 
-__all__ = ["STEP_KINDS", "load_schema", "schema_text", "step_kinds", "validate_schema"]
+__all__ = [
+    "STEP_KINDS",
+    "SchemaResult",
+    "check_schema",
+    "load_schema",
+    "schema_text",
+    "step_kinds",
+    "validate_schema",
+    "without_rejected",
+]
 
 _SCHEMA_PACKAGE = "flowctl.schemas"
 _SCHEMA_FILE = "pipeline.schema.json"
@@ -116,11 +125,23 @@ def step_kinds(step: Mapping[str, Any]) -> list[str]:
 # --- the entry point ------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchemaResult:
+    diagnostics: list[Diagnostic]
+    # values the schema refused for their type: the later checks must not see them (see `without_rejected`)
+    rejected: frozenset[JsonPath] = frozenset()
+
+
 def validate_schema(doc: LoadedDocument) -> list[Diagnostic]:
     """Check `doc.data` against the pipeline schema. Never raises for bad input; returns sorted diagnostics."""
+    return check_schema(doc).diagnostics
+
+
+def check_schema(doc: LoadedDocument) -> SchemaResult:
+    """`validate_schema`, also naming the values refused for their type."""
     data = doc.data
     if data is None:  # the loader has already said why there is no document
-        return []
+        return SchemaResult([])
     checker = _Checker(doc.source_map)
     if not isinstance(data, dict):
         checker.add(cat.wrong_type(checker.span(()), "a mapping (the pipeline)", _got(data, None)))
@@ -136,6 +157,41 @@ def validate_schema(doc: LoadedDocument) -> list[Diagnostic]:
     for error in _one_per_problem(errors):
         checker.report(error)
     return checker.result()
+
+
+_REMOVED = object()
+
+
+def without_rejected(data: Any, rejected: frozenset[JsonPath]) -> Any:
+    """`data` without the values the schema refused for their type: a refused mapping entry is dropped, a refused
+    list item becomes None (so later items keep their paths). The semantic checks run on this, so each may trust
+    the type of any value it finds (`triggers: 5` is reported once, by the schema). Only the refused values'
+    ancestors are copied; the document itself is left as it is."""
+    if not rejected:
+        return data
+    trie: dict[Any, Any] = {}
+    for path in sorted(rejected, key=len):  # an ancestor's removal covers its descendants
+        node = trie
+        for part in path:
+            if _REMOVED in node:
+                break
+            node = node.setdefault(part, {})
+        else:
+            node.clear()
+            node[_REMOVED] = True
+    return _pruned(data, trie)
+
+
+def _pruned(value: Any, trie: dict[Any, Any]) -> Any:
+    if _REMOVED in trie:
+        return _REMOVED
+    if isinstance(value, dict):
+        out = {k: (_pruned(v, trie[k]) if k in trie else v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _REMOVED}
+    if isinstance(value, list):
+        items = [_pruned(v, trie[i]) if i in trie else v for i, v in enumerate(value)]
+        return [None if v is _REMOVED else v for v in items]
+    return value
 
 
 def _one_per_problem(errors: Iterable[ValidationError]) -> list[ValidationError]:
@@ -164,12 +220,13 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         self.labels: dict[JsonPath, str] = {}  # step and trigger paths → "step 'fetch'"
         self.bad_steps: set[JsonPath] = set()  # steps whose kind could not be decided
+        self.rejected: set[JsonPath] = set()  # values refused for their type
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
 
-    def result(self) -> list[Diagnostic]:
-        return finalize(self.diagnostics)
+    def result(self) -> SchemaResult:
+        return SchemaResult(finalize(self.diagnostics), frozenset(self.rejected))
 
     def span(self, path: JsonPath) -> Span:
         return self.source_map.value(path)
@@ -265,6 +322,8 @@ class _Checker:
 
     def report(self, error: ValidationError) -> None:
         path = tuple(error.absolute_path)
+        if error.validator == "type":
+            self.rejected.add(path)
         if path == ("flowctl",) or path in self.bad_steps:
             return  # reported by check_version / check_steps
         if "propertyNames" in error.absolute_schema_path:
