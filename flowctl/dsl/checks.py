@@ -308,7 +308,31 @@ def check_embedded_schemas(ctx: CheckContext) -> Iterator[Diagnostic]:
         for name, spec in pipeline.inputs().items():
             if isinstance(spec, dict):
                 schema = {k: v for k, v in spec.items() if k not in ("default", "description")}
-                yield from _check_one_schema(ctx, (*pipeline.path, "inputs", name), schema)
+                path = (*pipeline.path, "inputs", name)
+                problems = list(_check_one_schema(ctx, path, schema))
+                yield from problems
+                if not problems and "default" in spec:
+                    yield from _check_default(ctx, (*path, "default"), spec["default"], schema)
+
+
+def _check_default(ctx: CheckContext, path: JsonPath, default: Any, schema: dict[str, Any]) -> Iterator[Diagnostic]:
+    """An input's default obeys its own schema: a run without the input would otherwise start with a value the
+    input refuses (or fail only then)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(default))
+    if error is not None:
+        where = (*path, *error.absolute_path)
+        message = error.message if len(error.message) <= 120 else error.message[:119] + "…"
+        raw = ctx.doc.source_map.raw.get(where)  # a number or boolean as written, where text was meant
+        wants_text = error.validator == "type" and "string" in str(error.validator_value)
+        hint = f"quote it: '{raw}'" if raw is not None and wants_text else ""
+        yield cat.invalid_value(
+            ctx.span(where),
+            f"the default breaks the input's own schema: {message}",
+            hint=hint or "change the default, or the schema, so that they agree",
+        )
 
 
 def _check_one_schema(ctx: CheckContext, path: JsonPath, schema: dict[str, Any]) -> Iterator[Diagnostic]:

@@ -160,6 +160,8 @@ def check_schema(doc: LoadedDocument) -> SchemaResult:
 
 
 _REMOVED = object()
+# Keywords whose failure means the value itself is unusable (a bad key or a missing one leaves the rest usable).
+_REFUSED_VALUE = frozenset({"type", "enum", "const"})
 
 
 def without_rejected(data: Any, rejected: frozenset[JsonPath]) -> Any:
@@ -322,7 +324,7 @@ class _Checker:
 
     def report(self, error: ValidationError) -> None:
         path = tuple(error.absolute_path)
-        if error.validator == "type":
+        if error.validator in _REFUSED_VALUE:
             self.rejected.add(path)
         if path == ("flowctl",) or path in self.bad_steps:
             return  # reported by check_version / check_steps
