@@ -230,6 +230,18 @@ TEMPLATED_COMMAND = _code(
     "A server `command` contains a template or variable.",
     "Write the command literally; pass variable parts through `args` or `env`.",
 )
+LITERAL_SERVER_VALUE = _code(
+    "literal-server-value",
+    "A server's `args` or `cwd` holds `${VAR}`, or a server value holds `{{ }}`: it is passed as written.",
+    "Server definitions are not templates, and only `env`, `headers` and `url` expand `${VAR}`: move the variable "
+    "there (for example `env: {TOKEN: \"${TOKEN}\"}`), or ignore if the text is meant literally.",
+    Severity.WARNING,
+)
+BAD_VARIABLE = _code(
+    "bad-variable",
+    "A `${` in a server's `env`, `headers`, `url` or a model's `base_url` is not a variable flowctl expands.",
+    "Write `${NAME}`, or `${NAME:-default}` for a default (sh's spelling; `${NAME:default}` is not one).",
+)
 UNKNOWN_TOOL = _code(
     "unknown-tool", "A tool name is not offered by the named MCP server.", "Fix the tool name (see the server's tools)."
 )
@@ -321,6 +333,21 @@ def unbounded_loop(span: Span) -> Diagnostic:
 
 def templated_command(span: Span, command: str) -> Diagnostic:
     return _make(TEMPLATED_COMMAND, f"server command {command!r} must be literal", span)
+
+
+def literal_server_value(span: Span, value: str, key: str, *, template: bool) -> Diagnostic:
+    shown = repr(value) if len(value) <= 60 else repr(value[:59] + "…")
+    if template:
+        message = f"server `{key}` value {shown} is passed as written: server definitions are not templates"
+        hint = "read the environment with `${VAR}` in `env`, `headers` or `url`; templates are rendered only in steps"
+    else:
+        message = f"server `{key}` value {shown} is passed as written: `${{VAR}}` is not expanded in `{key}`"
+        hint = "only `env`, `headers` and `url` expand `${VAR}`; set the variable in `env` and read it in the server"
+    return _make(LITERAL_SERVER_VALUE, message, span, hint=hint)
+
+
+def bad_variable(span: Span, problem: str, hint: str) -> Diagnostic:
+    return _make(BAD_VARIABLE, problem, span, hint=hint)
 
 
 def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Diagnostic:

@@ -147,6 +147,15 @@ EXAMPLES: dict[str, Example] = {
     cat.TEMPLATED_COMMAND: Example(
         _steps("  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "${MCP_BIN}", args: [serve]}\n')
     ),
+    cat.LITERAL_SERVER_VALUE: Example(
+        _steps("  - {id: read, tool: files.list}\n", 'servers:\n  files: {command: mcp-files, args: ["{{ inputs.root }}"]}\n')
+    ),
+    cat.BAD_VARIABLE: Example(
+        _steps(
+            "  - {id: read, tool: files.list}\n",
+            'servers:\n  files: {command: mcp-files, env: {LEVEL: "${LOG_LEVEL:info}"}}\n',
+        )
+    ),
     cat.UNKNOWN_TOOL: Example(
         _steps(
             "  - {id: ask, agent: clock, prompt: What time is it?}\n",
