@@ -234,7 +234,7 @@ LITERAL_SERVER_VALUE = _code(
     "literal-server-value",
     "A server's `args` or `cwd` holds `${VAR}`, or a server value holds `{{ }}`: it is passed as written.",
     "Server definitions are not templates, and only `env`, `headers` and `url` expand `${VAR}`: move the variable "
-    "there (for example `env: {TOKEN: \"${TOKEN}\"}`), or ignore if the text is meant literally.",
+    'there (for example `env: {TOKEN: "${TOKEN}"}`), or ignore if the text is meant literally.',
     Severity.WARNING,
 )
 BAD_VARIABLE = _code(

@@ -150,13 +150,14 @@ def _check_variables(ctx: CheckContext, path: JsonPath, value: str) -> Iterator[
             close = value.find("}", start)
             written = value[start : close + 1] if close >= 0 else value[start : start + 40]
             colon = _COLON_DEFAULT.match(value, start)
+            hint = "write `${NAME}` or `${NAME:-default}`"
             if close < 0:
-                problem, hint = f"{written!r} is not closed", "write `${NAME}` or `${NAME:-default}`"
+                problem = f"{written!r} is not closed"
             elif colon:
                 problem = f"{written!r} is not flowctl's spelling of a default"
                 hint = f"write `${{{colon.group(1)}:-{colon.group(2) or ''}}}` (a default after `:-`, as in sh)"
             else:
-                problem, hint = f"{written!r} is not a variable flowctl expands", "write `${NAME}` or `${NAME:-default}`"
+                problem = f"{written!r} is not a variable flowctl expands"
             yield cat.bad_variable(_text_span(ctx, path, written), problem, hint)
         start = value.find("${", start + 2)
 

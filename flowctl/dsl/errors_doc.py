@@ -148,7 +148,10 @@ EXAMPLES: dict[str, Example] = {
         _steps("  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "${MCP_BIN}", args: [serve]}\n')
     ),
     cat.LITERAL_SERVER_VALUE: Example(
-        _steps("  - {id: read, tool: files.list}\n", 'servers:\n  files: {command: mcp-files, args: ["{{ inputs.root }}"]}\n')
+        _steps(
+            "  - {id: read, tool: files.list}\n",
+            'servers:\n  files: {command: mcp-files, args: ["{{ inputs.root }}"]}\n',
+        )
     ),
     cat.BAD_VARIABLE: Example(
         _steps(
