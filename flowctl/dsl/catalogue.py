@@ -230,6 +230,11 @@ TEMPLATED_COMMAND = _code(
     "A server `command` contains a template or variable.",
     "Write the command literally; pass variable parts through `args` or `env`.",
 )
+UNDECLARED_STATE_KEY = _code(
+    "undeclared-state-key",
+    "A `set:` writes a state key that is not declared under the pipeline's `state:`.",
+    "Declare the key under `state:` (its reducer and default come from there), or fix the name.",
+)
 LITERAL_SERVER_VALUE = _code(
     "literal-server-value",
     "A server's `args` or `cwd` holds `${VAR}`, or a server value holds `{{ }}`: it is passed as written.",
@@ -333,6 +338,12 @@ def unbounded_loop(span: Span) -> Diagnostic:
 
 def templated_command(span: Span, command: str) -> Diagnostic:
     return _make(TEMPLATED_COMMAND, f"server command {command!r} must be literal", span)
+
+
+def undeclared_state_key(span: Span, key: str, declared: Iterable[str]) -> Diagnostic:
+    declared = list(declared)
+    hint = did_you_mean(key, declared) or f"declare it under `state:`, e.g. `state: {{{key}: {{default: null}}}}`"
+    return _make(UNDECLARED_STATE_KEY, f"`set` writes state key {key!r}, which is not declared", span, hint=hint)
 
 
 def literal_server_value(span: Span, value: str, key: str, *, template: bool) -> Diagnostic:

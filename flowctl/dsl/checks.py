@@ -16,6 +16,7 @@ from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, ag
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
+from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
 from flowctl.dsl.template_checks import check_templates
 from flowctl.dsl.templates import has_template
 
@@ -466,6 +467,8 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_needs,
     check_cycles,
     check_templates,
+    check_fan_outs,
+    check_state_updates,
     check_children,
     check_routes,
     check_events,

@@ -147,6 +147,9 @@ EXAMPLES: dict[str, Example] = {
     cat.TEMPLATED_COMMAND: Example(
         _steps("  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "${MCP_BIN}", args: [serve]}\n')
     ),
+    cat.UNDECLARED_STATE_KEY: Example(
+        _steps("  - {id: note, set: {lgo: started}}\n", "state:\n  log: {reducer: append}\n")
+    ),
     cat.LITERAL_SERVER_VALUE: Example(
         _steps(
             "  - {id: read, tool: files.list}\n",
