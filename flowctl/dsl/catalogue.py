@@ -97,8 +97,8 @@ def empty_document(file: str) -> Diagnostic:
     )
 
 
-def yaml_syntax(span: Span, problem: str) -> Diagnostic:
-    return _make(YAML_SYNTAX, f"invalid YAML: {problem}", span)
+def yaml_syntax(span: Span, problem: str, hint: str = "") -> Diagnostic:
+    return _make(YAML_SYNTAX, f"invalid YAML: {problem}", span, hint=hint)
 
 
 def yaml_alias(span: Span) -> Diagnostic:

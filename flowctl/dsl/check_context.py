@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowctl.dsl.characters import editor_lines
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
 from flowctl.dsl.loader import JsonPath, LoadedDocument
@@ -39,7 +40,7 @@ class CheckContext:
     def lines(self) -> list[str]:
         """The source split into lines once (template positions are looked up per reference)."""
         if self._lines is None:
-            self._lines = self.doc.source.splitlines()
+            self._lines = editor_lines(self.doc.source)
         return self._lines
 
     def span(self, path: JsonPath) -> Span:

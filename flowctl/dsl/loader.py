@@ -10,6 +10,7 @@ dates, no sexagesimal or YAML 1.1 octal numbers.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.characters import EDITOR_LINE_BREAK, YAML_ONLY_BREAKS, char_name, first_unusual_space
 from flowctl.dsl.diagnostics import Diagnostic, Span
 
 # The C parser gives the same events and marks, about 4x faster; we only use its events (no constructor runs).
@@ -112,8 +114,41 @@ def resolve_plain_scalar(text: str) -> Any:
     return text
 
 
-def _span(file: str, start: Any, end: Any) -> Span:
-    return Span(file, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+class _Positions:
+    """Turns the parser's marks into positions as an editor shows them. YAML breaks lines at U+0085, U+2028 and
+    U+2029 too, which editors show inline; only in a text that has one are marks recomputed from their index."""
+
+    __slots__ = ("_starts", "file", "marks_are_right", "text")
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.text = text
+        self.marks_are_right = not any(c in text for c in YAML_ONLY_BREAKS)
+        self._starts: list[int] | None = None
+
+    def at_index(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of a character index, never past the last line (the end of the text, after its
+        final line break, is shown at the end of the last line)."""
+        if self._starts is None:
+            self._starts = [0, *(m.end() for m in EDITOR_LINE_BREAK.finditer(self.text))]
+        starts = self._starts
+        index = max(0, min(index, len(self.text)))
+        line = bisect.bisect_right(starts, index)
+        if line > 1 and starts[line - 1] == len(self.text):  # after the final line break
+            line -= 1
+            return line, len(EDITOR_LINE_BREAK.sub("", self.text[starts[line - 1] :])) + 1
+        return line, index - starts[line - 1] + 1
+
+    def point(self, mark: Any) -> tuple[int, int]:
+        if self.marks_are_right and mark.index < len(self.text):
+            return mark.line + 1, mark.column + 1
+        return self.at_index(mark.index)
+
+    def span(self, start: Any, end: Any) -> Span:
+        if self.marks_are_right:  # the common case: as the parser counts
+            return Span(self.file, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+        (line, col), (end_line, end_col) = self.point(start), self.point(end)
+        return Span(self.file, line, col, end_line, end_col)
 
 
 class _Frame:
@@ -129,8 +164,9 @@ class _Frame:
 
 
 class _Builder:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, positions: _Positions) -> None:
         self.file = file
+        self.positions = positions
         self.source_map = SourceMap(file)
         self.diagnostics: list[Diagnostic] = []
         self.stack: list[_Frame] = []
@@ -181,7 +217,7 @@ class _Builder:
 
     def handle(self, event: Any) -> bool:
         """Consume one event; False stops loading (a fatal problem was reported)."""
-        span = _span(self.file, event.start_mark, event.end_mark)
+        span = self.positions.span(event.start_mark, event.end_mark)
         if isinstance(event, yaml.DocumentStartEvent):
             self.documents += 1
             if self.documents > 1:
@@ -260,15 +296,35 @@ def _unencodable(text: str, file: str) -> Diagnostic | None:
     return None
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
-    """At the problem, naming the construct being parsed when it started on another line."""
+def _syntax_error(exc: yaml.MarkedYAMLError, positions: _Positions) -> Diagnostic:
+    """At the problem, naming the construct being parsed when it started on another line. When the text from that
+    construct to the problem holds a character an editor shows as a space or as nothing (a no-break space after
+    `key:`, a U+2028 that YAML reads as a line break), point at that character and name it."""
+    file = positions.file
     mark = exc.problem_mark or exc.context_mark
-    span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
+    span = Span(file, *positions.point(mark)) if mark else Span(file, 1, 1)
     problem = str(exc.problem or exc.context)
     context = exc.context_mark
-    if exc.problem and exc.context and context is not None and mark is not None and context.line != mark.line:
-        problem += f" ({exc.context} at line {context.line + 1})"
-    return cat.yaml_syntax(span, problem)
+    if exc.problem and exc.context and context is not None and mark is not None:
+        context_line = positions.point(context)[0]
+        if context_line != span.line:
+            problem += f" ({exc.context} at line {context_line})"
+    hint = ""
+    if mark is not None:
+        start = min(context.index if context is not None else mark.index, mark.index)
+        line_start = positions.text.rfind("\n", 0, start) + 1
+        odd = first_unusual_space(positions.text, line_start, mark.index + 1)
+        if not positions.marks_are_right:  # a line break only YAML sees, before the problem, is the likelier cause
+            breaks = [positions.text.rfind(c, 0, mark.index + 1) for c in YAML_ONLY_BREAKS]
+            odd = max(breaks) if max(breaks) >= 0 else odd
+        if odd is not None:
+            char = positions.text[odd]
+            line, column = positions.at_index(odd)
+            what = "a line break to YAML, although editors show none" if char in YAML_ONLY_BREAKS else "not a space"
+            span = Span(file, line, column, line, column + 1)
+            problem += f"; {char_name(char)} here is {what}"
+            hint = "replace it with a plain space" if what == "not a space" else "remove it"
+    return cat.yaml_syntax(span, problem, hint)
 
 
 def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
@@ -284,7 +340,8 @@ def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnos
 
 def load_text(text: str, file: str) -> LoadedDocument:
     """Load pipeline YAML from text. Never raises for bad input: problems come back as diagnostics."""
-    builder = _Builder(file)
+    positions = _Positions(file, text)
+    builder = _Builder(file, positions)
     unencodable = _unencodable(text, file)
     if unencodable is not None:  # lone surrogates: the parser would raise UnicodeEncodeError
         return LoadedDocument(file, text, None, builder.source_map, [unencodable])
@@ -293,7 +350,7 @@ def load_text(text: str, file: str) -> LoadedDocument:
             if not builder.handle(event):
                 break
     except yaml.MarkedYAMLError as exc:
-        builder.diagnostics.append(_syntax_error(exc, file))
+        builder.diagnostics.append(_syntax_error(exc, positions))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
     except yaml.reader.ReaderError as exc:
         builder.diagnostics.append(_reader_error(exc, text, file))
