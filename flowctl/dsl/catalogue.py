@@ -71,6 +71,11 @@ YAML_DUPLICATE_KEY = _code(
 )
 YAML_NON_STRING_KEY = _code("non-string-key", "A mapping key is not a string.", "Quote the key so it is a string.")
 YAML_TAG = _code("yaml-tag", "Explicit YAML tags are not allowed.", "Remove the tag; write a plain value.")
+NUMBER_TOO_LONG = _code(
+    "number-too-long",
+    "An integer has more digits than flowctl reads (4,300, Python's conversion limit).",
+    "Quote it if it is text (`'1234…'`); no setting needs a number that long.",
+)
 YAML_MULTIPLE_DOCUMENTS = _code(
     "multiple-documents", "The file holds more than one YAML document.", "Put one pipeline in each file."
 )
@@ -127,6 +132,15 @@ def yaml_complex_key(span: Span) -> Diagnostic:
 
 def yaml_tag(span: Span, tag: str) -> Diagnostic:
     return _make(YAML_TAG, f"YAML tag {tag!r} is not allowed", span)
+
+
+def number_too_long(span: Span, digits: int, limit: int) -> Diagnostic:
+    return _make(
+        NUMBER_TOO_LONG,
+        f"integer with {digits:,} digits; flowctl reads integers of at most {limit:,} digits",
+        span,
+        hint="quote it if it is meant as text",
+    )
 
 
 def yaml_multiple_documents(span: Span) -> Diagnostic:

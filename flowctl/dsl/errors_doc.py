@@ -53,6 +53,10 @@ EXAMPLES: dict[str, Example] = {
         "flowctl: 1\nname: caf\\xe9   # the byte E9: Latin-1, not UTF-8\n",
         raw=b"flowctl: 1\nname: caf\xe9\n",
     ),
+    cat.NUMBER_TOO_LONG: Example(
+        "flowctl: 1\nname: example\nconcurrency: 9999…9999   # 4,301 nines\nsteps:\n  - {id: a, set: {}}\n",
+        raw=b"flowctl: 1\nname: example\nconcurrency: " + b"9" * 4301 + b"\nsteps:\n  - {id: a, set: {}}\n",
+    ),
     cat.EMPTY_DOCUMENT: Example("# nothing here yet\n"),
     cat.YAML_SYNTAX: Example(_steps("  - {id: a, set: {}\n  - {id: b, set: {}}\n")),
     cat.YAML_ALIAS: Example(

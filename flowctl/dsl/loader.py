@@ -94,12 +94,29 @@ _STANDARD_TAGS = {
 }
 
 
+# Python refuses to convert longer decimal integers (`sys.set_int_max_str_digits`, 4,300 by default) and the
+# conversion is quadratic: the loader refuses them itself, with the same limit whatever the interpreter's setting.
+MAX_INT_DIGITS = 4300
+
+
+class NumberTooLong(ValueError):
+    """A plain scalar that resolves to an integer with more than MAX_INT_DIGITS digits."""
+
+    def __init__(self, digits: int) -> None:
+        super().__init__(f"an integer with {digits} digits")
+        self.digits = digits
+
+
 def resolve_plain_scalar(text: str) -> Any:
+    """The value of a plain (unquoted) scalar; raises NumberTooLong for an integer past MAX_INT_DIGITS digits."""
     if _NULL.match(text):
         return None
     if text in _BOOL:
         return _BOOL[text]
     if _INT10.match(text):
+        digits = len(text.lstrip("+-"))
+        if digits > MAX_INT_DIGITS:
+            raise NumberTooLong(digits)
         return int(text)
     if _INT8.match(text):
         return int(text[2:], 8)
@@ -200,8 +217,8 @@ class _Builder:
     def add_key(self, event: yaml.ScalarEvent, span: Span) -> None:
         frame = self.stack[-1]
         key = event.value
-        if not event.style and not isinstance(resolve_plain_scalar(key), str):
-            self.diagnostics.append(cat.yaml_non_string_key(span, key))
+        if not event.style and not isinstance(_resolved_or_number(key), str):
+            self.diagnostics.append(cat.yaml_non_string_key(span, key if len(key) <= 60 else key[:59] + "…"))
         first = frame.first_key_span.get(key)
         if first is not None:
             self.diagnostics.append(cat.yaml_duplicate_key(span, key, first))
@@ -240,7 +257,10 @@ class _Builder:
                 if event.style in ("|", ">"):
                     self.source_map.blocks.add(path)
                 if not event.style and event.implicit[0]:
-                    value = resolve_plain_scalar(event.value)
+                    try:
+                        value = resolve_plain_scalar(event.value)
+                    except NumberTooLong as exc:  # kept as its text, so later stages see an ordinary value
+                        self.diagnostics.append(cat.number_too_long(span, exc.digits, MAX_INT_DIGITS))
                     if not isinstance(value, str):
                         self.source_map.raw[path] = event.value
                 self.add_value(value, span, path)
@@ -261,6 +281,14 @@ class _Builder:
         if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
             self.stack.pop()
         return True
+
+
+def _resolved_or_number(text: str) -> Any:
+    """The plain scalar's value, or 0 for an integer too long to convert (it is a number either way)."""
+    try:
+        return resolve_plain_scalar(text)
+    except NumberTooLong:
+        return 0
 
 
 def _written_tag(tag: str) -> str:

@@ -239,6 +239,9 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
             hint = _BARE_EXPRESSION_HINT if tf.form == "expr" and has_template(source) else ""
             yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem), hint)
             continue
+        except ValueError:  # Jinja's lexer converts an integer literal past Python's digit limit
+            yield cat.template_syntax(span, "a number in the template has too many digits to read")
+            continue
         seen: set[Reference] = set()
         for ref in refs:
             if ref[:3] not in seen:
