@@ -211,6 +211,11 @@ UNKNOWN_PIPELINE = _code(
     "Define it under `pipelines:` or give a path such as `./child.yaml`.",
 )
 CHILD_NOT_FOUND = _code("child-not-found", "A child pipeline file does not exist.", "Fix the path.")
+CHILD_PATH_UNUSABLE = _code(
+    "child-path-unusable",
+    "A child pipeline path cannot be followed: it holds a NUL character, a name too long, or a symlink loop.",
+    "Fix the path (or the symlinks it goes through).",
+)
 CHILD_INVALID = _code(
     "child-invalid", "A child pipeline file has errors of its own.", "Run `flowctl validate` on the child."
 )
@@ -284,6 +289,11 @@ def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str
 
 def child_not_found(span: Span, path: str) -> Diagnostic:
     return _make(CHILD_NOT_FOUND, f"child pipeline file {path!r} does not exist", span)
+
+
+def child_path_unusable(span: Span, path: str, reason: str) -> Diagnostic:
+    shown = repr(path) if len(path) <= 80 else repr(path[:79] + "…")
+    return _make(CHILD_PATH_UNUSABLE, f"child pipeline path {shown} cannot be followed: {reason}", span)
 
 
 def child_invalid(span: Span, path: str, count: int) -> Diagnostic:

@@ -104,6 +104,7 @@ EXAMPLES: dict[str, Example] = {
         )
     ),
     cat.CHILD_NOT_FOUND: Example(_steps("  - {id: summary, pipeline: ./children/summry.yaml}\n")),
+    cat.CHILD_PATH_UNUSABLE: Example(_steps('  - {id: summarize, pipeline: "children/summary\\0.yaml"}\n')),
     cat.CHILD_INVALID: Example(
         _steps("  - {id: summary, pipeline: ./children/summary.yaml}\n"),
         files={"children/summary.yaml": "flowctl: 1\nname: summary\nsteps:\n  - {id: a, agent: nobody, prompt: hi}\n"},
