@@ -9,6 +9,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from flowctl.dsl.characters import non_ascii_note
 from flowctl.dsl.diagnostics import Diagnostic, Severity, Span
 
 
@@ -30,6 +31,13 @@ def _code(code: str, summary: str, fix: str, severity: Severity = Severity.ERROR
 
 def _make(code: str, message: str, span: Span, hint: str = "", related: Iterable[Span] = ()) -> Diagnostic:
     return Diagnostic(code, message, span, CODES[code].severity, hint, tuple(related))
+
+
+def with_characters(message: str, name: object) -> str:
+    """`message ('fеtch' contains U+0435 CYRILLIC SMALL LETTER IE)` when the name holds characters outside ASCII:
+    an unknown name that looks right on screen is explained by what it is made of."""
+    note = non_ascii_note(name) if isinstance(name, str) else ""
+    return f"{message} ({note})" if note else message
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -167,7 +175,7 @@ UNSUPPORTED_VERSION = _code(
 def unknown_key(span: Span, key: str, allowed: Iterable[str], where: str) -> Diagnostic:
     allowed = list(allowed)
     hint = did_you_mean(key, allowed) or _known("key", allowed)
-    return _make(UNKNOWN_KEY, f"unknown key {key!r} in {where}", span, hint=hint)
+    return _make(UNKNOWN_KEY, with_characters(f"unknown key {key!r} in {where}", key), span, hint=hint)
 
 
 def missing_key(span: Span, key: str, where: str) -> Diagnostic:
@@ -284,7 +292,8 @@ STEP_SCOPE = _code(
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
-    return _make(code, f"unknown {kind} {name!r}", span, hint=did_you_mean(name, known) or _known(kind, known))
+    message = with_characters(f"unknown {kind} {name!r}", name)
+    return _make(code, message, span, hint=did_you_mean(name, known) or _known(kind, known))
 
 
 def child_not_found(span: Span, path: str) -> Diagnostic:
@@ -326,7 +335,8 @@ def undefined_variable(span: Span, name: str, known: Iterable[str]) -> Diagnosti
     root = name.split(".", 1)[0]
     if not hint and not known and root in _DECLARED_UNDER:
         hint = f"no {_DECLARED_UNDER[root]} are declared; declare it under `{root}:`"
-    return _make(UNDEFINED_VARIABLE, f"undefined variable {name!r}", span, hint=hint or _known("name", known))
+    message = with_characters(f"undefined variable {name!r}", name)
+    return _make(UNDEFINED_VARIABLE, message, span, hint=hint or _known("name", known))
 
 
 _DECLARED_UNDER = {"inputs": "inputs", "state": "state keys"}
@@ -340,7 +350,7 @@ def unknown_input(span: Span, child: str, name: str, known: Iterable[str]) -> Di
     known = list(known)
     return _make(
         UNKNOWN_INPUT,
-        f"child pipeline {child!r} has no input {name!r}",
+        with_characters(f"child pipeline {child!r} has no input {name!r}", name),
         span,
         hint=did_you_mean(name, known) or _known("input", known),
     )
@@ -350,7 +360,7 @@ def route_choice_without_branch(span: Span, choice: str, branches: Iterable[str]
     branches = list(branches)
     return _make(
         ROUTE_CHOICE_WITHOUT_BRANCH,
-        f"route choice {choice!r} has no branch",
+        with_characters(f"route choice {choice!r} has no branch", choice),
         span,
         hint=did_you_mean(choice, branches) or _known("branch", branches),
     )
@@ -367,7 +377,8 @@ def templated_command(span: Span, command: str) -> Diagnostic:
 def undeclared_state_key(span: Span, key: str, declared: Iterable[str]) -> Diagnostic:
     declared = list(declared)
     hint = did_you_mean(key, declared) or f"declare it under `state:`, e.g. `state: {{{key}: {{default: null}}}}`"
-    return _make(UNDECLARED_STATE_KEY, f"`set` writes state key {key!r}, which is not declared", span, hint=hint)
+    message = with_characters(f"`set` writes state key {key!r}, which is not declared", key)
+    return _make(UNDECLARED_STATE_KEY, message, span, hint=hint)
 
 
 def literal_server_value(span: Span, value: str, key: str, *, template: bool) -> Diagnostic:
@@ -389,7 +400,7 @@ def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Di
     known = list(known)
     return _make(
         UNKNOWN_TOOL,
-        f"server {server!r} has no tool {tool!r}",
+        with_characters(f"server {server!r} has no tool {tool!r}", tool),
         span,
         hint=did_you_mean(tool, known) or _known("tool", known),
     )
@@ -398,7 +409,7 @@ def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Di
 def unknown_event(span: Span, event: str, emitted: Iterable[str]) -> Diagnostic:
     emitted = list(emitted)
     hint = did_you_mean(event, emitted) or "no step emits it; it can still arrive through `flowctl signal`"
-    return _make(UNKNOWN_EVENT, f"no step emits event {event!r}", span, hint=hint)
+    return _make(UNKNOWN_EVENT, with_characters(f"no step emits event {event!r}", event), span, hint=hint)
 
 
 def step_out_of_scope(span: Span, step: str, reason: str) -> Diagnostic:

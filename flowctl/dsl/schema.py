@@ -80,6 +80,10 @@ _ENTRY_NOUNS = {
 
 _MAX_SHOWN = 60
 
+# Type names from other languages, for hints: `n: int` means `n: {type: integer}`.
+_TYPE_ALIASES = {"int": "integer", "str": "string", "float": "number", "bool": "boolean", "list": "array"}
+_TYPE_ALIASES |= {"dict": "object", "map": "object", "mapping": "object", "text": "string", "number": "number"}
+
 
 # --- the schema -----------------------------------------------------------------------------------------------
 
@@ -339,7 +343,11 @@ class _Checker:
         for key in error.instance:
             if key not in allowed:
                 span = self.key_span((*path, key))
-                self.add(cat.unknown_key(span, str(key), allowed, self.where(path)))
+                diagnostic = cat.unknown_key(span, str(key), allowed, self.where(path))
+                if key == "on" and path[-2:-1] == ("triggers",):  # GitHub Actions' spelling of a trigger
+                    hint = "a trigger starts on `event: NAME`, `failed: STEP`, `completed: STEP` or `when: EXPR`"
+                    diagnostic = dataclasses.replace(diagnostic, hint=hint)
+                self.add(diagnostic)
 
     def _missing_keys(self, error: ValidationError, path: JsonPath) -> None:
         for key in error.validator_value:
@@ -370,6 +378,10 @@ class _Checker:
             hint = f"quote it: '{raw}'"
         elif expected == ["array"] and not isinstance(value, dict | list) and value is not None:
             hint = f"write it as a list: [{self.show(value, path)}]"
+        elif expected == ["object"] and isinstance(value, str) and len(path) >= 2 and path[-2] == "inputs":
+            name = _TYPE_ALIASES.get(value, value)
+            if name in _TYPE_WORDS:  # `topic: string`: the type written where the input's schema goes
+                hint = f"an input is a small JSON schema: write `{path[-1]}: {{type: {name}}}`"
         self.add(cat.wrong_type(self.span(path), _words(expected), _got(value, raw), hint))
 
     def _not_in_enum(self, error: ValidationError, path: JsonPath) -> None:
@@ -391,6 +403,8 @@ class _Checker:
             message = f"{_label(path)} is empty: expected {expectation}"
         else:
             message = f"invalid value {self.show(error.instance, path)} for {_label(path)}: expected {expectation}"
+            if error.validator == "pattern":
+                message = cat.with_characters(message, error.instance)
         self.add(cat.invalid_value(self.span(path), message))
 
     def _duplicate_items(self, error: ValidationError, path: JsonPath) -> None:
@@ -440,7 +454,7 @@ class _Checker:
         message = f"invalid name {self.show(key, ())} in {self.where(path)}"
         if expectation:
             message += f": expected {expectation}"
-        self.add(cat.invalid_value(self.key_span((*path, key)), message))
+        self.add(cat.invalid_value(self.key_span((*path, key)), cat.with_characters(message, key)))
 
     def _other(self, error: ValidationError, path: JsonPath) -> None:
         """Anything the schema may grow later: still a located, readable diagnostic."""

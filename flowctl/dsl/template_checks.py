@@ -5,6 +5,7 @@ that are dependencies of the reading step.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -218,6 +219,31 @@ def _reference_span(ctx: CheckContext, tf: TemplateField, ref: Reference, source
 
 
 _BARE_EXPRESSION_HINT = "`when`, `until` and `match` take a bare expression: write it without `{{ }}`"
+_SINGLE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
+# `{{` followed by what cannot start an expression: `{{"a": 1}}`, `{{{`, `{{ }}` — text meant literally
+_LITERAL_BRACES = re.compile(r"\{\{\s*(?:[\"'][^\"']*[\"']\s*:|\{|\}\}|[^\w\s(\[\"'{+\-~])")
+
+
+def _syntax_hint(form: str, source: str, line: int) -> str:
+    """What the usual cause of a template syntax error is, when the text shows it."""
+    text = source.splitlines()[line - 1] if 0 < line <= len(source.splitlines()) else source
+    if form == "expr":
+        if has_template(source):
+            return _BARE_EXPRESSION_HINT
+        if _SINGLE_EQUALS.search(_without_strings(source)):
+            return "compare with `==`; a single `=` is not a comparison"
+        return ""
+    if _LITERAL_BRACES.search(text) or _SINGLE_EQUALS.search(_without_strings(_inside_braces(text))):
+        return "if the braces are meant as text, wrap that part in `{% raw %}…{% endraw %}`"
+    return ""
+
+
+def _without_strings(text: str) -> str:
+    return re.sub(r"\"[^\"]*\"|'[^']*'", "''", text)
+
+
+def _inside_braces(text: str) -> str:
+    return " ".join(re.findall(r"\{\{(.*?)\}\}", text))
 
 
 def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
@@ -236,7 +262,7 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
             else:
                 refs = tuple(r for t in compile_string_value(source, span).templates() for r in t.references)
         except TemplateProblem as problem:
-            hint = _BARE_EXPRESSION_HINT if tf.form == "expr" and has_template(source) else ""
+            hint = _syntax_hint(tf.form, source, problem.line)
             yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem), hint)
             continue
         except ValueError:  # Jinja's lexer converts an integer literal past Python's digit limit
@@ -258,7 +284,11 @@ def _check_reference(
         return _reference_span(ctx, tf, ref, source)
 
     if root not in tf.roots:
-        yield cat.undefined_variable(where(), root, sorted(tf.roots))
+        diagnostic = cat.undefined_variable(where(), root, sorted(tf.roots))
+        if tf.form == "text" and len(ref) == 1:  # `Use {{name}} placeholders`: text that looks like a template
+            raw = f"if `{{{{ {root} }}}}` is meant as text, wrap it in `{{% raw %}}…{{% endraw %}}`"
+            diagnostic = dataclasses.replace(diagnostic, hint=f"{diagnostic.hint}; {raw}")
+        yield diagnostic
         return
     if len(ref) < 2:
         return
