@@ -16,7 +16,7 @@ from flowctl.dsl.check_context import CheckContext, agent_refs
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, PipelineInfo, Region, StepInfo
 from flowctl.dsl.loader import JsonPath
-from flowctl.dsl.template_refs import reference_lines
+from flowctl.dsl.template_refs import jinja_loop_misuses, reference_lines
 from flowctl.dsl.templates import (
     ENV,
     JINJA_GLOBALS,
@@ -268,11 +268,30 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
         except ValueError:  # Jinja's lexer converts an integer literal past Python's digit limit
             yield cat.template_syntax(span, "a number in the template has too many digits to read")
             continue
+        if tf.form != "expr" and "{%" in source and "loop." in source:
+            yield from _check_jinja_loops(ctx, tf, source)
         seen: set[Reference] = set()
         for ref in refs:
             if ref[:3] not in seen:
                 seen.add(ref[:3])
                 yield from _check_reference(ctx, tf, ref, ancestors, source)
+
+
+def _check_jinja_loops(ctx: CheckContext, tf: TemplateField, source: str) -> Iterator[Diagnostic]:
+    """Inside `{% for %}`, `loop` is Jinja's: `loop.iteration` there would fail when rendered."""
+    try:
+        misuses = jinja_loop_misuses(ENV.parse(source), JINJA_GLOBALS)
+    except Exception:  # it compiled already; the check is not worth a crash
+        return
+    for attribute, line in dict(misuses).items():
+        span = _template_line_span(ctx, tf.path, line)
+        found = _find_dotted(ctx.lines, span, span.end_line or span.line, f"loop.{attribute}")
+        diagnostic = cat.undefined_variable(found or span, f"loop.{attribute}", [])
+        hint = (
+            "inside `{% for %}`, `loop` is Jinja's loop (loop.index, loop.first, loop.length, …); to read flowctl's "
+            f"loop there, save it first: `{{% set round = loop.{attribute} %}}` before the `{{% for %}}`"
+        )
+        yield dataclasses.replace(diagnostic, hint=hint)
 
 
 def _check_reference(

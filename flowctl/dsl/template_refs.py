@@ -16,6 +16,14 @@ Reference = tuple[str, ...]  # e.g. ("steps", "fetch", "output")
 
 # Bound inside every macro body by Jinja itself.
 _MACRO_NAMES = ("varargs", "kwargs", "caller")
+# What Jinja's `loop` offers inside `{% for %}` (jinja2.runtime.LoopContext).
+JINJA_LOOP_ATTRIBUTES = frozenset(
+    {"index", "index0", "revindex", "revindex0", "first", "last", "length", "cycle", "depth", "depth0"}
+    | {"previtem", "nextitem", "changed"}
+)
+# The marker a `{% for %}` body adds to its scope: `loop` there is Jinja's.
+_JINJA_LOOP = "loop"
+_IN_FOR = "\0for"
 
 
 def template_references(tree: nodes.Node, known_globals: frozenset[str]) -> list[Reference]:
@@ -23,6 +31,14 @@ def template_references(tree: nodes.Node, known_globals: frozenset[str]) -> list
     walker = _Walker(known_globals)
     walker.visit(tree, set())
     return walker.found
+
+
+def jinja_loop_misuses(tree: nodes.Node, known_globals: frozenset[str]) -> list[tuple[str, int]]:
+    """(attribute, template line) of each `loop.X` inside a `{% for %}` body that Jinja's loop does not have —
+    such as flowctl's `loop.iteration`, which the `{% for %}` hides there."""
+    walker = _Walker(known_globals)
+    walker.visit(tree, set())
+    return walker.loop_misuses
 
 
 def reference_lines(tree: nodes.Node, known_globals: frozenset[str]) -> dict[Reference, int]:
@@ -63,6 +79,7 @@ class _Walker:
         self.known_globals = known_globals
         self.found: list[Reference] = []
         self.lines: list[int] = []  # the template line of each found reference
+        self.loop_misuses: list[tuple[str, int]] = []
 
     def visit_all(self, items: Iterable[nodes.Node], bound: set[str]) -> None:
         for item in items:
@@ -75,7 +92,7 @@ class _Walker:
             inner = bound | set(_targets(node.target))
             if node.test is not None:
                 self.visit(node.test, inner)
-            self.visit_all(node.body, inner | {"loop"})
+            self.visit_all(node.body, inner | {_JINJA_LOOP, _IN_FOR})
             self.visit_all(node.else_, set(bound))
         elif isinstance(node, nodes.Macro | nodes.CallBlock):
             if isinstance(node, nodes.CallBlock):
@@ -114,6 +131,8 @@ class _Walker:
             bound.update(_targets(target))
 
     def _read(self, ref: Reference, bound: set[str], line: int) -> None:
+        if ref[0] == _JINJA_LOOP and _IN_FOR in bound and len(ref) > 1 and ref[1] not in JINJA_LOOP_ATTRIBUTES:
+            self.loop_misuses.append((ref[1], line))
         if ref[0] not in bound and ref[0] not in self.known_globals:
             self.found.append(ref)
             self.lines.append(line)
