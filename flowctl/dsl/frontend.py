@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.check_context import without_rejected
 from flowctl.dsl.checks import CheckContext, ChildInfo, check_document
 from flowctl.dsl.compile import compile_graph
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.index import build_index
 from flowctl.dsl.ir import Graph
 from flowctl.dsl.loader import LoadedDocument, load_file
-from flowctl.dsl.schema import check_schema, without_rejected
+from flowctl.dsl.schema import check_schema
 
 
 @dataclass(slots=True)

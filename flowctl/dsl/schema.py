@@ -38,7 +38,6 @@ __all__ = [
     "schema_text",
     "step_kinds",
     "validate_schema",
-    "without_rejected",
 ]
 
 _SCHEMA_PACKAGE = "flowctl.schemas"
@@ -163,41 +162,8 @@ def check_schema(doc: LoadedDocument) -> SchemaResult:
     return checker.result()
 
 
-_REMOVED = object()
 # Keywords whose failure means the value itself is unusable (a bad key or a missing one leaves the rest usable).
 _REFUSED_VALUE = frozenset({"type", "enum", "const"})
-
-
-def without_rejected(data: Any, rejected: frozenset[JsonPath]) -> Any:
-    """`data` without the values the schema refused for their type: a refused mapping entry is dropped, a refused
-    list item becomes None (so later items keep their paths). The semantic checks run on this, so each may trust
-    the type of any value it finds (`triggers: 5` is reported once, by the schema). Only the refused values'
-    ancestors are copied; the document itself is left as it is."""
-    if not rejected:
-        return data
-    trie: dict[Any, Any] = {}
-    for path in sorted(rejected, key=len):  # an ancestor's removal covers its descendants
-        node = trie
-        for part in path:
-            if _REMOVED in node:
-                break
-            node = node.setdefault(part, {})
-        else:
-            node.clear()
-            node[_REMOVED] = True
-    return _pruned(data, trie)
-
-
-def _pruned(value: Any, trie: dict[Any, Any]) -> Any:
-    if _REMOVED in trie:
-        return _REMOVED
-    if isinstance(value, dict):
-        out = {k: (_pruned(v, trie[k]) if k in trie else v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not _REMOVED}
-    if isinstance(value, list):
-        items = [_pruned(v, trie[i]) if i in trie else v for i, v in enumerate(value)]
-        return [None if v is _REMOVED else v for v in items]
-    return value
 
 
 def _one_per_problem(errors: Iterable[ValidationError]) -> list[ValidationError]:
