@@ -294,8 +294,8 @@ class _Checker:
 
     def report(self, error: ValidationError) -> None:
         path = tuple(error.absolute_path)
-        if error.validator in _REFUSED_VALUE:
-            self.rejected.add(path)
+        if error.validator in _REFUSED_VALUE and "propertyNames" not in error.absolute_schema_path:
+            self.rejected.add(path)  # (a refused key name is reported at its mapping's path: keep the mapping)
         if path == ("flowctl",) or path in self.bad_steps:
             return  # reported by check_version / check_steps
         if "propertyNames" in error.absolute_schema_path:
