@@ -392,7 +392,7 @@ def test_yaml_syntax_error_and_missing_pipeline(tmp_path: Path) -> None:
     (tmp_path / "orphan.test.yaml").write_text("cases:\n  - name: x\n")
     result = run(tmp_path)
     assert result.exit_code == 2
-    assert "broken.test.yaml:3:1: error: invalid YAML" in result.stderr
+    assert "broken.test.yaml:2:20: error: invalid YAML" in result.stderr
     assert "orphan.test.yaml:1:1: error: missing required key 'pipeline'" in result.stderr
     assert "add orphan.yaml next to this file" in result.stderr
 

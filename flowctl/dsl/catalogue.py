@@ -9,6 +9,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from flowctl.dsl.characters import non_ascii_note
 from flowctl.dsl.diagnostics import Diagnostic, Severity, Span
 
 
@@ -30,6 +31,13 @@ def _code(code: str, summary: str, fix: str, severity: Severity = Severity.ERROR
 
 def _make(code: str, message: str, span: Span, hint: str = "", related: Iterable[Span] = ()) -> Diagnostic:
     return Diagnostic(code, message, span, CODES[code].severity, hint, tuple(related))
+
+
+def with_characters(message: str, name: object) -> str:
+    """`message ('fеtch' contains U+0435 CYRILLIC SMALL LETTER IE)` when the name holds characters outside ASCII:
+    an unknown name that looks right on screen is explained by what it is made of."""
+    note = non_ascii_note(name) if isinstance(name, str) else ""
+    return f"{message} ({note})" if note else message
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -71,6 +79,11 @@ YAML_DUPLICATE_KEY = _code(
 )
 YAML_NON_STRING_KEY = _code("non-string-key", "A mapping key is not a string.", "Quote the key so it is a string.")
 YAML_TAG = _code("yaml-tag", "Explicit YAML tags are not allowed.", "Remove the tag; write a plain value.")
+NUMBER_TOO_LONG = _code(
+    "number-too-long",
+    "An integer has more digits than flowctl reads (4,300, Python's conversion limit).",
+    "Quote it if it is text (`'1234…'`); no setting needs a number that long.",
+)
 YAML_MULTIPLE_DOCUMENTS = _code(
     "multiple-documents", "The file holds more than one YAML document.", "Put one pipeline in each file."
 )
@@ -97,8 +110,8 @@ def empty_document(file: str) -> Diagnostic:
     )
 
 
-def yaml_syntax(span: Span, problem: str) -> Diagnostic:
-    return _make(YAML_SYNTAX, f"invalid YAML: {problem}", span)
+def yaml_syntax(span: Span, problem: str, hint: str = "") -> Diagnostic:
+    return _make(YAML_SYNTAX, f"invalid YAML: {problem}", span, hint=hint)
 
 
 def yaml_alias(span: Span) -> Diagnostic:
@@ -129,6 +142,15 @@ def yaml_tag(span: Span, tag: str) -> Diagnostic:
     return _make(YAML_TAG, f"YAML tag {tag!r} is not allowed", span)
 
 
+def number_too_long(span: Span, digits: int, limit: int) -> Diagnostic:
+    return _make(
+        NUMBER_TOO_LONG,
+        f"integer with {digits:,} digits; flowctl reads integers of at most {limit:,} digits",
+        span,
+        hint="quote it if it is meant as text",
+    )
+
+
 def yaml_multiple_documents(span: Span) -> Diagnostic:
     return _make(YAML_MULTIPLE_DOCUMENTS, "file holds more than one YAML document", span)
 
@@ -153,7 +175,7 @@ UNSUPPORTED_VERSION = _code(
 def unknown_key(span: Span, key: str, allowed: Iterable[str], where: str) -> Diagnostic:
     allowed = list(allowed)
     hint = did_you_mean(key, allowed) or _known("key", allowed)
-    return _make(UNKNOWN_KEY, f"unknown key {key!r} in {where}", span, hint=hint)
+    return _make(UNKNOWN_KEY, with_characters(f"unknown key {key!r} in {where}", key), span, hint=hint)
 
 
 def missing_key(span: Span, key: str, where: str) -> Diagnostic:
@@ -197,6 +219,11 @@ UNKNOWN_PIPELINE = _code(
     "Define it under `pipelines:` or give a path such as `./child.yaml`.",
 )
 CHILD_NOT_FOUND = _code("child-not-found", "A child pipeline file does not exist.", "Fix the path.")
+CHILD_PATH_UNUSABLE = _code(
+    "child-path-unusable",
+    "A child pipeline path cannot be followed: it holds a NUL character, a name too long, or a symlink loop.",
+    "Fix the path (or the symlinks it goes through).",
+)
 CHILD_INVALID = _code(
     "child-invalid", "A child pipeline file has errors of its own.", "Run `flowctl validate` on the child."
 )
@@ -233,6 +260,23 @@ TEMPLATED_COMMAND = _code(
     "A server `command` contains a template or variable.",
     "Write the command literally; pass variable parts through `args` or `env`.",
 )
+UNDECLARED_STATE_KEY = _code(
+    "undeclared-state-key",
+    "A `set:` writes a state key that is not declared under the pipeline's `state:`.",
+    "Declare the key under `state:` (its reducer and default come from there), or fix the name.",
+)
+LITERAL_SERVER_VALUE = _code(
+    "literal-server-value",
+    "A server's `args` or `cwd` holds `${VAR}`, or a server value holds `{{ }}`: it is passed as written.",
+    "Server definitions are not templates, and only `env`, `headers` and `url` expand `${VAR}`: move the variable "
+    'there (for example `env: {TOKEN: "${TOKEN}"}`), or ignore if the text is meant literally.',
+    Severity.WARNING,
+)
+BAD_VARIABLE = _code(
+    "bad-variable",
+    "A `${` in a server's `env`, `headers`, `url` or a model's `base_url` is not a variable flowctl expands.",
+    "Write `${NAME}`, or `${NAME:-default}` for a default (sh's spelling; `${NAME:default}` is not one).",
+)
 UNKNOWN_TOOL = _code(
     "unknown-tool", "A tool name is not offered by the named MCP server.", "Fix the tool name (see the server's tools)."
 )
@@ -251,11 +295,17 @@ STEP_SCOPE = _code(
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
-    return _make(code, f"unknown {kind} {name!r}", span, hint=did_you_mean(name, known) or _known(kind, known))
+    message = with_characters(f"unknown {kind} {name!r}", name)
+    return _make(code, message, span, hint=did_you_mean(name, known) or _known(kind, known))
 
 
 def child_not_found(span: Span, path: str) -> Diagnostic:
     return _make(CHILD_NOT_FOUND, f"child pipeline file {path!r} does not exist", span)
+
+
+def child_path_unusable(span: Span, path: str, reason: str) -> Diagnostic:
+    shown = repr(path) if len(path) <= 80 else repr(path[:79] + "…")
+    return _make(CHILD_PATH_UNUSABLE, f"child pipeline path {shown} cannot be followed: {reason}", span)
 
 
 def child_invalid(span: Span, path: str, count: int) -> Diagnostic:
@@ -290,7 +340,8 @@ def undefined_variable(span: Span, name: str, known: Iterable[str]) -> Diagnosti
     root = name.split(".", 1)[0]
     if not hint and not known and root in _DECLARED_UNDER:
         hint = f"no {_DECLARED_UNDER[root]} are declared; declare it under `{root}:`"
-    return _make(UNDEFINED_VARIABLE, f"undefined variable {name!r}", span, hint=hint or _known("name", known))
+    message = with_characters(f"undefined variable {name!r}", name)
+    return _make(UNDEFINED_VARIABLE, message, span, hint=hint or _known("name", known))
 
 
 _DECLARED_UNDER = {"inputs": "inputs", "state": "state keys"}
@@ -304,7 +355,7 @@ def unknown_input(span: Span, child: str, name: str, known: Iterable[str]) -> Di
     known = list(known)
     return _make(
         UNKNOWN_INPUT,
-        f"child pipeline {child!r} has no input {name!r}",
+        with_characters(f"child pipeline {child!r} has no input {name!r}", name),
         span,
         hint=did_you_mean(name, known) or _known("input", known),
     )
@@ -314,7 +365,7 @@ def route_choice_without_branch(span: Span, choice: str, branches: Iterable[str]
     branches = list(branches)
     return _make(
         ROUTE_CHOICE_WITHOUT_BRANCH,
-        f"route choice {choice!r} has no branch",
+        with_characters(f"route choice {choice!r} has no branch", choice),
         span,
         hint=did_you_mean(choice, branches) or _known("branch", branches),
     )
@@ -328,11 +379,33 @@ def templated_command(span: Span, command: str) -> Diagnostic:
     return _make(TEMPLATED_COMMAND, f"server command {command!r} must be literal", span)
 
 
+def undeclared_state_key(span: Span, key: str, declared: Iterable[str]) -> Diagnostic:
+    declared = list(declared)
+    hint = did_you_mean(key, declared) or f"declare it under `state:`, e.g. `state: {{{key}: {{default: null}}}}`"
+    message = with_characters(f"`set` writes state key {key!r}, which is not declared", key)
+    return _make(UNDECLARED_STATE_KEY, message, span, hint=hint)
+
+
+def literal_server_value(span: Span, value: str, key: str, *, template: bool) -> Diagnostic:
+    shown = repr(value) if len(value) <= 60 else repr(value[:59] + "…")
+    if template:
+        message = f"server `{key}` value {shown} is passed as written: server definitions are not templates"
+        hint = "read the environment with `${VAR}` in `env`, `headers` or `url`; templates are rendered only in steps"
+    else:
+        message = f"server `{key}` value {shown} is passed as written: `${{VAR}}` is not expanded in `{key}`"
+        hint = "only `env`, `headers` and `url` expand `${VAR}`; set the variable in `env` and read it in the server"
+    return _make(LITERAL_SERVER_VALUE, message, span, hint=hint)
+
+
+def bad_variable(span: Span, problem: str, hint: str) -> Diagnostic:
+    return _make(BAD_VARIABLE, problem, span, hint=hint)
+
+
 def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
     return _make(
         UNKNOWN_TOOL,
-        f"server {server!r} has no tool {tool!r}",
+        with_characters(f"server {server!r} has no tool {tool!r}", tool),
         span,
         hint=did_you_mean(tool, known) or _known("tool", known),
     )
@@ -341,7 +414,7 @@ def unknown_tool(span: Span, server: str, tool: str, known: Iterable[str]) -> Di
 def unknown_event(span: Span, event: str, emitted: Iterable[str]) -> Diagnostic:
     emitted = list(emitted)
     hint = did_you_mean(event, emitted) or "no step emits it; it can still arrive through `flowctl signal`"
-    return _make(UNKNOWN_EVENT, f"no step emits event {event!r}", span, hint=hint)
+    return _make(UNKNOWN_EVENT, with_characters(f"no step emits event {event!r}", event), span, hint=hint)
 
 
 def step_out_of_scope(span: Span, step: str, reason: str) -> Diagnostic:

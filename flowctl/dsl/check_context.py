@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowctl.dsl.characters import editor_lines
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
 from flowctl.dsl.loader import JsonPath, LoadedDocument
@@ -42,7 +43,7 @@ class CheckContext:
     def lines(self) -> list[str]:
         """The source split into lines once (template positions are looked up per reference)."""
         if self._lines is None:
-            self._lines = self.doc.source.splitlines()
+            self._lines = editor_lines(self.doc.source)
         return self._lines
 
     def span(self, path: JsonPath) -> Span:
@@ -62,3 +63,38 @@ def agent_refs(step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
     fallback = raw.get("fallback")
     if isinstance(fallback, dict) and isinstance(fallback.get("agent"), str):
         yield fallback["agent"], (*step.path, "fallback", "agent")
+
+
+_REMOVED = object()
+
+
+def without_rejected(data: Any, rejected: frozenset[JsonPath]) -> Any:
+    """`data` without the values the schema refused for their type: a refused mapping entry is dropped, a refused
+    list item becomes None (so later items keep their paths). The semantic checks run on this, so each may trust
+    the type of any value it finds (`triggers: 5` is reported once, by the schema). Only the refused values'
+    ancestors are copied; the document itself is left as it is."""
+    if not rejected:
+        return data
+    trie: dict[Any, Any] = {}
+    for path in sorted(rejected, key=len):  # an ancestor's removal covers its descendants
+        node = trie
+        for part in path:
+            if _REMOVED in node:
+                break
+            node = node.setdefault(part, {})
+        else:
+            node.clear()
+            node[_REMOVED] = True
+    return _pruned(data, trie)
+
+
+def _pruned(value: Any, trie: dict[Any, Any]) -> Any:
+    if _REMOVED in trie:
+        return _REMOVED
+    if isinstance(value, dict):
+        out = {k: (_pruned(v, trie[k]) if k in trie else v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _REMOVED}
+    if isinstance(value, list):
+        items = [_pruned(v, trie[i]) if i in trie else v for i, v in enumerate(value)]
+        return [None if v is _REMOVED else v for v in items]
+    return value

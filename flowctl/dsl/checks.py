@@ -17,6 +17,7 @@ from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.paths import confine
+from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
 from flowctl.dsl.template_checks import check_templates
 from flowctl.dsl.templates import has_template
 
@@ -112,6 +113,78 @@ def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
         command = server.get("command") if isinstance(server, dict) else None
         if isinstance(command, str) and (has_template(command) or "${" in command or "$(" in command):
             yield cat.templated_command(ctx.span((*base, name, "command")), command)
+
+
+# `${NAME}` and `${NAME:-default}`, as the interpreter expands them (mcp_pool, openai_provider)
+_ENV_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+_TEMPLATE_START = re.compile(r"\{\{|\{%|\{#")
+_COLON_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):([^-}][^}]*)?\}")
+
+
+def check_server_values(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """`${VAR}` is expanded in a server's `env`, `headers` and `url` and a model's `base_url` (one spelling:
+    `${VAR:-default}`), and nothing in a server definition is a template: say so where a value expects otherwise."""
+    base = ctx.index.servers_path()
+    for name, server in ctx.index.section("servers").items():
+        if not isinstance(server, dict):
+            continue
+        for key in ("args", "env", "headers", "url", "cwd"):
+            for path, value in _string_leaves(server.get(key), (*base, name, key)):
+                template = _TEMPLATE_START.search(value)
+                if template:
+                    yield cat.literal_server_value(_text_span(ctx, path, template.group()), value, key, template=True)
+                variable = _ENV_VARIABLE.search(value) if key in ("args", "cwd") else None
+                if variable:
+                    yield cat.literal_server_value(_text_span(ctx, path, variable.group()), value, key, template=False)
+                if key not in ("args", "cwd"):
+                    yield from _check_variables(ctx, path, value)
+    for name, model in ctx.index.section("models").items():
+        if isinstance(model, dict) and isinstance(model.get("base_url"), str):
+            yield from _check_variables(ctx, ("models", name, "base_url"), model["base_url"])
+
+
+def _check_variables(ctx: CheckContext, path: JsonPath, value: str) -> Iterator[Diagnostic]:
+    """Every `${` starts a variable flowctl expands; anything else would reach the server as written."""
+    start = value.find("${")
+    while start >= 0:
+        match = _ENV_VARIABLE.match(value, start)
+        if match is None:
+            close = value.find("}", start)
+            written = value[start : close + 1] if close >= 0 else value[start : start + 40]
+            colon = _COLON_DEFAULT.match(value, start)
+            hint = "write `${NAME}` or `${NAME:-default}`"
+            if close < 0:
+                problem = f"{written!r} is not closed"
+            elif colon:
+                problem = f"{written!r} is not flowctl's spelling of a default"
+                hint = f"write `${{{colon.group(1)}:-{colon.group(2) or ''}}}` (a default after `:-`, as in sh)"
+            else:
+                problem = f"{written!r} is not a variable flowctl expands"
+            yield cat.bad_variable(_text_span(ctx, path, written), problem, hint)
+        start = value.find("${", start + 2)
+
+
+def _string_leaves(value: Any, path: JsonPath) -> Iterator[tuple[JsonPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _string_leaves(item, (*path, i))
+
+
+def _text_span(ctx: CheckContext, path: JsonPath, text: str) -> Span:
+    """The span of `text` where it is written inside the value at `path` (else the whole value)."""
+    span = ctx.span(path)
+    lines = ctx.lines
+    last = span.end_line if span.end_line >= span.line else span.line
+    for line_no in range(span.line, min(last, len(lines)) + 1):
+        found = lines[line_no - 1].find(text, span.col - 1 if line_no == span.line else 0)
+        if found >= 0:
+            return Span(span.file, line_no, found + 1, line_no, found + 1 + len(text))
+    return span
 
 
 # --- ids and dependencies ---------------------------------------------------------------------------------------
@@ -309,7 +382,31 @@ def check_embedded_schemas(ctx: CheckContext) -> Iterator[Diagnostic]:
         for name, spec in pipeline.inputs().items():
             if isinstance(spec, dict):
                 schema = {k: v for k, v in spec.items() if k not in ("default", "description")}
-                yield from _check_one_schema(ctx, (*pipeline.path, "inputs", name), schema)
+                path = (*pipeline.path, "inputs", name)
+                problems = list(_check_one_schema(ctx, path, schema))
+                yield from problems
+                if not problems and "default" in spec:
+                    yield from _check_default(ctx, (*path, "default"), spec["default"], schema)
+
+
+def _check_default(ctx: CheckContext, path: JsonPath, default: Any, schema: dict[str, Any]) -> Iterator[Diagnostic]:
+    """An input's default obeys its own schema: a run without the input would otherwise start with a value the
+    input refuses (or fail only then)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(default))
+    if error is not None:
+        where = (*path, *error.absolute_path)
+        message = error.message if len(error.message) <= 120 else error.message[:119] + "…"
+        raw = ctx.doc.source_map.raw.get(where)  # a number or boolean as written, where text was meant
+        wants_text = error.validator == "type" and "string" in str(error.validator_value)
+        hint = f"quote it: '{raw}'" if raw is not None and wants_text else ""
+        yield cat.invalid_value(
+            ctx.span(where),
+            f"the default breaks the input's own schema: {message}",
+            hint=hint or "change the default, or the schema, so that they agree",
+        )
 
 
 def _check_one_schema(ctx: CheckContext, path: JsonPath, schema: dict[str, Any]) -> Iterator[Diagnostic]:
@@ -379,10 +476,13 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_definitions,
     check_fixture_paths,
     check_servers,
+    check_server_values,
     check_duplicate_ids,
     check_needs,
     check_cycles,
     check_templates,
+    check_fan_outs,
+    check_state_updates,
     check_children,
     check_routes,
     check_events,

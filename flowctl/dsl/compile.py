@@ -80,7 +80,16 @@ class _Compiler:
         return Literal(raw)
 
     def expr(self, raw: Any, path: JsonPath) -> ir.Expression | None:
+        """A condition; the schema also admits `true`/`false`, which are the expressions of those names (`when:
+        false` skips the step, it is not "no condition")."""
+        if isinstance(raw, bool):
+            raw = "true" if raw else "false"
         return compile_expression(raw, self.span(path)) if isinstance(raw, str) else None
+
+    def condition(self, raw: Any, path: JsonPath) -> ir.Expression:
+        expression = self.expr(raw, path)
+        assert expression is not None, "the schema admits only text or true/false here"
+        return expression
 
     # policies ---------------------------------------------------------------------------------------------------
 
@@ -189,7 +198,7 @@ class _Compiler:
         route = raw["route"]
         rules = tuple(
             ir.RouteRule(
-                compile_expression(rule["when"], self.span((*path, "route", "rules", i, "when"))),
+                self.condition(rule["when"], (*path, "route", "rules", i, "when")),
                 _names(rule["choose"]),
                 self.span((*path, "route", "rules", i)),
             )

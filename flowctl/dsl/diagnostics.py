@@ -10,6 +10,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flowctl.dsl.characters import editor_lines
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Span:
@@ -70,24 +72,40 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.severity is Severity.ERROR for d in diagnostics)
 
 
+# A source line longer than this is shown as a window around the column (a minified 200,000-character line must
+# not print a 200,000-column caret).
+MAX_SHOWN_LINE = 160
+_WINDOW_BEFORE = 60
+
+
 def render_text(diagnostic: Diagnostic, source: str | None) -> str:
     """`file:line:col: message [code]`, then the source line with a caret under the span, then the hint."""
     lines = [f"{diagnostic.span}: {diagnostic.severity.value}: {diagnostic.message} [{diagnostic.code}]"]
     if source is not None and diagnostic.span.line >= 1:
-        source_lines = source.splitlines()
+        source_lines = editor_lines(source)
         if diagnostic.span.line <= len(source_lines):
-            text = source_lines[diagnostic.span.line - 1].expandtabs(1)
-            start = max(diagnostic.span.col - 1, 0)
-            width = 1
-            if diagnostic.span.end_line == diagnostic.span.line and diagnostic.span.end_col > start + 1:
-                width = diagnostic.span.end_col - 1 - start
-            width = max(1, min(width, len(text) - start))
-            gutter = f"{diagnostic.span.line:>4} | "
-            lines.append(f"{gutter}{text}")
-            lines.append(" " * (len(gutter) + start) + "^" + "~" * (width - 1))
+            lines += _source_excerpt(diagnostic.span, source_lines[diagnostic.span.line - 1])
     if diagnostic.hint:
         lines.append(f"  hint: {diagnostic.hint}")
     return "\n".join(lines)
+
+
+def _source_excerpt(span: Span, line: str) -> list[str]:
+    """The line (or a window of it around the column) and a caret line under the span."""
+    text = line.expandtabs(1)
+    start = min(max(span.col - 1, 0), len(text))
+    width = 1
+    if span.end_line == span.line and span.end_col > start + 1:
+        width = span.end_col - 1 - start
+    if len(text) > MAX_SHOWN_LINE:
+        first = max(0, start - _WINDOW_BEFORE)
+        last = min(len(text), first + MAX_SHOWN_LINE)
+        prefix = "…" if first > 0 else ""
+        text = prefix + text[first:last] + ("…" if last < len(text) else "")
+        start = start - first + len(prefix)
+    width = max(1, min(width, len(text) - start))
+    gutter = f"{span.line:>4} | "
+    return [f"{gutter}{text}", " " * (len(gutter) + start) + "^" + "~" * (width - 1)]
 
 
 def render_github(diagnostic: Diagnostic) -> str:

@@ -53,6 +53,10 @@ EXAMPLES: dict[str, Example] = {
         "flowctl: 1\nname: caf\\xe9   # the byte E9: Latin-1, not UTF-8\n",
         raw=b"flowctl: 1\nname: caf\xe9\n",
     ),
+    cat.NUMBER_TOO_LONG: Example(
+        "flowctl: 1\nname: example\nconcurrency: 9999…9999   # 4,301 nines\nsteps:\n  - {id: a, set: {}}\n",
+        raw=b"flowctl: 1\nname: example\nconcurrency: " + b"9" * 4301 + b"\nsteps:\n  - {id: a, set: {}}\n",
+    ),
     cat.EMPTY_DOCUMENT: Example("# nothing here yet\n"),
     cat.YAML_SYNTAX: Example(_steps("  - {id: a, set: {}\n  - {id: b, set: {}}\n")),
     cat.YAML_ALIAS: Example(
@@ -100,6 +104,7 @@ EXAMPLES: dict[str, Example] = {
         )
     ),
     cat.CHILD_NOT_FOUND: Example(_steps("  - {id: summary, pipeline: ./children/summry.yaml}\n")),
+    cat.CHILD_PATH_UNUSABLE: Example(_steps('  - {id: summarize, pipeline: "children/summary\\0.yaml"}\n')),
     cat.CHILD_INVALID: Example(
         _steps("  - {id: summary, pipeline: ./children/summary.yaml}\n"),
         files={"children/summary.yaml": "flowctl: 1\nname: summary\nsteps:\n  - {id: a, agent: nobody, prompt: hi}\n"},
@@ -146,6 +151,21 @@ EXAMPLES: dict[str, Example] = {
     ),
     cat.TEMPLATED_COMMAND: Example(
         _steps("  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "${MCP_BIN}", args: [serve]}\n')
+    ),
+    cat.UNDECLARED_STATE_KEY: Example(
+        _steps("  - {id: note, set: {lgo: started}}\n", "state:\n  log: {reducer: append}\n")
+    ),
+    cat.LITERAL_SERVER_VALUE: Example(
+        _steps(
+            "  - {id: read, tool: files.list}\n",
+            'servers:\n  files: {command: mcp-files, args: ["{{ inputs.root }}"]}\n',
+        )
+    ),
+    cat.BAD_VARIABLE: Example(
+        _steps(
+            "  - {id: read, tool: files.list}\n",
+            'servers:\n  files: {command: mcp-files, env: {LEVEL: "${LOG_LEVEL:info}"}}\n',
+        )
     ),
     cat.UNKNOWN_TOOL: Example(
         _steps(

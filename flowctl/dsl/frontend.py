@@ -6,18 +6,21 @@ Child files must live inside the root pipeline's folder tree, and a child may no
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.check_context import without_rejected
 from flowctl.dsl.checks import CheckContext, ChildInfo, check_document
 from flowctl.dsl.compile import compile_graph
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.index import build_index
 from flowctl.dsl.ir import Graph
 from flowctl.dsl.loader import LoadedDocument, load_file
-from flowctl.dsl.schema import validate_schema
+from flowctl.dsl.schema import check_schema
 
 
 @dataclass(slots=True)
@@ -57,12 +60,15 @@ class FrontEnd:
         diagnostics = list(doc.diagnostics)
         if doc.data is None or has_errors(doc.diagnostics):
             return FileResult(doc, finalize(diagnostics))
-        diagnostics += validate_schema(doc)
-        index = build_index(doc.data)
+        schema = check_schema(doc)
+        diagnostics += schema.diagnostics
+        # the checks see only values of the types the schema allows: each may trust the shape of what it finds
+        checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
+        index = build_index(checked.data)
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
-            diagnostics += check_document(CheckContext(doc, index, resolver, folders=folders))
+            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders))
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):
@@ -70,7 +76,7 @@ class FrontEnd:
             result.graph = compile_graph(
                 doc,
                 {k: g for k, g in children.items() if g is not None},
-                lambda ref: str((Path(resolved).parent / ref).resolve()),
+                lambda ref: str(_child_path(Path(resolved).parent, ref)),
             )
         return result
 
@@ -95,10 +101,31 @@ def _child_keys(front: FrontEnd, base: Path, doc: LoadedDocument) -> list[str]:
         for step in pipeline.ordered:
             ref = step.raw.get("pipeline")
             if step.kind == "pipeline" and isinstance(ref, str) and ("/" in ref or ref.endswith((".yaml", ".yml"))):
-                key = str((base / ref).resolve())
-                if key in front.files:
-                    keys.append(key)
+                target = _child_path(base, ref)
+                if isinstance(target, Path) and str(target) in front.files:
+                    keys.append(str(target))
     return keys
+
+
+def _child_path(base: Path, ref: str) -> Path | str:
+    """The resolved path of a child pipeline reference, or why it has none (a NUL character, a name longer than
+    the system allows, a symlink loop): every place that follows a reference uses this, so none can raise."""
+    if "\0" in ref:
+        return "it contains a NUL character"
+    try:
+        return (base / ref).resolve()
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        return "it leads into a symlink loop"
+    except (OSError, ValueError) as exc:
+        return _reason(exc)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "it leads into a symlink loop"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return "a name in it is longer than the system allows"
+    return f"it cannot be used: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
 
 
 class _ChildResolver:
@@ -107,11 +134,17 @@ class _ChildResolver:
         self.base = base
 
     def __call__(self, ref: str, span: Span) -> ChildInfo | Diagnostic:
-        target = (self.base / ref).resolve()
+        target = _child_path(self.base, ref)
+        if isinstance(target, str):
+            return cat.child_path_unusable(span, ref, target)
         root = self.front.root_dir or self.base
         if not target.is_relative_to(root.resolve()):
             return cat.path_escape(span, ref)
-        if not target.is_file():
+        try:
+            is_file = target.is_file()
+        except OSError as exc:
+            return cat.child_path_unusable(span, ref, _reason(exc))
+        if not is_file:
             return cat.child_not_found(span, ref)
         key = str(target)
         if key in self.front._in_progress:

@@ -10,6 +10,7 @@ dates, no sexagesimal or YAML 1.1 octal numbers.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.characters import EDITOR_LINE_BREAK, YAML_ONLY_BREAKS, char_name, first_unusual_space
 from flowctl.dsl.diagnostics import Diagnostic, Span
 
 # The C parser gives the same events and marks, about 4x faster; we only use its events (no constructor runs).
@@ -96,12 +98,29 @@ _STANDARD_TAGS = {
 }
 
 
+# Python refuses to convert longer decimal integers (`sys.set_int_max_str_digits`, 4,300 by default) and the
+# conversion is quadratic: the loader refuses them itself, with the same limit whatever the interpreter's setting.
+MAX_INT_DIGITS = 4300
+
+
+class NumberTooLong(ValueError):
+    """A plain scalar that resolves to an integer with more than MAX_INT_DIGITS digits."""
+
+    def __init__(self, digits: int) -> None:
+        super().__init__(f"an integer with {digits} digits")
+        self.digits = digits
+
+
 def resolve_plain_scalar(text: str) -> Any:
+    """The value of a plain (unquoted) scalar; raises NumberTooLong for an integer past MAX_INT_DIGITS digits."""
     if _NULL.match(text):
         return None
     if text in _BOOL:
         return _BOOL[text]
     if _INT10.match(text):
+        digits = len(text.lstrip("+-"))
+        if digits > MAX_INT_DIGITS:
+            raise NumberTooLong(digits)
         return int(text)
     if _INT8.match(text):
         return int(text[2:], 8)
@@ -116,8 +135,41 @@ def resolve_plain_scalar(text: str) -> Any:
     return text
 
 
-def _span(file: str, start: Any, end: Any) -> Span:
-    return Span(file, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+class _Positions:
+    """Turns the parser's marks into positions as an editor shows them. YAML breaks lines at U+0085, U+2028 and
+    U+2029 too, which editors show inline; only in a text that has one are marks recomputed from their index."""
+
+    __slots__ = ("_starts", "file", "marks_are_right", "text")
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.text = text
+        self.marks_are_right = not any(c in text for c in YAML_ONLY_BREAKS)
+        self._starts: list[int] | None = None
+
+    def at_index(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of a character index, never past the last line (the end of the text, after its
+        final line break, is shown at the end of the last line)."""
+        if self._starts is None:
+            self._starts = [0, *(m.end() for m in EDITOR_LINE_BREAK.finditer(self.text))]
+        starts = self._starts
+        index = max(0, min(index, len(self.text)))
+        line = bisect.bisect_right(starts, index)
+        if line > 1 and starts[line - 1] == len(self.text):  # after the final line break
+            line -= 1
+            return line, len(EDITOR_LINE_BREAK.sub("", self.text[starts[line - 1] :])) + 1
+        return line, index - starts[line - 1] + 1
+
+    def point(self, mark: Any) -> tuple[int, int]:
+        if self.marks_are_right and mark.index < len(self.text):
+            return mark.line + 1, mark.column + 1
+        return self.at_index(mark.index)
+
+    def span(self, start: Any, end: Any) -> Span:
+        if self.marks_are_right:  # the common case: as the parser counts
+            return Span(self.file, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+        (line, col), (end_line, end_col) = self.point(start), self.point(end)
+        return Span(self.file, line, col, end_line, end_col)
 
 
 class _Frame:
@@ -133,8 +185,9 @@ class _Frame:
 
 
 class _Builder:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, positions: _Positions) -> None:
         self.file = file
+        self.positions = positions
         self.source_map = SourceMap(file)
         self.diagnostics: list[Diagnostic] = []
         self.stack: list[_Frame] = []
@@ -168,8 +221,8 @@ class _Builder:
     def add_key(self, event: yaml.ScalarEvent, span: Span) -> None:
         frame = self.stack[-1]
         key = event.value
-        if not event.style and not isinstance(resolve_plain_scalar(key), str):
-            self.diagnostics.append(cat.yaml_non_string_key(span, key))
+        if not event.style and not isinstance(_resolved_or_number(key), str):
+            self.diagnostics.append(cat.yaml_non_string_key(span, key if len(key) <= 60 else key[:59] + "…"))
         first = frame.first_key_span.get(key)
         if first is not None:
             self.diagnostics.append(cat.yaml_duplicate_key(span, key, first))
@@ -185,7 +238,7 @@ class _Builder:
 
     def handle(self, event: Any) -> bool:
         """Consume one event; False stops loading (a fatal problem was reported)."""
-        span = _span(self.file, event.start_mark, event.end_mark)
+        span = self.positions.span(event.start_mark, event.end_mark)
         if isinstance(event, yaml.DocumentStartEvent):
             self.documents += 1
             if self.documents > 1:
@@ -208,7 +261,10 @@ class _Builder:
                 if event.style in ("|", ">"):
                     self.source_map.blocks.add(path)
                 if not event.style and event.implicit[0]:
-                    value = resolve_plain_scalar(event.value)
+                    try:
+                        value = resolve_plain_scalar(event.value)
+                    except NumberTooLong as exc:  # kept as its text, so later stages see an ordinary value
+                        self.diagnostics.append(cat.number_too_long(span, exc.digits, MAX_INT_DIGITS))
                     if not isinstance(value, str):
                         self.source_map.raw[path] = event.value
                 self.add_value(value, span, path)
@@ -229,6 +285,14 @@ class _Builder:
         if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
             self.stack.pop()
         return True
+
+
+def _resolved_or_number(text: str) -> Any:
+    """The plain scalar's value, or 0 for an integer too long to convert (it is a number either way)."""
+    try:
+        return resolve_plain_scalar(text)
+    except NumberTooLong:
+        return 0
 
 
 def _written_tag(tag: str) -> str:
@@ -264,15 +328,35 @@ def _unencodable(text: str, file: str) -> Diagnostic | None:
     return None
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
-    """At the problem, naming the construct being parsed when it started on another line."""
+def _syntax_error(exc: yaml.MarkedYAMLError, positions: _Positions) -> Diagnostic:
+    """At the problem, naming the construct being parsed when it started on another line. When the text from that
+    construct to the problem holds a character an editor shows as a space or as nothing (a no-break space after
+    `key:`, a U+2028 that YAML reads as a line break), point at that character and name it."""
+    file = positions.file
     mark = exc.problem_mark or exc.context_mark
-    span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
+    span = Span(file, *positions.point(mark)) if mark else Span(file, 1, 1)
     problem = str(exc.problem or exc.context)
     context = exc.context_mark
-    if exc.problem and exc.context and context is not None and mark is not None and context.line != mark.line:
-        problem += f" ({exc.context} at line {context.line + 1})"
-    return cat.yaml_syntax(span, problem)
+    if exc.problem and exc.context and context is not None and mark is not None:
+        context_line = positions.point(context)[0]
+        if context_line != span.line:
+            problem += f" ({exc.context} at line {context_line})"
+    hint = ""
+    if mark is not None:
+        start = min(context.index if context is not None else mark.index, mark.index)
+        line_start = positions.text.rfind("\n", 0, start) + 1
+        odd = first_unusual_space(positions.text, line_start, mark.index + 1)
+        if not positions.marks_are_right:  # a line break only YAML sees, before the problem, is the likelier cause
+            breaks = [positions.text.rfind(c, 0, mark.index + 1) for c in YAML_ONLY_BREAKS]
+            odd = max(breaks) if max(breaks) >= 0 else odd
+        if odd is not None:
+            char = positions.text[odd]
+            line, column = positions.at_index(odd)
+            what = "a line break to YAML, although editors show none" if char in YAML_ONLY_BREAKS else "not a space"
+            span = Span(file, line, column, line, column + 1)
+            problem += f"; {char_name(char)} here is {what}"
+            hint = "replace it with a plain space" if what == "not a space" else "remove it"
+    return cat.yaml_syntax(span, problem, hint)
 
 
 def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str, loader: type) -> Diagnostic:
@@ -294,7 +378,8 @@ def load_text(text: str, file: str, *, event_loader: type | None = None) -> Load
     unencodable = _unencodable(text, file)
     if unencodable is not None:  # lone surrogates: the parser would raise UnicodeEncodeError
         return LoadedDocument(file, text, None, SourceMap(file), [unencodable])
-    builder = _Builder(file)
+    positions = _Positions(file, text)
+    builder = _Builder(file, positions)
     try:
         for event in yaml.parse(text, Loader=loader):
             if not builder.handle(event):
@@ -302,7 +387,7 @@ def load_text(text: str, file: str, *, event_loader: type | None = None) -> Load
     except yaml.MarkedYAMLError as exc:
         if loader is not yaml.SafeLoader and _LIBYAML_DEPTH_PROBLEM in str(exc.problem):
             return load_text(text, file, event_loader=yaml.SafeLoader)
-        builder.diagnostics.append(_syntax_error(exc, file))
+        builder.diagnostics.append(_syntax_error(exc, positions))
         return LoadedDocument(file, text, None, builder.source_map, builder.diagnostics)
     except yaml.reader.ReaderError as exc:
         builder.diagnostics.append(_reader_error(exc, text, file, loader))

@@ -30,7 +30,15 @@ from flowctl.dsl.diagnostics import Diagnostic, Span, finalize
 from flowctl.dsl.index import STEP_KINDS
 from flowctl.dsl.loader import MAX_DEPTH, JsonPath, LoadedDocument, SourceMap
 
-__all__ = ["STEP_KINDS", "load_schema", "schema_text", "step_kinds", "validate_schema"]
+__all__ = [
+    "STEP_KINDS",
+    "SchemaResult",
+    "check_schema",
+    "load_schema",
+    "schema_text",
+    "step_kinds",
+    "validate_schema",
+]
 
 _SCHEMA_PACKAGE = "flowctl.schemas"
 _SCHEMA_FILE = "pipeline.schema.json"
@@ -70,6 +78,10 @@ _ENTRY_NOUNS = {
 }
 
 _MAX_SHOWN = 60
+
+# Type names from other languages, for hints: `n: int` means `n: {type: integer}`.
+_TYPE_ALIASES = {"int": "integer", "str": "string", "float": "number", "bool": "boolean", "list": "array"}
+_TYPE_ALIASES |= {"dict": "object", "map": "object", "mapping": "object", "text": "string", "number": "number"}
 
 
 # --- the schema -----------------------------------------------------------------------------------------------
@@ -116,11 +128,23 @@ def step_kinds(step: Mapping[str, Any]) -> list[str]:
 # --- the entry point ------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchemaResult:
+    diagnostics: list[Diagnostic]
+    # values the schema refused for their type: the later checks must not see them (see `without_rejected`)
+    rejected: frozenset[JsonPath] = frozenset()
+
+
 def validate_schema(doc: LoadedDocument) -> list[Diagnostic]:
     """Check `doc.data` against the pipeline schema. Never raises for bad input; returns sorted diagnostics."""
+    return check_schema(doc).diagnostics
+
+
+def check_schema(doc: LoadedDocument) -> SchemaResult:
+    """`validate_schema`, also naming the values refused for their type."""
     data = doc.data
     if data is None:  # the loader has already said why there is no document
-        return []
+        return SchemaResult([])
     checker = _Checker(doc.source_map)
     if not isinstance(data, dict):
         checker.add(cat.wrong_type(checker.span(()), "a mapping (the pipeline)", _got(data, None)))
@@ -136,6 +160,10 @@ def validate_schema(doc: LoadedDocument) -> list[Diagnostic]:
     for error in _one_per_problem(errors):
         checker.report(error)
     return checker.result()
+
+
+# Keywords whose failure means the value itself is unusable (a bad key or a missing one leaves the rest usable).
+_REFUSED_VALUE = frozenset({"type", "enum", "const"})
 
 
 def _one_per_problem(errors: Iterable[ValidationError]) -> list[ValidationError]:
@@ -164,12 +192,13 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         self.labels: dict[JsonPath, str] = {}  # step and trigger paths → "step 'fetch'"
         self.bad_steps: set[JsonPath] = set()  # steps whose kind could not be decided
+        self.rejected: set[JsonPath] = set()  # values refused for their type
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
 
-    def result(self) -> list[Diagnostic]:
-        return finalize(self.diagnostics)
+    def result(self) -> SchemaResult:
+        return SchemaResult(finalize(self.diagnostics), frozenset(self.rejected))
 
     def span(self, path: JsonPath) -> Span:
         return self.source_map.value(path)
@@ -265,6 +294,8 @@ class _Checker:
 
     def report(self, error: ValidationError) -> None:
         path = tuple(error.absolute_path)
+        if error.validator in _REFUSED_VALUE and "propertyNames" not in error.absolute_schema_path:
+            self.rejected.add(path)  # (a refused key name is reported at its mapping's path: keep the mapping)
         if path == ("flowctl",) or path in self.bad_steps:
             return  # reported by check_version / check_steps
         if "propertyNames" in error.absolute_schema_path:
@@ -278,7 +309,11 @@ class _Checker:
         for key in error.instance:
             if key not in allowed:
                 span = self.key_span((*path, key))
-                self.add(cat.unknown_key(span, str(key), allowed, self.where(path)))
+                diagnostic = cat.unknown_key(span, str(key), allowed, self.where(path))
+                if key == "on" and path[-2:-1] == ("triggers",):  # GitHub Actions' spelling of a trigger
+                    hint = "a trigger starts on `event: NAME`, `failed: STEP`, `completed: STEP` or `when: EXPR`"
+                    diagnostic = dataclasses.replace(diagnostic, hint=hint)
+                self.add(diagnostic)
 
     def _missing_keys(self, error: ValidationError, path: JsonPath) -> None:
         for key in error.validator_value:
@@ -309,6 +344,10 @@ class _Checker:
             hint = f"quote it: '{raw}'"
         elif expected == ["array"] and not isinstance(value, dict | list) and value is not None:
             hint = f"write it as a list: [{self.show(value, path)}]"
+        elif expected == ["object"] and isinstance(value, str) and len(path) >= 2 and path[-2] == "inputs":
+            name = _TYPE_ALIASES.get(value, value)
+            if name in _TYPE_WORDS:  # `topic: string`: the type written where the input's schema goes
+                hint = f"an input is a small JSON schema: write `{path[-1]}: {{type: {name}}}`"
         self.add(cat.wrong_type(self.span(path), _words(expected), _got(value, raw), hint))
 
     def _not_in_enum(self, error: ValidationError, path: JsonPath) -> None:
@@ -330,6 +369,8 @@ class _Checker:
             message = f"{_label(path)} is empty: expected {expectation}"
         else:
             message = f"invalid value {self.show(error.instance, path)} for {_label(path)}: expected {expectation}"
+            if error.validator == "pattern":
+                message = cat.with_characters(message, error.instance)
         self.add(cat.invalid_value(self.span(path), message))
 
     def _duplicate_items(self, error: ValidationError, path: JsonPath) -> None:
@@ -379,7 +420,7 @@ class _Checker:
         message = f"invalid name {self.show(key, ())} in {self.where(path)}"
         if expectation:
             message += f": expected {expectation}"
-        self.add(cat.invalid_value(self.key_span((*path, key)), message))
+        self.add(cat.invalid_value(self.key_span((*path, key)), cat.with_characters(message, key)))
 
     def _other(self, error: ValidationError, path: JsonPath) -> None:
         """Anything the schema may grow later: still a located, readable diagnostic."""

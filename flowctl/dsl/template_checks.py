@@ -5,6 +5,7 @@ that are dependencies of the reading step.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ from flowctl.dsl.check_context import CheckContext, agent_refs
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, PipelineInfo, Region, StepInfo
 from flowctl.dsl.loader import JsonPath
+from flowctl.dsl.template_refs import jinja_loop_misuses, reference_lines
 from flowctl.dsl.templates import (
+    ENV,
+    JINJA_GLOBALS,
     Reference,
     TemplateProblem,
     compile_expression,
@@ -162,6 +166,9 @@ def _template_line_span(ctx: CheckContext, path: JsonPath, line_in_template: int
     return Span(span.file, line, len(text) - len(text.lstrip()) + 1)
 
 
+_BINDING = re.compile(r"\b(?:for|set|with)\s+$")
+
+
 def _find_dotted(lines: list[str], span: Span, last: int, text: str) -> Span | None:
     for line_no in range(span.line, min(last, len(lines)) + 1):
         line = lines[line_no - 1]
@@ -169,6 +176,7 @@ def _find_dotted(lines: list[str], span: Span, last: int, text: str) -> Span | N
         while start >= 0:
             end = start + len(text)
             before_ok = start == 0 or not (line[start - 1].isalnum() or line[start - 1] in "_.")
+            before_ok = before_ok and not _BINDING.search(line, 0, start)  # `{% for x` binds x, it does not read it
             after_ok = end == len(line) or not (line[end].isalnum() or line[end] == "_")
             if before_ok and after_ok:
                 return Span(span.file, line_no, start + 1, line_no, end + 1)
@@ -176,9 +184,24 @@ def _find_dotted(lines: list[str], span: Span, last: int, text: str) -> Span | N
     return None
 
 
-def _reference_span(ctx: CheckContext, path: JsonPath, ref: Reference) -> Span:
+def _first_read_line(tf: TemplateField, source: str, ref: Reference) -> int:
+    """The template line where `ref` is first read as a context variable (not where the template binds the same
+    name, as in `{% for entry in … %}`)."""
+    text = "{{ " + source + " }}" if tf.form == "expr" else source
+    try:
+        return reference_lines(ENV.parse(text), JINJA_GLOBALS).get(ref, 1)
+    except Exception:  # it compiled once already; a position is not worth a crash
+        return 1
+
+
+def _reference_span(ctx: CheckContext, tf: TemplateField, ref: Reference, source: str) -> Span:
     """Point at the reference itself inside the template text (block scalars span several lines)."""
+    path = tf.path
     span = ctx.span(path)
+    if path in ctx.doc.source_map.blocks:  # search from the line Jinja read it on
+        read_at = _template_line_span(ctx, path, _first_read_line(tf, source, ref))
+        if read_at.line > span.line:
+            span = Span(span.file, read_at.line, 1, span.end_line, span.end_col)
     lines = ctx.lines
     last = span.end_line if span.end_line >= span.line else span.line
     for parts in range(min(len(ref), 3), 0, -1):  # the longest written form wins: `steps.a.outptu`, then `steps.a`
@@ -196,6 +219,31 @@ def _reference_span(ctx: CheckContext, path: JsonPath, ref: Reference) -> Span:
 
 
 _BARE_EXPRESSION_HINT = "`when`, `until` and `match` take a bare expression: write it without `{{ }}`"
+_SINGLE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
+# `{{` followed by what cannot start an expression: `{{"a": 1}}`, `{{{`, `{{ }}` — text meant literally
+_LITERAL_BRACES = re.compile(r"\{\{\s*(?:[\"'][^\"']*[\"']\s*:|\{|\}\}|[^\w\s(\[\"'{+\-~])")
+
+
+def _syntax_hint(form: str, source: str, line: int) -> str:
+    """What the usual cause of a template syntax error is, when the text shows it."""
+    text = source.splitlines()[line - 1] if 0 < line <= len(source.splitlines()) else source
+    if form == "expr":
+        if has_template(source):
+            return _BARE_EXPRESSION_HINT
+        if _SINGLE_EQUALS.search(_without_strings(source)):
+            return "compare with `==`; a single `=` is not a comparison"
+        return ""
+    if _LITERAL_BRACES.search(text) or _SINGLE_EQUALS.search(_without_strings(_inside_braces(text))):
+        return "if the braces are meant as text, wrap that part in `{% raw %}…{% endraw %}`"
+    return ""
+
+
+def _without_strings(text: str) -> str:
+    return re.sub(r"\"[^\"]*\"|'[^']*'", "''", text)
+
+
+def _inside_braces(text: str) -> str:
+    return " ".join(re.findall(r"\{\{(.*?)\}\}", text))
 
 
 def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
@@ -214,21 +262,52 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
             else:
                 refs = tuple(r for t in compile_string_value(source, span).templates() for r in t.references)
         except TemplateProblem as problem:
-            hint = _BARE_EXPRESSION_HINT if tf.form == "expr" and has_template(source) else ""
+            hint = _syntax_hint(tf.form, source, problem.line)
             yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem), hint)
             continue
+        except ValueError:  # Jinja's lexer converts an integer literal past Python's digit limit
+            yield cat.template_syntax(span, "a number in the template has too many digits to read")
+            continue
+        if tf.form != "expr" and "{%" in source and "loop." in source:
+            yield from _check_jinja_loops(ctx, tf, source)
         seen: set[Reference] = set()
         for ref in refs:
             if ref[:3] not in seen:
                 seen.add(ref[:3])
-                yield from _check_reference(ctx, tf, ref, ancestors)
+                yield from _check_reference(ctx, tf, ref, ancestors, source)
 
 
-def _check_reference(ctx: CheckContext, tf: TemplateField, ref: Reference, ancestry: _Ancestry) -> Iterator[Diagnostic]:
+def _check_jinja_loops(ctx: CheckContext, tf: TemplateField, source: str) -> Iterator[Diagnostic]:
+    """Inside `{% for %}`, `loop` is Jinja's: `loop.iteration` there would fail when rendered."""
+    try:
+        misuses = jinja_loop_misuses(ENV.parse(source), JINJA_GLOBALS)
+    except Exception:  # it compiled already; the check is not worth a crash
+        return
+    for attribute, line in dict(misuses).items():
+        span = _template_line_span(ctx, tf.path, line)
+        found = _find_dotted(ctx.lines, span, span.end_line or span.line, f"loop.{attribute}")
+        diagnostic = cat.undefined_variable(found or span, f"loop.{attribute}", [])
+        hint = (
+            "inside `{% for %}`, `loop` is Jinja's loop (loop.index, loop.first, loop.length, …); to read flowctl's "
+            f"loop there, save it first: `{{% set round = loop.{attribute} %}}` before the `{{% for %}}`"
+        )
+        yield dataclasses.replace(diagnostic, hint=hint)
+
+
+def _check_reference(
+    ctx: CheckContext, tf: TemplateField, ref: Reference, ancestry: _Ancestry, source: str
+) -> Iterator[Diagnostic]:
     root = ref[0]
-    span = _reference_span(ctx, tf.path, ref)
+
+    def where() -> Span:  # found only when reported: a search through the text
+        return _reference_span(ctx, tf, ref, source)
+
     if root not in tf.roots:
-        yield cat.undefined_variable(span, root, sorted(tf.roots))
+        diagnostic = cat.undefined_variable(where(), root, sorted(tf.roots))
+        if tf.form == "text" and len(ref) == 1:  # `Use {{name}} placeholders`: text that looks like a template
+            raw = f"if `{{{{ {root} }}}}` is meant as text, wrap it in `{{% raw %}}…{{% endraw %}}`"
+            diagnostic = dataclasses.replace(diagnostic, hint=f"{diagnostic.hint}; {raw}")
+        yield diagnostic
         return
     if len(ref) < 2:
         return
@@ -236,15 +315,15 @@ def _check_reference(ctx: CheckContext, tf: TemplateField, ref: Reference, ances
     if root in ("inputs", "state"):
         declared = _declared(ctx, tf, root)
         if ref[1] not in declared:
-            yield cat.undefined_variable(span, name, [f"{root}.{k}" for k in declared])
+            yield cat.undefined_variable(where(), name, [f"{root}.{k}" for k in declared])
     elif root == "run" and ref[1] not in RUN_FIELDS:
-        yield cat.undefined_variable(span, name, [f"run.{k}" for k in RUN_FIELDS])
+        yield cat.undefined_variable(where(), name, [f"run.{k}" for k in RUN_FIELDS])
     elif root == "event" and ref[1] not in EVENT_FIELDS:
-        yield cat.undefined_variable(span, name, [f"event.{k}" for k in EVENT_FIELDS])
+        yield cat.undefined_variable(where(), name, [f"event.{k}" for k in EVENT_FIELDS])
     elif root == "loop" and ref[1] not in LOOP_FIELDS:
-        yield cat.undefined_variable(span, name, [f"loop.{k}" for k in LOOP_FIELDS])
+        yield cat.undefined_variable(where(), name, [f"loop.{k}" for k in LOOP_FIELDS])
     elif root == "steps":
-        yield from _check_step_reference(ctx, tf, ref, span, ancestry)
+        yield from _check_step_reference(ctx, tf, ref, where, ancestry)
 
 
 def _declared(ctx: CheckContext, tf: TemplateField, root: str) -> set[str]:
@@ -263,14 +342,14 @@ def _agent_users(ctx: CheckContext, agent: str) -> list[PipelineInfo]:
 
 
 def _check_step_reference(
-    ctx: CheckContext, tf: TemplateField, ref: Reference, span: Span, ancestry: _Ancestry
+    ctx: CheckContext, tf: TemplateField, ref: Reference, where: Callable[[], Span], ancestry: _Ancestry
 ) -> Iterator[Diagnostic]:
     target, pipeline = ref[1], tf.pipeline
     if target not in pipeline.steps:
-        yield cat.unknown_ref(cat.UNKNOWN_STEP, "step", span, target, pipeline.steps)
+        yield cat.unknown_ref(cat.UNKNOWN_STEP, "step", where(), target, pipeline.steps)
         return
     if len(ref) > 2 and ref[2] not in STEP_FIELDS:
-        yield cat.undefined_variable(span, ".".join(ref[:3]), [f"steps.{target}.{f}" for f in STEP_FIELDS])
+        yield cat.undefined_variable(where(), ".".join(ref[:3]), [f"steps.{target}.{f}" for f in STEP_FIELDS])
         return
     step = tf.step
     if step is None or step.region in (Region.TRIGGER, Region.FINALLY):
@@ -281,15 +360,15 @@ def _check_step_reference(
         return  # `until` is checked after each iteration, when the body has run
     if target == step.id:
         if field_path[0] not in own_output_fields:
-            yield cat.step_out_of_scope(span, target, "reads its own output; use `output` in `set`/`emit`")
+            yield cat.step_out_of_scope(where(), target, "reads its own output; use `output` in `set`/`emit`")
         return
     if not ancestry.may_read(step, target):
-        where = (
+        fix = (
             f"add {target!r} to the `needs` of {step.id!r}"
             if target in step.list_ids
             else f"read it after the step that contains {target!r}"
         )
-        yield cat.step_out_of_scope(span, target, f"may not have run when {step.id!r} runs; {where}")
+        yield cat.step_out_of_scope(where(), target, f"may not have run when {step.id!r} runs; {fix}")
 
 
 class _Ancestry:

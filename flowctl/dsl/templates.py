@@ -20,6 +20,7 @@ from jinja2.exceptions import TemplateAssertionError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowctl.dsl.diagnostics import Span
+from flowctl.dsl.template_refs import template_references
 
 Reference = tuple[str, ...]  # e.g. ("steps", "fetch", "output")
 
@@ -73,41 +74,8 @@ def _problem(exc: TemplateError) -> TemplateProblem:
 
 
 def _references(tree: nodes.Node) -> list[Reference]:
-    """Attribute chains rooted at free names: `steps.a.output` → ("steps", "a", "output")."""
-    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    found: list[Reference] = []
-
-    def chain(node: nodes.Node) -> Reference | None:
-        parts: list[str] = []
-        while True:
-            if isinstance(node, nodes.Getattr):
-                parts.append(node.attr)
-                node = node.node
-            elif (
-                isinstance(node, nodes.Getitem)
-                and isinstance(node.arg, nodes.Const)
-                and isinstance(node.arg.value, str)
-            ):
-                parts.append(node.arg.value)
-                node = node.node
-            elif isinstance(node, nodes.Name):
-                return (node.name, *reversed(parts))
-            else:
-                return None
-
-    def visit(node: nodes.Node) -> None:
-        if isinstance(node, nodes.Getattr | nodes.Getitem | nodes.Name):
-            ref = chain(node)
-            loaded = node.__class__ is not nodes.Name or node.ctx == "load"
-            if ref is not None and loaded and ref[0] not in assigned and ref[0] not in JINJA_GLOBALS:
-                found.append(ref)
-            if ref is not None:
-                return
-        for child in node.iter_child_nodes():
-            visit(child)
-
-    visit(tree)
-    return found
+    """Attribute chains rooted at free names, with Jinja's scoping (see `template_refs`)."""
+    return template_references(tree, JINJA_GLOBALS)
 
 
 # A template that is only text and plain lookups (`item {{ item }}`, `{{ steps.a.output }}`, `{{ x['k'][0] }}`),

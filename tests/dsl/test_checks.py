@@ -243,3 +243,13 @@ def test_an_unbounded_loop_is_reported_once_by_one_stage() -> None:
     assert index is not None
     assert check_document(CheckContext(doc, index)) == []
     assert at(validate_schema(doc)) == [(cat.UNBOUNDED_LOOP, 5, 5)]
+
+
+def test_the_checks_see_the_document_without_the_values_the_schema_refused() -> None:
+    from flowctl.dsl.check_context import without_rejected
+
+    data = {"triggers": 5, "steps": [{"id": "a", "needs": 3}, {"id": "b"}], "name": "x"}
+    rejected = frozenset({("triggers",), ("steps", 0, "needs"), ("steps", 1), ("steps", 1, "id")})
+    assert without_rejected(data, rejected) == {"steps": [{"id": "a"}, None], "name": "x"}
+    assert data["triggers"] == 5 and data["steps"][0]["needs"] == 3  # the document itself is left as it is
+    assert without_rejected(data, frozenset()) is data

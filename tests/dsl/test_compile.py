@@ -380,3 +380,24 @@ def test_graph_metadata() -> None:
     assert graph.root.name == "parallel"
     assert len(graph.source_digest) == 64
     assert graph.root.steps[0].span.line == 12
+
+
+def test_true_and_false_conditions_are_those_expressions(compile_yaml: CompileYaml) -> None:
+    """The schema admits `when: false`: it skips the step (it is not "no condition"), and a route rule's boolean
+    `when` compiles (it crashed the compiler)."""
+    graph = compile_yaml(
+        """
+        flowctl: 1
+        name: p
+        steps:
+          - {id: never, set: {}, when: false}
+          - id: pick
+            route: {rules: [{when: false, choose: a}, {when: true, choose: a}], default: a}
+            branches: {a: [{id: done, set: {}}]}
+        """
+    )
+    steps = steps_by_id(graph.root)
+    never, pick = steps["never"], steps["pick"]
+    assert never.when is not None and never.when.evaluate({}) is False
+    assert isinstance(pick.body, ir.Route)
+    assert [rule.when.evaluate({}) for rule in pick.body.rules] == [False, True]

@@ -146,7 +146,7 @@ def test_hints_carry_did_you_mean_and_quote_it(name: str) -> None:
 
 def test_quote_it_hints_show_the_text_as_written() -> None:
     hints = [d.hint for d in process(INVALID / "wrong_type_quote_hint.yaml").diagnostics]
-    assert hints[:3] == ["quote it: '3.10'", "quote it: 'true'", "quote it: '42'"]
+    assert hints[:4] == ["quote it: '3.10'", "quote it: 'true'", "quote it: '1.0'", "quote it: '42'"]
 
 
 def test_unknown_events_are_warnings_and_do_not_stop_compiling() -> None:

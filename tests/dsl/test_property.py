@@ -2,12 +2,16 @@
 
 (a) arbitrary text and bytes go through the loader and the whole front end;
 (b) arbitrary JSON-like documents, and valid skeletons with random plausible steps, are dumped to YAML and validated.
-When a document has no errors, it must also compile and draw.
+When a document has no errors, it must also compile and draw;
+(c) the example pipelines, fixtures and test files in `pipelines/`, mutated (a value replaced, deleted, wrapped in a
+list, a key renamed, odd text inserted): validate, the fixture loader and the test-file loader give diagnostics only,
+at positions inside the file.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowctl.dsl.catalogue import CODES, UNKNOWN_EVENT
+from flowctl.dsl.characters import editor_lines
 from flowctl.dsl.diagnostics import Diagnostic
 from flowctl.dsl.draw import to_dot, to_mermaid
 from flowctl.dsl.frontend import FileResult, FrontEnd
 from flowctl.dsl.loader import load_text
 from flowctl.dsl.schema import validate_schema
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# FLOWCTL_FUZZ_EXAMPLES=5000 makes a longer fuzz run of the same properties.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("FLOWCTL_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 _counter = itertools.count()
 
 
@@ -254,3 +264,127 @@ def test_well_formed_documents_compile_and_draw(scratch: Path, body: list[dict[s
     result = process_bytes(scratch, dump(document))
     assert [str(d) for d in result.diagnostics if d.code != UNKNOWN_EVENT] == []  # a lone wait is only a warning
     assert result.graph is not None
+
+
+# --- (c) mutated example pipelines, fixtures and test files ------------------------------------------------------
+
+EXAMPLES = Path(__file__).parents[2] / "pipelines"
+EXAMPLE_PIPELINES = sorted(p for p in EXAMPLES.glob("*.yaml") if not p.name.endswith((".fixture.yaml", ".test.yaml")))
+ODD_TEXT = st.sampled_from(
+    [
+        *("\u2028", "\u2029", "\x85", "\xa0", "\ufeff", "\x00", "{{", "}}", "{%", "${", "${X", "${X:y}", ":", "- "),
+        *("\t", "&a", "*a", "!!python/object", "fеtch", "9" * 5000, "'", '"', "\n  ", "#", "[", "{"),
+    ]
+)
+REPLACEMENTS = st.one_of(
+    SCALARS,
+    JSONISH,
+    ODD_TEXT,
+    st.sampled_from(["inputs.items", "inputs", "steps", "{{ loop.index }}", "{% for x in y %}{{ x }}", "5"]),
+)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _paths(item, (*path, i))
+    return found
+
+
+def _mutated(document: Any, path: tuple[Any, ...], action: str, replacement: Any) -> Any:
+    if not path:
+        return replacement
+    parent = document
+    for part in path[:-1]:
+        parent = parent[part]
+    last = path[-1]
+    if action == "delete":
+        del parent[last]
+    elif action == "wrap":
+        parent[last] = [parent[last]]
+    elif action == "rename" and isinstance(parent, dict):
+        parent[f"{last}{replacement}" if isinstance(replacement, str) else "x"] = parent.pop(last)
+    else:
+        parent[last] = replacement
+    return document
+
+
+@pytest.fixture(scope="module")
+def examples_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples folder copied, so mutated pipelines sit beside the children and fixtures they name."""
+    import shutil
+
+    target = tmp_path_factory.mktemp("examples") / "pipelines"
+    shutil.copytree(EXAMPLES, target)
+    return target
+
+
+@SETTINGS
+@given(
+    example=st.sampled_from(EXAMPLE_PIPELINES),
+    choice=st.integers(0, 10_000),
+    action=st.sampled_from(["replace", "replace", "delete", "wrap", "rename"]),
+    replacement=REPLACEMENTS,
+)
+def test_mutated_example_pipelines_give_only_diagnostics(
+    examples_copy: Path, example: Path, choice: int, action: str, replacement: Any
+) -> None:
+    document = load_text(example.read_text("utf-8"), example.name).data
+    paths = _paths(document)
+    mutated = _mutated(document, paths[choice % len(paths)], action, replacement)
+    path = examples_copy / f"m{next(_counter)}.yaml"
+    path.write_bytes(dump(mutated))
+    result = FrontEnd().process(path)
+    assert_well_formed(result.diagnostics)
+
+
+@SETTINGS
+@given(example=st.sampled_from(EXAMPLE_PIPELINES), offset=st.integers(0, 100_000), insert=ODD_TEXT)
+def test_example_pipelines_with_odd_text_inserted_give_only_diagnostics(
+    examples_copy: Path, example: Path, offset: int, insert: str
+) -> None:
+    text = example.read_text("utf-8")
+    at = offset % (len(text) + 1)
+    path = examples_copy / f"t{next(_counter)}.yaml"
+    written = text[:at] + insert + text[at:]
+    path.write_text(written, "utf-8")
+    result = FrontEnd().process(path)
+    assert_well_formed(result.diagnostics)
+    lines = max(1, len(editor_lines(written)))  # every position is on a line an editor shows
+    assert all(d.span.line <= lines for d in result.diagnostics if d.span.file == result.doc.file)
+
+
+FIXTURES_AND_TESTS = sorted(EXAMPLES.glob("*.fixture.yaml")) + sorted(EXAMPLES.glob("*.test.yaml"))
+
+
+@SETTINGS
+@given(
+    example=st.sampled_from(FIXTURES_AND_TESTS),
+    choice=st.integers(0, 10_000),
+    action=st.sampled_from(["replace", "replace", "delete", "wrap", "rename"]),
+    replacement=REPLACEMENTS,
+)
+def test_mutated_fixtures_and_test_files_give_only_diagnostics(
+    examples_copy: Path, example: Path, choice: int, action: str, replacement: Any
+) -> None:
+    from flowctl.interpreter.scripted import FixtureError, load_fixture
+    from flowctl.testing.cases import load_cases
+
+    document = load_text(example.read_text("utf-8"), example.name).data
+    paths = _paths(document)
+    mutated = _mutated(document, paths[choice % len(paths)], action, replacement)
+    suffix = ".fixture.yaml" if example.name.endswith(".fixture.yaml") else ".test.yaml"
+    path = examples_copy / f"f{next(_counter)}{suffix}"
+    path.write_bytes(dump(mutated))
+    if suffix == ".fixture.yaml":
+        try:
+            load_fixture(path)
+        except FixtureError as error:
+            assert_well_formed(error.diagnostics)
+    else:
+        _, problems, _ = load_cases([(path, path.parent)], None)
+        assert_well_formed([d for d, _ in problems])

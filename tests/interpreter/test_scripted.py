@@ -425,7 +425,7 @@ def test_json_fixture_loads(tmp_path: Path) -> None:
 
 def test_yaml_syntax_errors_and_missing_files_are_fixture_errors(tmp_path: Path) -> None:
     message, path = fixture_error(tmp_path, "responses: [\n")
-    assert f"{path}:2:1" in message
+    assert f"{path}:1:13" in message
     with pytest.raises(FixtureError, match=r"missing\.yaml"):
         load_fixture(tmp_path / "missing.yaml")
 
