@@ -154,8 +154,8 @@ class _ChildResolver:
         if errors:
             return cat.child_invalid(span, ref, errors)
         data = child.doc.data if isinstance(child.doc.data, dict) else {}
-        inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
-        return ChildInfo(key, inputs, errors)
+        inputs = data.get("inputs")
+        return ChildInfo(key, inputs if isinstance(inputs, dict) else {}, errors)
 
     def _cycle(self, key: str) -> list[str]:
         """The files of an include cycle, relative to the root folder: `a.yaml -> children/b.yaml -> a.yaml`."""

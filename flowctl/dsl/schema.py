@@ -304,9 +304,13 @@ class _Checker:
         handler = _HANDLERS.get(str(error.validator), _Checker._other)
         handler(self, error, path)
 
+    # jsonschema types an error's fields as possibly `Unset`; every error a handler gets comes from a keyword that
+    # failed on an instance, so they are set: each handler reads them as `Any` through `_facts`.
+
     def _unknown_keys(self, error: ValidationError, path: JsonPath) -> None:
-        allowed = [str(key) for key in error.schema.get("properties", {})]
-        for key in error.instance:
+        schema, _, instance = _facts(error)
+        allowed = [str(key) for key in schema.get("properties", {})]
+        for key in instance:
             if key not in allowed:
                 span = self.key_span((*path, key))
                 diagnostic = cat.unknown_key(span, str(key), allowed, self.where(path))
@@ -316,8 +320,9 @@ class _Checker:
                 self.add(diagnostic)
 
     def _missing_keys(self, error: ValidationError, path: JsonPath) -> None:
-        for key in error.validator_value:
-            if key in error.instance or (key == "flowctl" and not path):
+        _, required, instance = _facts(error)
+        for key in required:
+            if key in instance or (key == "flowctl" and not path):
                 continue
             if key == "max_iterations" and path[-1:] == ("loop",) and path[:-1] in self.labels:
                 self.add(cat.unbounded_loop(self.key_span(path)))  # at the `loop:` key; the only report
@@ -325,18 +330,18 @@ class _Checker:
                 self.add(cat.missing_key(self.span(path), key, self.where(path)))
 
     def _missing_dependencies(self, error: ValidationError, path: JsonPath) -> None:
-        for key, needed in error.validator_value.items():
-            if key not in error.instance:
+        _, dependencies, instance = _facts(error)
+        for key, needed in dependencies.items():
+            if key not in instance:
                 continue
             for other in needed:
-                if other not in error.instance:
+                if other not in instance:
                     missing = cat.missing_key(self.span(path), other, self.where(path))
                     self.add(dataclasses.replace(missing, hint=f"{key!r} needs {other!r}"))
 
     def _wrong_type(self, error: ValidationError, path: JsonPath) -> None:
-        expected = error.validator_value
-        expected = [expected] if isinstance(expected, str) else list(expected)
-        value = error.instance
+        _, types, value = _facts(error)
+        expected = [types] if isinstance(types, str) else list(types)
         raw = self.source_map.raw.get(path)
         hint = ""
         scalar_string = "string" in expected and not {"array", "object"} & set(expected)
@@ -351,7 +356,8 @@ class _Checker:
         self.add(cat.wrong_type(self.span(path), _words(expected), _got(value, raw), hint))
 
     def _not_in_enum(self, error: ValidationError, path: JsonPath) -> None:
-        allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
+        _, value, _ = _facts(error)
+        allowed: list[Any] = value if error.validator == "enum" else [value]
         expected = _quoted(allowed, "or")
         if len(allowed) > 2:
             expected = "one of " + expected
@@ -375,7 +381,7 @@ class _Checker:
 
     def _duplicate_items(self, error: ValidationError, path: JsonPath) -> None:
         seen: list[Any] = []
-        for index, item in enumerate(error.instance):
+        for index, item in enumerate(_facts(error)[2]):
             if item in seen:
                 shown = self.show(item, (*path, index))
                 message = f"{_label(path)} lists {shown} more than once"
@@ -415,8 +421,8 @@ class _Checker:
         self.add(cat.invalid_value(self.key_span((*path, keys[-1])), message))
 
     def _bad_key_name(self, error: ValidationError, path: JsonPath) -> None:
-        key = error.instance
-        expectation = _PATTERN_TEXT.get(error.validator_value) if error.validator == "pattern" else None
+        _, pattern, key = _facts(error)
+        expectation = _PATTERN_TEXT.get(pattern) if error.validator == "pattern" else None
         message = f"invalid name {self.show(key, ())} in {self.where(path)}"
         if expectation:
             message += f": expected {expectation}"
@@ -546,9 +552,14 @@ def _got(value: Any, raw: str | None) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
+def _facts(error: ValidationError) -> tuple[Any, Any, Any]:
+    """An error's schema, keyword value and instance, read as `Any` (see `_Checker._unknown_keys`)."""
+    return error.schema, error.validator_value, error.instance
+
+
 def _expectation(error: ValidationError) -> str | None:
     """What a bound-style keyword allowed, in words ("at least 1", "a duration such as …")."""
-    keyword, bound = str(error.validator), error.validator_value
+    keyword, bound = str(error.validator), _facts(error)[1]
     if keyword == "pattern":
         return _PATTERN_TEXT.get(bound, f"text matching {bound}")
     if keyword == "minLength":
