@@ -17,9 +17,18 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import TemplateAssertionError, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowctl.dsl.diagnostics import Span
+from flowctl.dsl.sandbox import (
+    MAX_TEXT,
+    BudgetedEnvironment,
+    BudgetExceeded,
+    RenderStopped,
+    finished_text,
+    printed_size,
+)
+
+__all__ = ["RenderError", "RenderStopped", "TemplateProblem"]
 
 Reference = tuple[str, ...]  # e.g. ("steps", "fetch", "output")
 
@@ -31,17 +40,8 @@ def _fromjson(value: str) -> Any:
     return json.loads(value)
 
 
-class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
-    """`state.items` must mean the state key "items", not dict.items: for mappings, keys win over methods."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-def _make_environment() -> ImmutableSandboxedEnvironment:
-    env = _DataFirstEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, cache_size=0)
+def _make_environment() -> BudgetedEnvironment:
+    env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, cache_size=0)
     env.filters["fromjson"] = _fromjson
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     return env
@@ -64,7 +64,15 @@ class TemplateProblem(Exception):
 
 
 class RenderError(Exception):
-    """A template failed at run time (undefined variable, type error, sandbox violation)."""
+    """A template failed at run time (undefined variable, type error, sandbox violation, a budget exceeded).
+
+    Not raised when a render is stopped by the step's deadline or a signal: that is `RenderStopped`, which the
+    interpreter turns into the timeout or cancellation behind it."""
+
+
+def _budget_error(span: Span, exc: BudgetExceeded | MemoryError) -> RenderError:
+    reason = str(exc) if isinstance(exc, BudgetExceeded) else "it ran out of memory"
+    return RenderError(f'{span}: template stopped: {reason} (see "Template limits" in docs/dsl.md)')
 
 
 def _problem(exc: TemplateError) -> TemplateProblem:
@@ -164,11 +172,11 @@ def _render_simple(parts: SimpleParts, context: Mapping[str, Any]) -> str:
             value = context[name]
             for is_attribute, key in chain:
                 value = ENV.getattr(value, key) if is_attribute else ENV.getitem(value, key)
+            if isinstance(value, Undefined):
+                raise _NotSimple
+            out.append(value if value.__class__ is str else str(value))  # str(): an int past 4,300 digits raises
         except Exception:
             raise _NotSimple from None
-        if isinstance(value, Undefined):
-            raise _NotSimple
-        out.append(value if value.__class__ is str else str(value))
     return "".join(out)
 
 
@@ -191,11 +199,13 @@ class TextTemplate:
             except _NotSimple:
                 pass
         try:
-            return self._compiled.render(context)
+            return finished_text(self._compiled.render(context))
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
         except _DATA_ERRORS as exc:
             raise RenderError(f"{self.span}: {type(exc).__name__}: {exc}") from exc
+        except (BudgetExceeded, MemoryError) as exc:
+            raise _budget_error(self.span, exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +216,20 @@ class Expression:
     span: Span
     references: tuple[Reference, ...]
     _compiled: Any
+    _builds: bool = True  # may build a new value (a literal, an operator, a filter, a call): its size is checked
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
-            return self._compiled(**context)
+            value = self._compiled(**context)
+            if self._builds and value.__class__ is not bool and printed_size(value) > MAX_TEXT:
+                raise BudgetExceeded(f"its value would print more than {MAX_TEXT:,} characters")
+            return value
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
         except _DATA_ERRORS as exc:
             raise RenderError(f"{self.span}: in {self.source!r}: {type(exc).__name__}: {exc}") from exc
+        except (BudgetExceeded, MemoryError) as exc:
+            raise _budget_error(self.span, exc) from None
 
 
 # Checks and the compiler both compile every template; Jinja's code generation is the front end's main cost
@@ -257,7 +273,11 @@ def _build_expression(source: str) -> tuple[tuple[Reference, ...], Any]:
     except (TemplateSyntaxError, TemplateAssertionError) as exc:
         problem = _problem(exc)
         raise TemplateProblem(str(problem).replace("end of template", "end of expression"), problem.line) from exc
-    return tuple(_references(tree)), compiled
+    return tuple(_references(tree)), (compiled, tree.find(_BUILDERS) is not None)  # type: ignore[arg-type]
+
+
+# Nodes that make a new value; an expression without them only looks values up and compares them.
+_BUILDERS = (nodes.Call, nodes.Filter, nodes.List, nodes.Tuple, nodes.Dict, nodes.Concat, nodes.BinExpr)
 
 
 def compile_text(source: str, span: Span) -> TextTemplate:
@@ -270,8 +290,8 @@ def compile_text(source: str, span: Span) -> TextTemplate:
 
 def compile_expression(source: str, span: Span) -> Expression:
     """Compile a bare expression; raises TemplateProblem."""
-    references, compiled = _cached("expr", source, _build_expression)
-    return Expression(source, span, references, compiled)
+    references, (compiled, builds) = _cached("expr", source, _build_expression)
+    return Expression(source, span, references, compiled, builds)
 
 
 # --- values ------------------------------------------------------------------------------------------------------
