@@ -16,7 +16,7 @@ from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, ag
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
-from flowctl.dsl.template_checks import check_templates
+from flowctl.dsl.template_checks import check_template_limits, check_templates
 from flowctl.dsl.templates import has_template
 
 # --- references to definitions ----------------------------------------------------------------------------------
@@ -369,6 +369,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_needs,
     check_cycles,
     check_templates,
+    check_template_limits,
     check_children,
     check_routes,
     check_events,

@@ -20,15 +20,17 @@ that stands behind it. The limits are documented in docs/dsl.md ("Template limit
 from __future__ import annotations
 
 import math
+import operator
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import wraps
 from types import BuiltinMethodType
 from typing import Any
 
 from jinja2 import filters as jinja_filters
 from jinja2 import nodes, pass_context, pass_environment
+from jinja2 import sandbox as jinja_sandbox
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
@@ -188,7 +190,7 @@ def _check_int_bits(bits: float, what: str) -> None:
         raise BudgetExceeded(f"{what} would give a number of more than {MAX_INT_BITS:,} bits")
 
 
-def _check_multiply(left: Any, right: Any) -> None:
+def check_multiply(left: Any, right: Any) -> None:
     if isinstance(left, int) and isinstance(right, int):
         _check_int_bits(left.bit_length() + right.bit_length(), "multiplying")
     else:
@@ -196,12 +198,12 @@ def _check_multiply(left: Any, right: Any) -> None:
         _check_repeat(right, left)
 
 
-def _check_power(base: Any, exponent: Any) -> None:
+def check_power(base: Any, exponent: Any) -> None:
     if isinstance(base, int) and isinstance(exponent, int) and exponent > 1 and abs(base) > 1:
         _check_int_bits(exponent * math.log2(abs(base)), f"{base} ** {exponent}")
 
 
-def _check_add(left: Any, right: Any) -> None:
+def check_add(left: Any, right: Any) -> None:
     if isinstance(left, str | bytes) and isinstance(right, str | bytes):
         _check_text_size(len(left) + len(right), "adding two strings")
     elif isinstance(left, list | tuple) and isinstance(right, list | tuple):
@@ -308,11 +310,15 @@ def _safe_range(*args: int) -> range:
     return items
 
 
-def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+def _check_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> None:
     if n > MAX_LIPSUM_PARAGRAPHS or max > MAX_LIPSUM_WORDS:
         raise BudgetExceeded(
             f"lipsum() is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of at most {MAX_LIPSUM_WORDS:,} words"
         )
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    _check_lipsum(n, html, min, max)
     return generate_lorem_ipsum(n, html, min, max)
 
 
@@ -374,7 +380,7 @@ def _sum(environment: Any, iterable: Iterable[Any], attribute: Any = None, start
         iterable = map(jinja_filters.make_attrgetter(environment, attribute), iterable)
     total = start
     for item in iterable:
-        _check_add(total, item)
+        check_add(total, item)
         total = total + item
     return total
 
@@ -462,11 +468,11 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
-            _check_multiply(left, right)
+            check_multiply(left, right)
         elif operator == "**":
-            _check_power(left, right)
+            check_power(left, right)
         elif operator == "+":
-            _check_add(left, right)
+            check_add(left, right)
         else:
             _check_percent(left, right)
         return self.binop_table[operator](left, right)
@@ -518,6 +524,49 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
             return type(text)(formatter.vformat(text, args, kwargs))
 
         return format_
+
+
+# Attributes the sandbox refuses on the objects they belong to (besides every name starting with `_`).
+INTERNAL_ATTRIBUTES = frozenset(
+    {"mro"}
+    | jinja_sandbox.UNSAFE_FUNCTION_ATTRIBUTES
+    | jinja_sandbox.UNSAFE_METHOD_ATTRIBUTES
+    | jinja_sandbox.UNSAFE_GENERATOR_ATTRIBUTES
+    | jinja_sandbox.UNSAFE_COROUTINE_ATTRIBUTES
+    | jinja_sandbox.UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
+)
+
+
+class NotLiteral(Exception):
+    """An expression that reads data: only the run knows its value."""
+
+
+_LITERAL_OPERATORS = {"*": operator.mul, "**": operator.pow, "+": operator.add, "-": operator.sub}
+_LITERAL_CHECKS: dict[str, Callable[[Any, Any], None]] = {"*": check_multiply, "**": check_power, "+": check_add}
+
+
+def literal_value(node: nodes.Node) -> Any:
+    """The value of a literal expression (numbers, strings, `range`/`lipsum` calls and `*`, `**`, `+`, `-` of them),
+    computed only once the budgets' checks passed on its parts (they raise BudgetExceeded). Raises NotLiteral for
+    anything else. Used by validate, which must never build what the run would refuse."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        return -literal_value(node.node)
+    if isinstance(node, nodes.BinExpr) and node.operator in _LITERAL_OPERATORS:
+        left, right = literal_value(node.left), literal_value(node.right)
+        check = _LITERAL_CHECKS.get(node.operator)
+        if check is not None:
+            check(left, right)
+        return _LITERAL_OPERATORS[node.operator](left, right)
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name in _LITERAL_CALLS:
+        args = [literal_value(arg) for arg in node.args]
+        kwargs = {keyword.key: literal_value(keyword.value) for keyword in node.kwargs}
+        return _LITERAL_CALLS[node.node.name](*args, **kwargs)  # checked first; a range is lazy
+    raise NotLiteral
+
+
+_LITERAL_CALLS: dict[str, Callable[..., Any]] = {"range": _safe_range, "lipsum": _check_lipsum}
 
 
 def finished_text(text: str) -> str:

@@ -20,11 +20,14 @@ from jinja2.exceptions import TemplateAssertionError, TemplateError
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.sandbox import (
+    INTERNAL_ATTRIBUTES,
     MAX_TEXT,
     BudgetedEnvironment,
     BudgetExceeded,
+    NotLiteral,
     RenderStopped,
     finished_text,
+    literal_value,
     printed_size,
 )
 
@@ -381,3 +384,65 @@ def compile_string_value(source: str, span: Span) -> CompiledValue:
     if match:
         return ExprValue(compile_expression(match.group("expr").strip(), span))
     return TextValue(compile_text(source, span))
+
+
+# --- the sandbox's limits, found in the text (validate) -----------------------------------------------------------
+
+_INCLUDE_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.Extends: "extends",
+}
+_INCLUDE_TAGS[nodes.FromImport] = "from … import"
+
+
+def literal_limit_problems(source: str, *, expression: bool = False) -> Iterator[tuple[str, int, str]]:
+    """What a run would refuse that the template says literally, as (kind, line in the template, detail): kind
+    "include" (a file the template would load; there is no loader), "attribute" (one the sandbox refuses) or
+    "budget" (literal numbers past a rendering limit: `range(10**9)`, `9**(9**9)`, `'x' * 10**11`)."""
+    try:
+        tree = ENV.parse("{{ " + source + " }}" if expression else source)
+    except TemplateError:
+        return  # not a template: check_templates reports it
+    found: dict[tuple[str, int, str], None] = {}  # an outer `*` repeats the problem of the inner one: say it once
+    for node in tree.find_all(nodes.Expr | nodes.Stmt):  # type: ignore[arg-type]
+        tag = _INCLUDE_TAGS.get(type(node))
+        attribute = _attribute_of(node)
+        if tag is not None:
+            found["include", node.lineno, tag] = None
+        elif attribute is not None and _refused_attribute(node, attribute):
+            found["attribute", node.lineno, attribute] = None
+        else:
+            try:
+                literal_value(node)
+            except BudgetExceeded as exc:
+                found["budget", node.lineno, str(exc)] = None
+            except NotLiteral:
+                pass
+    yield from found
+
+
+def _attribute_of(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def _refused_attribute(node: nodes.Node, attribute: str) -> bool:
+    """`_x` and Python internals, refused unless read from data: there a mapping's keys win (`output._id` reads the
+    key "_id"), and only the run knows whether the value is a mapping. In a chain, only the first is reported."""
+    if not _unsafe_name(attribute):
+        return False
+    base = node.node  # type: ignore[attr-defined]
+    while isinstance(base, nodes.Getattr | nodes.Getitem):
+        inner = _attribute_of(base)
+        if inner is not None and _unsafe_name(inner):
+            return False
+        base = base.node
+    return not (isinstance(base, nodes.Name) and base.name not in JINJA_GLOBALS)
+
+
+def _unsafe_name(attribute: str) -> bool:
+    return attribute.startswith("_") or attribute in INTERNAL_ATTRIBUTES

@@ -9,13 +9,13 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
 
 from flowctl.dsl import ir
-from flowctl.dsl.templates import RenderError
+from flowctl.dsl.templates import RenderError, RenderStopped
 from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.context import RecordedStep, RunContext, Scope, StepResult
 from flowctl.interpreter.errors import (
@@ -55,6 +55,30 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, FlowctlError):
         return exc.to_json()
     return {"code": type(exc).__name__, "message": str(exc), "retryable": False}
+
+
+async def take_cancellation(stop: RenderStopped) -> NoReturn:
+    """A render stopped because the step's deadline passed or SIGINT/SIGTERM arrived. Rendering is synchronous, so the
+    cancellation behind it (the deadline's, or the one the CLI requests on a signal) could not be delivered while it
+    ran; it is at these checkpoints (a timer that is due fires within two loop turns), and the step unwinds as timed
+    out or cancelled like any other. If none comes (a shielded `finally` after a second signal), the step fails."""
+    for _ in range(_TURNS_FOR_A_DUE_CANCELLATION):
+        await anyio.lowlevel.checkpoint()
+    raise RenderFailed(str(stop))
+
+
+_TURNS_FOR_A_DUE_CANCELLATION = 3
+
+
+async def _handler_within_timeout(
+    handler: Handler, engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str
+) -> Any:
+    """The handler, inside a step timeout's scope: a render the timeout stopped must unwind inside that scope, so
+    that the scope sees its own cancellation and the step fails as timed out."""
+    try:
+        return await handler(engine, ctx, step, scope, path)
+    except RenderStopped as stop:
+        await take_cancellation(stop)
 
 
 def refused(exc: BaseException) -> bool:
@@ -113,6 +137,8 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
+                except RenderStopped as stop:  # a `when`, `set` or `for_each` of a top-level step
+                    await take_cancellation(stop)
                 finally:
                     triggers.main_finished()
         except FlowctlError as exc:
@@ -136,6 +162,8 @@ class Engine:
             return {name: value.evaluate(ctx.template_context(Scope())) for name, value in ctx.pipeline.outputs}
         except RenderError as exc:
             raise RenderFailed(f"pipeline outputs: {exc}") from None
+        except RenderStopped as stop:
+            await take_cancellation(stop)
 
     async def _run_finally(self, ctx: RunContext) -> None:
         if ctx.pipeline.finally_steps:
@@ -333,10 +361,14 @@ class Engine:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
                             return await handler(self, ctx, step, scope, path)
                         return await with_timeout(
-                            timeout, f"step {path!r}", lambda: handler(self, ctx, step, scope, path)
+                            timeout,
+                            f"step {path!r}",
+                            lambda: _handler_within_timeout(handler, self, ctx, step, scope, path),
                         )
                     except RenderError as exc:
                         raise RenderFailed(str(exc), span=step.span) from None
+                    except RenderStopped as stop:  # the deadline's scope, or Ctrl-C, turns this into cancellation
+                        await take_cancellation(stop)
                     except FlowctlError as exc:
                         if not exc.retryable or result.attempts >= retry.max_attempts:
                             raise
