@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -27,6 +27,7 @@ from flowctl.interpreter.errors import (
 )
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.policies import backoff_delay, with_timeout
+from flowctl.interpreter.rendering import handler_within_timeout, take_cancellation
 from flowctl.interpreter.state import UpdateBuffer
 from flowctl.interpreter.store import StepStatus
 from flowctl.interpreter.triggers import TriggerSet
@@ -55,30 +56,6 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, FlowctlError):
         return exc.to_json()
     return {"code": type(exc).__name__, "message": str(exc), "retryable": False}
-
-
-async def take_cancellation(stop: RenderStopped) -> NoReturn:
-    """A render stopped because the step's deadline passed or SIGINT/SIGTERM arrived. Rendering is synchronous, so the
-    cancellation behind it (the deadline's, or the one the CLI requests on a signal) could not be delivered while it
-    ran; it is at these checkpoints (a timer that is due fires within two loop turns), and the step unwinds as timed
-    out or cancelled like any other. If none comes (a shielded `finally` after a second signal), the step fails."""
-    for _ in range(_TURNS_FOR_A_DUE_CANCELLATION):
-        await anyio.lowlevel.checkpoint()
-    raise RenderFailed(str(stop))
-
-
-_TURNS_FOR_A_DUE_CANCELLATION = 3
-
-
-async def _handler_within_timeout(
-    handler: Handler, engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str
-) -> Any:
-    """The handler, inside a step timeout's scope: a render the timeout stopped must unwind inside that scope, so
-    that the scope sees its own cancellation and the step fails as timed out."""
-    try:
-        return await handler(engine, ctx, step, scope, path)
-    except RenderStopped as stop:
-        await take_cancellation(stop)
 
 
 def refused(exc: BaseException) -> bool:
@@ -363,7 +340,7 @@ class Engine:
                         return await with_timeout(
                             timeout,
                             f"step {path!r}",
-                            lambda: _handler_within_timeout(handler, self, ctx, step, scope, path),
+                            lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
                         )
                     except RenderError as exc:
                         raise RenderFailed(str(exc), span=step.span) from None
