@@ -20,10 +20,9 @@ that stands behind it. The limits are documented in docs/dsl.md ("Template limit
 from __future__ import annotations
 
 import math
-import operator
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import wraps
 from types import BuiltinMethodType
 from typing import Any
@@ -335,14 +334,15 @@ def _check_str_method(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 _SIZED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "translate"})
 
 
-def _safe_range(*args: int) -> range:
+def safe_range(*args: int) -> range:
     items = range(*args)
-    if len(items) > MAX_RANGE:
-        raise BudgetExceeded(f"range() of {len(items):,} items is past the limit of {MAX_RANGE:,}")
+    size = (items.stop - items.start + items.step - (1 if items.step > 0 else -1)) // items.step
+    if size > MAX_RANGE:  # computed: len() of range(10**20) overflows
+        raise BudgetExceeded(f"range() of {size:,} items is past the limit of {MAX_RANGE:,}")
     return items
 
 
-def _check_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> None:
+def check_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> None:
     if n > MAX_LIPSUM_PARAGRAPHS or max > MAX_LIPSUM_WORDS:
         raise BudgetExceeded(
             f"lipsum() is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of at most {MAX_LIPSUM_WORDS:,} words"
@@ -350,7 +350,7 @@ def _check_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) 
 
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
-    _check_lipsum(n, html, min, max)
+    check_lipsum(n, html, min, max)
     return generate_lorem_ipsum(n, html, min, max)
 
 
@@ -490,7 +490,7 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, **options)
-        self.globals["range"] = _safe_range
+        self.globals["range"] = safe_range
         self.globals["lipsum"] = _lipsum
         self.filters.update(_filters())
 
@@ -568,38 +568,6 @@ INTERNAL_ATTRIBUTES = frozenset(
     | jinja_sandbox.UNSAFE_COROUTINE_ATTRIBUTES
     | jinja_sandbox.UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
 )
-
-
-class NotLiteral(Exception):
-    """An expression that reads data: only the run knows its value."""
-
-
-_LITERAL_OPERATORS = {"*": operator.mul, "**": operator.pow, "+": operator.add, "-": operator.sub}
-_LITERAL_CHECKS: dict[str, Callable[[Any, Any], None]] = {"*": check_multiply, "**": check_power, "+": check_add}
-
-
-def literal_value(node: nodes.Node) -> Any:
-    """The value of a literal expression (numbers, strings, `range`/`lipsum` calls and `*`, `**`, `+`, `-` of them),
-    computed only once the budgets' checks passed on its parts (they raise BudgetExceeded). Raises NotLiteral for
-    anything else. Used by validate, which must never build what the run would refuse."""
-    if isinstance(node, nodes.Const):
-        return node.value
-    if isinstance(node, nodes.Neg):
-        return -literal_value(node.node)
-    if isinstance(node, nodes.BinExpr) and node.operator in _LITERAL_OPERATORS:
-        left, right = literal_value(node.left), literal_value(node.right)
-        check = _LITERAL_CHECKS.get(node.operator)
-        if check is not None:
-            check(left, right)
-        return _LITERAL_OPERATORS[node.operator](left, right)
-    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name in _LITERAL_CALLS:
-        args = [literal_value(arg) for arg in node.args]
-        kwargs = {keyword.key: literal_value(keyword.value) for keyword in node.kwargs}
-        return _LITERAL_CALLS[node.node.name](*args, **kwargs)  # checked first; a range is lazy
-    raise NotLiteral
-
-
-_LITERAL_CALLS: dict[str, Callable[..., Any]] = {"range": _safe_range, "lipsum": _check_lipsum}
 
 
 def finished_text(text: str) -> str:

@@ -10,8 +10,9 @@ context and are never compiled, which is what keeps prompt injection from turnin
 from __future__ import annotations
 
 import json
+import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,14 @@ from flowctl.dsl.sandbox import (
     MAX_TEXT,
     BudgetedEnvironment,
     BudgetExceeded,
-    NotLiteral,
     RenderStopped,
+    check_add,
+    check_lipsum,
+    check_multiply,
+    check_power,
     finished_text,
-    literal_value,
     printed_size,
+    safe_range,
 )
 
 __all__ = ["RenderError", "RenderStopped", "TemplateProblem"]
@@ -396,6 +400,38 @@ _INCLUDE_TAGS: dict[type[nodes.Node], str] = {
 _INCLUDE_TAGS[nodes.FromImport] = "from … import"
 
 
+class NotLiteral(Exception):
+    """An expression that reads data: only the run knows its value."""
+
+
+_LITERAL_OPERATORS = {"*": operator.mul, "**": operator.pow, "+": operator.add, "-": operator.sub}
+_LITERAL_CHECKS: dict[str, Callable[[Any, Any], None]] = {"*": check_multiply, "**": check_power, "+": check_add}
+
+
+def literal_value(node: nodes.Node) -> Any:
+    """The value of a literal expression (numbers, strings, `range`/`lipsum` calls and `*`, `**`, `+`, `-` of them),
+    computed only once the budgets' checks passed on its parts (they raise BudgetExceeded). Raises NotLiteral for
+    anything else. Used by validate, which must never build what the run would refuse."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        return -literal_value(node.node)
+    if isinstance(node, nodes.BinExpr) and node.operator in _LITERAL_OPERATORS:
+        left, right = literal_value(node.left), literal_value(node.right)
+        check = _LITERAL_CHECKS.get(node.operator)
+        if check is not None:
+            check(left, right)
+        return _LITERAL_OPERATORS[node.operator](left, right)
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name in _LITERAL_CALLS:
+        args = [literal_value(arg) for arg in node.args]
+        kwargs = {keyword.key: literal_value(keyword.value) for keyword in node.kwargs}
+        return _LITERAL_CALLS[node.node.name](*args, **kwargs)  # checked first; a range is lazy
+    raise NotLiteral
+
+
+_LITERAL_CALLS: dict[str, Callable[..., Any]] = {"range": safe_range, "lipsum": check_lipsum}
+
+
 def literal_limit_problems(source: str, *, expression: bool = False) -> Iterator[tuple[str, int, str]]:
     """What a run would refuse that the template says literally, as (kind, line in the template, detail): kind
     "include" (a file the template would load; there is no loader), "attribute" (one the sandbox refuses) or
@@ -417,8 +453,8 @@ def literal_limit_problems(source: str, *, expression: bool = False) -> Iterator
                 literal_value(node)
             except BudgetExceeded as exc:
                 found["budget", node.lineno, str(exc)] = None
-            except NotLiteral:
-                pass
+            except (NotLiteral, *_DATA_ERRORS):
+                pass  # `'a' + 1`, `0 ** -1`: the run reports those, with their own message
     yield from found
 
 

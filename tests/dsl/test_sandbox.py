@@ -18,7 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.sandbox import RENDER_SECONDS, RenderStopped, interrupt_renders
-from flowctl.dsl.templates import RenderError, compile_expression, compile_text
+from flowctl.dsl.templates import RenderError, compile_expression, compile_text, literal_limit_problems
 
 SPAN = Span("prompts.yaml", 7, 13)
 BIG = 10**10
@@ -53,6 +53,7 @@ def render(source: str, **data: Any) -> str:
         ("{{ 9 ** (9 ** 9 + n) }}", "bits"),
         ("{{ (7 ** 30000) * (7 ** 30000) * (7 ** 30000) }}", "bits"),
         ("{{ range(big) }}", "range() of 10,000,000,000 items"),
+        ("{{ range(1, big * big) }}", "range() of 99,999,999,999,999,999,999 items"),  # len() would overflow
         ("{{ lipsum(n=big) }}", "lipsum()"),
         ("{{ lipsum(2, max=big) }}", "lipsum()"),
         ("{{ 'x' | center(big) }}", "center width"),
@@ -150,6 +151,14 @@ def test_ordinary_loops_filters_and_formats_are_untouched() -> None:
         "1/3:0 2/3:1 3/3:2 18446744073709551616 ababab [1, 2] a1 003.1|x   |   7     x|2.50   x   0,1,2 6 "
         "a   b a+b True"
     )
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ 'a' + 1 }}", "{{ 0 ** -1 }}", "{{ 'x' * 'y' }}", "{{ range('a') }}", "{{ lipsum(n='x') }}", "{{ 1 - 'a' }}"],
+)
+def test_validate_leaves_literal_type_errors_to_the_run(source: str) -> None:
+    assert list(literal_limit_problems(source)) == []
 
 
 # --- the budgeted renderer agrees with plain Jinja on ordinary templates ------------------------------------------
