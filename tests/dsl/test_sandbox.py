@@ -18,7 +18,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.sandbox import RENDER_SECONDS, RenderStopped, interrupt_renders
-from flowctl.dsl.templates import RenderError, compile_expression, compile_text, literal_limit_problems
+from flowctl.dsl.templates import (
+    RenderError,
+    TemplateProblem,
+    compile_expression,
+    compile_text,
+    literal_limit_problems,
+)
 
 SPAN = Span("prompts.yaml", 7, 13)
 BIG = 10**10
@@ -236,3 +242,13 @@ def test_the_budgeted_renderer_agrees_with_plain_jinja(source: str, context: dic
 @given(st.sampled_from(["n * 3 + 1", "s ~ n", "items | sum", "[n, s]", "d.a > n", "items[:2] * 2", "n ** 2"]), data)
 def test_budgeted_expressions_agree_with_plain_jinja(source: str, context: dict[str, Any]) -> None:
     assert compile_expression(source, SPAN).evaluate(context) == PLAIN.compile_expression(source)(**context)
+
+
+@pytest.mark.parametrize("depth", [3_000])
+def test_a_template_nested_past_the_parsers_recursion_is_a_template_problem_not_a_crash(depth: int) -> None:
+    nested = "(" * depth + "1" + ")" * depth
+    with pytest.raises(TemplateProblem, match="nests brackets or blocks too deeply"):
+        compile_text("{{ " + nested + " }}", SPAN)
+    with pytest.raises(TemplateProblem, match="too deeply"):
+        compile_expression(nested, SPAN)
+    assert list(literal_limit_problems(nested, expression=True)) == []
