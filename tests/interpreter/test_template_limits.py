@@ -128,6 +128,10 @@ def test_sigterm_stops_a_render_in_progress_and_the_run_is_cancelled_and_resumab
         statuses = {s.path: s.status for s in store.steps(run_id)}
         assert statuses["first"] is StepStatus.SUCCEEDED
         assert StepStatus.CANCELLED in statuses.values()
+    listed = flowctl("runs", "--store", str(db), cwd=tmp_path)
+    out, err = listed.communicate(timeout=60)
+    assert listed.returncode == 0, err
+    assert run_id in out and "cancelled" in out.split(run_id, 1)[1].splitlines()[0]
     shown = flowctl("show", run_id, "--store", str(db), "--output", "json", cwd=tmp_path)
     out, err = shown.communicate(timeout=60)
     assert shown.returncode == 0, err
