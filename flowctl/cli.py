@@ -281,29 +281,36 @@ def _load_fixture(path: str | None) -> Any:
 
 
 def _execute(start: Any, reporter: Any) -> Any:
-    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143)."""
+    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143).
+
+    The handler is a plain Python signal handler, so it runs even while the event loop is busy in synchronous work
+    (a template rendering): it tells renders in progress to stop (`interrupt_renders`) and asks the loop to cancel
+    the run, which then unwinds as cancelled and stays resumable."""
+    import asyncio
     import signal
 
     import anyio
 
+    from flowctl.dsl.sandbox import interrupt_renders
+
     received: list[int] = []
 
-    from flowctl.interpreter.concurrency import task_group
-
     async def main() -> Any:
-        async with task_group() as tg:
+        loop = asyncio.get_running_loop()
+        with anyio.CancelScope() as scope:
 
-            async def watch() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        received.append(signum)
-                        tg.cancel_scope.cancel()
-                        return
+            def on_signal(signum: int, _frame: Any) -> None:
+                received.append(signum)
+                loop.call_soon_threadsafe(scope.cancel)  # queued before renders see the flag: they wait for it
+                interrupt_renders()
 
-            tg.start_soon(watch)
-            outcome = await start()
-            tg.cancel_scope.cancel()
-            return outcome
+            previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                return await start()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        return None  # cancelled by a signal: the run is marked cancelled
 
     try:
         outcome = anyio.run(main)

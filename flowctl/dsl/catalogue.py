@@ -419,3 +419,44 @@ def unknown_event(span: Span, event: str, emitted: Iterable[str]) -> Diagnostic:
 
 def step_out_of_scope(span: Span, step: str, reason: str) -> Diagnostic:
     return _make(STEP_SCOPE, f"step {step!r} {reason}", span)
+
+
+# --- template limits (the sandbox: flowctl/dsl/sandbox.py) ------------------------------------------------------
+
+TEMPLATE_INCLUDE = _code(
+    "template-include",
+    "A template uses `{% include %}`, `{% import %}` or `{% extends %}`; templates cannot load other files yet.",
+    "Write the text into the template itself (or pass it in through an input) until prompt files are supported.",
+)
+UNSAFE_ATTRIBUTE = _code(
+    "unsafe-attribute",
+    "A template reads an attribute the sandbox refuses (a name starting with `_`, or Python internals).",
+    "Read data only: inputs, state, step results and their keys.",
+)
+TEMPLATE_BUDGET = _code(
+    "template-budget",
+    "A template's literal numbers go past a rendering limit (`range`, `lipsum`, `**`, `*`).",
+    'Use smaller numbers; see "Template limits" in docs/dsl.md.',
+)
+
+
+def template_include(span: Span, tag: str) -> Diagnostic:
+    return _make(
+        TEMPLATE_INCLUDE,
+        f"`{{% {tag} %}}` is not supported: templates cannot load other files",
+        span,
+        hint="write the text into the template; prompt files are planned",
+    )
+
+
+def unsafe_attribute(span: Span, attribute: str) -> Diagnostic:
+    return _make(UNSAFE_ATTRIBUTE, f"the template sandbox refuses the attribute {attribute!r}", span)
+
+
+def template_budget(span: Span, problem: str) -> Diagnostic:
+    return _make(
+        TEMPLATE_BUDGET,
+        f"template past its limits: {problem}",
+        span,
+        hint='use smaller numbers; the limits are listed under "Template limits" in docs/dsl.md',
+    )

@@ -18,7 +18,7 @@ from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.paths import confine
 from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
-from flowctl.dsl.template_checks import check_templates
+from flowctl.dsl.template_checks import check_template_limits, check_templates
 from flowctl.dsl.templates import has_template
 
 # --- references to definitions ----------------------------------------------------------------------------------
@@ -481,6 +481,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_needs,
     check_cycles,
     check_templates,
+    check_template_limits,
     check_fan_outs,
     check_state_updates,
     check_children,

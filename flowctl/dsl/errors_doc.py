@@ -184,6 +184,15 @@ EXAMPLES: dict[str, Example] = {
             _WRITER,
         )
     ),
+    cat.TEMPLATE_INCLUDE: Example(
+        _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
+    ),
+    cat.UNSAFE_ATTRIBUTE: Example(
+        _steps('  - {id: draft, agent: writer, prompt: "{{ cycler.__init__.__globals__ }}"}\n', _WRITER)
+    ),
+    cat.TEMPLATE_BUDGET: Example(
+        _steps('  - {id: draft, agent: writer, prompt: "{% for i in range(10**9) %}.{% endfor %}"}\n', _WRITER)
+    ),
 }
 
 # The catalogue's three parts, each named by the code it starts with; codes added later join the last part.

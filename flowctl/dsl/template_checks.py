@@ -26,6 +26,7 @@ from flowctl.dsl.templates import (
     compile_string_value,
     compile_text,
     has_template,
+    literal_limit_problems,
 )
 
 STEP_FIELDS = ("output", "status", "error", "attempts")
@@ -415,3 +416,17 @@ def _descendants(step: StepInfo) -> Iterator[StepInfo]:
     for child in step.nested:
         yield child
         yield from _descendants(child)
+
+
+# --- the sandbox's limits, where the template says them literally ------------------------------------------------
+
+
+def check_template_limits(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """What the run would refuse, found in the template text: a file it would load, an attribute the sandbox
+    refuses, literal numbers past a rendering limit (`range(10**9)`, `9**(9**9)`, `'x' * 10**11`)."""
+    report = {"include": cat.template_include, "attribute": cat.unsafe_attribute, "budget": cat.template_budget}
+    for tf in template_fields(ctx.index):
+        source = _get(ctx.doc.data, tf.path)
+        if isinstance(source, str) and (tf.form == "expr" or has_template(source)):
+            for kind, line, detail in literal_limit_problems(source, expression=tf.form == "expr"):
+                yield report[kind](_template_line_span(ctx, tf.path, line), detail)

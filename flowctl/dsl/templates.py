@@ -10,17 +10,33 @@ context and are never compiled, which is what keeps prompt injection from turnin
 from __future__ import annotations
 
 import json
+import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import TemplateAssertionError, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowctl.dsl.diagnostics import Span
+from flowctl.dsl.sandbox import (
+    INTERNAL_ATTRIBUTES,
+    MAX_TEXT,
+    BudgetedEnvironment,
+    BudgetExceeded,
+    RenderStopped,
+    check_add,
+    check_lipsum,
+    check_multiply,
+    check_power,
+    finished_text,
+    printed_size,
+    safe_range,
+)
 from flowctl.dsl.template_refs import template_references
+
+__all__ = ["RenderError", "RenderStopped", "TemplateProblem"]
 
 Reference = tuple[str, ...]  # e.g. ("steps", "fetch", "output")
 
@@ -32,17 +48,8 @@ def _fromjson(value: str) -> Any:
     return json.loads(value)
 
 
-class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
-    """`state.items` must mean the state key "items", not dict.items: for mappings, keys win over methods."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-def _make_environment() -> ImmutableSandboxedEnvironment:
-    env = _DataFirstEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, cache_size=0)
+def _make_environment() -> BudgetedEnvironment:
+    env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, cache_size=0)
     env.filters["fromjson"] = _fromjson
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     return env
@@ -65,7 +72,15 @@ class TemplateProblem(Exception):
 
 
 class RenderError(Exception):
-    """A template failed at run time (undefined variable, type error, sandbox violation)."""
+    """A template failed at run time (undefined variable, type error, sandbox violation, a budget exceeded).
+
+    Not raised when a render is stopped by the step's deadline or a signal: that is `RenderStopped`, which the
+    interpreter turns into the timeout or cancellation behind it."""
+
+
+def _budget_error(span: Span, exc: BudgetExceeded | MemoryError) -> RenderError:
+    reason = str(exc) if isinstance(exc, BudgetExceeded) else "it ran out of memory"
+    return RenderError(f'{span}: template stopped: {reason} (see "Template limits" in docs/dsl.md)')
 
 
 def _problem(exc: TemplateError) -> TemplateProblem:
@@ -127,16 +142,19 @@ def _render_simple(parts: SimpleParts, context: Mapping[str, Any]) -> str:
         if part.__class__ is str:
             out.append(part)  # type: ignore[arg-type]
             continue
-        name, chain = part  # type: ignore[misc]
+        # `part.__class__ is str` (not isinstance: this is the per-render hot path) does not narrow for mypy
+        name: str
+        chain: tuple[tuple[bool, Any], ...]  # an attribute's key is a str, an item's a str or an int
+        name, chain = part  # type: ignore[misc,str-unpack,assignment]
         try:
             value = context[name]
             for is_attribute, key in chain:
                 value = ENV.getattr(value, key) if is_attribute else ENV.getitem(value, key)
+            if isinstance(value, Undefined):
+                raise _NotSimple
+            out.append(value if value.__class__ is str else str(value))  # str(): an int past 4,300 digits raises
         except Exception:
             raise _NotSimple from None
-        if isinstance(value, Undefined):
-            raise _NotSimple
-        out.append(value if value.__class__ is str else str(value))
     return "".join(out)
 
 
@@ -159,11 +177,13 @@ class TextTemplate:
             except _NotSimple:
                 pass
         try:
-            return self._compiled.render(context)
+            return finished_text(self._compiled.render(context))
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
         except _DATA_ERRORS as exc:
             raise RenderError(f"{self.span}: {type(exc).__name__}: {exc}") from exc
+        except (BudgetExceeded, MemoryError) as exc:
+            raise _budget_error(self.span, exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +194,20 @@ class Expression:
     span: Span
     references: tuple[Reference, ...]
     _compiled: Any
+    _builds: bool = True  # may build a new value (a literal, an operator, a filter, a call): its size is checked
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
-            return self._compiled(**context)
+            value = self._compiled(**context)
+            if self._builds and value.__class__ is not bool and printed_size(value) > MAX_TEXT:
+                raise BudgetExceeded(f"its value would print more than {MAX_TEXT:,} characters")
+            return value
         except TemplateError as exc:
             raise RenderError(f"{self.span}: {exc.message or exc}") from exc
         except _DATA_ERRORS as exc:
             raise RenderError(f"{self.span}: in {self.source!r}: {type(exc).__name__}: {exc}") from exc
+        except (BudgetExceeded, MemoryError) as exc:
+            raise _budget_error(self.span, exc) from None
 
 
 # Checks and the compiler both compile every template; Jinja's code generation is the front end's main cost
@@ -206,12 +232,17 @@ def _cached(kind: str, source: str, build: Any) -> tuple[tuple[Reference, ...], 
     return entry
 
 
+_TOO_DEEP = "the template nests brackets or blocks too deeply to compile"
+
+
 def _build_text(source: str) -> tuple[tuple[Reference, ...], Any]:
     try:
         tree = ENV.parse(source)
         compiled = ENV.from_string(tree)
     except (TemplateSyntaxError, TemplateAssertionError) as exc:
         raise _problem(exc) from exc
+    except RecursionError:  # Jinja's parser and code generator recurse once or more per level of nesting
+        raise TemplateProblem(_TOO_DEEP, 1) from None
     compiled.globals = dict(compiled.globals)  # a flat dict: Jinja copies a ChainMap on every render (~2 µs)
     return tuple(_references(tree)), (compiled, _simple_parts(tree))
 
@@ -225,7 +256,13 @@ def _build_expression(source: str) -> tuple[tuple[Reference, ...], Any]:
     except (TemplateSyntaxError, TemplateAssertionError) as exc:
         problem = _problem(exc)
         raise TemplateProblem(str(problem).replace("end of template", "end of expression"), problem.line) from exc
-    return tuple(_references(tree)), compiled
+    except RecursionError:
+        raise TemplateProblem(_TOO_DEEP, 1) from None
+    return tuple(_references(tree)), (compiled, tree.find(_BUILDERS) is not None)  # type: ignore[arg-type]
+
+
+# Nodes that make a new value; an expression without them only looks values up and compares them.
+_BUILDERS = (nodes.Call, nodes.Filter, nodes.List, nodes.Tuple, nodes.Dict, nodes.Concat, nodes.BinExpr)
 
 
 def compile_text(source: str, span: Span) -> TextTemplate:
@@ -238,8 +275,8 @@ def compile_text(source: str, span: Span) -> TextTemplate:
 
 def compile_expression(source: str, span: Span) -> Expression:
     """Compile a bare expression; raises TemplateProblem."""
-    references, compiled = _cached("expr", source, _build_expression)
-    return Expression(source, span, references, compiled)
+    references, (compiled, builds) = _cached("expr", source, _build_expression)
+    return Expression(source, span, references, compiled, builds)
 
 
 # --- values ------------------------------------------------------------------------------------------------------
@@ -329,3 +366,97 @@ def compile_string_value(source: str, span: Span) -> CompiledValue:
     if match:
         return ExprValue(compile_expression(match.group("expr").strip(), span))
     return TextValue(compile_text(source, span))
+
+
+# --- the sandbox's limits, found in the text (validate) -----------------------------------------------------------
+
+_INCLUDE_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.Extends: "extends",
+}
+_INCLUDE_TAGS[nodes.FromImport] = "from … import"
+
+
+class NotLiteral(Exception):
+    """An expression that reads data: only the run knows its value."""
+
+
+_LITERAL_OPERATORS = {"*": operator.mul, "**": operator.pow, "+": operator.add, "-": operator.sub}
+_LITERAL_CHECKS: dict[str, Callable[[Any, Any], None]] = {"*": check_multiply, "**": check_power, "+": check_add}
+
+
+def literal_value(node: nodes.Node) -> Any:
+    """The value of a literal expression (numbers, strings, `range`/`lipsum` calls and `*`, `**`, `+`, `-` of them),
+    computed only once the budgets' checks passed on its parts (they raise BudgetExceeded). Raises NotLiteral for
+    anything else. Used by validate, which must never build what the run would refuse."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        return -literal_value(node.node)
+    if isinstance(node, nodes.BinExpr) and node.operator in _LITERAL_OPERATORS:
+        left, right = literal_value(node.left), literal_value(node.right)
+        check = _LITERAL_CHECKS.get(node.operator)
+        if check is not None:
+            check(left, right)
+        return _LITERAL_OPERATORS[node.operator](left, right)
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name in _LITERAL_CALLS:
+        args = [literal_value(arg) for arg in node.args]
+        kwargs = {keyword.key: literal_value(keyword.value) for keyword in node.kwargs}
+        return _LITERAL_CALLS[node.node.name](*args, **kwargs)  # checked first; a range is lazy
+    raise NotLiteral
+
+
+_LITERAL_CALLS: dict[str, Callable[..., Any]] = {"range": safe_range, "lipsum": check_lipsum}
+
+
+def literal_limit_problems(source: str, *, expression: bool = False) -> Iterator[tuple[str, int, str]]:
+    """What a run would refuse that the template says literally, as (kind, line in the template, detail): kind
+    "include" (a file the template would load; there is no loader), "attribute" (one the sandbox refuses) or
+    "budget" (literal numbers past a rendering limit: `range(10**9)`, `9**(9**9)`, `'x' * 10**11`)."""
+    try:
+        tree = ENV.parse("{{ " + source + " }}" if expression else source)
+    except (TemplateError, RecursionError):
+        return  # not a template: check_templates reports it
+    found: dict[tuple[str, int, str], None] = {}  # an outer `*` repeats the problem of the inner one: say it once
+    for node in tree.find_all(nodes.Expr | nodes.Stmt):  # type: ignore[arg-type]
+        tag = _INCLUDE_TAGS.get(type(node))
+        attribute = _attribute_of(node)
+        if tag is not None:
+            found["include", node.lineno, tag] = None
+        elif attribute is not None and _refused_attribute(node, attribute):
+            found["attribute", node.lineno, attribute] = None
+        else:
+            try:
+                literal_value(node)
+            except BudgetExceeded as exc:
+                found["budget", node.lineno, str(exc)] = None
+            except (NotLiteral, *_DATA_ERRORS):
+                pass  # `'a' + 1`, `0 ** -1`: the run reports those, with their own message
+    yield from found
+
+
+def _attribute_of(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def _refused_attribute(node: nodes.Node, attribute: str) -> bool:
+    """`_x` and Python internals, refused unless read from data: there a mapping's keys win (`output._id` reads the
+    key "_id"), and only the run knows whether the value is a mapping. In a chain, only the first is reported."""
+    if not _unsafe_name(attribute):
+        return False
+    base = node.node  # type: ignore[attr-defined]
+    while isinstance(base, nodes.Getattr | nodes.Getitem):
+        inner = _attribute_of(base)
+        if inner is not None and _unsafe_name(inner):
+            return False
+        base = base.node
+    return not (isinstance(base, nodes.Name) and base.name not in JINJA_GLOBALS)
+
+
+def _unsafe_name(attribute: str) -> bool:
+    return attribute.startswith("_") or attribute in INTERNAL_ATTRIBUTES

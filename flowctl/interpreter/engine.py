@@ -15,7 +15,7 @@ import anyio
 import anyio.lowlevel
 
 from flowctl.dsl import ir
-from flowctl.dsl.templates import RenderError
+from flowctl.dsl.templates import RenderError, RenderStopped
 from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.context import RecordedStep, RunContext, Scope, StepResult
 from flowctl.interpreter.errors import (
@@ -27,6 +27,7 @@ from flowctl.interpreter.errors import (
 )
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.policies import backoff_delay, with_timeout
+from flowctl.interpreter.rendering import handler_within_timeout, take_cancellation
 from flowctl.interpreter.state import UpdateBuffer
 from flowctl.interpreter.store import StepStatus
 from flowctl.interpreter.triggers import TriggerSet
@@ -113,6 +114,8 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
+                except RenderStopped as stop:  # a `when`, `set` or `for_each` of a top-level step
+                    await take_cancellation(stop)
                 finally:
                     triggers.main_finished()
         except FlowctlError as exc:
@@ -136,6 +139,8 @@ class Engine:
             return {name: value.evaluate(ctx.template_context(Scope())) for name, value in ctx.pipeline.outputs}
         except RenderError as exc:
             raise RenderFailed(f"pipeline outputs: {exc}") from None
+        except RenderStopped as stop:
+            await take_cancellation(stop)
 
     async def _run_finally(self, ctx: RunContext) -> None:
         if ctx.pipeline.finally_steps:
@@ -333,10 +338,14 @@ class Engine:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
                             return await handler(self, ctx, step, scope, path)
                         return await with_timeout(
-                            timeout, f"step {path!r}", lambda: handler(self, ctx, step, scope, path)
+                            timeout,
+                            f"step {path!r}",
+                            lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
                         )
                     except RenderError as exc:
                         raise RenderFailed(str(exc), span=step.span) from None
+                    except RenderStopped as stop:  # the deadline's scope, or Ctrl-C, turns this into cancellation
+                        await take_cancellation(stop)
                     except FlowctlError as exc:
                         if not exc.retryable or result.attempts >= retry.max_attempts:
                             raise
