@@ -1,0 +1,5 @@
+"""`python -m flowctl`."""
+
+from flowctl.cli import main
+
+main()

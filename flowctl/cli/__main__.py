@@ -1,0 +1,5 @@
+"""`python -m flowctl.cli`."""
+
+from flowctl.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""`flowctl runs`, `show` and `signal`: reading the run store, and sending a run an external event."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+import click
+
+from flowctl.cli.common import EXIT_USAGE, open_store, store_option
+
+
+@click.command()
+@store_option
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def runs(store_path: str | None, limit: int, output: str) -> None:
+    """List recent runs."""
+    import time as _time
+
+    store = open_store(store_path, "read")
+    try:
+        records = store.list_runs(limit, roots_only=True)
+    finally:
+        store.close()
+    if output == "json":
+        click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
+        return
+    for r in records:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
+        took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
+        click.echo(
+            f"{r.run_id}  {r.status.value:<9}  {when}  {took:>7}  "
+            f"{r.input_tokens + r.output_tokens:>7} tok  {r.pipeline}"
+        )
+
+
+def _run_json(record: Any) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id,
+        "pipeline": record.pipeline,
+        "file": record.file,
+        "status": record.status.value,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "parent_id": record.parent_id,
+        "inputs": record.inputs,
+        "outputs": record.outputs,
+        "error": record.error,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost": record.cost,
+    }
+
+
+def _show_json(store: Any, run_id: str) -> dict[str, Any]:
+    record = store.get_run(run_id)
+    data = _run_json(record)
+    data["steps"] = [
+        {
+            "path": s.path,
+            "kind": s.kind,
+            "status": s.status.value,
+            "attempts": s.attempts,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "input_tokens": s.input_tokens,
+            "output_tokens": s.output_tokens,
+            "error": s.error,
+            "output": s.output,
+        }
+        for s in store.steps(run_id)
+    ]
+    data["events"] = [{"name": e.name, "data": e.data, "source": e.source, "at": e.at} for e in store.events(run_id)]
+    data["state_changes"] = [
+        {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
+    ]
+    data["children"] = [_show_json(store, child.run_id) for child in store.child_runs(run_id)]
+    return data
+
+
+ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
+
+
+_ITEM_PATH = re.compile(r"^(?P<step>.+)\[\d+\]$")
+
+
+def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
+    """For fan-outs of more than ITEMS_LISTED items: the items to leave out of the text tree (succeeded at the first
+    attempt), and per fan-out step the line that sums its items up."""
+    paths = {step["path"] for step in steps}
+    items: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        match = _ITEM_PATH.match(step["path"])
+        if match and match["step"] in paths:
+            items.setdefault(match["step"], []).append(step)
+    hidden: set[str] = set()
+    summaries: dict[str, str] = {}
+    for parent, group in items.items():
+        if len(group) <= ITEMS_LISTED:
+            continue
+        quiet = [item["path"] for item in group if item["status"] == "succeeded" and item["attempts"] <= 1]
+        hidden.update(quiet)
+        counts: dict[str, int] = {}
+        for item in group:
+            counts[item["status"]] = counts.get(item["status"], 0) + 1
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda c: -c[1]))
+        shown = f"; {len(group) - len(quiet)} listed below" if len(quiet) < len(group) else ""
+        summaries[parent] = f"{parent}[…]  {len(group)} items: {tally}{shown} (`show --items` lists every one)"
+    return hidden, summaries
+
+
+def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = False) -> None:
+    took = f" in {data['finished_at'] - data['started_at']:.2f}s" if data["finished_at"] else ""
+    click.echo(
+        f"{indent}{data['run_id']}  {data['pipeline']}  {data['status']}{took}  "
+        f"{data['input_tokens'] + data['output_tokens']} tok"
+    )
+    if data["error"]:
+        click.echo(f"{indent}  error: {data['error'].get('message')}")
+    children = {c["run_id"].rsplit("/", 1)[-1] if "/" in c["run_id"] else c["run_id"]: c for c in data["children"]}
+    mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "…", "cancelled": "⊘"}
+    hidden, summaries = _quiet_items(data["steps"]) if not all_items else (set(), {})
+    for step in data["steps"]:
+        if step["path"].split("/", 1)[0] in hidden:
+            continue  # a quiet item, or a step nested in one
+        took = f"{step['finished_at'] - step['started_at']:.2f}s" if step["finished_at"] and step["started_at"] else "-"
+        tokens = step["input_tokens"] + step["output_tokens"]
+        attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        click.echo(
+            f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
+            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{attempts}"
+        )
+        if step["error"]:
+            click.echo(f"{indent}      {step['error'].get('message')}")
+        child = children.get(step["path"])
+        if child is not None:
+            _show_text(child, indent + "      ", all_items=all_items)
+        if step["path"] in summaries:
+            click.echo(f"{indent}    {summaries[step['path']]}")
+    if data["events"]:
+        click.echo(f"{indent}  events: " + ", ".join(f"{e['name']} ({e['source']})" for e in data["events"]))
+
+
+@click.command()
+@click.argument("run_id")
+@store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--items",
+    "all_items",
+    is_flag=True,
+    help=f"List every fan-out item (by default a fan-out of more than {ITEMS_LISTED} items lists only the items that "
+    "failed, were retried or did not finish, and sums up the rest).",
+)
+def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> None:
+    """Show a run's step tree: status, attempts, timings, tokens, errors, events."""
+    store = open_store(store_path, "read")
+    try:
+        if store.get_run(run_id) is None:
+            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
+            sys.exit(EXIT_USAGE)
+        data = _show_json(store, run_id)
+    finally:
+        store.close()
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        _show_text(data, all_items=all_items)
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("event")
+@click.option("--data", "data_text", default="null", help="The event's payload as JSON.")
+@store_option
+def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
+    """Send an external event (e.g. a human approval) to a running pipeline."""
+    from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
+
+    try:
+        check_argument_text(data_text)
+        data = parse_json(data_text)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--data is not JSON: {exc}") from None
+    except InputTextError as exc:
+        raise click.UsageError(f"--data: {exc}") from None
+    store = open_store(store_path, "write")
+    try:
+        record = store.get_run(run_id)
+        if record is None:
+            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
+            sys.exit(EXIT_USAGE)
+        target = run_id
+        if record.parent_id is not None:  # events are shared by the whole run tree; the root run polls for them
+            target = run_id.split("/", 1)[0]
+            record = store.get_run(target) or record
+            click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
+        seq = store.send_signal(target, event, data)
+    finally:
+        store.close()
+    note = "" if record.status.value == "running" else f" (the run is {record.status.value}; it sees it if resumed)"
+    click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")

@@ -1,0 +1,265 @@
+"""`flowctl run` and `resume`: inputs, the reporter, secrets, running under anyio with Ctrl-C/SIGTERM handled,
+and the outcome printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, load_or_exit, open_store, store_option
+
+
+def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
+    """`--inputs FILE` (UTF-8, or UTF-16 with a BOM), then `-i KEY=VALUE`s; JSON past the limits in
+    flowctl.interpreter.inputs (nesting, integer digits) or in another encoding is a usage error with its position."""
+    from flowctl.interpreter.inputs import InputTextError, parse_cli_value, read_json_file
+
+    values: dict[str, Any] = {}
+    if inputs_file:
+        try:
+            loaded = read_json_file(inputs_file)
+        except OSError as exc:
+            raise click.UsageError(f"--inputs {inputs_file}: {exc.strerror or exc}") from None
+        except (InputTextError, json.JSONDecodeError) as exc:
+            raise click.UsageError(f"--inputs {inputs_file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise click.UsageError(f"--inputs {inputs_file}: expected a JSON object")
+        values.update(loaded)
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise click.UsageError(f"-i {pair!r}: write inputs as key=value")
+        try:
+            values[key] = parse_cli_value(text, graph.root.inputs.get(key))
+        except InputTextError as exc:
+            raise click.UsageError(f"-i {key}: {exc}") from None
+    return values
+
+
+def _reporter(quiet: bool, events_file: str | None) -> Any:
+    from flowctl.interpreter.progress import JsonlReporter, LineReporter, MultiReporter, Reporter, TtyReporter
+
+    reporters: list[Reporter] = []
+    if not quiet:
+        reporters.append(TtyReporter() if sys.stderr.isatty() else LineReporter())
+    if events_file:
+        try:
+            reporters.append(JsonlReporter(events_file))
+        except OSError as exc:
+            raise click.UsageError(f"--events {events_file}: {exc.strerror or exc}") from None
+    return MultiReporter(reporters)
+
+
+def _load_fixture(path: str | None) -> Any:
+    if path is None:
+        return None
+    from flowctl.interpreter.errors import FlowctlError
+    from flowctl.interpreter.scripted import load_fixture
+
+    try:
+        return load_fixture(Path(path))
+    except FlowctlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _execute(start: Any, reporter: Any) -> Any:
+    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143).
+
+    The handler is a plain Python signal handler, so it runs even while the event loop is busy in synchronous work
+    (a template rendering): it tells renders in progress to stop (`interrupt_renders`) and asks the loop to cancel
+    the run, which then unwinds as cancelled and stays resumable."""
+    import asyncio
+    import signal
+
+    import anyio
+
+    from flowctl.dsl.sandbox import interrupt_renders
+
+    received: list[int] = []
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        with anyio.CancelScope() as scope:
+
+            def on_signal(signum: int, _frame: Any) -> None:
+                received.append(signum)
+                loop.call_soon_threadsafe(scope.cancel)  # queued before renders see the flag: they wait for it
+                interrupt_renders()
+
+            previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                return await start()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        return None  # cancelled by a signal: the run is marked cancelled
+
+    try:
+        outcome = anyio.run(main)
+    finally:
+        reporter.close()
+    if received:
+        name = "SIGTERM" if received[0] == signal.SIGTERM else "SIGINT"
+        click.echo(f"interrupted by {name}: the run is marked cancelled and can be resumed", err=True)
+        sys.exit(143 if received[0] == signal.SIGTERM else 130)
+    return outcome
+
+
+def _protect(graph: Any, store: Any, options: Any) -> Any:
+    """The secrets (see docs/cli.md#secrets) are masked in the store, the progress output and everything printed.
+    Returns the redactor."""
+    from flowctl.interpreter.progress import RedactingReporter
+    from flowctl.interpreter.redact import MIN_SECRET_LENGTH, redactor_for
+
+    redactor = redactor_for([graph], os.environ)
+    for name in redactor.short_names:
+        click.echo(
+            f"warning: {name} is read as a secret but its value is shorter than {MIN_SECRET_LENGTH} characters, "
+            "too short to mask: it is shown and stored as it is",
+            err=True,
+        )
+    store.use_redactor(redactor)
+    options.reporter = RedactingReporter(options.reporter, redactor.redact_text)
+    return redactor
+
+
+def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
+    result = redactor.redact(
+        {
+            "run_id": outcome.run_id,
+            "status": outcome.status.value,
+            "outputs": outcome.outputs,
+            "error": outcome.error.to_json() if outcome.error else None,
+            "usage": {
+                "input_tokens": outcome.input_tokens,
+                "output_tokens": outcome.output_tokens,
+                "cost": round(outcome.cost, 6),
+            },
+            "calls": {
+                "executed": outcome.calls_executed,
+                "replayed": outcome.calls_replayed,
+                "cached": outcome.calls_cached,
+            },
+        }
+    )
+    if output == "json":
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    else:
+        if result["outputs"] is not None:
+            click.echo(json.dumps(result["outputs"], indent=2, ensure_ascii=False, default=str))
+        if outcome.error is not None:
+            click.echo(f"run {outcome.run_id} failed: {redactor.redact_text(str(outcome.error))}", err=True)
+            click.echo(
+                f"inspect it with `flowctl show {outcome.run_id}`, resume it with `flowctl resume {outcome.run_id}`",
+                err=True,
+            )
+    if outcome.error is not None:
+        sys.exit(EXIT_FAILED)
+
+
+def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
+    from flowctl.interpreter.runner import RunOptions
+
+    return RunOptions(scripted=_load_fixture(scripted), cache=cache, force=force, reporter=reporter)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input (repeatable).")
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False), help="Inputs as a JSON file.")
+@store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--scripted",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Answer every model from this fixture (offline; see docs/scripted.md).",
+)
+@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+def run(
+    file: str,
+    pairs: tuple[str, ...],
+    inputs_file: str | None,
+    store_path: str | None,
+    output: str,
+    scripted: str | None,
+    cache: bool,
+    quiet: bool,
+    events_file: str | None,
+) -> None:
+    """Run a pipeline."""
+    from flowctl.interpreter.errors import InputError
+    from flowctl.interpreter.inputs import validate_inputs
+    from flowctl.interpreter.runner import run_graph
+
+    graph = load_or_exit(file)
+    inputs = _parse_inputs(graph, pairs, inputs_file)
+    try:  # before anything runs or is journaled
+        validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
+    store = open_store(store_path, "create")
+    redactor = _protect(graph, store, options)
+    try:
+        outcome = _execute(lambda: run_graph(graph, inputs, store, options), options.reporter)
+    except InputError as exc:
+        click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        store.close()
+    _report_outcome(outcome, output, redactor)
+
+
+@click.command()
+@click.argument("run_id")
+@store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--scripted", type=click.Path(exists=True, dir_okay=False), help="Answer models from this fixture.")
+@click.option("--force", is_flag=True, help="Resume even if recorded requests changed (re-executes those calls).")
+@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+def resume(
+    run_id: str,
+    store_path: str | None,
+    output: str,
+    scripted: str | None,
+    force: bool,
+    cache: bool,
+    quiet: bool,
+    events_file: str | None,
+) -> None:
+    """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
+    from flowctl.interpreter.errors import InputError
+    from flowctl.interpreter.runner import load_resumable, resume_inputs, run_graph
+
+    store = open_store(store_path, "write")
+    try:
+        try:
+            record = load_resumable(store, run_id)
+            inputs = resume_inputs(record, os.environ)  # secrets in them are restored from the environment
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        graph = load_or_exit(record.file)
+        options = _run_options(scripted, cache, force, _reporter(quiet, events_file))
+        redactor = _protect(graph, store, options)
+        try:
+            outcome = _execute(
+                lambda: run_graph(graph, inputs, store, options, run_id=run_id, resuming=True), options.reporter
+            )
+        except InputError as exc:  # the pipeline was edited and no longer accepts the run's recorded inputs
+            click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
+            sys.exit(EXIT_USAGE)
+    finally:
+        store.close()
+    _report_outcome(outcome, output, redactor)
