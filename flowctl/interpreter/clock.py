@@ -88,7 +88,7 @@ class ManualClock:
         self._timers: list[_Timer] = []  # a heap; fired or removed timers are marked done and dropped lazily
         self._pending = 0
         self._seq = itertools.count()
-        self._watchers: list[tuple[int, anyio.Event]] = []
+        self._watchers: list[anyio.Event] = []  # parked() calls waiting for a timer to be added
 
     # reading ----------------------------------------------------------------------------------------------------
 
@@ -154,14 +154,18 @@ class ManualClock:
         return self._now
 
     async def parked(self, count: int = 1, *, limit: float = 60.0) -> None:
-        """Wait until at least `count` sleeps or deadline scopes are pending: the run can only go on once time
-        moves. `limit` (real seconds) is a safety net for a broken test, never reached when things work."""
-        if self._pending >= count:
-            return
-        reached = anyio.Event()
-        self._watchers.append((count, reached))
+        """Wait until every task is blocked and at least `count` sleeps or deadline scopes are pending: the run can
+        only go on once time moves. Tasks woken by the last `advance` run first, so a timer they are about to drop
+        or add is counted as it will be. `limit` (real seconds) is a safety net for a broken test, never reached
+        when things work."""
         with anyio.fail_after(limit):
-            await reached.wait()
+            while True:
+                await anyio.wait_all_tasks_blocked()
+                if self._pending >= count:
+                    return
+                added = anyio.Event()
+                self._watchers.append(added)
+                await added.wait()
 
     # timers -----------------------------------------------------------------------------------------------------
 
@@ -173,9 +177,9 @@ class ManualClock:
             return timer
         heapq.heappush(self._timers, timer)
         self._pending += 1
-        for watcher in [w for w in self._watchers if self._pending >= w[0]]:
-            self._watchers.remove(watcher)
-            watcher[1].set()
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.set()
         return timer
 
     def _remove(self, timer: _Timer) -> None:

@@ -18,15 +18,19 @@ from flowctl.interpreter.progress import Retry
 T = TypeVar("T")
 
 
+RETRY_AFTER_CAP = 60.0  # seconds: the longest a server's Retry-After makes one retry wait (unless max_delay is longer)
+
+
 def backoff_delay(policy: RetryPolicy, attempt: int, error: FlowctlError, rng: random.Random) -> float:
-    """Delay before attempt `attempt + 1`. A server's Retry-After hint wins when it asks for longer."""
+    """Delay before attempt `attempt + 1`. A server's Retry-After hint wins when it asks for longer, up to a cap
+    (a server asking for an hour must not park the run for an hour; the openai SDK caps it at 60 s too)."""
     exponent = 0 if policy.backoff == "fixed" else attempt - 1
     delay = policy.initial_delay * (2**exponent)
     delay = min(delay, policy.max_delay)
     if policy.jitter:
         delay *= 0.5 + rng.random() / 2  # "equal jitter": spreads retries without ever waiting less than half
     if error.retry_after is not None:
-        delay = max(delay, min(error.retry_after, max(policy.max_delay, error.retry_after)))
+        delay = max(delay, min(error.retry_after, max(policy.max_delay, RETRY_AFTER_CAP)))
     return delay
 
 
