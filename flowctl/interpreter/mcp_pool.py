@@ -136,6 +136,12 @@ class McpPool:
             )
         return _tool_result(result)
 
+    def is_up(self, server: ServerDef) -> bool:
+        """Whether the server's session is started or starting and not known to be gone (crashed, exited, stopped):
+        lets a caller wait for the pool to notice a server's exit instead of guessing how long that takes."""
+        connection = self._connections.get(_key(server))
+        return connection is not None and connection.usable
+
     async def aclose(self) -> None:
         """Stop every session and wait until each server process is gone; safe to call twice."""
         self._closed = True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
 from flowctl.interpreter.scripted import Fixture, ScriptedProvider, load_fixture
 from flowctl.interpreter.sqlite_store import SqliteRunStore
@@ -62,14 +63,15 @@ async def run_file(
     run_id: str | None = None,
     resuming: bool = False,
     force: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Ran:
     """Run (or resume) a pipeline file through the real interpreter with one shared scripted provider."""
     path = pipeline if isinstance(pipeline, Path) else HERE / pipeline
     graph = compile_file(path)
     if not isinstance(fixture, Fixture):
         fixture = load_fixture(fixture if isinstance(fixture, Path) else HERE / fixture)
-    provider = ScriptedProvider(fixture)
-    options = RunOptions(scripted=fixture, force=force, provider_factory=lambda model: provider)
+    provider = ScriptedProvider(fixture, clock)
+    options = RunOptions(scripted=fixture, force=force, provider_factory=lambda model: provider, clock=clock)
     started = time.monotonic()
     outcome = await run_graph(graph, inputs or {}, store, options, run_id=run_id, resuming=resuming)
     return Ran(outcome, provider, store, time.monotonic() - started)
@@ -108,8 +110,9 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def poll(condition: Any, *, timeout: float = 15.0, interval: float = 0.01, what: str = "condition") -> Any:
-    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
+def poll(condition: Any, *, timeout: float = 60.0, interval: float = 0.01, what: str = "condition") -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds (a safety net for a broken
+    test, never reached when things work, however busy the machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

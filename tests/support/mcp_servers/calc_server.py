@@ -48,8 +48,12 @@ def fail_rpc(message: str) -> str:
 
 
 @server.tool()
-def slow(seconds: float) -> str:
-    """Sleep, then answer: lets tests exceed the read timeout."""
+def slow(seconds: float, started: str = "") -> str:
+    """Sleep, then answer: lets tests exceed the read timeout. With `started`, first create that file, so a test
+    knows the call is in progress without guessing how long getting there takes."""
+    if started:
+        with open(started, "w", encoding="utf-8") as out:
+            out.write(str(os.getpid()))
     time.sleep(seconds)
     return f"slept {seconds}"
 
