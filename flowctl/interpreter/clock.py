@@ -153,11 +153,23 @@ class ManualClock:
                 timer.fire()
         return self._now
 
-    async def parked(self, count: int = 1, *, limit: float = 60.0) -> None:
+    async def autojump(self) -> None:
+        """Skip time whenever nothing but time can move the run on: wait until every task is blocked with a timer
+        pending, jump to the next timer, repeat (trio's autojump clock, Temporal's time skipping). Run it beside a
+        run in a task group and cancel it when the run ends.
+
+        Only for runs whose every wait is in-process (scripted models and tools): a task waiting on real I/O counts
+        as blocked, so a timeout around a real HTTP or MCP call would fire at once. Drive those with `parked` and
+        `advance` instead."""
+        while True:
+            await self.parked(1, limit=None)
+            self.advance()
+
+    async def parked(self, count: int = 1, *, limit: float | None = 60.0) -> None:
         """Wait until every task is blocked and at least `count` sleeps or deadline scopes are pending: the run can
         only go on once time moves. Tasks woken by the last `advance` run first, so a timer they are about to drop
         or add is counted as it will be. `limit` (real seconds) is a safety net for a broken test, never reached
-        when things work."""
+        when things work (None: no limit)."""
         with anyio.fail_after(limit):
             while True:
                 await anyio.wait_all_tasks_blocked()
