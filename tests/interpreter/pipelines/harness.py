@@ -86,12 +86,14 @@ async def run_file(
     return Ran(outcome, provider, store, time.monotonic() - started)
 
 
-async def _run_skipping_time(pipeline: str | Path, fixture: str | Path | Fixture, store: SqliteRunStore, **kw: Any) -> Ran:
+async def _run_skipping_time(
+    pipeline: str | Path, fixture: str | Path | Fixture, store: SqliteRunStore, **options: Any
+) -> Ran:
     clock = ManualClock()
     ran: list[Ran] = []
 
     async def run() -> None:
-        ran.append(await run_file(pipeline, fixture, store, clock=clock, **kw))
+        ran.append(await run_file(pipeline, fixture, store, clock=clock, **options))
         tg.cancel_scope.cancel()  # the autojump
 
     with anyio.fail_after(60):  # real seconds: a safety net for a broken test, never reached when things work
