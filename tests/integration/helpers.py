@@ -53,7 +53,8 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def wait_until_gone(marker: str, timeout: float = 5.0) -> list[int]:
+def wait_until_gone(marker: str, timeout: float = 60.0) -> list[int]:
+    """The processes still carrying `marker` once they are all gone, or after `timeout` (a safety net)."""
     deadline = time.monotonic() + timeout
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)

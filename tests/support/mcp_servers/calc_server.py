@@ -59,6 +59,20 @@ def slow(seconds: float, started: str = "") -> str:
 
 
 @server.tool()
+def meet(mine: str, other: str) -> str:
+    """A rendezvous: create the file `mine`, then wait until `other` exists. Two calls meet only when they run at the
+    same time, so a test proves concurrency without timing anything. Gives up after 60 s ("alone")."""
+    with open(mine, "w", encoding="utf-8"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(other):
+        if time.monotonic() > deadline:
+            return "alone"
+        time.sleep(0.01)
+    return "met"
+
+
+@server.tool()
 def crash() -> str:
     """Kill the process mid-call, without answering."""
     os._exit(3)
