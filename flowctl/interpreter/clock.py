@@ -4,11 +4,13 @@ Stage: interpreter (time). `SystemClock` is the real one (the functions of `time
 attributes, so the per-step path pays nothing for the indirection). `ManualClock` is virtual time for tests and
 embedders: nothing it governs happens until `advance()` moves time past it, so a test of a 30 s backoff, a wait's
 timeout or a breaker's reset runs in microseconds and never depends on the machine's speed (Temporal's
-time-skipping test environment is the model). A test synchronises with `await clock.parked(n)`: it returns once `n`
-sleeps or deadlines are pending, i.e. once the run has reached the point where only time can move it on.
+time-skipping test environment is the model). A test synchronises with `await clock.parked(n)`: it returns once every
+task is blocked with `n` sleeps or deadlines pending, i.e. once the run has reached the point where only time can
+move it on.
 
-What a clock governs (see docs/embedding.md): backoff sleeps, step timeouts and deadlines, `wait` timeouts, signal
-polling, circuit breakers, scripted latency, MCP startup and read timeouts, and the timestamps the runtime records.
+What a clock governs (docs/testing.md, "Virtual time"): backoff sleeps, step timeouts and deadlines, `wait` timeouts,
+signal polling, circuit breakers, scripted latency, MCP read timeouts, and the timestamps the runtime takes. Bounds
+that guard processes (an MCP server's startup, stopping servers, `finally` after Ctrl-C) stay on real time.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class ManualClock:
     """Virtual time that moves only when a test (or an embedder) calls `advance`.
 
     Sleeps and deadline scopes register a timer; `advance(seconds)` moves time on and fires, in deadline order,
-    every timer it passes (a sleeper wakes, a scope is cancelled). `parked(n)` waits until `n` timers are pending.
+    every timer it passes (a sleeper wakes, a scope is cancelled). `parked(n)` waits until every task is blocked with
+    `n` timers pending; `autojump()` advances by itself whenever that is so.
     Use one ManualClock per event loop (its events belong to the loop that created them)."""
 
     def __init__(self, start: float = 0.0, wall_start: float = MANUAL_EPOCH) -> None:
