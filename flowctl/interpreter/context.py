@@ -5,7 +5,6 @@ child), and the `Scope` a step runs in (its journal path prefix, extra template 
 from __future__ import annotations
 
 import random
-import time
 from collections import ChainMap, Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 import anyio
 
 from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import Limiter
 from flowctl.interpreter.events import EventBus
 from flowctl.interpreter.journal import Journal
@@ -52,8 +52,9 @@ class Runtime:
     tools: ToolPool
     reporter: Reporter
     concurrency: int
-    bus: EventBus = field(default_factory=EventBus)
-    breakers: Breakers = field(default_factory=Breakers)
+    clock: Clock = SYSTEM_CLOCK  # every timestamp, sleep and timeout of the run tree (see clock.py)
+    bus: EventBus = field(init=False)
+    breakers: Breakers = field(init=False)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     totals: Totals = field(default_factory=Totals)
     providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
@@ -63,6 +64,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
+        self.bus = EventBus(self.clock)
+        self.breakers = Breakers(self.clock)
 
     def provider(self, model: ModelDef) -> LLMProvider:
         """One provider instance per model definition per run tree (shares HTTP connections)."""
@@ -112,7 +115,7 @@ class RunContext:
     run_id: str
     inputs: Mapping[str, Any]
     state: SharedState
-    started_at: float = field(default_factory=time.time)
+    started_at: float  # wall-clock time, from the runtime's clock
     parent_id: str | None = None
     status: str = "running"
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {output, status, error, attempts}

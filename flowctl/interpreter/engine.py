@@ -5,7 +5,6 @@ fires triggers and runs `finally`. One handler per node kind lives in handlers.p
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from flowctl.interpreter.errors import (
     StepFailed,
 )
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
-from flowctl.interpreter.policies import backoff_delay, with_timeout
+from flowctl.interpreter.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.rendering import handler_within_timeout, take_cancellation
 from flowctl.interpreter.state import UpdateBuffer
 from flowctl.interpreter.store import StepStatus
@@ -175,7 +174,7 @@ class Engine:
     async def run_step(self, ctx: RunContext, step: ir.Step, scope: Scope) -> StepResult:
         """Run one step under its policy and apply `set`/`emit`; raises StepFailed unless `on_error: continue`."""
         path = scope.path(step.id)
-        started, meter = time.monotonic(), UsageMeter()
+        started, meter = ctx.runtime.clock.monotonic(), UsageMeter()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         result = StepResult("running")
         try:
@@ -280,7 +279,7 @@ class Engine:
             ctx.run_id,
             path,
             result.status,
-            time.monotonic() - started,
+            runtime.clock.monotonic() - started,
             meter.input_tokens + meter.output_tokens,
             message,
         )
@@ -328,7 +327,7 @@ class Engine:
         handler = self._handler_for[kind]
         runtime = ctx.runtime
         try:
-            with _NO_DEADLINE if policy.deadline is None else anyio.fail_after(policy.deadline):
+            with _NO_DEADLINE if policy.deadline is None else runtime.clock.fail_after(policy.deadline):
                 while True:
                     result.attempts += 1
                     if not item:
@@ -338,6 +337,7 @@ class Engine:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
                             return await handler(self, ctx, step, scope, path)
                         return await with_timeout(
+                            runtime.clock,
                             timeout,
                             f"step {path!r}",
                             lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
@@ -349,7 +349,11 @@ class Engine:
                     except FlowctlError as exc:
                         if not exc.retryable or result.attempts >= retry.max_attempts:
                             raise
-                        await anyio.sleep(backoff_delay(retry, result.attempts, exc, runtime.rng))
+                        delay = backoff_delay(retry, result.attempts, exc, runtime.rng)
+                        runtime.reporter.step_retrying(
+                            ctx.run_id, path, retry_notice(retry, result.attempts, exc, delay)
+                        )
+                        await runtime.clock.sleep(delay)
         except TimeoutError:
             if policy.deadline is None:  # not ours: only the deadline scope turns into DeadlineExceeded
                 raise
@@ -420,8 +424,9 @@ class Engine:
         and a finished row: a fan-out of thousands halves its step rows. While items run, the fan-out step's own row
         says it is running; `flowctl show` lists items as they finish.
         """
-        started, meter, result = time.monotonic(), UsageMeter(), StepResult("running")
-        one_row = (step.kind._value_, time.time())
+        clock = ctx.runtime.clock
+        started, meter, result = clock.monotonic(), UsageMeter(), StepResult("running")
+        one_row = (step.kind._value_, clock.now())
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)

@@ -66,6 +66,7 @@ class ResumeRefused(FlowctlError):
 
 class ProviderError(FlowctlError):
     code = "provider-error"
+    status: int | None = None  # the HTTP status the server answered with, when there was one (progress shows it)
 
 
 class RateLimited(ProviderError):

@@ -7,12 +7,13 @@ run store and enter the bus like any other event.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 
 
 @dataclass(slots=True)
@@ -41,7 +42,8 @@ class _Waiter:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.history: list[Event] = []
         self._waiters: list[_Waiter] = []
         self._listeners: list[Listener] = []
@@ -57,7 +59,7 @@ class EventBus:
 
     def emit(self, name: str, data: Any, source: str) -> Event:
         self._seq += 1
-        event = Event(self._seq, name, data, source, time.time())
+        event = Event(self._seq, name, data, source, self.clock.now())
         self.history.append(event)
         if not (self._debts and self._settle(event)):  # taken by a replayed wait: listeners still see it
             self._deliver(event)
@@ -97,7 +99,7 @@ class EventBus:
         waiter = _Waiter(name, match)
         self._waiters.append(waiter)
         try:
-            with anyio.move_on_after(timeout):
+            with self.clock.move_on_after(timeout):
                 await waiter.ready.wait()
             return waiter.event
         finally:

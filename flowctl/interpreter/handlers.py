@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -87,8 +86,9 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         f"child pipeline {pipeline.name!r} (step {path!r})",
     )
     run_id = f"{ctx.run_id}/{path}"
-    store = ctx.runtime.store
-    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, SharedState(pipeline.state), parent_id=ctx.run_id)
+    store, now = ctx.runtime.store, ctx.runtime.clock.now
+    state = SharedState(pipeline.state, now)
+    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
     previous = store.get_run(run_id)
     if previous is None:
         store.create_run(
@@ -97,7 +97,7 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
                 pipeline.name,
                 str(Path(graph.file).resolve()),
                 RunStatus.RUNNING,
-                time.time(),
+                child.started_at,
                 parent_id=ctx.run_id,
                 inputs=inputs,
                 source_digest=graph.source_digest,

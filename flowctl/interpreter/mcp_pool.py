@@ -40,6 +40,7 @@ from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
 from flowctl.dsl.ir import ServerDef, Transport
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolCallError, ToolTimeout
 from flowctl.interpreter.llm import ToolSpec
 from flowctl.interpreter.tools import ToolResult
@@ -64,8 +65,9 @@ class McpPool:
     `env` is what `${VAR}` in a server's env, url and headers expands from (default: os.environ).
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self._env: Mapping[str, str] = os.environ if env is None else env
+        self._clock = clock  # read timeouts (startup and shutdown bounds stay on real time: they guard processes)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connections: dict[ServerKey, _Connection] = {}  # the current one per server
         self._every_connection: list[_Connection] = []  # crashed ones too: aclose waits for all
@@ -114,7 +116,7 @@ class McpPool:
         idempotent = tool in server.idempotent_tools
         result: mcp_types.CallToolResult | None = None
         try:
-            with anyio.move_on_after(server.read_timeout):
+            with self._clock.move_on_after(server.read_timeout):
                 result = await connection.session.call_tool(tool, arguments)
         except MCPError as exc:
             if await connection.is_lost(exc):
@@ -133,6 +135,12 @@ class McpPool:
                 span=server.span,
             )
         return _tool_result(result)
+
+    def is_up(self, server: ServerDef) -> bool:
+        """Whether the server's session is started or starting and not known to be gone (crashed, exited, stopped):
+        lets a caller wait for the pool to notice a server's exit instead of guessing how long that takes."""
+        connection = self._connections.get(_key(server))
+        return connection is not None and connection.usable
 
     async def aclose(self) -> None:
         """Stop every session and wait until each server process is gone; safe to call twice."""
@@ -179,7 +187,7 @@ class McpPool:
         server = connection.server
         tools: list[ToolSpec] | None = None
         try:
-            with anyio.move_on_after(server.read_timeout):
+            with self._clock.move_on_after(server.read_timeout):
                 tools = await _list_all_tools(connection.session)
         except Exception as exc:
             if await connection.is_lost(exc if isinstance(exc, MCPError) else None):

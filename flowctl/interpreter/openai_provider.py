@@ -57,6 +57,7 @@ _RESERVED_PARAMS = frozenset({"model", "messages", "tools", "stream", "stream_op
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CONTEXT_WORDS = re.compile(r"context.length|context.window|maximum context|too many tokens", re.I)
 _MAX_QUOTED = 300
+MAX_TOKEN_COUNT = 10**12  # a usage number above this is not a token count (and would overflow cost arithmetic)
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class OpenAIProvider:
             response = await self._stream(client, request, call)
         except ProviderError as exc:
             raise _redacted(exc, key) from None
-        except (openai.OpenAIError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: the SDK's SSE decoder (JSON, UTF-8, int digits)
             mapped = _redacted(map_error(exc, call), key)
             # The SDK's own message may quote the server's echo of the key: then drop it.
             raise mapped from (None if key in str(exc) else exc)
@@ -175,6 +176,11 @@ class OpenAIProvider:
         try:
             async for chunk in stream:
                 collector.add(chunk)
+        except openai.APITimeoutError:
+            raise  # a silence longer than `timeout`: a timeout, mapped as such
+        except openai.APIConnectionError as exc:
+            # the server answered and was streaming: the connection dropped, it did not fail to connect
+            raise _stream_cut(exc, call, collector.events) from exc
         finally:
             with anyio.move_on_after(1, shield=True):
                 await stream.close()
@@ -355,11 +361,19 @@ def _text(value: object) -> str:
 
 
 def _usage(data: dict[str, Any]) -> Usage:
-    def number(key: str) -> int:
-        value = data.get(key)
-        return value if isinstance(value, int) else 0
+    return Usage(
+        input_tokens=token_count(data.get("prompt_tokens")), output_tokens=token_count(data.get("completion_tokens"))
+    )
 
-    return Usage(input_tokens=number("prompt_tokens"), output_tokens=number("completion_tokens"))
+
+def token_count(value: object) -> int:
+    """A usage number the server sent, if it can be a token count (a whole number from 0 to MAX_TOKEN_COUNT);
+    anything else (negative, fractional, a string, a 5,000-digit number) counts as unknown: 0."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    return 0
 
 
 def _check_arguments(tool_calls: tuple[ToolCallRequest, ...], call: _Call) -> None:
@@ -396,15 +410,28 @@ def map_error(exc: BaseException, call: _Call) -> ProviderError:
         return _map_status(exc, call)
     if isinstance(exc, openai.APIError):
         return _map_stream_error(exc, call)
-    if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError from the SSE decoder
-        return MalformedResponse(f"{call.where} sent a stream chunk that cannot be decoded: {exc}")
+    if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError / int digit limit from the SSE decoder
+        return MalformedResponse(f"{call.where} sent a stream chunk that cannot be decoded: {_decode_problem(exc)}")
     return ProviderError(f"openai client error for {call.where}: {exc}")
 
 
 def _map_status(exc: openai.APIStatusError, call: _Call) -> ProviderError:
-    status, detail = exc.status_code, _detail(exc)
+    error = _status_error(exc, call, _detail(exc))
+    error.status = exc.status_code
+    if error.retryable:  # a server asking to wait is heard whatever the status, as the SDK and HTTP do
+        error.retry_after = parse_retry_after(exc.response.headers)
+        if error.retry_after is not None:
+            error.message = f"{error.message.rstrip(' .;:')} (the server asks to retry after {error.retry_after:g}s)"
+            error.args = (error.message,)
+    return error
+
+
+def _status_error(exc: openai.APIStatusError, call: _Call, detail: str) -> ProviderError:
+    status = exc.status_code
+    if status == 429 and "insufficient_quota" in (exc.code, exc.type):
+        return QuotaExhausted(f"quota exhausted for {call.where} — not retried; check billing (429): {detail}")
     if status == 429:
-        return _map_429(exc, call, detail)
+        return RateLimited(f"rate limited by {call.where} (429): {detail}")
     if status in (401, 403):
         return AuthError(f"{call.where} refused the API key from {call.endpoint.key_env} ({status}): {detail}")
     if status == 408:
@@ -416,12 +443,15 @@ def _map_status(exc: openai.APIStatusError, call: _Call) -> ProviderError:
     return BadRequest(f"{call.where} rejected the request ({status}): {detail}")
 
 
-def _map_429(exc: openai.APIStatusError, call: _Call, detail: str) -> ProviderError:
-    if "insufficient_quota" in (exc.code, exc.type):
-        return QuotaExhausted(f"quota exhausted for {call.where} — not retried; check billing (429): {detail}")
-    retry_after = parse_retry_after(exc.response.headers)
-    hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
-    return RateLimited(f"rate limited by {call.where} (429): {detail}{hint}", retry_after=retry_after)
+def _stream_cut(exc: openai.APIConnectionError, call: _Call, chunks: int) -> ProviderError:
+    cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection lost"
+    return ProviderUnavailable(f"the stream from {call.where} was cut after {chunks} chunk(s) ({cause})")
+
+
+def _decode_problem(exc: ValueError) -> str:
+    if "integer string conversion" in str(exc):  # Python's message suggests sys.set_int_max_str_digits: not for users
+        return "it holds a number longer than 4,300 digits"
+    return str(exc)
 
 
 def _map_stream_error(exc: openai.APIError, call: _Call) -> ProviderError:

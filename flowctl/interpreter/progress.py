@@ -5,6 +5,7 @@ Reporters only observe; they never affect the run. Lines go to stderr so stdout 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -39,12 +40,34 @@ def _item_of(where: str) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed attempt that will be retried: `attempt` of `max_attempts` failed with `reason` (an HTTP status or an
+    error code) and `error`; the next one starts after `delay` seconds (the backoff, or the server's Retry-After)."""
+
+    attempt: int
+    max_attempts: int
+    reason: str
+    error: str
+    delay: float
+
+    def describe(self) -> str:
+        """`attempt 2/3 after 503, retrying in 3s`."""
+        return f"attempt {self.attempt + 1}/{self.max_attempts} after {self.reason}, retrying in {seconds(self.delay)}"
+
+
+def seconds(value: float) -> str:
+    """A duration for people: `3s`, `0.25s`, `0.001s`."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 class Reporter:
     """The interface, and the silent reporter (`--quiet`)."""
 
     def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None: ...
     def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None: ...
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None: ...
+    def step_retrying(self, run_id: str, path: str, retry: Retry) -> None: ...
     def event(self, run_id: str, name: str, source: str) -> None: ...
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None: ...
     def close(self) -> None: ...
@@ -118,6 +141,11 @@ class LineReporter(Reporter):
         detail = f": {error}" if error else ""
         self._line(f"  {mark} {where} {status} in {elapsed:.2f}s{extra}{self._summary(where)}{detail}")
 
+    def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
+        where = self._where(run_id, path)
+        self._quiet(where, attempt=retry.attempt + 1)  # counts the item as retried: shown from now on
+        self._line(f"  ↻ {where} {retry.describe()}: {retry.error}")
+
     def event(self, run_id: str, name: str, source: str) -> None:
         self._line(f"  ⚑ event {name} from {source}")
 
@@ -137,9 +165,10 @@ class TtyReporter(LineReporter):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self.running: dict[str, float] = {}
-        self.done = self.failed = self.tokens = 0
+        self.done = self.failed = self.tokens = self.draws = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()  # the stream and `running`, shared with the ticker
+        self._drawn = threading.Condition(self._lock)  # notified at each draw (see wait_drawn)
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -163,6 +192,14 @@ class TtyReporter(LineReporter):
             f"failed {self.failed}  {self.tokens} tok"
         )
         self.stream.flush()
+        self.draws += 1
+        self._drawn.notify_all()
+
+    def wait_drawn(self, count: int, timeout: float = 60.0) -> bool:
+        """Wait until the status line has been drawn `count` times in all (for tests and embedders that need to see
+        the latest counts on screen); False if `timeout` passed first."""
+        with self._drawn:
+            return self._drawn.wait_for(lambda: self.draws >= count, timeout)
 
     def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None:
         super().run_started(run_id, pipeline, resumed)
@@ -220,6 +257,18 @@ class JsonlReporter(Reporter):
             error=error or None,
         )
 
+    def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
+        self._write(
+            "step_retrying",
+            run_id=run_id,
+            step=path,
+            attempt=retry.attempt,
+            max_attempts=retry.max_attempts,
+            reason=retry.reason,
+            error=retry.error,
+            delay=retry.delay,
+        )
+
     def event(self, run_id: str, name: str, source: str) -> None:
         self._write("event", run_id=run_id, name=name, source=source)
 
@@ -245,6 +294,10 @@ class MultiReporter(Reporter):
     def step_finished(self, *args: Any) -> None:
         for r in self.reporters:
             r.step_finished(*args)
+
+    def step_retrying(self, *args: Any) -> None:
+        for r in self.reporters:
+            r.step_retrying(*args)
 
     def event(self, *args: Any) -> None:
         for r in self.reporters:
@@ -274,6 +327,9 @@ class RedactingReporter(Reporter):
 
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         self.inner.step_finished(run_id, path, status, elapsed, tokens, self.redact(error) if error else error)
+
+    def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
+        self.inner.step_retrying(run_id, path, dataclasses.replace(retry, error=self.redact(retry.error)))
 
     def event(self, run_id: str, name: str, source: str) -> None:
         self.inner.event(run_id, name, source)

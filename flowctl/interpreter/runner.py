@@ -5,7 +5,6 @@ signals, and resume. This is the interpreter's public entry point; the CLI calls
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import anyio
 
 from flowctl.dsl import ir
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_steps
 from flowctl.interpreter.engine import Engine
@@ -47,6 +47,7 @@ class RunOptions:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     provider_factory: Any = None  # override (tests, embedding)
     tool_pool: ToolPool | None = None  # override (tests, embedding)
+    clock: Clock = SYSTEM_CLOCK  # time for the whole run tree; a ManualClock drives it in tests (see clock.py)
 
 
 @dataclass(slots=True)
@@ -75,14 +76,14 @@ def _provider_factory(graph: ir.Graph, options: RunOptions) -> Any:
             from flowctl.interpreter.scripted import ScriptedProvider
 
             if not shared_scripted:  # one instance for all models: one script, one call count
-                shared_scripted.append(ScriptedProvider(options.scripted))
+                shared_scripted.append(ScriptedProvider(options.scripted, options.clock))
             return shared_scripted[0]
         if model.provider == "scripted":
             from flowctl.interpreter.scripted import ScriptedProvider, load_fixture
 
             if not model.fixture:
                 raise ProviderError(f"model {model.name!r} uses provider 'scripted' but names no `fixture:`")
-            return ScriptedProvider(load_fixture(Path(model.span.file).parent / model.fixture))
+            return ScriptedProvider(load_fixture(Path(model.span.file).parent / model.fixture), options.clock)
         if model.provider == "openai":
             from flowctl.interpreter.openai_provider import OpenAIProvider
 
@@ -146,7 +147,7 @@ async def _poll_signals(runtime: Runtime, run_id: str) -> None:
             runtime.record_event(run_id, signal.name, signal.data, "signal")
             runtime.reporter.event(run_id, signal.name, "signal")
             runtime.bus.emit(signal.name, signal.data, "signal")
-        await anyio.sleep(SIGNAL_POLL_INTERVAL)
+        await runtime.clock.sleep(SIGNAL_POLL_INTERVAL)
 
 
 async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
@@ -155,12 +156,12 @@ async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
     else:
         from flowctl.interpreter.mcp_pool import McpPool
 
-        real = await stack.enter_async_context(McpPool(env=options.env))
+        real = await stack.enter_async_context(McpPool(env=options.env, clock=options.clock))
     scripted = None
     if options.scripted is not None and getattr(options.scripted, "tools", None):
         from flowctl.interpreter.scripted import ScriptedToolPool
 
-        scripted = ScriptedToolPool(options.scripted)
+        scripted = ScriptedToolPool(options.scripted, options.clock)
     return _CompositeToolPool(scripted, real) if scripted is not None else real
 
 
@@ -180,6 +181,7 @@ async def run_graph(
 
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
     run_id = run_id or new_run_id()
+    clock = options.clock
     journal = Journal(store, resuming=resuming, force=options.force, cache=options.cache)
     if resuming:
         store.reopen_run(run_id)
@@ -190,12 +192,12 @@ async def run_graph(
                 graph.root.name,
                 str(Path(graph.file).resolve()),  # absolute: `flowctl resume` may run from another directory
                 RunStatus.RUNNING,
-                time.time(),
+                clock.now(),
                 inputs=values,
                 source_digest=graph.source_digest,
             )
         )
-    started = time.monotonic()
+    started, started_at = clock.monotonic(), clock.now()
     options.reporter.run_started(run_id, graph.root.name, resuming)
     async with AsyncExitStack() as stack:
         stack.enter_context(tuned_for_runs())
@@ -207,8 +209,10 @@ async def run_graph(
             tools,
             options.reporter,
             graph.concurrency,
+            clock,
         )
-        ctx = RunContext(runtime, graph, graph.root, run_id, values, SharedState(graph.root.state))
+        state = SharedState(graph.root.state, clock.now)
+        ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)
         if resuming:
             ctx.recorded = recorded_steps(store, run_id)
             ctx.finally_prefix = f"finally@{journal.epoch}/"
@@ -246,7 +250,7 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOut
         with anyio.CancelScope(shield=True):
             await runtime.aclose()
     outcome = _finish(ctx, runtime, status, outputs, error)
-    outcome.elapsed = time.monotonic() - started
+    outcome.elapsed = runtime.clock.monotonic() - started
     runtime.reporter.run_finished(
         ctx.run_id,
         status.value,

@@ -49,13 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.compile import DURATION_HINT, checked_duration
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.ir import ServerDef
 from flowctl.dsl.loader import JsonPath, SourceMap, load_file
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.errors import (
     AuthError,
     BadRequest,
@@ -504,8 +503,9 @@ class _Parser:
 class ScriptedProvider:
     """An LLMProvider answering from a Fixture. Share one instance across models so sequences stay in order."""
 
-    def __init__(self, fixture: Fixture) -> None:
+    def __init__(self, fixture: Fixture, clock: Clock = SYSTEM_CLOCK) -> None:
         self.fixture = fixture
+        self.clock = clock  # scripted latency passes on this clock (a ManualClock makes it virtual)
         self.calls = 0  # every complete() call, answered or not
         self.calls_by_rule: dict[int, int] = {rule.index: 0 for rule in fixture.rules}
         self.default_calls = 0
@@ -520,6 +520,8 @@ class ScriptedProvider:
         """
         reply, rule = self._take(request)  # synchronous: nothing runs between matching and consuming
         latency = reply.latency if reply.latency is not None else (rule.latency if rule else None)
+        if self.clock is not SYSTEM_CLOCK:
+            return self._complete_later(request, reply, rule, latency)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend (trio)
@@ -545,7 +547,7 @@ class ScriptedProvider:
         self, request: CompletionRequest, reply: Reply, rule: Rule | None, latency: float | None
     ) -> CompletionResponse:
         if latency:
-            await anyio.sleep(latency)
+            await self.clock.sleep(latency)
         return _answer(request, reply, rule, self.fixture.file)
 
     async def aclose(self) -> None:
@@ -661,8 +663,9 @@ def _no_match_message(request: CompletionRequest, fixture: Fixture, used_up: lis
 class ScriptedToolPool:
     """A ToolPool answering from the fixture's `tools:`; the servers it scripts are never started."""
 
-    def __init__(self, fixture: Fixture) -> None:
+    def __init__(self, fixture: Fixture, clock: Clock = SYSTEM_CLOCK) -> None:
         self.fixture = fixture
+        self.clock = clock
         self.calls = 0
         self.calls_by_tool: dict[str, int] = {key: 0 for key in fixture.tools}
         self._used: dict[str, int] = {}
@@ -686,7 +689,7 @@ class ScriptedToolPool:
         if isinstance(script, ToolResult):
             return script
         if script.latency:
-            await anyio.sleep(script.latency)
+            await self.clock.sleep(script.latency)
         if script.fault is not None:
             raise _tool_fault(script, server, tool)
         return ToolResult(text=script.text, value=script.value, is_error=script.is_error)

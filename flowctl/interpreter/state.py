@@ -34,8 +34,9 @@ Update = tuple[str, dict[str, Any]]  # (step path, {key: value})
 
 
 class SharedState:
-    def __init__(self, keys: dict[str, StateKey]) -> None:
+    def __init__(self, keys: dict[str, StateKey], now: Callable[[], float] = time.time) -> None:
         self.keys = keys
+        self.now = now  # the runtime clock's wall time, for the change log
         self.values: dict[str, Any] = {name: copy.deepcopy(key.default) for name, key in keys.items()}
         self.log: list[Change] = []
         self.listeners: list[Callable[[Change], None]] = []  # the store's change log, threshold triggers
@@ -47,7 +48,7 @@ class SharedState:
                 self.values[name] = _reduce(self.keys[name].reducer, self.values.get(name), value)
             except TypeError as exc:
                 raise StateError(f"step {step!r} cannot update state key {name!r}: {exc}") from None
-        change = Change(step, {name: self.values[name] for name in updates}, time.time())
+        change = Change(step, {name: self.values[name] for name in updates}, self.now())
         self.log.append(change)
         for listener in self.listeners:
             listener(change)

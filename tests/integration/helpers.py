@@ -22,6 +22,7 @@ from typing import Any
 
 from flowctl.dsl.diagnostics import Severity
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
 from flowctl.interpreter.sqlite_store import SqliteRunStore
@@ -52,7 +53,8 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def wait_until_gone(marker: str, timeout: float = 5.0) -> list[int]:
+def wait_until_gone(marker: str, timeout: float = 60.0) -> list[int]:
+    """The processes still carrying `marker` once they are all gone, or after `timeout` (a safety net)."""
     deadline = time.monotonic() + timeout
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -115,7 +117,14 @@ class Flow:
         return {"OPENAI_BASE_URL": self.llm.base_url, "OPENAI_API_KEY": KEY, **extra}
 
     async def run(
-        self, name: str, inputs: dict[str, Any] | None = None, *, env: dict[str, str] | None = None, **extra: Any
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        reporter: Reporter | None = None,
+        **extra: Any,
     ) -> Result:
         path = self.pipeline(name, **extra)
         graph, diagnostics, _ = load_pipeline(path)
@@ -123,6 +132,6 @@ class Flow:
         assert graph is not None, errors
         store = SqliteRunStore(self.tmp_path / "runs.db")
         self.stores.append(store)
-        options = RunOptions(env=env if env is not None else self.env(), reporter=Reporter())
+        options = RunOptions(env=env if env is not None else self.env(), reporter=reporter or Reporter(), clock=clock)
         outcome = await run_graph(graph, inputs or {}, store, options)
         return Result(outcome, store, path)

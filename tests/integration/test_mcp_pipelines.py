@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,6 @@ async def test_third_party_time_server_over_stdio(flow: Flow) -> None:
 
 
 async def test_server_exiting_at_start_fails_the_run_with_exit_code_and_stderr(flow: Flow) -> None:
-    started = time.monotonic()
     result = await flow.run("broken_server.yaml")
     assert result.outcome.status is RunStatus.FAILED
     assert result.cause == "server-start-error"
@@ -136,7 +134,6 @@ async def test_server_exiting_at_start_fails_the_run_with_exit_code_and_stderr(f
     assert "exited with code 7" in result.error
     assert "fatal: config missing" in result.error  # the stderr tail
     assert flow.llm.request_count == 0
-    assert time.monotonic() - started < 10
 
 
 async def test_server_crash_mid_call_is_not_retried_unless_idempotent(flow: Flow) -> None:

@@ -73,7 +73,7 @@ def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
 
     first = subprocess.Popen([*run, "-q"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: len(lines(record)) == 3 or first.poll() is not None, 30, "the third LLM request")
+        wait_for(lambda: len(lines(record)) == 3 or first.poll() is not None, 60, "the third LLM request")
         assert first.poll() is None, first.stderr.read() if first.stderr else ""
         assert lines(log) == ["one", "two"]  # both tool calls completed before the kill
         first.kill()  # SIGKILL: no cleanup, no chance to record anything more

@@ -40,7 +40,7 @@ async def test_sequential_steps_read_earlier_outputs_and_run_metadata(store: Sql
 
 
 async def test_join_all_first_failure_cancels_the_rest_and_fails_the_group(store: SqliteRunStore) -> None:
-    ran = await run_file("joins.yaml", "joins.fixture.yaml", store)
+    ran = await run_file("joins.yaml", "joins.fixture.yaml", store, skip_time=True)
     assert ran.outcome.status is RunStatus.SUCCEEDED  # the group has on_error: continue
     steps = ran.steps()
     group = steps["all_group"]

@@ -265,11 +265,9 @@ async def test_error_event_inside_stream(server: OpenAIServer, provider: OpenAIP
 
 
 async def test_stall_before_answer_times_out(server: OpenAIServer, provider: OpenAIProvider) -> None:
-    server.enqueue(reply("too late", delay=3))
-    started = time.monotonic()
+    server.enqueue(reply("too late", delay=3))  # answering after 3 s would make the call succeed
     with pytest.raises(ProviderTimeout, match=r"did not answer within 0\.5s") as caught:
         await provider.complete(ask())
-    assert time.monotonic() - started < 2
     assert caught.value.retryable
     assert server.request_count == 1
 

@@ -32,30 +32,31 @@ async def test_retry_counts_total_attempts_and_skips_non_retryable_errors(store:
 
 
 async def test_backoff_honours_a_retry_after_hint(store: SqliteRunStore) -> None:
-    ran = await run_file("policies/retry_after.yaml", "policies/retry_after.fixture.yaml", store)
+    ran = await run_file("policies/retry_after.yaml", "policies/retry_after.fixture.yaml", store, skip_time=True)
     assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
     step = ran.steps()["call"]
     assert step.attempts == 2 and step.output == "finally"
     assert ran.provider.calls == 2
-    # initial_delay is 1 ms: only the 300 ms Retry-After explains the wait (the step's clock restarts per attempt,
-    # so measure the run)
-    assert ran.elapsed >= 0.3
+    # initial_delay is 1 ms: the run waited exactly the 300 ms Retry-After (virtual time: no other delay)
+    assert ran.elapsed == pytest.approx(0.3)
 
 
 async def test_per_attempt_timeout_is_retried_and_a_deadline_bounds_all_attempts(store: SqliteRunStore) -> None:
-    ran = await run_file("policies/timeouts.yaml", "policies/timeouts.fixture.yaml", store)
+    ran = await run_file("policies/timeouts.yaml", "policies/timeouts.fixture.yaml", store, skip_time=True)
     assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
     steps = ran.steps()
     # the first reply takes 2 s against a 100 ms timeout: step-timeout, retried, and the second reply is in time
     assert steps["second_try"].attempts == 2 and steps["second_try"].output == "in time"
     slow = steps["always_slow"]
     assert slow.attempts == 2 and slow.error is not None and slow.error["cause"] == "step-timeout"
-    # the deadline (300 ms) stops 50 ms-apart retries of a failing call long before 100 attempts
+    # the deadline (300 ms) stops retries of a call failing after 10 ms, 50 ms apart (attempts at 0, 60, 120, 180,
+    # 240 ms), long before 100 attempts: exactly 5 on virtual time, whatever the machine's speed
     bounded = steps["bounded"]
     assert bounded.error is not None and bounded.error["cause"] == "deadline-exceeded"
-    assert 3 <= bounded.attempts <= 6
+    assert bounded.attempts == 5
     assert ran.provider.calls_by_rule[2] == bounded.attempts
-    assert ran.elapsed < 2.0  # no 2 s reply was ever waited for
+    # no 2 s reply was ever waited for: 100 ms + a backoff, 2 × 50 ms + a backoff, and the 300 ms deadline
+    assert ran.elapsed < 0.6
 
 
 async def test_every_kind_of_fallback_and_on_error_continue(store: SqliteRunStore) -> None:
@@ -90,13 +91,15 @@ async def test_circuit_breaker_opens_fails_fast_and_closes_after_a_trial(store: 
 
 
 async def test_cancellation_is_never_retried(store: SqliteRunStore) -> None:
-    ran = await run_file("policies/cancel_not_retried.yaml", "policies/cancel_not_retried.fixture.yaml", store)
+    ran = await run_file(
+        "policies/cancel_not_retried.yaml", "policies/cancel_not_retried.fixture.yaml", store, skip_time=True
+    )
     assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
     steps = ran.steps()
     assert steps["group"].error is not None and steps["group"].error["cause"] == "deadline-exceeded"
     assert steps["stuck"].status is StepStatus.CANCELLED and steps["stuck"].attempts == 1
     assert ran.provider.calls == 1
-    assert ran.elapsed < 2.0
+    assert ran.elapsed == pytest.approx(0.2)  # the deadline, not the 2 s reply
 
 
 async def test_deeply_nested_json_from_a_model_is_a_typed_failure_not_a_crash(tmp_path: Path) -> None:

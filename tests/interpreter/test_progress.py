@@ -4,13 +4,12 @@ go quiet after the first ITEMS_REPORTED unless they fail or retry, and the fan-o
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
 
 from flowctl.dsl.frontend import load_pipeline
-from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, TtyReporter
+from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, RedactingReporter, Retry, TtyReporter
 from flowctl.interpreter.runner import RunOptions, run_graph
 from flowctl.interpreter.scripted import Fixture
 from flowctl.interpreter.sqlite_store import SqliteRunStore
@@ -71,13 +70,14 @@ def test_the_terminal_status_line_is_redrawn_by_a_ticker_and_failures_print_at_o
         reporter.step_finished(
             "r-1", f"fan[{i}]", "failed" if failed else "succeeded", 0.1, 1, "boom" if failed else ""
         )
-    time.sleep(0.1)  # the ticker draws the latest counts
+    assert reporter.wait_drawn(reporter.draws + 1)  # a draw after the last event shows the latest counts
+    reporter.close()  # the ticker stops: nothing is drawn after this
     text = out.getvalue()
-    assert text.count("\r\x1b[2K") < 100  # 2,000 events; drawn at each, the status line was 2,000 writes
+    # 2,000 events, however long they took: the status line is drawn by the ticker and after each of the two lines
+    # (the run's start, the failure), never at an event; and cleared once at the end
+    assert text.count("\r\x1b[2K") == reporter.draws + 2 + 1
     assert "✗ fan[500] failed in 0.10s, 1 tok: boom" in text  # at once, with the status line drawn after it
-    assert text.endswith("running 0:   done 999  failed 1  1000 tok")
-    reporter.close()
-    assert out.getvalue().endswith("\r\x1b[2K")  # the status line is cleared
+    assert text.endswith("running 0:   done 999  failed 1  1000 tok\r\x1b[2K")  # the latest counts, then cleared
 
 
 @pytest.mark.anyio
@@ -94,3 +94,20 @@ async def test_a_fan_out_step_is_reported_started_before_its_items(tmp_path: Pat
     assert outcome.status is RunStatus.SUCCEEDED
     started = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("  ▸")]
     assert started == ["fan", "fan[0]", "fan[1]"]
+
+
+def test_a_retry_shows_its_reason_and_wait_even_for_a_quiet_fan_out_item() -> None:
+    out = io.StringIO()
+    reporter = RedactingReporter(LineReporter(out), lambda text: text.replace("sk-secret", "***"))
+    reporter.run_started("r-1", "wide", False)
+    quiet = f"fan[{ITEMS_REPORTED + 1}]"
+    for i in range(ITEMS_REPORTED + 2):
+        reporter.step_started("r-1", f"fan[{i}]", "agent", 1)
+    reporter.step_retrying("r-1", quiet, Retry(1, 3, "503", "overloaded (key sk-secret)", 3.0))
+    reporter.step_started("r-1", quiet, "agent", 2)
+    lines = out.getvalue().splitlines()
+    assert lines[-2:] == [
+        f"  ↻ {quiet} attempt 2/3 after 503, retrying in 3s: overloaded (key ***)",
+        f"  ▸ {quiet} [agent] (attempt 2)",  # shown from its retry on
+    ]
+    assert Retry(2, 5, "rate-limited", "", 0.25).describe() == "attempt 3/5 after rate-limited, retrying in 0.25s"

@@ -327,7 +327,7 @@ def test_record_call_commits_pending_writes(db: Path) -> None:
 
 
 def wait_until_committed(db: Path, sql: str, expected: list[tuple[Any, ...]]) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a safety net: returns as soon as the writer has committed
     while committed(db, sql) != expected:
         assert time.monotonic() < deadline, f"never committed: {sql} is {committed(db, sql)}, not {expected}"
         time.sleep(0.01)
@@ -394,7 +394,7 @@ def test_idle_group_is_committed_after_max_delay(db: Path) -> None:
     with SqliteRunStore(db, redactor=Redactor(), max_delay=0.05) as store:
         make_run(store)
         store.step_started("r-1", "a", "agent", 1)
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 60  # a safety net: returns as soon as the flusher has committed
         while committed(db, "SELECT count(*) FROM steps") != [(1,)]:
             assert time.monotonic() < deadline, "the flusher never committed the idle group"
             time.sleep(0.01)
@@ -402,14 +402,14 @@ def test_idle_group_is_committed_after_max_delay(db: Path) -> None:
 
 def test_a_failed_commit_loses_no_grouped_row(db: Path) -> None:
     # the durable write fails (its run does not exist) after the grouped rows were written into its transaction:
-    # they are rolled back with it, put back in line, and committed by the next flush
+    # they are rolled back with it and put back in line, to be committed once (by the writer thread, which may
+    # start late on a busy machine and take them at once, or by the next flush): none is lost or written twice
     with SqliteRunStore(db, redactor=Redactor(), max_delay=60) as store:
         make_run(store)
         store.step_started("r-1", "a", "agent", 1)
         store.record_call("r-1", "a/llm#0", "d", {"content": "x"}, durable=False)
         with pytest.raises(sqlite3.IntegrityError):
             store.record_call("no-such-run", "b/llm#0", "d", {"content": "y"})
-        assert committed(db, "SELECT count(*) FROM steps") == [(0,)]
         store.flush()
         assert committed(db, "SELECT path FROM steps") == [("a",)]
         assert committed(db, "SELECT key FROM calls") == [("a/llm#0",)]

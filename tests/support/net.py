@@ -14,7 +14,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait until `process` accepts connections on `port`; fail at once if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

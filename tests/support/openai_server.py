@@ -20,7 +20,9 @@ Scripting API
 Queue items, served in order (one per request):
 - `Reply` (build with `reply(...)`): content, tool calls, usage, finish_reason; stream faults via
   `finish_reason=None` (no finish chunk), `malformed_chunk=True` (a chunk that is not JSON),
-  `done=False` (no `[DONE]`), `delay` (seconds before answering), `stall` (seconds mid-stream).
+  `done=False` (no `[DONE]`), `delay` (seconds before answering), `stall` (seconds mid-stream),
+  `cut_after=N` (the connection drops after N chunks, in the middle of a body declared longer: what a proxy
+  or a crashing server does; the client sees a protocol error, not a clean end).
   Tool-call `arguments` may be a dict (JSON-encoded) or raw text, e.g. truncated `'{"q": "fl'`.
 - `HttpReply` (build with `error(...)` or `raw(...)`): any status, headers and body, e.g.
   `error(429, "slow down", headers={"Retry-After": "3"})`, `error(429, "...", code="insufficient_quota")`,
@@ -77,13 +79,14 @@ class Reply:
 
     content: str | None = None
     tool_calls: Sequence[ToolCall] = ()
-    usage: tuple[int, int] | None = (10, 5)  # (prompt_tokens, completion_tokens); None: no usage
+    usage: tuple[Any, Any] | None = (10, 5)  # (prompt_tokens, completion_tokens), sent as given; None: no usage
     finish_reason: str | None = _AUTO  # "auto": tool_calls or stop; None: never sent
     model: str | None = None  # None: echo the requested model
     delay: float = 0.0  # seconds to wait before the status line
     stall: float = 0.0  # seconds to wait after the first streamed chunk
     malformed_chunk: bool = False  # send a chunk that is not valid JSON after the first one
     done: bool = True  # send the final `data: [DONE]`
+    cut_after: int | None = None  # drop the connection after this many chunks (the body was declared longer)
 
     def resolved_finish_reason(self) -> str | None:
         if self.finish_reason != _AUTO:
@@ -303,11 +306,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- streams --------------------------------------------------------------------------------
 
-    def _start_stream(self) -> None:
+    def _start_stream(self, declared_length: int | None = None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
+        if declared_length is not None:
+            self.send_header("Content-Length", str(declared_length))
         self.end_headers()
 
     def _event(self, payload: str) -> None:
@@ -324,8 +329,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_stream(self, item: Reply, body: dict[str, Any]) -> None:
         state = self.server.state
         state.pause(item.delay)
-        self._start_stream()
+        self._start_stream(None if item.cut_after is None else 1_000_000)
         for index, chunk in enumerate(self._chunks(item, body)):
+            if index == item.cut_after:
+                return  # the handler ends and the connection closes, short of the declared length
             self._event(json.dumps(chunk))
             if index == 0:
                 if item.malformed_chunk:
@@ -371,9 +378,10 @@ class _Server(ThreadingHTTPServer):
     state: OpenAIServer
 
 
-def _usage(usage: tuple[int, int]) -> dict[str, int]:
+def _usage(usage: tuple[Any, Any]) -> dict[str, Any]:
     prompt, completion = usage
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    total = prompt + completion if all(isinstance(n, int | float) for n in usage) else None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
 def _halves(text: str) -> list[str]:

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock, ManualClock
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
 from flowctl.interpreter.scripted import Fixture, ScriptedProvider, load_fixture
 from flowctl.interpreter.sqlite_store import SqliteRunStore
@@ -62,17 +65,43 @@ async def run_file(
     run_id: str | None = None,
     resuming: bool = False,
     force: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
+    skip_time: bool = False,
 ) -> Ran:
-    """Run (or resume) a pipeline file through the real interpreter with one shared scripted provider."""
+    """Run (or resume) a pipeline file through the real interpreter with one shared scripted provider.
+
+    `skip_time`: on virtual time (a ManualClock that jumps to the next timer whenever the run waits only for time):
+    scripted latencies, backoffs, timeouts and deadlines take no real time and happen in the same order on any
+    machine; `elapsed` is then virtual too."""
+    if skip_time:
+        return await _run_skipping_time(pipeline, fixture, store, inputs=inputs, run_id=run_id, resuming=resuming)
     path = pipeline if isinstance(pipeline, Path) else HERE / pipeline
     graph = compile_file(path)
     if not isinstance(fixture, Fixture):
         fixture = load_fixture(fixture if isinstance(fixture, Path) else HERE / fixture)
-    provider = ScriptedProvider(fixture)
-    options = RunOptions(scripted=fixture, force=force, provider_factory=lambda model: provider)
+    provider = ScriptedProvider(fixture, clock)
+    options = RunOptions(scripted=fixture, force=force, provider_factory=lambda model: provider, clock=clock)
     started = time.monotonic()
     outcome = await run_graph(graph, inputs or {}, store, options, run_id=run_id, resuming=resuming)
     return Ran(outcome, provider, store, time.monotonic() - started)
+
+
+async def _run_skipping_time(
+    pipeline: str | Path, fixture: str | Path | Fixture, store: SqliteRunStore, **options: Any
+) -> Ran:
+    clock = ManualClock()
+    ran: list[Ran] = []
+
+    async def run() -> None:
+        ran.append(await run_file(pipeline, fixture, store, clock=clock, **options))
+        tg.cancel_scope.cancel()  # the autojump
+
+    with anyio.fail_after(60):  # real seconds: a safety net for a broken test, never reached when things work
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await clock.autojump()
+    ran[0].elapsed = ran[0].outcome.elapsed
+    return ran[0]
 
 
 def max_overlap(records: list[StepRecord]) -> int:
@@ -108,8 +137,9 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def poll(condition: Any, *, timeout: float = 15.0, interval: float = 0.01, what: str = "condition") -> Any:
-    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
+def poll(condition: Any, *, timeout: float = 60.0, interval: float = 0.01, what: str = "condition") -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds (a safety net for a broken
+    test, never reached when things work, however busy the machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

@@ -48,10 +48,28 @@ def fail_rpc(message: str) -> str:
 
 
 @server.tool()
-def slow(seconds: float) -> str:
-    """Sleep, then answer: lets tests exceed the read timeout."""
+def slow(seconds: float, started: str = "") -> str:
+    """Sleep, then answer: lets tests exceed the read timeout. With `started`, first create that file, so a test
+    knows the call is in progress without guessing how long getting there takes."""
+    if started:
+        with open(started, "w", encoding="utf-8") as out:
+            out.write(str(os.getpid()))
     time.sleep(seconds)
     return f"slept {seconds}"
+
+
+@server.tool()
+def meet(mine: str, other: str) -> str:
+    """A rendezvous: create the file `mine`, then wait until `other` exists. Two calls meet only when they run at the
+    same time, so a test proves concurrency without timing anything. Gives up after 60 s ("alone")."""
+    with open(mine, "w", encoding="utf-8"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(other):
+        if time.monotonic() > deadline:
+            return "alone"
+        time.sleep(0.01)
+    return "met"
 
 
 @server.tool()
