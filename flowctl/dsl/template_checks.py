@@ -266,9 +266,6 @@ def check_templates(ctx: CheckContext) -> Iterator[Diagnostic]:
             hint = _syntax_hint(tf.form, source, problem.line)
             yield cat.template_syntax(_template_line_span(ctx, tf.path, problem.line), str(problem), hint)
             continue
-        except ValueError:  # Jinja's lexer converts an integer literal past Python's digit limit
-            yield cat.template_syntax(span, "a number in the template has too many digits to read")
-            continue
         if tf.form != "expr" and "{%" in source and "loop." in source:
             yield from _check_jinja_loops(ctx, tf, source)
         seen: set[Reference] = set()

@@ -233,6 +233,8 @@ def _cached(kind: str, source: str, build: Any) -> tuple[tuple[Reference, ...], 
 
 
 _TOO_DEEP = "the template nests brackets or blocks too deeply to compile"
+# Jinja's lexer reads an integer literal with int(), which refuses more than 4,300 digits with a ValueError
+_TOO_LONG_NUMBER = "a number in the template has too many digits to read"
 
 
 def _build_text(source: str) -> tuple[tuple[Reference, ...], Any]:
@@ -243,6 +245,8 @@ def _build_text(source: str) -> tuple[tuple[Reference, ...], Any]:
         raise _problem(exc) from exc
     except RecursionError:  # Jinja's parser and code generator recurse once or more per level of nesting
         raise TemplateProblem(_TOO_DEEP, 1) from None
+    except ValueError:
+        raise TemplateProblem(_TOO_LONG_NUMBER, 1) from None
     compiled.globals = dict(compiled.globals)  # a flat dict: Jinja copies a ChainMap on every render (~2 µs)
     return tuple(_references(tree)), (compiled, _simple_parts(tree))
 
@@ -258,6 +262,8 @@ def _build_expression(source: str) -> tuple[tuple[Reference, ...], Any]:
         raise TemplateProblem(str(problem).replace("end of template", "end of expression"), problem.line) from exc
     except RecursionError:
         raise TemplateProblem(_TOO_DEEP, 1) from None
+    except ValueError:
+        raise TemplateProblem(_TOO_LONG_NUMBER, 1) from None
     return tuple(_references(tree)), (compiled, tree.find(_BUILDERS) is not None)  # type: ignore[arg-type]
 
 
@@ -416,8 +422,8 @@ def literal_limit_problems(source: str, *, expression: bool = False) -> Iterator
     "budget" (literal numbers past a rendering limit: `range(10**9)`, `9**(9**9)`, `'x' * 10**11`)."""
     try:
         tree = ENV.parse("{{ " + source + " }}" if expression else source)
-    except (TemplateError, RecursionError):
-        return  # not a template: check_templates reports it
+    except (TemplateError, RecursionError, ValueError):
+        return  # not a template (or a number past int()'s digit limit): check_templates reports it
     found: dict[tuple[str, int, str], None] = {}  # an outer `*` repeats the problem of the inner one: say it once
     for node in tree.find_all(nodes.Expr | nodes.Stmt):  # type: ignore[arg-type]
         tag = _INCLUDE_TAGS.get(type(node))
