@@ -490,3 +490,53 @@ def test_verbose_streams_progress_to_stderr(tmp_path: Path, verbose: bool) -> No
     result = run(path, *(["-v"] if verbose else []))
     assert result.exit_code == 0
     assert ("▸ critique [agent]" in result.stderr) is verbose
+
+
+SLOW_PIPELINE = """\
+flowctl: 1
+name: slow
+servers:
+  calc: {{command: {python}, args: [{calc}]}}
+steps:
+  - id: nap
+    tool: calc.slow
+    args: {{seconds: 600, started: "{started}"}}
+"""
+
+
+def test_sigterm_ends_flowctl_test_cleanly(tmp_path: Path) -> None:
+    """A case in progress (here: inside a real MCP tool call) is cancelled; the command says how far it got."""
+    import os
+    import signal
+    import time
+
+    calc = Path(__file__).parent / "support" / "mcp_servers" / "calc_server.py"
+    started = tmp_path / "started"
+    (tmp_path / "slow.yaml").write_text(
+        SLOW_PIPELINE.format(python=sys.executable, calc=calc, started=started), encoding="utf-8"
+    )
+    (tmp_path / "slow.test.yaml").write_text(
+        "pipeline: slow.yaml\ncases:\n  - name: naps\n    expect: {status: succeeded}\n", encoding="utf-8"
+    )
+    flowctl = Path(sys.executable).parent / "flowctl"
+    process = subprocess.Popen(
+        [str(flowctl), "test", "slow.test.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60  # a safety net, never reached when things work
+        while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, process.communicate()
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr
+    assert "interrupted by SIGTERM: 0 of 1 case(s) finished" in stderr
+    assert "Traceback" not in stderr

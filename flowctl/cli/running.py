@@ -69,45 +69,17 @@ def _load_fixture(path: str | None) -> Any:
 
 
 def _execute(start: Any, reporter: Any) -> Any:
-    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143).
-
-    The handler is a plain Python signal handler, so it runs even while the event loop is busy in synchronous work
-    (a template rendering): it tells renders in progress to stop (`interrupt_renders`) and asks the loop to cancel
-    the run, which then unwinds as cancelled and stays resumable."""
-    import asyncio
-    import signal
-
-    import anyio
-
-    from flowctl.dsl.sandbox import interrupt_renders
-
-    received: list[int] = []
-
-    async def main() -> Any:
-        loop = asyncio.get_running_loop()
-        with anyio.CancelScope() as scope:
-
-            def on_signal(signum: int, _frame: Any) -> None:
-                received.append(signum)
-                loop.call_soon_threadsafe(scope.cancel)  # queued before renders see the flag: they wait for it
-                interrupt_renders()
-
-            previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                return await start()
-            finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
-        return None  # cancelled by a signal: the run is marked cancelled
+    """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143), even while a
+    template renders (flowctl.interpreter.interrupts)."""
+    from flowctl.interpreter.interrupts import EXIT_CODES, run_interruptibly
 
     try:
-        outcome = anyio.run(main)
+        outcome, signum = run_interruptibly(start)
     finally:
         reporter.close()
-    if received:
-        name = "SIGTERM" if received[0] == signal.SIGTERM else "SIGINT"
-        click.echo(f"interrupted by {name}: the run is marked cancelled and can be resumed", err=True)
-        sys.exit(143 if received[0] == signal.SIGTERM else 130)
+    if signum is not None:
+        click.echo(f"interrupted by {signum.name}: the run is marked cancelled and can be resumed", err=True)
+        sys.exit(EXIT_CODES[signum])
     return outcome
 
 

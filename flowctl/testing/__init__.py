@@ -88,8 +88,7 @@ def test_command(paths: tuple[str, ...], fmt: str, pattern: str | None, verbose:
     PATHS are test files or folders (searched for *.test.yaml); default: the current folder.
     Exit codes: 0 all passed, 1 a case failed, 2 invalid test files or pipelines, or nothing to run.
     """
-    import anyio
-
+    from flowctl.interpreter.interrupts import EXIT_CODES, run_interruptibly
     from flowctl.testing.cases import find_test_files, load_cases
     from flowctl.testing.runner import run_case
 
@@ -105,10 +104,18 @@ def test_command(paths: tuple[str, ...], fmt: str, pattern: str | None, verbose:
         click.echo("no test cases selected" + (f" by -k {pattern!r}" if pattern else ""), err=True)
         sys.exit(EXIT_USAGE)
 
-    async def run_all() -> list[CaseResult]:
-        return [await run_case(case, verbose) for case in cases]
+    finished: list[CaseResult] = []
 
-    results = anyio.run(run_all)
+    async def run_all() -> list[CaseResult]:
+        for case in cases:
+            finished.append(await run_case(case, verbose))
+        return finished
+
+    results, signum = run_interruptibly(run_all)
+    if signum is not None or results is None:
+        done = f"{len(finished)} of {len(cases)} case(s) finished"
+        click.echo(f"interrupted by {signum.name if signum else 'a signal'}: {done}", err=True)
+        sys.exit(EXIT_CODES[signum] if signum else EXIT_FAILED)
     summary = _summary(results)
     if fmt == "json":
         passed = sum(r.passed for r in results)
