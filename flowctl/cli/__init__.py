@@ -61,8 +61,4 @@ for command in (validate, schema, graph, run, resume, runs, show, signal, test_c
     main.add_command(command)
 
 
-def run_cli() -> None:  # pragma: no cover - console entry for `python -m flowctl`
-    main()
-
-
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]

@@ -20,6 +20,7 @@ from flowctl.dsl.paths import confine
 from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
 from flowctl.dsl.template_checks import check_template_limits, check_templates
 from flowctl.dsl.templates import has_template
+from flowctl.dsl.variables import VARIABLE  # `${NAME}`, `${NAME:-default}`: what the interpreter expands
 
 # --- references to definitions ----------------------------------------------------------------------------------
 
@@ -115,8 +116,6 @@ def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
             yield cat.templated_command(ctx.span((*base, name, "command")), command)
 
 
-# `${NAME}` and `${NAME:-default}`, as the interpreter expands them (mcp_pool, openai_provider)
-_ENV_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
 _TEMPLATE_START = re.compile(r"\{\{|\{%|\{#")
 _COLON_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):([^-}][^}]*)?\}")
 
@@ -133,7 +132,7 @@ def check_server_values(ctx: CheckContext) -> Iterator[Diagnostic]:
                 template = _TEMPLATE_START.search(value)
                 if template:
                     yield cat.literal_server_value(_text_span(ctx, path, template.group()), value, key, template=True)
-                variable = _ENV_VARIABLE.search(value) if key in ("args", "cwd") else None
+                variable = VARIABLE.search(value) if key in ("args", "cwd") else None
                 if variable:
                     yield cat.literal_server_value(_text_span(ctx, path, variable.group()), value, key, template=False)
                 if key not in ("args", "cwd"):
@@ -147,7 +146,7 @@ def _check_variables(ctx: CheckContext, path: JsonPath, value: str) -> Iterator[
     """Every `${` starts a variable flowctl expands; anything else would reach the server as written."""
     start = value.find("${")
     while start >= 0:
-        match = _ENV_VARIABLE.match(value, start)
+        match = VARIABLE.match(value, start)
         if match is None:
             close = value.find("}", start)
             written = value[start : close + 1] if close >= 0 else value[start : start + 40]

@@ -113,8 +113,6 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
-                except RenderStopped as stop:  # a `when`, `set` or `for_each` of a top-level step
-                    await take_cancellation(stop)
                 finally:
                     triggers.main_finished()
         except FlowctlError as exc:
@@ -178,23 +176,26 @@ class Engine:
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         result = StepResult("running")
         try:
-            # a `when` that fails to evaluate fails the step
-            if step.when is not None and not self.evaluate_value(step.when, ctx, scope):
-                result.status = "skipped"
-                ctx.set_result(step.id, result, scope)
-                ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
-                ctx.runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
-                return result
-            if step.fan_out is not None:
-                output = await self.run_fan_out(ctx, step, scope, path, result)
-            else:
-                output = await self.run_attempts(ctx, step, scope, path, result)
-            if step.updates or step.kind is ir.NodeKind.SET:
-                values = self._apply_updates(ctx, step, scope, path, output)
-                output = values if step.kind is ir.NodeKind.SET else output
-            result.status, result.output = "succeeded", output
-            if step.emit is not None:
-                emit_event(ctx, step.emit, scope, path, output)
+            try:
+                # a `when` that fails to evaluate fails the step
+                if step.when is not None and not self.evaluate_value(step.when, ctx, scope):
+                    result.status = "skipped"
+                    ctx.set_result(step.id, result, scope)
+                    ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
+                    ctx.runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
+                    return result
+                if step.fan_out is not None:
+                    output = await self.run_fan_out(ctx, step, scope, path, result)
+                else:
+                    output = await self.run_attempts(ctx, step, scope, path, result)
+                if step.updates or step.kind is ir.NodeKind.SET:
+                    values = self._apply_updates(ctx, step, scope, path, output)
+                    output = values if step.kind is ir.NodeKind.SET else output
+                result.status, result.output = "succeeded", output
+                if step.emit is not None:
+                    emit_event(ctx, step.emit, scope, path, output)
+            except RenderStopped as stop:  # its `when`, `set`, `emit` or `for_each` (or a trigger's `when` it set off)
+                await take_cancellation(stop)  # ...delivered here, so the step below records itself cancelled
         except FlowctlError as exc:
             failed = (
                 exc if isinstance(exc, StepFailed) else StepFailed(path, exc, attempts=result.attempts, span=step.span)

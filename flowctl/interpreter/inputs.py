@@ -8,7 +8,6 @@ import copy
 import functools
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import jsonschema
 
 from flowctl.dsl.catalogue import did_you_mean
 from flowctl.dsl.ir import InputSpec
+from flowctl.dsl.loader import MAX_DEPTH, MAX_INT_DIGITS
 from flowctl.interpreter.errors import InputError
 
 
@@ -60,10 +60,10 @@ def parse_cli_value(text: str, spec: InputSpec | None) -> Any:
 
 # --- JSON from the command line ------------------------------------------------------------------------------------
 
-# The nesting limit of JSON inputs and signal data: the same as for pipeline YAML (flowctl.dsl.loader.MAX_DEPTH). Deeper
-# values would exhaust the recursion of the parser and of everything that walks them (schema checks, templates,
-# redaction, the store's encoder).
-MAX_JSON_DEPTH = 64
+# The nesting limit of JSON inputs and signal data is pipeline YAML's: deeper values would exhaust the recursion of the
+# parser and of everything that walks them (schema checks, templates, redaction, the store's encoder). Integers: the
+# loader's limit too, whatever the interpreter's `sys.set_int_max_str_digits` (the conversion is quadratic).
+MAX_JSON_DEPTH = MAX_DEPTH
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,7 +97,7 @@ def check_argument_text(text: str) -> None:
 
 def parse_json(text: str, *, lines: bool = False) -> Any:
     """`json.loads` that refuses, with the position, nesting deeper than MAX_JSON_DEPTH and integers longer than
-    Python converts (`sys.get_int_max_str_digits()`, 4,300 digits by default), instead of a RecursionError or a
+    Python converts by default (4,300 digits: MAX_INT_DIGITS), instead of a RecursionError or a
     ValueError traceback. Raises json.JSONDecodeError for text that is not JSON. `lines`: positions always name the
     line (text from a file), else only when the text has several."""
     _check_json_limits(text, lines)
@@ -144,7 +144,7 @@ def _byte_position(raw: bytes, offset: int) -> str:
 
 
 def _check_json_limits(text: str, lines: bool) -> None:
-    digits = sys.get_int_max_str_digits()  # 0: no limit
+    digits = MAX_INT_DIGITS
     depth = 0
     for token in _json_tokens(digits).finditer(text):
         first = token.group()[0]

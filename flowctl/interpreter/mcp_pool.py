@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,9 @@ from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
 from flowctl.dsl.ir import ServerDef, Transport
+from flowctl.dsl.variables import expand
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
+from flowctl.interpreter.concurrency import primary_error
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolCallError, ToolTimeout
 from flowctl.interpreter.llm import ToolSpec
 from flowctl.interpreter.tools import ToolResult
@@ -53,7 +54,6 @@ PROBE_TIMEOUT_SECONDS = 2.0  # ping that tells a dropped HTTP connection from a 
 CLOSE_TIMEOUT_SECONDS = 5.0  # for a graceful close (HTTP session DELETE); stdio shutdown is bounded anyway
 CLIENT_INFO = mcp_types.Implementation(name="flowctl", version="0.1.0")
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 ServerKey = tuple[str, str]
 Streams = tuple[Any, Any]  # (read stream, write stream) as the SDK's transports yield them
@@ -89,7 +89,13 @@ class McpPool:
             await self.aclose()
         finally:
             task_group, self._task_group = self._task_group, None
-            result = await task_group.__aexit__(exc_type, exc, tb)
+            try:
+                result = await task_group.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:  # anyio groups what passes through: the caller wants it whole
+                error = primary_error(group)
+                if isinstance(error, anyio.get_cancelled_exc_class()):
+                    raise
+                raise error from None
         return result
 
     # --- ToolPool -----------------------------------------------------------------------------------------
@@ -589,21 +595,14 @@ def expand_vars(value: str, env: Mapping[str, str], *, server: ServerDef, where:
     An unset variable without a default is a ServerStartError naming it (not retryable: a config error).
     """
 
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = env.get(name)
-        if default is not None and not value:
-            return default
-        if value is None:
-            error = ServerStartError(
-                f"server {server.name!r}: environment variable {name!r} (used in {where}) is not set",
-                span=server.span,
-            )
-            error.retryable = False
-            raise error
-        return value
+    def unset(name: str) -> ServerStartError:
+        error = ServerStartError(
+            f"server {server.name!r}: environment variable {name!r} (used in {where}) is not set", span=server.span
+        )
+        error.retryable = False
+        return error
 
-    return _VAR.sub(substitute, value)
+    return expand(value, env, unset)
 
 
 def _tool_result(result: mcp_types.CallToolResult) -> ToolResult:

@@ -28,6 +28,7 @@ import anyio
 import openai
 
 from flowctl.dsl.ir import ModelDef
+from flowctl.dsl.variables import expand
 from flowctl.interpreter.errors import (
     AuthError,
     BadRequest,
@@ -54,7 +55,6 @@ LOCAL_PLACEHOLDER_KEY = "not-needed"
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 _SENT_PARAMS = frozenset({"temperature", "max_tokens", "top_p", "seed"})
 _RESERVED_PARAMS = frozenset({"model", "messages", "tools", "stream", "stream_options", "response_format"})
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CONTEXT_WORDS = re.compile(r"context.length|context.window|maximum context|too many tokens", re.I)
 _MAX_QUOTED = 300
 MAX_TOKEN_COUNT = 10**12  # a usage number above this is not a token count (and would overflow cost arithmetic)
@@ -75,19 +75,7 @@ class Endpoint:
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
     """Expand `${VAR}` and `${VAR:-default}` (default when unset or empty); unset without default fails."""
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = env.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        if value is not None:
-            return value
-        raise ProviderError(f"base_url refers to ${{{name}}}, but {name} is not set")
-
-    return _VAR.sub(substitute, text)
+    return expand(text, env, lambda name: ProviderError(f"base_url refers to ${{{name}}}, but {name} is not set"))
 
 
 def resolve_endpoint(model: ModelDef, env: Mapping[str, str]) -> Endpoint:

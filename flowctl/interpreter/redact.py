@@ -43,6 +43,8 @@ import secrets as _random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from flowctl.dsl.variables import variable_names
+
 if TYPE_CHECKING:
     from flowctl.dsl.ir import Graph
 
@@ -61,7 +63,6 @@ _NOT_SECRET = frozenset(
     {"SSH_AUTH_SOCK", "DESKTOP_SESSION", "DBUS_SESSION_BUS_ADDRESS", "SESSION_MANAGER", SECRETS_VARIABLE}
 )
 _NOT_SECRET_PREFIXES = ("XDG_",)
-_VAR_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 # The forms a secret may take in stored text, by the suffix its placeholder carries.
 _FORMS: dict[str, Callable[[str], str]] = {
     "": lambda value: value,
@@ -94,7 +95,7 @@ def secret_names(graph: Graph) -> set[str]:
     for server in graph.servers.values():
         texts = [*server.headers.values(), *(value for key, value in server.env.items() if looks_secret(key))]
         for text in texts:
-            names.update(_VAR_REFERENCE.findall(text))
+            names.update(variable_names(text))
     for child in graph.children.values():
         names |= secret_names(child)
     return names

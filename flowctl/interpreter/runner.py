@@ -26,6 +26,7 @@ from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.sqlite_store import RunBusy, owner_alive
 from flowctl.interpreter.state import SharedState
 from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
+from flowctl.interpreter.store_errors import StoreError
 from flowctl.interpreter.tools import ToolPool, ToolResult
 from flowctl.interpreter.tuning import tuned_for_runs
 
@@ -240,6 +241,8 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOut
         with anyio.CancelScope(shield=True):
             _finish(ctx, runtime, RunStatus.CANCELLED, None, None)
             await runtime.aclose()
+        raise
+    except StoreError:  # the store cannot record how the run ended: it stays `running`, resumable once fixed
         raise
     except Exception as exc:  # a bug: still leave the store saying how the run ended, then surface it
         with anyio.CancelScope(shield=True):

@@ -149,25 +149,26 @@ async def test_streamable_http(http_calc: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_http_server_dying_mid_call_is_a_crash() -> None:
+async def test_http_server_dying_mid_call_is_a_crash(tmp_path: Path) -> None:
     with serve_calc("--http", "/mcp") as url:  # a server of its own: this test kills it
-        await _crash_remote(ServerDef("remote", Transport.STREAMABLE_HTTP, SPAN, url=url, read_timeout=10.0))
+        await _crash_remote(ServerDef("remote", Transport.STREAMABLE_HTTP, SPAN, url=url, read_timeout=60.0), tmp_path)
 
 
-async def _crash_remote(server: ServerDef) -> None:
+async def _crash_remote(server: ServerDef, tmp_path: Path) -> None:
+    started = tmp_path / "started"
     async with McpPool() as pool:
         assert (await pool.call_tool(server, "add", {"a": 1, "b": 1})).value == {"result": 2.0}
         remote_pid = int((await pool.call_tool(server, "pid", {})).value["result"])
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(_kill_later, remote_pid, 0.3)
+            task_group.start_soon(_kill_when, started.exists, remote_pid)  # once the server is inside the call
             with pytest.raises(ServerCrashed, match="'remote' went away during 'slow'"):
-                await pool.call_tool(server, "slow", {"seconds": 5})
+                await pool.call_tool(server, "slow", {"seconds": 60, "started": str(started)})
         with pytest.raises(ServerStartError, match="ConnectError"):  # the restart finds nothing listening
             await pool.call_tool(server, "add", {"a": 1, "b": 1})
 
 
-async def _kill_later(pid: int, delay: float) -> None:
-    await anyio.sleep(delay)
+async def _kill_when(condition: Callable[[], object], pid: int) -> None:
+    await until(condition)
     os.kill(pid, signal.SIGKILL)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,31 @@ def test_sigterm_stops_a_render_in_progress_and_the_run_is_cancelled_and_resumab
     result = json.loads(out)
     assert result["status"] == "succeeded"
     assert result["calls"]["replayed"] >= 1
+
+
+@pytest.mark.anyio
+async def test_a_render_stopped_outside_a_handler_cancels_its_step_and_the_run(store: SqliteRunStore) -> None:
+    """A `finally:` step's `set:` is rendered by the engine, not by a handler: a Ctrl-C there (what the CLI's handler
+    does: cancel the run, then stop renders in progress) still ends the step and the run as cancelled."""
+    import anyio
+
+    from flowctl.dsl.sandbox import interrupt_renders
+
+    with anyio.CancelScope() as scope:
+
+        def items() -> Iterator[int]:
+            yield 1
+            scope.cancel()
+            interrupt_renders()
+            while True:  # the render stops at its next budget check
+                yield 2
+
+        await run_file(
+            HERE / "limits" / "finally_set.yaml", Fixture.from_data({"responses": []}), store, inputs={"items": items()}
+        )
+    assert scope.cancelled_caught
+    (record,) = store.list_runs()
+    assert record.status is RunStatus.CANCELLED
+    statuses = {s.path: s.status for s in store.steps(record.run_id)}
+    assert statuses["first"] is StepStatus.SUCCEEDED
+    assert [status for path, status in statuses.items() if path.endswith("cleanup")] == [StepStatus.CANCELLED]

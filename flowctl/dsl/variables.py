@@ -1,0 +1,34 @@
+"""Environment variables in server and model settings: `${VAR}` and `${VAR:-default}`, one spelling (sh's) for the
+front end that checks it, the interpreter that expands it and the redactor that finds the secrets it names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+# group 1: the name; group 2: the default after `:-` (None when there is none)
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def variable_names(text: str) -> list[str]:
+    """The variables `text` reads, in order."""
+    return [match.group(1) for match in VARIABLE.finditer(text)]
+
+
+def expand(text: str, env: Mapping[str, str], unset: Callable[[str], Exception]) -> str:
+    """`${VAR}` → its value; `${VAR:-default}` → the default when VAR is unset or empty; a variable that is unset and
+    has no default raises `unset(name)`."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if default is not None and not value:
+            return default
+        if value is None:
+            raise unset(name)
+        return value
+
+    return VARIABLE.sub(substitute, text)
+
+
+__all__ = ["VARIABLE", "expand", "variable_names"]

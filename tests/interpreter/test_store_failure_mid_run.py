@@ -1,0 +1,42 @@
+"""A run store that fails part-way through a run (a full disk, a lock held past the busy timeout) stops the run
+without recording a made-up ending: the run stays `running` in the store, so `flowctl resume` continues it once the
+store works again. The CLI side (the message, exit 1, the resume command) is tested in test_cli_store_errors.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowctl.interpreter.scripted import Fixture
+from flowctl.interpreter.sqlite_store import SqliteRunStore
+from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.store_errors import StoreError
+from tests.interpreter.pipelines.harness import HERE, run_file
+
+
+class StoreFailingOnce(SqliteRunStore):
+    """A real SQLite store whose first step-finished write fails as a transient store failure would (the next write,
+    the run's ending, would go through)."""
+
+    failed = False
+
+    def step_finished(self, *args: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError(self.path, "database is locked", "try again")
+        super().step_finished(*args, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_a_store_failure_mid_run_leaves_the_run_resumable_not_failed(tmp_path: Path) -> None:
+    with StoreFailingOnce(tmp_path / "runs.db") as store:
+        with pytest.raises(StoreError):
+            await run_file(
+                HERE / "limits" / "finally_set.yaml", Fixture.from_data({"responses": []}), store, inputs={"items": []}
+            )
+        (record,) = store.list_runs()
+        assert record.status is RunStatus.RUNNING  # not "failed: internal error: StoreError(…)"
+        assert record.error is None
