@@ -324,14 +324,20 @@ def test_sqlite_full_in_a_durable_or_grouped_write_is_a_store_error_naming_the_r
     with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor()) as store:
         store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
         pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the real SQLite now answers SQLITE_FULL
+        with store._lock:
+            store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the real SQLite now answers SQLITE_FULL
         with pytest.raises(StoreError, match="the disk is full") as raised:
             store.record_call("r-1", "k", "digest", {"text": "x" * 100_000})
         assert raised.value.run_id == "r-1" and raised.value.path == str(tmp_path / "runs.db")
         store.step_done("r-1", "big", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output="y" * 100_000)
         with pytest.raises(StoreError, match="the disk is full"):
             store.flush()
-        store._conn.execute("PRAGMA max_page_count = 1000000")  # space returns: nothing queued was lost
+        with store._lock:  # the writer thread shares the connection
+            store._conn.execute("PRAGMA max_page_count = 1000000")  # space returns: nothing queued was lost
+        try:
+            store.flush()
+        except StoreError:  # the writer thread may have met the full disk once more before space returned: said once
+            store.flush()
         store.record_call("r-1", "k", "digest", {"text": "x" * 100_000})
         assert store.steps("r-1")[0].output == "y" * 100_000
         store.finish_run("r-1", RunStatus.SUCCEEDED)
