@@ -13,6 +13,7 @@ from flowctl.cli.common import EXIT_FAILED, load_or_exit
 
 def _pipeline_files(paths: tuple[str, ...]) -> list[Path]:
     """Named files are always validated; in folders, YAML files with a top-level `flowctl:` key are pipelines."""
+    from flowctl.dsl.loader import decode_lenient
 
     marker = re.compile(r"^flowctl\s*:", re.MULTILINE)
     files: list[Path] = []
@@ -23,7 +24,7 @@ def _pipeline_files(paths: tuple[str, ...]) -> list[Path]:
                 if any(part.startswith(".") for part in candidate.parts):
                     continue
                 try:
-                    head = candidate.read_text(encoding="utf-8", errors="replace")[:20000]
+                    head = decode_lenient(candidate.read_bytes()[:40000])
                 except OSError:
                     continue
                 if marker.search(head):

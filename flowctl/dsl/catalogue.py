@@ -64,7 +64,9 @@ FILE_TOO_LARGE = _code(
     "file-too-large", "The file is larger than the pipeline size cap.", "Split it into child pipelines."
 )
 NOT_TEXT = _code(
-    "not-text", "The file is not UTF-8 text.", "Save the pipeline as UTF-8 text; binary files are not pipelines."
+    "not-text",
+    "The file is not UTF-8 text (nor UTF-16 with a byte order mark).",
+    "Save the pipeline as UTF-8 text; binary files are not pipelines.",
 )
 EMPTY_DOCUMENT = _code("empty-document", "The file holds no YAML document.", "Start from `flowctl: 1`.")
 YAML_SYNTAX = _code("yaml-syntax", "The YAML cannot be parsed.", "Fix the YAML at the marked position.")

@@ -11,6 +11,7 @@ dates, no sexagesimal or YAML 1.1 octal numbers.
 from __future__ import annotations
 
 import bisect
+import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,12 @@ def _byte_span(file: str, raw: bytes, offset: int) -> Span:
 
 
 def _decode(raw: bytes, file: str) -> tuple[str | None, Diagnostic | None]:
+    """UTF-8 (a BOM is dropped), or UTF-16 with its BOM (what Windows PowerShell writes with `>`), as JSON inputs."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16"), None
+        except UnicodeDecodeError as exc:
+            return None, cat.not_text(Span(file, 1, 1), f"invalid UTF-16 at byte offset {exc.start}; save it as UTF-8")
     if b"\x00" in raw:
         return None, cat.not_text(_byte_span(file, raw, raw.index(b"\x00")), "it contains NUL bytes")
     try:
@@ -316,6 +323,12 @@ def _decode(raw: bytes, file: str) -> tuple[str | None, Diagnostic | None]:
     except UnicodeDecodeError as exc:
         return None, cat.not_text(_byte_span(file, raw, exc.start), f"invalid UTF-8 byte at offset {exc.start}")
     return text, None
+
+
+def decode_lenient(raw: bytes) -> str:
+    """Text as `load_file` would read it, with undecodable bytes replaced (a look at a file, not a load)."""
+    text, _ = _decode(raw, "")
+    return text if text is not None else raw.decode("utf-8", errors="replace")
 
 
 def _unencodable(text: str, file: str) -> Diagnostic | None:

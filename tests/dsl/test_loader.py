@@ -108,6 +108,23 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert doc.data == {"a": 1}
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_with_its_byte_order_mark_is_read_as_json_inputs_are(tmp_path: Path, encoding: str) -> None:
+    """What Windows PowerShell writes with `>`: UTF-16 with a BOM (`utf-16` writes one; the others get it here)."""
+    path = tmp_path / "ps.yaml"
+    bom = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff"}.get(encoding, b"")
+    path.write_bytes(bom + "name: caf\u00e9\nsteps: [a]\n".encode(encoding))
+    doc = load_file(path)
+    assert doc.diagnostics == []
+    assert doc.data == {"name": "caf\u00e9", "steps": ["a"]}
+
+
+def test_utf16_without_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "ps.yaml"
+    path.write_bytes("name: x\n".encode("utf-16-le"))
+    assert [d.code for d in load_file(path).diagnostics] == [cat.NOT_TEXT]
+
+
 # --- hardening --------------------------------------------------------------------------------------------------
 
 
