@@ -15,11 +15,6 @@ from tests.support.openai_server import OpenAIServer, running_openai_server
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def llm() -> Iterator[OpenAIServer]:
     with running_openai_server() as server:
         yield server

@@ -11,11 +11,6 @@ from flowctl.interpreter.sqlite_store import SqliteRunStore
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteRunStore]:
     with SqliteRunStore(tmp_path / "runs.db") as opened:
         yield opened
