@@ -261,6 +261,8 @@ def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: P
     result = scripted("resume", "r-live", project / "greet.fixture.yaml", store_path)
     assert result.exit_code == 2
     assert "is still running (process" in result.output and "would run it twice" in result.output
+    listed = invoke("runs", "--store", str(store_path), "--output", "json")
+    assert [r["status"] for r in json.loads(listed.output)] == ["running"]  # not `interrupted`: its process lives
 
 
 def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None:

@@ -308,7 +308,7 @@ def test_a_disk_that_fills_mid_run_stops_the_run_which_resumes_once_space_return
         assert "Traceback" not in stderr and stderr.startswith(f"error: run store {store}: the disk is full"), stderr
         listed = json.loads(invoke("runs", "--store", store, "--output", "json").output)
         run_id = listed[0]["run_id"]
-        assert listed[0]["status"] == "running"
+        assert listed[0]["status"] == "interrupted"  # the store says running; its process is gone
         assert f"resume it: flowctl resume {run_id} --store {store}" in stderr
         remount(folder, "size=8m")  # space returns
         resumed = invoke("resume", run_id, "-q", "--scripted", fixture, "--store", store, "--output", "json")

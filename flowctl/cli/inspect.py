@@ -25,24 +25,41 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
         records = store.list_runs(limit, roots_only=True)
     finally:
         store.close()
+    listed = [_run_json(r) for r in records]
     if output == "json":
-        click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
+        click.echo(json.dumps(listed, indent=2, default=str))
         return
-    for r in records:
+    for r, data in zip(records, listed, strict=True):
         when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
         took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
         click.echo(
-            f"{r.run_id}  {r.status.value:<9}  {when}  {took:>7}  "
+            f"{r.run_id}  {data['status']:<11}  {when}  {took:>7}  "
             f"{r.input_tokens + r.output_tokens:>7} tok  {r.pipeline}"
         )
+    if any(data["status"] == INTERRUPTED for data in listed):
+        click.echo(f"{INTERRUPTED}: the process running it is gone; `flowctl resume RUN_ID` continues it", err=True)
 
 
-def _run_json(record: Any) -> dict[str, Any]:
+# A run the store says is running, whose process is gone (killed, or the machine went down): `resume` takes it over.
+INTERRUPTED = "interrupted"
+
+
+def _status(record: Any, owner: str | None) -> str:
+    """The run's status as the store has it, except that a `running` run whose owner process is gone is
+    `interrupted`. Child runs are run by their root run's process (`owner`: the root's)."""
+    from flowctl.interpreter.sqlite_store import owner_alive
+
+    if record.status.value == "running" and not owner_alive(owner):
+        return INTERRUPTED
+    return str(record.status.value)
+
+
+def _run_json(record: Any, owner: str | None = None) -> dict[str, Any]:
     return {
         "run_id": record.run_id,
         "pipeline": record.pipeline,
         "file": record.file,
-        "status": record.status.value,
+        "status": _status(record, owner or record.owner),
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "parent_id": record.parent_id,
@@ -55,9 +72,10 @@ def _run_json(record: Any) -> dict[str, Any]:
     }
 
 
-def _show_json(store: Any, run_id: str) -> dict[str, Any]:
+def _show_json(store: Any, run_id: str, owner: str | None = None) -> dict[str, Any]:
     record = store.get_run(run_id)
-    data = _run_json(record)
+    owner = owner or record.owner
+    data = _run_json(record, owner)
     data["steps"] = [
         {
             "path": s.path,
@@ -77,7 +95,7 @@ def _show_json(store: Any, run_id: str) -> dict[str, Any]:
     data["state_changes"] = [
         {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
     ]
-    data["children"] = [_show_json(store, child.run_id) for child in store.child_runs(run_id)]
+    data["children"] = [_show_json(store, child.run_id, owner) for child in store.child_runs(run_id)]
     return data
 
 
@@ -120,8 +138,12 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
     )
     if data["error"]:
         click.echo(f"{indent}  error: {data['error'].get('message')}")
+    if data["status"] == INTERRUPTED and not indent:
+        click.echo(f"  the process running it is gone: `flowctl resume {data['run_id']}` continues it")
     children = {c["run_id"].rsplit("/", 1)[-1] if "/" in c["run_id"] else c["run_id"]: c for c in data["children"]}
     mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "…", "cancelled": "⊘"}
+    if data["status"] == INTERRUPTED:
+        mark["running"] = "⊘"  # its running steps stopped with their process
     hidden, summaries = _quiet_items(data["steps"]) if not all_items else (set(), {})
     for step in data["steps"]:
         if step["path"].split("/", 1)[0] in hidden:
@@ -201,5 +223,6 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
         seq = store.send_signal(target, event, data)
     finally:
         store.close()
-    note = "" if record.status.value == "running" else f" (the run is {record.status.value}; it sees it if resumed)"
+    status = _status(record, record.owner)
+    note = "" if status == "running" else f" (the run is {status}; it sees it if resumed)"
     click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")

@@ -87,6 +87,24 @@ def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
         (run_id,) = conn.execute("SELECT run_id FROM runs WHERE parent_id IS NULL").fetchone()
         (status,) = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     assert status == "running"  # killed: nobody marked it finished
+    # ...which `runs` and `show` tell from a run still going: its process is gone
+    listed = subprocess.run(
+        [sys.executable, "-m", "flowctl.cli", "runs", "--store", str(store), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["interrupted"], listed.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "flowctl.cli", "show", run_id, "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "interrupted" in shown.stdout.splitlines()[0]
+    assert f"the process running it is gone: `flowctl resume {run_id}` continues it" in shown.stdout
 
     resumed = subprocess.run(
         [sys.executable, "-m", "flowctl.cli", "resume", run_id, "--store", str(store), "--output", "json", "-q"],
