@@ -34,7 +34,22 @@ from typing import Any
 from flowctl.dsl.diagnostics import Span
 
 
-class FlowctlError(Exception):
+class PicklableError(Exception):
+    """An exception that pickles whole, whatever its `__init__` takes (Exception's own pickling calls `__init__` with
+    `args`, which breaks for keyword or derived arguments): errors cross process boundaries as plain data."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[PicklableError], args: tuple[Any, ...], state: dict[str, Any]) -> PicklableError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class FlowctlError(PicklableError):
     """Base of every runtime error. `code` is a stable kebab-case id; `retryable` drives retry policies."""
 
     code = "flowctl-error"

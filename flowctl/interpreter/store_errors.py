@@ -16,6 +16,8 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from flowctl.interpreter.errors import PicklableError
+
 if TYPE_CHECKING:  # imported when needed: the CLI imports this module for every command, sqlite3 costs ~3 ms
     import sqlite3
 
@@ -58,7 +60,7 @@ _NEARLY_FULL = 64 * 1024
 ELSEWHERE = "pass --store FILE to use another"
 
 
-class StoreError(Exception):
+class StoreError(PicklableError):
     """A run store that cannot be used. `run_id`: the root run this process was running when it happened (that run
     stopped part-way and can be resumed once the problem is fixed)."""
 
