@@ -102,6 +102,15 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
 
 
 def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
+    from flowctl.interpreter.engine import refused
+
+    if outcome.error is not None and refused(outcome.error):  # nothing ran: a usage problem, said once
+        cause = outcome.error
+        while getattr(cause, "cause", None) is not None:
+            cause = cause.cause
+        message = redactor.redact_text(str(cause))
+        click.echo(f"error: cannot resume run {outcome.run_id}: {message} (the run is left as it was)", err=True)
+        sys.exit(EXIT_USAGE)
     result = redactor.redact(
         {
             "run_id": outcome.run_id,

@@ -200,11 +200,13 @@ class Engine:
             failed = (
                 exc if isinstance(exc, StepFailed) else StepFailed(path, exc, attempts=result.attempts, span=step.span)
             )
+            if refused(failed):
+                raise failed from None  # a refused resume leaves the step's row as the earlier run wrote it
             result.status, result.error = "failed", failed.to_json()
-            if step.policy.on_error is ir.OnError.CONTINUE and not refused(failed):
+            if step.policy.on_error is ir.OnError.CONTINUE:
                 result.output = self._default_output(ctx, step, scope)
             else:
-                self._finish(ctx, step, scope, path, result, started, meter, notify=not refused(failed))
+                self._finish(ctx, step, scope, path, result, started, meter)
                 raise failed from None
         except anyio.get_cancelled_exc_class():
             # a join that no longer needs it, a timeout or deadline of an enclosing step, Ctrl-C: say so in the store

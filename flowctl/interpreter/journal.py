@@ -83,8 +83,8 @@ class Journal:
                 step = step_of(key)
                 raise ResumeRefused(
                     f"step {step!r} changed since run {run_id!r} was journaled (its request is not the recorded "
-                    "one): the pipeline or its inputs were edited; rerun it, or resume with --force to re-execute "
-                    "changed calls"
+                    "one): the pipeline or its inputs were edited; revert the edit, or resume with --force to run "
+                    "the changed calls again"
                 )
         if cacheable and self.cache:
             hit = self.store.cache_get(digest)

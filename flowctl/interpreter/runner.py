@@ -16,7 +16,7 @@ from flowctl.dsl import ir
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_steps
-from flowctl.interpreter.engine import Engine
+from flowctl.interpreter.engine import Engine, refused
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
 from flowctl.interpreter.handlers import HANDLERS
 from flowctl.interpreter.inputs import validate_inputs
@@ -184,6 +184,7 @@ async def run_graph(
     run_id = run_id or new_run_id()
     clock = options.clock
     journal = Journal(store, resuming=resuming, force=options.force, cache=options.cache)
+    previous = store.get_run(run_id) if resuming else None  # what a refused resume leaves as it was
     if resuming:
         store.reopen_run(run_id)
     else:
@@ -218,11 +219,11 @@ async def run_graph(
             ctx.recorded = recorded_steps(store, run_id)
             ctx.finally_prefix = f"finally@{journal.epoch}/"
         ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
-        outcome = await _run_root(ctx, runtime, started)
+        outcome = await _run_root(ctx, runtime, started, previous)
     return outcome
 
 
-async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOutcome:
+async def _run_root(ctx: RunContext, runtime: Runtime, started: float, previous: RunRecord | None) -> RunOutcome:
     engine = Engine(HANDLERS)
     outputs: dict[str, Any] | None = None
     error: FlowctlError | None = None
@@ -252,6 +253,8 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float) -> RunOut
     finally:
         with anyio.CancelScope(shield=True):
             await runtime.aclose()
+    if error is not None and previous is not None and refused(error):
+        return _leave_as_it_was(ctx, runtime, previous, error)
     outcome = _finish(ctx, runtime, status, outputs, error)
     outcome.elapsed = runtime.clock.monotonic() - started
     runtime.reporter.run_finished(
@@ -293,6 +296,21 @@ def _finish(
         steps=dict(ctx.steps),
         events=events,
     )
+
+
+def _leave_as_it_was(ctx: RunContext, runtime: Runtime, previous: RunRecord, error: FlowctlError) -> RunOutcome:
+    """A refused resume (a recorded request changed): the run record goes back to how the earlier run left it (its
+    steps' rows were never touched), so that reverting the edit, or `--force`, can resume it as before."""
+    runtime.store.finish_run(
+        ctx.run_id,
+        previous.status,
+        outputs=previous.outputs,
+        error=previous.error,
+        input_tokens=previous.input_tokens,
+        output_tokens=previous.output_tokens,
+        cost=previous.cost,
+    )
+    return RunOutcome(ctx.run_id, RunStatus.FAILED, None, error)
 
 
 def load_resumable(store: RunStore, run_id: str) -> RunRecord:

@@ -114,15 +114,16 @@ def test_resume_is_refused_after_an_edit_unless_forced(tmp_path: Path, baseline:
     run_id, before = run_and_kill(pipeline, DURABLE_FIXTURE, db, 4)
     pipeline.write_text(pipeline.read_text().replace('prompt: "early"', 'prompt: "early, edited"'))
 
-    code, stdout, stderr = resume(run_id, DURABLE_FIXTURE, db, "--quiet", output="text")
-    assert code == 1 and stdout == ""
-    assert f"run {run_id} failed" in stderr
-    assert "step 'early' changed since run" in stderr and "--force" in stderr
-    assert recorded_calls(db) == before  # nothing was paid for
     with SqliteRunStore(db) as store:
+        steps_before = steps_by_path(store, run_id)
+    code, stdout, stderr = resume(run_id, DURABLE_FIXTURE, db, "--quiet", output="text")
+    assert code == 2 and stdout == ""  # a usage problem: nothing ran
+    assert stderr.count("step 'early' changed since run") == 1 and "--force" in stderr and "revert the edit" in stderr
+    assert recorded_calls(db) == before  # nothing was paid for
+    with SqliteRunStore(db) as store:  # ...and the run is left as the killed process left it
         record = store.get_run(run_id)
-        assert record is not None and record.status is RunStatus.FAILED
-        assert record.error is not None and record.error["cause"] == "resume-refused"
+        assert record is not None and record.status is RunStatus.RUNNING and record.error is None
+        assert steps_by_path(store, run_id) == steps_before
 
     code, result, stderr = resume(run_id, DURABLE_FIXTURE, db, "--quiet", "--force")
     assert code == 0, stderr
