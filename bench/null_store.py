@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowctl.interpreter.store import (
+from flowctl.interpreter.persistence.store import (
     CallRecord,
     EventRecord,
     JsonText,
@@ -20,7 +20,7 @@ from flowctl.interpreter.store import (
 
 
 class NullStore:
-    """Satisfies `flowctl.interpreter.store.RunStore`; never looks a call up, so nothing is replayed."""
+    """Satisfies `flowctl.interpreter.persistence.store.RunStore`; never looks a call up, so nothing is replayed."""
 
     def create_run(self, record: RunRecord) -> None:
         pass

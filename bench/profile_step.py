@@ -123,9 +123,9 @@ def per_call(function: Callable[[], object], number: int = 2000) -> float:
 
 def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]]:
     """The work one chain step does, piece by piece, with flowctl's own objects and a realistic context."""
-    from flowctl.interpreter.llm import CompletionRequest, CompletionResponse, Message
-    from flowctl.interpreter.meters import STEP_METERS, UsageMeter
-    from flowctl.interpreter.scripted import ScriptedProvider
+    from flowctl.interpreter.engine.meters import STEP_METERS, UsageMeter
+    from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse, Message
+    from flowctl.interpreter.providers.scripted import ScriptedProvider
 
     step = graph.root.steps[-1]
     agent = graph.agents[step.body.agent]
@@ -142,7 +142,7 @@ def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]
     provider = ScriptedProvider(fixture(zero_latency_fixture()))
     response = CompletionResponse("ok")
     store = sqlite_store(workdir, "pieces.db")
-    from flowctl.interpreter.store import RunRecord, RunStatus, StepStatus
+    from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
 
     store.create_run(RunRecord("r", "p", "f", RunStatus.RUNNING, time.time()))
     counter = iter(range(10**9))
@@ -224,12 +224,12 @@ def _runtime_limiter_class() -> Any:
     """The limiter class the interpreter's Runtime uses for the run-wide `concurrency` cap."""
     import dataclasses
 
-    from flowctl.interpreter.context import Runtime
+    from flowctl.interpreter.engine.context import Runtime
 
     hint = {f.name: f.type for f in dataclasses.fields(Runtime)}.get("limiter", "")
     name = str(hint).rsplit(".", 1)[-1]
     try:
-        from flowctl.interpreter import concurrency
+        from flowctl.interpreter.engine import concurrency
 
         return getattr(concurrency, name)
     except AttributeError:
@@ -334,7 +334,7 @@ class _SnapshotAtPeak:
 
 def profile_memory(workdir: Path, branches: int, top: int) -> None:
     """Allocation sites of the memory held while every branch of the fan-out is in flight."""
-    from flowctl.interpreter.scripted import ScriptedProvider
+    from flowctl.interpreter.providers.scripted import ScriptedProvider
 
     graph = compile_pipeline(workdir, "fanout.yaml", fanout_yaml(10000))
     scripted = fixture(latency_fixture(0.05))

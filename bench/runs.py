@@ -11,11 +11,11 @@ import anyio
 from bench.pipelines import write
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.dsl.ir import Graph
-from flowctl.interpreter.llm import CompletionRequest, CompletionResponse
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, RunStore
+from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse
+from flowctl.interpreter.providers.scripted import Fixture, ScriptedProvider
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
-from flowctl.interpreter.scripted import Fixture, ScriptedProvider
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, RunStore
 
 
 def compile_pipeline(directory: Path, name: str, text: str) -> Graph:

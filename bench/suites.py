@@ -224,7 +224,7 @@ def memory_suite(quick: bool, workdir: Path) -> list[Row]:
         ("journal on (SQLite)", lambda: sqlite_store(workdir, "mem.db")),
         ("NullStore", NullStore),
     ):
-        from flowctl.interpreter.scripted import ScriptedProvider
+        from flowctl.interpreter.providers.scripted import ScriptedProvider
 
         provider = CountingProvider(ScriptedProvider(scripted))
         store = make_store()

@@ -250,8 +250,8 @@ def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None
 
 
 def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: Path) -> None:
-    from flowctl.interpreter.sqlite_store import SqliteRunStore
-    from flowctl.interpreter.store import RunRecord, RunStatus
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
     store_path = project / "runs.db"
     with SqliteRunStore(store_path) as store:  # as if `flowctl run` in this (live) process were still running it
@@ -268,8 +268,8 @@ def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: P
 def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None:
     import sqlite3
 
-    from flowctl.interpreter.sqlite_store import SqliteRunStore
-    from flowctl.interpreter.store import RunRecord, RunStatus
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
     store_path = project / "runs.db"
     with SqliteRunStore(store_path) as store:
@@ -376,8 +376,8 @@ def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project:
 
 
 def test_a_signal_for_a_child_run_is_delivered_to_its_root_run(project: Path) -> None:
-    from flowctl.interpreter.sqlite_store import SqliteRunStore
-    from flowctl.interpreter.store import RunRecord, RunStatus
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
     store_path = project / "runs.db"
     with SqliteRunStore(store_path) as store:

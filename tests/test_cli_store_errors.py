@@ -22,10 +22,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flowctl.cli import main
+from flowctl.interpreter.persistence.sqlite_store import SCHEMA_VERSION, SqliteRunStore
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
+from flowctl.interpreter.persistence.store_errors import StoreError
 from flowctl.interpreter.redact import Redactor
-from flowctl.interpreter.sqlite_store import SCHEMA_VERSION, SqliteRunStore
-from flowctl.interpreter.store import RunRecord, RunStatus, StepStatus
-from flowctl.interpreter.store_errors import StoreError
 
 PIPELINE = """\
 flowctl: 1

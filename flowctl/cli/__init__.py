@@ -20,14 +20,14 @@ from flowctl.cli.running import resume, run
 from flowctl.testing import test_command
 
 if TYPE_CHECKING:
-    from flowctl.interpreter.store_errors import StoreError
+    from flowctl.interpreter.persistence.store_errors import StoreError
 
 
 class _Commands(click.Group):
     """The command group; a run store that cannot be used ends any command with one line, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from flowctl.interpreter.store_errors import StoreError
+        from flowctl.interpreter.persistence.store_errors import StoreError
 
         try:
             return super().invoke(ctx)
@@ -40,7 +40,7 @@ def _report_store_error(exc: StoreError, ctx: click.Context) -> NoReturn:
     with the command that resumes that run."""
     import shlex
 
-    from flowctl.interpreter.sqlite_store import default_store_path
+    from flowctl.interpreter.persistence.sqlite_store import default_store_path
 
     click.echo(f"error: {exc}", err=True)
     if exc.run_id is None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from flowctl.interpreter.store_errors import StoreAccess
+    from flowctl.interpreter.persistence.store_errors import StoreAccess
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,7 +25,7 @@ store_option = click.option(
 
 def open_store(store_path: str | None, access: StoreAccess) -> Any:
     """`run` creates the store; the other commands need one and never create it (`runs` and `show` only read)."""
-    from flowctl.interpreter.sqlite_store import SqliteRunStore, default_store_path
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore, default_store_path
 
     return SqliteRunStore(Path(store_path) if store_path else default_store_path(), access=access)
 

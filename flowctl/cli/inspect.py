@@ -47,7 +47,7 @@ INTERRUPTED = "interrupted"
 def _status(record: Any, owner: str | None) -> str:
     """The run's status as the store has it, except that a `running` run whose owner process is gone is
     `interrupted`. Child runs are run by their root run's process (`owner`: the root's)."""
-    from flowctl.interpreter.sqlite_store import owner_alive
+    from flowctl.interpreter.persistence.sqlite_store import owner_alive
 
     if record.status.value == "running" and not owner_alive(owner):
         return INTERRUPTED

@@ -63,7 +63,7 @@ def validate(paths: tuple[str, ...], fmt: str, resolve_tools: bool) -> None:
         diagnostics.extend(result.diagnostics)
         sources.update(front.sources())
         if resolve_tools and result.graph is not None:
-            from flowctl.interpreter.resolve import resolve_tools as resolve
+            from flowctl.interpreter.mcp.resolve import resolve_tools as resolve
 
             diagnostics.extend(resolve(result.graph))
     diagnostics = finalize(diagnostics)

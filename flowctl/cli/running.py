@@ -59,7 +59,7 @@ def _load_fixture(path: str | None) -> Any:
     if path is None:
         return None
     from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.scripted import load_fixture
+    from flowctl.interpreter.providers.scripted import load_fixture
 
     try:
         return load_fixture(Path(path))
@@ -70,8 +70,8 @@ def _load_fixture(path: str | None) -> Any:
 
 def _execute(start: Any, reporter: Any) -> Any:
     """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143), even while a
-    template renders (flowctl.interpreter.interrupts)."""
-    from flowctl.interpreter.interrupts import EXIT_CODES, run_interruptibly
+    template renders (flowctl.interpreter.engine.interrupts)."""
+    from flowctl.interpreter.engine.interrupts import EXIT_CODES, run_interruptibly
 
     try:
         outcome, signum = run_interruptibly(start)
@@ -102,7 +102,7 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
 
 
 def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
-    from flowctl.interpreter.engine import refused
+    from flowctl.interpreter.engine.engine import refused
 
     if outcome.error is not None and refused(outcome.error):  # nothing ran: a usage problem, said once
         cause = outcome.error

@@ -14,21 +14,21 @@ import anyio
 
 from flowctl.dsl import ir
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.context import RunContext, Runtime, Scope, recorded_steps
-from flowctl.interpreter.engine import Engine, refused
+from flowctl.interpreter.engine.concurrency import task_group
+from flowctl.interpreter.engine.context import RunContext, Runtime, Scope, recorded_steps
+from flowctl.interpreter.engine.engine import Engine, refused
+from flowctl.interpreter.engine.handlers import HANDLERS
+from flowctl.interpreter.engine.state import SharedState
+from flowctl.interpreter.engine.tuning import tuned_for_runs
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
-from flowctl.interpreter.handlers import HANDLERS
 from flowctl.interpreter.inputs import validate_inputs
-from flowctl.interpreter.journal import Journal
-from flowctl.interpreter.llm import LLMProvider
+from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
+from flowctl.interpreter.persistence.journal import Journal
+from flowctl.interpreter.persistence.sqlite_store import RunBusy, owner_alive
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
+from flowctl.interpreter.persistence.store_errors import StoreError
 from flowctl.interpreter.progress import Reporter
-from flowctl.interpreter.sqlite_store import RunBusy, owner_alive
-from flowctl.interpreter.state import SharedState
-from flowctl.interpreter.store import RunRecord, RunStatus, RunStore
-from flowctl.interpreter.store_errors import StoreError
-from flowctl.interpreter.tools import ToolPool, ToolResult
-from flowctl.interpreter.tuning import tuned_for_runs
+from flowctl.interpreter.providers.llm import LLMProvider
 
 SIGNAL_POLL_INTERVAL = 0.1
 
@@ -74,19 +74,19 @@ def _provider_factory(graph: ir.Graph, options: RunOptions) -> Any:
 
     def factory(model: ir.ModelDef) -> LLMProvider:
         if options.scripted is not None:
-            from flowctl.interpreter.scripted import ScriptedProvider
+            from flowctl.interpreter.providers.scripted import ScriptedProvider
 
             if not shared_scripted:  # one instance for all models: one script, one call count
                 shared_scripted.append(ScriptedProvider(options.scripted, options.clock))
             return shared_scripted[0]
         if model.provider == "scripted":
-            from flowctl.interpreter.scripted import ScriptedProvider, load_fixture
+            from flowctl.interpreter.providers.scripted import ScriptedProvider, load_fixture
 
             if not model.fixture:
                 raise ProviderError(f"model {model.name!r} uses provider 'scripted' but names no `fixture:`")
             return ScriptedProvider(load_fixture(Path(model.span.file).parent / model.fixture), options.clock)
         if model.provider == "openai":
-            from flowctl.interpreter.openai_provider import OpenAIProvider
+            from flowctl.interpreter.providers.openai_provider import OpenAIProvider
 
             return OpenAIProvider(model, options.env)
         return _entry_point_provider(model)
@@ -155,12 +155,12 @@ async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:
     if options.tool_pool is not None:
         real = options.tool_pool
     else:
-        from flowctl.interpreter.mcp_pool import McpPool
+        from flowctl.interpreter.mcp.mcp_pool import McpPool
 
         real = await stack.enter_async_context(McpPool(env=options.env, clock=options.clock))
     scripted = None
     if options.scripted is not None and getattr(options.scripted, "tools", None):
-        from flowctl.interpreter.scripted import ScriptedToolPool
+        from flowctl.interpreter.providers.scripted import ScriptedToolPool
 
         scripted = ScriptedToolPool(options.scripted, options.clock)
     return _CompositeToolPool(scripted, real) if scripted is not None else real
@@ -178,7 +178,7 @@ async def run_graph(
     """Run (or resume) the root pipeline of `graph`. Never raises for a failed run: the outcome says how it ended."""
     from contextlib import AsyncExitStack
 
-    from flowctl.interpreter.sqlite_store import new_run_id
+    from flowctl.interpreter.persistence.sqlite_store import new_run_id
 
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
     run_id = run_id or new_run_id()

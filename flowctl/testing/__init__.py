@@ -88,7 +88,7 @@ def test_command(paths: tuple[str, ...], fmt: str, pattern: str | None, verbose:
     PATHS are test files or folders (searched for *.test.yaml); default: the current folder.
     Exit codes: 0 all passed, 1 a case failed, 2 invalid test files or pipelines, or nothing to run.
     """
-    from flowctl.interpreter.interrupts import EXIT_CODES, run_interruptibly
+    from flowctl.interpreter.engine.interrupts import EXIT_CODES, run_interruptibly
     from flowctl.testing.cases import find_test_files, load_cases
     from flowctl.testing.runner import run_case
 

@@ -233,7 +233,7 @@ class _Checker:
         return graph
 
     def fixture_file(self, ref: Any, path: tuple[Any, ...]) -> Any:
-        from flowctl.interpreter.scripted import FixtureError, load_fixture
+        from flowctl.interpreter.providers.scripted import FixtureError, load_fixture
 
         if ref is None:
             return None
@@ -307,7 +307,7 @@ class _Checker:
 
     def inline_fixture(self, data: dict[str, Any], path: tuple[Any, ...], base: Any) -> Any:
         """Inline `responses`/`default`/`tools` are tried before the fixture file's rules and override its tools."""
-        from flowctl.interpreter.scripted import Fixture, FixtureError, parse_fixture
+        from flowctl.interpreter.providers.scripted import Fixture, FixtureError, parse_fixture
 
         inline = {key: data[key] for key in ("responses", "default", "tools") if key in data}
         if not inline:

@@ -10,7 +10,7 @@ import pytest
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.frontend import FrontEnd
 from flowctl.dsl.loader import MAX_INT_DIGITS, load_text
-from flowctl.interpreter.scripted import FixtureError, load_fixture
+from flowctl.interpreter.providers.scripted import FixtureError, load_fixture
 from flowctl.testing.cases import load_cases
 
 LONG = "7" * (MAX_INT_DIGITS + 1)

@@ -371,7 +371,7 @@ FIXTURES_AND_TESTS = sorted(EXAMPLES.glob("*.fixture.yaml")) + sorted(EXAMPLES.g
 def test_mutated_fixtures_and_test_files_give_only_diagnostics(
     examples_copy: Path, example: Path, choice: int, action: str, replacement: Any
 ) -> None:
-    from flowctl.interpreter.scripted import FixtureError, load_fixture
+    from flowctl.interpreter.providers.scripted import FixtureError, load_fixture
     from flowctl.testing.cases import load_cases
 
     document = load_text(example.read_text("utf-8"), example.name).data

@@ -23,9 +23,9 @@ from typing import Any
 from flowctl.dsl.diagnostics import Severity
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
-from flowctl.interpreter.sqlite_store import SqliteRunStore
 from tests.support.openai_server import OpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.persistence.store import RunStatus
 from tests.integration.helpers import KEY, Flow
 from tests.support.openai_server import call, reply, running_openai_server
 

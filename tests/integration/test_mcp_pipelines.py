@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.persistence.store import RunStatus
 from tests.integration.helpers import CALC, Flow
 from tests.support.net import free_port, wait_listening
 from tests.support.openai_server import Reply, call, reply

@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from flowctl.interpreter.clock import ManualClock
-from flowctl.interpreter.policies import RETRY_AFTER_CAP
+from flowctl.interpreter.engine.policies import RETRY_AFTER_CAP
+from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.progress import LineReporter
-from flowctl.interpreter.store import RunStatus
 from tests.integration.helpers import Flow, Result
 from tests.support.openai_server import RawStream, call, error, raw, reply
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flowctl.dsl.diagnostics import Diagnostic, Severity, finalize
 from flowctl.dsl.frontend import load_pipeline
-from flowctl.interpreter.resolve import resolve_tools
+from flowctl.interpreter.mcp.resolve import resolve_tools
 from tests.integration.helpers import REPO, Flow
 
 

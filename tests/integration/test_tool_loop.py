@@ -12,9 +12,9 @@ import pytest
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.ir import ServerDef, Transport
-from flowctl.interpreter.agent import MAX_BAD_ARGUMENTS, name_tools
-from flowctl.interpreter.llm import ToolSpec
-from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.engine.agent import MAX_BAD_ARGUMENTS, name_tools
+from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.providers.llm import ToolSpec
 from tests.integration.helpers import Flow
 from tests.support.openai_server import RawStream, call, reply
 

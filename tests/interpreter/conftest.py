@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 
 
 @pytest.fixture

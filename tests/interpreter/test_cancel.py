@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, StepStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import HERE, flowctl, poll, query
 
 CALC = Path(__file__).parents[1] / "support" / "mcp_servers" / "calc_server.py"

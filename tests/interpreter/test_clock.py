@@ -13,10 +13,10 @@ import anyio
 import pytest
 
 from flowctl.interpreter.clock import MANUAL_EPOCH, SYSTEM_CLOCK, ManualClock
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.providers.scripted import Fixture
 from flowctl.interpreter.runner import SIGNAL_POLL_INTERVAL, RunOptions, RunOutcome, run_graph
-from flowctl.interpreter.scripted import Fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus
 from tests.interpreter.pipelines.harness import compile_file
 
 pytestmark = pytest.mark.anyio

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, StepStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import HERE, max_overlap, run_file
 
 pytestmark = pytest.mark.anyio

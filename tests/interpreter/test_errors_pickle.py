@@ -8,8 +8,8 @@ import pytest
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.interpreter.errors import FlowctlError, ProviderError, RateLimited, ResumeRefused, StepFailed, ToolTimeout
-from flowctl.interpreter.sqlite_store import RunBusy
-from flowctl.interpreter.store_errors import StoreError
+from flowctl.interpreter.persistence.sqlite_store import RunBusy
+from flowctl.interpreter.persistence.store_errors import StoreError
 
 SPAN = Span("p.yaml", 3, 5, 3, 9)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunRecord, RunStatus, StepStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import run_file
 
 PIPELINE = """\

@@ -11,10 +11,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowctl.interpreter.llm import CompletionResponse, ToolCallRequest, Usage
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import JsonText, RunRecord, RunStatus
+from flowctl.interpreter.providers.llm import CompletionResponse, ToolCallRequest, Usage
 from flowctl.interpreter.redact import Redactor
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import JsonText, RunRecord, RunStatus
 
 SECRET = "sk-test-0123456789abcdef"
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)  # SQLite stores UTF-8

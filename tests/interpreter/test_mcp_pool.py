@@ -22,8 +22,8 @@ from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.interpreter.clock import ManualClock
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolTimeout
-from flowctl.interpreter.mcp_pool import McpPool
-from flowctl.interpreter.tools import ToolPool, ToolResult
+from flowctl.interpreter.mcp.mcp_pool import McpPool
+from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
 from tests.support.net import free_port, wait_listening
 
 SERVERS = Path(__file__).resolve().parents[1] / "support" / "mcp_servers"
@@ -448,7 +448,7 @@ async def test_pool_requires_its_context_manager() -> None:
 
 
 def test_commands_are_found_on_path_then_beside_flowctls_python(tmp_path: Path) -> None:
-    from flowctl.interpreter.mcp_pool import CommandNotFound, resolve_command
+    from flowctl.interpreter.mcp.mcp_pool import CommandNotFound, resolve_command
 
     tool = tmp_path / "my-server"
     tool.write_text("#!/bin/sh\n")

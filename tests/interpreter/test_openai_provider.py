@@ -29,7 +29,7 @@ from flowctl.interpreter.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from flowctl.interpreter.llm import (
+from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
     LLMProvider,
@@ -38,7 +38,7 @@ from flowctl.interpreter.llm import (
     ToolSpec,
     Usage,
 )
-from flowctl.interpreter.openai_provider import OpenAIProvider, parse_retry_after
+from flowctl.interpreter.providers.openai_provider import OpenAIProvider, parse_retry_after
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `tests` is not a package on pytest's default path

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, StepStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import run_file
 
 pytestmark = pytest.mark.anyio
@@ -104,8 +104,8 @@ async def test_cancellation_is_never_retried(store: SqliteRunStore) -> None:
 
 async def test_deeply_nested_json_from_a_model_is_a_typed_failure_not_a_crash(tmp_path: Path) -> None:
     from flowctl.dsl.frontend import load_pipeline
+    from flowctl.interpreter.providers.scripted import Fixture
     from flowctl.interpreter.runner import RunOptions, run_graph
-    from flowctl.interpreter.scripted import Fixture
 
     (tmp_path / "p.yaml").write_text(
         "flowctl: 1\nname: deep\nagents:\n  j: {instruction: Judge., output_schema: {type: object}}\n"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, RedactingReporter, Retry, TtyReporter
+from flowctl.interpreter.providers.scripted import Fixture
 from flowctl.interpreter.runner import RunOptions, run_graph
-from flowctl.interpreter.scripted import Fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus
 
 
 def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:

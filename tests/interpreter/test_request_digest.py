@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowctl.interpreter.llm import CompletionRequest, Message, ToolCallRequest, ToolSpec
+from flowctl.interpreter.providers.llm import CompletionRequest, Message, ToolCallRequest, ToolSpec
 
 
 def test_request_digest_is_pinned() -> None:
@@ -34,7 +34,7 @@ def test_the_fast_digest_equals_the_encoded_request() -> None:
     """Plain requests are hashed from hand-written JSON: it must be exactly what the encoder writes."""
     import hashlib
 
-    from flowctl.interpreter.llm import _DIGEST_ENCODER
+    from flowctl.interpreter.providers.llm import _DIGEST_ENCODER
 
     def encoded(request: CompletionRequest) -> str:
         return hashlib.sha256(_DIGEST_ENCODER.encode(request.to_json()).encode()).hexdigest()

@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import pytest
 
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus
 from tests.interpreter.pipelines.harness import HERE, fixture_without_latency, flowctl, poll, query, run_file
 
 DURABLE = HERE / "durable.yaml"

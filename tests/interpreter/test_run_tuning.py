@@ -1,6 +1,6 @@
 """While a run is in flight the collector's thresholds and the GIL switch interval are tuned for it, and a wide
-fan-out widens the young generation further (see `flowctl.interpreter.tuning`); afterwards the process gets its own
-settings back, even when the run fails."""
+fan-out widens the young generation further (see `flowctl.interpreter.engine.tuning`); afterwards the process gets its
+own settings back, even when the run fails."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from flowctl.dsl.frontend import load_pipeline
-from flowctl.interpreter.llm import CompletionRequest
+from flowctl.interpreter.engine.tuning import OBJECTS_PER_BRANCH, RUN_SWITCH_INTERVAL, RUN_YOUNG_GENERATION
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.providers.llm import CompletionRequest
+from flowctl.interpreter.providers.scripted import ScriptedProvider, load_fixture
 from flowctl.interpreter.runner import RunOptions, run_graph
-from flowctl.interpreter.scripted import ScriptedProvider, load_fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus
-from flowctl.interpreter.tuning import OBJECTS_PER_BRANCH, RUN_SWITCH_INTERVAL, RUN_YOUNG_GENERATION
 
 PIPELINE = """\
 flowctl: 1

@@ -27,8 +27,9 @@ from flowctl.interpreter.errors import (
     ServerStartError,
     ToolTimeout,
 )
-from flowctl.interpreter.llm import CompletionRequest, LLMProvider, Message, ToolCallRequest
-from flowctl.interpreter.scripted import (
+from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
+from flowctl.interpreter.providers.llm import CompletionRequest, LLMProvider, Message, ToolCallRequest
+from flowctl.interpreter.providers.scripted import (
     Fixture,
     FixtureError,
     NoScriptedReply,
@@ -36,7 +37,6 @@ from flowctl.interpreter.scripted import (
     ScriptedToolPool,
     load_fixture,
 )
-from flowctl.interpreter.tools import ToolPool, ToolResult
 
 pytestmark = pytest.mark.anyio
 

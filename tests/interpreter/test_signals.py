@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 from flowctl.interpreter.clock import ManualClock
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, StepStatus
+from flowctl.interpreter.providers.scripted import Fixture
 from flowctl.interpreter.runner import SIGNAL_POLL_INTERVAL
-from flowctl.interpreter.scripted import Fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, StepStatus
 from tests.interpreter.pipelines.harness import HERE, flowctl, poll, query, run_file
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from flowctl.interpreter.redact import Redactor
-from flowctl.interpreter.sqlite_store import (
+from flowctl.interpreter.persistence.sqlite_store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     SqliteRunStore,
@@ -26,14 +25,15 @@ from flowctl.interpreter.sqlite_store import (
     new_run_id,
     this_process,
 )
-from flowctl.interpreter.store import (
+from flowctl.interpreter.persistence.store import (
     CallRecord,
     RunRecord,
     RunStatus,
     RunStore,
     StepStatus,
 )
-from flowctl.interpreter.store_errors import StoreError
+from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.redact import Redactor
 
 SECRET = "sk-test-1234567890"
 
@@ -67,8 +67,8 @@ def run_script(db: Path, body: str) -> subprocess.Popen[str]:
     script = (
         "import sys, time\n"
         "from flowctl.interpreter.redact import Redactor\n"
-        "from flowctl.interpreter.sqlite_store import SqliteRunStore\n"
-        "from flowctl.interpreter.store import StepStatus\n"
+        "from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore\n"
+        "from flowctl.interpreter.persistence.store import StepStatus\n"
         f"store = SqliteRunStore({str(db)!r}, redactor=Redactor(), max_delay=60)\n" + body
     )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -554,7 +554,7 @@ def test_only_one_process_can_claim_a_run_for_resume(db: Path) -> None:
                 "-c",
                 "import sys\n"
                 "from flowctl.interpreter.redact import Redactor\n"
-                "from flowctl.interpreter.sqlite_store import RunBusy, SqliteRunStore\n"
+                "from flowctl.interpreter.persistence.sqlite_store import RunBusy, SqliteRunStore\n"
                 f"store = SqliteRunStore({str(db)!r}, redactor=Redactor())\n"
                 "try:\n    store.reopen_run('r-1')\nexcept RunBusy as exc:\n    print('busy:', exc); sys.exit(3)\n",
             ],

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from flowctl.interpreter.scripted import Fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus
-from flowctl.interpreter.store_errors import StoreError
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.providers.scripted import Fixture
 from tests.interpreter.pipelines.harness import HERE, run_file
 
 

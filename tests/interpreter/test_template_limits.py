@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.scripted import Fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import RunStatus, StepStatus
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunStatus, StepStatus
+from flowctl.interpreter.providers.scripted import Fixture
 from tests.interpreter.pipelines.harness import HERE, flowctl, poll, query, run_file
 
 HOSTILE = HERE / "limits" / "hostile.yaml"

@@ -20,10 +20,10 @@ import anyio
 
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock, ManualClock
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import StepRecord
+from flowctl.interpreter.providers.scripted import Fixture, ScriptedProvider, load_fixture
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
-from flowctl.interpreter.scripted import Fixture, ScriptedProvider, load_fixture
-from flowctl.interpreter.sqlite_store import SqliteRunStore
-from flowctl.interpreter.store import StepRecord
 
 HERE = Path(__file__).parent
 FLOWCTL = str(Path(sys.executable).with_name("flowctl"))

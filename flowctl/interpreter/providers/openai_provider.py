@@ -41,7 +41,7 @@ from flowctl.interpreter.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from flowctl.interpreter.llm import (
+from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
     ToolCallRequest,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from flowctl.dsl.ir import ServerDef
-from flowctl.interpreter.llm import ToolSpec
+from flowctl.interpreter.providers.llm import ToolSpec
 
 
 @dataclass(frozen=True, slots=True)

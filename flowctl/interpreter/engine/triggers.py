@@ -10,12 +10,12 @@ from anyio.abc import TaskGroup
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError
-from flowctl.interpreter.context import RunContext, Scope, StepResult
-from flowctl.interpreter.events import Event
-from flowctl.interpreter.state import Change
+from flowctl.interpreter.engine.context import RunContext, Scope, StepResult
+from flowctl.interpreter.engine.events import Event
+from flowctl.interpreter.engine.state import Change
 
 if TYPE_CHECKING:
-    from flowctl.interpreter.engine import Engine
+    from flowctl.interpreter.engine.engine import Engine
 
 
 class TriggerSet:

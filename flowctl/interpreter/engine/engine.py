@@ -15,8 +15,14 @@ import anyio.lowlevel
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError, RenderStopped
-from flowctl.interpreter.concurrency import Limiter, task_group
-from flowctl.interpreter.context import RecordedStep, RunContext, Scope, StepResult
+from flowctl.interpreter.engine.concurrency import Limiter, task_group
+from flowctl.interpreter.engine.context import RecordedStep, RunContext, Scope, StepResult
+from flowctl.interpreter.engine.meters import STEP_METERS, UsageMeter
+from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
+from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
+from flowctl.interpreter.engine.state import UpdateBuffer
+from flowctl.interpreter.engine.triggers import TriggerSet
+from flowctl.interpreter.engine.tuning import branches_in_flight
 from flowctl.interpreter.errors import (
     DeadlineExceeded,
     FlowctlError,
@@ -24,13 +30,7 @@ from flowctl.interpreter.errors import (
     ResumeRefused,
     StepFailed,
 )
-from flowctl.interpreter.meters import STEP_METERS, UsageMeter
-from flowctl.interpreter.policies import backoff_delay, retry_notice, with_timeout
-from flowctl.interpreter.rendering import handler_within_timeout, take_cancellation
-from flowctl.interpreter.state import UpdateBuffer
-from flowctl.interpreter.store import StepStatus
-from flowctl.interpreter.triggers import TriggerSet
-from flowctl.interpreter.tuning import branches_in_flight
+from flowctl.interpreter.persistence.store import StepStatus
 
 Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]
 FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
@@ -378,7 +378,7 @@ class Engine:
                 return ctx.steps[fallback.steps[-1].id]["output"]
             if fallback.value is not None:
                 return self.evaluate_value(fallback.value, ctx, scope)
-            from flowctl.interpreter.handlers import run_agent_step
+            from flowctl.interpreter.engine.handlers import run_agent_step
 
             return await run_agent_step(
                 self, ctx, step, scope, f"{path}/fallback", agent_name=fallback.agent, model_name=fallback.model

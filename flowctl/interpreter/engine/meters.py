@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextvars
 
-from flowctl.interpreter.llm import Usage
+from flowctl.interpreter.providers.llm import Usage
 
 
 class UsageMeter:

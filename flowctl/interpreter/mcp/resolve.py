@@ -38,7 +38,7 @@ def resolve_tools(graph: Graph, env: Mapping[str, str] | None = None) -> list[Di
 
 
 async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
-    from flowctl.interpreter.mcp_pool import McpPool  # imports mcp (~0.6 s): only when asked to resolve
+    from flowctl.interpreter.mcp.mcp_pool import McpPool  # imports mcp (~0.6 s): only when asked to resolve
 
     graphs = list(_graphs(graph))
     redactor = redactor_for([graph], env)  # a failing server's stderr may quote its environment

@@ -17,8 +17,8 @@ from flowctl.interpreter.errors import RenderFailed
 
 if TYPE_CHECKING:
     from flowctl.dsl import ir
-    from flowctl.interpreter.context import RunContext, Scope
-    from flowctl.interpreter.engine import Engine, Handler
+    from flowctl.interpreter.engine.context import RunContext, Scope
+    from flowctl.interpreter.engine.engine import Engine, Handler
 
 # A due timer fires within two loop turns on asyncio (it joins the ready queue after the task that yielded); a
 # cancellation the signal handler queued, within one.

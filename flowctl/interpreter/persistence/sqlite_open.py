@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from flowctl.interpreter.store_errors import (
+from flowctl.interpreter.persistence.store_errors import (
     StoreAccess,
     cannot_read_shared,
     foreign_database,

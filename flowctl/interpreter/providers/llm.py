@@ -1,8 +1,8 @@
 """The LLM provider port: a small protocol every model backend implements, and its request/response types.
 
-Built-ins: `openai` (the official SDK; OpenAI or any OpenAI-compatible server; flowctl.interpreter.openai_provider)
-and `scripted` (deterministic fixtures for offline runs and CI; flowctl.interpreter.scripted). Providers never retry
-on their own: the interpreter's policies own retries, so that every attempt is journaled.
+Built-ins: `openai` (the official SDK; OpenAI or any OpenAI-compatible server; `openai_provider` here) and `scripted`
+(deterministic fixtures for offline runs and CI; `scripted` here). Providers never retry on their own: the
+interpreter's policies own retries, so that every attempt is journaled.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from flowctl.interpreter.store import JsonText
+from flowctl.interpreter.persistence.store import JsonText
 
 # The request digest's JSON form, built once (json.dumps with options builds an encoder per call, ~0.7 µs).
 _DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)

@@ -70,7 +70,8 @@ from flowctl.interpreter.errors import (
     ServerStartError,
     ToolTimeout,
 )
-from flowctl.interpreter.llm import (
+from flowctl.interpreter.mcp.tools import ToolResult
+from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
     Message,
@@ -79,7 +80,6 @@ from flowctl.interpreter.llm import (
     Usage,
     parse_structured_output,
 )
-from flowctl.interpreter.tools import ToolResult
 
 ERROR_KINDS: dict[str, type[ProviderError]] = {
     "rate_limit": RateLimited,

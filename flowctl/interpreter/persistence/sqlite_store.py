@@ -46,9 +46,8 @@ from types import TracebackType
 from typing import Any
 
 from flowctl.interpreter.errors import InputError
-from flowctl.interpreter.redact import Redactor, redactor_for
-from flowctl.interpreter.sqlite_open import open_connection
-from flowctl.interpreter.store import (
+from flowctl.interpreter.persistence.sqlite_open import open_connection
+from flowctl.interpreter.persistence.store import (
     CallRecord,
     EventRecord,
     JsonText,
@@ -58,7 +57,8 @@ from flowctl.interpreter.store import (
     StepRecord,
     StepStatus,
 )
-from flowctl.interpreter.store_errors import StoreAccess, from_exception
+from flowctl.interpreter.persistence.store_errors import StoreAccess, from_exception
+from flowctl.interpreter.redact import Redactor, redactor_for
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
