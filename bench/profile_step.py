@@ -123,7 +123,7 @@ def per_call(function: Callable[[], object], number: int = 2000) -> float:
 
 def step_pieces(graph: Any, workdir: Path, steps: int) -> list[tuple[str, float]]:
     """The work one chain step does, piece by piece, with flowctl's own objects and a realistic context."""
-    from flowctl.interpreter.engine.meters import STEP_METERS, UsageMeter
+    from flowctl.interpreter.meters import STEP_METERS, UsageMeter
     from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse, Message
     from flowctl.interpreter.providers.scripted import ScriptedProvider
 
@@ -229,7 +229,7 @@ def _runtime_limiter_class() -> Any:
     hint = {f.name: f.type for f in dataclasses.fields(Runtime)}.get("limiter", "")
     name = str(hint).rsplit(".", 1)[-1]
     try:
-        from flowctl.interpreter.engine import concurrency
+        from flowctl.interpreter import concurrency
 
         return getattr(concurrency, name)
     except AttributeError:

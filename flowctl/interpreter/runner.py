@@ -14,7 +14,7 @@ import anyio
 
 from flowctl.dsl import ir
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.engine.concurrency import task_group
+from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Runtime, Scope, recorded_steps
 from flowctl.interpreter.engine.engine import Engine, refused
 from flowctl.interpreter.engine.handlers import HANDLERS
@@ -22,13 +22,13 @@ from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.engine.tuning import tuned_for_runs
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
 from flowctl.interpreter.inputs import validate_inputs
-from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.sqlite_store import RunBusy, owner_alive
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.persistence.store_errors import StoreError
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider
+from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1
 

@@ -14,7 +14,7 @@ from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.interpreter.engine.agent import MAX_BAD_ARGUMENTS, name_tools
 from flowctl.interpreter.persistence.store import RunStatus
-from flowctl.interpreter.providers.llm import ToolSpec
+from flowctl.interpreter.tools import ToolSpec
 from tests.integration.helpers import Flow
 from tests.support.openai_server import RawStream, call, reply
 

@@ -23,7 +23,7 @@ from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.interpreter.clock import ManualClock
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolTimeout
 from flowctl.interpreter.mcp.mcp_pool import McpPool
-from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
+from flowctl.interpreter.tools import ToolPool, ToolResult
 from tests.support.net import free_port, wait_listening
 
 SERVERS = Path(__file__).resolve().parents[1] / "support" / "mcp_servers"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flowctl.interpreter.providers.llm import CompletionRequest, Message, ToolCallRequest, ToolSpec
+from flowctl.interpreter.providers.llm import CompletionRequest, Message, ToolCallRequest
+from flowctl.interpreter.tools import ToolSpec
 
 
 def test_request_digest_is_pinned() -> None:

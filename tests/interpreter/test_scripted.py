@@ -27,7 +27,6 @@ from flowctl.interpreter.errors import (
     ServerStartError,
     ToolTimeout,
 )
-from flowctl.interpreter.mcp.tools import ToolPool, ToolResult
 from flowctl.interpreter.providers.llm import CompletionRequest, LLMProvider, Message, ToolCallRequest
 from flowctl.interpreter.providers.scripted import (
     Fixture,
@@ -37,6 +36,7 @@ from flowctl.interpreter.providers.scripted import (
     ScriptedToolPool,
     load_fixture,
 )
+from flowctl.interpreter.tools import ToolPool, ToolResult
 
 pytestmark = pytest.mark.anyio
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
-from flowctl.interpreter.engine.concurrency import task_group
+from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope
-from flowctl.interpreter.engine.meters import meter_usage
 from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
-from flowctl.interpreter.mcp.tools import ToolResult
+from flowctl.interpreter.meters import meter_usage
 from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -33,6 +32,7 @@ from flowctl.interpreter.providers.llm import (
     Usage,
     parse_structured_output,
 )
+from flowctl.interpreter.tools import ToolResult
 
 MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
 MAX_TOOL_NAME = 64  # OpenAI's limit for function names

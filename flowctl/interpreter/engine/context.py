@@ -14,15 +14,15 @@ import anyio
 
 from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.engine.concurrency import Limiter
+from flowctl.interpreter.concurrency import Limiter
 from flowctl.interpreter.engine.events import EventBus
 from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.state import SharedState
-from flowctl.interpreter.mcp.tools import ToolPool
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.store import RunStore
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider, Usage
+from flowctl.interpreter.tools import ToolPool
 
 ProviderFactory = Callable[[ModelDef], LLMProvider]
 

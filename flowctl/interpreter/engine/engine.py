@@ -15,9 +15,8 @@ import anyio.lowlevel
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError, RenderStopped
-from flowctl.interpreter.engine.concurrency import Limiter, task_group
+from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.engine.context import RecordedStep, RunContext, Scope, StepResult
-from flowctl.interpreter.engine.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
 from flowctl.interpreter.engine.state import UpdateBuffer
@@ -30,6 +29,7 @@ from flowctl.interpreter.errors import (
     ResumeRefused,
     StepFailed,
 )
+from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import StepStatus
 
 Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]

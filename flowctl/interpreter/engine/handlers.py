@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from flowctl.dsl import ir
+from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent
-from flowctl.interpreter.engine.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult, recorded_steps
 from flowctl.interpreter.engine.engine import (
     Engine,
@@ -24,10 +24,10 @@ from flowctl.interpreter.engine.engine import (
     run_concurrent,
 )
 from flowctl.interpreter.engine.events import Event
-from flowctl.interpreter.engine.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.inputs import validate_inputs
+from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
 

@@ -41,10 +41,9 @@ from mcp.shared.message import SessionMessage
 from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.dsl.variables import expand
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.engine.concurrency import primary_error
+from flowctl.interpreter.concurrency import primary_error
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolCallError, ToolTimeout
-from flowctl.interpreter.mcp.tools import ToolResult
-from flowctl.interpreter.providers.llm import ToolSpec
+from flowctl.interpreter.tools import ToolResult, ToolSpec
 
 MAX_SESSIONS_PER_SERVER = 2  # the first start and one restart after a crash
 STDERR_TAIL_LINES = 20

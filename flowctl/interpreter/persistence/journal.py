@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from flowctl.interpreter.engine.meters import meter_execution
 from flowctl.interpreter.errors import ResumeRefused
+from flowctl.interpreter.meters import meter_execution
 from flowctl.interpreter.persistence.store import JsonText, RunStore
 
 _CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")

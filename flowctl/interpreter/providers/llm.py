@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from flowctl.interpreter.persistence.store import JsonText
+from flowctl.interpreter.tools import ToolSpec
 
 # The request digest's JSON form, built once (json.dumps with options builds an encoder per call, ~0.7 µs).
 _DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -24,15 +25,6 @@ _PLAIN_RESPONSE = (
     '{"content": %s, "tool_calls": [], "usage": {"input_tokens": %d, "output_tokens": %d}, '
     '"finish_reason": %s, "model": %s}'
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """A tool offered to the model: `name` is unambiguous across servers (see tools.py)."""
-
-    name: str
-    description: str
-    input_schema: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

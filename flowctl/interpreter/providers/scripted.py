@@ -70,7 +70,6 @@ from flowctl.interpreter.errors import (
     ServerStartError,
     ToolTimeout,
 )
-from flowctl.interpreter.mcp.tools import ToolResult
 from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -80,6 +79,7 @@ from flowctl.interpreter.providers.llm import (
     Usage,
     parse_structured_output,
 )
+from flowctl.interpreter.tools import ToolResult
 
 ERROR_KINDS: dict[str, type[ProviderError]] = {
     "rate_limit": RateLimited,

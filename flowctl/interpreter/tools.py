@@ -1,4 +1,5 @@
-"""The tool port: how the interpreter reaches MCP servers. The real implementation is `mcp_pool.McpPool`.
+"""The tool port: how the interpreter reaches MCP servers. The real implementation is `mcp.mcp_pool.McpPool`; the
+scripted one is `providers.scripted.ScriptedToolPool`.
 
 One pool per run: it owns one session per server, started lazily and shared by every agent and tool step that names
 the server, and closes them all at the end of the run.
@@ -10,7 +11,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from flowctl.dsl.ir import ServerDef
-from flowctl.interpreter.providers.llm import ToolSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: `name` is unambiguous across servers (see the tool loop in engine/agent.py)."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
