@@ -16,6 +16,7 @@ import anyio.lowlevel
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError, RenderStopped
 from flowctl.interpreter.concurrency import Limiter, task_group
+from flowctl.interpreter.engine.agent import run_agent_step
 from flowctl.interpreter.engine.context import RecordedStep, RunContext, Scope, StepResult
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
@@ -378,8 +379,6 @@ class Engine:
                 return ctx.steps[fallback.steps[-1].id]["output"]
             if fallback.value is not None:
                 return self.evaluate_value(fallback.value, ctx, scope)
-            from flowctl.interpreter.engine.handlers import run_agent_step
-
             return await run_agent_step(
                 self, ctx, step, scope, f"{path}/fallback", agent_name=fallback.agent, model_name=fallback.model
             )
@@ -417,7 +416,7 @@ class Engine:
 
         outcomes = await run_concurrent(len(items), item, fan.join, fan.max_concurrency)
         if buffers is not None:
-            self._commit_buffers(ctx, scope, buffers, outcomes)
+            self.commit_buffers(ctx, scope, buffers, outcomes)
         return join_output(fan.join, outcomes, None)
 
     async def _run_item(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
@@ -445,7 +444,7 @@ class Engine:
             self._record(ctx, path, result, started, meter, one_row)
         return result.output
 
-    def _commit_buffers(
+    def commit_buffers(
         self, ctx: RunContext, scope: Scope, buffers: list[UpdateBuffer], outcomes: list[Outcome | None]
     ) -> None:
         """Apply concurrent branches' state updates in declaration order: deterministic whatever finished first."""

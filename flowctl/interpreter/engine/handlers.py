@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 from flowctl.dsl import ir
 from flowctl.interpreter.concurrency import task_group
-from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent
+from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent, run_agent_step
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult, recorded_steps
 from flowctl.interpreter.engine.engine import (
     Engine,
@@ -29,26 +28,6 @@ from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus
-
-
-def run_agent_step(
-    engine: Engine,
-    ctx: RunContext,
-    step: ir.Step,
-    scope: Scope,
-    path: str,
-    *,
-    agent_name: str | None = None,
-    model_name: str | None = None,
-) -> Awaitable[Any]:
-    """Render the prompt and hand back the agent's conversation to await. Not a coroutine itself: one frame fewer
-    for every agent step (a fan-out has thousands in flight)."""
-    body = step.body
-    assert isinstance(body, ir.AgentCall)
-    agent = ctx.graph.agents[agent_name or body.agent]
-    context = ctx.template_context(scope)
-    prompt = body.prompt.render(context)
-    return run_agent(ctx, agent, prompt, scope, path, model_name=model_name, context=context)
 
 
 async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
@@ -72,7 +51,7 @@ async def handle_parallel(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         return result.output
 
     outcomes = await run_concurrent(len(body.branches), branch, body.join, body.max_concurrency)
-    engine._commit_buffers(ctx, scope, buffers, outcomes)
+    engine.commit_buffers(ctx, scope, buffers, outcomes)
     return join_output(body.join, outcomes, [b.id for b in body.branches])
 
 
@@ -213,7 +192,7 @@ async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sc
     async with task_group() as tg:
         for name in known:
             tg.start_soon(run_branch, name)
-    engine._commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
+    engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
     return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
 
 
