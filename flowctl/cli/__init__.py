@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 
 
 class _Commands(click.Group):
-    """The command group; a run store that cannot be used ends any command with one line, not a traceback."""
+    """The command group; a run store that cannot be used, or a run taken over by another process, ends any command
+    with one line, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from flowctl.interpreter.persistence.store_errors import StoreError
+        from flowctl.interpreter.persistence.store_errors import ClaimLost, StoreError
 
         try:
             return super().invoke(ctx)
         except StoreError as exc:
             _report_store_error(exc, ctx)
+        except ClaimLost as exc:  # another process took the run over: it finishes it, this one stops
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
 
 
 def _report_store_error(exc: StoreError, ctx: click.Context) -> NoReturn:

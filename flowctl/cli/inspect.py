@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -23,9 +24,9 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
     store = open_store(store_path, "read")
     try:
         records = store.list_runs(limit, roots_only=True)
+        listed = [_run_json(r, _alive(store, r)) for r in records]
     finally:
         store.close()
-    listed = [_run_json(r) for r in records]
     if output == "json":
         click.echo(json.dumps(listed, indent=2, default=str))
         return
@@ -44,22 +45,25 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
 INTERRUPTED = "interrupted"
 
 
-def _status(record: Any, owner: str | None) -> str:
-    """The run's status as the store has it, except that a `running` run whose owner process is gone is
-    `interrupted`. Child runs are run by their root run's process (`owner`: the root's)."""
-    from flowctl.interpreter.persistence.sqlite_store import owner_alive
+def _alive(store: Any, record: Any) -> bool:
+    """Whether the process running a `running` run (its root's claim holder) is still there, as the store tells."""
+    return record.status.value == "running" and bool(store.liveness(record.run_id).alive)
 
-    if record.status.value == "running" and not owner_alive(owner):
+
+def _status(record: Any, alive: bool) -> str:
+    """The run's status as the store has it, except that a `running` run whose claim holder is gone is
+    `interrupted`. Child runs are run by their root run's process (`alive`: the root's)."""
+    if record.status.value == "running" and not alive:
         return INTERRUPTED
     return str(record.status.value)
 
 
-def _run_json(record: Any, owner: str | None = None) -> dict[str, Any]:
+def _run_json(record: Any, alive: bool) -> dict[str, Any]:
     return {
         "run_id": record.run_id,
         "pipeline": record.pipeline,
         "file": record.file,
-        "status": _status(record, owner or record.owner),
+        "status": _status(record, alive),
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "parent_id": record.parent_id,
@@ -72,10 +76,10 @@ def _run_json(record: Any, owner: str | None = None) -> dict[str, Any]:
     }
 
 
-def _show_json(store: Any, run_id: str, owner: str | None = None) -> dict[str, Any]:
+def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, Any]:
     record = store.get_run(run_id)
-    owner = owner or record.owner
-    data = _run_json(record, owner)
+    alive = _alive(store, record) if alive is None else alive
+    data = _run_json(record, alive)
     data["steps"] = [
         {
             "path": s.path,
@@ -95,7 +99,7 @@ def _show_json(store: Any, run_id: str, owner: str | None = None) -> dict[str, A
     data["state_changes"] = [
         {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
     ]
-    data["children"] = [_show_json(store, child.run_id, owner) for child in store.child_runs(run_id)]
+    data["children"] = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
     return data
 
 
@@ -201,6 +205,7 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
     """Send an external event (e.g. a human approval) to a running pipeline."""
     from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
+    from flowctl.interpreter.redact import redactor_for
 
     try:
         check_argument_text(data_text)
@@ -220,9 +225,9 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
             target = run_id.split("/", 1)[0]
             record = store.get_run(target) or record
             click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
-        seq = store.send_signal(target, event, data)
+        seq = store.send_signal(target, event, redactor_for((), os.environ).redact(data))
+        status = _status(record, _alive(store, record))
     finally:
         store.close()
-    status = _status(record, record.owner)
     note = "" if status == "running" else f" (the run is {status}; it sees it if resumed)"
     click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")

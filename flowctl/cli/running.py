@@ -96,7 +96,7 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
             "too short to mask: it is shown and stored as it is",
             err=True,
         )
-    store.use_redactor(redactor)
+    options.redactor = redactor
     options.reporter = RedactingReporter(options.reporter, redactor.redact_text)
     return redactor
 

@@ -22,12 +22,15 @@ from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.engine.tuning import tuned_for_runs
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
 from flowctl.interpreter.inputs import validate_inputs
+from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.journal import Journal
-from flowctl.interpreter.persistence.sqlite_store import RunBusy, owner_alive
+from flowctl.interpreter.persistence.owners import this_process
+from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
-from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider
+from flowctl.interpreter.redact import Redactor, redactor_for
 from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1
@@ -49,6 +52,9 @@ class RunOptions:
     provider_factory: Any = None  # override (tests, embedding)
     tool_pool: ToolPool | None = None  # override (tests, embedding)
     clock: Clock = SYSTEM_CLOCK  # time for the whole run tree; a ManualClock drives it in tests (see clock.py)
+    # masks secrets in everything the run record keeps; default: the pipeline's secret variables and the secret-looking
+    # ones of `env` (redact.redactor_for)
+    redactor: Redactor | None = None
 
 
 @dataclass(slots=True)
@@ -136,18 +142,17 @@ def _uses_events(graph: ir.Graph) -> bool:
 
 
 async def _poll_signals(runtime: Runtime, run_id: str) -> None:
-    """External signals (`flowctl signal`) arrive through the store from another process.
+    """External signals (`flowctl signal`) arrive through the store from another process, read in the order they
+    committed.
 
     A resumed run polls from the first signal again, so that the events of the run come back in order (replayed waits
-    take theirs again, see EventBus.consume); the event log lists each once (Runtime.record_event).
+    take theirs again, see EventBus.consume); the event log lists each once (Runtime.announce).
     """
-    last = 0
+    position = 0
     while True:
-        for signal in runtime.store.take_signals(run_id, last):
-            last = signal.seq
-            runtime.record_event(run_id, signal.name, signal.data, "signal")
-            runtime.reporter.event(run_id, signal.name, "signal")
-            runtime.bus.emit(signal.name, signal.data, "signal")
+        for signal in runtime.recorder.signals(run_id, position):
+            position = signal.position
+            runtime.announce(run_id, signal.name, signal.data, "signal")
         await runtime.clock.sleep(SIGNAL_POLL_INTERVAL)
 
 
@@ -175,52 +180,49 @@ async def run_graph(
     run_id: str | None = None,
     resuming: bool = False,
 ) -> RunOutcome:
-    """Run (or resume) the root pipeline of `graph`. Never raises for a failed run: the outcome says how it ended."""
+    """Run (or resume) the root pipeline of `graph`. Never raises for a failed run: the outcome says how it ended.
+    Raises StoreError when the store cannot keep the run (it stays resumable) and ClaimLost when another process
+    took the run over."""
     from contextlib import AsyncExitStack
-
-    from flowctl.interpreter.persistence.sqlite_store import new_run_id
 
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
     run_id = run_id or new_run_id()
     clock = options.clock
-    journal = Journal(store, resuming=resuming, force=options.force, cache=options.cache)
+    redactor = options.redactor if options.redactor is not None else redactor_for((graph,), options.env)
+    recorder = Recorder(store, redactor, this_process(), clock=clock)
+    journal = Journal(recorder, resuming=resuming, force=options.force, cache=options.cache)
     previous = store.get_run(run_id) if resuming else None  # what a refused resume leaves as it was
-    if resuming:
-        store.reopen_run(run_id)
-    else:
-        store.create_run(
-            RunRecord(
-                run_id,
-                graph.root.name,
-                str(Path(graph.file).resolve()),  # absolute: `flowctl resume` may run from another directory
-                RunStatus.RUNNING,
-                clock.now(),
-                inputs=values,
-                source_digest=graph.source_digest,
-            )
-        )
-    started, started_at = clock.monotonic(), clock.now()
-    options.reporter.run_started(run_id, graph.root.name, resuming)
-    async with AsyncExitStack() as stack:
-        stack.enter_context(tuned_for_runs())
-        tools = await _open_tools(stack, options)
-        runtime = Runtime(
-            store,
-            journal,
-            options.provider_factory or _provider_factory(graph, options),
-            tools,
-            options.reporter,
-            graph.concurrency,
-            clock,
-        )
-        state = SharedState(graph.root.state, clock.now)
-        ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)
+    try:
         if resuming:
-            ctx.recorded = recorded_steps(store, run_id)
-            ctx.finally_prefix = f"finally@{journal.epoch}/"
-        ctx.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
-        outcome = await _run_root(ctx, runtime, started, previous)
-    return outcome
+            recorder.resume_root(run_id)
+        else:
+            file = str(Path(graph.file).resolve())  # absolute: `flowctl resume` may run from another directory
+            record = RunRecord(run_id, graph.root.name, file, RunStatus.RUNNING, clock.now(), inputs=values)
+            record.source_digest = graph.source_digest
+            recorder.start_root(record)
+        started, started_at = clock.monotonic(), clock.now()
+        options.reporter.run_started(run_id, graph.root.name, resuming)
+        async with AsyncExitStack() as stack:
+            stack.enter_context(tuned_for_runs())
+            tools = await _open_tools(stack, options)
+            runtime = Runtime(
+                recorder,
+                journal,
+                options.provider_factory or _provider_factory(graph, options),
+                tools,
+                options.reporter,
+                graph.concurrency,
+                clock,
+            )
+            state = SharedState(graph.root.state, clock.now)
+            ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)
+            if resuming:
+                ctx.recorded = recorded_steps(runtime, run_id)
+                ctx.finally_prefix = f"finally@{journal.epoch}/"
+            ctx.state.listeners.append(recorder.state_listener(run_id))
+            return await _run_root(ctx, runtime, started, previous)
+    finally:
+        recorder.close()
 
 
 async def _run_root(ctx: RunContext, runtime: Runtime, started: float, previous: RunRecord | None) -> RunOutcome:
@@ -244,6 +246,8 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float, previous:
             await runtime.aclose()
         raise
     except StoreError:  # the store cannot record how the run ended: it stays `running`, resumable once fixed
+        raise
+    except ClaimLost:  # another process runs it now: stop without a word to the store
         raise
     except Exception as exc:  # a bug: still leave the store saying how the run ended, then surface it
         with anyio.CancelScope(shield=True):
@@ -271,7 +275,7 @@ def _finish(
     ctx: RunContext, runtime: Runtime, status: RunStatus, outputs: dict[str, Any] | None, error: FlowctlError | None
 ) -> RunOutcome:
     totals = runtime.totals
-    runtime.store.finish_run(
+    runtime.recorder.run_finished(
         ctx.run_id,
         status,
         outputs=outputs,
@@ -299,17 +303,23 @@ def _finish(
 
 
 def _leave_as_it_was(ctx: RunContext, runtime: Runtime, previous: RunRecord, error: FlowctlError) -> RunOutcome:
-    """A refused resume (a recorded request changed): the run record goes back to how the earlier run left it (its
-    steps' rows were never touched), so that reverting the edit, or `--force`, can resume it as before."""
-    runtime.store.finish_run(
-        ctx.run_id,
-        previous.status,
-        outputs=previous.outputs,
-        error=previous.error,
-        input_tokens=previous.input_tokens,
-        output_tokens=previous.output_tokens,
-        cost=previous.cost,
-    )
+    """A refused resume (a recorded request changed) leaves the run as the earlier run left it, so that reverting the
+    edit, or `--force`, can resume it as before: nothing queued is written, and the claim is given up. If work was
+    committed before the refusal (a step interrupted by the kill was run again), the run record's outcome is put
+    back as it was."""
+    recorder = runtime.recorder
+    if recorder.committed_any:
+        recorder.run_finished(
+            ctx.run_id,
+            previous.status,
+            outputs=previous.outputs,
+            error=previous.error,
+            input_tokens=previous.input_tokens,
+            output_tokens=previous.output_tokens,
+            cost=previous.cost,
+            finished_at=previous.finished_at,
+        )
+    recorder.abandon()
     return RunOutcome(ctx.run_id, RunStatus.FAILED, None, error)
 
 
@@ -321,8 +331,9 @@ def load_resumable(store: RunStore, run_id: str) -> RunRecord:
         raise InputError(f"run {run_id!r} is a child run; resume its root run {record.run_id.split('/')[0]!r}")
     if record.status is RunStatus.SUCCEEDED:
         raise InputError(f"run {run_id!r} already succeeded; nothing to resume")
-    if record.status is RunStatus.RUNNING and owner_alive(record.owner):
-        raise RunBusy(run_id, record.owner or "?")  # checked again, atomically, when the run is reopened
+    liveness = store.liveness(run_id)
+    if liveness.alive:
+        raise RunBusy(run_id, liveness.owner or "?")  # checked again, atomically, when the run is claimed
     return record
 
 

@@ -20,7 +20,8 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     import anyio
 
     from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore, new_run_id
+    from flowctl.interpreter.persistence.ids import new_run_id
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.progress import LineReporter, RedactingReporter, Reporter
     from flowctl.interpreter.redact import redactor_for
     from flowctl.interpreter.runner import RunOptions, run_graph
@@ -29,8 +30,8 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     run_id = new_run_id()
     redactor = redactor_for([case.graph], os.environ)
     reporter = RedactingReporter(LineReporter(), redactor.redact_text) if verbose else Reporter()
-    options = RunOptions(scripted=case.fixture, reporter=reporter)
-    store = SqliteRunStore(":memory:", redactor=redactor)
+    options = RunOptions(scripted=case.fixture, reporter=reporter, redactor=redactor)
+    store = SqliteRunStore(":memory:")
     outcome: Any = None
     error: FlowctlError | None = None
     try:

@@ -183,7 +183,7 @@ def _record_model_call(
     schema: dict[str, Any] | None,
 ) -> None:
     """The second half: a final answer that does not match `schema` is raised, never journaled; anything else is
-    journaled (riding the group commit: an LLM call has no effect outside its answer) and its usage counted."""
+    journaled and its usage counted (the caller awaits the recorder's `durable()` before using the answer)."""
     if schema is not None and not response.tool_calls:
         _check_structured(response, schema, model.model)
     ctx.runtime.journal.record(ctx.run_id, key, digest, response.journal_text(), cacheable=True)
@@ -222,6 +222,7 @@ async def call_tool(
         result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
     if journal_errors or not result.is_error:
         journal.record(ctx.run_id, key, digest, result.to_json())
+        await runtime.recorder.durable()
     else:
         journal.executed_unrecorded()
     return result
@@ -288,6 +289,7 @@ async def run_agent(
                 else:
                     response = await _complete_guarded(ctx, model, request)
                 _record_model_call(ctx, model, key, digest, response, schema)
+                await ctx.runtime.recorder.durable()  # durable before its answer is used (or its step finishes)
             except OutputSchemaMismatch as exc:
                 usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
                 if isinstance(usage, Usage):

@@ -19,7 +19,7 @@ from flowctl.interpreter.engine.events import EventBus
 from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.persistence.journal import Journal
-from flowctl.interpreter.persistence.store import RunStore
+from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider, Usage
 from flowctl.interpreter.tools import ToolPool
@@ -46,7 +46,7 @@ class Totals:
 class Runtime:
     """Resources shared by a run and all its children: one of each per `flowctl run`."""
 
-    store: RunStore
+    recorder: Recorder  # every write of the run tree goes through it
     journal: Journal
     provider_factory: ProviderFactory
     tools: ToolPool
@@ -61,6 +61,7 @@ class Runtime:
     limiter: Limiter = field(init=False)
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+    child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
@@ -75,17 +76,24 @@ class Runtime:
             provider = self.providers[key] = self.provider_factory(model)
         return provider
 
-    def record_event(self, run_id: str, name: str, data: Any, source: str) -> None:
+    def announce(self, run_id: str, name: str, data: Any, source: str) -> None:
+        """An event happened (an `emit`, a signal taken): log it, report it, and deliver it to waits and triggers."""
+        self._log_event(run_id, name, data, source)
+        self.reporter.event(run_id, name, source)
+        self.bus.emit(name, data, source)
+
+    def _log_event(self, run_id: str, name: str, data: Any, source: str) -> None:
         """Add an event to the run's log. A resumed run sends the events of the work it replays again (an `emit`
         step, a signal taken again): the log already holds those, so each is logged once."""
         if self.journal.resuming:
             logged = self.logged_events.get(run_id)
             if logged is None:
-                logged = self.logged_events[run_id] = Counter((e.source, e.name) for e in self.store.events(run_id))
+                events = self.recorder.events(run_id)
+                logged = self.logged_events[run_id] = Counter((e.source, e.name) for e in events)
             if logged[source, name] > 0:
                 logged[source, name] -= 1
                 return
-        self.store.record_event(run_id, name, data, source)
+        self.recorder.event(run_id, name, data, source)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -168,6 +176,7 @@ class RecordedStep:
     """What the store holds of a step of a run being resumed."""
 
     status: str
+    attempts: int
     input_tokens: int
     output_tokens: int
 
@@ -179,9 +188,12 @@ class RecordedStep:
         return self.status in ("succeeded", "running", "cancelled")
 
 
-def recorded_steps(store: RunStore, run_id: str) -> dict[str, RecordedStep]:
-    """The step rows the store holds for a run being resumed, by path."""
-    return {s.path: RecordedStep(s.status.value, s.input_tokens, s.output_tokens) for s in store.steps(run_id)}
+def recorded_steps(runtime: Runtime, run_id: str) -> dict[str, RecordedStep]:
+    """The step rows the store holds for a run being resumed, by path. The calls of the failed ones are asked again
+    (see Journal.ask_again)."""
+    rows = runtime.recorder.steps(run_id)
+    runtime.journal.ask_again(run_id, {s.path for s in rows if s.status.value == "failed"})
+    return {s.path: RecordedStep(s.status.value, s.attempts, s.input_tokens, s.output_tokens) for s in rows}
 
 
 StateSink = Callable[[str, dict[str, Any]], None]

@@ -82,9 +82,16 @@ def _start_row(ctx: RunContext, path: str, kind: str, attempt: int) -> None:
     attempt added); see RecordedStep.continued."""
     recorded = ctx.recorded.get(path) if ctx.recorded is not None and attempt == 1 else None
     if recorded is None or not recorded.continued:
-        ctx.runtime.store.step_started(ctx.run_id, path, kind, attempt)
+        ctx.runtime.recorder.step_started(ctx.run_id, path, kind)
     elif recorded.status != "succeeded":
-        ctx.runtime.store.step_started(ctx.run_id, path, kind, attempt, continued=True)
+        ctx.runtime.recorder.step_started(ctx.run_id, path, kind, new_attempt=False)
+
+
+def _earlier_attempts(ctx: RunContext, path: str) -> int:
+    """Attempts of a step that earlier processes made and this one does not continue (resuming), so that the
+    attempts an error names agree with the step's row."""
+    recorded = ctx.recorded.get(path) if ctx.recorded is not None else None
+    return 0 if recorded is None else recorded.attempts - recorded.continued
 
 
 def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
@@ -182,7 +189,8 @@ class Engine:
                 if step.when is not None and not self.evaluate_value(step.when, ctx, scope):
                     result.status = "skipped"
                     ctx.set_result(step.id, result, scope)
-                    ctx.runtime.store.step_finished(ctx.run_id, path, StepStatus.SKIPPED)
+                    now = ctx.runtime.clock.now()
+                    ctx.runtime.recorder.step_finished(ctx.run_id, path, step.kind._value_, StepStatus.SKIPPED, now, 0)
                     ctx.runtime.reporter.step_finished(ctx.run_id, path, "skipped", 0.0, 0, "")
                     return result
                 if step.fan_out is not None:
@@ -232,7 +240,7 @@ class Engine:
         notify: bool = True,
     ) -> None:
         ctx.set_result(step.id, result, scope)
-        self._record(ctx, path, result, started, meter)
+        self._record(ctx, path, result, started, meter, step.kind._value_)
         if notify:
             ctx.notify_step(step.id, result)
 
@@ -243,10 +251,11 @@ class Engine:
         result: StepResult,
         started: float,
         meter: UsageMeter,
-        one_row: tuple[str, float] | None = None,
+        kind: str,
+        item_started_at: float | None = None,
     ) -> None:
-        """Journal a step's (or fan-out item's) outcome and report it. `one_row` (kind, wall-clock start): the step
-        wrote no started row, so this writes its whole row at once (`step_done`)."""
+        """Journal a step's (or fan-out item's) outcome and report it. `item_started_at` (wall clock): a fan-out
+        item, which wrote no started row, so its outcome makes its whole row."""
         runtime = ctx.runtime
         input_tokens, output_tokens, attempts = meter.input_tokens, meter.output_tokens, result.attempts
         before = ctx.recorded.pop(path, None) if ctx.recorded is not None else None
@@ -255,24 +264,14 @@ class Engine:
             attempts -= before.continued
         if before is not None and _replayed_whole(before, result, meter):
             pass  # its row stays as the run that did the work wrote it, timings included
-        elif one_row is not None:
-            runtime.store.step_done(
-                ctx.run_id,
-                path,
-                one_row[0],
-                attempts,
-                one_row[1],
-                _STATUS[result.status],
-                output=result.output,
-                error=result.error,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-            )
         else:
-            runtime.store.step_finished(
+            runtime.recorder.step_finished(
                 ctx.run_id,
                 path,
+                kind,
                 _STATUS[result.status],
+                item_started_at if item_started_at is not None else runtime.clock.now(),
+                attempts if item_started_at is not None else 0,  # a started row counted the others
                 output=result.output,
                 error=result.error,
                 input_tokens=input_tokens,
@@ -367,7 +366,8 @@ class Engine:
         except FlowctlError as exc:
             error = exc
         if policy.fallback is None or refused(error):
-            raise StepFailed(path, error, attempts=result.attempts, span=step.span) from None
+            attempts = result.attempts + _earlier_attempts(ctx, path)
+            raise StepFailed(path, error, attempts=attempts, span=step.span) from None
         return await self._fallback(ctx, step, scope, path, error)
 
     async def _fallback(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, cause: FlowctlError) -> Any:
@@ -422,13 +422,13 @@ class Engine:
     async def _run_item(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
         """One item of a fan-out, under the step's policy, journaled as its own step record `step[i]`.
 
-        Each item gets one store row, written when it finishes (`step_done`), instead of a started row per attempt
+        Each item gets one store row, written when it finishes, instead of a started row per attempt
         and a finished row: a fan-out of thousands halves its step rows. While items run, the fan-out step's own row
         says it is running; `flowctl show` lists items as they finish.
         """
         clock = ctx.runtime.clock
         started, meter, result = clock.monotonic(), UsageMeter(), StepResult("running")
-        one_row = (step.kind._value_, clock.now())
+        kind, started_at = step.kind._value_, clock.now()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)
@@ -441,7 +441,7 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
-            self._record(ctx, path, result, started, meter, one_row)
+            self._record(ctx, path, result, started, meter, kind, started_at)
         return result.output
 
     def commit_buffers(
@@ -600,8 +600,5 @@ def emit_event(ctx: RunContext, spec: ir.EmitSpec, scope: Scope, path: str, outp
         data = spec.data.evaluate(context) if spec.data is not None else output
     except RenderError as exc:
         raise RenderFailed(str(exc)) from None
-    runtime = ctx.runtime
-    runtime.record_event(ctx.run_id, spec.event, data, path)
-    runtime.reporter.event(ctx.run_id, spec.event, path)
-    runtime.bus.emit(spec.event, data, path)
+    ctx.runtime.announce(ctx.run_id, spec.event, data, path)
     return data

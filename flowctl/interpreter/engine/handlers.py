@@ -27,7 +27,7 @@ from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
-from flowctl.interpreter.persistence.store import RunRecord, RunStatus
+from flowctl.interpreter.persistence.store import RunStatus
 
 
 async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
@@ -73,30 +73,23 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
         f"child pipeline {pipeline.name!r} (step {path!r})",
     )
     run_id = f"{ctx.run_id}/{path}"
-    store, now = ctx.runtime.store, ctx.runtime.clock.now
+    runtime = ctx.runtime
+    recorder, now = runtime.recorder, runtime.clock.now
     state = SharedState(pipeline.state, now)
-    child = RunContext(ctx.runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
-    previous = store.get_run(run_id)
-    if previous is None:
-        store.create_run(
-            RunRecord(
-                run_id,
-                pipeline.name,
-                str(Path(graph.file).resolve()),
-                RunStatus.RUNNING,
-                child.started_at,
-                parent_id=ctx.run_id,
-                inputs=inputs,
-                source_digest=graph.source_digest,
-            )
-        )
+    child = RunContext(runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
+    runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
+    runtime.child_starts[run_id] += 1
+    previous = recorder.get_run(run_id) if ctx.recorded is not None and not runs_before else None
+    if previous is None and not runs_before:
+        file = str(Path(graph.file).resolve())
+        recorder.child_started(run_id, ctx.run_id, pipeline.name, file, child.started_at, inputs, graph.source_digest)
     else:
-        store.reopen_run(run_id)
-        if ctx.recorded is not None:  # resuming: see RunContext.recorded
-            child.recorded = recorded_steps(store, run_id)
-        if previous.status is not RunStatus.SUCCEEDED:  # its body runs again, so its cleanup must too
-            child.finally_prefix = f"finally@{ctx.runtime.journal.epoch}/"
-    child.state.listeners.append(lambda change: store.record_state_change(run_id, change.step, change.values))
+        recorder.child_reopened(run_id)
+        if previous is not None:  # resuming: see RunContext.recorded
+            child.recorded = recorded_steps(runtime, run_id)
+        if previous is None or previous.status is not RunStatus.SUCCEEDED:  # its body runs again, so its cleanup too
+            child.finally_prefix = f"finally@{runtime.journal.epoch}.{runs_before}/"
+    child.state.listeners.append(recorder.state_listener(run_id))
     meter = UsageMeter()  # the child run's own token totals
     token = STEP_METERS.set((*STEP_METERS.get(), meter))
     status, outputs = RunStatus.CANCELLED, None
@@ -111,7 +104,7 @@ async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope:
     finally:
         STEP_METERS.reset(token)
         tokens = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
-        store.finish_run(run_id, status, outputs=outputs, error=error, **tokens)
+        recorder.run_finished(run_id, status, outputs=outputs, error=error, durable=False, **tokens)
 
 
 # --- adaptive routing -------------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ request digest is a hash of the rendered request. On resume a recorded result is
 recorded call whose digest differs (the pipeline or inputs were edited) refuses the resume and names the step, unless
 the user forces it.
 
+Only successful, completed calls replay: the calls of a step that the run recorded as failed are asked again on
+resume (replaying the answers that made it fail would fail it again — e.g. a model that kept sending unusable tool
+arguments).
+
 A fresh run's keys are all new, so only keys this process wrote can be looked up: no store query per call then.
 
-Commits: a `cacheable` call (an LLM completion: no effect outside the answer) is recorded in the store's group commit
-(`durable=False`): a kill may lose the last ~50 ms of them, which costs only their repeat on resume. Every other
-call (tool calls, waits) flushes what is pending before it runs, since an external effect may depend on it, and is
-recorded durably before it returns.
+A recorded result is queued with the recorder; whoever uses it awaits `recorder.durable()` first (`call` does), so
+that a kill can only repeat the calls in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from flowctl.interpreter.errors import ResumeRefused
 from flowctl.interpreter.meters import meter_execution
-from flowctl.interpreter.persistence.store import JsonText, RunStore
+from flowctl.interpreter.persistence.recorder import Recorder
 
 _CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
 
@@ -35,9 +37,15 @@ def step_of(key: str) -> str:
     return "/".join(parts)
 
 
+def _owning_step(key: str) -> str:
+    """The step whose row a call's outcome shows: its step path, or the step an agent `fallback` stands in for."""
+    step = step_of(key)
+    return step.removesuffix("/fallback")
+
+
 class Journal:
-    def __init__(self, store: RunStore, *, resuming: bool = False, force: bool = False, cache: bool = False) -> None:
-        self.store = store
+    def __init__(self, recorder: Recorder, *, resuming: bool = False, force: bool = False, cache: bool = False) -> None:
+        self.recorder = recorder
         self.resuming = resuming
         self.force = force
         self.cache = cache
@@ -46,6 +54,7 @@ class Journal:
         self.executed = 0
         self._written: set[tuple[str, str]] = set()  # keys recorded by this process
         self._counted: set[tuple[str, str]] = set()  # replayed keys whose usage this process counted
+        self._failed: set[tuple[str, str]] = set()  # (run id, step path) recorded failed: their calls are asked again
         # distinguishes this execution of a run from earlier ones, for work that must run anew (`finally`)
         self.epoch = f"{time.time_ns() // 1_000_000:x}"
 
@@ -63,23 +72,31 @@ class Journal:
         if result is None:
             result = await execute()
             self.record(run_id, key, digest, result, cacheable=cacheable)
+            await self.recorder.durable()
         return result
+
+    def ask_again(self, run_id: str, failed_steps: set[str]) -> None:
+        """A resumed run's steps that the store holds as failed: their recorded calls are not replayed."""
+        self._failed.update((run_id, path) for path in failed_steps)
 
     # `call` in two halves, for the hot path (an LLM call) to run its effect inline, without two more coroutine
     # frames per call: `replay` before the effect, `record` after it.
 
     def replay(self, run_id: str, key: str, digest: str, *, cacheable: bool = False) -> dict[str, Any] | None:
-        """The recorded (or, with --cache, cached) result of `key`; None when the caller must execute it. Before
-        an effect that is not `cacheable`, makes everything pending durable."""
+        """The recorded (or, with --cache, cached) result of `key`; None when the caller must execute it."""
         ident = (run_id, key)
-        recorded = self.store.lookup_call(run_id, key) if self.resuming or ident in self._written else None
-        if recorded is not None and recorded.redacted:
+        written = ident in self._written
+        if self.resuming and not written and self._failed and (run_id, _owning_step(key)) in self._failed:
+            recorded = None  # the step failed: ask again (and refuse nothing: what it asked before is void)
+        else:
+            recorded = self.recorder.lookup_call(run_id, key) if self.resuming or written else None
+        if recorded is not None and recorded.masked:
             recorded = None  # the journal holds a masked copy: the call is made again (paid twice, but correct)
         if recorded is not None:
             if recorded.request_digest == digest:
                 self.replayed += 1
                 return recorded.result
-            if self.resuming and ident not in self._written and not self.force:
+            if self.resuming and not written and not self.force:
                 step = step_of(key)
                 raise ResumeRefused(
                     f"step {step!r} changed since run {run_id!r} was journaled (its request is not the recorded "
@@ -87,13 +104,11 @@ class Journal:
                     "the changed calls again"
                 )
         if cacheable and self.cache:
-            hit = self.store.cache_get(digest)
+            hit = self.recorder.cache_get(digest)
             if hit is not None:
                 self.cached += 1
                 self._record(run_id, key, digest, hit)
                 return hit
-        if not cacheable:
-            self.store.flush()
         return None
 
     def count_replayed(self, run_id: str, key: str) -> bool:
@@ -107,13 +122,14 @@ class Journal:
         return self.resuming
 
     def record(
-        self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, cacheable: bool = False
+        self, run_id: str, key: str, digest: str, result: dict[str, Any] | str, *, cacheable: bool = False
     ) -> None:
-        """Journal the result of an effect `replay` said to execute (a `cacheable` one rides the group commit)."""
+        """Journal the result (a dict, or its JSON text) of an effect `replay` said to execute. Queued: the caller
+        awaits `recorder.durable()` before using it."""
         self.executed_unrecorded()
-        self._record(run_id, key, digest, result, durable=not cacheable)
+        self._record(run_id, key, digest, result)
         if cacheable and self.cache:
-            self.store.cache_put(digest, result)
+            self.recorder.cache_put(digest, result)
 
     def executed_unrecorded(self) -> None:
         """Count an effect that was executed (not replayed): the run's total, and every enclosing step's meter
@@ -121,8 +137,6 @@ class Journal:
         self.executed += 1
         meter_execution()
 
-    def _record(
-        self, run_id: str, key: str, digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
-    ) -> None:
-        self.store.record_call(run_id, key, digest, result, durable=durable)
+    def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
+        self.recorder.call_done(run_id, key, digest, result)
         self._written.add((run_id, key))

@@ -1,28 +1,29 @@
-"""The run-store port: the journal of runs, steps, side-effect results, events, signals and state changes.
+"""The run-store port: what a store must do to keep flowctl's run record (runs, steps, side-effect results, events,
+signals, state changes, the response cache) and to decide who may write a run.
 
-The interpreter only talks to this protocol, so a distributed durable engine can stand behind the same interpreter
-later. The embedded default is SQLite (`sqlite_store.SqliteRunStore`).
+The interpreter never calls a store directly: the `Recorder` (recorder.py) owns every write a run makes, redacts
+secrets and encodes values above this port, and hands the store ordered batches of plain `Write` records. A store
+implements `RunStore`; `open_store(url)` picks one. Everything crossing the port is plain data (str, int, float,
+JSON text, enums, these dataclasses) and every error is a picklable `StoreError`, so a store may live in another
+process or on another host.
 
-Durability contract (see shared/design/ARCHITECTURE.md): side effects (LLM and tool calls) run at least once; their
-completed results are recorded exactly once, keyed by (run id, call key); a resumed run looks each call up before
-making it and never pays twice for an acknowledged result. A result is acknowledged once committed: `record_call`
-commits before returning, or, with `durable=False`, in a group commit that is flushed before any tool call (an
-external effect that may depend on it), at the end of the run, and at least every 50 ms.
+The contract a store must keep (the conformance suite in tests/persistence is its definition):
+- `commit(writes, claim)` applies the writes in order, atomically, and returns only once they are durable: a commit
+  survives the process being killed. Writes are durable in order: when one is, every write before it is too.
+- A `Claim` is the right to write a run tree (a root run and its child runs). `claim` takes it for a resume, and a
+  run created by `create_run` starts claimed. Every `commit` under a claim is refused with `ClaimLost` once another
+  process has claimed the run since (fencing): a stale writer can never overwrite the new owner's record.
+- Liveness is the store's business: a claim whose owner is gone may be taken over, a live one may not (`RunBusy`).
+- Signals are numbered per run in commit order (`Signal.position`): reading `signals(run_id, after=position)` never
+  skips one that committed late.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
-
-
-class JsonText(str):
-    """A side effect's result already encoded as JSON by whoever produced it (a response writes its common form by
-    hand, cheaper than a dict and an encoder). Stores keep the text as it is, or decode it when they need the value,
-    e.g. to redact secrets from it; anything returned to the interpreter is decoded."""
-
-    __slots__ = ()
 
 
 class RunStatus(enum.Enum):
@@ -38,6 +39,9 @@ class StepStatus(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+
+
+# --- what a store returns ------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -56,7 +60,7 @@ class RunRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
-    owner: str | None = None  # "host:pid" of the process running it; cleared when it finishes
+    owner: str | None = None  # who holds the run tree's claim (the root's); None once it finished
     # how to restore the secrets masked in `inputs` (redact.Redactor.mask_inputs); None when none were
     input_secrets: dict[str, Any] | None = None
 
@@ -85,7 +89,7 @@ class CallRecord:
     request_digest: str
     result: dict[str, Any]
     recorded_at: float
-    redacted: bool = False  # the stored result differs from the real one (a secret was masked): never replay it
+    masked: bool = False  # the stored result differs from the real one (a secret was masked): never replay it
 
 
 @dataclass(slots=True)
@@ -99,6 +103,17 @@ class EventRecord:
 
 
 @dataclass(slots=True)
+class Signal:
+    """An external event sent to a run (`flowctl signal`). `position` numbers a run's signals in commit order."""
+
+    run_id: str
+    position: int
+    name: str
+    data: Any
+    at: float
+
+
+@dataclass(slots=True)
 class StateChange:
     seq: int
     run_id: str
@@ -108,96 +123,181 @@ class StateChange:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The right to write a run tree: `token` grows with every claim of the root run (the fencing token)."""
+
+    run_id: str  # the root run
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Who holds a run's claim and whether the store believes it is still there to write it."""
+
+    owner: str | None
+    alive: bool
+
+
+# --- what a store is given: writes, in order -----------------------------------------------------------------------
+# Values are JSON text, already redacted by the recorder; None is SQL NULL / no value.
+
+
+@dataclass(slots=True)
+class RunStarted:
+    """A child run (a root run starts with `create_run`)."""
+
+    run_id: str
+    parent_id: str
+    pipeline: str
+    file: str
+    started_at: float
+    inputs: str
+    source_digest: str
+
+
+@dataclass(slots=True)
+class RunReopened:
+    """A run goes on in a resume: running again; its finish time, outputs and error cleared."""
+
+    run_id: str
+
+
+@dataclass(slots=True)
+class RunFinished:
+    run_id: str
+    status: RunStatus
+    finished_at: float | None
+    outputs: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost: float
+
+
+@dataclass(slots=True)
+class StepStarted:
+    """An attempt of a step starts: the row is running from `at`, its previous outcome cleared. `new_attempt` is False
+    when a resume goes on with the attempt an earlier process started (no attempt is added)."""
+
+    run_id: str
+    path: str
+    kind: str
+    at: float
+    new_attempt: bool = True
+
+
+@dataclass(slots=True)
+class StepFinished:
+    """A step's outcome. On a row a `StepStarted` made, it sets status, finish, output and error, and adds
+    `attempts` and the tokens; without one (a fan-out item, written once at its end, or a skipped step) it makes the
+    row from `kind` and `started_at`. Attempts and tokens add up over retries and resumes."""
+
+    run_id: str
+    path: str
+    kind: str
+    status: StepStatus
+    started_at: float
+    finished_at: float
+    attempts: int
+    output: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class CallDone:
+    """A completed side effect. Recording a key again (a forced re-run) replaces its result."""
+
+    run_id: str
+    key: str
+    request_digest: str
+    result: str
+    at: float
+    masked: bool = False
+
+
+@dataclass(slots=True)
+class EventLogged:
+    run_id: str
+    name: str
+    data: str | None
+    source: str
+    at: float
+
+
+@dataclass(slots=True)
+class StateChanged:
+    run_id: str
+    step: str
+    keys: str  # JSON list
+    values: str  # JSON object
+    at: float
+
+
+@dataclass(slots=True)
+class CacheStored:
+    digest: str
+    result: str
+    at: float
+
+
+Write = (
+    RunStarted
+    | RunReopened
+    | RunFinished
+    | StepStarted
+    | StepFinished
+    | CallDone
+    | EventLogged
+    | StateChanged
+    | CacheStored
+)
+
+
 @runtime_checkable
 class RunStore(Protocol):
-    # runs
-    def create_run(self, record: RunRecord) -> None: ...
-    def finish_run(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        outputs: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cost: float = 0.0,
-    ) -> None: ...
-    def reopen_run(self, run_id: str) -> None:
-        """Mark a failed/cancelled/interrupted run as running again (for resume)."""
+    # claims and the run tree's lifecycle
+    def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
+        """Insert a root run, running and claimed by `owner`; durable on return. `inputs` is its JSON text."""
         ...
 
+    def claim(self, run_id: str, owner: str) -> Claim:
+        """Take a root run's claim for a resume (raises RunBusy if its holder is alive, KeyError if unknown)."""
+        ...
+
+    def release(self, claim: Claim) -> None:
+        """Give the claim up without finishing the run (a refused resume): the run is left as it was."""
+        ...
+
+    def liveness(self, run_id: str) -> Liveness:
+        """Whether the claim of a run tree (`run_id` or its root) is held by a writer that is still there."""
+        ...
+
+    def commit(self, writes: Sequence[Write], claim: Claim | None) -> None:
+        """Apply `writes` in order in one transaction, durable on return; refused with ClaimLost if `claim` is no
+        longer current. `claim` None: writes that need none (the response cache)."""
+        ...
+
+    # reads
     def get_run(self, run_id: str) -> RunRecord | None: ...
     def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]: ...
     def child_runs(self, run_id: str) -> list[RunRecord]: ...
-
-    # steps (observability: status, attempts, timings, tokens, errors)
-    def step_started(self, run_id: str, path: str, kind: str, attempt: int, *, continued: bool = False) -> None:
-        """Mark a step running; each start adds an attempt, except a `continued` one (a resumed run going on with
-        an attempt an earlier process started)."""
-        ...
-
-    def step_finished(
-        self,
-        run_id: str,
-        path: str,
-        status: StepStatus,
-        *,
-        output: Any = None,
-        error: dict[str, Any] | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-    ) -> None: ...
-    def step_done(
-        self,
-        run_id: str,
-        path: str,
-        kind: str,
-        attempts: int,
-        started_at: float,
-        status: StepStatus,
-        *,
-        output: Any = None,
-        error: dict[str, Any] | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-    ) -> None:
-        """A whole step row written once, at the end (fan-out items: one row each instead of two); a row an earlier
-        process wrote for the same path gets the attempts and tokens added."""
-        ...
-
     def steps(self, run_id: str) -> list[StepRecord]: ...
-
-    # side effects: the durable part
     def lookup_call(self, run_id: str, key: str) -> CallRecord | None: ...
-    def record_call(
-        self, run_id: str, key: str, request_digest: str, result: dict[str, Any] | JsonText, *, durable: bool = True
-    ) -> None:
-        """Record a completed side effect (its result as a dict, or as JsonText). `durable=False` lets it ride in the
-        next group commit: allowed for results whose loss only costs a repeat (an LLM completion), never before an
-        external effect depends on it (callers `flush()` before tool calls and at the end of a run)."""
-        ...
-
-    def flush(self) -> None:
-        """Make every write so far durable."""
-        ...
-
-    # events, signals, state
-    def record_event(self, run_id: str, name: str, data: Any, source: str) -> None: ...
     def events(self, run_id: str) -> list[EventRecord]: ...
-    def send_signal(self, run_id: str, name: str, data: Any) -> int:
-        """Called from another process (`flowctl signal`): queue an external event for a run."""
-        ...
-
-    def take_signals(self, run_id: str, after_seq: int) -> list[EventRecord]:
-        """Signals for `run_id` with seq > after_seq, oldest first."""
-        ...
-
-    def record_state_change(self, run_id: str, step: str, values: dict[str, Any]) -> None: ...
     def state_changes(self, run_id: str) -> list[StateChange]: ...
-
-    # response cache (opt-in with --cache): identical requests across runs
     def cache_get(self, digest: str) -> dict[str, Any] | None: ...
-    def cache_put(self, digest: str, result: dict[str, Any] | JsonText) -> None: ...
+
+    # signals: from any process
+    def send_signal(self, run_id: str, name: str, data: Any) -> int:
+        """Queue an external event for a run; durable on return. Returns its position."""
+        ...
+
+    def signals(self, run_id: str, after: int = 0) -> list[Signal]:
+        """A run's signals with position > `after`, in position order."""
+        ...
 
     def close(self) -> None: ...

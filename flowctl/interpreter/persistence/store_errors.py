@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from flowctl.interpreter.errors import PicklableError
+from flowctl.interpreter.errors import InputError, PicklableError
 
 if TYPE_CHECKING:  # imported when needed: the CLI imports this module for every command, sqlite3 costs ~3 ms
     import sqlite3
@@ -73,6 +73,30 @@ class StoreError(PicklableError):
 
     def __str__(self) -> str:
         return f"run store {self.path}: {self.problem} — {self.advice}"
+
+
+class RunBusy(InputError):
+    """A run is still running in another live process: resuming it now would run it twice."""
+
+    def __init__(self, run_id: str, owner: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is still running (process {owner}); resuming it now would run it twice — "
+            "wait for it, or stop it first (Ctrl-C, or kill that process)"
+        )
+
+
+class ClaimLost(PicklableError):
+    """This process no longer holds the run's claim: another one took the run over (it thought this one gone). The
+    run stops here without being finished; its new owner writes its outcome. Not a FlowctlError: no retry or
+    `on_error` policy may absorb it."""
+
+    def __init__(self, run_id: str, owner: str | None = None) -> None:
+        super().__init__(
+            f"run {run_id!r} was taken over by another process{f' ({owner})' if owner else ''}; this one stops "
+            "without finishing it"
+        )
+        self.run_id = run_id
+        self.owner = owner
 
 
 def missing_store(path: str | Path) -> StoreError:

@@ -13,7 +13,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from flowctl.interpreter.persistence.store import JsonText
 from flowctl.interpreter.tools import ToolSpec
 
 # The request digest's JSON form, built once (json.dumps with options builds an encoder per call, ~0.7 µs).
@@ -146,25 +145,22 @@ class CompletionResponse:
             "model": self.model,
         }
 
-    def journal_text(self) -> JsonText:
-        """`to_json()` encoded, for the journal. The common answer (text, no tool calls) is written out by hand:
+    def journal_text(self) -> str:
+        """`to_json()` as JSON text, for the journal. The common answer (text, no tool calls) is written out by hand:
         ~1 µs less per LLM call than building the dict and encoding it, which a fan-out of thousands feels."""
         content, usage = self.content, self.usage
         if not self.tool_calls and type(usage.input_tokens) is int and type(usage.output_tokens) is int:
             try:
-                return JsonText(
-                    _PLAIN_RESPONSE
-                    % (
-                        "null" if content is None else _string(content),
-                        usage.input_tokens,
-                        usage.output_tokens,
-                        _string(self.finish_reason),
-                        _string(self.model),
-                    )
+                return _PLAIN_RESPONSE % (
+                    "null" if content is None else _string(content),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    _string(self.finish_reason),
+                    _string(self.model),
                 )
             except TypeError:  # a value that is not a str: the encoder decides (its `default`)
                 pass
-        return JsonText(json.dumps(self.to_json(), ensure_ascii=False, default=str))
+        return json.dumps(self.to_json(), ensure_ascii=False, default=str)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompletionResponse:

@@ -1,0 +1,357 @@
+"""The recorder: the one writer of a run's record. Engine, handlers and the journal tell it what happened; it masks
+secrets, encodes values as JSON, stamps times from the run's clock, and hands the store ordered batches of plain
+writes under the run tree's claim (store.py is the port).
+
+Durable before dependent (the durability contract, docs/durability.md): a completed call's record must be durable
+before anything depends on it — the call's answer is used, its step finishes, its success is shown. Writes queue in
+memory (a list append), and `durable()` is group commit with waiters: the first waiter lets the other ready tasks
+queue their writes too (one loop turn), then commits everything queued in one transaction and releases every waiter
+whose writes it held. A lone chain commits at once; a fan-out of thousands shares a few commits. Nothing waits on a
+fixed delay. Writes nothing depends on (step rows, events, state changes) ride the next commit, or the background
+commit that keeps `flowctl show` in another terminal current (at most `max_delay` behind).
+
+A lost claim (another process took the run over) makes every later commit raise `ClaimLost`, and the run stops
+without being finished: its new owner writes its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from typing import Any
+
+import anyio
+
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
+from flowctl.interpreter.persistence.store import (
+    CacheStored,
+    CallDone,
+    CallRecord,
+    Claim,
+    EventLogged,
+    EventRecord,
+    RunFinished,
+    RunRecord,
+    RunReopened,
+    RunStarted,
+    RunStatus,
+    RunStore,
+    Signal,
+    StateChanged,
+    StepFinished,
+    StepRecord,
+    StepStarted,
+    StepStatus,
+    Write,
+)
+from flowctl.interpreter.persistence.store_errors import ClaimLost
+from flowctl.interpreter.redact import Redactor
+
+BACKGROUND_COMMIT_DELAY = 0.05  # how far `flowctl show` may lag behind a run's step rows and events
+
+
+class Recorder:
+    """Every write of one run tree (a root run and its child runs). Not thread-safe: the interpreter's event loop
+    calls it; only its background committer runs in another thread, through `_commit_lock`."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        redactor: Redactor,
+        owner: str,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        background_delay: float | None = BACKGROUND_COMMIT_DELAY,
+    ) -> None:
+        self.store = store
+        self.redactor = redactor
+        self.owner = owner
+        self.clock = clock
+        self.claim: Claim | None = None
+        self._now = clock.now
+        self._pending: list[Write] = []
+        self._queued = 0  # writes ever queued (a waiter's ticket is this count after its write)
+        self._committed = 0  # writes committed, in queue order
+        self._commit_lock = threading.Lock()
+        self._committing = False  # a waiter is between its loop turn and its commit
+        self._lost: BaseException | None = None  # ClaimLost: nothing more is written
+        self._background_error: BaseException | None = None
+        self._background_delay = background_delay
+        self._stop = threading.Event()
+        self._background: threading.Thread | None = None
+        # One encoder for every value. JSONEncoder.encode builds its C encoder anew per call (~0.7 µs); made once,
+        # it writes the same text. No circular-reference checks: the values are JSON-like data (parsed JSON,
+        # template results), which cannot refer to themselves.
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=self._encode_odd)
+        self._c_encoder = (
+            None
+            if c_make_encoder is None
+            else c_make_encoder(None, self._encode_odd, encode_basestring, None, ": ", ", ", False, False, True)
+        )
+
+    # -- the run tree's lifecycle ------------------------------------------------------------------------------------
+
+    def start_root(self, record: RunRecord) -> None:
+        """Create the root run, claimed by this process; durable on return. Secrets in its inputs become
+        placeholders naming their variables, so that a resume can restore them (Redactor.mask_inputs)."""
+        inputs, secrets = self.redactor.mask_inputs(record.inputs)
+        encoded_secrets = self._encode(secrets) if secrets is not None else None
+        self.claim = self.store.create_run(record, self._encode(inputs or {}), encoded_secrets, self.owner)
+        self._start_background()
+
+    def resume_root(self, run_id: str) -> None:
+        """Claim a root run for a resume (RunBusy if its holder is alive). It is marked running with the first commit,
+        so a resume refused before anything is committed leaves the run exactly as it was (`abandon`)."""
+        self.claim = self.store.claim(run_id, self.owner)
+        self._queue(RunReopened(run_id))
+        self._start_background()
+
+    def child_started(
+        self, run_id: str, parent_id: str, pipeline: str, file: str, started_at: float, inputs: Any, digest: str
+    ) -> None:
+        self._queue(RunStarted(run_id, parent_id, pipeline, file, started_at, self._dump_value(inputs), digest))
+
+    def child_reopened(self, run_id: str) -> None:
+        self._queue(RunReopened(run_id))
+
+    def run_finished(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+        durable: bool = True,
+        finished_at: float | None = None,
+    ) -> None:
+        """A run's outcome and totals; for the root (`durable`), committed with everything before it. Finishing the
+        root gives its claim up. `finished_at`: a time other than now (putting a record back as it was)."""
+        finished = RunFinished(
+            run_id,
+            status,
+            self._now() if finished_at is None else finished_at,
+            self._dump(outputs),
+            self._dump(error),
+            input_tokens,
+            output_tokens,
+            cost,
+        )
+        self._queue(finished)
+        if durable:
+            self.commit()
+
+    def abandon(self) -> None:
+        """A refused resume: drop what is not yet committed and give the claim up; the store keeps the run as the
+        earlier process left it (see `committed_any` for what was committed before the refusal)."""
+        self.close()
+        with self._commit_lock:
+            self._pending.clear()
+        claim, self.claim = self.claim, None
+        if claim is not None and self._lost is None:
+            self.store.release(claim)
+
+    @property
+    def committed_any(self) -> bool:
+        """Whether a commit since the claim made anything of this process durable."""
+        return self._committed > 0
+
+    # -- steps, calls, events, state ---------------------------------------------------------------------------------
+
+    def step_started(self, run_id: str, path: str, kind: str, *, new_attempt: bool = True) -> None:
+        self._queue(StepStarted(run_id, path, kind, self._now(), new_attempt))
+
+    def step_finished(
+        self,
+        run_id: str,
+        path: str,
+        kind: str,
+        status: StepStatus,
+        started_at: float,
+        attempts: int,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """A step's outcome (see store.StepFinished: `attempts` and tokens are what this process adds)."""
+        self._queue(
+            StepFinished(
+                run_id,
+                path,
+                kind,
+                status,
+                started_at,
+                self._now(),
+                attempts,
+                self._dump(output),
+                self._dump(error),
+                input_tokens,
+                output_tokens,
+            )
+        )
+
+    def call_done(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
+        """A completed side effect (its result as a dict, or as JSON text). Queued: `await durable()` before anything
+        depends on it."""
+        text, masked = self._result_text(result)
+        self._queue(CallDone(run_id, key, digest, text, self._now(), masked))
+
+    def event(self, run_id: str, name: str, data: Any, source: str) -> None:
+        self._queue(EventLogged(run_id, self.redactor.redact_text(name), self._dump(data), source, self._now()))
+
+    def state_changed(self, run_id: str, step: str, values: dict[str, Any]) -> None:
+        redacted = self.redactor.redact(values)
+        self._queue(StateChanged(run_id, step, self._encode(list(redacted)), self._encode(redacted), self._now()))
+
+    def cache_put(self, digest: str, result: dict[str, Any] | str) -> None:
+        """Remember a response for identical requests (a lost entry is only a miss)."""
+        self._queue(CacheStored(digest, self._result_text(result)[0], self._now()))
+
+    def state_listener(self, run_id: str) -> Callable[[Any], None]:
+        """What a run's SharedState calls with each change."""
+        return lambda change: self.state_changed(run_id, change.step, change.values)
+
+    # -- reads the interpreter makes ---------------------------------------------------------------------------------
+
+    def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
+        return self.store.lookup_call(run_id, key)
+
+    def cache_get(self, digest: str) -> dict[str, Any] | None:
+        return self.store.cache_get(digest)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        return self.store.get_run(run_id)
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        return self.store.steps(run_id)
+
+    def events(self, run_id: str) -> list[EventRecord]:
+        return self.store.events(run_id)
+
+    def signals(self, run_id: str, after: int) -> list[Signal]:
+        return self.store.signals(run_id, after)
+
+    # -- commits -----------------------------------------------------------------------------------------------------
+
+    async def durable(self) -> None:
+        """Return once every write queued so far is durable (group commit with waiters, see the module docstring)."""
+        ticket = self._queued
+        if self._committed >= ticket:
+            return
+        if not self._committing:
+            self._committing = True
+            try:
+                await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
+            finally:
+                self._committing = False
+            if self._committed < ticket:
+                self.commit()
+            return
+        while self._committed < ticket:  # another waiter commits for us in its next step
+            await anyio.lowlevel.checkpoint()
+            if not self._committing and self._committed < ticket:
+                self.commit()
+
+    def commit(self) -> None:
+        """Commit every queued write now (blocking: the store's commit returns once durable)."""
+        self._raise_if_stopped()
+        with self._commit_lock:
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        """Commit the queued writes (`_commit_lock` held). The event loop appends to `_pending` without a lock while
+        the background thread may be here, so the batch is a copy of the first `count` writes and leaves the list
+        only once committed (list appends and prefix deletions are each atomic under the GIL)."""
+        count = len(self._pending)
+        if not count:
+            return
+        batch = self._pending[:count]
+        try:
+            self.store.commit(batch, self.claim)
+        except ClaimLost as lost:
+            self._lost = lost
+            raise
+        del self._pending[:count]
+        self._committed += count
+
+    def close(self) -> None:
+        """Stop the background commits. Whatever is still queued is dropped: the run ends with `run_finished`, which
+        commits, or is left for a resume (a failed store, a lost claim)."""
+        self._stop.set()
+        background = self._background
+        if background is not None:
+            background.join()
+            self._background = None
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+
+    def _queue(self, write: Write) -> None:
+        if self._lost is not None:
+            return  # another process owns the run now: this one writes nothing more
+        self._pending.append(write)
+        self._queued += 1
+
+    def _raise_if_stopped(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        error = self._background_error
+        if error is not None:
+            self._background_error = None
+            raise error
+
+    def _start_background(self) -> None:
+        if self._background_delay is None or self._background is not None:
+            return
+        self._background = threading.Thread(target=self._commit_in_background, name="flowctl-recorder", daemon=True)
+        self._background.start()
+
+    def _commit_in_background(self) -> None:
+        """Every `background_delay`, commit what waits (step rows and events nothing waits for), so that another
+        process reading the store sees the run as it goes. An error is raised to the interpreter at its next commit."""
+        assert self._background_delay is not None
+        while not self._stop.wait(self._background_delay):
+            if not self._pending or self._lost is not None or self._background_error is not None:
+                continue
+            try:
+                with self._commit_lock:
+                    self._commit_locked()
+            except BaseException as error:  # handed to the interpreter's thread
+                self._background_error = error
+
+    # -- encoding ----------------------------------------------------------------------------------------------------
+
+    def _dump(self, value: Any) -> str | None:
+        """Redacted JSON text; None stays None."""
+        if value is None:
+            return None
+        return self._dump_value(value)
+
+    def _dump_value(self, value: Any) -> str:
+        if type(value) is str:  # the common step output: 0.15 µs cheaper than the encoder
+            return str(encode_basestring(self.redactor.redact_text(value)))
+        return self._encode(self.redactor.redact(value))
+
+    def _encode(self, redacted: Any) -> str:
+        """JSON text of an already redacted value; odd values become their (redacted) `str`."""
+        if self._c_encoder is None:
+            return self._encoder.encode(redacted)
+        return "".join(self._c_encoder(redacted, 0))
+
+    def _result_text(self, result: dict[str, Any] | str) -> tuple[str, bool]:
+        """A call result's redacted JSON text, and whether redaction altered it (replaying it would replay the mask,
+        not the answer). JSON text is kept as it is unless there are secrets to look for."""
+        if isinstance(result, str):
+            if not self.redactor:
+                return result, False
+            result = json.loads(result)
+        stored = self.redactor.redact(result)
+        return self._encode(stored), bool(self.redactor) and stored != result
+
+    def _encode_odd(self, odd: object) -> str:
+        return self.redactor.redact_text(str(odd))

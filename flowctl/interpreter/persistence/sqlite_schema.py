@@ -1,0 +1,184 @@
+"""The SQLite store's schema: tables, migrations, and the grouped statements that write a commit's rows.
+
+`MIGRATIONS[i]` upgrades a file from `PRAGMA user_version` i to i + 1 (sqlite_open.py applies them).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 5
+
+_SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES runs (run_id) ON DELETE SET NULL,
+        pipeline TEXT NOT NULL,
+        file TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        inputs TEXT NOT NULL,
+        outputs TEXT,
+        error TEXT,
+        source_digest TEXT NOT NULL DEFAULT '',
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at)",
+    "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id)",
+    """CREATE TABLE IF NOT EXISTS steps (
+        seq INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        output TEXT,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (run_id, path)
+    )""",
+    """CREATE TABLE IF NOT EXISTS calls (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        request_digest TEXT NOT NULL,
+        result TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (run_id, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        data TEXT,
+        source TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        data TEXT,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS signals_by_run ON signals (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS state_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step TEXT NOT NULL,
+        keys TEXT NOT NULL,
+        "values" TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS state_changes_by_run ON state_changes (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS cache (
+        digest TEXT PRIMARY KEY,
+        result TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+)
+
+# MIGRATIONS[i] upgrades a file from user_version i to i + 1.
+# v2: the process that runs a run ("host:pid"), so `flowctl resume` can refuse a run that is still alive.
+_SCHEMA_V2 = ("ALTER TABLE runs ADD COLUMN owner TEXT",)
+# v3: call results that redaction altered are flagged, so a resume re-executes them instead of replaying the mask.
+_SCHEMA_V3 = ("ALTER TABLE calls ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0",)
+# v4: secrets masked in a run's inputs are placeholders naming their variables; this column says which, with a
+# salted hash of each value, so `flowctl resume` restores them from the environment.
+_SCHEMA_V4 = ("ALTER TABLE runs ADD COLUMN input_secrets TEXT",)
+# v5: claims with fencing (a token that grows with each claim, a heartbeat for owners on other hosts), and signals
+# numbered per run in commit order (a counter on the run row, taken under SQLite's write lock).
+_SCHEMA_V5 = (
+    "ALTER TABLE runs ADD COLUMN claim_token INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN heartbeat_at REAL",
+    "ALTER TABLE runs ADD COLUMN signals_sent INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE signals ADD COLUMN position INTEGER NOT NULL DEFAULT 0",
+    "UPDATE signals SET position = seq",
+    "UPDATE runs SET signals_sent = COALESCE((SELECT MAX(seq) FROM signals WHERE signals.run_id = runs.run_id), 0)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS signals_by_position ON signals (run_id, position)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+
+_RUN_COLUMNS = (
+    "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
+    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets"
+)
+_STEP_COLUMNS = (
+    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens"
+)
+RUN_COLUMNS, STEP_COLUMNS = _RUN_COLUMNS, _STEP_COLUMNS
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity (one per table): a dataclass hash costs ~0.3 µs
+class Insert:
+    """The one grouped INSERT of a table. A commit writes a table's rows many to a statement (`INSERT … VALUES (…),
+    (…), … ON CONFLICT …`): one SQLite call for a batch, during which SQLite runs without the GIL."""
+
+    table: str
+    head: str  # INSERT INTO table (columns)
+    row: str  # (?, ?, …) — the parameters of one row
+    tail: str = ""  # ON CONFLICT …
+
+    @property
+    def params(self) -> int:
+        return self.row.count("?")
+
+    def sql(self, rows: int) -> str:
+        return _multi_row_sql(self, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_sql(insert: Insert, rows: int) -> str:
+    return f"{insert.head} VALUES {', '.join([insert.row] * rows)} {insert.tail}"
+
+
+# Both step writes are this one upsert, so a table's rows are always one statement, in the order they were made (a
+# step's finished row updates its started row). A started row (status 'running') restarts the step's clock and
+# clears the previous attempt's outcome; a finished row keeps the start of the row it finishes, or makes the row
+# (a fan-out item, written once; a skipped step). Attempts and tokens add up over retries and resumes.
+STEP_ROW = Insert(
+    "steps",
+    "INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error, "
+    "input_tokens, output_tokens)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (run_id, path) DO UPDATE SET
+        kind = excluded.kind, status = excluded.status, attempts = steps.attempts + excluded.attempts,
+        started_at = CASE WHEN excluded.status = 'running' THEN excluded.started_at ELSE steps.started_at END,
+        finished_at = excluded.finished_at, output = excluded.output, error = excluded.error,
+        input_tokens = steps.input_tokens + excluded.input_tokens,
+        output_tokens = steps.output_tokens + excluded.output_tokens""",
+)
+CALL_ROW = Insert(
+    "calls",
+    "INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted)",
+    "(?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (run_id, key) DO UPDATE SET
+        request_digest = excluded.request_digest, result = excluded.result,
+        recorded_at = excluded.recorded_at, redacted = excluded.redacted""",
+)
+EVENT_ROW = Insert("events", "INSERT INTO events (run_id, name, data, source, at)", "(?, ?, ?, ?, ?)")
+STATE_ROW = Insert("state_changes", 'INSERT INTO state_changes (run_id, step, keys, "values", at)', "(?, ?, ?, ?, ?)")
+CACHE_ROW = Insert(
+    "cache",
+    "INSERT INTO cache (digest, result, created_at)",
+    "(?, ?, ?)",
+    "ON CONFLICT (digest) DO UPDATE SET result = excluded.result, created_at = excluded.created_at",
+)
+
+INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 18)})"
+INSERT_CHILD = """INSERT INTO runs (run_id, parent_id, pipeline, file, status, started_at, inputs, source_digest)
+                  VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
+                  ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL, outputs = NULL,
+                  error = NULL"""
+REOPEN_RUN = "UPDATE runs SET status = 'running', finished_at = NULL, outputs = NULL, error = NULL WHERE run_id = ?"
+FINISH_RUN = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error = ?, input_tokens = ?,
+                output_tokens = ?, cost = ?, owner = CASE WHEN parent_id IS NULL THEN NULL ELSE owner END
+                WHERE run_id = ?"""
+FENCE = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND claim_token = ?"
