@@ -250,14 +250,14 @@ def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None
 
 
 def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: Path) -> None:
+    from flowctl.interpreter.persistence.owners import this_process
     from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
     store_path = project / "runs.db"
     with SqliteRunStore(store_path) as store:  # as if `flowctl run` in this (live) process were still running it
-        store.create_run(
-            RunRecord("r-live", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0, inputs={"who": "Ada"})
-        )
+        record = RunRecord("r-live", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0)
+        store.create_run(record, '{"who": "Ada"}', None, this_process())
     result = scripted("resume", "r-live", project / "greet.fixture.yaml", store_path)
     assert result.exit_code == 2
     assert "is still running (process" in result.output and "would run it twice" in result.output
@@ -266,32 +266,19 @@ def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: P
 
 
 def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None:
-    import sqlite3
-
     from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
     store_path = project / "runs.db"
-    with SqliteRunStore(store_path) as store:
-        store.create_run(
-            RunRecord(
-                "r-dead",
-                "greet",
-                str(project / "greet.yaml"),
-                RunStatus.RUNNING,
-                1.0,
-                inputs={"who": "Ada", "times": 2},
-            )
-        )
     import socket
     import subprocess
     import sys
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with sqlite3.connect(store_path) as conn:  # its owner is a process that has exited (killed, say)
-        conn.execute(
-            "UPDATE runs SET owner = ? WHERE run_id = 'r-dead'", (f"{socket.gethostname()}:{gone.stdout.strip()}",)
-        )
+    with SqliteRunStore(store_path) as store:  # its owner is a process that has exited (killed, say)
+        record = RunRecord("r-dead", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0)
+        owner = f"{socket.gethostname()}:{gone.stdout.strip()}"
+        store.create_run(record, '{"who": "Ada", "times": 2}', None, owner)
     result = scripted("resume", "r-dead", project / "greet.fixture.yaml", store_path, "--output", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["outputs"]["greeting"] == "Hello Ada, hello Ada!"
@@ -377,18 +364,18 @@ def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project:
 
 def test_a_signal_for_a_child_run_is_delivered_to_its_root_run(project: Path) -> None:
     from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-    from flowctl.interpreter.persistence.store import RunRecord, RunStatus
+    from flowctl.interpreter.persistence.store import RunRecord, RunStarted, RunStatus
 
     store_path = project / "runs.db"
     with SqliteRunStore(store_path) as store:
-        store.create_run(RunRecord("r-root", "p", "p.yaml", RunStatus.RUNNING, 1.0))
-        store.create_run(RunRecord("r-root/ask", "child", "p.yaml", RunStatus.RUNNING, 1.0, parent_id="r-root"))
+        claim = store.create_run(RunRecord("r-root", "p", "p.yaml", RunStatus.RUNNING, 1.0), "{}", None, "elsewhere:1")
+        store.commit([RunStarted("r-root/ask", "r-root", "child", "p.yaml", 1.0, "{}", "")], claim)
     result = invoke("signal", "r-root/ask", "approved", "--data", '{"by": "ana"}', "--store", str(store_path))
     assert result.exit_code == 0, result.output
     assert "delivering to its root run r-root" in result.output
     with SqliteRunStore(store_path) as store:
-        assert [(s.name, s.data) for s in store.take_signals("r-root", 0)] == [("approved", {"by": "ana"})]
-        assert store.take_signals("r-root/ask", 0) == []
+        assert [(s.name, s.data) for s in store.signals("r-root")] == [("approved", {"by": "ana"})]
+        assert store.signals("r-root/ask") == []
 
 
 def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path) -> None:

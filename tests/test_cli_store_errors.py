@@ -25,6 +25,7 @@ from flowctl.cli import main
 from flowctl.interpreter.persistence.sqlite_store import SCHEMA_VERSION, SqliteRunStore
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
 from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.redact import Redactor
 
 PIPELINE = """\
@@ -171,7 +172,11 @@ def downgrade(store: Path) -> None:
     """Make a store as schema version 2 wrote it (closed: the last connection folds the WAL into the file)."""
     conn = sqlite3.connect(store)
     try:
-        conn.execute("ALTER TABLE calls DROP COLUMN redacted")
+        conn.execute("DROP INDEX signals_by_position")  # schema 5
+        conn.execute("ALTER TABLE signals DROP COLUMN position")
+        for column in ("claim_token", "heartbeat_at", "signals_sent"):
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        conn.execute("ALTER TABLE calls DROP COLUMN redacted")  # schema 3
         conn.execute("ALTER TABLE runs DROP COLUMN input_secrets")  # schema 4
         conn.execute("PRAGMA user_version = 2")
         conn.commit()
@@ -320,27 +325,22 @@ def test_a_disk_that_fills_mid_run_stops_the_run_which_resumes_once_space_return
 # -- at the store boundary: SQLite's own SQLITE_FULL (max_page_count), no mount needed -------------------------------
 
 
-def test_sqlite_full_in_a_durable_or_grouped_write_is_a_store_error_naming_the_run(tmp_path: Path) -> None:
-    with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor()) as store:
-        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
+def test_sqlite_full_in_a_commit_is_a_store_error_naming_the_run_and_loses_nothing(tmp_path: Path) -> None:
+    with SqliteRunStore(tmp_path / "runs.db") as store:
+        recorder = Recorder(store, Redactor(), "here:1", background_delay=None)
+        recorder.start_root(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
         pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        with store._lock:
-            store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the real SQLite now answers SQLITE_FULL
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the real SQLite now answers SQLITE_FULL
+        recorder.call_done("r-1", "k", "digest", {"text": "x" * 100_000})
+        recorder.step_finished("r-1", "big", "agent", StepStatus.SUCCEEDED, 1000.0, 1, output="y" * 100_000)
         with pytest.raises(StoreError, match="the disk is full") as raised:
-            store.record_call("r-1", "k", "digest", {"text": "x" * 100_000})
+            recorder.commit()
         assert raised.value.run_id == "r-1" and raised.value.path == str(tmp_path / "runs.db")
-        store.step_done("r-1", "big", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output="y" * 100_000)
-        with pytest.raises(StoreError, match="the disk is full"):
-            store.flush()
-        with store._lock:  # the writer thread shares the connection
-            store._conn.execute("PRAGMA max_page_count = 1000000")  # space returns: nothing queued was lost
-        try:
-            store.flush()
-        except StoreError:  # the writer thread may have met the full disk once more before space returned: said once
-            store.flush()
-        store.record_call("r-1", "k", "digest", {"text": "x" * 100_000})
+        store._conn.execute("PRAGMA max_page_count = 1000000")  # space returns: nothing queued was lost
+        recorder.commit()
         assert store.steps("r-1")[0].output == "y" * 100_000
-        store.finish_run("r-1", RunStatus.SUCCEEDED)
+        assert store.lookup_call("r-1", "k") is not None
+        recorder.run_finished("r-1", RunStatus.SUCCEEDED)
 
 
 def test_a_lone_surrogate_in_an_input_is_stored_and_read_back(project: Path) -> None:
@@ -369,14 +369,16 @@ def test_a_read_only_store_from_an_older_flowctl_says_it_needs_upgrading(project
         assert_refused({"runs": result}, "written by an older flowctl, and upgrading it needs write access")
 
 
-def test_values_sqlite_cannot_bind_are_stored_not_lost_in_the_writer_thread(tmp_path: Path) -> None:
-    """An integer past 64 bits (a server's usage numbers) or a lone surrogate reaches the grouped writes, which the
-    writer thread makes: they are stored (as a float, as an escape), not dropped with a traceback from the thread."""
-    with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor(), max_delay=0) as store:
-        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
-        store.step_done("r-1", "a", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output="\ud800", input_tokens=10**20)
-        store.step_done("r-1", "b", "agent", 1, 1000.0, StepStatus.SUCCEEDED, output_tokens=10**400)
-        store.finish_run("r-1", RunStatus.SUCCEEDED, input_tokens=10**30)
+def test_values_sqlite_cannot_bind_are_stored_not_lost(tmp_path: Path) -> None:
+    """An integer past 64 bits (a server's usage numbers) or a lone surrogate reaches the grouped writes: they are
+    stored (as a float, as an escape), not dropped with a traceback."""
+    with SqliteRunStore(tmp_path / "runs.db") as store:
+        recorder = Recorder(store, Redactor(), "here:1", background_delay=None)
+        recorder.start_root(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0, inputs={}))
+        succeeded = StepStatus.SUCCEEDED
+        recorder.step_finished("r-1", "a", "agent", succeeded, 1000.0, 1, output="\ud800", input_tokens=10**20)
+        recorder.step_finished("r-1", "b", "agent", succeeded, 1000.0, 1, output_tokens=10**400)
+        recorder.run_finished("r-1", RunStatus.SUCCEEDED, input_tokens=10**30)
         a, b = store.steps("r-1")
         assert (a.output, a.input_tokens, b.output_tokens) == ("\ud800", 1e20, float("inf"))
         assert store.get_run("r-1").input_tokens == 1e30  # type: ignore[union-attr]
@@ -434,8 +436,9 @@ def test_a_store_path_with_uri_characters_is_opened_by_every_command(project: Pa
 
 
 def test_a_store_locked_by_another_process_past_the_busy_timeout_says_so(tmp_path: Path) -> None:
-    with SqliteRunStore(tmp_path / "runs.db", redactor=Redactor()) as store:
-        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.FAILED, 1000.0, inputs={}))
+    with SqliteRunStore(tmp_path / "runs.db") as store:
+        claim = store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0), "{}", None, "x:1")
+        store.release(claim)
         store._conn.execute("PRAGMA busy_timeout = 0")  # instead of waiting the 5 s the store allows
         other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
         try:

@@ -87,7 +87,6 @@ class Result:
 
     def call_keys(self) -> list[str]:
         """Keys of the journaled (completed) calls of the run, from the store's `calls` table."""
-        self.store.flush()
         with sqlite3.connect(self.store.path) as conn:
             rows = conn.execute("SELECT key FROM calls WHERE run_id = ? ORDER BY key", (self.outcome.run_id,))
             return [row[0] for row in rows]

@@ -1,4 +1,4 @@
-"""A fan-out item is journaled as one step row, written when it finishes (`step_done`): its kind, attempts, outcome
+"""A fan-out item is journaled as one step row, written when it finishes (a StepFinished with no StepStarted): its kind, attempts, outcome
 and tokens must be what a started row per attempt plus a finished row would have said."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepFinished, StepStatus
 from tests.interpreter.pipelines.harness import run_file
 
 PIPELINE = """\
@@ -50,11 +50,12 @@ async def test_a_retried_item_row_counts_its_attempts(store: SqliteRunStore, tmp
     assert first.input_tokens > 0 and rows["fan"].input_tokens == first.input_tokens + second.input_tokens
 
 
-def test_step_done_adds_to_an_earlier_row(store: SqliteRunStore) -> None:
+def test_an_item_row_adds_to_an_earlier_row(store: SqliteRunStore) -> None:
     """A resumed item adds its attempts and tokens to the row an earlier process wrote, like started/finished."""
-    store.create_run(RunRecord("r-1", "p", "p.yaml", RunStatus.RUNNING, 1.0))
-    store.step_done("r-1", "fan[0]", "agent", 2, 10.0, StepStatus.FAILED, error={"code": "x"}, input_tokens=3)
-    store.step_done("r-1", "fan[0]", "agent", 1, 20.0, StepStatus.SUCCEEDED, output="ok", input_tokens=4)
+    claim = store.create_run(RunRecord("r-1", "p", "p.yaml", RunStatus.RUNNING, 1.0), "{}", None, "here:1")
+    failed = StepFinished("r-1", "fan[0]", "agent", StepStatus.FAILED, 10.0, 11.0, 2, None, '{"code": "x"}', 3)
+    store.commit([failed], claim)
+    store.commit([StepFinished("r-1", "fan[0]", "agent", StepStatus.SUCCEEDED, 20.0, 21.0, 1, '"ok"', None, 4)], claim)
     (row,) = store.steps("r-1")
     assert (row.kind, row.status, row.attempts, row.output, row.error) == ("agent", StepStatus.SUCCEEDED, 3, "ok", None)
-    assert (row.started_at, row.input_tokens) == (20.0, 7)
+    assert (row.started_at, row.input_tokens) == (10.0, 7)  # the row's start is its first

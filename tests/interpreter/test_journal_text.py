@@ -1,6 +1,6 @@
 """An LLM call's journal record is written as text by the response itself (`CompletionResponse.journal_text`), not
-encoded from a dict by the store: it must decode to exactly what `to_json()` gives, and the store must still redact
-secrets from it."""
+encoded from a dict by the recorder: it must decode to exactly what `to_json()` gives, and the recorder must still
+redact secrets from it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-from flowctl.interpreter.persistence.store import JsonText, RunRecord, RunStatus
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 from flowctl.interpreter.providers.llm import CompletionResponse, ToolCallRequest, Usage
 from flowctl.interpreter.redact import Redactor
 
@@ -32,7 +33,7 @@ responses = st.builds(
 @given(responses)
 def test_journal_text_decodes_to_the_response_json(response: CompletionResponse) -> None:
     text = response.journal_text()
-    assert type(text) is JsonText
+    assert type(text) is str
     assert json.loads(text) == response.to_json()
     assert CompletionResponse.from_json(json.loads(text)) == response
 
@@ -42,12 +43,14 @@ def test_odd_values_take_the_encoder() -> None:
     assert json.loads(response.journal_text()) == response.to_json()
 
 
-def _stored(tmp_path: Path, redactor: Redactor, result: JsonText) -> tuple[str, object]:
+def _stored(tmp_path: Path, redactor: Redactor, result: str) -> tuple[str, object]:
     db = tmp_path / "runs.db"
-    with SqliteRunStore(db, redactor=redactor) as store:
-        store.create_run(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0))
-        store.record_call("r-1", "a/llm#0", "d", result, durable=False)
-        store.cache_put("d", result)
+    with SqliteRunStore(db) as store:
+        recorder = Recorder(store, redactor, "here:1", background_delay=None)
+        recorder.start_root(RunRecord("r-1", "demo", "demo.yaml", RunStatus.RUNNING, 1000.0))
+        recorder.call_done("r-1", "a/llm#0", "d", result)
+        recorder.cache_put("d", result)
+        recorder.commit()
         call = store.lookup_call("r-1", "a/llm#0")
         assert call is not None
         cached = store.cache_get("d")
@@ -61,7 +64,7 @@ def test_the_store_keeps_journal_text_as_it_is(tmp_path: Path) -> None:
     result = CompletionResponse("an answer ☃", usage=Usage(3, 4), model="m").journal_text()
     text, call = _stored(tmp_path, Redactor(), result)
     assert text == result
-    assert call.result == json.loads(result) and not call.redacted  # type: ignore[attr-defined]
+    assert call.result == json.loads(result) and not call.masked  # type: ignore[attr-defined]
 
 
 def test_the_store_redacts_secrets_from_journal_text(tmp_path: Path) -> None:
@@ -69,4 +72,4 @@ def test_the_store_redacts_secrets_from_journal_text(tmp_path: Path) -> None:
     text, call = _stored(tmp_path, Redactor.from_env({"OPENAI_API_KEY": SECRET}), result)
     assert SECRET not in text
     assert call.result["content"] == "the key is ***"  # type: ignore[attr-defined]
-    assert call.redacted  # type: ignore[attr-defined]  # a masked answer is not replayed
+    assert call.masked  # type: ignore[attr-defined]  # a masked answer is not replayed

@@ -6,28 +6,28 @@ store works again. The CLI side (the message, exit 1, the resume command) is tes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.persistence.store import Claim, RunStatus, Write
 from flowctl.interpreter.persistence.store_errors import StoreError
 from flowctl.interpreter.providers.scripted import Fixture
 from tests.interpreter.pipelines.harness import HERE, run_file
 
 
 class StoreFailingOnce(SqliteRunStore):
-    """A real SQLite store whose first step-finished write fails as a transient store failure would (the next write,
-    the run's ending, would go through)."""
+    """A real SQLite store whose first commit after the run's creation fails as a transient store failure would (the
+    next commit, the run's ending, would go through)."""
 
     failed = False
 
-    def step_finished(self, *args: Any, **kwargs: Any) -> None:
+    def commit(self, writes: Sequence[Write], claim: Claim | None) -> None:
         if not self.failed:
             self.failed = True
             raise StoreError(self.path, "database is locked", "try again")
-        super().step_finished(*args, **kwargs)
+        super().commit(writes, claim)
 
 
 @pytest.mark.anyio

@@ -45,6 +45,7 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     INSERT_RUN,
     MIGRATIONS,
     REOPEN_RUN,
+    SCHEMA_VERSION,
     RUN_COLUMNS,
     STATE_ROW,
     STEP_COLUMNS,
@@ -486,4 +487,4 @@ class SqliteRunStore:
         ]
 
 
-__all__ = ["SqliteRunStore", "default_store_path"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteRunStore", "default_store_path"]
