@@ -26,8 +26,8 @@ from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.sqlite_store import RunBusy, owner_alive
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.persistence.store_errors import StoreError
-from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider
+from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1
