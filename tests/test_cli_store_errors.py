@@ -22,10 +22,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flowctl.cli import main
+from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.persistence.sqlite_store import SCHEMA_VERSION, SqliteRunStore
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, StepStatus
 from flowctl.interpreter.persistence.store_errors import StoreError
-from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.redact import Redactor
 
 PIPELINE = """\

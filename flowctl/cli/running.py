@@ -42,7 +42,8 @@ def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -
 
 
 def _reporter(quiet: bool, events_file: str | None) -> Any:
-    from flowctl.interpreter.progress import JsonlReporter, LineReporter, MultiReporter, Reporter, TtyReporter
+    from flowctl.interpreter.reporting import Reporter
+    from flowctl.progress import JsonlReporter, LineReporter, MultiReporter, TtyReporter
 
     reporters: list[Reporter] = []
     if not quiet:
@@ -86,8 +87,8 @@ def _execute(start: Any, reporter: Any) -> Any:
 def _protect(graph: Any, store: Any, options: Any) -> Any:
     """The secrets (see docs/cli.md#secrets) are masked in the store, the progress output and everything printed.
     Returns the redactor."""
-    from flowctl.interpreter.progress import RedactingReporter
     from flowctl.interpreter.redact import MIN_SECRET_LENGTH, redactor_for
+    from flowctl.progress import RedactingReporter
 
     redactor = redactor_for([graph], os.environ)
     for name in redactor.short_names:

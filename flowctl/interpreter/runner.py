@@ -28,9 +28,9 @@ from flowctl.interpreter.persistence.owners import this_process
 from flowctl.interpreter.persistence.recorder import Recorder
 from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
-from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider
 from flowctl.interpreter.redact import Redactor, redactor_for
+from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1

@@ -22,9 +22,10 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     from flowctl.interpreter.errors import FlowctlError
     from flowctl.interpreter.persistence.ids import new_run_id
     from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-    from flowctl.interpreter.progress import LineReporter, RedactingReporter, Reporter
     from flowctl.interpreter.redact import redactor_for
+    from flowctl.interpreter.reporting import Reporter
     from flowctl.interpreter.runner import RunOptions, run_graph
+    from flowctl.progress import LineReporter, RedactingReporter
 
     started = time.monotonic()
     run_id = new_run_id()

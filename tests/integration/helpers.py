@@ -24,7 +24,7 @@ from flowctl.dsl.diagnostics import Severity
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-from flowctl.interpreter.progress import Reporter
+from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
 from tests.support.openai_server import OpenAIServer
 

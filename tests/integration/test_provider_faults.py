@@ -14,7 +14,7 @@ import pytest
 from flowctl.interpreter.clock import ManualClock
 from flowctl.interpreter.engine.policies import RETRY_AFTER_CAP
 from flowctl.interpreter.persistence.store import RunStatus
-from flowctl.interpreter.progress import LineReporter
+from flowctl.progress import LineReporter
 from tests.integration.helpers import Flow, Result
 from tests.support.openai_server import RawStream, call, error, raw, reply
 

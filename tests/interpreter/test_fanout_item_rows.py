@@ -1,5 +1,5 @@
-"""A fan-out item is journaled as one step row, written when it finishes (a StepFinished with no StepStarted): its kind, attempts, outcome
-and tokens must be what a started row per attempt plus a finished row would have said."""
+"""A fan-out item is journaled as one step row, written when it finishes (a StepFinished with no StepStarted): its
+kind, attempts, outcome and tokens must be what a started row per attempt plus a finished row would have said."""
 
 from __future__ import annotations
 

@@ -448,7 +448,7 @@ async def test_pool_requires_its_context_manager() -> None:
 
 
 def test_commands_are_found_on_path_then_beside_flowctls_python(tmp_path: Path) -> None:
-    from flowctl.interpreter.mcp.mcp_pool import CommandNotFound, resolve_command
+    from flowctl.interpreter.mcp.transports import CommandNotFound, resolve_command
 
     tool = tmp_path / "my-server"
     tool.write_text("#!/bin/sh\n")

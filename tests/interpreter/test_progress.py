@@ -11,9 +11,10 @@ import pytest
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
-from flowctl.interpreter.progress import ITEMS_REPORTED, LineReporter, RedactingReporter, Retry, TtyReporter
 from flowctl.interpreter.providers.scripted import Fixture
+from flowctl.interpreter.reporting import Retry
 from flowctl.interpreter.runner import RunOptions, run_graph
+from flowctl.progress import ITEMS_REPORTED, LineReporter, RedactingReporter, TtyReporter
 
 
 def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:

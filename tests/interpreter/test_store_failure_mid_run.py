@@ -5,8 +5,8 @@ store works again. The CLI side (the message, exit 1, the resume command) is tes
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 

@@ -20,8 +20,8 @@ from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.recorder import Recorder
-from flowctl.interpreter.progress import Reporter
 from flowctl.interpreter.providers.llm import LLMProvider, Usage
+from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.tools import ToolPool
 
 ProviderFactory = Callable[[ModelDef], LLMProvider]

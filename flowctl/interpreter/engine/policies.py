@@ -13,7 +13,7 @@ from typing import TypeVar
 from flowctl.dsl.ir import CircuitBreakerSpec, RetryPolicy
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.errors import CircuitOpen, FlowctlError, StepTimeout
-from flowctl.interpreter.progress import Retry
+from flowctl.interpreter.reporting import Retry
 
 T = TypeVar("T")
 

@@ -1,2 +1,3 @@
-"""MCP: the pool of server connections (one per server per run), the tool port, and tool resolution for
-`validate --resolve-tools`."""
+"""MCP: the pool of server connections for a run (mcp_pool: one session per server, shared; connection: one
+session's life; transports: the stdio process and streamable HTTP), and tool resolution for `validate
+--resolve-tools`."""

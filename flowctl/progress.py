@@ -1,6 +1,8 @@
-"""Progress reporting: live status on a terminal, plain lines otherwise, a JSONL event log on request.
+"""Progress shown to people and tools: live status on a terminal, plain lines otherwise, a JSONL event log on
+request; used by `flowctl run`/`resume` (cli/running.py) and `flowctl test --verbose` (testing/runner.py).
 
-Reporters only observe; they never affect the run. Lines go to stderr so stdout stays the run's result.
+Each is a Reporter (interpreter/reporting.py, the port the interpreter calls); they only observe and never affect
+the run. Lines go to stderr so stdout stays the run's result.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TextIO
+
+from flowctl.interpreter.reporting import Reporter, Retry
 
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
 _ITEM = re.compile(r"\[\d+\]$")
@@ -38,39 +42,6 @@ def _item_of(where: str) -> tuple[str, str] | None:
             item = "/".join(parts[: i + 1])
             return item[: len(item) - len(match.group())], item
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """A failed attempt that will be retried: `attempt` of `max_attempts` failed with `reason` (an HTTP status or an
-    error code) and `error`; the next one starts after `delay` seconds (the backoff, or the server's Retry-After)."""
-
-    attempt: int
-    max_attempts: int
-    reason: str
-    error: str
-    delay: float
-
-    def describe(self) -> str:
-        """`attempt 2/3 after 503, retrying in 3s`."""
-        return f"attempt {self.attempt + 1}/{self.max_attempts} after {self.reason}, retrying in {seconds(self.delay)}"
-
-
-def seconds(value: float) -> str:
-    """A duration for people: `3s`, `0.25s`, `0.001s`."""
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-class Reporter:
-    """The interface, and the silent reporter (`--quiet`)."""
-
-    def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None: ...
-    def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None: ...
-    def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None: ...
-    def step_retrying(self, run_id: str, path: str, retry: Retry) -> None: ...
-    def event(self, run_id: str, name: str, source: str) -> None: ...
-    def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None: ...
-    def close(self) -> None: ...
 
 
 class LineReporter(Reporter):

@@ -1,4 +1,4 @@
-"""The scripted provider: deterministic LLM replies (and MCP tool results) from a fixture, for offline runs and CI.
+"""The scripted fixture: its format, the rules that match requests, and the parser that validates it.
 
 `flowctl run FILE --scripted FIXTURE` answers every model from FIXTURE; a model may also declare
 `provider: scripted` with `fixture: PATH`. The user reference is docs/scripted.md. The fixture format (YAML or JSON):
@@ -30,21 +30,16 @@ accompany `tool_calls`), plus optional `latency` and `usage: {input_tokens, outp
 estimated as len(text) // 4 (at least 1) of the request's message contents and of the reply, so token accounting
 and budgets are exercised offline. A tool result is a mapping of `value` and/or `text`, or `error` (a tool-reported
 error), or `fault` (server_crashed, tool_timeout, server_start: a transport fault), plus optional `latency`.
-
-Rules are picked and consumed synchronously (no await between the check and the consume), so the concurrent calls of
-one run see consistent sequences and counters. Replies are picked in call order; for reproducible runs, script
-concurrent branches by agent or step rather than by sequence.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import fnmatch
 import functools
 import json
 import re
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +47,7 @@ from typing import Any
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.compile import DURATION_HINT, checked_duration
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
-from flowctl.dsl.ir import ServerDef
 from flowctl.dsl.loader import JsonPath, SourceMap, load_file
-from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.errors import (
     AuthError,
     BadRequest,
@@ -66,20 +59,8 @@ from flowctl.interpreter.errors import (
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
-    ServerCrashed,
-    ServerStartError,
-    ToolTimeout,
 )
-from flowctl.interpreter.providers.llm import (
-    CompletionRequest,
-    CompletionResponse,
-    Message,
-    ToolCallRequest,
-    ToolSpec,
-    Usage,
-    parse_structured_output,
-)
-from flowctl.interpreter.tools import ToolResult
+from flowctl.interpreter.providers.llm import CompletionRequest, Message
 
 ERROR_KINDS: dict[str, type[ProviderError]] = {
     "rate_limit": RateLimited,
@@ -115,12 +96,6 @@ class FixtureError(FlowctlError):
         )
         self.file = file
         self.diagnostics = diagnostics
-
-
-class NoScriptedReply(ProviderError):
-    """No rule matches a request and the fixture has no `default:` (not retryable: the fixture must change)."""
-
-    code = "no-scripted-reply"
 
 
 # --- the fixture ------------------------------------------------------------------------------------------------
@@ -171,7 +146,7 @@ class Rule:
             _glob(self.agent, request.agent)
             and _glob(self.step, request.step)
             and _glob(self.model, request.model)
-            and (self.prompt is None or self.prompt.search(_last_user_text(request.messages)) is not None)
+            and (self.prompt is None or self.prompt.search(last_user_text(request.messages)) is not None)
         )
 
     def describe(self) -> str:
@@ -497,231 +472,6 @@ class _Parser:
         return ToolScript(span, fault=fault, latency=latency) if fault else None
 
 
-# --- the provider -----------------------------------------------------------------------------------------------
-
-
-class ScriptedProvider:
-    """An LLMProvider answering from a Fixture. Share one instance across models so sequences stay in order."""
-
-    def __init__(self, fixture: Fixture, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.fixture = fixture
-        self.clock = clock  # scripted latency passes on this clock (a ManualClock makes it virtual)
-        self.calls = 0  # every complete() call, answered or not
-        self.calls_by_rule: dict[int, int] = {rule.index: 0 for rule in fixture.rules}
-        self.default_calls = 0
-        self._used: dict[int, int] = {}  # replies consumed per rule index (for `replies:` rules)
-
-    def complete(self, request: CompletionRequest) -> Awaitable[CompletionResponse]:
-        """The scripted answer, after the scripted latency.
-
-        On asyncio this is not a coroutine but a future that a timer completes: what `asyncio.sleep` does, without
-        its coroutine and this method's (offline runs and CI fan out thousands of scripted calls, and each frame
-        costs every one of them). Cancelling the caller cancels the future; the timer then finds it done.
-        """
-        reply, rule = self._take(request)  # synchronous: nothing runs between matching and consuming
-        latency = reply.latency if reply.latency is not None else (rule.latency if rule else None)
-        if self.clock is not SYSTEM_CLOCK:
-            return self._complete_later(request, reply, rule, latency)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # another anyio backend (trio)
-            return self._complete_later(request, reply, rule, latency)
-        future: asyncio.Future[CompletionResponse] = loop.create_future()
-        if latency:
-            loop.call_later(latency, self._settle, future, request, reply, rule)
-        else:
-            self._settle(future, request, reply, rule)
-        return future
-
-    def _settle(
-        self, future: asyncio.Future[CompletionResponse], request: CompletionRequest, reply: Reply, rule: Rule | None
-    ) -> None:
-        if future.done():  # the caller was cancelled meanwhile
-            return
-        try:
-            future.set_result(_answer(request, reply, rule, self.fixture.file))
-        except Exception as exc:  # a scripted error, or an answer that does not match the output schema
-            future.set_exception(exc)
-
-    async def _complete_later(
-        self, request: CompletionRequest, reply: Reply, rule: Rule | None, latency: float | None
-    ) -> CompletionResponse:
-        if latency:
-            await self.clock.sleep(latency)
-        return _answer(request, reply, rule, self.fixture.file)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-    def unused_rules(self) -> list[Rule]:
-        """Rules that never answered: a fixture drifting away from its pipeline (useful in `flowctl test`)."""
-        return [rule for rule in self.fixture.rules if self.calls_by_rule[rule.index] == 0]
-
-    def _take(self, request: CompletionRequest) -> tuple[Reply, Rule | None]:
-        self.calls += 1
-        used_up: list[Rule] = []
-        for rule in self.fixture.rules:
-            if not rule.replies or not rule.matches(request):
-                continue
-            reply = self._next_reply(rule)
-            if reply is None:
-                used_up.append(rule)
-                continue
-            self.calls_by_rule[rule.index] += 1
-            return reply, rule
-        if self.fixture.default is not None:
-            self.default_calls += 1
-            return self.fixture.default, None
-        raise NoScriptedReply(_no_match_message(request, self.fixture, used_up))
-
-    def _next_reply(self, rule: Rule) -> Reply | None:
-        if rule.repeat:
-            return rule.replies[0]
-        used = self._used.get(rule.index, 0)
-        if used >= len(rule.replies):
-            return None
-        self._used[rule.index] = used + 1
-        return rule.replies[used]
-
-
-def _answer(request: CompletionRequest, reply: Reply, rule: Rule | None, file: str) -> CompletionResponse:
-    """The response for a reply, or the typed error it scripts."""
-    if reply.error is not None:
-        raise _scripted_error(request, reply, _source(rule, file))
-    tool_calls = _tool_calls(request.messages, reply.tool_calls) if reply.tool_calls else ()
-    text = reply.text
-    response = CompletionResponse(
-        text,
-        tool_calls,
-        _usage(request, reply, text, tool_calls),
-        "tool_calls" if tool_calls else "stop",
-        request.model,
-    )
-    if request.output_schema is not None and not tool_calls:
-        _check_output(response.content, request.output_schema, f"{_who(request)} ({_source(rule, file)})")
-    return response
-
-
-def _source(rule: Rule | None, file: str) -> str:
-    """Where a reply comes from, for messages (built only when one is needed)."""
-    return rule.describe() if rule else f"`default:` of {file}"
-
-
-def _scripted_error(request: CompletionRequest, reply: Reply, source: str) -> ProviderError:
-    kind = reply.error or ""
-    message = reply.message or f"scripted {kind} error for {_who(request)}"
-    return ERROR_KINDS[kind](f"{message} ({source})", retry_after=reply.retry_after)
-
-
-def _tool_calls(messages: tuple[Message, ...], calls: tuple[ScriptedCall, ...]) -> tuple[ToolCallRequest, ...]:
-    """Ids `call_<n>` numbered after the conversation's earlier tool calls: unique and independent of scheduling."""
-    earlier = sum(len(m.tool_calls) for m in messages)
-    return tuple(ToolCallRequest(f"call_{earlier + i + 1}", c.name, c.arguments) for i, c in enumerate(calls))
-
-
-def _usage(
-    request: CompletionRequest, reply: Reply, text: str | None, tool_calls: tuple[ToolCallRequest, ...]
-) -> Usage:
-    # Estimate only what the reply does not fix, from lengths: the same as estimate_tokens of the joined text,
-    # without building it.
-    input_tokens, output_tokens = reply.input_tokens, reply.output_tokens
-    if input_tokens is None:
-        length = 0
-        for message in request.messages:
-            if message.content:
-                length += len(message.content)
-        input_tokens = length // 4 or 1
-    if output_tokens is None:
-        length = len(text) if text else 0
-        for call in tool_calls:
-            length += len(call.name) + len(call.arguments)
-        output_tokens = length // 4 or 1
-    return Usage(input_tokens, output_tokens)
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token: good enough to exercise budgets and cost reports offline."""
-    return max(1, len(text) // 4)
-
-
-def _check_output(content: str | None, schema: dict[str, Any], where: str) -> None:
-    """Structured output is checked the way the real provider checks it, so fixtures can exercise the failure."""
-    parse_structured_output(content, schema, where)
-
-
-def _no_match_message(request: CompletionRequest, fixture: Fixture, used_up: list[Rule]) -> str:
-    lines = [f"no scripted reply for {_who(request)} in {fixture.file}: no rule matches and there is no `default:`"]
-    if any(rule.prompt is not None for rule in fixture.rules):
-        lines.append(f"last user message: {_excerpt(_last_user_text(request.messages))}")
-    lines.extend(f"matched but used up ({len(rule.replies)} replies): {rule.describe()}" for rule in used_up)
-    return "\n  ".join(lines)
-
-
-# --- the tool pool ----------------------------------------------------------------------------------------------
-
-
-class ScriptedToolPool:
-    """A ToolPool answering from the fixture's `tools:`; the servers it scripts are never started."""
-
-    def __init__(self, fixture: Fixture, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.fixture = fixture
-        self.clock = clock
-        self.calls = 0
-        self.calls_by_tool: dict[str, int] = {key: 0 for key in fixture.tools}
-        self._used: dict[str, int] = {}
-
-    def scripted_servers(self) -> set[str]:
-        return {entry.server for entry in self.fixture.tools.values()}
-
-    async def list_tools(self, server: ServerDef) -> list[ToolSpec]:
-        """The scripted tools of `server` in fixture order, filtered by its `allowed_tools` like the real pool."""
-        return [
-            ToolSpec(entry.tool, f"scripted tool {entry.key}", {"type": "object"})
-            for entry in self.fixture.tools.values()
-            if entry.server == server.name and (server.allowed_tools is None or entry.tool in server.allowed_tools)
-        ]
-
-    async def call_tool(self, server: ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
-        """The next scripted result; an unscripted or used-up tool is a tool-reported error, never an exception."""
-        self.calls += 1
-        key = f"{server.name}.{tool}"
-        script = self._take(key)  # synchronous: no await between the check and the consume
-        if isinstance(script, ToolResult):
-            return script
-        if script.latency:
-            await self.clock.sleep(script.latency)
-        if script.fault is not None:
-            raise _tool_fault(script, server, tool)
-        return ToolResult(text=script.text, value=script.value, is_error=script.is_error)
-
-    async def aclose(self) -> None:
-        """Nothing to close: no server was started."""
-
-    def _take(self, key: str) -> ToolScript | ToolResult:
-        entry = self.fixture.tools.get(key)
-        if entry is None or not entry.results:
-            return ToolResult(text=f"no scripted result for {key}", value=None, is_error=True)
-        used = 0 if entry.repeat else self._used.get(key, 0)
-        if used >= len(entry.results):
-            text = f"scripted results for {key} are used up ({len(entry.results)} given in {self.fixture.file})"
-            return ToolResult(text=text, value=None, is_error=True)
-        if not entry.repeat:
-            self._used[key] = used + 1
-        self.calls_by_tool[key] += 1
-        return entry.results[used]
-
-
-def _tool_fault(script: ToolScript, server: ServerDef, tool: str) -> Exception:
-    """The transport fault a script asks for; retryable as the real one would be (idempotent tools only)."""
-    idempotent = tool in server.idempotent_tools
-    where = f"scripted {script.fault} for tool {tool!r} of server {server.name!r} (at {script.span})"
-    if script.fault == "server_start":
-        return ServerStartError(where)
-    if script.fault == "tool_timeout":
-        return ToolTimeout(where, idempotent=idempotent)
-    return ServerCrashed(where, idempotent=idempotent)
-
-
 # --- small helpers ----------------------------------------------------------------------------------------------
 
 
@@ -736,20 +486,8 @@ def _has_magic(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-def _last_user_text(messages: tuple[Message, ...]) -> str:
+def last_user_text(messages: tuple[Message, ...]) -> str:
     return next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
-
-
-def _who(request: CompletionRequest) -> str:
-    parts = [f"agent {request.agent!r}" if request.agent else "no agent"]
-    if request.step:
-        parts.append(f"step {request.step!r}")
-    parts.append(f"model {request.model!r}")
-    return ", ".join(parts)
-
-
-def _excerpt(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _where(path: JsonPath) -> str:

@@ -1,0 +1,276 @@
+"""One MCP server session: what to launch (with `${VAR}` expanded), the task that holds the session for its whole
+life, and what it knows when the server fails: start errors, crashes told from tool errors, exit code and stderr tail.
+McpPool (mcp_pool.py) owns the sessions; the stdio process and the HTTP client are transports.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import IO
+from urllib.parse import urlsplit
+
+import anyio
+import mcp_types
+from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
+from mcp.client.stdio import get_default_environment
+
+from flowctl.dsl.ir import ServerDef, Transport
+from flowctl.dsl.variables import expand
+from flowctl.interpreter.errors import ServerCrashed, ServerStartError
+from flowctl.interpreter.mcp.transports import (
+    KILL_GRACE_SECONDS,
+    STOP_GRACE_SECONDS,
+    CommandNotFound,
+    StdioState,
+    Streams,
+    resolve_command,
+    stdio_transport,
+    streamable_http,
+)
+
+STDERR_TAIL_LINES = 20
+PROBE_TIMEOUT_SECONDS = 2.0  # ping that tells a dropped HTTP connection from a tool's -32000 error
+CLOSE_TIMEOUT_SECONDS = 5.0  # for a graceful close (HTTP session DELETE); stdio shutdown is bounded anyway
+CLIENT_INFO = mcp_types.Implementation(name="flowctl", version="0.1.0")
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What to start, with `${VAR}` already expanded (so a missing variable fails before any process runs)."""
+
+    transport: Transport
+    command: str | None
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None
+    url: str | None
+    headers: dict[str, str]
+
+
+class Connection:
+    """One server session, owned by the task running `run()`; other tasks use `session` meanwhile."""
+
+    def __init__(self, server: ServerDef, launch: Launch) -> None:
+        self.server = server
+        self.launch = launch
+        self.ready = anyio.Event()  # started, or failed to start
+        self.ended = anyio.Event()  # the transport is closed and the process reaped
+        self.start_error: ServerStartError | None = None
+        self.exit_code: int | None = None
+        self.stderr_tail = ""
+        self.failure: BaseException | None = None
+        self._session: ClientSession | None = None
+        self._wake = anyio.Event()  # stop requested, or the server went away
+        self._life: anyio.CancelScope | None = None
+        self._stopping = False
+        self._lost = False
+        self._stdio = StdioState()
+
+    @property
+    def session(self) -> ClientSession:
+        assert self._session is not None, "session used before it started"
+        return self._session
+
+    @property
+    def usable(self) -> bool:
+        """Starting or running: not failed, crashed or stopped."""
+        gone = self._lost or self._stdio.stdout_closed.is_set() or self.ended.is_set()
+        return not (gone or self._stopping or self.start_error is not None)
+
+    def stop(self) -> None:
+        """Ask the session task to close; a session still starting is cancelled outright."""
+        self._stopping = True
+        self._wake.set()
+        if self._session is None and self._life is not None:
+            self._life.cancel()
+
+    async def run(self) -> None:
+        """The session's whole life; never raises (a failure must not cancel the pool's other sessions)."""
+        errlog = tempfile.TemporaryFile()  # noqa: SIM115 - closed in `finally` after the tail is read
+        timed_out = False
+        try:
+            timed_out = await self._serve(errlog)
+        except Exception as exc:
+            self.failure = exc
+        finally:
+            self._lost = True
+            self._finish(errlog, timed_out)
+
+    async def _serve(self, errlog: IO[bytes]) -> bool:
+        """Open, initialize within the startup timeout, then hold the session until woken.
+
+        Returns whether the startup timeout expired. One scope spans the whole life (a scope cannot end
+        while contexts entered in it stay open): its deadline is the startup timeout, disarmed once
+        initialized, then re-armed to bound the close.
+        """
+        if self._stopping:
+            return False
+        deadline = anyio.current_time() + self.server.startup_timeout
+        with anyio.CancelScope(deadline=deadline) as self._life:
+            async with AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(self._open_transport(errlog))
+                session = ClientSession(read, write, client_info=CLIENT_INFO)
+                await stack.enter_async_context(session)
+                await session.initialize()
+                self._life.deadline = math.inf
+                self._session = session
+                self.ready.set()
+                await self._wake.wait()
+                self._life.deadline = anyio.current_time() + CLOSE_TIMEOUT_SECONDS
+        return self._life.cancelled_caught and self._session is None and not self._stopping
+
+    def _open_transport(self, errlog: IO[bytes]) -> AbstractAsyncContextManager[Streams]:
+        launch = self.launch
+        if launch.transport is Transport.STDIO:
+            assert launch.command is not None
+            env = get_default_environment() | launch.env
+            argv = [resolve_command(launch.command, env.get("PATH"), launch.cwd), *launch.args]
+            return stdio_transport(argv, env, launch.cwd, errlog, self._stdio, self._wake)
+        assert launch.url is not None
+        if launch.transport is Transport.SSE:
+            return sse_client(launch.url, headers=launch.headers)
+        return streamable_http(launch.url, launch.headers, self.server.read_timeout)
+
+    def _finish(self, errlog: IO[bytes], timed_out: bool) -> None:
+        """Record exit code and stderr tail, close the log, and wake everyone waiting."""
+        process = self._stdio.process
+        self.exit_code = None if process is None else process.returncode
+        self.stderr_tail = _tail(errlog)
+        errlog.close()
+        if self._session is None:
+            self.start_error = self._start_error(timed_out)
+        self.ready.set()
+        self.ended.set()
+
+    def _start_error(self, timed_out: bool) -> ServerStartError:
+        server = self.server
+        if timed_out:
+            cause = f"did not answer initialize within {server.startup_timeout:g}s"
+        elif self._stopping and self.failure is None:
+            cause = "the pool closed before it finished starting"
+        elif self.exit_code is not None:
+            cause = f"exited with code {self.exit_code} before answering initialize"
+        elif isinstance(self.failure, CommandNotFound):
+            error = ServerStartError(f"server {server.name!r} cannot start: {self.failure}", span=server.span)
+            error.retryable = False  # a configuration problem: trying again cannot help
+            return error
+        else:
+            cause = describe(self.failure) if self.failure else "closed the connection at start"
+        if self.launch.url is not None:  # a remote server: say where we tried (never user info or the query)
+            cause = f"{cause} (at {_safe_url(self.launch.url)})"
+        return ServerStartError(f"server {server.name!r} failed to start: {cause}{self._evidence()}", span=server.span)
+
+    def _evidence(self) -> str:
+        """Exit code context for humans: non-JSON stdout lines and the stderr tail."""
+        parts = []
+        if self._stdio.bad_lines:
+            shown = "\n".join(f"  {line}" for line in self._stdio.bad_lines)
+            parts.append(f"\nnon-JSON-RPC lines on stdout (is it printing logs to stdout?):\n{shown}")
+        if self.stderr_tail:
+            lines = self.stderr_tail.splitlines()
+            shown = "\n".join(f"  {line}" for line in lines)
+            parts.append(f"\nstderr (last {len(lines)} lines):\n{shown}")
+        return "".join(parts)
+
+    async def is_lost(self, error: MCPError | None) -> bool:
+        """Whether the server is gone (crash) rather than the tool failing.
+
+        Stdio knows for sure (stdout closed or the task ended). Over HTTP a dropped stream surfaces as
+        CONNECTION_CLOSED (-32000), a code servers also use for their own errors, so a ping decides.
+        """
+        if self._lost or self._stdio.stdout_closed.is_set():
+            self._lost = True
+            return True
+        if error is None or error.code != mcp_types.CONNECTION_CLOSED:
+            return False
+        if self.launch.transport is Transport.STDIO or await self._answers_ping():
+            return False
+        self._lost = True
+        self.stop()
+        return True
+
+    async def _answers_ping(self) -> bool:
+        with anyio.move_on_after(PROBE_TIMEOUT_SECONDS):
+            with suppress(Exception):
+                await self.session.send_ping()
+                return True
+        return False
+
+    async def crash_error(self, tool: str, idempotent: bool) -> ServerCrashed:
+        """ServerCrashed naming the tool, exit code and stderr tail (waits briefly for the process to end)."""
+        self.stop()
+        with anyio.move_on_after(STOP_GRACE_SECONDS + KILL_GRACE_SECONDS + 1.0):
+            await self.ended.wait()
+        code = f" (exit code {self.exit_code})" if self.exit_code is not None else ""
+        cause = f" ({describe(self.failure)})" if self.failure is not None else ""
+        return ServerCrashed(
+            f"server {self.server.name!r} went away during {tool!r}{code}{cause}; outcome unknown{self._evidence()}",
+            idempotent=idempotent,
+            span=self.server.span,
+        )
+
+
+def launch_for(server: ServerDef, env: Mapping[str, str]) -> Launch:
+    """Expand `${VAR}` in env values, headers and url; `command` and `args` stay literal."""
+
+    def expand(value: str, where: str) -> str:
+        return expand_vars(value, env, server=server, where=where)
+
+    return Launch(
+        transport=server.transport,
+        command=server.command,
+        args=server.args,
+        env={name: expand(value, f"env.{name}") for name, value in server.env.items()},
+        cwd=server.cwd,
+        url=expand(server.url, "url") if server.url is not None else None,
+        headers={name: expand(value, f"headers.{name}") for name, value in server.headers.items()},
+    )
+
+
+def expand_vars(value: str, env: Mapping[str, str], *, server: ServerDef, where: str) -> str:
+    """`${VAR}` → env[VAR]; `${VAR:-default}` → default when VAR is unset or empty (as in sh).
+
+    An unset variable without a default is a ServerStartError naming it (not retryable: a config error).
+    """
+
+    def unset(name: str) -> ServerStartError:
+        error = ServerStartError(
+            f"server {server.name!r}: environment variable {name!r} (used in {where}) is not set", span=server.span
+        )
+        error.retryable = False
+        return error
+
+    return expand(value, env, unset)
+
+
+def _tail(errlog: IO[bytes]) -> str:
+    """The last STDERR_TAIL_LINES lines the server wrote to stderr."""
+    with suppress(OSError, ValueError):
+        size = errlog.seek(0, os.SEEK_END)
+        errlog.seek(max(0, size - 64 * 1024))
+        text = errlog.read().decode("utf-8", errors="replace")
+        return "\n".join(text.rstrip().splitlines()[-STDERR_TAIL_LINES:])
+    return ""
+
+
+def _safe_url(url: str) -> str:
+    """scheme://host[:port]/path: a URL fit for messages (credentials live in user info and query strings)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line cause, looking inside exception groups for the first real error."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
