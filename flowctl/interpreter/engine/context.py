@@ -192,7 +192,7 @@ def recorded_steps(runtime: Runtime, run_id: str) -> dict[str, RecordedStep]:
     """The step rows the store holds for a run being resumed, by path. The calls of the failed ones are asked again
     (see Journal.ask_again)."""
     rows = runtime.recorder.steps(run_id)
-    runtime.journal.ask_again(run_id, {s.path for s in rows if s.status.value == "failed"})
+    runtime.journal.ask_again(run_id, {s.path: s.claim_token for s in rows if s.status.value == "failed"})
     return {s.path: RecordedStep(s.status.value, s.attempts, s.input_tokens, s.output_tokens) for s in rows}
 
 

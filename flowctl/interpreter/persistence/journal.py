@@ -54,7 +54,9 @@ class Journal:
         self.executed = 0
         self._written: set[tuple[str, str]] = set()  # keys recorded by this process
         self._counted: set[tuple[str, str]] = set()  # replayed keys whose usage this process counted
-        self._failed: set[tuple[str, str]] = set()  # (run id, step path) recorded failed: their calls are asked again
+        # (run id, step path) → the claim token the step's failure was committed under: its calls committed under
+        # that claim or an earlier one are asked again
+        self._failed: dict[tuple[str, str], int] = {}
         # distinguishes this execution of a run from earlier ones, for work that must run anew (`finally`)
         self.epoch = f"{time.time_ns() // 1_000_000:x}"
 
@@ -75,9 +77,11 @@ class Journal:
             await self.recorder.durable()
         return result
 
-    def ask_again(self, run_id: str, failed_steps: set[str]) -> None:
-        """A resumed run's steps that the store holds as failed: their recorded calls are not replayed."""
-        self._failed.update((run_id, path) for path in failed_steps)
+    def ask_again(self, run_id: str, failed_steps: dict[str, int]) -> None:
+        """A resumed run's steps that the store holds as failed (path → the claim token of the failure): the calls
+        they made up to that failure are not replayed. Calls committed under a later claim are (a resume that ran the
+        step again and was killed: its step row may not have been committed, its calls were)."""
+        self._failed.update(((run_id, path), token) for path, token in failed_steps.items())
 
     # `call` in two halves, for the hot path (an LLM call) to run its effect inline, without two more coroutine
     # frames per call: `replay` before the effect, `record` after it.
@@ -86,10 +90,11 @@ class Journal:
         """The recorded (or, with --cache, cached) result of `key`; None when the caller must execute it."""
         ident = (run_id, key)
         written = ident in self._written
-        if self.resuming and not written and self._failed and (run_id, _owning_step(key)) in self._failed:
-            recorded = None  # the step failed: ask again (and refuse nothing: what it asked before is void)
-        else:
-            recorded = self.recorder.lookup_call(run_id, key) if self.resuming or written else None
+        recorded = self.recorder.lookup_call(run_id, key) if self.resuming or written else None
+        if recorded is not None and not written and self._failed:
+            failed_under = self._failed.get((run_id, _owning_step(key)))
+            if failed_under is not None and recorded.claim_token <= failed_under:
+                recorded = None  # its step failed after it: ask again (and refuse nothing: the answer is void)
         if recorded is not None and recorded.masked:
             recorded = None  # the journal holds a masked copy: the call is made again (paid twice, but correct)
         if recorded is not None:

@@ -4,11 +4,17 @@ writes under the run tree's claim (store.py is the port).
 
 Durable before dependent (the durability contract, docs/durability.md): a completed call's record must be durable
 before anything depends on it — the call's answer is used, its step finishes, its success is shown. Writes queue in
-memory (a list append), and `durable()` is group commit with waiters: the first waiter lets the other ready tasks
-queue their writes too (one loop turn), then commits everything queued in one transaction and releases every waiter
-whose writes it held. A lone chain commits at once; a fan-out of thousands shares a few commits. Nothing waits on a
-fixed delay. Writes nothing depends on (step rows, events, state changes) ride the next commit, or the background
-commit that keeps `flowctl show` in another terminal current (at most `max_delay` behind).
+memory (a list append) in two lines:
+- the journal: call results and the run records (created, reopened, finished). `durable()` is group commit with
+  waiters: the first waiter lets the other ready tasks queue their writes too (one loop turn), then commits the
+  journal's queue in one transaction and releases every waiter whose writes it held. A lone chain commits at once; a
+  fan-out of thousands shares a few commits. Nothing waits on a fixed delay.
+- the account: step rows, events, state changes, cache entries — what `flowctl show` reads, which nothing in the run
+  depends on (a resume recomputes them). They are committed in the background every `background_delay` (so another
+  terminal sees the run as it goes, at most that far behind) and with the run's end, always after the journal's
+  queue (a child run's row comes before its steps'), never making a chain step wait for them.
+A step's row may so lag behind its calls; the store stamps calls and step outcomes with the claim they were
+committed under, which is how a resume tells the calls of a failed step from later ones (journal.py).
 
 A lost claim (another process took the run over) makes every later commit raise `ClaimLost`, and the run stops
 without being finished: its new owner writes its outcome.
@@ -71,9 +77,11 @@ class Recorder:
         self.clock = clock
         self.claim: Claim | None = None
         self._now = clock.now
-        self._pending: list[Write] = []
-        self._queued = 0  # writes ever queued (a waiter's ticket is this count after its write)
-        self._committed = 0  # writes committed, in queue order
+        self._pending: list[Write] = []  # the journal's queue
+        self._account: list[Write] = []  # the account's queue
+        self._queued = 0  # journal writes ever queued (a waiter's ticket is this count after its write)
+        self._committed = 0  # journal writes committed, in queue order
+        self._committed_any = False
         self._commit_lock = threading.Lock()
         self._committing = False  # a waiter is between its loop turn and its commit
         self._lost: BaseException | None = None  # ClaimLost: nothing more is written
@@ -151,6 +159,7 @@ class Recorder:
         self.close()
         with self._commit_lock:
             self._pending.clear()
+            self._account.clear()
         claim, self.claim = self.claim, None
         if claim is not None and self._lost is None:
             self.store.release(claim)
@@ -158,12 +167,12 @@ class Recorder:
     @property
     def committed_any(self) -> bool:
         """Whether a commit since the claim made anything of this process durable."""
-        return self._committed > 0
+        return self._committed_any
 
     # -- steps, calls, events, state ---------------------------------------------------------------------------------
 
     def step_started(self, run_id: str, path: str, kind: str, *, new_attempt: bool = True) -> None:
-        self._queue(StepStarted(run_id, path, kind, self._now(), new_attempt))
+        self._note(StepStarted(run_id, path, kind, self._now(), new_attempt))
 
     def step_finished(
         self,
@@ -180,7 +189,7 @@ class Recorder:
         output_tokens: int = 0,
     ) -> None:
         """A step's outcome (see store.StepFinished: `attempts` and tokens are what this process adds)."""
-        self._queue(
+        self._note(
             StepFinished(
                 run_id,
                 path,
@@ -203,15 +212,15 @@ class Recorder:
         self._queue(CallDone(run_id, key, digest, text, self._now(), masked))
 
     def event(self, run_id: str, name: str, data: Any, source: str) -> None:
-        self._queue(EventLogged(run_id, self.redactor.redact_text(name), self._dump(data), source, self._now()))
+        self._note(EventLogged(run_id, self.redactor.redact_text(name), self._dump(data), source, self._now()))
 
     def state_changed(self, run_id: str, step: str, values: dict[str, Any]) -> None:
         redacted = self.redactor.redact(values)
-        self._queue(StateChanged(run_id, step, self._encode(list(redacted)), self._encode(redacted), self._now()))
+        self._note(StateChanged(run_id, step, self._encode(list(redacted)), self._encode(redacted), self._now()))
 
     def cache_put(self, digest: str, result: dict[str, Any] | str) -> None:
         """Remember a response for identical requests (a lost entry is only a miss)."""
-        self._queue(CacheStored(digest, self._result_text(result)[0], self._now()))
+        self._note(CacheStored(digest, self._result_text(result)[0], self._now()))
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
@@ -240,7 +249,8 @@ class Recorder:
     # -- commits -----------------------------------------------------------------------------------------------------
 
     async def durable(self) -> None:
-        """Return once every write queued so far is durable (group commit with waiters, see the module docstring)."""
+        """Return once every journal write queued so far is durable (group commit with waiters, see the module
+        docstring)."""
         ticket = self._queued
         if self._committed >= ticket:
             return
@@ -251,34 +261,41 @@ class Recorder:
             finally:
                 self._committing = False
             if self._committed < ticket:
-                self.commit()
+                self._commit(account=False)
             return
         while self._committed < ticket:  # another waiter commits for us in its next step
             await anyio.lowlevel.checkpoint()
             if not self._committing and self._committed < ticket:
-                self.commit()
+                self._commit(account=False)
 
     def commit(self) -> None:
-        """Commit every queued write now (blocking: the store's commit returns once durable)."""
+        """Commit every queued write now, the account's too (blocking: the store returns once durable)."""
+        self._commit(account=True)
+
+    def _commit(self, *, account: bool) -> None:
         self._raise_if_stopped()
         with self._commit_lock:
-            self._commit_locked()
+            self._commit_locked(account)
 
-    def _commit_locked(self) -> None:
-        """Commit the queued writes (`_commit_lock` held). The event loop appends to `_pending` without a lock while
-        the background thread may be here, so the batch is a copy of the first `count` writes and leaves the list
-        only once committed (list appends and prefix deletions are each atomic under the GIL)."""
+    def _commit_locked(self, account: bool) -> None:
+        """Commit the journal's queued writes, and with `account` the account's after them (`_commit_lock` held).
+        The event loop appends to the queues without a lock while the background thread may be here, so a batch is a
+        copy of the first writes and leaves its queue only once committed (list appends and prefix deletions are each
+        atomic under the GIL)."""
         count = len(self._pending)
-        if not count:
+        noted = len(self._account) if account else 0
+        if not count and not noted:
             return
-        batch = self._pending[:count]
+        batch = self._pending[:count] + self._account[:noted] if noted else self._pending[:count]
         try:
             self.store.commit(batch, self.claim)
         except ClaimLost as lost:
             self._lost = lost
             raise
         del self._pending[:count]
+        del self._account[:noted]
         self._committed += count
+        self._committed_any = True
 
     def close(self) -> None:
         """Stop the background commits. Whatever is still queued is dropped: the run ends with `run_finished`, which
@@ -292,10 +309,16 @@ class Recorder:
     # -- internals ---------------------------------------------------------------------------------------------------
 
     def _queue(self, write: Write) -> None:
+        """A journal write."""
         if self._lost is not None:
             return  # another process owns the run now: this one writes nothing more
         self._pending.append(write)
         self._queued += 1
+
+    def _note(self, write: Write) -> None:
+        """An account write."""
+        if self._lost is None:
+            self._account.append(write)
 
     def _raise_if_stopped(self) -> None:
         if self._lost is not None:
@@ -312,15 +335,16 @@ class Recorder:
         self._background.start()
 
     def _commit_in_background(self) -> None:
-        """Every `background_delay`, commit what waits (step rows and events nothing waits for), so that another
-        process reading the store sees the run as it goes. An error is raised to the interpreter at its next commit."""
+        """Every `background_delay`, commit what waits (the account, and a journal write nobody waits for), so that
+        another process reading the store sees the run as it goes. An error is raised to the interpreter at its next
+        commit."""
         assert self._background_delay is not None
         while not self._stop.wait(self._background_delay):
-            if not self._pending or self._lost is not None or self._background_error is not None:
+            if (not self._pending and not self._account) or self._lost is not None or self._background_error:
                 continue
             try:
                 with self._commit_lock:
-                    self._commit_locked()
+                    self._commit_locked(True)
             except BaseException as error:  # handed to the interpreter's thread
                 self._background_error = error
 

@@ -93,9 +93,12 @@ _SCHEMA_V3 = ("ALTER TABLE calls ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0"
 # v4: secrets masked in a run's inputs are placeholders naming their variables; this column says which, with a
 # salted hash of each value, so `flowctl resume` restores them from the environment.
 _SCHEMA_V4 = ("ALTER TABLE runs ADD COLUMN input_secrets TEXT",)
-# v5: claims with fencing (a token that grows with each claim, a heartbeat for owners on other hosts), and signals
-# numbered per run in commit order (a counter on the run row, taken under SQLite's write lock).
+# v5: claims with fencing (a token that grows with each claim, a heartbeat for owners on other hosts); calls and step
+# outcomes stamped with the claim they were committed under; signals numbered per run in commit order (a counter on
+# the run row, taken under SQLite's write lock).
 _SCHEMA_V5 = (
+    "ALTER TABLE calls ADD COLUMN claim_token INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE steps ADD COLUMN claim_token INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE runs ADD COLUMN claim_token INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE runs ADD COLUMN heartbeat_at REAL",
     "ALTER TABLE runs ADD COLUMN signals_sent INTEGER NOT NULL DEFAULT 0",
@@ -111,7 +114,8 @@ _RUN_COLUMNS = (
     "source_digest, input_tokens, output_tokens, cost, owner, input_secrets"
 )
 _STEP_COLUMNS = (
-    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens"
+    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
+    "claim_token"
 )
 RUN_COLUMNS, STEP_COLUMNS = _RUN_COLUMNS, _STEP_COLUMNS
 
@@ -146,22 +150,22 @@ def _multi_row_sql(insert: Insert, rows: int) -> str:
 STEP_ROW = Insert(
     "steps",
     "INSERT INTO steps (run_id, path, kind, status, attempts, started_at, finished_at, output, error, "
-    "input_tokens, output_tokens)",
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "input_tokens, output_tokens, claim_token)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (run_id, path) DO UPDATE SET
         kind = excluded.kind, status = excluded.status, attempts = steps.attempts + excluded.attempts,
         started_at = CASE WHEN excluded.status = 'running' THEN excluded.started_at ELSE steps.started_at END,
         finished_at = excluded.finished_at, output = excluded.output, error = excluded.error,
         input_tokens = steps.input_tokens + excluded.input_tokens,
-        output_tokens = steps.output_tokens + excluded.output_tokens""",
+        output_tokens = steps.output_tokens + excluded.output_tokens, claim_token = excluded.claim_token""",
 )
 CALL_ROW = Insert(
     "calls",
-    "INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted)",
-    "(?, ?, ?, ?, ?, ?)",
+    "INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)",
+    "(?, ?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (run_id, key) DO UPDATE SET
         request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted""",
+        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token""",
 )
 EVENT_ROW = Insert("events", "INSERT INTO events (run_id, name, data, source, at)", "(?, ?, ?, ?, ?)")
 STATE_ROW = Insert("state_changes", 'INSERT INTO state_changes (run_id, step, keys, "values", at)', "(?, ?, ?, ?, ?)")
@@ -181,4 +185,5 @@ REOPEN_RUN = "UPDATE runs SET status = 'running', finished_at = NULL, outputs = 
 FINISH_RUN = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error = ?, input_tokens = ?,
                 output_tokens = ?, cost = ?, owner = CASE WHEN parent_id IS NULL THEN NULL ELSE owner END
                 WHERE run_id = ?"""
-FENCE = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND claim_token = ?"
+FENCE = "SELECT claim_token, owner, heartbeat_at FROM runs WHERE run_id = ?"
+HEARTBEAT = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"

@@ -41,6 +41,7 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     EVENT_ROW,
     FENCE,
     FINISH_RUN,
+    HEARTBEAT,
     INSERT_CHILD,
     INSERT_RUN,
     MIGRATIONS,
@@ -79,6 +80,7 @@ from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, Sto
 BUSY_TIMEOUT_MS = 5000
 MAX_ROWS_PER_STATEMENT = 1024
 DEFAULT_LEASE = 600.0  # seconds without a commit after which another host's owner counts as gone
+HEARTBEATS_PER_LEASE = 10
 
 
 def default_store_path(cwd: Path | None = None) -> Path:
@@ -140,6 +142,7 @@ def _step_from_row(row: sqlite3.Row) -> StepRecord:
         error=_load(row["error"]),
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
+        claim_token=row["claim_token"],
     )
 
 
@@ -148,29 +151,30 @@ def _root_of(run_id: str) -> str:
 
 
 # Each write type as the grouped row of its table (runs are written one statement each, first).
-def _step_started(w: StepStarted) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.kind, "running", int(w.new_attempt), w.at, None, None, None, 0, 0)
+# (`token`: the claim the commit is made under, which calls and step outcomes keep)
+def _step_started(w: StepStarted, token: int) -> tuple[Any, ...]:
+    return (w.run_id, w.path, w.kind, "running", int(w.new_attempt), w.at, None, None, None, 0, 0, token)
 
 
-def _step_finished(w: StepFinished) -> tuple[Any, ...]:
+def _step_finished(w: StepFinished, token: int) -> tuple[Any, ...]:
     status = w.status._value_  # `.value` is a descriptor costing ~0.1 µs a row
     return (w.run_id, w.path, w.kind, status, w.attempts, w.started_at, w.finished_at, w.output, w.error,
-            w.input_tokens, w.output_tokens)  # fmt: skip
+            w.input_tokens, w.output_tokens, token)  # fmt: skip
 
 
-def _call_done(w: CallDone) -> tuple[Any, ...]:
-    return (w.run_id, w.key, w.request_digest, w.result, w.at, int(w.masked))
+def _call_done(w: CallDone, token: int) -> tuple[Any, ...]:
+    return (w.run_id, w.key, w.request_digest, w.result, w.at, int(w.masked), token)
 
 
-def _event(w: EventLogged) -> tuple[Any, ...]:
+def _event(w: EventLogged, token: int) -> tuple[Any, ...]:
     return (w.run_id, w.name, w.data, w.source, w.at)
 
 
-def _state(w: StateChanged) -> tuple[Any, ...]:
+def _state(w: StateChanged, token: int) -> tuple[Any, ...]:
     return (w.run_id, w.step, w.keys, w.values, w.at)
 
 
-def _cache(w: CacheStored) -> tuple[Any, ...]:
+def _cache(w: CacheStored, token: int) -> tuple[Any, ...]:
     return (w.digest, w.result, w.at)
 
 
@@ -316,9 +320,10 @@ class SqliteRunStore:
                 self._running_root = None
 
     def _apply(self, writes: Sequence[Write], claim: Claim | None) -> None:
-        if claim is not None and self._conn.execute(FENCE, (time.time(), claim.run_id, claim.token)).rowcount == 0:
-            raise ClaimLost(claim.run_id, self._owner_of(claim.run_id))
+        if claim is not None:
+            self._fence(claim)
         grouped: dict[Insert, list[tuple[Any, ...]]] = {}
+        token = claim.token if claim is not None else 0
         for write in writes:
             kind = type(write)
             row = _ROWS.get(kind)
@@ -327,11 +332,21 @@ class SqliteRunStore:
                 rows = grouped.get(insert)
                 if rows is None:
                     rows = grouped[insert] = []
-                rows.append(to_row(write))
+                rows.append(to_row(write, token))
             else:  # run rows: few, and first (a child's steps refer to it)
                 self._write_run(write)
         for insert, rows in grouped.items():
             self._insert(insert, rows)
+
+    def _fence(self, claim: Claim) -> None:
+        """Refuse a commit under a claim that is no longer current; refresh the claim's heartbeat now and then (a
+        write to the run row on every commit would add a page to each commit's WAL frames)."""
+        row = self._conn.execute(FENCE, (claim.run_id,)).fetchone()
+        if row is None or row["claim_token"] != claim.token:
+            raise ClaimLost(claim.run_id, None if row is None else row["owner"])
+        now = time.time()
+        if row["heartbeat_at"] is None or now - row["heartbeat_at"] > self.lease / HEARTBEATS_PER_LEASE:
+            self._conn.execute(HEARTBEAT, (now, claim.run_id))
 
     def _write_run(self, write: Write) -> None:
         if isinstance(write, RunFinished):
@@ -355,10 +370,6 @@ class SqliteRunStore:
             self._execute(REOPEN_RUN, (write.run_id,))
         else:
             raise TypeError(f"not a store write: {write!r}")
-
-    def _owner_of(self, run_id: str) -> str | None:
-        row = self._conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else row["owner"]
 
     def _insert(self, insert: Insert, rows: list[tuple[Any, ...]]) -> None:
         """Rows in statements of ≤ the most a statement takes: full ones share one prepared statement, the rest take
@@ -429,14 +440,15 @@ class SqliteRunStore:
         return [_step_from_row(row) for row in self._read(sql, (run_id,))]
 
     def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
-        sql = "SELECT request_digest, result, recorded_at, redacted FROM calls WHERE run_id = ? AND key = ?"
+        sql = (
+            "SELECT request_digest, result, recorded_at, redacted, claim_token FROM calls WHERE run_id = ? AND key = ?"
+        )
         rows = self._read(sql, (run_id, key))
         if not rows:
             return None
         row = rows[0]
-        return CallRecord(
-            run_id, key, row["request_digest"], _load(row["result"]), row["recorded_at"], bool(row["redacted"])
-        )
+        result, at, masked = _load(row["result"]), row["recorded_at"], bool(row["redacted"])
+        return CallRecord(run_id, key, row["request_digest"], result, at, masked, row["claim_token"])
 
     def events(self, run_id: str) -> list[EventRecord]:
         sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = ? ORDER BY seq"

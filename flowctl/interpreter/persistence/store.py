@@ -14,6 +14,7 @@ The contract a store must keep (the conformance suite in tests/persistence is it
   run created by `create_run` starts claimed. Every `commit` under a claim is refused with `ClaimLost` once another
   process has claimed the run since (fencing): a stale writer can never overwrite the new owner's record.
 - Liveness is the store's business: a claim whose owner is gone may be taken over, a live one may not (`RunBusy`).
+- Calls and step rows keep the token of the claim they were committed under (`claim_token`).
 - Signals are numbered per run in commit order (`Signal.position`): reading `signals(run_id, after=position)` never
   skips one that committed late.
 """
@@ -78,6 +79,7 @@ class StepRecord:
     error: dict[str, Any] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    claim_token: int = 0  # the claim its last start or outcome was committed under
 
 
 @dataclass(slots=True)
@@ -90,6 +92,7 @@ class CallRecord:
     result: dict[str, Any]
     recorded_at: float
     masked: bool = False  # the stored result differs from the real one (a secret was masked): never replay it
+    claim_token: int = 0  # the claim it was committed under (later claims have greater tokens)
 
 
 @dataclass(slots=True)
