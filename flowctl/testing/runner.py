@@ -20,7 +20,8 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     import anyio
 
     from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore, new_run_id
+    from flowctl.interpreter.persistence.ids import new_run_id
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.progress import LineReporter, RedactingReporter, Reporter
     from flowctl.interpreter.redact import redactor_for
     from flowctl.interpreter.runner import RunOptions, run_graph
