@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 import flowctl
 from flowctl.cli import main
+from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.locate import MEMORY, default_store_path, open_store, sqlite_location
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 from flowctl.interpreter.persistence.store_errors import StoreError
 
 PIPELINE = """\
@@ -224,3 +226,16 @@ def test_the_env_var_in_a_real_process(project: Path) -> None:
         refused.stderr
         == f"error: run store redis://cache/0 (from FLOWCTL_STORE): flowctl has no redis:// run stores — {ACCEPTED}\n"
     )
+
+
+def test_runs_with_ids_of_the_old_format_are_listed_in_line_and_shown(project: Path) -> None:
+    """A store written before ULID run ids keeps its `r-YYYYMMDD-HHMMSS-xxxxxx` ids beside the new, longer ones."""
+    old, new = "r-20261124-072635-368a5b", new_run_id()
+    with SqliteRunStore(project / "mixed.db") as store:
+        for run_id, started in ((old, 1.0), (new, 2.0)):
+            store.create_run(RunRecord(run_id, "greet", "greet.yaml", RunStatus.SUCCEEDED, started, inputs={}))
+    lines = invoke("runs", "--store", "mixed.db").output.splitlines()
+    assert [line.split()[0] for line in lines] == [new, old]
+    assert len({line.index("succeeded") for line in lines}) == 1  # the columns line up
+    for run_id in (old, new):
+        assert invoke("show", run_id, "--store", "mixed.db").output.startswith(f"{run_id}  greet")
