@@ -44,7 +44,7 @@ def _report_store_error(exc: StoreError, ctx: click.Context) -> NoReturn:
     with the command that resumes that run."""
     import shlex
 
-    from flowctl.interpreter.persistence.sqlite_store import default_store_path
+    from flowctl.interpreter.persistence.locate import default_store_path
 
     click.echo(f"error: {exc}", err=True)
     if exc.run_id is None:

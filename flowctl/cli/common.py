@@ -4,10 +4,12 @@ for a command that runs or draws it."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
+
+from flowctl.interpreter.persistence.locate import STORE_ENV
 
 if TYPE_CHECKING:
     from flowctl.interpreter.persistence.store_errors import StoreAccess
@@ -18,16 +20,28 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 store_option = click.option(
     "--store",
     "store_path",
-    type=click.Path(dir_okay=False),
-    help="Run store file (default: .flowctl/runs.db in the working directory).",
+    metavar="FILE|URL",
+    envvar=STORE_ENV,
+    show_envvar=True,
+    help="The run store: a file, sqlite:///relative/path, sqlite:////absolute/path or :memory: (default: "
+    ".flowctl/runs.db in the working directory).",
 )
 
 
 def open_store(store_path: str | None, access: StoreAccess) -> Any:
-    """`run` creates the store; the other commands need one and never create it (`runs` and `show` only read)."""
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore, default_store_path
+    """`run` creates the store; the other commands need one and never create it (`runs` and `show` only read).
+    A store named by FLOWCTL_STORE that cannot be used is said to come from there."""
+    from flowctl.interpreter.persistence.locate import default_store_path
+    from flowctl.interpreter.persistence.locate import open_store as open_located
+    from flowctl.interpreter.persistence.store_errors import StoreError
 
-    return SqliteRunStore(Path(store_path) if store_path else default_store_path(), access=access)
+    try:
+        return open_located(store_path if store_path is not None else default_store_path(), access=access)
+    except StoreError as exc:
+        context = click.get_current_context(silent=True)
+        if context is not None and context.get_parameter_source("store_path") is ParameterSource.ENVIRONMENT:
+            exc.path = f"{exc.path} (from {STORE_ENV})"
+        raise
 
 
 def load_or_exit(file: str) -> Any:

@@ -30,11 +30,12 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(listed, indent=2, default=str))
         return
+    width = max((len(r.run_id) for r in records), default=0)  # ids of the old format are shorter
     for r, data in zip(records, listed, strict=True):
         when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
         took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
         click.echo(
-            f"{r.run_id}  {data['status']:<11}  {when}  {took:>7}  "
+            f"{r.run_id:<{width}}  {data['status']:<11}  {when}  {took:>7}  "
             f"{r.input_tokens + r.output_tokens:>7} tok  {r.pipeline}"
         )
     if any(data["status"] == INTERRUPTED for data in listed):

@@ -21,7 +21,7 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
 
     from flowctl.interpreter.errors import FlowctlError
     from flowctl.interpreter.persistence.ids import new_run_id
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.persistence.locate import open_store
     from flowctl.interpreter.redact import redactor_for
     from flowctl.interpreter.reporting import Reporter
     from flowctl.interpreter.runner import RunOptions, run_graph
@@ -32,7 +32,7 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     redactor = redactor_for([case.graph], os.environ)
     reporter = RedactingReporter(LineReporter(), redactor.redact_text) if verbose else Reporter()
     options = RunOptions(scripted=case.fixture, reporter=reporter, redactor=redactor)
-    store = SqliteRunStore(":memory:")
+    store = open_store(":memory:")
     outcome: Any = None
     error: FlowctlError | None = None
     try:

@@ -83,11 +83,6 @@ DEFAULT_LEASE = 600.0  # seconds without a commit after which another host's own
 HEARTBEATS_PER_LEASE = 10
 
 
-def default_store_path(cwd: Path | None = None) -> Path:
-    """Where a project's runs live: `<cwd>/.flowctl/runs.db`."""
-    return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
-
-
 _SQLITE_INT_MAX = 2**63 - 1
 
 
@@ -499,4 +494,4 @@ class SqliteRunStore:
         ]
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteRunStore", "default_store_path"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteRunStore"]
