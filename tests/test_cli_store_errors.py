@@ -176,6 +176,8 @@ def downgrade(store: Path) -> None:
         conn.execute("ALTER TABLE signals DROP COLUMN position")
         for column in ("claim_token", "heartbeat_at", "signals_sent"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        conn.execute("ALTER TABLE calls DROP COLUMN claim_token")
+        conn.execute("ALTER TABLE steps DROP COLUMN claim_token")
         conn.execute("ALTER TABLE calls DROP COLUMN redacted")  # schema 3
         conn.execute("ALTER TABLE runs DROP COLUMN input_secrets")  # schema 4
         conn.execute("PRAGMA user_version = 2")

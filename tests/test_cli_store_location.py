@@ -21,7 +21,7 @@ from flowctl.cli import main
 from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.locate import MEMORY, default_store_path, open_store, sqlite_location
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
-from flowctl.interpreter.persistence.store import RunRecord, RunStatus
+from flowctl.interpreter.persistence.store import RunFinished, RunRecord, RunStatus
 from flowctl.interpreter.persistence.store_errors import StoreError
 
 PIPELINE = """\
@@ -233,7 +233,8 @@ def test_runs_with_ids_of_the_old_format_are_listed_in_line_and_shown(project: P
     old, new = "r-20261124-072635-368a5b", new_run_id()
     with SqliteRunStore(project / "mixed.db") as store:
         for run_id, started in ((old, 1.0), (new, 2.0)):
-            store.create_run(RunRecord(run_id, "greet", "greet.yaml", RunStatus.SUCCEEDED, started, inputs={}))
+            claim = store.create_run(RunRecord(run_id, "greet", "greet.yaml", RunStatus.RUNNING, started), "{}", None, "x:1")
+            store.commit([RunFinished(run_id, RunStatus.SUCCEEDED, started + 1, None, None, 0, 0, 0.0)], claim)
     lines = invoke("runs", "--store", "mixed.db").output.splitlines()
     assert [line.split()[0] for line in lines] == [new, old]
     assert len({line.index("succeeded") for line in lines}) == 1  # the columns line up
