@@ -233,7 +233,9 @@ def test_runs_with_ids_of_the_old_format_are_listed_in_line_and_shown(project: P
     old, new = "r-20261124-072635-368a5b", new_run_id()
     with SqliteRunStore(project / "mixed.db") as store:
         for run_id, started in ((old, 1.0), (new, 2.0)):
-            claim = store.create_run(RunRecord(run_id, "greet", "greet.yaml", RunStatus.RUNNING, started), "{}", None, "x:1")
+            claim = store.create_run(
+                RunRecord(run_id, "greet", "greet.yaml", RunStatus.RUNNING, started), "{}", None, "x:1"
+            )
             store.commit([RunFinished(run_id, RunStatus.SUCCEEDED, started + 1, None, None, 0, 0, 0.0)], claim)
     lines = invoke("runs", "--store", "mixed.db").output.splitlines()
     assert [line.split()[0] for line in lines] == [new, old]

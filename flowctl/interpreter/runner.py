@@ -309,16 +309,7 @@ def _leave_as_it_was(ctx: RunContext, runtime: Runtime, previous: RunRecord, err
     back as it was."""
     recorder = runtime.recorder
     if recorder.committed_any:
-        recorder.run_finished(
-            ctx.run_id,
-            previous.status,
-            outputs=previous.outputs,
-            error=previous.error,
-            input_tokens=previous.input_tokens,
-            output_tokens=previous.output_tokens,
-            cost=previous.cost,
-            finished_at=previous.finished_at,
-        )
+        recorder.restore_run(previous)
     recorder.abandon()
     return RunOutcome(ctx.run_id, RunStatus.FAILED, None, error)
 

@@ -82,6 +82,9 @@ class Recorder:
         self._queued = 0  # journal writes ever queued (a waiter's ticket is this count after its write)
         self._committed = 0  # journal writes committed, in queue order
         self._committed_any = False
+        # A resume commits nothing in the background until it makes a call of its own: a resume refused while it is
+        # still replaying (an edited step) then leaves the run exactly as it was.
+        self._holding = False
         self._commit_lock = threading.Lock()
         self._committing = False  # a waiter is between its loop turn and its commit
         self._lost: BaseException | None = None  # ClaimLost: nothing more is written
@@ -113,6 +116,7 @@ class Recorder:
         """Claim a root run for a resume (RunBusy if its holder is alive). It is marked running with the first commit,
         so a resume refused before anything is committed leaves the run exactly as it was (`abandon`)."""
         self.claim = self.store.claim(run_id, self.owner)
+        self._holding = True
         self._queue(RunReopened(run_id))
         self._start_background()
 
@@ -135,14 +139,13 @@ class Recorder:
         output_tokens: int = 0,
         cost: float = 0.0,
         durable: bool = True,
-        finished_at: float | None = None,
     ) -> None:
         """A run's outcome and totals; for the root (`durable`), committed with everything before it. Finishing the
-        root gives its claim up. `finished_at`: a time other than now (putting a record back as it was)."""
+        root gives its claim up."""
         finished = RunFinished(
             run_id,
             status,
-            self._now() if finished_at is None else finished_at,
+            self._now(),
             self._dump(outputs),
             self._dump(error),
             input_tokens,
@@ -152,6 +155,22 @@ class Recorder:
         self._queue(finished)
         if durable:
             self.commit()
+
+    def restore_run(self, record: RunRecord) -> None:
+        """Put a root run's outcome back as `record` has it (a refused resume that had committed work), durably."""
+        self._queue(
+            RunFinished(
+                record.run_id,
+                record.status,
+                record.finished_at,
+                self._dump(record.outputs),
+                self._dump(record.error),
+                record.input_tokens,
+                record.output_tokens,
+                record.cost,
+            )
+        )
+        self.commit()
 
     def abandon(self) -> None:
         """A refused resume: drop what is not yet committed and give the claim up; the store keeps the run as the
@@ -209,6 +228,7 @@ class Recorder:
         """A completed side effect (its result as a dict, or as JSON text). Queued: `await durable()` before anything
         depends on it."""
         text, masked = self._result_text(result)
+        self._holding = False
         self._queue(CallDone(run_id, key, digest, text, self._now(), masked))
 
     def event(self, run_id: str, name: str, data: Any, source: str) -> None:
@@ -341,6 +361,8 @@ class Recorder:
         assert self._background_delay is not None
         while not self._stop.wait(self._background_delay):
             if (not self._pending and not self._account) or self._lost is not None or self._background_error:
+                continue
+            if self._holding:
                 continue
             try:
                 with self._commit_lock:
