@@ -47,7 +47,7 @@ def open_floor_db(path: Path) -> sqlite3.Connection:
 async def journaled_step_floor(steps: int, db: Path, run_id: str = "floor") -> float:
     """Seconds for `steps` hand-written journaled steps (see the module docstring)."""
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    template = env.from_string("{{ steps.previous.output }}")
+    template = env.from_string("Go on from this: {{ steps.previous.output }}. Step 1, keep it short.")
     conn = open_floor_db(db)
     insert = "INSERT INTO calls (run_id, key, result, recorded_at) VALUES (?, ?, ?, ?)"
     results = {"previous": {"output": "start"}}

@@ -17,13 +17,17 @@ agents:
 
 
 def chain_yaml(steps: int, timeout: str | None = None) -> str:
-    """`steps` agent steps in sequence; each prompt reads the previous step's output. `timeout`: a default
+    """`steps` agent steps in sequence; each prompt reads the previous step's output, with text around it (as prompts
+    have; a bare `{{ x }}` would flatter the render). `timeout`: a default
     per-attempt step timeout (the floor baseline has a timeout scope per step too)."""
     lines = [_HEADER.format(name="bench-chain").rstrip("\n")]
     if timeout is not None:
         lines += ["defaults:", f"  timeout: {timeout}"]
     lines += ["steps:", '  - {id: s0, agent: echo, prompt: "start"}']
-    lines += [f'  - {{id: s{i}, agent: echo, prompt: "{{{{ steps.s{i - 1}.output }}}}"}}' for i in range(1, steps)]
+    prompt = "Go on from this: {{{{ steps.s{previous}.output }}}}. Step {step}, keep it short."
+    lines += [
+        f'  - {{id: s{i}, agent: echo, prompt: "{prompt.format(previous=i - 1, step=i)}"}}' for i in range(1, steps)
+    ]
     lines += ["outputs:", f'  last: "{{{{ steps.s{steps - 1}.output }}}}"']
     return "\n".join(lines) + "\n"
 
