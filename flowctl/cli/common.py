@@ -58,3 +58,16 @@ def load_or_exit(file: str) -> Any:
         click.echo(f"{file}: invalid pipeline; nothing was run", err=True)
         sys.exit(EXIT_USAGE)
     return graph
+
+
+def store_flag(store_path: str | None) -> str:
+    """What a command printed for the user to run next must add to reach the same store: ` --store X` when `--store`
+    named it (FLOWCTL_STORE stays set in the user's shell, and the default needs nothing)."""
+    import shlex
+
+    context = click.get_current_context(silent=True)
+    if store_path is None or context is None:
+        return ""
+    if context.get_parameter_source("store_path") is not ParameterSource.COMMANDLINE:
+        return ""
+    return f" --store {shlex.quote(store_path)}"

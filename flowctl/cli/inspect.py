@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from flowctl.cli.common import EXIT_USAGE, open_store, store_option
+from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
 
 
 @click.command()
@@ -39,7 +39,8 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
             f"{r.input_tokens + r.output_tokens:>7} tok  {r.pipeline}"
         )
     if any(data["status"] == INTERRUPTED for data in listed):
-        click.echo(f"{INTERRUPTED}: the process running it is gone; `flowctl resume RUN_ID` continues it", err=True)
+        resume = f"flowctl resume RUN_ID{store_flag(store_path)}"
+        click.echo(f"{INTERRUPTED}: the process running it is gone; `{resume}` continues it", err=True)
 
 
 # A run the store says is running, whose process is gone (killed, or the machine went down): `resume` takes it over.
@@ -135,7 +136,7 @@ def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]
     return hidden, summaries
 
 
-def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = False) -> None:
+def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = False, store: str = "") -> None:
     took = f" in {data['finished_at'] - data['started_at']:.2f}s" if data["finished_at"] else ""
     click.echo(
         f"{indent}{data['run_id']}  {data['pipeline']}  {data['status']}{took}  "
@@ -144,7 +145,7 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
     if data["error"]:
         click.echo(f"{indent}  error: {data['error'].get('message')}")
     if data["status"] == INTERRUPTED and not indent:
-        click.echo(f"  the process running it is gone: `flowctl resume {data['run_id']}` continues it")
+        click.echo(f"  the process running it is gone: `flowctl resume {data['run_id']}{store}` continues it")
     children = {c["run_id"].rsplit("/", 1)[-1] if "/" in c["run_id"] else c["run_id"]: c for c in data["children"]}
     mark = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "…", "cancelled": "⊘"}
     if data["status"] == INTERRUPTED:
@@ -195,7 +196,7 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
     if output == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
     else:
-        _show_text(data, all_items=all_items)
+        _show_text(data, all_items=all_items, store=store_flag(store_path))
 
 
 @click.command()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, load_or_exit, open_store, store_option
+from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, load_or_exit, open_store, store_flag, store_option
 
 
 def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
     return redactor
 
 
-def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
+def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -> None:
     from flowctl.interpreter.engine.engine import refused
 
     if outcome.error is not None and refused(outcome.error):  # nothing ran: a usage problem, said once
@@ -138,7 +138,8 @@ def _report_outcome(outcome: Any, output: str, redactor: Any) -> None:
         if outcome.error is not None:
             click.echo(f"run {outcome.run_id} failed: {redactor.redact_text(str(outcome.error))}", err=True)
             click.echo(
-                f"inspect it with `flowctl show {outcome.run_id}`, resume it with `flowctl resume {outcome.run_id}`",
+                f"inspect it with `flowctl show {outcome.run_id}{store}`, "
+                f"resume it with `flowctl resume {outcome.run_id}{store}`",
                 err=True,
             )
     if outcome.error is not None:
@@ -198,7 +199,7 @@ def run(
         sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output, redactor)
+    _report_outcome(outcome, output, redactor, store_flag(store_path))
 
 
 @click.command()
@@ -244,4 +245,4 @@ def resume(
             sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output, redactor)
+    _report_outcome(outcome, output, redactor, store_flag(store_path))

@@ -374,12 +374,13 @@ def test_a_killed_run_is_interrupted_and_runs_and_show_name_the_resume_command(c
     assert [(r["run_id"], r["status"]) for r in json.loads(listed.stdout)] == [(run_id, "interrupted")]
     listed_text = cli("runs")
     assert listed_text.stdout.startswith(f"{run_id}  interrupted "), listed_text.stdout
-    assert "`flowctl resume RUN_ID` continues it" in listed_text.stderr
+    store = f" --store {cli.store}"  # the store the commands were given, so the printed command reaches it
+    assert f"`flowctl resume RUN_ID{store}` continues it" in listed_text.stderr
 
     assert cli.show(run_id)["status"] == "interrupted"
     shown = [line.strip() for line in cli("show", run_id).stdout.splitlines()]
     assert "interrupted" in shown[0].split(), shown
-    assert f"the process running it is gone: `flowctl resume {run_id}` continues it" in shown
+    assert f"the process running it is gone: `flowctl resume {run_id}{store}` continues it" in shown
     (in_flight,) = [line for line in shown if line.split()[1:2] == ["s4"]]
     assert in_flight.startswith("⊘ "), shown  # stopped with its process, not still going ("…")
 

@@ -104,7 +104,8 @@ def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
         env=env,
     )
     assert "interrupted" in shown.stdout.splitlines()[0]
-    assert f"the process running it is gone: `flowctl resume {run_id}` continues it" in shown.stdout
+    resume = f"flowctl resume {run_id} --store {store}"  # the store `show` was given, so the command reaches it
+    assert f"the process running it is gone: `{resume}` continues it" in shown.stdout
 
     resumed = subprocess.run(
         [sys.executable, "-m", "flowctl.cli", "resume", run_id, "--store", str(store), "--output", "json", "-q"],
