@@ -225,6 +225,22 @@ async def test_a_secret_never_reaches_the_store(store_factory: StoreFactory) -> 
 
 
 @pytest.mark.anyio
+async def test_a_tool_request_holding_a_secret_is_not_stored_and_is_asked_again(store_factory: StoreFactory) -> None:
+    # a tool call's request digest is its request as JSON text (engine/agent.py): a secret in its arguments (an input
+    # such as `${GH_TOKEN}/report.txt`, used live by the run) must not reach the store through it
+    store = store_factory.open()
+    recorder = recorder_on(store, redactor_for([], ENV))
+    recorder.start_root(root_record())
+    digest = f'{{"arguments": {{"path": "{SECRET}/report.txt"}}, "server": "files", "tool": "read"}}'
+    recorder.call_done("r-1", "a/tool:files.read#0", digest, {"content": "the report"})
+    await recorder.durable()
+    assert SECRET.encode() not in store_factory.persisted()
+    call = store.lookup_call("r-1", "a/tool:files.read#0")
+    assert call is not None and call.request_digest == digest.replace(SECRET, MASK)
+    assert call.masked  # what was stored is not the request: a resume makes the call again rather than refuse
+
+
+@pytest.mark.anyio
 async def test_without_secrets_call_results_are_kept_as_given(store_factory: StoreFactory) -> None:
     store = store_factory.open()
     recorder = recorder_on(store, redactor_for([], {"HOME": "/root"}))
