@@ -16,7 +16,7 @@ from flowctl.interpreter.persistence.store import Claim, RunRecord, RunStatus, R
 from flowctl.interpreter.persistence.store_errors import ClaimLost
 from flowctl.interpreter.redact import MASK, Redactor, redactor_for
 from tests.persistence.backends import StoreFactory
-from tests.persistence.helpers import ALIVE, DEAD, kill, read_line, root_record, spawn
+from tests.persistence.helpers import ALIVE, DEAD, kill, poll, read_line, root_record, spawn
 
 SECRET = "sk-conformance-0123456789abcdef"
 ENV = {"OPENAI_API_KEY": SECRET, "HOME": "/root", "LANG": "C.UTF-8"}
@@ -103,6 +103,44 @@ async def test_finishing_the_root_commits_everything_before_it(store_factory: St
         RunStatus.SUCCEEDED, {"o": 1}, 3, None)  # fmt: skip
     assert [step.path for step in other.steps("r-1")] == ["a"]
     assert [event.name for event in other.events("r-1")] == ["done"]
+
+
+def test_the_background_commit_shows_rows_nothing_waits_for(store_factory: StoreFactory) -> None:
+    recorder = Recorder(store_factory.open(), Redactor(), ALIVE)  # background commits on (the default)
+    recorder.start_root(root_record())
+    try:
+        recorder.step_started("r-1", "a", "agent")
+        recorder.event("r-1", "started", None, "a")
+        other = store_factory.open()  # `flowctl show` in another terminal
+        poll(lambda: other.steps("r-1") and other.events("r-1"), what="the background commit")
+    finally:
+        recorder.close()
+
+
+@pytest.mark.anyio
+async def test_waiters_and_the_background_commit_write_each_write_once_in_order(store_factory: StoreFactory) -> None:
+    recorder = Recorder(store_factory.open(), Redactor(), ALIVE, background_delay=0.0005)
+    recorder.start_root(root_record())
+
+    async def work(index: int) -> None:
+        for turn in range(3):
+            recorder.event("r-1", f"{index}.{turn}", None, "system")
+            if turn == 1:
+                recorder.call_done("r-1", f"s{index}/llm#0", "d", {"n": index})
+                await recorder.durable()
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for index in range(TASKS):
+                tasks.start_soon(work, index)
+        recorder.run_finished("r-1", RunStatus.SUCCEEDED)
+    finally:
+        recorder.close()
+    names = [event.name for event in store_factory.open().events("r-1")]
+    assert sorted(names) == sorted(f"{index}.{turn}" for index in range(TASKS) for turn in range(3))  # each once
+    for index in (0, TASKS // 2, TASKS - 1):  # each task's events in the order it logged them
+        assert [name for name in names if name.startswith(f"{index}.")] == [f"{index}.{turn}" for turn in range(3)]
 
 
 def test_what_was_durable_survives_a_kill_and_what_was_queued_is_lost(store_factory: StoreFactory) -> None:
