@@ -212,7 +212,8 @@ async def call_tool(
     """
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"server:{server.name}", server.circuit_breaker)
-    digest = json.dumps({"server": server.name, "tool": tool, "arguments": arguments}, sort_keys=True, default=str)
+    request = json.dumps({"server": server.name, "tool": tool, "arguments": arguments}, sort_keys=True, default=str)
+    digest = hashlib.sha256(request.encode("utf-8", "surrogatepass")).hexdigest()  # never the arguments themselves
     key = counter.key(f"tool:{server.name}.{tool}")
     journal = runtime.journal
     recorded = journal.replay(ctx.run_id, key, digest)

@@ -20,6 +20,7 @@ from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.recorder import Recorder
+from flowctl.interpreter.persistence.store import StepStatus
 from flowctl.interpreter.providers.llm import LLMProvider, Usage
 from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.tools import ToolPool
@@ -176,6 +177,7 @@ class RecordedStep:
     """What the store holds of a step of a run being resumed."""
 
     status: str
+    kind: str
     attempts: int
     input_tokens: int
     output_tokens: int
@@ -190,10 +192,20 @@ class RecordedStep:
 
 def recorded_steps(runtime: Runtime, run_id: str) -> dict[str, RecordedStep]:
     """The step rows the store holds for a run being resumed, by path. The calls of the failed ones are asked again
-    (see Journal.ask_again)."""
+    (see Journal.ask_again). Cleanup steps an earlier process was running when it stopped are closed as cancelled:
+    `finally` never replays, it runs anew under a new prefix, so nothing else would ever finish their rows."""
     rows = runtime.recorder.steps(run_id)
     runtime.journal.ask_again(run_id, {s.path: s.claim_token for s in rows if s.status.value == "failed"})
-    return {s.path: RecordedStep(s.status.value, s.attempts, s.input_tokens, s.output_tokens) for s in rows}
+    recorded = {}
+    for row in rows:
+        if row.status.value == "running" and row.path.startswith(("finally/", "finally@")):
+            stopped = {"code": "cancelled", "message": "its process stopped; the resumed run cleaned up anew"}
+            runtime.recorder.step_finished(
+                run_id, row.path, row.kind, StepStatus.CANCELLED, row.started_at, 0, error=stopped
+            )
+            continue
+        recorded[row.path] = RecordedStep(row.status.value, row.kind, row.attempts, row.input_tokens, row.output_tokens)
+    return recorded
 
 
 StateSink = Callable[[str, dict[str, Any]], None]

@@ -226,9 +226,13 @@ class Recorder:
 
     def call_done(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
         """A completed side effect (its result as a dict, or as JSON text). Queued: `await durable()` before anything
-        depends on it."""
+        depends on it. A digest is a hash of the request, but should one carry a secret it is masked too, and the call
+        flagged like a masked result (a resume asks it again rather than compare a mask with the request)."""
         text, masked = self._result_text(result)
         self._holding = False
+        if self.redactor:
+            stored = self.redactor.redact_text(digest)
+            masked, digest = masked or stored != digest, stored
         self._queue(CallDone(run_id, key, digest, text, self._now(), masked))
 
     def event(self, run_id: str, name: str, data: Any, source: str) -> None:
