@@ -209,3 +209,23 @@ def test_a_commit_that_returned_survives_its_process_being_killed(store_factory:
     assert fresh.liveness("r-1").alive is False
     claim: Claim = fresh.claim("r-1", ALIVE)  # the killed writer left nothing locked
     fresh.commit(a_batch(), claim)
+
+
+def test_a_released_claim_writes_nothing_more(store: RunStore) -> None:
+    claim = create(store)
+    store.release(claim)
+    with pytest.raises(ClaimLost):
+        store.commit([StepStarted("r-1", "a", "agent", 1.0)], claim)
+    assert store.steps("r-1") == []
+
+
+def test_a_claim_writes_only_its_own_run_tree(store: RunStore) -> None:
+    mine, theirs = create(store, "r-1"), create(store, "r-2")
+    with pytest.raises(ValueError, match="claim of its run tree"):
+        store.commit([StepStarted("r-2", "a", "agent", 1.0)], mine)
+    with pytest.raises(ValueError, match="claim of its run tree"):
+        store.commit([StepStarted("r-1x", "a", "agent", 1.0)], mine)  # a prefix of the id is not its tree
+    with pytest.raises(ValueError, match="claim of its run tree"):
+        store.commit([StepStarted("r-1", "a", "agent", 1.0)], None)  # only cache entries need no claim
+    store.commit([StepStarted("r-2", "a", "agent", 1.0)], theirs)
+    assert store.steps("r-1") == [] and [s.path for s in store.steps("r-2")] == ["a"]

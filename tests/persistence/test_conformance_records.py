@@ -164,7 +164,7 @@ def test_a_batch_with_a_failing_write_leaves_nothing(store_factory: StoreFactory
         StateChanged("r-1", "a", jtext(["k"]), jtext({"k": 1}), 1.0),
         CacheStored("digest", jtext({"content": "x"}), 1.0),
         finished("r-1"),
-        RunFinished("no-such-run", RunStatus.SUCCEEDED, 2.0, None, None, 0, 0, 0.0),
+        RunFinished("r-1/no-such-child", RunStatus.SUCCEEDED, 2.0, None, None, 0, 0, 0.0),
     ]
     with pytest.raises(KeyError):
         store.commit(batch, claim)

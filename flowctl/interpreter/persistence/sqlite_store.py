@@ -145,6 +145,13 @@ def _root_of(run_id: str) -> str:
     return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
 
 
+def _check_in_tree(write: Write, tree: str) -> None:
+    """A write of a run must be made under the claim of its run tree (the root run and its children)."""
+    run_id: str = write.run_id  # type: ignore[union-attr]  # every write but CacheStored has one
+    if not tree or (run_id != tree and not run_id.startswith(tree + "/")):
+        raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
+
+
 # Each write type as the grouped row of its table (runs are written one statement each, first).
 # (`token`: the claim the commit is made under, which calls and step outcomes keep)
 def _step_started(w: StepStarted, token: int) -> tuple[Any, ...]:
@@ -285,7 +292,8 @@ class SqliteRunStore:
         return Claim(run_id, owner, token)
 
     def release(self, claim: Claim) -> None:
-        sql = "UPDATE runs SET owner = NULL WHERE run_id = ? AND claim_token = ?"
+        # the token moves on too, so that nothing more commits under the released claim
+        sql = "UPDATE runs SET owner = NULL, claim_token = claim_token + 1 WHERE run_id = ? AND claim_token = ?"
         with self._lock:
             self._transaction(lambda: self._execute(sql, (claim.run_id, claim.token)))
             if self._running_root == claim.run_id:
@@ -317,10 +325,14 @@ class SqliteRunStore:
     def _apply(self, writes: Sequence[Write], claim: Claim | None) -> None:
         if claim is not None:
             self._fence(claim)
+            tree, token = claim.run_id, claim.token
+        else:
+            tree, token = "", 0
         grouped: dict[Insert, list[tuple[Any, ...]]] = {}
-        token = claim.token if claim is not None else 0
         for write in writes:
             kind = type(write)
+            if kind is not CacheStored:
+                _check_in_tree(write, tree)
             row = _ROWS.get(kind)
             if row is not None:
                 insert, to_row = row
@@ -362,7 +374,8 @@ class SqliteRunStore:
             self._execute(INSERT_CHILD, (w.run_id, w.parent_id, w.pipeline, w.file, w.started_at, w.inputs,
                                          w.source_digest))  # fmt: skip
         elif isinstance(write, RunReopened):
-            self._execute(REOPEN_RUN, (write.run_id,))
+            if self._execute(REOPEN_RUN, (write.run_id,)).rowcount == 0:
+                raise KeyError(f"unknown run {write.run_id!r}")
         else:
             raise TypeError(f"not a store write: {write!r}")
 
@@ -380,7 +393,8 @@ class SqliteRunStore:
             start += count
 
     def _transaction(self, body: Any) -> Any:
-        """Run `body` in a write transaction and commit it (`_lock` held); roll back on any error."""
+        """Run `body` in a write transaction and commit it (`_lock` held); roll back on any error. A constraint
+        failure is a caller's mistake (a run created twice, a row of an unknown run), said as such."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -390,6 +404,10 @@ class SqliteRunStore:
                 if self._conn.in_transaction:
                     self._conn.rollback()
                 raise
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(
+                f"the store refused the write: {exc} (a run created twice, or a row of an unknown run)"
+            ) from None
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         return result

@@ -12,7 +12,10 @@ The contract a store must keep (the conformance suite in tests/persistence is it
   survives the process being killed. Writes are durable in order: when one is, every write before it is too.
 - A `Claim` is the right to write a run tree (a root run and its child runs). `claim` takes it for a resume, and a
   run created by `create_run` starts claimed. Every `commit` under a claim is refused with `ClaimLost` once another
-  process has claimed the run since (fencing): a stale writer can never overwrite the new owner's record.
+  process has claimed the run since, or the claim was released (fencing): a stale writer can never overwrite the new
+  owner's record. A claim covers its run tree only (the root and `<root>/…` children); a commit without a claim may
+  carry cache entries only (ValueError otherwise). A write naming an unknown run is a caller's mistake (KeyError /
+  ValueError), never half applied.
 - Liveness is the store's business: a claim whose owner is gone may be taken over, a live one may not (`RunBusy`).
 - Calls and step rows keep the token of the claim they were committed under (`claim_token`).
 - Signals are numbered per run in commit order (`Signal.position`): reading `signals(run_id, after=position)` never
