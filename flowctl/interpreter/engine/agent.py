@@ -38,7 +38,7 @@ from flowctl.interpreter.tools import ToolResult
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from flowctl.interpreter.engine.engine import Engine
+    from flowctl.interpreter.engine.protocol import StepEngine
 
 MAX_BAD_ARGUMENTS = 3  # malformed tool-argument JSON sent back to the model; one more fails the step
 MAX_TOOL_NAME = 64  # OpenAI's limit for function names
@@ -46,7 +46,7 @@ _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def run_agent_step(
-    engine: Engine,  # the handler signature (the fallback of any step calls it too)
+    engine: StepEngine,  # the handler signature (the fallback of any step calls it too)
     ctx: RunContext,
     step: ir.Step,
     scope: Scope,

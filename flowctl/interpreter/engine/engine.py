@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -19,6 +18,7 @@ from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.engine.agent import run_agent_step
 from flowctl.interpreter.engine.context import RecordedStep, RunContext, Scope, StepResult
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
+from flowctl.interpreter.engine.protocol import Handler, Outcome
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
 from flowctl.interpreter.engine.state import UpdateBuffer
 from flowctl.interpreter.engine.triggers import TriggerSet
@@ -33,7 +33,6 @@ from flowctl.interpreter.errors import (
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import StepStatus
 
-Handler = Callable[["Engine", RunContext, ir.Step, Scope, str], Awaitable[Any]]
 FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
 _STATUS = {status.value: status for status in StepStatus}  # a dict lookup: calling the enum costs ~0.5 µs
 _NO_DEADLINE = nullcontext()  # stateless, so one instance serves every step without a deadline
@@ -43,13 +42,6 @@ class JoinFailed(FlowctlError):
     """A `first` or `at_least` join can no longer be satisfied (too many branches failed)."""
 
     code = "join-failed"
-
-
-@dataclass(slots=True)
-class Outcome:
-    ok: bool
-    value: Any = None
-    error: FlowctlError | None = None
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:

@@ -13,16 +13,9 @@ from flowctl.dsl import ir
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent, run_agent_step
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult, recorded_steps
-from flowctl.interpreter.engine.engine import (
-    Engine,
-    Handler,
-    Outcome,
-    emit_event,
-    error_json,
-    join_output,
-    run_concurrent,
-)
+from flowctl.interpreter.engine.engine import emit_event, error_json, join_output, run_concurrent
 from flowctl.interpreter.engine.events import Event
+from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
 from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
 from flowctl.interpreter.inputs import validate_inputs
@@ -30,7 +23,7 @@ from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunStatus
 
 
-async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_tool(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     body = step.body
     assert isinstance(body, ir.ToolCall)
     arguments = engine.evaluate_value(body.args, ctx, scope)
@@ -41,7 +34,7 @@ async def handle_tool(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
     return result.value
 
 
-async def handle_parallel(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_parallel(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     body = step.body
     assert isinstance(body, ir.ParallelGroup)
     buffers = [UpdateBuffer() for _ in body.branches]
@@ -62,7 +55,7 @@ def _resolve_child(ctx: RunContext, body: ir.ChildPipeline) -> tuple[ir.Graph, i
     return ctx.graph, ctx.graph.pipelines[body.ref]
 
 
-async def handle_pipeline(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Run a child pipeline under its own id `<run>/<step>` (`<run>/<step>[i]` for a fan-out item)."""
     body = step.body
     assert isinstance(body, ir.ChildPipeline)
@@ -142,7 +135,7 @@ async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str
     return parse_choices(json.dumps(output) if not isinstance(output, str) else output)
 
 
-async def _choose(engine: Engine, ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> tuple[list, str]:
+async def _choose(engine: StepEngine, ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> tuple[list, str]:
     for rule in route.rules:
         if engine.evaluate_value(rule.when, ctx, scope):
             return list(rule.choose), "rule"
@@ -153,7 +146,7 @@ async def _choose(engine: Engine, ctx: RunContext, route: ir.Route, scope: Scope
     return list(route.default), "default"
 
 
-async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Rules, then the LLM, then `default`. `multiple` bounds only the LLM: a rule or default naming several
     branches runs them all. Branches run concurrently; their state updates apply in declaration order."""
     route = step.body
@@ -192,7 +185,7 @@ async def handle_route(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sc
 # --- loops, events, state ---------------------------------------------------------------------------------------
 
 
-async def handle_loop(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_loop(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Evaluator–optimizer: run the body until `until` holds or `max_iterations` is reached."""
     loop = step.body
     assert isinstance(loop, ir.Loop)
@@ -214,7 +207,7 @@ async def handle_loop(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
     return {**outputs, "iterations": iteration, "converged": converged}
 
 
-async def handle_wait(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_wait(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     wait = step.body
     assert isinstance(wait, ir.Wait)
     context = ctx.template_context(scope)
@@ -243,12 +236,12 @@ async def handle_wait(engine: Engine, ctx: RunContext, step: ir.Step, scope: Sco
     return recorded["data"]
 
 
-async def handle_emit(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_emit(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     assert isinstance(step.body, ir.EmitSpec)
     return emit_event(ctx, step.body, scope, path, None)
 
 
-async def handle_set(engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+async def handle_set(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     return None  # the engine applies `set:` for every kind; a set step has no other effect
 
 

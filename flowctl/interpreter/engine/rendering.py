@@ -18,7 +18,7 @@ from flowctl.interpreter.errors import RenderFailed
 if TYPE_CHECKING:
     from flowctl.dsl import ir
     from flowctl.interpreter.engine.context import RunContext, Scope
-    from flowctl.interpreter.engine.engine import Engine, Handler
+    from flowctl.interpreter.engine.protocol import Handler, StepEngine
 
 # A due timer fires within two loop turns on asyncio (it joins the ready queue after the task that yielded); a
 # cancellation the signal handler queued, within one.
@@ -35,7 +35,7 @@ async def take_cancellation(stop: RenderStopped) -> NoReturn:
 
 
 async def handler_within_timeout(
-    handler: Handler, engine: Engine, ctx: RunContext, step: ir.Step, scope: Scope, path: str
+    handler: Handler, engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str
 ) -> Any:
     """The handler, inside a step timeout's scope: a render the timeout stopped must unwind inside that scope, so
     that the scope sees its own cancellation and the step fails as timed out."""

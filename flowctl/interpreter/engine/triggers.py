@@ -15,14 +15,14 @@ from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.state import Change
 
 if TYPE_CHECKING:
-    from flowctl.interpreter.engine.engine import Engine
+    from flowctl.interpreter.engine.protocol import StepEngine
 
 
 class TriggerSet:
     """The triggers of one pipeline run. They fire only while the pipeline's task group is open (`open` to
     `close`): a step of `finally`, which runs after the group, never starts a trigger."""
 
-    def __init__(self, engine: Engine, ctx: RunContext) -> None:
+    def __init__(self, engine: StepEngine, ctx: RunContext) -> None:
         self.engine = engine
         self.ctx = ctx
         self.tg: TaskGroup | None = None
