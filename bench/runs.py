@@ -68,7 +68,7 @@ def timed_run(
     `provider` replaces the provider factory (every model answers through it); by default the fixture answers, as
     with `flowctl run --scripted`. No tool pool is passed, so the run opens the real MCP pool like the CLI does.
     """
-    options = RunOptions(scripted=scripted)
+    options = RunOptions(scripted=scripted, tune_process=True)  # as the CLI runs
     if provider is not None:
         options.provider_factory = lambda model: provider
     elapsed, outcome = anyio.run(_timed, graph, inputs, store, options)

@@ -149,7 +149,8 @@ def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -
 def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
     from flowctl.interpreter.runner import RunOptions
 
-    return RunOptions(scripted=_load_fixture(scripted), cache=cache, force=force, reporter=reporter)
+    fixture = _load_fixture(scripted)
+    return RunOptions(scripted=fixture, cache=cache, force=force, reporter=reporter, tune_process=True)
 
 
 @click.command()

@@ -55,6 +55,9 @@ class RunOptions:
     # masks secrets in everything the run record keeps; default: the pipeline's secret variables and the secret-looking
     # ones of `env` (redact.redactor_for)
     redactor: Redactor | None = None
+    # tune the process for runs while this one is in flight (the garbage collector's thresholds, the GIL switch
+    # interval; engine/tuning.py): process-wide settings, so the CLI's opt-in, never an embedder's surprise
+    tune_process: bool = False
 
 
 @dataclass(slots=True)
@@ -203,7 +206,8 @@ async def run_graph(
         started, started_at = clock.monotonic(), clock.now()
         options.reporter.run_started(run_id, graph.root.name, resuming)
         async with AsyncExitStack() as stack:
-            stack.enter_context(tuned_for_runs())
+            if options.tune_process:
+                stack.enter_context(tuned_for_runs())
             tools = await _open_tools(stack, options)
             runtime = Runtime(
                 recorder,

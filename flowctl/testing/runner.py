@@ -31,7 +31,7 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     run_id = new_run_id()
     redactor = redactor_for([case.graph], os.environ)
     reporter = RedactingReporter(LineReporter(), redactor.redact_text) if verbose else Reporter()
-    options = RunOptions(scripted=case.fixture, reporter=reporter, redactor=redactor)
+    options = RunOptions(scripted=case.fixture, reporter=reporter, redactor=redactor, tune_process=True)
     store = open_store(":memory:")
     outcome: Any = None
     error: FlowctlError | None = None

@@ -1,6 +1,7 @@
-"""While a run is in flight the collector's thresholds and the GIL switch interval are tuned for it, and a wide
-fan-out widens the young generation further (see `flowctl.interpreter.engine.tuning`); afterwards the process gets its
-own settings back, even when the run fails."""
+"""With `tune_process` (the CLI's opt-in), while a run is in flight the collector's thresholds and the GIL switch
+interval are tuned for it, and a wide fan-out widens the young generation further (see
+`flowctl.interpreter.engine.tuning`); afterwards the process gets its own settings back, even when the run fails.
+Without it (an embedder's default) the process's settings are never touched."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def settings() -> Iterator[None]:
 Seen = list[tuple[tuple[int, int, int], float]]  # (collector thresholds, switch interval) at each model call
 
 
-async def _run_observed(tmp_path: Path, pipeline: str, inputs: dict[str, Any], reply: str = "done") -> Seen:
+async def _run_observed(
+    tmp_path: Path, pipeline: str, inputs: dict[str, Any], reply: str = "done", *, tune: bool = True
+) -> Seen:
     (tmp_path / "p.yaml").write_text(pipeline)
     (tmp_path / "f.yaml").write_text(f"default: {reply}\n")
     graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
@@ -74,7 +77,7 @@ async def _run_observed(tmp_path: Path, pipeline: str, inputs: dict[str, Any], r
     provider = Observing(fixture)
     provider.seen = []
     with SqliteRunStore(tmp_path / "runs.db") as store:
-        options = RunOptions(scripted=fixture, provider_factory=lambda model: provider)
+        options = RunOptions(scripted=fixture, provider_factory=lambda model: provider, tune_process=tune)
         outcome = await run_graph(graph, inputs, store, options)
     assert outcome.status is (RunStatus.SUCCEEDED if reply == "done" else RunStatus.FAILED), outcome.error
     return provider.seen
@@ -110,3 +113,10 @@ async def test_a_capped_fan_out_is_as_wide_as_its_cap(tmp_path: Path, settings: 
     branches = 2 * RUN_YOUNG_GENERATION // OBJECTS_PER_BRANCH
     seen = await _run_observed(tmp_path, FAN_OUT % ", max_concurrency: 10", {"items": list(range(branches))})
     assert {threshold for threshold, _ in seen} == {(RUN_YOUNG_GENERATION, 20, 100)}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_without_the_opt_in_a_run_leaves_the_process_settings_alone(tmp_path: Path, settings: None) -> None:
+    seen = await _run_observed(tmp_path, PIPELINE, {}, tune=False)
+    assert seen and all(threshold == (700, 10, 10) and interval == 0.005 for threshold, interval in seen)
