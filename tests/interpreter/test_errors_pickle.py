@@ -8,8 +8,7 @@ import pytest
 
 from flowctl.dsl.diagnostics import Span
 from flowctl.interpreter.errors import FlowctlError, ProviderError, RateLimited, ResumeRefused, StepFailed, ToolTimeout
-from flowctl.interpreter.persistence.sqlite_store import RunBusy
-from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
 
 SPAN = Span("p.yaml", 3, 5, 3, 9)
 
@@ -20,6 +19,7 @@ ERRORS = [
     ResumeRefused("step 'a' changed"),
     ProviderError("boom"),
     StoreError("/tmp/runs.db", "the disk is full", "free some space", run_id="r-2"),
+    ClaimLost("r-3", "elsewhere:7"),
 ]
 
 
@@ -35,5 +35,7 @@ def test_an_error_pickles_whole(error: Exception) -> None:
     if isinstance(error, StepFailed):
         assert isinstance(copy, StepFailed) and type(copy.cause) is type(error.cause)
         assert copy.attempts == error.attempts and copy.retryable == error.retryable
+    if isinstance(error, ClaimLost):
+        assert isinstance(copy, ClaimLost) and (copy.run_id, copy.owner) == ("r-3", "elsewhere:7")
     if isinstance(error, StoreError):
         assert isinstance(copy, StoreError) and copy.run_id == "r-2" and copy.path == error.path
