@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.persistence.owners import local_owner_alive
 from flowctl.interpreter.persistence.sqlite_open import open_connection
@@ -66,6 +66,7 @@ from flowctl.interpreter.persistence.store import (
     RunReopened,
     RunStarted,
     RunStatus,
+    RunStore,
     Signal,
     StateChange,
     StateChanged,
@@ -511,5 +512,8 @@ class SqliteRunStore:
             for row in self._read(sql, (run_id, after))
         ]
 
+
+if TYPE_CHECKING:  # mypy checks here that the SQLite store is the port, method by method
+    _IS_A_RUN_STORE: type[RunStore] = SqliteRunStore
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteRunStore"]
