@@ -19,13 +19,14 @@ from flowctl.interpreter.persistence.store import (
     EventLogged,
     RunFinished,
     RunRecord,
+    RunStarted,
     RunStatus,
     RunStore,
     StepFinished,
     StepStarted,
     StepStatus,
 )
-from flowctl.interpreter.persistence.store_errors import StoreError
+from flowctl.interpreter.persistence.store_errors import ClaimLost, StoreError
 from tests.persistence.backends import BACKENDS
 from tests.persistence.helpers import ALIVE, DEAD, create, kill, read_line, spawn
 
@@ -242,3 +243,35 @@ def test_an_in_memory_store_works_for_one_process() -> None:
         claim = memory.create_run(RunRecord("r-1", "p", "p.yaml", RunStatus.RUNNING, 1.0), "{}", None, ALIVE)
         memory.commit([StepStarted("r-1", "a", "agent", 1.0)], claim)
         assert [step.path for step in memory.steps("r-1")] == ["a"]
+
+
+def _calls_table(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM calls ORDER BY run_id, key").fetchall()
+
+
+def test_a_lone_call_commits_in_one_statement_exactly_as_the_general_path_does(tmp_path: Path) -> None:
+    """A chain commits one call per model call through a one-statement fast path (FENCED_CALL); a store whose
+    heartbeat is always due (lease 0) takes the general path (begin, fence, insert, commit) for the same commits.
+    Both must leave the same rows and refuse a lost claim alike."""
+    fast, plain = SqliteRunStore(tmp_path / "fast.db"), SqliteRunStore(tmp_path / "plain.db", lease=0)
+    calls = [
+        CallDone("r-1", "a/llm#0", "d1", '{"content": "one"}', 1.0),
+        CallDone("r-1", "b/tool:calc.add#0", "d2", '{"text": "3", "is_error": false}', 2.0, masked=True),
+        CallDone("r-1", "a/llm#0", "d3", '{"content": "forced"}', 3.0),  # recorded again: replaced
+        CallDone("r-1/child", "c/llm#0", "d4", '{"content": "half \\ud800 a pair"}', 4.0),
+    ]
+    for store in (fast, plain):
+        claim = create(store, owner=DEAD)
+        store.commit([RunStarted("r-1/child", "r-1", "child", "c.yaml", 1.0, "{}", "")], claim)
+        for call in calls:
+            store.commit([call], claim)
+        taken = store.claim("r-1", ALIVE)
+        with pytest.raises(ClaimLost):
+            store.commit([CallDone("r-1", "late/llm#0", "d5", "{}", 5.0)], claim)
+        with pytest.raises(ValueError, match="claim of its run tree"):
+            store.commit([CallDone("r-2", "x/llm#0", "d6", "{}", 6.0)], taken)
+    assert _calls_table(tmp_path / "fast.db") == _calls_table(tmp_path / "plain.db")
+    assert fast.lookup_call("r-1", "a/llm#0") == plain.lookup_call("r-1", "a/llm#0")
+    fast.close()
+    plain.close()

@@ -186,4 +186,10 @@ FINISH_RUN = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error 
                 output_tokens = ?, cost = ?, owner = CASE WHEN parent_id IS NULL THEN NULL ELSE owner END
                 WHERE run_id = ?"""
 FENCE = "SELECT claim_token, owner, heartbeat_at FROM runs WHERE run_id = ?"
+# One call row, written only while the claim holds (0 rows otherwise): a single statement SQLite commits on its own.
+FENCED_CALL = """INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)
+    SELECT ?, ?, ?, ?, ?, ?, ? WHERE (SELECT claim_token FROM runs WHERE run_id = ?) = ?
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        request_digest = excluded.request_digest, result = excluded.result,
+        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token"""
 HEARTBEAT = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"
