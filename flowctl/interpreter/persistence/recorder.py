@@ -22,6 +22,7 @@ without being finished: its new owner writes its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -58,6 +59,17 @@ from flowctl.interpreter.redact import Redactor
 
 BACKGROUND_COMMIT_DELAY = 0.05  # how far `flowctl show` may lag behind a run's step rows and events
 HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle run's claim alive
+
+
+def _others_ready() -> bool:
+    """Whether another task is ready to run, so that a loop turn lets it queue writes our commit takes along. Asyncio's
+    ready queue says so for free (measured: skipping the turn when it is empty saves a chain ~4 µs a step); on any other
+    loop, assume so."""
+    try:
+        ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError):
+        return True
+    return len(ready) > 0
 
 
 class Recorder:
@@ -281,11 +293,12 @@ class Recorder:
         if self._committed >= ticket:
             return
         if not self._committing:
-            self._committing = True
-            try:
-                await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
-            finally:
-                self._committing = False
+            if _others_ready():
+                self._committing = True
+                try:
+                    await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
+                finally:
+                    self._committing = False
             if self._committed < ticket:
                 self._commit(account=False)
             return
