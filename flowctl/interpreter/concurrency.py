@@ -51,6 +51,11 @@ class Limiter:
         self.borrowed = 0
         self._waiters: deque[anyio.Event] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot."""
+        return len(self._waiters)
+
     def try_acquire(self) -> bool:
         """Take a free slot without awaiting; False when the caller must queue (`async with`). For hot paths: an
         `async with` costs two coroutine frames even when a slot is free. Pair a success with `release()`."""

@@ -8,6 +8,12 @@ interpreter, in flowctl/progress.py, beside the commands that show them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowctl.interpreter.errors import FlowctlError
+    from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse
+    from flowctl.interpreter.tools import ToolResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +37,41 @@ def seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelCallSeen:
+    """One request to a model as it happened (one attempt: a failed one has `error` and no `response`). Times come
+    from the run's clock: `started` is wall-clock seconds, `elapsed` seconds. `replayed`: answered from the journal
+    (no request was sent)."""
+
+    key: str  # the journal key, e.g. "plan/llm#0"
+    attempt: int  # the step's attempt it belongs to
+    provider: str  # "openai", "scripted", …
+    request: CompletionRequest
+    response: CompletionResponse | None
+    error: FlowctlError | None
+    started: float
+    elapsed: float
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallSeen:
+    """One MCP tool call as it happened (see ModelCallSeen)."""
+
+    key: str
+    attempt: int
+    server: str
+    tool: str
+    arguments: dict[str, Any]
+    result: ToolResult | None
+    error: FlowctlError | None
+    started: float
+    elapsed: float
+    replayed: bool = False
+
+
 class Reporter:
-    """The interface, and the silent reporter (`--quiet`)."""
+    """The interface, and the silent reporter (`--quiet`). Every hook may be left out by a subclass."""
 
     def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None: ...
     def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None: ...
@@ -40,4 +79,19 @@ class Reporter:
     def step_retrying(self, run_id: str, path: str, retry: Retry) -> None: ...
     def event(self, run_id: str, name: str, source: str) -> None: ...
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None: ...
+    def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
+        """A model call ended (answered, failed, or replayed from the journal)."""
+
+    def tool_call(self, run_id: str, path: str, call: ToolCallSeen) -> None:
+        """A tool call ended (see model_call)."""
+
+    def model_text(self, run_id: str, path: str, text: str) -> None:
+        """A piece of a model's answer as it streams in (`flowctl run --stream`)."""
+
+    def waiting(self, run_id: str, path: str, event: str) -> None:
+        """A `wait` step waits for `event` (an `emit`, or `flowctl signal RUN EVENT`)."""
+
+    def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
+        """`queued` calls of the step wait for a slot under the run's `concurrency` cap of `cap`."""
+
     def close(self) -> None: ...

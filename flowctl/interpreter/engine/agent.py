@@ -22,8 +22,16 @@ from flowctl.dsl import ir
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope
-from flowctl.interpreter.errors import MalformedResponse, MaxIterationsExceeded, OutputSchemaMismatch, ToolCallError
+from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
+from flowctl.interpreter.errors import (
+    FlowctlError,
+    MalformedResponse,
+    MaxIterationsExceeded,
+    OutputSchemaMismatch,
+    ToolCallError,
+)
 from flowctl.interpreter.meters import meter_usage
+from flowctl.interpreter.persistence.journal import step_of
 from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -163,6 +171,7 @@ def _replay_model_call(
     response = CompletionResponse.from_json(recorded)
     if journal.count_replayed(ctx.run_id, key):
         _account(ctx, model, response.usage)
+    saw_model_call(ctx, request.step, key, model, request, response, None, ctx.runtime.clock.now(), 0.0, replayed=True)
     return key, digest, response
 
 
@@ -170,8 +179,15 @@ async def _complete_guarded(ctx: RunContext, model: ModelDef, request: Completio
     """Ask the provider under the run's limiter and the model's circuit breaker (if it has one)."""
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
+    _tell_if_held_back(ctx, request.step)
     async with runtime.limiter:
         return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+
+
+def _tell_if_held_back(ctx: RunContext, path: str) -> None:
+    limiter = ctx.runtime.limiter
+    if limiter.borrowed >= limiter.total:
+        ctx.runtime.reporter.held_back(ctx.run_id, path, limiter.waiting + 1, limiter.total)
 
 
 def _record_model_call(
@@ -217,10 +233,19 @@ async def call_tool(
     key = counter.key(f"tool:{server.name}.{tool}")
     journal = runtime.journal
     recorded = journal.replay(ctx.run_id, key, digest)
+    path = step_of(key)  # a tool call of an agent's turn is keyed under it: `plan/turn#1/tool:…`
     if recorded is not None and (journal_errors or not recorded.get("is_error")):
-        return ToolResult.from_json(recorded)
-    async with runtime.limiter:
-        result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+        replayed = ToolResult.from_json(recorded)
+        saw_tool_call(ctx, path, key, server, tool, arguments, replayed, None, runtime.clock.now(), 0.0, replayed=True)
+        return replayed
+    started, began = runtime.clock.now(), runtime.clock.monotonic()
+    try:
+        async with runtime.limiter:
+            result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+    except FlowctlError as exc:
+        saw_tool_call(ctx, path, key, server, tool, arguments, None, exc, started, runtime.clock.monotonic() - began)
+        raise
+    saw_tool_call(ctx, path, key, server, tool, arguments, result, None, started, runtime.clock.monotonic() - began)
     if journal_errors or not result.is_error:
         journal.record(ctx.run_id, key, digest, result.to_json())
         await runtime.recorder.durable()
@@ -280,7 +305,8 @@ async def run_agent(
         # ~0.5 µs and ~500 B, which adds up in a fan-out of thousands.
         key, digest, response = _replay_model_call(ctx, model, request, counter)
         if response is None:
-            limiter = ctx.runtime.limiter
+            limiter, clock = ctx.runtime.limiter, ctx.runtime.clock
+            started, began = clock.now(), clock.monotonic()
             try:
                 if model.circuit_breaker is None and limiter.try_acquire():  # the common case: a free slot
                     try:
@@ -290,12 +316,17 @@ async def run_agent(
                 else:
                     response = await _complete_guarded(ctx, model, request)
                 _record_model_call(ctx, model, key, digest, response, schema)
-                await ctx.runtime.recorder.durable()  # durable before its answer is used (or its step finishes)
             except OutputSchemaMismatch as exc:
                 usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
                 if isinstance(usage, Usage):
                     _account(ctx, model, usage)
+                saw_model_call(ctx, path, key, model, request, response, exc, started, clock.monotonic() - began)
                 raise
+            except FlowctlError as exc:
+                saw_model_call(ctx, path, key, model, request, None, exc, started, clock.monotonic() - began)
+                raise
+            saw_model_call(ctx, path, key, model, request, response, None, started, clock.monotonic() - began)
+            await ctx.runtime.recorder.durable()  # durable before its answer is used (or its step finishes)
         if not response.tool_calls:
             return parse_structured(response.content, schema, model.model) if schema else response.content
         messages.append(Message("assistant", response.content, response.tool_calls))

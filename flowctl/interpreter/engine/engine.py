@@ -17,6 +17,7 @@ from flowctl.dsl.templates import RenderError, RenderStopped
 from flowctl.interpreter.concurrency import Limiter, task_group
 from flowctl.interpreter.engine.agent import run_agent_step
 from flowctl.interpreter.engine.context import RecordedStep, RunContext, Scope, StepResult
+from flowctl.interpreter.engine.observe import STEP_ATTEMPT
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.engine.protocol import Handler, Outcome
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
@@ -328,6 +329,7 @@ class Engine:
                     if not item:
                         _start_row(ctx, path, kind, result.attempts)
                     runtime.reporter.step_started(ctx.run_id, path, kind, result.attempts)
+                    STEP_ATTEMPT.set(result.attempts)  # this step's task context: its calls' attempt (observe.py)
                     try:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
                             return await handler(self, ctx, step, scope, path)

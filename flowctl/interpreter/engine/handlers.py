@@ -220,6 +220,7 @@ async def handle_wait(engine: StepEngine, ctx: RunContext, step: ir.Step, scope:
     async def execute() -> dict[str, Any]:
         nonlocal executed
         executed = True
+        ctx.runtime.reporter.waiting(ctx.run_id, path, wait.event)
         event = await ctx.runtime.bus.wait(wait.event, matches, wait.timeout)
         if event is None:
             raise WaitTimeout(
