@@ -24,18 +24,25 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """A tool's answer. `value` is the structured content when the server sent it, else the text."""
+    """A tool's answer. `value` is the structured content when the server sent it, else the text. `parts`: the
+    content blocks as the server sent them (text, images, audio, resource links…, as MCP JSON), for transcripts;
+    empty when they are just the text."""
 
     text: str
     value: Any
     is_error: bool = False
+    parts: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "value": self.value, "is_error": self.is_error}
+        data = {"text": self.text, "value": self.value, "is_error": self.is_error}
+        if self.parts:
+            data["parts"] = list(self.parts)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ToolResult:
-        return cls(data.get("text", ""), data.get("value"), bool(data.get("is_error", False)))
+        parts = tuple(data.get("parts") or ())
+        return cls(data.get("text", ""), data.get("value"), bool(data.get("is_error", False)), parts)
 
 
 @runtime_checkable

@@ -36,6 +36,7 @@ from flowctl.interpreter.persistence.store import StepStatus
 
 FINALLY_BOUND_ON_CANCEL = 10.0  # seconds `finally` may take after Ctrl-C before we give up on it
 _STATUS = {status.value: status for status in StepStatus}  # a dict lookup: calling the enum costs ~0.5 µs
+_SUCCEEDED, _FAILED = StepStatus.SUCCEEDED, StepStatus.FAILED
 _NO_DEADLINE = nullcontext()  # stateless, so one instance serves every step without a deadline
 
 
@@ -85,6 +86,24 @@ def _earlier_attempts(ctx: RunContext, path: str) -> int:
     attempts an error names agree with the step's row."""
     recorded = ctx.recorded.get(path) if ctx.recorded is not None else None
     return 0 if recorded is None else recorded.attempts - recorded.continued
+
+
+def _attempt_ended(
+    ctx: RunContext,
+    path: str,
+    result: StepResult,
+    status: StepStatus,
+    started_at: float,
+    error: FlowctlError | None = None,
+    retry_in: float | None = None,
+) -> None:
+    """Record one attempt of a step that did not succeed at its first try (a lone successful attempt is the step's
+    own row). Attempts are numbered over the run's life: a resume goes on counting."""
+    attempt = result.attempts + _earlier_attempts(ctx, path)
+    error_json = None if error is None else error.to_json()
+    ctx.runtime.recorder.attempt_ended(
+        ctx.run_id, path, attempt, status, started_at, error=error_json, retry_in=retry_in
+    )
 
 
 def _is_chain(steps: tuple[ir.Step, ...]) -> bool:
@@ -330,15 +349,20 @@ class Engine:
                         _start_row(ctx, path, kind, result.attempts)
                     runtime.reporter.step_started(ctx.run_id, path, kind, result.attempts)
                     STEP_ATTEMPT.set(result.attempts)  # this step's task context: its calls' attempt (observe.py)
+                    attempt_started = runtime.clock.now()
                     try:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
-                            return await handler(self, ctx, step, scope, path)
-                        return await with_timeout(
-                            runtime.clock,
-                            timeout,
-                            f"step {path!r}",
-                            lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
-                        )
+                            output = await handler(self, ctx, step, scope, path)
+                        else:
+                            output = await with_timeout(
+                                runtime.clock,
+                                timeout,
+                                f"step {path!r}",
+                                lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
+                            )
+                        if result.attempts > 1:  # its earlier attempts are recorded: this one too
+                            _attempt_ended(ctx, path, result, _SUCCEEDED, attempt_started)
+                        return output
                     except RenderError as exc:
                         raise RenderFailed(str(exc), span=step.span) from None
                     except RenderStopped as stop:  # the deadline's scope, or Ctrl-C, turns this into cancellation
@@ -347,6 +371,7 @@ class Engine:
                         if not exc.retryable or result.attempts >= retry.max_attempts:
                             raise
                         delay = backoff_delay(retry, result.attempts, exc, runtime.rng)
+                        _attempt_ended(ctx, path, result, _FAILED, attempt_started, exc, delay)
                         runtime.reporter.step_retrying(
                             ctx.run_id, path, retry_notice(retry, result.attempts, exc, delay)
                         )
@@ -359,6 +384,8 @@ class Engine:
             )
         except FlowctlError as exc:
             error = exc
+        if result.attempts:
+            _attempt_ended(ctx, path, result, _FAILED, attempt_started, error)
         if policy.fallback is None or refused(error):
             attempts = result.attempts + _earlier_attempts(ctx, path)
             raise StepFailed(path, error, attempts=attempts, span=step.span) from None

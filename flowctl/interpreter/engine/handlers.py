@@ -15,6 +15,7 @@ from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent,
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult, recorded_steps
 from flowctl.interpreter.engine.engine import emit_event, error_json, join_output, run_concurrent
 from flowctl.interpreter.engine.events import Event
+from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
 from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
@@ -220,13 +221,17 @@ async def handle_wait(engine: StepEngine, ctx: RunContext, step: ir.Step, scope:
     async def execute() -> dict[str, Any]:
         nonlocal executed
         executed = True
+        clock = ctx.runtime.clock
+        started, began = clock.now(), clock.monotonic()
         ctx.runtime.reporter.waiting(ctx.run_id, path, wait.event)
         event = await ctx.runtime.bus.wait(wait.event, matches, wait.timeout)
-        if event is None:
+        taken = None if event is None else {"name": event.name, "data": event.data, "source": event.source}
+        saw_wait(ctx, path, f"{path}/wait#0", wait.event, taken, started, clock.monotonic() - began)
+        if taken is None:
             raise WaitTimeout(
                 f"step {path!r}: no {wait.event!r} event arrived within {wait.timeout:g}s", span=step.span
             )
-        return {"name": event.name, "data": event.data, "source": event.source}
+        return taken
 
     # The event that released a wait is journaled like a side effect, so a resumed run does not wait again.
     recorded = await ctx.runtime.journal.call(ctx.run_id, f"{path}/wait#0", f"wait:{wait.event}", execute)

@@ -1,6 +1,7 @@
-"""What watchers see of the calls a step makes: each model call, tool call and wait, as it happened, goes to the
-run's reporter (the terminal, the event log, OpenTelemetry) — one function per kind, so the agent loop and the
-handlers say it once.
+"""The calls a step makes, as they happened: each model call, tool call and wait goes into the run's transcript
+(the recorder: what was sent, what came back, or the error) and to the run's reporter (the terminal, the event
+log, OpenTelemetry) — one function per kind, so the agent loop and the handlers say it once. A replayed call is
+not transcribed again: the run that made it did.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ def saw_model_call(
     *,
     replayed: bool = False,
 ) -> None:
-    seen = ModelCallSeen(key, STEP_ATTEMPT.get(), model.provider, request, response, error, started, elapsed, replayed)
+    attempt = STEP_ATTEMPT.get()
+    if not replayed:
+        answer = None if response is None else {**response.to_json(), "latency": elapsed}
+        ctx.runtime.recorder.exchange(
+            ctx.run_id, path, key, attempt, "model", started, elapsed, request.to_json(), answer, _error(error)
+        )
+    seen = ModelCallSeen(key, attempt, model.provider, request, response, error, started, elapsed, replayed)
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
 
 
@@ -52,7 +59,25 @@ def saw_tool_call(
     *,
     replayed: bool = False,
 ) -> None:
-    seen = ToolCallSeen(
-        key, STEP_ATTEMPT.get(), server.name, tool, arguments, result, error, started, elapsed, replayed
-    )
+    attempt = STEP_ATTEMPT.get()
+    if not replayed:
+        sent = {"server": server.name, "tool": tool, "arguments": arguments}
+        answer = None if result is None else result.to_json()
+        ctx.runtime.recorder.exchange(
+            ctx.run_id, path, key, attempt, "tool", started, elapsed, sent, answer, _error(error)
+        )
+    seen = ToolCallSeen(key, attempt, server.name, tool, arguments, result, error, started, elapsed, replayed)
     ctx.runtime.reporter.tool_call(ctx.run_id, path, seen)
+
+
+def saw_wait(
+    ctx: RunContext, path: str, key: str, event: str, taken: dict[str, Any] | None, started: float, elapsed: float
+) -> None:
+    """A wait ended: the event that released it (`taken`: name, data, source), or None when it timed out."""
+    ctx.runtime.recorder.exchange(
+        ctx.run_id, path, key, STEP_ATTEMPT.get(), "wait", started, elapsed, {"event": event}, taken
+    )
+
+
+def _error(error: FlowctlError | None) -> dict[str, Any] | None:
+    return None if error is None else error.to_json()

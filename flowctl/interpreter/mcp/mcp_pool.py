@@ -208,7 +208,10 @@ def _tool_result(result: mcp_types.CallToolResult) -> ToolResult:
     """Text blocks joined; value is the structured content when sent, else that text (never JSON-decoded)."""
     text = "\n".join(_block_text(block) for block in result.content)
     value = result.structured_content if result.structured_content is not None else text
-    return ToolResult(text=text, value=value, is_error=bool(result.is_error))
+    parts: tuple[dict[str, Any], ...] = ()
+    if any(getattr(block, "type", "text") != "text" for block in result.content):  # more than text: keep each block
+        parts = tuple(block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content)
+    return ToolResult(text=text, value=value, is_error=bool(result.is_error), parts=parts)
 
 
 def _block_text(block: Any) -> str:

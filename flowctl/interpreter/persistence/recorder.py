@@ -34,12 +34,14 @@ import anyio
 
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.persistence.store import (
+    AttemptEnded,
     CacheStored,
     CallDone,
     CallRecord,
     Claim,
     EventLogged,
     EventRecord,
+    Exchanged,
     RunFinished,
     RunRecord,
     RunReopened,
@@ -59,6 +61,7 @@ from flowctl.interpreter.redact import Redactor
 
 BACKGROUND_COMMIT_DELAY = 0.05  # how far `flowctl show` may lag behind a run's step rows and events
 HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle run's claim alive
+MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
 
 
 def _others_ready() -> bool:
@@ -260,6 +263,41 @@ class Recorder:
         """Remember a response for identical requests (a lost entry is only a miss)."""
         self._note(CacheStored(digest, self._result_text(result)[0], self._now()))
 
+    def attempt_ended(
+        self,
+        run_id: str,
+        path: str,
+        attempt: int,
+        status: StepStatus,
+        started_at: float,
+        *,
+        error: dict[str, Any] | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        """One attempt of a step ended (the step's row keeps the sum of its attempts; this keeps each)."""
+        self._note(AttemptEnded(run_id, path, attempt, status, started_at, self._now(), self._dump(error), retry_in))
+
+    def exchange(
+        self,
+        run_id: str,
+        path: str,
+        key: str,
+        attempt: int,
+        kind: str,
+        started_at: float,
+        elapsed: float,
+        request: Any,
+        response: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """A call as it happened, for the transcript: what was sent and what came back (or the error)."""
+        body = None if response is None else self._capped(response)
+        self._note(
+            Exchanged(
+                run_id, path, key, attempt, kind, started_at, elapsed, self._capped(request), body, self._dump(error)
+            )
+        )
+
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
         return lambda change: self.state_changed(run_id, change.step, change.values)
@@ -426,6 +464,14 @@ class Recorder:
             result = json.loads(result)
         stored = self.redactor.redact(result)
         return self._encode(stored), bool(self.redactor) and stored != result
+
+    def _capped(self, value: Any) -> str:
+        """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
+        the full size and the beginning."""
+        text = self._dump_value(value)
+        if len(text) <= MAX_TRANSCRIPT_BODY:
+            return text
+        return self._encode({"truncated": True, "size": len(text), "head": text[:MAX_TRANSCRIPT_BODY]})
 
     def _encode_odd(self, odd: object) -> str:
         return self.redactor.redact_text(str(odd))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -107,7 +107,42 @@ _SCHEMA_V5 = (
     "UPDATE runs SET signals_sent = COALESCE((SELECT MAX(seq) FROM signals WHERE signals.run_id = runs.run_id), 0)",
     "CREATE UNIQUE INDEX IF NOT EXISTS signals_by_position ON signals (run_id, position)",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+# v6: transcripts — each attempt of a step, and each call as it happened (what was sent, what came back).
+_SCHEMA_V6 = (
+    """CREATE TABLE IF NOT EXISTS attempts (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        error TEXT,
+        retry_in REAL,
+        PRIMARY KEY (run_id, path, attempt)
+    )""",
+    """CREATE TABLE IF NOT EXISTS exchanges (
+        seq INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        key TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        elapsed REAL NOT NULL,
+        request TEXT NOT NULL,
+        response TEXT,
+        error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS exchanges_by_run ON exchanges (run_id, path, seq)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    _SCHEMA_V4,
+    _SCHEMA_V5,
+    _SCHEMA_V6,
+)
 
 _RUN_COLUMNS = (
     "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
@@ -174,6 +209,19 @@ CACHE_ROW = Insert(
     "INSERT INTO cache (digest, result, created_at)",
     "(?, ?, ?)",
     "ON CONFLICT (digest) DO UPDATE SET result = excluded.result, created_at = excluded.created_at",
+)
+
+ATTEMPT_ROW = Insert(
+    "attempts",
+    "INSERT INTO attempts (run_id, path, attempt, status, started_at, finished_at, error, retry_in)",
+    "(?, ?, ?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (run_id, path, attempt) DO UPDATE SET status = excluded.status, started_at = excluded.started_at,
+        finished_at = excluded.finished_at, error = excluded.error, retry_in = excluded.retry_in""",
+)
+EXCHANGE_ROW = Insert(
+    "exchanges",
+    "INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response, error)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 )
 
 INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 18)})"

@@ -36,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 from flowctl.interpreter.persistence.owners import local_owner_alive
 from flowctl.interpreter.persistence.sqlite_open import open_connection
 from flowctl.interpreter.persistence.sqlite_schema import (
+    ATTEMPT_ROW,
     CACHE_ROW,
     CALL_ROW,
     EVENT_ROW,
+    EXCHANGE_ROW,
     FENCE,
     FENCED_CALL,
     FINISH_RUN,
@@ -55,12 +57,16 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     Insert,
 )
 from flowctl.interpreter.persistence.store import (
+    AttemptEnded,
+    AttemptRecord,
     CacheStored,
     CallDone,
     CallRecord,
     Claim,
     EventLogged,
     EventRecord,
+    Exchanged,
+    ExchangeRecord,
     Liveness,
     RunFinished,
     RunRecord,
@@ -182,6 +188,14 @@ def _cache(w: CacheStored, token: int) -> tuple[Any, ...]:
     return (w.digest, w.result, w.at)
 
 
+def _attempt(w: AttemptEnded, token: int) -> tuple[Any, ...]:
+    return (w.run_id, w.path, w.attempt, w.status._value_, w.started_at, w.finished_at, w.error, w.retry_in)
+
+
+def _exchange(w: Exchanged, token: int) -> tuple[Any, ...]:
+    return (w.run_id, w.path, w.key, w.attempt, w.kind, w.started_at, w.elapsed, w.request, w.response, w.error)
+
+
 _ROWS: dict[type, tuple[Insert, Any]] = {
     StepStarted: (STEP_ROW, _step_started),
     StepFinished: (STEP_ROW, _step_finished),
@@ -189,6 +203,8 @@ _ROWS: dict[type, tuple[Insert, Any]] = {
     EventLogged: (EVENT_ROW, _event),
     StateChanged: (STATE_ROW, _state),
     CacheStored: (CACHE_ROW, _cache),
+    AttemptEnded: (ATTEMPT_ROW, _attempt),
+    Exchanged: (EXCHANGE_ROW, _exchange),
 }
 
 
@@ -505,6 +521,49 @@ class SqliteRunStore:
         return [
             StateChange(row["seq"], run_id, row["step"], _load(row["keys"]), _load(row["values"]), row["at"])
             for row in self._read(sql, (run_id,))
+        ]
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        sql = """SELECT path, attempt, status, started_at, finished_at, error, retry_in FROM attempts
+                 WHERE run_id = ? ORDER BY started_at, path, attempt"""
+        return [
+            AttemptRecord(
+                run_id,
+                row["path"],
+                row["attempt"],
+                StepStatus(row["status"]),
+                row["started_at"],
+                row["finished_at"],
+                _load(row["error"]),
+                row["retry_in"],
+            )
+            for row in self._read(sql, (run_id,))
+        ]
+
+    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
+        columns = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error"
+        params: tuple[Any, ...]
+        if path is None:
+            sql, params = f"SELECT {columns} FROM exchanges WHERE run_id = ? ORDER BY seq", (run_id,)
+        else:  # the step, and the steps nested under it (`path/…`, fan-out items `path[i]…`)
+            sql = f"""SELECT {columns} FROM exchanges WHERE run_id = ?
+                      AND (path = ? OR substr(path, 1, ?) IN (?, ?)) ORDER BY seq"""
+            params = (run_id, path, len(path) + 1, path + "/", path + "[")
+        return [
+            ExchangeRecord(
+                row["seq"],
+                run_id,
+                row["path"],
+                row["key"],
+                row["attempt"],
+                row["kind"],
+                row["started_at"],
+                row["elapsed"],
+                _load(row["request"]),
+                _load(row["response"]),
+                _load(row["error"]),
+            )
+            for row in self._read(sql, params)
         ]
 
     def cache_get(self, digest: str) -> dict[str, Any] | None:

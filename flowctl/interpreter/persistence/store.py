@@ -129,6 +129,39 @@ class StateChange:
     at: float
 
 
+@dataclass(slots=True)
+class AttemptRecord:
+    """One attempt of a step: when it ran, how it ended, and how long the engine waited before the next."""
+
+    run_id: str
+    path: str
+    attempt: int  # 1, 2, … over the run's life (resumes continue the count)
+    status: StepStatus
+    started_at: float
+    finished_at: float
+    error: dict[str, Any] | None = None
+    retry_in: float | None = None  # seconds until the next attempt (backoff or the server's Retry-After)
+
+
+@dataclass(slots=True)
+class ExchangeRecord:
+    """What a call sent and what came back, as it happened (the transcript): a model call (`kind` "model"), a tool
+    call ("tool") or a wait for an event ("wait"). Failed calls too, with their error. Values are redacted; a body
+    over the recorder's cap is `{"truncated": true, "size": N, "head": "…"}`."""
+
+    seq: int
+    run_id: str
+    path: str  # the step
+    key: str  # the journal key of the call
+    attempt: int
+    kind: str
+    started_at: float
+    elapsed: float
+    request: Any
+    response: Any = None
+    error: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """The right to write a run tree: `token` grows with every claim of the root run (the fencing token)."""
@@ -250,6 +283,32 @@ class CacheStored:
     at: float
 
 
+@dataclass(slots=True)
+class AttemptEnded:
+    run_id: str
+    path: str
+    attempt: int
+    status: StepStatus
+    started_at: float
+    finished_at: float
+    error: str | None = None
+    retry_in: float | None = None
+
+
+@dataclass(slots=True)
+class Exchanged:
+    run_id: str
+    path: str
+    key: str
+    attempt: int
+    kind: str
+    started_at: float
+    elapsed: float
+    request: str
+    response: str | None = None
+    error: str | None = None
+
+
 Write = (
     RunStarted
     | RunReopened
@@ -260,6 +319,8 @@ Write = (
     | EventLogged
     | StateChanged
     | CacheStored
+    | AttemptEnded
+    | Exchanged
 )
 
 
@@ -296,6 +357,13 @@ class RunStore(Protocol):
     def events(self, run_id: str) -> list[EventRecord]: ...
     def state_changes(self, run_id: str) -> list[StateChange]: ...
     def cache_get(self, digest: str) -> dict[str, Any] | None: ...
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every attempt of every step of a run, in the order they started."""
+        ...
+
+    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
+        """The run's transcript (one step's, or the steps under `path/`), in the order the calls ended."""
+        ...
 
     # signals: from any process
     def send_signal(self, run_id: str, name: str, data: Any) -> int:
