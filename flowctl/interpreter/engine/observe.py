@@ -38,6 +38,8 @@ def saw_model_call(
     attempt = STEP_ATTEMPT.get()
     if not replayed:
         answer = None if response is None else {**response.to_json(), "latency": elapsed}
+        if answer is not None and (model.price_in_per_mtok is not None or model.price_out_per_mtok is not None):
+            answer["cost"] = _cost(response, model)  # type: ignore[arg-type]  # not None here
         ctx.runtime.recorder.exchange(
             ctx.run_id, path, key, attempt, "model", started, elapsed, request.to_json(), answer, _error(error)
         )
@@ -81,3 +83,14 @@ def saw_wait(
 
 def _error(error: FlowctlError | None) -> dict[str, Any] | None:
     return None if error is None else error.to_json()
+
+
+def _cost(response: CompletionResponse, model: ModelDef) -> float:
+    """What the answer cost at the model's `price:` (per million tokens in and out)."""
+    usage = response.usage
+    cost = 0.0
+    if model.price_in_per_mtok is not None:
+        cost += usage.input_tokens * model.price_in_per_mtok / 1e6
+    if model.price_out_per_mtok is not None:
+        cost += usage.output_tokens * model.price_out_per_mtok / 1e6
+    return cost
