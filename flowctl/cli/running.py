@@ -103,7 +103,7 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
 
 
 def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -> None:
-    from flowctl.interpreter.engine.engine import refused
+    from flowctl.interpreter.errors import refused
 
     if outcome.error is not None and refused(outcome.error):  # nothing ran: a usage problem, said once
         cause = outcome.error

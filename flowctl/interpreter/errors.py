@@ -203,3 +203,16 @@ class StepFailed(FlowctlError):
         data = super().to_json()
         data.update(step=self.step, attempts=self.attempts, cause=self.cause_code)
         return data
+
+
+def error_json(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, FlowctlError):
+        return exc.to_json()
+    return {"code": type(exc).__name__, "message": str(exc), "retryable": False}
+
+
+def refused(exc: BaseException) -> bool:
+    """A refused resume stops the run: no retry, fallback, `on_error`, join or trigger may absorb it."""
+    while isinstance(exc, StepFailed):
+        exc = exc.cause
+    return isinstance(exc, ResumeRefused)

@@ -16,11 +16,11 @@ from flowctl.dsl import ir
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Runtime, Scope, recorded_steps
-from flowctl.interpreter.engine.engine import Engine, refused
+from flowctl.interpreter.engine.engine import Engine
 from flowctl.interpreter.engine.handlers import HANDLERS
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.engine.tuning import tuned_for_runs
-from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError
+from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError, refused
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.journal import Journal

@@ -12,13 +12,14 @@ from typing import Any
 from flowctl.dsl import ir
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent import _CallCounter, call_tool, run_agent, run_agent_step
+from flowctl.interpreter.engine.branches import join_output, run_concurrent
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult, recorded_steps
-from flowctl.interpreter.engine.engine import emit_event, error_json, join_output, run_concurrent
+from flowctl.interpreter.engine.engine import emit_event
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
 from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
-from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout
+from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunStatus

@@ -36,11 +36,6 @@ from typing import TYPE_CHECKING, Any
 from flowctl.interpreter.persistence.owners import local_owner_alive
 from flowctl.interpreter.persistence.sqlite_open import open_connection
 from flowctl.interpreter.persistence.sqlite_schema import (
-    ATTEMPT_ROW,
-    CACHE_ROW,
-    CALL_ROW,
-    EVENT_ROW,
-    EXCHANGE_ROW,
     FENCE,
     FENCED_CALL,
     FINISH_RUN,
@@ -49,23 +44,20 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     INSERT_RUN,
     MIGRATIONS,
     REOPEN_RUN,
+    ROWS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
-    STATE_ROW,
     STEP_COLUMNS,
-    STEP_ROW,
     Insert,
+    call_row,
 )
 from flowctl.interpreter.persistence.store import (
-    AttemptEnded,
     AttemptRecord,
     CacheStored,
     CallDone,
     CallRecord,
     Claim,
-    EventLogged,
     EventRecord,
-    Exchanged,
     ExchangeRecord,
     Liveness,
     RunFinished,
@@ -76,10 +68,7 @@ from flowctl.interpreter.persistence.store import (
     RunStore,
     Signal,
     StateChange,
-    StateChanged,
-    StepFinished,
     StepRecord,
-    StepStarted,
     StepStatus,
     Write,
 )
@@ -160,54 +149,6 @@ def _check_in_tree(write: Write, tree: str) -> None:
         raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
 
 
-# Each write type as the grouped row of its table (runs are written one statement each, first).
-# (`token`: the claim the commit is made under, which calls and step outcomes keep)
-def _step_started(w: StepStarted, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.kind, "running", int(w.new_attempt), w.at, None, None, None, 0, 0, token)
-
-
-def _step_finished(w: StepFinished, token: int) -> tuple[Any, ...]:
-    status = w.status._value_  # `.value` is a descriptor costing ~0.1 µs a row
-    return (w.run_id, w.path, w.kind, status, w.attempts, w.started_at, w.finished_at, w.output, w.error,
-            w.input_tokens, w.output_tokens, token)  # fmt: skip
-
-
-def _call_done(w: CallDone, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.key, w.request_digest, w.result, w.at, int(w.masked), token)
-
-
-def _event(w: EventLogged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.name, w.data, w.source, w.at)
-
-
-def _state(w: StateChanged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.step, w.keys, w.values, w.at)
-
-
-def _cache(w: CacheStored, token: int) -> tuple[Any, ...]:
-    return (w.digest, w.result, w.at)
-
-
-def _attempt(w: AttemptEnded, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.attempt, w.status._value_, w.started_at, w.finished_at, w.error, w.retry_in)
-
-
-def _exchange(w: Exchanged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.key, w.attempt, w.kind, w.started_at, w.elapsed, w.request, w.response, w.error)
-
-
-_ROWS: dict[type, tuple[Insert, Any]] = {
-    StepStarted: (STEP_ROW, _step_started),
-    StepFinished: (STEP_ROW, _step_finished),
-    CallDone: (CALL_ROW, _call_done),
-    EventLogged: (EVENT_ROW, _event),
-    StateChanged: (STATE_ROW, _state),
-    CacheStored: (CACHE_ROW, _cache),
-    AttemptEnded: (ATTEMPT_ROW, _attempt),
-    Exchanged: (EXCHANGE_ROW, _exchange),
-}
-
-
 class SqliteRunStore:
     """`RunStore` on an SQLite file, shared safely by the interpreter and `flowctl` commands. Use it as a context
     manager or call `close()`.
@@ -227,7 +168,7 @@ class SqliteRunStore:
         self._conn, self._access = open_connection(self.path, access, MIGRATIONS, BUSY_TIMEOUT_MS)
         variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._max_rows = {insert: max(1, min(MAX_ROWS_PER_STATEMENT, variables // insert.params))
-                          for insert, _ in _ROWS.values()}  # fmt: skip
+                          for insert, _ in ROWS.values()}  # fmt: skip
 
     @property
     def schema_version(self) -> int:
@@ -355,7 +296,7 @@ class SqliteRunStore:
             kind = type(write)
             if kind is not CacheStored:
                 _check_in_tree(write, tree)
-            row = _ROWS.get(kind)
+            row = ROWS.get(kind)
             if row is not None:
                 insert, to_row = row
                 rows = grouped.get(insert)
@@ -372,7 +313,7 @@ class SqliteRunStore:
         autocommit: what a chain commits once per model call, with one round trip instead of four (begin, fence,
         insert, commit). The general path (`_apply`) does the same for any batch; tests check they agree."""
         _check_in_tree(write, claim.run_id)
-        params = (*_call_done(write, claim.token), claim.run_id, claim.token)
+        params = (*call_row(write, claim.token), claim.run_id, claim.token)
         try:
             inserted = self._execute(FENCED_CALL, params).rowcount
         except sqlite3.IntegrityError as exc:
