@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowctl.interpreter.persistence.store import (
+    AttemptRecord,
     CallRecord,
     Claim,
     EventRecord,
+    ExchangeRecord,
     Liveness,
     RunRecord,
     Signal,
@@ -63,6 +65,12 @@ class NullStore:
 
     def cache_get(self, digest: str) -> dict[str, Any] | None:
         return None
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        return []
+
+    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
+        return []
 
     def send_signal(self, run_id: str, name: str, data: Any) -> int:
         return 0
