@@ -172,6 +172,9 @@ def downgrade(store: Path) -> None:
     """Make a store as schema version 2 wrote it (closed: the last connection folds the WAL into the file)."""
     conn = sqlite3.connect(store)
     try:
+        conn.execute("DROP TABLE exchanges")  # schema 6
+        conn.execute("DROP TABLE attempts")
+        conn.execute("ALTER TABLE runs DROP COLUMN scripted")
         conn.execute("DROP INDEX signals_by_position")  # schema 5
         conn.execute("ALTER TABLE signals DROP COLUMN position")
         for column in ("claim_token", "heartbeat_at", "signals_sent"):

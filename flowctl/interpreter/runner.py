@@ -45,6 +45,7 @@ class InternalError(FlowctlError):
 @dataclass(slots=True)
 class RunOptions:
     scripted: Any = None  # a scripted Fixture: replaces every model (and scripts the tools it names)
+    scripted_file: str | None = None  # where `scripted` came from: kept with the run, so that its resume stays offline
     cache: bool = False  # serve identical LLM requests from the response cache
     force: bool = False  # resume even if recorded requests changed
     reporter: Reporter = field(default_factory=Reporter)
@@ -202,6 +203,7 @@ async def run_graph(
             file = str(Path(graph.file).resolve())  # absolute: `flowctl resume` may run from another directory
             record = RunRecord(run_id, graph.root.name, file, RunStatus.RUNNING, clock.now(), inputs=values)
             record.source_digest = graph.source_digest
+            record.scripted = options.scripted_file
             recorder.start_root(record)
         started, started_at = clock.monotonic(), clock.now()
         options.reporter.run_started(run_id, graph.root.name, resuming)

@@ -119,8 +119,10 @@ _SCHEMA_V5 = (
     "UPDATE runs SET signals_sent = COALESCE((SELECT MAX(seq) FROM signals WHERE signals.run_id = runs.run_id), 0)",
     "CREATE UNIQUE INDEX IF NOT EXISTS signals_by_position ON signals (run_id, position)",
 )
-# v6: transcripts — each attempt of a step, and each call as it happened (what was sent, what came back).
+# v6: transcripts — each attempt of a step, and each call as it happened (what was sent, what came back); the
+# fixture a scripted run answered from, so that its resume stays offline.
 _SCHEMA_V6 = (
+    "ALTER TABLE runs ADD COLUMN scripted TEXT",
     """CREATE TABLE IF NOT EXISTS attempts (
         run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         path TEXT NOT NULL,
@@ -158,7 +160,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 _RUN_COLUMNS = (
     "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
-    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets"
+    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets, scripted"
 )
 _STEP_COLUMNS = (
     "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
@@ -236,7 +238,7 @@ EXCHANGE_ROW = Insert(
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 )
 
-INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 18)})"
+INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 19)})"
 INSERT_CHILD = """INSERT INTO runs (run_id, parent_id, pipeline, file, status, started_at, inputs, source_digest)
                   VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
                   ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL, outputs = NULL,

@@ -118,6 +118,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         cost=row["cost"],
         owner=row["owner"],
         input_secrets=_load(row["input_secrets"]),
+        scripted=row["scripted"],
     )
 
 
@@ -218,6 +219,7 @@ class SqliteRunStore:
             0.0,
             owner,
             input_secrets,
+            record.scripted,
             1,
             time.time(),
         )
