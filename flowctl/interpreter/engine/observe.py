@@ -37,12 +37,8 @@ def saw_model_call(
 ) -> None:
     attempt = STEP_ATTEMPT.get()
     if not replayed:
-        answer = None if response is None else {**response.to_json(), "latency": elapsed}
-        if answer is not None and (model.price_in_per_mtok is not None or model.price_out_per_mtok is not None):
-            answer["cost"] = _cost(response, model)  # type: ignore[arg-type]  # not None here
-        ctx.runtime.recorder.exchange(
-            ctx.run_id, path, key, attempt, "model", started, elapsed, request.to_json(), answer, _error(error)
-        )
+        raw = (request, response, error, elapsed, model)
+        ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
     seen = ModelCallSeen(key, attempt, model.provider, request, response, error, started, elapsed, replayed)
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
 
@@ -63,11 +59,8 @@ def saw_tool_call(
 ) -> None:
     attempt = STEP_ATTEMPT.get()
     if not replayed:
-        sent = {"server": server.name, "tool": tool, "arguments": arguments}
-        answer = None if result is None else result.to_json()
-        ctx.runtime.recorder.exchange(
-            ctx.run_id, path, key, attempt, "tool", started, elapsed, sent, answer, _error(error)
-        )
+        raw = (server.name, tool, arguments, result, error)
+        ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "tool", started, elapsed, _tool_bodies, raw)
     seen = ToolCallSeen(key, attempt, server.name, tool, arguments, result, error, started, elapsed, replayed)
     ctx.runtime.reporter.tool_call(ctx.run_id, path, seen)
 
@@ -76,9 +69,31 @@ def saw_wait(
     ctx: RunContext, path: str, key: str, event: str, taken: dict[str, Any] | None, started: float, elapsed: float
 ) -> None:
     """A wait ended: the event that released it (`taken`: name, data, source), or None when it timed out."""
-    ctx.runtime.recorder.exchange(
-        ctx.run_id, path, key, STEP_ATTEMPT.get(), "wait", started, elapsed, {"event": event}, taken
-    )
+    raw = ({"event": event}, taken, None)
+    ctx.runtime.recorder.exchange(ctx.run_id, path, key, STEP_ATTEMPT.get(), "wait", started, elapsed, _as_is, raw)
+
+
+# The bodies of a transcript entry from what the call was made of (run when the entry is committed: Recorder.exchange)
+
+
+def _model_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    request, response, error, elapsed, model = raw
+    answer = None
+    if response is not None:
+        answer = {**response.to_json(), "latency": elapsed}
+        if model.price_in_per_mtok is not None or model.price_out_per_mtok is not None:
+            answer["cost"] = _cost(response, model)
+    return request.to_json(), answer, _error(error)
+
+
+def _tool_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    server, tool, arguments, result, error = raw
+    sent = {"server": server, "tool": tool, "arguments": arguments}
+    return sent, None if result is None else result.to_json(), _error(error)
+
+
+def _as_is(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    return raw  # type: ignore[no-any-return]
 
 
 def _error(error: FlowctlError | None) -> dict[str, Any] | None:

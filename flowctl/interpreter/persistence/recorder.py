@@ -27,6 +27,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -64,6 +65,37 @@ HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle
 MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
 
 
+@dataclass(slots=True)
+class _Transcribed:
+    """A transcript entry not yet encoded (see Recorder.exchange)."""
+
+    run_id: str
+    path: str
+    key: str
+    attempt: int
+    kind: str
+    started_at: float
+    elapsed: float
+    bodies: Callable[[Any], tuple[Any, Any, dict[str, Any] | None]]
+    raw: Any
+
+    def write(self, recorder: Recorder) -> Exchanged:
+        request, response, error = self.bodies(self.raw)
+        body = None if response is None else recorder._capped(response)
+        return Exchanged(
+            self.run_id,
+            self.path,
+            self.key,
+            self.attempt,
+            self.kind,
+            self.started_at,
+            self.elapsed,
+            recorder._capped(request),
+            body,
+            recorder._dump(error),
+        )
+
+
 def _others_ready() -> bool:
     """Whether another task is ready to run, so that a loop turn lets it queue writes our commit takes along. Asyncio's
     ready queue says so for free (measured: skipping the turn when it is empty saves a chain ~4 µs a step); on any other
@@ -95,7 +127,7 @@ class Recorder:
         self.claim: Claim | None = None
         self._now = clock.now
         self._pending: list[Write] = []  # the journal's queue
-        self._account: list[Write] = []  # the account's queue
+        self._account: list[Write | _Transcribed] = []  # the account's queue
         self._queued = 0  # journal writes ever queued (a waiter's ticket is this count after its write)
         self._committed = 0  # journal writes committed, in queue order
         self._committed_any = False
@@ -286,17 +318,14 @@ class Recorder:
         kind: str,
         started_at: float,
         elapsed: float,
-        request: Any,
-        response: Any = None,
-        error: dict[str, Any] | None = None,
+        bodies: Callable[[Any], tuple[Any, Any, dict[str, Any] | None]],
+        raw: Any,
     ) -> None:
-        """A call as it happened, for the transcript: what was sent and what came back (or the error)."""
-        body = None if response is None else self._capped(response)
-        self._note(
-            Exchanged(
-                run_id, path, key, attempt, kind, started_at, elapsed, self._capped(request), body, self._dump(error)
-            )
-        )
+        """A call as it happened, for the transcript: what was sent and what came back (or the error). `bodies(raw)`
+        gives the three as JSON-like values; it runs when the entry is committed, not now: an entry is kept as the
+        objects it describes until then, so building and encoding its bodies (~10 µs for a model call) happens off
+        the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
+        self._note(_Transcribed(run_id, path, key, attempt, kind, started_at, elapsed, bodies, raw))
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
@@ -363,7 +392,11 @@ class Recorder:
         noted = len(self._account) if account else 0
         if not count and not noted:
             return
-        batch = self._pending[:count] + self._account[:noted] if noted else self._pending[:count]
+        if noted:
+            noted_writes = [w.write(self) if isinstance(w, _Transcribed) else w for w in self._account[:noted]]
+            batch = self._pending[:count] + noted_writes
+        else:
+            batch = self._pending[:count]
         try:
             self.store.commit(batch, self.claim)
         except ClaimLost as lost:
@@ -392,7 +425,7 @@ class Recorder:
         self._pending.append(write)
         self._queued += 1
 
-    def _note(self, write: Write) -> None:
+    def _note(self, write: Write | _Transcribed) -> None:
         """An account write."""
         if self._lost is None:
             self._account.append(write)

@@ -67,7 +67,9 @@ class RunRecord:
     owner: str | None = None  # who holds the run tree's claim (the root's); None once it finished
     # how to restore the secrets masked in `inputs` (redact.Redactor.mask_inputs); None when none were
     input_secrets: dict[str, Any] | None = None
-    scripted: str | None = None  # the fixture file a scripted run answered from (`--scripted`): its resume stays offline
+    scripted: str | None = (
+        None  # the fixture file a scripted run answered from (`--scripted`): its resume stays offline
+    )
 
 
 @dataclass(slots=True)
