@@ -65,6 +65,11 @@ class FlowctlError(PicklableError):
         data: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
         if self.span is not None:
             data["at"] = str(self.span)
+        status = getattr(self, "status", None)
+        if status is not None:  # the HTTP status a server answered with
+            data["status"] = status
+        if self.retry_after is not None:  # the server's Retry-After
+            data["retry_after"] = self.retry_after
         return data
 
     def __str__(self) -> str:
