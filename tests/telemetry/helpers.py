@@ -30,19 +30,22 @@ async def run_pipeline(
     *,
     inputs: Mapping[str, Any] | None = None,
     redactor: Redactor | None = None,
+    fixture: str = "",
+    resume: str = "",
 ) -> RunOutcome:
-    """Run `pipelines/<name>.yaml` (its `@PYTHON@` and `@CALC@` filled in) on `<name>.fixture.yaml`."""
+    """Run `pipelines/<name>.yaml` (its `@PYTHON@` and `@CALC@` filled in) on `<name>.fixture.yaml` (or
+    `<fixture>.fixture.yaml`), in the store `tmp_path/runs.db`; `resume`: resume that run instead."""
     text = (PIPELINES / f"{name}.yaml").read_text(encoding="utf-8")
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.yaml"
     path.write_text(text.replace("@PYTHON@", sys.executable).replace("@CALC@", str(CALC)), encoding="utf-8")
     graph, diagnostics, _ = load_pipeline(path)
     assert graph is not None, [str(d) for d in diagnostics]
-    fixture = load_fixture(PIPELINES / f"{name}.fixture.yaml")
+    script = load_fixture(PIPELINES / f"{fixture or name}.fixture.yaml")
     store = SqliteRunStore(tmp_path / "runs.db")
     try:
-        options = RunOptions(scripted=fixture, reporter=reporter, env={}, redactor=redactor)
-        return await run_graph(graph, dict(inputs or {}), store, options)
+        options = RunOptions(scripted=script, reporter=reporter, env={}, redactor=redactor)
+        return await run_graph(graph, dict(inputs or {}), store, options, run_id=resume or None, resuming=bool(resume))
     finally:
         store.close()
 

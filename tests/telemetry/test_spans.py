@@ -246,3 +246,28 @@ async def test_a_failed_run_is_an_error_down_its_tree(tmp_path: Path, exporter: 
     assert (run.attributes or {})["flowctl.run.status"] == "failed"
     assert (run.attributes or {})["error.type"] == "provider-unavailable"  # what failed its step
     assert [(s.attributes or {})["flowctl.attempt"] for s in spans.children(step)] == [1, 2]
+
+
+async def test_a_resumed_run_shows_replayed_calls(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    traces = reporter(exporter)
+    failed = await run_pipeline("resume", tmp_path, traces)
+    traces.close()
+    assert failed.status is RunStatus.FAILED
+
+    exporter = InMemorySpanExporter()
+    traces = reporter(exporter)
+    outcome = await run_pipeline("resume", tmp_path, traces, fixture="resumed", resume=failed.run_id)
+    traces.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    spans = Spans(exporter.get_finished_spans())
+    run = spans.one("invoke_workflow traced_resume")
+    assert (run.attributes or {})["flowctl.run.resumed"] is True
+    assert (run.attributes or {})["flowctl.run.id"] == failed.run_id
+    assert spans.child_names(run) == ["invoke_agent writer", "invoke_agent down"]
+    first, second = spans.children(run)
+    [replayed] = spans.children(first)
+    assert (replayed.attributes or {})["flowctl.call.replayed"] is True
+    assert replayed.start_time == replayed.end_time  # no request was sent
+    assert "gen_ai.usage.input_tokens" not in (first.attributes or {})  # the replayed answer was paid for before
+    [answered] = spans.children(second)
+    assert (answered.attributes or {})["flowctl.call.replayed"] is False
