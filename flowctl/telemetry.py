@@ -15,16 +15,18 @@ never load it (tests/dsl/test_imports.py).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.reporting import ModelCallSeen, Reporter, Retry, ToolCallSeen
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
     from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse, Message
@@ -70,11 +72,14 @@ def reporter_from_env(
     say = warn or (lambda line: print(line, file=sys.stderr))
     exporter_name = _exporter_wanted(env)
     if exporter_name is None:
+        unknown = set(_chosen(env)) - {"none"}
+        if unknown:
+            say(f"warning: OTEL_TRACES_EXPORTER={','.join(sorted(unknown))}: flowctl exports otlp or console only")
         return None
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         say(f"warning: OpenTelemetry variables are set but the otel extra is not installed ({INSTALL_HINT}): no traces")
         return None
@@ -95,7 +100,10 @@ def reporter_from_env(
             return None
         # the endpoint from `env` (the exporter itself reads only os.environ); headers, timeout, compression and
         # certificates it reads from os.environ as the OTLP exporter specification says
-        exporter = OTLPSpanExporter(endpoint=traces_endpoint(env))
+        endpoint = traces_endpoint(env)
+        # its retries say one line each, and some releases raise a refused connection: one line of ours instead
+        logging.getLogger(OTLPSpanExporter.__module__).setLevel(logging.CRITICAL)
+        exporter = _said_once(OTLPSpanExporter(endpoint=endpoint), endpoint, say)
     # OTEL_SERVICE_NAME, else a service.name in OTEL_RESOURCE_ATTRIBUTES (the SDK reads it), else `flowctl`
     attributes: dict[str, Any] = {}
     if env.get("OTEL_SERVICE_NAME") or "service.name=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
@@ -108,16 +116,46 @@ def reporter_from_env(
     )
 
 
+def _said_once(exporter: SpanExporter, endpoint: str, say: Callable[[str], None]) -> SpanExporter:
+    """`exporter`, telling `say` once that spans could not be sent (its own failures are silenced above)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Guarded(SpanExporter):
+        said = False
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            try:
+                result, reason = exporter.export(spans), ""
+            except Exception as exc:  # an exporter that raises (a refused connection, in some releases)
+                result, reason = SpanExportResult.FAILURE, f" ({type(exc).__name__})"
+            if result is SpanExportResult.FAILURE and not self.said:
+                self.said = True
+                say(f"warning: could not send traces to {endpoint}{reason}: spans are lost")
+            return result
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    return Guarded()
+
+
 def _exporter_wanted(env: Mapping[str, str]) -> str | None:
     """`otlp`, `console`, or None (no traces)."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    chosen = [name.strip().lower() for name in env.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
+    chosen = _chosen(env)
     if chosen:
         return next((name for name in chosen if name in ("otlp", "console")), None)
     if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return "otlp"
     return None
+
+
+def _chosen(env: Mapping[str, str]) -> list[str]:
+    return [name.strip().lower() for name in env.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
 
 
 def traces_endpoint(env: Mapping[str, str]) -> str:

@@ -3,6 +3,7 @@ exported over OTLP/HTTP to a receiver the test starts, decoded with the OTLP pro
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.redact import Redactor
 from flowctl.telemetry import TraceReporter, reporter_from_env, traces_endpoint
+from tests.support.net import free_port
 from tests.telemetry.helpers import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +131,6 @@ def _attributes(span: Any) -> dict[str, Any]:
         {"OTEL_SERVICE_NAME": "x"},
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SDK_DISABLED": "true"},
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_EXPORTER": "none"},
-        {"OTEL_TRACES_EXPORTER": "zipkin"},
     ],
 )
 def test_no_reporter_unless_the_environment_asks(env: dict[str, str]) -> None:
@@ -151,11 +152,23 @@ def test_a_reporter_when_it_does(env: dict[str, str]) -> None:
     traces.close()  # nothing recorded: nothing sent
 
 
-def test_grpc_is_refused_with_a_warning() -> None:
+@pytest.mark.parametrize(
+    ("env", "warning"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "warning: flowctl exports traces over OTLP http/protobuf only, not grpc: no traces",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "warning: OTEL_TRACES_EXPORTER=zipkin: flowctl exports otlp or console only",
+        ),
+    ],
+)
+def test_what_cannot_be_done_is_refused_with_a_warning(env: dict[str, str], warning: str) -> None:
     said: list[str] = []
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
     assert reporter_from_env(env, Redactor(), warn=said.append) is None
-    assert said == ["warning: flowctl exports traces over OTLP http/protobuf only, not grpc: no traces"]
+    assert said == [warning]
 
 
 def test_endpoints_follow_the_otlp_specification() -> None:
@@ -187,3 +200,27 @@ def test_without_the_extra_one_warning_and_no_reporter() -> None:
         "warning: OpenTelemetry variables are set but the otel extra is not installed "
         "(pip install 'flowctl-agents[otel]'): no traces"
     ]
+
+
+UNREACHABLE = """
+from flowctl.interpreter.redact import Redactor
+from flowctl.telemetry import reporter_from_env
+import sys
+traces = reporter_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": sys.argv[1]}, Redactor())
+traces.run_started("r-1", "p", False)
+traces.run_finished("r-1", "succeeded", 1.0, 0, "")
+traces.close()
+print("closed")
+"""
+
+
+def test_an_unreachable_receiver_costs_one_line() -> None:
+    """Not a page of retries and tracebacks: one warning, and the command ends normally."""
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}  # the exporter's own deadline (read from os.environ)
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE, url], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "closed\n")
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"warning: could not send traces to {url}/v1/traces") and line.endswith(": spans are lost")
