@@ -194,7 +194,10 @@ class TraceReporter(Reporter):
         self._agents: dict[tuple[str, str], list[int]] = {}  # an agent step → [input tokens, output tokens]
         self._failures: dict[tuple[str, str], str] = {}  # a step → the code of its last failed call
         self._run_failures: dict[str, str] = {}  # a run → the code of its last failed step's failure
-        self._tool_call_ids: dict[tuple[str, str], str] = {}  # (run id, `plan/turn#4`) → the model's tool call id
+        # indexes, so that ending a step costs the same in a fan-out of thousands as in a chain
+        self._open: dict[str, set[str]] = {}  # run id → the paths of its open steps
+        self._child_runs: dict[tuple[str, str], list[str]] = {}  # a step → the child runs opened under it
+        self._tool_call_ids: dict[tuple[str, str], dict[str, str]] = {}  # a step → {`plan/turn#4`: tool call id}
 
     # runs ---------------------------------------------------------------------------------------------------------
 
@@ -218,23 +221,28 @@ class TraceReporter(Reporter):
 
     def _parent_of_run(self, run_id: str) -> Span | None:
         """A child run `<parent run>/<step path>` belongs under that step (the longest open run id is its parent)."""
-        parents = [known for known in self._runs if run_id.startswith(known + "/")]
-        if not parents:
-            return None
-        parent = max(parents, key=len)
-        return self._enclosing(parent, run_id[len(parent) + 1 :]) or self._runs[parent]
+        cut = len(run_id)
+        while (cut := run_id.rfind("/", 0, cut)) > 0:
+            parent = run_id[:cut]
+            if parent in self._runs:
+                owner = self._owner(parent, run_id[cut + 1 :])
+                if owner is None:
+                    return self._runs[parent]
+                self._child_runs.setdefault(owner, []).append(run_id)
+                return self._steps[owner]
+        return None
 
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
-        for key in [key for key in self._steps if key[0] == run_id or key[0].startswith(run_id + "/")]:
-            self._end_step(key, "cancelled", "")  # left open by a cancellation: close them under the run
-        for child in sorted((r for r in self._runs if r.startswith(run_id + "/")), key=len, reverse=True):
-            self._end_run(child, "cancelled", "")
         span = self._runs.get(run_id)
         if span is not None:
             span.set_attribute("flowctl.run.tokens", tokens)
             self._end_run(run_id, status, error)
 
     def _end_run(self, run_id: str, status: str, error: str, code: str = "") -> None:
+        for path in sorted(
+            self._open.pop(run_id, ()), key=len, reverse=True
+        ):  # left open by a cancellation: inner first
+            self._end_step((run_id, path), "cancelled", "")
         span = self._runs.pop(run_id, None)
         if span is None:
             return
@@ -257,6 +265,7 @@ class TraceReporter(Reporter):
             "flowctl.step.kind": kind,
             "flowctl.step.attempts": attempt,
         }
+        self._open.setdefault(run_id, set()).add(path)
         if kind == "agent":  # becomes `invoke_agent {agent}` at its first model call (a fan-out's own span never does)
             self._agents[key] = [0, 0]
         self._steps[key] = self._start(f"{kind} {path}", parent, attributes)
@@ -276,7 +285,7 @@ class TraceReporter(Reporter):
                 "error.message": error,
             },
         )
-        self._end_child_runs(run_id, path, "failed", error, retry.reason)  # the next attempt runs the child again
+        self._end_child_runs((run_id, path), "failed", error, retry.reason)  # the next attempt runs it again
 
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         key = (run_id, path)
@@ -289,8 +298,10 @@ class TraceReporter(Reporter):
         span = self._steps.pop(key, None)
         if span is None:  # ended already, with the child run it belongs to
             return
+        self._open.get(key[0], set()).discard(key[1])
         code = self._failures.pop(key, "")
-        self._end_child_runs(key[0], key[1], status, error, code)
+        self._end_child_runs(key, status, error, code)
+        self._tool_call_ids.pop(key, None)  # calls the model asked for that never ran (an unknown tool, say)
         usage = self._agents.pop(key, None)
         if usage is not None and any(usage):
             span.set_attribute("gen_ai.usage.input_tokens", usage[0])
@@ -301,12 +312,9 @@ class TraceReporter(Reporter):
             self._run_failures[key[0]] = code
         span.end()
 
-    def _end_child_runs(self, run_id: str, path: str, status: str, error: str, code: str) -> None:
-        child = f"{run_id}/{path}"
-        for key in [key for key in self._steps if key[0] == child or key[0].startswith(child + "/")]:
-            self._end_step(key, "cancelled", "")
-        for run in sorted((r for r in self._runs if r == child or r.startswith(child + "/")), key=len, reverse=True):
-            self._end_run(run, status, error, code)
+    def _end_child_runs(self, key: tuple[str, str], status: str, error: str, code: str) -> None:
+        for child in self._child_runs.pop(key, ()):
+            self._end_run(child, status, error, code)
 
     def _enclosing(self, run_id: str, path: str) -> Span | None:
         owner = self._owner(run_id, path)
@@ -346,7 +354,7 @@ class TraceReporter(Reporter):
             attributes["gen_ai.response.finish_reasons"] = [response.finish_reason]
             attributes["gen_ai.usage.input_tokens"] = response.usage.input_tokens
             attributes["gen_ai.usage.output_tokens"] = response.usage.output_tokens
-            self._remember_tool_calls(run_id, call.key, response)
+            self._remember_tool_calls(run_id, path, call.key, response)
         parent = self._enclosing(run_id, path) or self._run_span(run_id)
         self._describe_agent(run_id, path, call)
         start = _nanoseconds(call.started)
@@ -368,7 +376,9 @@ class TraceReporter(Reporter):
             "flowctl.attempt": call.attempt,
             "flowctl.call.replayed": call.replayed,
         }
-        call_id = self._tool_call_ids.pop((run_id, call.key.rpartition("/")[0]), None)
+        owner = self._owner(run_id, path)
+        ids = self._tool_call_ids.get(owner) if owner is not None else None
+        call_id = ids.pop(call.key.rpartition("/")[0], None) if ids else None
         if call_id is not None:
             attributes["gen_ai.tool.call.id"] = call_id
         if self.capture_content:
@@ -413,13 +423,15 @@ class TraceReporter(Reporter):
             usage[0] += call.response.usage.input_tokens
             usage[1] += call.response.usage.output_tokens
 
-    def _remember_tool_calls(self, run_id: str, key: str, response: CompletionResponse) -> None:
+    def _remember_tool_calls(self, run_id: str, path: str, key: str, response: CompletionResponse) -> None:
         match = _MODEL_KEY.match(key)
-        if match is None or not response.tool_calls:
+        owner = self._owner(run_id, path)
+        if match is None or owner is None or not response.tool_calls:
             return
         prefix, number = match.group(1), int(match.group(2))
+        ids = self._tool_call_ids.setdefault(owner, {})
         for i, requested in enumerate(response.tool_calls):
-            self._tool_call_ids[(run_id, f"{prefix}/turn#{number + 1 + i}")] = requested.id
+            ids[f"{prefix}/turn#{number + 1 + i}"] = requested.id
 
     # content (opt-in) ---------------------------------------------------------------------------------------------
 
@@ -466,10 +478,7 @@ class TraceReporter(Reporter):
 
     def close(self) -> None:
         """End what an interrupted run left open, then flush the exporter."""
-        for key in list(self._steps):
-            if key in self._steps:
-                self._end_step(key, "cancelled", "")
-        for run_id in sorted(self._runs, key=len, reverse=True):
+        for run_id in sorted(self._runs, key=len):  # roots first: each ends its steps and their child runs
             self._end_run(run_id, "cancelled", "")
         if self.provider is not None:
             self.provider.shutdown()

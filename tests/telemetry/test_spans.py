@@ -271,3 +271,22 @@ async def test_a_resumed_run_shows_replayed_calls(tmp_path: Path, exporter: InMe
     assert "gen_ai.usage.input_tokens" not in (first.attributes or {})  # the replayed answer was paid for before
     [answered] = spans.children(second)
     assert (answered.attributes or {})["flowctl.call.replayed"] is False
+
+
+def test_closing_ends_what_an_interrupted_run_left_open(exporter: InMemorySpanExporter) -> None:
+    """Ctrl-C: the runner reports no end; the command's close() still ends (and so exports) every span."""
+    traces = reporter(exporter)
+    traces.run_started("r-1", "p", False)
+    traces.step_started("r-1", "group", "parallel", 1)
+    traces.step_started("r-1", "group/kid", "pipeline", 1)
+    traces.step_started("r-1/group/kid", "inner", "tool", 1)
+    traces.close()
+    spans = Spans(exporter.get_finished_spans())
+    run, group, kid, child_run, inner = (
+        spans.one(name)
+        for name in ("invoke_workflow p", "parallel group", "pipeline group/kid", "invoke_workflow", "tool inner")
+    )
+    assert [spans.parent(s) for s in (group, kid, child_run, inner)] == [run, group, kid, child_run]
+    for span in (run, group, kid, child_run, inner):
+        assert (span.attributes or {})["error.type"] == "cancelled"
+        assert span.end_time is not None
