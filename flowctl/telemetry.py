@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from flowctl.interpreter.redact import Redactor
 
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-# the values that opt in: `true` (the original switch) and the modes of the latest experimental conventions that
-# put content on spans; `EVENT_ONLY` and `SPAN_AND_EVENT` also add the `gen_ai.client.inference.operation.details` event
-_CAPTURE_ON = {"true", "1", "yes", "span_only", "span_and_event", "event_only"}
+# the values that opt in: `true` (the original switch) and the modes of the latest experimental conventions: content
+# on the spans (`SPAN_ONLY`), in the `gen_ai.client.inference.operation.details` event (`EVENT_ONLY`), or both
+_CAPTURE_SPANS = {"true", "1", "yes", "span_only", "span_and_event"}
 _CAPTURE_EVENTS = {"event_only", "span_and_event"}
 INSTALL_HINT = "pip install 'flowctl-agents[otel]'"
 SCOPE = "flowctl"
@@ -57,9 +57,9 @@ _MODEL_KEY = re.compile(r"^(.*)/llm#(\d+)$")
 
 
 def capture_mode(env: Mapping[str, str]) -> tuple[bool, bool]:
-    """(content on spans, content in events too) as `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` says."""
+    """(content on spans, content in events) as `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` says."""
     value = env.get(CAPTURE_CONTENT, "").strip().lower()
-    return value in _CAPTURE_ON, value in _CAPTURE_EVENTS
+    return value in _CAPTURE_SPANS, value in _CAPTURE_EVENTS
 
 
 def reporter_from_env(
@@ -359,10 +359,10 @@ class TraceReporter(Reporter):
         self._describe_agent(run_id, path, call)
         start = _nanoseconds(call.started)
         span = self._start(f"chat {request.model}", parent, attributes, kind="client", start=start)
-        if self.capture_content:
+        if self.capture_content or self.content_events:
             content = self._model_content(request, response)
-            for name, value in content.items():
-                span.set_attribute(name, value)
+            if self.capture_content:
+                span.set_attributes(content)
             if self.content_events:
                 span.add_event("gen_ai.client.inference.operation.details", content, timestamp=start)
         self._end_call(span, run_id, path, call.error, start + _nanoseconds(call.elapsed))
@@ -381,7 +381,7 @@ class TraceReporter(Reporter):
         call_id = ids.pop(call.key.rpartition("/")[0], None) if ids else None
         if call_id is not None:
             attributes["gen_ai.tool.call.id"] = call_id
-        if self.capture_content:
+        if self.capture_content or self.content_events:  # no event is defined for tools: on the span either way
             attributes["gen_ai.tool.call.arguments"] = self._json(call.arguments)
             if call.result is not None:
                 value = call.result.value if call.result.value is not None else call.result.text

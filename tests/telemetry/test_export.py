@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.redact import Redactor
-from flowctl.telemetry import TraceReporter, reporter_from_env, traces_endpoint
+from flowctl.telemetry import TraceReporter, capture_mode, reporter_from_env, traces_endpoint
 from tests.support.net import free_port
 from tests.telemetry.helpers import run_pipeline
 
@@ -224,3 +224,20 @@ def test_an_unreachable_receiver_costs_one_line() -> None:
     assert (done.returncode, done.stdout) == (0, "closed\n")
     [line] = done.stderr.splitlines()
     assert line.startswith(f"warning: could not send traces to {url}/v1/traces") and line.endswith(": spans are lost")
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        ("", (False, False)),
+        ("false", (False, False)),
+        ("true", (True, False)),
+        ("TRUE", (True, False)),
+        ("SPAN_ONLY", (True, False)),
+        ("EVENT_ONLY", (False, True)),
+        ("SPAN_AND_EVENT", (True, True)),
+        ("NO_CONTENT", (False, False)),
+    ],
+)
+def test_the_content_switch(value: str, mode: tuple[bool, bool]) -> None:
+    assert capture_mode({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": value}) == mode

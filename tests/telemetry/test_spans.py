@@ -24,12 +24,16 @@ SECRET = "tok-5f2a9c31e8b7d40a"
 
 
 def reporter(
-    exporter: InMemorySpanExporter, *, capture: bool = False, redactor: Redactor | None = None
+    exporter: InMemorySpanExporter, *, capture: bool = False, events: bool = False, redactor: Redactor | None = None
 ) -> TraceReporter:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return TraceReporter(
-        provider.get_tracer("test"), redactor or Redactor(), capture_content=capture, provider=provider
+        provider.get_tracer("test"),
+        redactor or Redactor(),
+        capture_content=capture,
+        content_events=events,
+        provider=provider,
     )
 
 
@@ -173,6 +177,29 @@ async def test_content_is_captured_only_when_asked_and_then_redacted(
     assert json.loads(str((second.attributes or {})["gen_ai.output.messages"]))[0]["parts"] == [
         {"type": "text", "content": "5"}
     ]
+
+
+async def test_content_in_events_only(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    """EVENT_ONLY: a chat span's content goes to its `gen_ai.client.inference.operation.details` event."""
+    redactor = Redactor({"CALC_TOKEN": SECRET})
+    traces = reporter(exporter, events=True, redactor=redactor)
+    await run_pipeline("tools", tmp_path, traces, inputs={"key": SECRET}, redactor=redactor)
+    traces.close()
+    spans = Spans(exporter.get_finished_spans())
+    first = spans.children(spans.one("invoke_agent adder"))[0]
+    assert "gen_ai.input.messages" not in (first.attributes or {})
+    [details] = first.events
+    assert details.name == "gen_ai.client.inference.operation.details"
+    assert details.timestamp == first.start_time
+    assert json.loads(str((details.attributes or {})["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "Add 2 and 3 (key ***)."}]}
+    ]
+    assert set(details.attributes or {}) == {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+    }
 
 
 async def test_retries_fan_out_and_a_child_pipeline_make_the_run_tree(
