@@ -3,10 +3,11 @@ its watchers into spans following the OpenTelemetry GenAI semantic conventions, 
 one exporting over OTLP/HTTP when the standard `OTEL_*` variables ask for it.
 
 The span tree follows the run tree: a run (`invoke_workflow {pipeline}`) holds its steps (`invoke_agent {agent}` for
-an agent step, `{kind} {path}` for the others); a step holds the steps nested in it (a group's, a fan-out's items
-`step[i]`) and its model calls (`chat {model}`) and tool calls (`execute_tool {tool}`); a child pipeline's run
-(`<parent run>/<step path>`) sits under the step that started it. Prompts, completions, tool arguments and results
-are recorded only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` opts in, masked by the run's redactor.
+an agent step, `{kind} {path}` for the others); a step holds the steps it ran (a `parallel` step's branches, a loop's
+body, a fan-out's items `step[i]`) and its model calls (`chat {model}`) and tool calls (`execute_tool {tool}`); a child
+pipeline's run (`<parent run>/<step path>`) sits under the step that started it. Prompts, completions, tool arguments
+and results are recorded only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` opts in, masked by the run's
+redactor.
 
 `opentelemetry` is imported only here and only when a reporter is built: `flowctl --version` and `flowctl validate`
 never load it (tests/dsl/test_imports.py).
@@ -20,6 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.reporting import ModelCallSeen, Reporter, Retry, ToolCallSeen
@@ -198,6 +200,11 @@ class TraceReporter(Reporter):
         self._open: dict[str, set[str]] = {}  # run id → the paths of its open steps
         self._child_runs: dict[tuple[str, str], list[str]] = {}  # a step → the child runs opened under it
         self._tool_call_ids: dict[tuple[str, str], dict[str, str]] = {}  # a step → {`plan/turn#4`: tool call id}
+        # The step whose task a hook runs in: a step started there is nested in it. Paths do not always say so (a
+        # `parallel` step's branches, a loop's body are named by their own ids), but tasks do: a step's code runs in
+        # its task, and the tasks it starts inherit this variable (see step_started and step_finished).
+        self._current: ContextVar[tuple[str, str] | None] = ContextVar("flowctl_trace_step", default=None)
+        self._before: dict[tuple[str, str], tuple[str, str] | None] = {}  # a step → the current step it replaced
 
     # runs ---------------------------------------------------------------------------------------------------------
 
@@ -258,7 +265,7 @@ class TraceReporter(Reporter):
         if span is not None:  # another attempt of a step already open
             span.set_attribute("flowctl.step.attempts", attempt)
             return
-        parent = self._enclosing(run_id, path) or self._run_span(run_id)
+        parent = self._parent_of_step(run_id, path)
         attributes: dict[str, Any] = {
             "flowctl.run.id": run_id,
             "flowctl.step.path": path,
@@ -266,9 +273,19 @@ class TraceReporter(Reporter):
             "flowctl.step.attempts": attempt,
         }
         self._open.setdefault(run_id, set()).add(path)
+        self._before[key] = self._current.get()
+        self._current.set(key)
         if kind == "agent":  # becomes `invoke_agent {agent}` at its first model call (a fan-out's own span never does)
             self._agents[key] = [0, 0]
         self._steps[key] = self._start(f"{kind} {path}", parent, attributes)
+
+    def _parent_of_step(self, run_id: str, path: str) -> Span:
+        """The step this one was started from (the current step of its task), else the one its path is nested in
+        (`fan[0]` in `fan`), else its run."""
+        current = self._current.get()
+        if current is not None and current in self._steps:
+            return self._steps[current] if current[0] == run_id else self._run_span(run_id)
+        return self._enclosing(run_id, path) or self._run_span(run_id)
 
     def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
         span = self._steps.get((run_id, path))
@@ -292,13 +309,17 @@ class TraceReporter(Reporter):
         if key not in self._steps:  # skipped: it never started
             self.step_started(run_id, path, "step", 0)
         self._steps[key].set_attribute("flowctl.step.tokens", tokens)
+        before = self._before.get(key)
         self._end_step(key, status, error)
+        if self._current.get() == key:  # in the task that started it (always, as the engine runs steps)
+            self._current.set(before)
 
     def _end_step(self, key: tuple[str, str], status: str, error: str) -> None:
         span = self._steps.pop(key, None)
         if span is None:  # ended already, with the child run it belongs to
             return
         self._open.get(key[0], set()).discard(key[1])
+        self._before.pop(key, None)
         code = self._failures.pop(key, "")
         self._end_child_runs(key, status, error, code)
         self._tool_call_ids.pop(key, None)  # calls the model asked for that never ran (an unknown tool, say)

@@ -317,3 +317,22 @@ def test_closing_ends_what_an_interrupted_run_left_open(exporter: InMemorySpanEx
     for span in (run, group, kid, child_run, inner):
         assert (span.attributes or {})["error.type"] == "cancelled"
         assert span.end_time is not None
+
+
+async def test_parallel_branches_and_loop_bodies_sit_under_their_step(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    traces = reporter(exporter)
+    outcome = await run_pipeline("shapes", tmp_path, traces)
+    traces.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    spans = Spans(exporter.get_finished_spans())
+    run = spans.one("invoke_workflow traced_shapes")
+    assert spans.child_names(run) == ["parallel both", "invoke_agent writer", "loop twice"]
+    both, after, twice = spans.children(run)
+    assert (after.attributes or {})["flowctl.step.path"] == "after"
+    assert sorted(str((s.attributes or {})["flowctl.step.path"]) for s in spans.children(both)) == ["left", "right"]
+    body = [str((s.attributes or {})["flowctl.step.path"]) for s in spans.children(twice)]
+    assert body == ["twice#1/draft", "twice#1/check", "twice#2/draft", "twice#2/check"]
+    for step in (*spans.children(both), *spans.children(twice), after):
+        assert spans.child_names(step) == ["chat gpt-4o-mini"]
