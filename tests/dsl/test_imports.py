@@ -1,4 +1,4 @@
-"""`flowctl --version` and `flowctl validate` stay light: they import neither openai, mcp nor anyio."""
+"""`flowctl --version` and `flowctl validate` stay light: they import neither openai, mcp, anyio nor opentelemetry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 VALID = Path(__file__).parent / "golden" / "valid"
 INVALID = Path(__file__).parent / "golden" / "invalid"
-HEAVY = ("openai", "mcp", "anyio")
+HEAVY = ("openai", "mcp", "anyio", "opentelemetry")
 
 PROBE = """
 import json, sys
