@@ -243,7 +243,7 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
             f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
             f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}"
         )
-        for attempt in step["attempt_log"]:
+        for attempt in step["attempt_log"] if len(step["attempt_log"]) > 1 else ():  # one: the error below says it
             click.echo(f"{indent}      {attempt_line(attempt)}")
         if step["error"]:
             click.echo(f"{indent}      {step['error'].get('message')}")
@@ -259,12 +259,12 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
 
 
 def money(cost: float | None) -> str:
-    """`$0.42`, `$0.0000081`: two significant digits at least, `-` without a price."""
+    """`$12.30`, `$0.048`, `$0.0000081`: cents, and two significant digits below a dollar; `-` without a price."""
     if cost is None:
         return "-"
-    if cost == 0 or cost >= 0.01:
+    if cost == 0 or cost >= 1:
         return f"${cost:.2f}"
-    decimals = min(10, 1 - math.floor(math.log10(cost)))
+    decimals = min(10, max(2, 1 - math.floor(math.log10(cost))))
     return f"${cost:.{decimals}f}"
 
 

@@ -92,6 +92,9 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()}
 
 
+_AFTER = 1 << 62  # an attempt's end sorts after the calls that ended with it
+
+
 def _entries(store: Any, runs: list[str], root: str, step: str | None) -> list[_Entry]:
     """Every exchange and every attempt that did not succeed, over the run tree, in the order they ended."""
     entries: list[_Entry] = []
@@ -101,7 +104,7 @@ def _entries(store: Any, runs: list[str], root: str, step: str | None) -> list[_
             entries.append(_Entry(e.started_at + e.elapsed, e.seq, _label(run, e.path, root), child, e))
         for a in store.attempts(run):
             if a.status.value != "succeeded":
-                entries.append(_Entry(a.finished_at, 0, _label(run, a.path, root), child, a))
+                entries.append(_Entry(a.finished_at, _AFTER, _label(run, a.path, root), child, a))
     if step is not None:
         entries = [e for e in entries if _under(e.step, step)]
     return sorted(entries, key=lambda e: (e.at, e.seq))
@@ -266,7 +269,7 @@ class _Printer:
         event = e.request.get("event") if isinstance(e.request, dict) else e.request
         self._head(entry, f"wait for {event!r}", seconds(e.elapsed))
         if e.response is None:
-            click.echo("  timed out: no such event came")
+            click.echo(f"  timed out: no {event!r} event came")
             return
         taken = e.response if isinstance(e.response, dict) else {}
         click.echo(f"  released by {taken.get('name')!r} from {taken.get('source')}")
