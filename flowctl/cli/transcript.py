@@ -190,12 +190,9 @@ class _Printer:
                 click.echo(f"  tools offered: {', '.join(tools)}")
             if request.get("output_schema") and key not in self.answers:
                 self._body("answer schema:", request["output_schema"])
-        if e.error is not None:
-            self._error(e.error)
-            self.errors[key] = e.error
-        elif response is None:
-            self._body("answer", e.response)
-        else:
+        if response is None and e.response is not None:
+            self._body("answer:", e.response)  # capped by the recorder
+        elif response is not None:
             if response.get("content"):
                 self._text("answer:", response["content"])
             for call in response.get("tool_calls") or []:
@@ -203,6 +200,9 @@ class _Printer:
             finish = response.get("finish_reason")
             if finish not in (None, "stop", "tool_calls"):
                 click.echo(f"  finish reason: {finish}")
+        if e.error is not None:  # a failed call, or an answer rejected (one that did not match its schema)
+            self._error(e.error)
+            self.errors[key] = e.error
         self.answers[key] = response
 
     def _messages(self, key: tuple[str, str, int], messages: list[Any]) -> None:
