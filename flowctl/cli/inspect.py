@@ -132,8 +132,9 @@ def _attempt_json(a: Any) -> dict[str, Any]:
 
 
 def _under(path: str, step: str) -> bool:
-    """Whether `path` is the step `step` or runs inside it (a fan-out item `step[i]`, a nested step `step/…`)."""
-    return path == step or path.startswith((step + "/", step + "["))
+    """Whether `path` is the step `step` or runs inside it (a fan-out item `step[i]`, a nested step `step/…`, a
+    loop iteration `step#i/…`)."""
+    return path == step or path.startswith((step + "/", step + "[", step + "#"))
 
 
 def _answer_cost(exchange: Any) -> float | None:
@@ -279,7 +280,7 @@ def attempt_line(attempt: dict[str, Any]) -> str:
     if error:
         line += f": {error.get('code')}: {error.get('message')}" if error.get("code") else f": {error.get('message')}"
     if attempt["retry_in"] is not None:
-        line += f"; retried after {attempt['retry_in']:g}s"
+        line += f"; retried after {attempt['retry_in']:.3g}s"
     return line
 
 

@@ -81,7 +81,7 @@ def _label(run: str, path: str, root: str) -> str:
 
 
 def _under(path: str, step: str) -> bool:
-    return path == step or path.startswith((step + "/", step + "["))
+    return path == step or path.startswith((step + "/", step + "[", step + "#"))
 
 
 def _is_attempt(entry: _Entry) -> bool:
@@ -154,11 +154,10 @@ class _Printer:
         click.echo(f"{indent}{label}")
         inner = indent + "  "
         for line in str(text).splitlines() or [""]:
-            wrapped = textwrap.wrap(
-                line, self.width - len(inner), replace_whitespace=False, drop_whitespace=False, break_on_hyphens=False
-            )
-            for piece in wrapped or [""]:
-                click.echo(f"{inner}{piece}".rstrip())
+            lead = inner + line[: len(line) - len(line.lstrip())]  # a line's own indentation is kept when wrapped
+            width = max(20, self.width - len(lead))
+            for piece in textwrap.wrap(line.strip(), width, break_on_hyphens=False) or [""]:
+                click.echo(f"{lead}{piece}".rstrip())
 
     def _body(self, label: str, value: Any, indent: str = "  ") -> None:
         if isinstance(value, dict) and value.get("truncated") is True and "size" in value:
