@@ -186,7 +186,7 @@ def test_logs_tells_the_run_turn_by_turn(tour: tuple[str, str]) -> None:
     assert 'result:\n    {"datetime": "2026-01-01T12:00:00+01:00"}' in blocks[3]
     last = blocks[4]  # the answer after the tool: only what is new since the previous call
     assert "(2 earlier messages not repeated)" in last and "You keep the time." not in last
-    assert "assistant: the answer above" in last and "tool result (call_1):" in last
+    assert "assistant: the answer above" in last and "tool result for get_current_time (call_1):" in last
     assert "answer:\n    It is noon." in last
     assert f"(in child run {run_id}/child)" in blocks[5] and "Polish It is noon." in blocks[5]
 
@@ -296,3 +296,32 @@ steps:
     assert "released by 'ready' from announce\n  data:\n    {\"n\": 1}" in hold
     assert late.startswith("late · attempt 1 · wait for 'never'") and "timed out: no 'never' event came" in late
     assert "✗ late: attempt 1 failed after " in late and "wait-timeout" in late
+
+
+def test_logs_marks_a_capped_body_and_shows_why_an_answer_was_rejected(tmp_path: Path) -> None:
+    from flowctl.interpreter.persistence.recorder import MAX_TRANSCRIPT_BODY
+
+    pipeline = """\
+flowctl: 1
+name: edges
+agents:
+  a: {instruction: x}
+  t: {instruction: x, output_schema: {type: object, required: [n], properties: {n: {type: integer}}}}
+steps:
+  - {id: big, agent: a, prompt: big}
+  - id: typed
+    agent: t
+    prompt: typed
+    retry: {max_attempts: 1}
+    on_error: continue
+"""
+    huge = "z" * (MAX_TRANSCRIPT_BODY + 10)
+    fixture = f'responses:\n  - {{prompt: big, reply: "{huge}"}}\n  - {{prompt: typed, reply: "no json here"}}\n'
+    run_id, store = run(tmp_path, pipeline, fixture)
+    big = invoke("logs", run_id, "--store", store, "--step", "big").output
+    capped = next(line for line in big.splitlines() if "capped by the recorder" in line)
+    assert capped.strip().startswith("answer: [capped by the recorder: ")
+    assert f"the first {MAX_TRANSCRIPT_BODY} shown]" in capped
+    typed = invoke("logs", run_id, "--store", store, "--step", "typed").output
+    # the provider rejected the answer: the call's error says why (the rejected text is not recorded yet)
+    assert "✗ error output-schema-mismatch (retryable):" in typed and "is not valid JSON" in typed

@@ -224,7 +224,9 @@ class _Printer:
                 click.echo("  assistant: the answer above")
                 continue
             if role == "tool":
-                self._body(f"tool result ({message.get('tool_call_id')}):", message.get("content"))
+                call_id = message.get("tool_call_id")
+                names = [c.get("name") for c in (answer or {}).get("tool_calls") or [] if c.get("id") == call_id]
+                self._body(f"tool result for {names[0] if names else '?'} ({call_id}):", message.get("content"))
                 continue
             if message.get("content") is not None:
                 self._body(f"{role}:", message.get("content"))
