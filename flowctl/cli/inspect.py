@@ -88,6 +88,7 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
         tried.setdefault(a.path, []).append(_attempt_json(a))
     exchanges = store.exchanges(run_id)
     children = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
+    costs = _step_costs(run_id, exchanges, children)
     data["steps"] = []
     for s in store.steps(run_id):
         attempts = tried.get(s.path, [])
@@ -104,7 +105,7 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
                 "duration": s.finished_at - started if s.finished_at and started else None,
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
-                "cost": _step_cost(s.path, exchanges, children, run_id),
+                "cost": costs.get(s.path),
                 "error": s.error,
                 "output": s.output,
                 "attempt_log": attempts,
@@ -131,10 +132,13 @@ def _attempt_json(a: Any) -> dict[str, Any]:
     }
 
 
-def _under(path: str, step: str) -> bool:
-    """Whether `path` is the step `step` or runs inside it (a fan-out item `step[i]`, a nested step `step/…`, a
-    loop iteration `step#i/…`)."""
-    return path == step or path.startswith((step + "/", step + "[", step + "#"))
+_INSIDE = re.compile(r"[/\[#]")  # what follows a step's path in the paths of what runs inside it
+
+
+def _steps_around(path: str) -> list[str]:
+    """The path and those of the steps it runs inside: `a/b[2]/c` → `a`, `a/b`, `a/b[2]`, `a/b[2]/c` (a fan-out
+    item `b[i]`, a nested step `b/…`, a loop iteration `b#i/…`)."""
+    return [path[: m.start()] for m in _INSIDE.finditer(path) if m.start()] + [path]
 
 
 def _answer_cost(exchange: Any) -> float | None:
@@ -145,14 +149,23 @@ def _answer_cost(exchange: Any) -> float | None:
     return float(cost) if isinstance(cost, int | float) else None
 
 
-def _step_cost(step: str, exchanges: list[Any], children: list[dict[str, Any]], run_id: str) -> float | None:
-    """What a step's model answers cost (its items', nested steps' and child runs' included, as its tokens are);
-    None when no answer had a price."""
-    costs = [c for e in exchanges if _under(e.path, step) and (c := _answer_cost(e)) is not None]
-    for child in children:
-        if _under(child["run_id"][len(run_id) + 1 :], step):
-            costs.extend(m["cost"] for m in child["models"] if m["cost"] is not None)
-    return sum(costs) if costs else None
+def _step_costs(run_id: str, exchanges: list[Any], children: list[dict[str, Any]]) -> dict[str, float]:
+    """What each step's model answers cost, its items', nested steps' and child runs' included (as its tokens are);
+    a step none of whose answers had a price is not in it. One pass, however wide the run."""
+    costs: dict[str, float] = {}
+
+    def add(path: str, cost: float) -> None:
+        for step in _steps_around(path):
+            costs[step] = costs.get(step, 0.0) + cost
+
+    for e in exchanges:
+        if (cost := _answer_cost(e)) is not None:
+            add(e.path, cost)
+    for child in children:  # `<run>/<step>`: the child run of the pipeline step `<step>`
+        for m in child["models"]:
+            if m["cost"] is not None:
+                add(child["run_id"][len(run_id) + 1 :], m["cost"])
+    return costs
 
 
 def _models(exchanges: list[Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
