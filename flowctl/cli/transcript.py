@@ -51,7 +51,8 @@ def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> 
             sys.exit(EXIT_USAGE)
         runs = _run_tree(store, run_id)
         if step is not None and not any(_under(_label(r, s.path, run_id), step) for r in runs for s in store.steps(r)):
-            click.echo(f"error: run {run_id} has no step {step!r} (see `flowctl show {run_id}{store_flag(store_path)}`)", err=True)
+            hint = f"flowctl show {run_id}{store_flag(store_path)}"
+            click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
             sys.exit(EXIT_USAGE)
         entries = _entries(store, runs, run_id, step)
     finally:
