@@ -91,6 +91,12 @@ def test_example_runs_offline_with_its_fixture(path: Path, tmp_path: Path) -> No
     shown = CliRunner().invoke(main, ["show", outcome["run_id"], "--store", str(tmp_path / "runs.db")])
     assert shown.exit_code == 0
     assert "succeeded" in shown.stdout
+    # the transcript tells every call: one block per recorded exchange
+    logs = ["logs", outcome["run_id"], "--store", str(tmp_path / "runs.db")]
+    records = json.loads(CliRunner().invoke(main, [*logs, "--output", "json"]).stdout)
+    assert any(r["kind"] == "model" for r in records)
+    text = CliRunner().invoke(main, logs).stdout
+    assert sum(line.startswith("── ") for line in text.splitlines()) == sum(r["kind"] != "attempt" for r in records)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

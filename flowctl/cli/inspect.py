@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -82,27 +83,120 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
     record = store.get_run(run_id)
     alive = _alive(store, record) if alive is None else alive
     data = _run_json(record, alive)
-    data["steps"] = [
-        {
-            "path": s.path,
-            "kind": s.kind,
-            "status": s.status.value,
-            "attempts": s.attempts,
-            "started_at": s.started_at,
-            "finished_at": s.finished_at,
-            "input_tokens": s.input_tokens,
-            "output_tokens": s.output_tokens,
-            "error": s.error,
-            "output": s.output,
-        }
-        for s in store.steps(run_id)
-    ]
+    tried: dict[str, list[dict[str, Any]]] = {}
+    for a in store.attempts(run_id):
+        tried.setdefault(a.path, []).append(_attempt_json(a))
+    exchanges = store.exchanges(run_id)
+    children = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
+    costs = _step_costs(run_id, exchanges, children)
+    data["steps"] = []
+    for s in store.steps(run_id):
+        attempts = tried.get(s.path, [])
+        # the row's start restarts with each attempt: the step began when its first attempt did
+        started = attempts[0]["started_at"] if attempts else s.started_at
+        data["steps"].append(
+            {
+                "path": s.path,
+                "kind": s.kind,
+                "status": s.status.value,
+                "attempts": s.attempts,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "duration": s.finished_at - started if s.finished_at and started else None,
+                "input_tokens": s.input_tokens,
+                "output_tokens": s.output_tokens,
+                "cost": costs.get(s.path),
+                "error": s.error,
+                "output": s.output,
+                "attempt_log": attempts,
+            }
+        )
     data["events"] = [{"name": e.name, "data": e.data, "source": e.source, "at": e.at} for e in store.events(run_id)]
     data["state_changes"] = [
         {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
     ]
-    data["children"] = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
+    data["children"] = children
+    data["models"] = _models(exchanges, children)
     return data
+
+
+def _attempt_json(a: Any) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "status": a.status.value,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "duration": a.finished_at - a.started_at,
+        "error": a.error,
+        "retry_in": a.retry_in,
+    }
+
+
+_INSIDE = re.compile(r"[/\[#]")  # what follows a step's path in the paths of what runs inside it
+
+
+def _steps_around(path: str) -> list[str]:
+    """The path and those of the steps it runs inside: `a/b[2]/c` → `a`, `a/b`, `a/b[2]`, `a/b[2]/c` (a fan-out
+    item `b[i]`, a nested step `b/…`, a loop iteration `b#i/…`)."""
+    return [path[: m.start()] for m in _INSIDE.finditer(path) if m.start()] + [path]
+
+
+def _answer_cost(exchange: Any) -> float | None:
+    response = exchange.response
+    if exchange.kind != "model" or not isinstance(response, dict):
+        return None
+    cost = response.get("cost")
+    return float(cost) if isinstance(cost, int | float) else None
+
+
+def _step_costs(run_id: str, exchanges: list[Any], children: list[dict[str, Any]]) -> dict[str, float]:
+    """What each step's model answers cost, its items', nested steps' and child runs' included (as its tokens are);
+    a step none of whose answers had a price is not in it. One pass, however wide the run."""
+    costs: dict[str, float] = {}
+
+    def add(path: str, cost: float) -> None:
+        for step in _steps_around(path):
+            costs[step] = costs.get(step, 0.0) + cost
+
+    for e in exchanges:
+        if (cost := _answer_cost(e)) is not None:
+            add(e.path, cost)
+    for child in children:  # `<run>/<step>`: the child run of the pipeline step `<step>`
+        for m in child["models"]:
+            if m["cost"] is not None:
+                add(child["run_id"][len(run_id) + 1 :], m["cost"])
+    return costs
+
+
+def _models(exchanges: list[Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, over a run and its child runs: calls made (failed ones included), tokens in and out, cost (None
+    when the model has no price)."""
+    table: dict[str, dict[str, Any]] = {}
+    for e in exchanges:
+        if e.kind != "model":
+            continue
+        request = e.request if isinstance(e.request, dict) else {}
+        response = e.response if isinstance(e.response, dict) else {}
+        name = str(request.get("model") or response.get("model") or "(unknown)")
+        row = table.setdefault(
+            name, {"model": name, "calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost": None}
+        )
+        row["calls"] += 1
+        row["failed"] += e.error is not None
+        usage = response.get("usage") or {}
+        row["input_tokens"] += int(usage.get("input_tokens") or 0)
+        row["output_tokens"] += int(usage.get("output_tokens") or 0)
+        if (cost := _answer_cost(e)) is not None:
+            row["cost"] = (row["cost"] or 0.0) + cost
+    for child in children:
+        for m in child["models"]:
+            zero = {"calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost": None}
+            row = table.setdefault(m["model"], {"model": m["model"], **zero})
+            for key in ("calls", "failed", "input_tokens", "output_tokens"):
+                row[key] += m[key]
+            if m["cost"] is not None:
+                row["cost"] = (row["cost"] or 0.0) + m["cost"]
+    return list(table.values())
 
 
 ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
@@ -138,9 +232,10 @@ def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]
 
 def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = False, store: str = "") -> None:
     took = f" in {data['finished_at'] - data['started_at']:.2f}s" if data["finished_at"] else ""
+    priced = _priced(data)
     click.echo(
         f"{indent}{data['run_id']}  {data['pipeline']}  {data['status']}{took}  "
-        f"{data['input_tokens'] + data['output_tokens']} tok"
+        f"{data['input_tokens'] + data['output_tokens']} tok" + (f"  {money(data['cost'])}" if priced else "")
     )
     if data["error"]:
         click.echo(f"{indent}  error: {data['error'].get('message')}")
@@ -154,13 +249,16 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
     for step in data["steps"]:
         if step["path"].split("/", 1)[0] in hidden:
             continue  # a quiet item, or a step nested in one
-        took = f"{step['finished_at'] - step['started_at']:.2f}s" if step["finished_at"] and step["started_at"] else "-"
+        took = f"{step['duration']:.2f}s" if step["duration"] is not None else "-"
         tokens = step["input_tokens"] + step["output_tokens"]
+        cost = f"  {money(step['cost']):>10}" if priced else ""
         attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
         click.echo(
             f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
-            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{attempts}"
+            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}"
         )
+        for attempt in step["attempt_log"] if len(step["attempt_log"]) > 1 else ():  # one: the error below says it
+            click.echo(f"{indent}      {attempt_line(attempt)}")
         if step["error"]:
             click.echo(f"{indent}      {step['error'].get('message')}")
         child = children.get(step["path"])
@@ -170,6 +268,49 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
             click.echo(f"{indent}    {summaries[step['path']]}")
     if data["events"]:
         click.echo(f"{indent}  events: " + ", ".join(f"{e['name']} ({e['source']})" for e in data["events"]))
+    if not indent and (priced or len(data["models"]) > 1):
+        _models_text(data["models"])
+
+
+def money(cost: float | None) -> str:
+    """`$12.30`, `$0.048`, `$0.0000081`: cents, and two significant digits below a dollar; `-` without a price."""
+    if cost is None:
+        return "-"
+    if cost == 0 or cost >= 1:
+        return f"${cost:.2f}"
+    decimals = min(10, max(2, 1 - math.floor(math.log10(cost))))
+    return f"${cost:.{decimals}f}"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f}s" if value < 60 else f"{value:.0f}s"
+
+
+def attempt_line(attempt: dict[str, Any]) -> str:
+    """`attempt 1 failed after 0.31s: provider-unavailable: 503 …; retried after 2s`."""
+    line = f"attempt {attempt['attempt']} {attempt['status']} after {seconds(attempt['duration'])}"
+    error = attempt["error"]
+    if error:
+        line += f": {error.get('code')}: {error.get('message')}" if error.get("code") else f": {error.get('message')}"
+    if attempt["retry_in"] is not None:
+        line += f"; retried after {attempt['retry_in']:.3g}s"
+    return line
+
+
+def _priced(data: dict[str, Any]) -> bool:
+    return any(m["cost"] is not None for m in data["models"])
+
+
+def _models_text(models: list[dict[str, Any]]) -> None:
+    """The per-model table at the end of `show`: calls, tokens in and out, cost."""
+    width = max([len("model")] + [len(m["model"]) for m in models])
+    click.echo(f"  {'model':<{width}}  {'calls':>5}  {'tokens in':>9}  {'tokens out':>10}  {'cost':>10}")
+    for m in models:
+        failed = f" ({m['failed']} failed)" if m["failed"] else ""
+        click.echo(
+            f"  {m['model']:<{width}}  {m['calls']:>5}  {m['input_tokens']:>9}  {m['output_tokens']:>10}  "
+            f"{money(m['cost']):>10}{failed}"
+        )
 
 
 @click.command()

@@ -1,0 +1,342 @@
+"""`flowctl logs`: a run's transcript, turn by turn — each model call (the messages new since the step's previous
+call, the answer, its tool calls), each tool call (arguments, result and its content parts), each wait (its event),
+each failed attempt (its error and the wait before the next); child runs interleaved by time and marked. Read from
+the store's `exchanges` and `attempts`, opened read-only."""
+
+from __future__ import annotations
+
+import enum
+import json
+import shutil
+import sys
+import textwrap
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+
+from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
+from flowctl.cli.inspect import attempt_line, money, seconds
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One thing that happened, in the run tree's terms: `step` is the step's path from the run asked for
+    (`child/polish` for the step `polish` of the child run `<run>/child`)."""
+
+    at: float  # when it ended: the timeline's order
+    seq: int
+    step: str
+    child: str  # the child run's id, "" for the run asked for
+    record: Any  # ExchangeRecord or AttemptRecord
+
+
+@click.command()
+@click.argument("run_id")
+@store_option
+@click.option(
+    "--step",
+    "step",
+    metavar="PATH",
+    help="Only this step (and what runs inside it: fan-out items, nested steps, a child run's steps), e.g. `ask`, "
+    "`fan[2]`, `child/polish`.",
+)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> None:
+    """Show a run's transcript: what each model call was sent and answered, each tool call and its result."""
+    store = open_store(store_path, "read")
+    try:
+        if store.get_run(run_id) is None:
+            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
+            sys.exit(EXIT_USAGE)
+        runs = _run_tree(store, run_id)
+        if step is not None and not any(_under(_label(r, s.path, run_id), step) for r in runs for s in store.steps(r)):
+            hint = f"flowctl show {run_id}{store_flag(store_path)}"
+            click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
+            sys.exit(EXIT_USAGE)
+        entries = _entries(store, runs, run_id, step)
+    finally:
+        store.close()
+    if output == "json":
+        records = [
+            {"kind": "attempt", **_plain(asdict(e.record))} if _is_attempt(e) else _plain(asdict(e.record))
+            for e in entries
+        ]
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False, default=str))
+        return
+    if not entries:
+        click.echo(f"no calls recorded for {'step ' + repr(step) if step else 'run ' + run_id}")
+        return
+    _Printer(shutil.get_terminal_size((100, 24)).columns).print(entries)
+
+
+def _run_tree(store: Any, run_id: str) -> list[str]:
+    runs = [run_id]
+    for child in store.child_runs(run_id):
+        runs.extend(_run_tree(store, child.run_id))
+    return runs
+
+
+def _label(run: str, path: str, root: str) -> str:
+    return path if run == root else f"{run[len(root) + 1 :]}/{path}"
+
+
+def _under(path: str, step: str) -> bool:
+    return path == step or path.startswith((step + "/", step + "[", step + "#"))
+
+
+def _is_attempt(entry: _Entry) -> bool:
+    return not hasattr(entry.record, "kind")
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()}
+
+
+_AFTER = 1 << 62  # an attempt's end sorts after the calls that ended with it
+
+
+def _entries(store: Any, runs: list[str], root: str, step: str | None) -> list[_Entry]:
+    """Every exchange and every attempt that did not succeed, over the run tree, in the order they ended."""
+    entries: list[_Entry] = []
+    for run in runs:
+        child = "" if run == root else run
+        for e in store.exchanges(run):
+            entries.append(_Entry(e.started_at + e.elapsed, e.seq, _label(run, e.path, root), child, e))
+        for a in store.attempts(run):
+            if a.status.value != "succeeded":
+                entries.append(_Entry(a.finished_at, _AFTER, _label(run, a.path, root), child, a))
+    if step is not None:
+        entries = [e for e in entries if _under(e.step, step)]
+    return sorted(entries, key=lambda e: (e.at, e.seq))
+
+
+class _Printer:
+    """The text view. Long texts are wrapped to the terminal's width, never shortened; a body the recorder capped
+    says so, with its full size."""
+
+    def __init__(self, width: int) -> None:
+        self.width = max(40, width)
+        self.previous: dict[tuple[str, str, int], list[Any]] = {}  # (child, step, attempt) → last messages sent
+        self.answers: dict[tuple[str, str, int], Any] = {}  # … → last answer
+        self.errors: dict[tuple[str, str, int], Any] = {}  # … → the last call's error
+
+    def print(self, entries: list[_Entry]) -> None:
+        for entry in entries:
+            if _is_attempt(entry):
+                self._attempt(entry)
+            elif entry.record.kind == "model":
+                self._model(entry)
+            elif entry.record.kind == "tool":
+                self._tool(entry)
+            else:
+                self._wait(entry)
+
+    # --- the pieces -------------------------------------------------------------------------------------------------
+
+    def _head(self, entry: _Entry, what: str, *details: str) -> None:
+        record = entry.record
+        parts = [entry.step, f"attempt {record.attempt}", what, *[d for d in details if d]]
+        click.echo("")
+        lines = textwrap.wrap(
+            "── " + " · ".join(parts), self.width - 1, subsequent_indent="   ", break_on_hyphens=False
+        )
+        for line in lines[:-1]:
+            click.echo(line)
+        click.echo(self._rule(lines[-1] + " "))
+        if entry.child:
+            click.echo(f"  (in child run {entry.child})")
+
+    def _rule(self, text: str) -> str:
+        return text + "─" * max(0, self.width - len(text)) if len(text) < self.width else text
+
+    def _text(self, label: str, text: str, indent: str = "  ") -> None:
+        """`label` then the text, wrapped to the width, paragraph by paragraph; nothing left out."""
+        click.echo(f"{indent}{label}")
+        inner = indent + "  "
+        for line in str(text).splitlines() or [""]:
+            lead = inner + line[: len(line) - len(line.lstrip())]  # a line's own indentation is kept when wrapped
+            width = max(20, self.width - len(lead))
+            for piece in textwrap.wrap(line.strip(), width, break_on_hyphens=False) or [""]:
+                click.echo(f"{lead}{piece}".rstrip())
+
+    def _body(self, label: str, value: Any, indent: str = "  ") -> None:
+        if isinstance(value, dict) and value.get("truncated") is True and "size" in value:
+            head = str(value.get("head", ""))
+            self._text(
+                f"{label} [capped by the recorder: {value['size']} bytes, the first {len(head)} shown]", head, indent
+            )
+        elif isinstance(value, str):
+            self._text(label, value, indent)
+        else:
+            self._text(label, json.dumps(value, ensure_ascii=False), indent)
+
+    def _model(self, entry: _Entry) -> None:
+        e = entry.record
+        request = e.request if isinstance(e.request, dict) and "truncated" not in e.request else None
+        response = e.response if isinstance(e.response, dict) and "truncated" not in e.response else None
+        model = (request or {}).get("model") or (response or {}).get("model") or "?"
+        usage = (response or {}).get("usage") or {}
+        tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tok" if usage else ""
+        cost = money(response["cost"]) if response and response.get("cost") is not None else ""
+        self._head(entry, f"model {model}", seconds(e.elapsed), tokens, cost)
+        key = (entry.child, entry.step, e.attempt)
+        if request is None:
+            self._body("request", e.request)
+        else:
+            self._messages(key, list(request.get("messages") or []))
+            tools = [t.get("name", "?") for t in request.get("tools") or [] if isinstance(t, dict)]
+            if tools and key not in self.answers:
+                click.echo(f"  tools offered: {', '.join(tools)}")
+            if request.get("output_schema") and key not in self.answers:
+                self._body("answer schema:", request["output_schema"])
+        if response is None and e.response is not None:
+            self._body("answer:", e.response)  # capped by the recorder
+        elif response is not None:
+            if response.get("content"):
+                self._text("answer:", response["content"])
+            for call in response.get("tool_calls") or []:
+                self._text(f"→ calls {call.get('name')} ({call.get('id')}):", _arguments(call.get("arguments")))
+            finish = response.get("finish_reason")
+            if finish not in (None, "stop", "tool_calls"):
+                click.echo(f"  finish reason: {finish}")
+        if e.error is not None:  # a failed call, or an answer rejected (one that did not match its schema)
+            self._error(e.error)
+            self.errors[key] = e.error
+        self.answers[key] = response
+
+    def _messages(self, key: tuple[str, str, int], messages: list[Any]) -> None:
+        """The messages new since the step's previous model call (in this attempt); all of them for its first."""
+        earlier = self.previous.get(key)
+        self.previous[key] = messages
+        if earlier is not None and messages[: len(earlier)] == earlier:
+            click.echo(f"  ({len(earlier)} earlier messages not repeated)")
+            new = messages[len(earlier) :]
+        else:
+            new = messages
+        answer = self.answers.get(key)
+        for message in new:
+            if not isinstance(message, dict):
+                self._body("message", message)
+                continue
+            role = message.get("role", "?")
+            calls = message.get("tool_calls") or []
+            if role == "assistant" and answer is not None and _same_answer(message, answer):
+                click.echo("  assistant: the answer above")
+                continue
+            if role == "tool":
+                call_id = message.get("tool_call_id")
+                names = [c.get("name") for c in (answer or {}).get("tool_calls") or [] if c.get("id") == call_id]
+                self._body(f"tool result for {names[0] if names else '?'} ({call_id}):", message.get("content"))
+                continue
+            if message.get("content") is not None:
+                self._body(f"{role}:", message.get("content"))
+            for call in calls:
+                function = call.get("function", call)
+                self._text(
+                    f"{role} → calls {function.get('name')} ({call.get('id')}):", _arguments(function.get("arguments"))
+                )
+
+    def _tool(self, entry: _Entry) -> None:
+        e = entry.record
+        request = e.request if isinstance(e.request, dict) else {}
+        name = f"{request.get('server', '?')}.{request.get('tool', '?')}" if "tool" in request else "?"
+        self._head(entry, f"tool {name}", seconds(e.elapsed))
+        if "arguments" in request:
+            self._body("arguments:", request["arguments"])
+        else:
+            self._body("request:", e.request)
+        if e.error is not None:
+            self._error(e.error)
+            self.errors[(entry.child, entry.step, e.attempt)] = e.error
+            return
+        response = e.response
+        if not isinstance(response, dict) or "truncated" in response:
+            self._body("result:", response)
+            return
+        label = "✗ tool error:" if response.get("is_error") else "result:"
+        parts = response.get("parts") or []
+        if not parts:
+            self._body(label, response.get("text", ""))
+            return
+        click.echo(f"  {label} {len(parts)} content part{'s' if len(parts) != 1 else ''}")
+        for part in parts:
+            if isinstance(part, dict) and part.get("type") == "text":
+                self._text("text:", str(part.get("text", "")), "    ")
+            else:
+                click.echo(f"    {part_name(part)}")
+
+    def _wait(self, entry: _Entry) -> None:
+        e = entry.record
+        event = e.request.get("event") if isinstance(e.request, dict) else e.request
+        self._head(entry, f"wait for {event!r}", seconds(e.elapsed))
+        if e.response is None:
+            click.echo(f"  timed out: no {event!r} event came")
+            return
+        taken = e.response if isinstance(e.response, dict) else {}
+        click.echo(f"  released by {taken.get('name')!r} from {taken.get('source')}")
+        if taken.get("data") is not None:
+            self._body("data:", taken["data"])
+
+    def _attempt(self, entry: _Entry) -> None:
+        a = entry.record
+        where = f"{entry.step} (in child run {entry.child})" if entry.child else entry.step
+        click.echo("")
+        said = a.error is not None and a.error == self.errors.get((entry.child, entry.step, a.attempt))
+        attempt = {
+            "attempt": a.attempt,
+            "status": a.status.value,
+            "duration": a.finished_at - a.started_at,
+            "error": None if said else a.error,
+            "retry_in": a.retry_in,
+        }
+        line = f"✗ {where}: {attempt_line(attempt)}"
+        if said:  # the error of the call just shown: not repeated
+            line = line.replace(
+                f" after {seconds(attempt['duration'])}", f" after {seconds(attempt['duration'])} (the error above)", 1
+            )
+        for piece in textwrap.wrap(line, self.width, subsequent_indent="    ", break_on_hyphens=False) or [line]:
+            click.echo(piece)
+
+    def _error(self, error: dict[str, Any]) -> None:
+        retry = " (retryable)" if error.get("retryable") else ""
+        self._text(f"✗ error {error.get('code', '')}{retry}:", str(error.get("message", "")))
+
+
+def _arguments(arguments: Any) -> str:
+    """A tool call's arguments: the model's JSON text shown compact, or as sent when it is not JSON."""
+    if isinstance(arguments, str):
+        try:
+            return json.dumps(json.loads(arguments), ensure_ascii=False)
+        except ValueError:
+            return arguments
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def _same_answer(message: dict[str, Any], answer: dict[str, Any]) -> bool:
+    """Whether an assistant message sent back is the previous answer (same text, same tool call ids)."""
+    sent = [c.get("id") for c in message.get("tool_calls") or []]
+    answered = [c.get("id") for c in answer.get("tool_calls") or []]
+    return sent == answered and (message.get("content") or None) == (answer.get("content") or None)
+
+
+def part_name(part: Any) -> str:
+    """An MCP content block named, not dumped: `[image image/png, 12 KB]`, `[resource_link file:///a.txt]`."""
+    if not isinstance(part, dict):
+        return f"[{part!r}]"
+    kind = str(part.get("type", "?"))
+    mime = part.get("mimeType") or (part.get("resource") or {}).get("mimeType")
+    if kind in ("image", "audio"):
+        return f"[{kind} {mime or '?'}, {_size(len(str(part.get('data', ''))) * 3 // 4)}]"
+    if kind == "resource_link":
+        return f"[resource_link {part.get('uri')}{' ' + mime if mime else ''}]"
+    if kind == "resource":
+        resource = part.get("resource") or {}
+        body = resource.get("text")
+        size = len(str(body).encode()) if body is not None else len(str(resource.get("blob", ""))) * 3 // 4
+        return f"[resource {resource.get('uri')}{' ' + mime if mime else ''}, {_size(size)}]"
+    return f"[{kind}{' ' + mime if mime else ''}]"
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.0f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
