@@ -34,6 +34,36 @@ def first_step(where: str) -> str:
     return first[: match.start()] if match else first
 
 
+def prices_of(graph: Any) -> Prices:
+    """Each model's prices (by the model name requests send), from a compiled pipeline (an ir.Graph) and the child
+    files it runs."""
+    prices: Prices = {}
+    pending, seen = [graph], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for model in current.models.values():
+            prices.setdefault(model.model, (model.price_in_per_mtok, model.price_out_per_mtok))
+        pending.extend(current.children.values())
+    return prices
+
+
+def layout_of(graph: Any) -> dict[str, str]:
+    """Each step id of a compiled pipeline's root → the top-level step it is nested in (for the closing summary: a
+    parallel branch's path is its own id, not under its group's)."""
+    root = graph.root
+    layout: dict[str, str] = {}
+    for top in (*root.steps, *root.finally_steps, *(s for t in root.triggers for s in t.steps)):
+        stack = [top]
+        while stack:
+            step = stack.pop()
+            layout.setdefault(step.id, top.id)
+            stack.extend(step.children())
+    return layout
+
+
 def fit_name(name: str, width: int = 28) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 

@@ -504,7 +504,8 @@ def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path
     first = json.loads(invoke(*args).output)
     second = json.loads(invoke(*args).output)
     assert first["calls"] == {"executed": 1, "replayed": 0, "cached": 0, "requests": 1, "failed": 0}
-    assert second["calls"] == {"executed": 0, "replayed": 0, "cached": 1, "requests": 0, "failed": 0}  # no model call: the same request was cached
+    # no model call: the same request was cached
+    assert second["calls"] == {"executed": 0, "replayed": 0, "cached": 1, "requests": 0, "failed": 0}
     assert second["outputs"] == first["outputs"]
     without = json.loads(invoke(*args[:-1]).output)  # without --cache, the model is asked again
     assert without["calls"]["executed"] == 1

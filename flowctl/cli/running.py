@@ -53,51 +53,23 @@ class _Watchers:
     store: str = ""
 
 
-def _prices(graph: Any) -> dict[str, tuple[float | None, float | None]]:
-    """Each model's prices (by the model name requests send), from the pipeline and the child files it runs."""
-    prices: dict[str, tuple[float | None, float | None]] = {}
-    pending, seen = [graph], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for model in current.models.values():
-            prices.setdefault(model.model, (model.price_in_per_mtok, model.price_out_per_mtok))
-        pending.extend(current.children.values())
-    return prices
-
-
-def _layout(graph: Any) -> dict[str, str]:
-    """Each step id of the root pipeline → the top-level step it is nested in (for the closing summary: a parallel
-    branch's path is its own id, not under its group's)."""
-    root = graph.root
-    layout: dict[str, str] = {}
-    for top in (*root.steps, *root.finally_steps, *(s for t in root.triggers for s in t.steps)):
-        stack = [top]
-        while stack:
-            step = stack.pop()
-            layout.setdefault(step.id, top.id)
-            stack.extend(step.children())
-    return layout
-
-
 def _watchers(graph: Any, quiet: bool, events_file: str | None, stream: bool, store: str) -> _Watchers:
     from flowctl.interpreter.reporting import Reporter
     from flowctl.progress import CallTally, JsonlReporter, LineReporter, MultiReporter, TtyReporter
+    from flowctl.progress_tally import layout_of, prices_of
 
     calls = CallTally()
     reporters: list[Reporter] = [calls]
-    progress = None
-    if not quiet:
-        shown = TtyReporter if sys.stderr.isatty() else LineReporter
-        progress = shown(store=store, prices=_prices(graph), layout=_layout(graph), stream_text=stream)
-        reporters.append(progress)
-    if events_file:
+    if events_file:  # before the progress: a line on screen is in the log already
         try:
             reporters.append(JsonlReporter(events_file))
         except OSError as exc:
             raise click.UsageError(f"--events {events_file}: {exc.strerror or exc}") from None
+    progress = None
+    if not quiet:
+        shown = TtyReporter if sys.stderr.isatty() else LineReporter
+        progress = shown(store=store, prices=prices_of(graph), layout=layout_of(graph), stream_text=stream)
+        reporters.append(progress)
     return _Watchers(MultiReporter(reporters), progress, calls, store)
 
 
