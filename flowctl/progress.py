@@ -320,7 +320,9 @@ class TtyReporter(LineReporter):
         stream_text: bool = False,
     ) -> None:
         super().__init__(stream, store=store, prices=prices, layout=layout, stream_text=stream_text)
-        self.running: dict[str, float] = {}
+        self.running: dict[str, float] = {}  # steps running, but fan-out items and what runs inside them
+        self.items: set[str] = set()  # fan-out items running
+        self.item_counts: dict[str, int] = {}  # fan-out step → its items running
         self.notes: dict[str, tuple[str, float]] = {}  # step → what it does instead of running (retry, wait)
         self.done = self.failed = self.draws = 0
         self.started = time.monotonic()
@@ -367,24 +369,20 @@ class TtyReporter(LineReporter):
 
     def _activity(self, room: int, now: float) -> str:
         """What runs, within `room` columns: fan-out items counted per fan-out, a retry's countdown, a wait's
-        event; `+N` for what does not fit."""
-        names: list[str] = []
-        items: dict[str, int] = {}
+        event; `+N` for what does not fit. Reads counts kept as steps start and finish: a draw never walks the
+        items of a fan-out of thousands."""
+        shown: list[str] = []
         for where in self.running:
-            found = item_of(where)
-            if found is not None:
-                if found[1] == where:
-                    items[found[0]] = items.get(found[0], 0) + 1
-                continue
+            count = self.item_counts.get(where)
             note = self.notes.get(where)
-            if note is not None:
+            if count:
+                shown.append(f"{where} ({count} item{'s' if count > 1 else ''})")
+            elif note is not None:
                 text, until = note
-                names.append(f"{where} ({text.replace('{left}', seconds(max(round(until - now), 0)))})")
+                shown.append(f"{where} ({text.replace('{left}', seconds(max(round(until - now), 0)))})")
             else:
-                names.append(where)
-        shown = [f"{step} ({n} item{'s' if n > 1 else ''})" for step, n in items.items()]
-        shown += [name for name in names if name not in items]
-        shown = sorted(shown, key=lambda name: "(" not in name)  # retries and waits first
+                shown.append(where)
+        shown.sort(key=lambda name: "(" not in name or name.endswith("items)"))  # retries and waits first
         text, left = "", len(shown)
         for name in shown:
             more = f" +{left - 1}" if left > 1 else ""
@@ -441,9 +439,14 @@ class TtyReporter(LineReporter):
     def step_started(self, run_id: str, path: str, kind: str, attempt: int) -> None:
         where = self._where(run_id, path)
         self.tally.started(where, attempt)
+        found = item_of(where) if "[" in where else None
         with self._lock:
-            self.running[where] = time.monotonic()
-            self.notes.pop(where, None)
+            if found is None:
+                self.running[where] = time.monotonic()
+                self.notes.pop(where, None)
+            elif found[1] == where and where not in self.items:
+                self.items.add(where)
+                self.item_counts[found[0]] = self.item_counts.get(found[0], 0) + 1
 
     def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
         where = self._where(run_id, path)
@@ -462,8 +465,13 @@ class TtyReporter(LineReporter):
         where = self._where(run_id, path)
         self.tally.finished(where, status, elapsed)
         with self._lock:
-            self.running.pop(where, None)
-            self.notes.pop(where, None)
+            if where in self.items:
+                self.items.discard(where)
+                step = where[: where.rindex("[")]
+                self.item_counts[step] -= 1
+            else:
+                self.running.pop(where, None)
+                self.notes.pop(where, None)
             self.done += status == "succeeded"
             self.failed += status == "failed"
             self._end_stream((run_id, path))

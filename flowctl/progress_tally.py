@@ -28,10 +28,11 @@ def item_of(where: str) -> tuple[str, str] | None:
 
 
 def first_step(where: str) -> str:
-    """The first step of a path, without an item's index: `grp/inner` → `grp`, `fan[3]/check` → `fan`."""
-    first = where.split("/", 1)[0]
-    match = _ITEM.search(first)
-    return first[: match.start()] if match else first
+    """The first step of a path, without an item's index: `grp/inner` → `grp`, `fan[3]/check` → `fan`. (Step ids
+    have no `[`: an index is the only one.)"""
+    slash = where.find("/")
+    first = where if slash < 0 else where[:slash]
+    return first[: first.rindex("[")] if first.endswith("]") else first
 
 
 def prices_of(graph: Any) -> Prices:
@@ -103,13 +104,6 @@ class RunTally:
         first = first_step(where)
         return self.layout.get(first, first)
 
-    def _top_level(self, where: str) -> bool:
-        return "/" not in where and item_of(where) is None and self.layout.get(where, where) == where
-
-    def _item(self, where: str) -> bool:
-        found = item_of(where)
-        return found is not None and found[1] == where and "/" not in where and self.top_of(where) == found[0]
-
     def _row(self, where: str) -> _Row:
         top = self.top_of(where)
         row = self.rows.get(top)
@@ -117,21 +111,40 @@ class RunTally:
             row = self.rows[top] = _Row()
         return row
 
+    def _own_row(self, where: str) -> tuple[_Row | None, bool]:
+        """The row `where` has a say in: its own (a top-level step), or its fan-out's (an item of a top-level
+        fan-out, True); None for a nested step. String tests only: this runs twice per item of a fan-out."""
+        if "/" in where:
+            return None, False
+        item = where.endswith("]")
+        step = where[: where.rindex("[")] if item else where
+        if self.layout.get(step, step) != step:
+            return None, False
+        row = self.rows.get(step)
+        if row is None:
+            row = self.rows[step] = _Row()
+        return row, item
+
     def started(self, where: str, attempt: int) -> None:
-        row = self._row(where)
-        if self._item(where):
-            row.items[where] = max(row.items.get(where, 0), attempt)
-        elif self._top_level(where):
-            row.attempts = max(row.attempts, attempt)
+        row, item = self._own_row(where)
+        if row is None:
+            return
+        if item:
+            if attempt > row.items.get(where, 0):
+                row.items[where] = attempt
+        elif attempt > row.attempts:
+            row.attempts = attempt
 
     def finished(self, where: str, status: str, elapsed: float) -> None:
-        row = self._row(where)
-        if self._item(where):
+        row, item = self._own_row(where)
+        if row is None:
+            return
+        if item:
             row.item_status[status] = row.item_status.get(status, 0) + 1
             row.items.setdefault(where, 1)
-        elif self._top_level(where):
+        else:
             row.status, row.elapsed = status, elapsed
-            if not self.rows_running():
+            if self.queued and not self.rows_running():
                 self.queued = 0
 
     def rows_running(self) -> bool:
@@ -144,7 +157,8 @@ class RunTally:
                 return
             self._counted.add(ident)
         else:
-            self._counted.add((run_id, call.key))
+            if self.resumed:  # its replays in this process are not counted again (see count_replayed)
+                self._counted.add((run_id, call.key))
             self._let_in()
         usage: Any = call.response.usage if call.response is not None else getattr(call.error, "usage", None)
         if usage is None:
