@@ -359,12 +359,13 @@ class TtyReporter(LineReporter):
         head = f"{now - self.started:6.1f}s  "
         tail = f"  ✓ {self.done}" + (f"  ✗ {self.failed}" if self.failed else "") + f"  {self.tally.tokens:,} tok"
         queued = self.tally.queued
-        if queued:
-            tail += f"  ⏸ {queued} queued (concurrency {self.tally.cap})"
-        room = width - display_width(head) - display_width(tail)
-        if room < 12 and queued:  # keep the names readable rather than the queue
-            tail = tail[: tail.index("  ⏸")]
+        options = [tail]
+        if queued:  # the queue in full, shorter, or not at all: the names stay readable
+            options = [f"{tail}  ⏸ {queued} queued (concurrency {self.tally.cap})", f"{tail}  ⏸ {queued} queued", tail]
+        for tail in options:
             room = width - display_width(head) - display_width(tail)
+            if room >= 24:
+                break
         return fit(head + self._activity(max(room, 0), now) + tail, width)
 
     def _activity(self, room: int, now: float) -> str:
@@ -388,8 +389,11 @@ class TtyReporter(LineReporter):
             more = f" +{left - 1}" if left > 1 else ""
             candidate = f"{text}, {name}" if text else name
             if display_width(candidate + more) > room:
-                if not text:  # not even the first one fits whole: cut it
-                    text = fit(name, max(room - len(more), 1))
+                if not text:  # not even the first one fits whole: cut its step id, keep what it does
+                    step, paren, rest = name.partition(" (")
+                    doing = paren + rest
+                    text = fit(step, max(room - len(more) - display_width(doing), 1)) + doing
+                    text = fit(text, max(room - len(more), 1))
                     left -= 1
                 break
             text, left = candidate, left - 1

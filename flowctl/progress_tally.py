@@ -209,7 +209,9 @@ class RunTally:
             attempts = str(row.attempts or 1)
             if row.items:
                 tally = ", ".join(f"{n} {s}" for s, n in sorted(row.item_status.items(), key=lambda s: -s[1]))
-                attempts = f"{sum(row.items.values())} for {len(row.items)} items" + (f" ({tally})" if tally else "")
+                attempts = f"{sum(row.items.values())} for {len(row.items)} items"
+                if set(row.item_status) - {"succeeded"}:
+                    attempts += f" ({tally})"
             cost = [f"${row.cost:.4f}"] if self.priced else []
             table.append([f"{mark} {fit_name(name)}", f"{row.elapsed:.2f}s", f"{row.tokens:,}", *cost, attempts])
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
