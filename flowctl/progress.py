@@ -132,7 +132,7 @@ class LineReporter(Reporter):
         self.groups: dict[str, _ItemGroup] = {}
         self.store = store
         self.tally = RunTally(prices or {}, layout)
-        self.stream_text = stream_text  # `--stream`: show the model's text as it arrives
+        self.stream_text = self.streams_text = stream_text  # `--stream`: show the model's text as it arrives
         self.focus: _Stream | None = None
         self.unfocused: set[tuple[str, str]] = set()  # steps streaming while another had the focus
         self.causes: dict[str, str] = {}  # error text shown → the step whose line showed it

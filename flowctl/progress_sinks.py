@@ -129,6 +129,8 @@ class MultiReporter(Reporter):
     def __init__(self, reporters: list[Reporter]) -> None:
         self.reporters = reporters
         self.run_id: str | None = None
+        # whether any of them shows streamed text: a provider may skip calling model_text when none does
+        self.streams_text = any(getattr(r, "streams_text", False) for r in reporters)
 
     def run_started(self, run_id: str, pipeline: str, resumed: bool) -> None:
         self.run_id = self.run_id or run_id
@@ -203,6 +205,7 @@ class RedactingReporter(Reporter):
         self.redact = redact  # str -> str
         self.active = active
         self._pending: dict[tuple[str, str], str] = {}  # streamed text held back (see model_text)
+        self.streams_text = bool(getattr(inner, "streams_text", False))
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -274,6 +277,9 @@ class RedactingReporter(Reporter):
     def model_text(self, run_id: str, path: str, text: str) -> None:
         """Passed on up to its last whitespace: a secret split across two streamed pieces is masked whole (secrets
         are taken to hold no whitespace); the rest waits for the next piece or the call's end."""
+        if not self.active:
+            self.inner.model_text(run_id, path, text)
+            return
         key = (run_id, path)
         text = self._pending.pop(key, "") + text
         cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
