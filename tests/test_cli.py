@@ -151,7 +151,7 @@ def test_run_offline_prints_outputs_and_journals(project: Path) -> None:
     assert data["status"] == "succeeded"
     # the prompt regex in the fixture only matches the correctly rendered prompt: inputs reached the model
     assert data["outputs"] == {"greeting": "Hello Ada, hello Ada!", "times": 2}
-    assert data["calls"] == {"executed": 1, "replayed": 0, "cached": 0}
+    assert data["calls"] == {"executed": 1, "replayed": 0, "cached": 0, "requests": 1, "failed": 0}
     assert data["usage"]["input_tokens"] > 0
 
     listed = invoke("runs", "--store", str(store), "--output", "json")
@@ -318,8 +318,18 @@ def test_run_events_writes_a_jsonl_log(project: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    assert [line["type"] for line in lines] == ["run_started", "step_started", "step_finished", "run_finished"]
+    assert [line["type"] for line in lines] == [
+        "run_started",
+        "step_started",
+        "model_call",
+        "step_finished",
+        "run_finished",
+    ]
     assert lines[1]["step"] == "hello" and lines[1]["kind"] == "agent"
+    call = lines[2]
+    assert call["step"] == "hello" and call["key"] == "hello/llm#0"
+    assert call["error"] is None and call["replayed"] is False
+    assert call["input_tokens"] + call["output_tokens"] == lines[3]["tokens"]
 
 
 def test_a_secret_the_pipeline_reads_never_reaches_the_store_or_the_terminal(tmp_path: Path) -> None:
@@ -393,11 +403,12 @@ def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path
     failed = scripted("run", str(tmp_path / "p.yaml"), tmp_path / "fail.yaml", store, "--output", "json")
     first = json.loads(failed.output)
     assert failed.exit_code == 1 and first["calls"]["executed"] == 2  # acquire and release
+    assert first["calls"]["requests"] == 3 and first["calls"]["failed"] == 1  # and the model call that failed
     resumed = scripted("resume", first["run_id"], tmp_path / "ok.yaml", store, "--output", "json")
     second = json.loads(resumed.output)
     assert resumed.exit_code == 0, resumed.output
     # acquire is replayed; work runs; release runs again (the lock was taken again by this execution's body)
-    assert second["calls"] == {"executed": 2, "replayed": 1, "cached": 0}
+    assert second["calls"] == {"executed": 2, "replayed": 1, "cached": 0, "requests": 2, "failed": 0}
     paths = [
         s["path"]
         for s in json.loads(invoke("show", first["run_id"], "--store", store, "--output", "json").output)["steps"]
@@ -467,6 +478,8 @@ def test_resume_after_a_model_echoed_a_secret_reexecutes_that_call_instead_of_re
         "executed": 2,
         "replayed": 1,
         "cached": 0,
+        "requests": 2,
+        "failed": 0,
     }  # draft again, final; edit replayed
     assert secret not in resumed.output
 
@@ -490,8 +503,9 @@ def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path
     ]
     first = json.loads(invoke(*args).output)
     second = json.loads(invoke(*args).output)
-    assert first["calls"] == {"executed": 1, "replayed": 0, "cached": 0}
-    assert second["calls"] == {"executed": 0, "replayed": 0, "cached": 1}  # no model call: the same request was cached
+    assert first["calls"] == {"executed": 1, "replayed": 0, "cached": 0, "requests": 1, "failed": 0}
+    # no model call: the same request was cached
+    assert second["calls"] == {"executed": 0, "replayed": 0, "cached": 1, "requests": 0, "failed": 0}
     assert second["outputs"] == first["outputs"]
     without = json.loads(invoke(*args[:-1]).output)  # without --cache, the model is asked again
     assert without["calls"]["executed"] == 1

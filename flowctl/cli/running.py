@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +42,35 @@ def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -
     return values
 
 
-def _reporter(quiet: bool, events_file: str | None) -> Any:
-    from flowctl.interpreter.reporting import Reporter
-    from flowctl.progress import JsonlReporter, LineReporter, MultiReporter, TtyReporter
+@dataclass
+class _Watchers:
+    """What watches a run for the command: the reporter handed to the run (all of them), the progress shown on
+    stderr (None with --quiet) and the count of requests sent."""
 
-    reporters: list[Reporter] = []
-    if not quiet:
-        reporters.append(TtyReporter() if sys.stderr.isatty() else LineReporter())
-    if events_file:
+    reporter: Any
+    progress: Any
+    calls: Any
+    store: str = ""
+
+
+def _watchers(graph: Any, quiet: bool, events_file: str | None, stream: bool, store: str) -> _Watchers:
+    from flowctl.interpreter.reporting import Reporter
+    from flowctl.progress import CallTally, JsonlReporter, LineReporter, MultiReporter, TtyReporter
+    from flowctl.progress_tally import layout_of, prices_of
+
+    calls = CallTally()
+    reporters: list[Reporter] = [calls]
+    if events_file:  # before the progress: a line on screen is in the log already
         try:
             reporters.append(JsonlReporter(events_file))
         except OSError as exc:
             raise click.UsageError(f"--events {events_file}: {exc.strerror or exc}") from None
-    return MultiReporter(reporters)
+    progress = None
+    if not quiet:
+        shown = TtyReporter if sys.stderr.isatty() else LineReporter
+        progress = shown(store=store, prices=prices_of(graph), layout=layout_of(graph), stream_text=stream)
+        reporters.append(progress)
+    return _Watchers(MultiReporter(reporters), progress, calls, store)
 
 
 def _load_fixture(path: str | None) -> Any:
@@ -69,17 +86,25 @@ def _load_fixture(path: str | None) -> Any:
         sys.exit(EXIT_USAGE)
 
 
-def _execute(start: Any, reporter: Any) -> Any:
+def _execute(start: Any, watchers: _Watchers) -> Any:
     """Run a coroutine factory under anyio; Ctrl-C / SIGTERM cancel the run cleanly (exit 130 / 143), even while a
-    template renders (flowctl.interpreter.engine.interrupts)."""
+    template renders (flowctl.interpreter.engine.interrupts), and say how to resume it."""
     from flowctl.interpreter.engine.interrupts import EXIT_CODES, run_interruptibly
 
     try:
         outcome, signum = run_interruptibly(start)
     finally:
-        reporter.close()
+        watchers.reporter.close()
     if signum is not None:
-        click.echo(f"interrupted by {signum.name}: the run is marked cancelled and can be resumed", err=True)
+        run_id = watchers.reporter.run_id
+        if run_id is None:
+            click.echo(f"interrupted by {signum.name} before the run started", err=True)
+        else:
+            click.echo(
+                f"interrupted by {signum.name}: run {run_id} is marked cancelled; "
+                f"resume it with `flowctl resume {run_id}{watchers.store}`",
+                err=True,
+            )
         sys.exit(EXIT_CODES[signum])
     return outcome
 
@@ -98,11 +123,11 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
             err=True,
         )
     options.redactor = redactor
-    options.reporter = RedactingReporter(options.reporter, redactor.redact_text)
+    options.reporter = RedactingReporter(options.reporter, redactor.redact_text, active=bool(redactor))
     return redactor
 
 
-def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -> None:
+def _report_outcome(outcome: Any, output: str, redactor: Any, watchers: _Watchers) -> None:
     from flowctl.interpreter.errors import refused
 
     if outcome.error is not None and refused(outcome.error):  # nothing ran: a usage problem, said once
@@ -127,6 +152,8 @@ def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -
                 "executed": outcome.calls_executed,
                 "replayed": outcome.calls_replayed,
                 "cached": outcome.calls_cached,
+                "requests": watchers.calls.model_requests + watchers.calls.tool_requests,
+                "failed": watchers.calls.failed,
             },
         }
     )
@@ -136,14 +163,25 @@ def _report_outcome(outcome: Any, output: str, redactor: Any, store: str = "") -
         if result["outputs"] is not None:
             click.echo(json.dumps(result["outputs"], indent=2, ensure_ascii=False, default=str))
         if outcome.error is not None:
-            click.echo(f"run {outcome.run_id} failed: {redactor.redact_text(str(outcome.error))}", err=True)
-            click.echo(
-                f"inspect it with `flowctl show {outcome.run_id}{store}`, "
-                f"resume it with `flowctl resume {outcome.run_id}{store}`",
-                err=True,
-            )
+            _say_failed(outcome, redactor, watchers)
     if outcome.error is not None:
         sys.exit(EXIT_FAILED)
+
+
+def _say_failed(outcome: Any, redactor: Any, watchers: _Watchers) -> None:
+    """The run's error, once: when a progress line already showed it (at the step that failed with it), only where."""
+    message = redactor.redact_text(str(outcome.error))
+    shown_at = watchers.progress.shown_at(message) if watchers.progress is not None else None
+    if shown_at is not None:
+        click.echo(f"run {outcome.run_id} failed: step {shown_at} failed (its error is above)", err=True)
+    else:
+        click.echo(f"run {outcome.run_id} failed: {message}", err=True)
+    store = watchers.store
+    click.echo(
+        f"inspect it with `flowctl show {outcome.run_id}{store}`, "
+        f"resume it with `flowctl resume {outcome.run_id}{store}`",
+        err=True,
+    )
 
 
 def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
@@ -167,6 +205,7 @@ def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) 
 @click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+@click.option("--stream", is_flag=True, help="Show the model's text as it arrives (one step at a time).")
 def run(
     file: str,
     pairs: tuple[str, ...],
@@ -177,6 +216,7 @@ def run(
     cache: bool,
     quiet: bool,
     events_file: str | None,
+    stream: bool,
 ) -> None:
     """Run a pipeline."""
     from flowctl.interpreter.errors import InputError
@@ -190,17 +230,18 @@ def run(
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    options = _run_options(scripted, cache, False, _reporter(quiet, events_file))
+    watchers = _watchers(graph, quiet, events_file, stream, store_flag(store_path))
+    options = _run_options(scripted, cache, False, watchers.reporter)
     store = open_store(store_path, "create")
     redactor = _protect(graph, store, options)
     try:
-        outcome = _execute(lambda: run_graph(graph, inputs, store, options), options.reporter)
+        outcome = _execute(lambda: run_graph(graph, inputs, store, options), watchers)
     except InputError as exc:
         click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output, redactor, store_flag(store_path))
+    _report_outcome(outcome, output, redactor, watchers)
 
 
 @click.command()
@@ -212,6 +253,7 @@ def run(
 @click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
+@click.option("--stream", is_flag=True, help="Show the model's text as it arrives (one step at a time).")
 def resume(
     run_id: str,
     store_path: str | None,
@@ -221,6 +263,7 @@ def resume(
     cache: bool,
     quiet: bool,
     events_file: str | None,
+    stream: bool,
 ) -> None:
     """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
     from flowctl.interpreter.errors import InputError
@@ -235,15 +278,14 @@ def resume(
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         graph = load_or_exit(record.file)
-        options = _run_options(scripted, cache, force, _reporter(quiet, events_file))
+        watchers = _watchers(graph, quiet, events_file, stream, store_flag(store_path))
+        options = _run_options(scripted, cache, force, watchers.reporter)
         redactor = _protect(graph, store, options)
         try:
-            outcome = _execute(
-                lambda: run_graph(graph, inputs, store, options, run_id=run_id, resuming=True), options.reporter
-            )
+            outcome = _execute(lambda: run_graph(graph, inputs, store, options, run_id=run_id, resuming=True), watchers)
         except InputError as exc:  # the pipeline was edited and no longer accepts the run's recorded inputs
             click.echo(f"error: {redactor.redact_text(str(exc))}", err=True)
             sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    _report_outcome(outcome, output, redactor, store_flag(store_path))
+    _report_outcome(outcome, output, redactor, watchers)

@@ -125,6 +125,6 @@ def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
     assert requests[3] == requests[2]  # the resumed run re-asked only the call that never completed
     assert [m["role"] for m in requests[3]["messages"]] == ["system", "user", "assistant", "tool", "assistant", "tool"]
     assert lines(log) == ["one", "two"]  # no tool call ran twice
-    assert outcome["calls"] == {"executed": 2, "replayed": 4, "cached": 0}
+    assert outcome["calls"] == {"executed": 2, "replayed": 4, "cached": 0, "requests": 2, "failed": 0}
     # the run's usage counts each completed LLM call once, whichever process made it
     assert (outcome["usage"]["input_tokens"], outcome["usage"]["output_tokens"]) == (40, 20)

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.errors import ProviderUnavailable
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
+from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse, Message, Usage
 from flowctl.interpreter.providers.scripted import Fixture
-from flowctl.interpreter.reporting import Retry
+from flowctl.interpreter.reporting import ModelCallSeen, Reporter, Retry
 from flowctl.interpreter.runner import RunOptions, run_graph
-from flowctl.progress import ITEMS_REPORTED, LineReporter, RedactingReporter, TtyReporter
+from flowctl.progress import ITEMS_REPORTED, LineReporter, MultiReporter, RedactingReporter, TtyReporter
+from flowctl.progress_tally import layout_of
 
 
 def test_a_wide_fan_out_is_summed_up_and_its_failures_and_retries_still_shown() -> None:
@@ -78,7 +81,8 @@ def test_the_terminal_status_line_is_redrawn_by_a_ticker_and_failures_print_at_o
     # (the run's start, the failure), never at an event; and cleared once at the end
     assert text.count("\r\x1b[2K") == reporter.draws + 2 + 1
     assert "✗ fan[500] failed in 0.10s, 1 tok: boom" in text  # at once, with the status line drawn after it
-    assert text.endswith("running 0:   done 999  failed 1  1000 tok\r\x1b[2K")  # the latest counts, then cleared
+    # the latest counts, then cleared (tokens are counted from model calls, none here: see test_cli_progress.py)
+    assert text.endswith("  ✓ 999  ✗ 1  0 tok\r\x1b[2K")
 
 
 @pytest.mark.anyio
@@ -112,3 +116,88 @@ def test_a_retry_shows_its_reason_and_wait_even_for_a_quiet_fan_out_item() -> No
         f"  ▸ {quiet} [agent] (attempt 2)",  # shown from its retry on
     ]
     assert Retry(2, 5, "rate-limited", "", 0.25).describe() == "attempt 3/5 after rate-limited, retrying in 0.25s"
+
+
+class _StepLines(Reporter):
+    """Adds up the tokens of every finished step, as the status line once did."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
+        self.tokens += tokens
+
+
+@pytest.mark.anyio
+async def test_the_live_token_count_is_the_runs_total(tmp_path: Path, store: SqliteRunStore) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: nested\nagents:\n  a: {instruction: x}\n"
+        "pipelines:\n  child:\n    steps:\n      - {id: work, agent: a, prompt: child}\n"
+        "steps:\n"
+        "  - id: grp\n    parallel:\n"
+        "      - {id: one, agent: a, prompt: one}\n      - {id: two, agent: a, prompt: two}\n"
+        '  - {id: fan, agent: a, for_each: "{{ [1, 2, 3] }}", prompt: "{{ item }}"}\n'
+        '  - {id: kids, pipeline: child, for_each: "{{ [1, 2] }}"}\n'
+    )
+    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    assert graph is not None, diagnostics
+    tty, lines = TtyReporter(io.StringIO(), layout=layout_of(graph)), _StepLines()
+    fixture = Fixture.from_data({"default": "ok"})
+    options = RunOptions(scripted=fixture, reporter=MultiReporter([tty, lines]))
+    outcome = await run_graph(graph, {}, store, options)
+    tty.close()
+    assert outcome.status is RunStatus.SUCCEEDED
+    total = outcome.input_tokens + outcome.output_tokens
+    assert total > 0 and tty.tokens == total
+    assert lines.tokens > total  # a group's, a fan-out's and a child run's tokens include their steps'
+    rows = {line.split()[1]: line.split() for line in tty.tally.summary("r") if line.split()[0] in "✓✗"}
+    assert list(rows) == ["grp", "fan", "kids"]  # top-level steps only; branches, items and children summed in
+    assert sum(int(row[3].replace(",", "")) for row in rows.values()) == total
+
+
+def _call(path: str, text: str, *, error: Exception | None = None) -> ModelCallSeen:
+    request = CompletionRequest("gpt-x", (Message("user", f"say {text}"),), step=path)
+    response = None if error else CompletionResponse(text, usage=Usage(3, 4))
+    return ModelCallSeen(f"{path}/llm#0", 1, "openai", request, response, error, 0.0, 0.1)  # type: ignore[arg-type]
+
+
+def test_streamed_text_shows_as_lines_for_the_step_in_focus_only() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out, stream_text=True)
+    reporter.run_started("r-1", "s", False)
+    reporter.model_text("r-1", "plan", "Hel")
+    reporter.model_text("r-1", "other", "not shown: plan has the focus")
+    reporter.model_text("r-1", "plan", "lo\nwor")
+    reporter.model_text("r-1", "plan", "ld")
+    reporter.model_call("r-1", "plan", _call("plan", "Hello\nworld"))  # the answer is complete
+    reporter.model_text("r-1", "other", " still not shown: it started before it had the focus")
+    reporter.model_call("r-1", "other", _call("other", "…"))
+    reporter.model_text("r-1", "other", "its next answer is")
+    reporter.step_finished("r-1", "other", "succeeded", 0.1, 7, "")
+    assert out.getvalue().splitlines()[1:] == [
+        "  ✎ plan:",
+        "    Hello",
+        "    world",
+        "  ✎ other:",
+        "    its next answer is",
+        "  ✓ other succeeded in 0.10s, 7 tok",
+    ]
+    silent = io.StringIO()
+    LineReporter(silent).model_text("r-1", "plan", "without --stream nothing is shown")
+    assert silent.getvalue() == ""
+
+
+def test_streamed_text_and_model_calls_are_masked_even_split_across_pieces() -> None:
+    out = io.StringIO()
+    secret = "sk-secret-0123456789"
+    inner = LineReporter(out, stream_text=True)
+    reporter = RedactingReporter(inner, lambda text: text.replace(secret, "***"))
+    reporter.run_started("r-1", "s", False)
+    for piece in ("the key is sk-sec", "ret-01234", "56789 and", " more"):
+        reporter.model_text("r-1", "plan", piece)
+    failure = ProviderUnavailable(f"server said {secret}")
+    reporter.model_call("r-1", "plan", _call("plan", f"x {secret}", error=failure))
+    reporter.step_finished("r-1", "plan", "failed", 0.1, 0, f"step 'plan' failed after 1 attempt(s): {secret}")
+    text = out.getvalue()
+    assert secret not in text and "the key is *** and more" in text
+    assert str(failure) == f"server said {secret}"  # the run's own error is left as it was
