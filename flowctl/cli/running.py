@@ -124,6 +124,13 @@ def _protect(graph: Any, store: Any, options: Any) -> Any:
         )
     options.redactor = redactor
     options.reporter = RedactingReporter(options.reporter, redactor.redact_text, active=bool(redactor))
+    from flowctl.telemetry import reporter_from_env
+
+    traces = reporter_from_env(os.environ, redactor, warn=lambda line: click.echo(line, err=True))
+    if traces is not None:  # OpenTelemetry (docs/telemetry.md); it masks what it exports itself
+        from flowctl.progress_sinks import MultiReporter
+
+        options.reporter = MultiReporter([options.reporter, traces])
     return redactor
 
 

@@ -241,3 +241,21 @@ def test_an_unreachable_receiver_costs_one_line() -> None:
 )
 def test_the_content_switch(value: str, mode: tuple[bool, bool]) -> None:
     assert capture_mode({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": value}) == mode
+
+
+def test_flowctl_run_exports_when_the_environment_asks(tmp_path: Path, receiver: Receiver) -> None:
+    """The command end to end: `flowctl run` in its own process, with the standard variables set."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent / "pipelines"
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "flowctl-cli"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flowctl.cli", "run", str(here / "tree.yaml"), "-q", "--scripted",
+         str(here / "tree.fixture.yaml"), "--store", str(tmp_path / "runs.db")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = {span.name for _, span in receiver.spans()}
+    assert "invoke_workflow traced_tree" in names and "chat gpt-4o-mini" in names
