@@ -534,3 +534,28 @@ def test_show_sums_up_a_wide_fan_out_and_lists_what_did_not_simply_succeed(tmp_p
     everything = invoke("show", run_id, "--store", str(store), "--items").output
     assert sum(line.lstrip().startswith(("✓ fan[", "✗ fan[")) for line in everything.splitlines()) == 12
     assert "fan[…]" not in everything
+
+
+def test_a_scripted_run_resumes_offline_unless_told_otherwise(project: Path) -> None:
+    """A run started with --scripted answers from the same fixture on resume (it never silently reaches the real
+    endpoint); --scripted picks another; --online calls the real models; a fixture that is gone is said."""
+    store = project / "runs.db"
+    failing = project / "failing.fixture.yaml"
+    failed = scripted("run", str(project / "greet.yaml"), failing, store, "-i", "who=Ada", "--output", "json")
+    assert failed.exit_code == 1
+    run_id = json.loads(failed.output)["run_id"]
+    failing.write_text(FIXTURE)  # the fixture the run started with now answers well
+    resumed = invoke("resume", run_id, "--quiet", "--store", str(store), "--output", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming offline, as the run started: models answer from {failing}" in resumed.output
+
+    again = scripted("run", str(project / "greet.yaml"), failing, store, "-i", "who=Bo", "--output", "json")
+    assert again.exit_code == 0
+    gone = project / "gone.fixture.yaml"
+    gone.write_text(FAILING_FIXTURE)
+    lost = scripted("run", str(project / "greet.yaml"), gone, store, "-i", "who=Cy", "--output", "json")
+    lost_id = json.loads(lost.output)["run_id"]
+    gone.unlink()
+    refused = invoke("resume", lost_id, "--quiet", "--store", str(store))
+    assert refused.exit_code == 2
+    assert "which is gone: pass --scripted FILE to answer from another, or --online" in refused.output

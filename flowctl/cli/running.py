@@ -195,7 +195,28 @@ def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) 
     from flowctl.interpreter.runner import RunOptions
 
     fixture = _load_fixture(scripted)
-    return RunOptions(scripted=fixture, cache=cache, force=force, reporter=reporter, tune_process=True)
+    options = RunOptions(scripted=fixture, cache=cache, force=force, reporter=reporter, tune_process=True)
+    options.scripted_file = str(Path(scripted).resolve()) if scripted else None  # kept with the run: see `resume`
+    return options
+
+
+def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str | None:
+    """The fixture a resume answers from: `--scripted`, else the one the run started with (a scripted run stays
+    offline unless `--online` says otherwise)."""
+    if scripted is not None or online or not record.scripted:
+        return scripted
+    if not Path(record.scripted).is_file():
+        click.echo(
+            f"error: run {record.run_id} answered from the fixture {record.scripted}, which is gone: pass "
+            "--scripted FILE to answer from another, or --online to call the real models",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
+    click.echo(
+        f"resuming offline, as the run started: models answer from {record.scripted} (--online calls the real ones)",
+        err=True,
+    )
+    return str(record.scripted)
 
 
 @click.command()
@@ -255,7 +276,12 @@ def run(
 @click.argument("run_id")
 @store_option
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--scripted", type=click.Path(exists=True, dir_okay=False), help="Answer models from this fixture.")
+@click.option(
+    "--scripted",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Answer models from this fixture (default: the one the run started with, if it was scripted).",
+)
+@click.option("--online", is_flag=True, help="Call the real models even though the run started with --scripted.")
 @click.option("--force", is_flag=True, help="Resume even if recorded requests changed (re-executes those calls).")
 @click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
@@ -266,6 +292,7 @@ def resume(
     store_path: str | None,
     output: str,
     scripted: str | None,
+    online: bool,
     force: bool,
     cache: bool,
     quiet: bool,
@@ -285,6 +312,7 @@ def resume(
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         graph = load_or_exit(record.file)
+        scripted = _offline_as_started(record, scripted, online)
         watchers = _watchers(graph, quiet, events_file, stream, store_flag(store_path))
         options = _run_options(scripted, cache, force, watchers.reporter)
         redactor = _protect(graph, store, options)
