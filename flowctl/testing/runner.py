@@ -26,11 +26,13 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     from flowctl.interpreter.reporting import Reporter
     from flowctl.interpreter.runner import RunOptions, run_graph
     from flowctl.progress import LineReporter, RedactingReporter
+    from flowctl.progress_tally import layout_of, prices_of
 
     started = time.monotonic()
     run_id = new_run_id()
     redactor = redactor_for([case.graph], os.environ)
-    reporter = RedactingReporter(LineReporter(), redactor.redact_text) if verbose else Reporter()
+    progress = LineReporter(layout=layout_of(case.graph), prices=prices_of(case.graph))
+    reporter = RedactingReporter(progress, redactor.redact_text) if verbose else Reporter()
     options = RunOptions(scripted=case.fixture, reporter=reporter, redactor=redactor, tune_process=True)
     store = open_store(":memory:")
     outcome: Any = None

@@ -239,6 +239,7 @@ async def call_tool(
         saw_tool_call(ctx, path, key, server, tool, arguments, replayed, None, runtime.clock.now(), 0.0, replayed=True)
         return replayed
     started, began = runtime.clock.now(), runtime.clock.monotonic()
+    _tell_if_held_back(ctx, path)
     try:
         async with runtime.limiter:
             result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
