@@ -132,27 +132,28 @@ def flowctl_run(graph: Any, inputs: dict[str, Any], expected_calls: int) -> Timi
 
 
 def provider_suite(quick: bool, workdir: Path) -> list[Row]:
-    repeats = 3 if quick else 9
+    repeats = 3 if quick else 15
     fan_repeats = 2 if quick else 5
     n, wide = SEQUENTIAL_CALLS, CONCURRENT_CALLS
+    wall: dict[str, list[float]] = {"chain": [], "bare": [], "fan": [], "gather": []}
+    cpu: dict[str, list[float]] = {k: [] for k in wall}
+
+    def sample(key: str, timing: Timing) -> None:
+        wall[key].append(timing[0])
+        cpu[key].append(timing[1])
+
     with local_server() as base_url:
         chain = compile_pipeline(workdir, "chain.yaml", chain_yaml(n, model=model_yaml(base_url)))
         fan = compile_pipeline(workdir, "fanout.yaml", fanout_yaml(wide, model=model_yaml(base_url)))
         items = {"items": list(range(wide))}
+        # sequential first, so the fan-out's thousand connections (and their garbage) cannot weigh on it
         flowctl_run(chain, {}, n)  # imports, caches, the server's first connections
         asyncio.run(bare_sequential(base_url, n))
-        flowctl_run(fan, items, wide)
-        asyncio.run(bare_concurrent(base_url, wide))
-        wall: dict[str, list[float]] = {"chain": [], "bare": [], "fan": [], "gather": []}
-        cpu: dict[str, list[float]] = {k: [] for k in wall}
-
-        def sample(key: str, timing: Timing) -> None:
-            wall[key].append(timing[0])
-            cpu[key].append(timing[1])
-
         for _ in range(repeats):  # interleaved, so drift on a busy machine hits both series alike
             sample("chain", flowctl_run(chain, {}, n))
             sample("bare", asyncio.run(bare_sequential(base_url, n)))
+        flowctl_run(fan, items, wide)
+        asyncio.run(bare_concurrent(base_url, wide))
         for _ in range(fan_repeats):
             sample("fan", flowctl_run(fan, items, wide))
             sample("gather", asyncio.run(bare_concurrent(base_url, wide)))
