@@ -12,10 +12,10 @@ bounds the whole call. This module is the only one that imports `openai`.
 
 Per-call costs are kept near the bare SDK client's (bench/README.md, "provider"): the TLS context (tens of ms to load
 the CA store) is built once per process and shared by every client; providers with the same endpoint, key and timeout
-on the same event loop share one SDK client (an httpx client is bound to the loop it runs on); the client's own
-timeout is the model's, so a request only carries one when it differs; chunks are read through their attributes;
-the stream is closed under a shielded scope only when it did not end by itself. Each piece of text is handed on to
-a watcher when one is set (`streaming.py`).
+on the same event loop share one SDK client (openai_clients.py: an httpx client is bound to the loop it runs on); the
+client's own timeout is the model's, so a request only carries one when it differs; chunks are read through their
+attributes; the stream is closed under a shielded scope only when it did not end by itself. Each piece of text is
+handed on to a watcher when one is set (`streaming.py`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ import json
 import math
 import os
 import re
-import ssl
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx2
 import openai
 from openai.types import CompletionUsage
 from openai.types.chat.chat_completion_chunk import ChatCompletionChunk, Choice, ChoiceDelta
@@ -62,6 +59,7 @@ from flowctl.interpreter.providers.llm import (
     Usage,
     parse_structured_output,
 )
+from flowctl.interpreter.providers.openai_clients import acquire, release, release_and_close, running_loop
 from flowctl.interpreter.providers.streaming import TEXT_SINK, TextSink
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -126,7 +124,7 @@ def _is_local(url: str) -> bool:
 
 class OpenAIProvider:
     """An `LLMProvider` over the OpenAI SDK. Its client is taken on first use from the clients shared on the running
-    event loop (`_acquire`), and given back by `aclose`."""
+    event loop (`openai_clients.acquire`), and given back by `aclose`."""
 
     def __init__(self, model: ModelDef, env: Mapping[str, str] | None = None) -> None:
         self.model = model
@@ -143,11 +141,11 @@ class OpenAIProvider:
         return self._endpoint
 
     def _get_client(self) -> openai.AsyncOpenAI:
-        loop = _running_loop()
+        loop = running_loop()
         if self._client is None or loop is not self._loop:
             if self._client is not None:  # used on another event loop before: its client cannot follow
-                _release(self._client, self._loop)  # bound to that loop: dropped, not closed from this one
-            self._client = _acquire(self.endpoint, self.model.timeout, loop)
+                release(self._client, self._loop)  # bound to that loop: dropped, not closed from this one
+            self._client = acquire(self.endpoint, self.model.timeout, loop)
             self._loop = loop
         return self._client
 
@@ -202,88 +200,7 @@ class OpenAIProvider:
         client, self._client = self._client, None
         if client is not None:
             loop, self._loop = self._loop, None
-            await _release_and_close(client, loop)
-
-
-# --- clients ------------------------------------------------------------------------------------------------------
-
-_TLS_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
-
-
-def tls_context() -> ssl.SSLContext:
-    """The TLS context every client uses: httpx's default (the system's CA store, or SSL_CERT_FILE / SSL_CERT_DIR),
-    built once per process for each value of those variables. Loading the CA store takes tens of milliseconds; an
-    `SSLContext` may be shared by clients, event loops and threads."""
-    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    context = _TLS_CONTEXTS.get(key)
-    if context is None:
-        context = _TLS_CONTEXTS[key] = httpx2.create_ssl_context()
-    return context
-
-
-@dataclass(slots=True)
-class _Shared:
-    client: openai.AsyncOpenAI
-    users: int = 0
-
-
-_ClientKey = tuple[str, str, float]  # base URL, API key, timeout
-
-# Clients in use, per event loop: an httpx client's connections belong to the loop that opened them, so clients are
-# shared only within one loop; a loop that is gone takes its entry with it.
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, _Shared]] = weakref.WeakKeyDictionary()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # another anyio backend: clients are not shared
-        return None
-
-
-def new_client(endpoint: Endpoint, timeout: float) -> openai.AsyncOpenAI:
-    """An SDK client that never retries (the policies do), on the shared TLS context, with the SDK's own connection
-    limits and redirects."""
-    http_client = openai.DefaultAsyncHttpxClient(verify=tls_context(), timeout=timeout)
-    return openai.AsyncOpenAI(
-        api_key=endpoint.api_key,
-        base_url=endpoint.base_url,
-        max_retries=0,
-        timeout=timeout,
-        http_client=http_client,
-    )
-
-
-def _acquire(endpoint: Endpoint, timeout: float, loop: asyncio.AbstractEventLoop | None) -> openai.AsyncOpenAI:
-    if loop is None:
-        return new_client(endpoint, timeout)
-    clients = _SHARED.setdefault(loop, {})
-    key = (endpoint.base_url, endpoint.api_key, timeout)
-    shared = clients.get(key)
-    if shared is None:
-        shared = clients[key] = _Shared(new_client(endpoint, timeout))
-    shared.users += 1
-    return shared.client
-
-
-def _release(client: openai.AsyncOpenAI, loop: asyncio.AbstractEventLoop | None) -> bool:
-    """One user fewer; True when nobody uses `client` any more (it is no longer shared, and should be closed)."""
-    clients = _SHARED.get(loop) if loop is not None else None
-    if clients is None:
-        return True
-    for key, shared in list(clients.items()):
-        if shared.client is client:
-            shared.users -= 1
-            if shared.users > 0:
-                return False
-            del clients[key]
-            return True
-    return True
-
-
-async def _release_and_close(client: openai.AsyncOpenAI, loop: asyncio.AbstractEventLoop | None) -> None:
-    if _release(client, loop):
-        await client.close()
+            await release_and_close(client, loop)
 
 
 class _WatcherFailed(Exception):
