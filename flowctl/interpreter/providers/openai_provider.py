@@ -8,7 +8,7 @@ interpreter's policies own retries so that each attempt is journaled.
 
 `timeout` (per request, else per model) bounds connecting and each silence while reading: a stalled
 server fails after `timeout` seconds however long a healthy stream runs; the step policy's timeout
-bounds the whole call. This module is the only one that imports `openai`.
+bounds the whole call. This module and openai_clients.py are the only ones that import `openai`.
 
 Per-call costs are kept near the bare SDK client's (bench/README.md, "provider"): the TLS context (tens of ms to load
 the CA store) is built once per process and shared by every client; providers with the same endpoint, key and timeout
