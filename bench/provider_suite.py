@@ -172,7 +172,7 @@ def provider_suite(quick: bool, workdir: Path) -> list[Row]:
             [
                 f"run_graph wall of a {n}-step chain / {n}, a fresh event loop per run "
                 f"({spread(per_call['chain'], unit=' ms')}); bare: {spread(per_call['bare'], unit=' ms')}; "
-                f"paired ratios {ratios[0]:.2f}–{ratios[-1]:.2f}×",
+                f"paired ratios {ratios[0]:.2f}–{ratios[-1]:.2f}×, median {median(ratios):.2f}×",
                 "local server: bench/openai_local.py in its own process, keep-alive, answers 'ok' at once as SSE",
             ],
         ),
