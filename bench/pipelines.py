@@ -10,17 +10,21 @@ from typing import Any
 _HEADER = """flowctl: 1
 name: {name}
 models:
-  default: {{provider: scripted, model: bench-model}}
+  default: {model}
 agents:
   echo: {{instruction: You repeat what you are given.}}
 """
 
 
-def chain_yaml(steps: int, timeout: str | None = None) -> str:
+SCRIPTED_MODEL = "{provider: scripted, model: bench-model}"
+
+
+def chain_yaml(steps: int, timeout: str | None = None, model: str = SCRIPTED_MODEL) -> str:
     """`steps` agent steps in sequence; each prompt reads the previous step's output, with text around it (as prompts
     have; a bare `{{ x }}` would flatter the render). `timeout`: a default
-    per-attempt step timeout (the floor baseline has a timeout scope per step too)."""
-    lines = [_HEADER.format(name="bench-chain").rstrip("\n")]
+    per-attempt step timeout (the floor baseline has a timeout scope per step too). `model`: the default model's
+    definition (flow-style YAML)."""
+    lines = [_HEADER.format(name="bench-chain", model=model).rstrip("\n")]
     if timeout is not None:
         lines += ["defaults:", f"  timeout: {timeout}"]
     lines += ["steps:", '  - {id: s0, agent: echo, prompt: "start"}']
@@ -32,10 +36,10 @@ def chain_yaml(steps: int, timeout: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fanout_yaml(concurrency: int) -> str:
+def fanout_yaml(concurrency: int, model: str = SCRIPTED_MODEL) -> str:
     """One agent step fanned out over the `items` input; no per-step cap, the run-wide cap is `concurrency`."""
     return (
-        _HEADER.format(name="bench-fanout")
+        _HEADER.format(name="bench-fanout", model=model)
         + f"""concurrency: {concurrency}
 inputs:
   items: {{type: array}}

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench.report import Row, render_markdown, render_table  # noqa: E402
 
-SUITE_ORDER = ("steps", "fanout", "memory", "startup", "validate")
+SUITE_ORDER = ("steps", "fanout", "memory", "startup", "validate", "provider")
 _MARKER = "@@bench-rows@@"
 
 

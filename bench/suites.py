@@ -6,6 +6,8 @@ fanout   makespan of a 10,000-branch fan-out with 50 ms simulated latency agains
 memory   tracemalloc peak per in-flight branch, flowctl against asyncio
 startup  `flowctl --version` wall time against `python -c pass`, and the modules it imports
 validate `flowctl validate` on a ~200-line pipeline, in process and as a command
+provider the real OpenAI provider against the bare `openai.AsyncOpenAI` client on a local server, 300 sequential and
+         1,000 concurrent streamed calls (bench/provider_suite.py)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bench.pipelines import (
     write,
     zero_latency_fixture,
 )
+from bench.provider_suite import provider_suite
 from bench.report import Row, median, spread
 from bench.runs import CountingProvider, compile_pipeline, fixture, sqlite_store, timed_run
 
@@ -471,4 +474,5 @@ SUITES: dict[str, Callable[[bool, Path], list[Row]]] = {
     "memory": memory_suite,
     "startup": startup_suite,
     "validate": validate_suite,
+    "provider": provider_suite,
 }

@@ -1,6 +1,10 @@
 """The scripted provider: an LLMProvider answering every request from a fixture's rules (see fixture.py for the
 format), for offline runs and CI.
 
+A watcher streaming the text (`providers/streaming.py`) gets a reply's text once, when it is answered, or word by
+word over the scripted latency (on the system clock; once after it on another clock, which keeps a ManualClock's
+timers those of the latency alone).
+
 Rules are picked and consumed synchronously (no await between the check and the consume), so the concurrent calls of
 one run see consistent sequences and counters. Replies are picked in call order; for reproducible runs, script
 concurrent branches by agent or step rather than by sequence.
@@ -30,6 +34,7 @@ from flowctl.interpreter.providers.scripted.fixture import (
     ScriptedCall,
     last_user_text,
 )
+from flowctl.interpreter.providers.streaming import TEXT_SINK, TextSink, word_pieces
 
 
 class NoScriptedReply(ProviderError):
@@ -58,16 +63,25 @@ class ScriptedProvider:
         """
         reply, rule = self._take(request)  # synchronous: nothing runs between matching and consuming
         latency = reply.latency if reply.latency is not None else (rule.latency if rule else None)
+        sink = TEXT_SINK.get()
+        if sink is not None and (reply.error is not None or not reply.text):
+            sink = None  # nothing to stream
         if self.clock is not SYSTEM_CLOCK:
-            return self._complete_later(request, reply, rule, latency)
+            return self._complete_later(request, reply, rule, latency, sink)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend (trio)
-            return self._complete_later(request, reply, rule, latency)
+            return self._complete_later(request, reply, rule, latency, sink)
         future: asyncio.Future[CompletionResponse] = loop.create_future()
         if latency:
+            if sink is not None:
+                pieces = word_pieces(reply.text or "")
+                for i, piece in enumerate(pieces):  # spread over the latency, the last before the answer
+                    loop.call_later(latency * i / len(pieces), _stream_piece, future, sink, piece)
             loop.call_later(latency, self._settle, future, request, reply, rule)
         else:
+            if sink is not None:
+                sink(reply.text or "")
             self._settle(future, request, reply, rule)
         return future
 
@@ -82,10 +96,12 @@ class ScriptedProvider:
             future.set_exception(exc)
 
     async def _complete_later(
-        self, request: CompletionRequest, reply: Reply, rule: Rule | None, latency: float | None
+        self, request: CompletionRequest, reply: Reply, rule: Rule | None, latency: float | None, sink: TextSink | None
     ) -> CompletionResponse:
         if latency:
             await self.clock.sleep(latency)
+        if sink is not None:
+            sink(reply.text or "")
         return _answer(request, reply, rule, self.fixture.file)
 
     async def aclose(self) -> None:
@@ -120,6 +136,17 @@ class ScriptedProvider:
             return None
         self._used[rule.index] = used + 1
         return rule.replies[used]
+
+
+def _stream_piece(future: asyncio.Future[CompletionResponse], sink: TextSink, piece: str) -> None:
+    """One word of a scripted answer to its watcher, unless the call is over (cancelled, or failed by a watcher);
+    a watcher's error fails the call, as it would with a real provider."""
+    if future.done():
+        return
+    try:
+        sink(piece)
+    except Exception as exc:
+        future.set_exception(exc)
 
 
 def _answer(request: CompletionRequest, reply: Reply, rule: Rule | None, file: str) -> CompletionResponse:
