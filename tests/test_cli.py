@@ -559,3 +559,17 @@ def test_a_scripted_run_resumes_offline_unless_told_otherwise(project: Path) -> 
     refused = invoke("resume", lost_id, "--quiet", "--store", str(store))
     assert refused.exit_code == 2
     assert "which is gone: pass --scripted FILE to answer from another, or --online" in refused.output
+
+
+def test_stream_shows_the_models_text_as_it_arrives(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: streamed\nagents:\n  poet: {instruction: You write.}\n"
+        'steps:\n  - {id: verse, agent: poet, prompt: "Write."}\noutputs:\n  verse: "{{ steps.verse.output }}"\n'
+    )
+    (tmp_path / "f.yaml").write_text('default: {content: "roses are red\\nviolets are blue", latency: 20ms}\n')
+    ran = invoke("run", str(tmp_path / "p.yaml"), "--scripted", str(tmp_path / "f.yaml"), "--stream",
+                 "--store", str(tmp_path / "runs.db"))  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    lines = [line.strip() for line in ran.output.splitlines()]
+    assert lines.index("roses are red") + 1 == lines.index("violets are blue")  # streamed, line by line
+    assert lines.index("violets are blue") < next(i for i, line in enumerate(lines) if "verse succeeded" in line)

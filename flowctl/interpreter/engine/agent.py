@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flowctl.dsl import ir
@@ -41,6 +42,7 @@ from flowctl.interpreter.providers.llm import (
     Usage,
     parse_structured_output,
 )
+from flowctl.interpreter.providers.streaming import TEXT_SINK
 from flowctl.interpreter.tools import ToolResult
 
 if TYPE_CHECKING:
@@ -308,6 +310,11 @@ async def run_agent(
         if response is None:
             limiter, clock = ctx.runtime.limiter, ctx.runtime.clock
             started, began = clock.now(), clock.monotonic()
+            sink = (
+                TEXT_SINK.set(partial(ctx.runtime.reporter.model_text, ctx.run_id, path))
+                if ctx.runtime.stream
+                else None
+            )
             try:
                 if model.circuit_breaker is None and limiter.try_acquire():  # the common case: a free slot
                     try:
@@ -326,6 +333,9 @@ async def run_agent(
             except FlowctlError as exc:
                 saw_model_call(ctx, path, key, model, request, None, exc, started, clock.monotonic() - began)
                 raise
+            finally:
+                if sink is not None:
+                    TEXT_SINK.reset(sink)
             saw_model_call(ctx, path, key, model, request, response, None, started, clock.monotonic() - began)
             await ctx.runtime.recorder.durable()  # durable before its answer is used (or its step finishes)
         if not response.tool_calls:

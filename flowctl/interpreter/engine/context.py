@@ -60,12 +60,15 @@ class Runtime:
     totals: Totals = field(default_factory=Totals)
     providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
     limiter: Limiter = field(init=False)
+    stream: bool = field(init=False)
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
+        # `--stream`: providers hand the answer's text on as it arrives (providers/streaming.py), for the reporter
+        self.stream = bool(getattr(self.reporter, "streams_text", False))
         self.bus = EventBus(self.clock)
         self.breakers = Breakers(self.clock)
 

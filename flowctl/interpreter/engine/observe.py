@@ -39,7 +39,8 @@ def saw_model_call(
     if not replayed:
         raw = (request, response, error, elapsed, model)
         ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
-    seen = ModelCallSeen(key, attempt, model.provider, request, response, error, started, elapsed, replayed)
+    provider = getattr(ctx.runtime.provider(model), "provider_name", model.provider)  # `--scripted` answers
+    seen = ModelCallSeen(key, attempt, provider, request, response, error, started, elapsed, replayed)
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
 
 

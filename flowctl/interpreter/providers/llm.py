@@ -176,7 +176,9 @@ class CompletionResponse:
 
 @runtime_checkable
 class LLMProvider(Protocol):
-    """One model backend. Raises flowctl.interpreter.errors.ProviderError subclasses, never SDK exceptions."""
+    """One model backend. Raises flowctl.interpreter.errors.ProviderError subclasses, never SDK exceptions. May set
+    a class attribute `provider_name` (e.g. "openai"): what watchers are told answered; else the model's `provider:`.
+    May hand on its answer's text as it arrives (providers/streaming.py)."""
 
     def complete(self, request: CompletionRequest) -> Awaitable[CompletionResponse]:
         """The model's answer (an `async def` is fine; so is anything awaitable, such as a future)."""

@@ -126,6 +126,8 @@ class OpenAIProvider:
     """An `LLMProvider` over the OpenAI SDK. Its client is taken on first use from the clients shared on the running
     event loop (`openai_clients.acquire`), and given back by `aclose`."""
 
+    provider_name = "openai"
+
     def __init__(self, model: ModelDef, env: Mapping[str, str] | None = None) -> None:
         self.model = model
         self._env: Mapping[str, str] = os.environ if env is None else env

@@ -46,6 +46,8 @@ class NoScriptedReply(ProviderError):
 class ScriptedProvider:
     """An LLMProvider answering from a Fixture. Share one instance across models so sequences stay in order."""
 
+    provider_name = "scripted"  # what watchers are told answered (OpenTelemetry's gen_ai.provider.name, --events)
+
     def __init__(self, fixture: Fixture, clock: Clock = SYSTEM_CLOCK) -> None:
         self.fixture = fixture
         self.clock = clock  # scripted latency passes on this clock (a ManualClock makes it virtual)
