@@ -323,6 +323,7 @@ steps:
     assert capped.strip().startswith("answer: [capped by the recorder: ")
     assert f"the first {MAX_TRANSCRIPT_BODY} shown]" in capped
     typed = invoke("logs", run_id, "--store", store, "--step", "typed").output
-    # the provider rejected the answer: the call's error says why (the rejected text is not recorded yet)
+    # the provider rejected the answer: the call's error says why, and the rejected text is there too
     assert "✗ error output-schema-mismatch (retryable):" in typed
     assert "is not valid JSON" in " ".join(typed.split())  # wherever the wrapping fell
+    assert "no json here" in typed

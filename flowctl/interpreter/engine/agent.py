@@ -328,7 +328,8 @@ async def run_agent(
                 usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
                 if isinstance(usage, Usage):
                     _account(ctx, model, usage)
-                saw_model_call(ctx, path, key, model, request, response, exc, started, clock.monotonic() - began)
+                answer = response if response is not None else getattr(exc, "response", None)  # the rejected answer
+                saw_model_call(ctx, path, key, model, request, answer, exc, started, clock.monotonic() - began)
                 raise
             except FlowctlError as exc:
                 saw_model_call(ctx, path, key, model, request, None, exc, started, clock.monotonic() - began)

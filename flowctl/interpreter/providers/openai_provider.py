@@ -171,7 +171,8 @@ class OpenAIProvider:
             try:
                 check_output(response, request.output_schema, call)
             except OutputSchemaMismatch as exc:
-                exc.usage = response.usage  # type: ignore[attr-defined]  # paid for: callers may count it
+                # paid for: callers may count it; and the answer itself, for the transcript
+                exc.usage, exc.response = response.usage, response  # type: ignore[attr-defined]
                 raise
         return response
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.errors import ProviderError
+from flowctl.interpreter.errors import OutputSchemaMismatch, ProviderError
 from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -165,7 +165,11 @@ def _answer(request: CompletionRequest, reply: Reply, rule: Rule | None, file: s
         request.model,
     )
     if request.output_schema is not None and not tool_calls:
-        _check_output(response.content, request.output_schema, f"{_who(request)} ({_source(rule, file)})")
+        try:
+            _check_output(response.content, request.output_schema, f"{_who(request)} ({_source(rule, file)})")
+        except OutputSchemaMismatch as exc:
+            exc.usage, exc.response = response.usage, response  # type: ignore[attr-defined]  # as openai's does
+            raise
     return response
 
 
