@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from flowctl.interpreter.persistence.recorder import JsonText
 from flowctl.interpreter.reporting import ModelCallSeen, ToolCallSeen
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def saw_model_call(
 ) -> None:
     attempt = STEP_ATTEMPT.get()
     if not replayed:
-        raw = (request, response, error, elapsed, model)
+        raw = (request, response, error, model)
         ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
     provider = getattr(ctx.runtime.provider(model), "provider_name", model.provider)  # `--scripted` answers
     seen = ModelCallSeen(key, attempt, provider, request, response, error, started, elapsed, replayed)
@@ -78,13 +79,17 @@ def saw_wait(
 
 
 def _model_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
-    request, response, error, elapsed, model = raw
-    answer = None
+    """The request and the answer as JSON text when they were encoded already (the digest's text, the journal's
+    text): ~10 µs a call less than building and encoding them again, which a fan-out of thousands feels."""
+    request, response, error, model = raw
+    sent = JsonText(request.canonical) if request.canonical is not None else request.to_json()
+    answer: Any = None
     if response is not None:
-        answer = {**response.to_json(), "latency": elapsed}
-        if model.price_in_per_mtok is not None or model.price_out_per_mtok is not None:
-            answer["cost"] = _cost(response, model)
-    return request.to_json(), answer, _error(error)
+        if model.price_in_per_mtok is None and model.price_out_per_mtok is None:
+            answer = JsonText(response.journal_text())
+        else:
+            answer = {**response.to_json(), "cost": _cost(response, model)}
+    return sent, answer, _error(error)
 
 
 def _tool_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:

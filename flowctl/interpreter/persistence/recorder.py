@@ -65,6 +65,12 @@ HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle
 MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
 
 
+class JsonText(str):
+    """A transcript body that is JSON text already (the request's digest text, the answer's journal text)."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class _Transcribed:
     """A transcript entry not yet encoded (see Recorder.exchange)."""
@@ -500,8 +506,11 @@ class Recorder:
 
     def _capped(self, value: Any) -> str:
         """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
-        the full size and the beginning."""
-        text = self._dump_value(value)
+        the full size and the beginning. `value` may be JsonText: encoded already."""
+        if type(value) is JsonText:
+            text = value if not self.redactor else self._encode(self.redactor.redact(json.loads(value)))
+        else:
+            text = self._dump_value(value)
         if len(text) <= MAX_TRANSCRIPT_BODY:
             return text
         return self._encode({"truncated": True, "size": len(text), "head": text[:MAX_TRANSCRIPT_BODY]})

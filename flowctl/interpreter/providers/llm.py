@@ -77,6 +77,8 @@ class CompletionRequest:
     # Who is asking: lets the scripted provider match fixtures by agent/step. Not sent to real providers.
     agent: str = ""
     step: str = ""
+    # `to_json()` as the digest encodes it (sorted, compact JSON), once `digest()` has: the transcript keeps it as is
+    canonical: str | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,7 @@ class CompletionRequest:
         text = None if self.tools else self._plain_digest_text()
         if text is None:
             text = _DIGEST_ENCODER.encode(self.to_json())
+        self.canonical = text
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _plain_digest_text(self) -> str | None:
