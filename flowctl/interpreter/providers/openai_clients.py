@@ -13,14 +13,21 @@ import asyncio
 import os
 import ssl
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import httpx2
 import openai
 
-if TYPE_CHECKING:
-    from flowctl.interpreter.providers.openai_provider import Endpoint
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to call: the resolved base URL, its host (for messages) and the API key."""
+
+    base_url: str
+    host: str
+    api_key: str = field(repr=False)
+    key_env: str
+
 
 _TLS_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 

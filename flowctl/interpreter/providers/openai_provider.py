@@ -59,7 +59,7 @@ from flowctl.interpreter.providers.llm import (
     Usage,
     parse_structured_output,
 )
-from flowctl.interpreter.providers.openai_clients import acquire, release, release_and_close, running_loop
+from flowctl.interpreter.providers.openai_clients import Endpoint, acquire, release, release_and_close, running_loop
 from flowctl.interpreter.providers.streaming import TEXT_SINK, TextSink
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -73,16 +73,6 @@ MAX_TOKEN_COUNT = 10**12  # a usage number above this is not a token count (and 
 
 
 # --- configuration ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to call: the resolved base URL, its host (for messages) and the API key."""
-
-    base_url: str
-    host: str
-    api_key: str = field(repr=False)
-    key_env: str
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
