@@ -219,6 +219,22 @@ def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str 
     return str(record.scripted)
 
 
+def _watching_options(command: Any) -> Any:
+    """The options `run` and `resume` share: the response cache and how the run is watched."""
+    for option in reversed(
+        (
+            click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache."),
+            click.option("-q", "--quiet", is_flag=True, help="No progress output."),
+            click.option(
+                "--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here."
+            ),
+            click.option("--stream", is_flag=True, help="Show the model's text as it arrives (one step at a time)."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input (repeatable).")
@@ -230,10 +246,7 @@ def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str 
     type=click.Path(exists=True, dir_okay=False),
     help="Answer every model from this fixture (offline; see docs/scripted.md).",
 )
-@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
-@click.option("--stream", is_flag=True, help="Show the model's text as it arrives (one step at a time).")
+@_watching_options
 def run(
     file: str,
     pairs: tuple[str, ...],
@@ -283,10 +296,7 @@ def run(
 )
 @click.option("--online", is_flag=True, help="Call the real models even though the run started with --scripted.")
 @click.option("--force", is_flag=True, help="Resume even if recorded requests changed (re-executes those calls).")
-@click.option("--cache", is_flag=True, help="Serve identical LLM requests from the response cache.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--events", "events_file", type=click.Path(dir_okay=False), help="Append a JSONL event log here.")
-@click.option("--stream", is_flag=True, help="Show the model's text as it arrives (one step at a time).")
+@_watching_options
 def resume(
     run_id: str,
     store_path: str | None,
