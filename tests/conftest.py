@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from tests.support import postgres
 
 
 @pytest.fixture
@@ -16,3 +24,31 @@ def anyio_backend() -> str:
 def _no_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A FLOWCTL_STORE in the developer's shell would send every test's runs there; tests that want one set it."""
     monkeypatch.delenv("FLOWCTL_STORE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for this test process: `FLOWCTL_TEST_PG` (CI starts one for the run), else a
+    private one started here (skipped when PostgreSQL is not installed, unless `FLOWCTL_REQUIRE_PG=1`)."""
+    given = os.environ.get("FLOWCTL_TEST_PG")
+    if given:
+        yield given
+        return
+    if postgres.pg_bin() is None:
+        if os.environ.get("FLOWCTL_REQUIRE_PG") == "1":
+            pytest.fail("FLOWCTL_REQUIRE_PG=1 but PostgreSQL's server programs are not installed")
+        pytest.skip("PostgreSQL is not installed (initdb not found); set FLOWCTL_TEST_PG to use a server")
+    # Not under pytest's tmp folder: that is private to root, and the server runs as the `postgres` user.
+    folder = Path(tempfile.mkdtemp(prefix="flowctl-pg-"))
+    try:
+        yield postgres.start(folder)
+    finally:
+        postgres.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    with postgres.fresh_database(pg_server) as url:
+        yield url
