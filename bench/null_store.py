@@ -27,6 +27,8 @@ from flowctl.interpreter.persistence.store import (
 class NullStore:
     """Satisfies `flowctl.interpreter.persistence.store.RunStore`; never looks a call up, so nothing is replayed."""
 
+    lease = 600.0
+
     def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
         return Claim(record.run_id, owner, 1)
 

@@ -453,15 +453,17 @@ class Recorder:
     def _commit_in_background(self) -> None:
         """Every `background_delay`, commit what waits (the account, and a journal write nobody waits for), so that
         another process reading the store sees the run as it goes; and while the run has nothing to commit (a long
-        wait, a slow call), an empty commit every `HEARTBEAT_INTERVAL`, which keeps its claim alive for stores that
-        judge owners by their last commit. An error is raised to the interpreter at its next commit."""
+        wait, a slow call), an empty commit every `HEARTBEAT_INTERVAL` (or a third of the store's lease, when
+        shorter), which keeps its claim alive for stores that judge owners by their last commit. An error is raised
+        to the interpreter at its next commit."""
         assert self._background_delay is not None
+        heartbeat_every = min(HEARTBEAT_INTERVAL, self.store.lease / 3)
         last_commit = time.monotonic()
         while not self._stop.wait(self._background_delay):
             if self._lost is not None or self._background_error is not None or self._holding:
                 continue
             idle = not self._pending and not self._account
-            if idle and time.monotonic() - last_commit < HEARTBEAT_INTERVAL:
+            if idle and time.monotonic() - last_commit < heartbeat_every:
                 continue
             try:
                 with self._commit_lock:

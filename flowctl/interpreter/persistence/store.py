@@ -329,6 +329,10 @@ Write = (
 
 @runtime_checkable
 class RunStore(Protocol):
+    # How long a claim held by a writer on another host counts as alive without a commit (seconds). The recorder
+    # commits (an empty commit when idle) at least every third of it.
+    lease: float
+
     # claims and the run tree's lifecycle
     def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
         """Insert a root run, running and claimed by `owner`; durable on return. `inputs` is its JSON text."""
