@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 
 from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
-from flowctl.run_reports import INTERRUPTED, is_alive, run_report, run_status, run_summary
+from flowctl.run_reports import INTERRUPTED, is_alive, run_report, run_summary
 
 
 @click.command()
@@ -194,7 +193,6 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
     """Send an external event (e.g. a human approval) to a running pipeline."""
     from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
-    from flowctl.interpreter.redact import redactor_for
 
     try:
         check_argument_text(data_text)
@@ -203,20 +201,19 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
         raise click.UsageError(f"--data is not JSON: {exc}") from None
     except InputTextError as exc:
         raise click.UsageError(f"--data: {exc}") from None
+    from flowctl.api import signal as send_signal
+    from flowctl.interpreter.errors import InputError
+
     store = open_store(store_path, "write")
     try:
-        record = store.get_run(run_id)
-        if record is None:
-            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
-            sys.exit(EXIT_USAGE)
-        target = run_id
-        if record.parent_id is not None:  # events are shared by the whole run tree; the root run polls for them
-            target = run_id.split("/", 1)[0]
-            record = store.get_run(target) or record
-            click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
-        seq = store.send_signal(target, event, redactor_for((), os.environ).redact(data))
-        status = run_status(record, is_alive(store, record))
+        sent = send_signal(run_id, event, data, store=store)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     finally:
         store.close()
+    target, seq, status = sent.target, sent.seq, sent.status
+    if target != run_id:
+        click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
     note = "" if status == "running" else f" (the run is {status}; it sees it if resumed)"
     click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")

@@ -203,20 +203,20 @@ def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) 
 def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str | None:
     """The fixture a resume answers from: `--scripted`, else the one the run started with (a scripted run stays
     offline unless `--online` says otherwise)."""
-    if scripted is not None or online or not record.scripted:
-        return scripted
-    if not Path(record.scripted).is_file():
+    from flowctl.api import fixture_for_resume
+    from flowctl.interpreter.errors import InputError
+
+    try:
+        fixture = fixture_for_resume(record, scripted, online)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if fixture is not None and scripted is None:
         click.echo(
-            f"error: run {record.run_id} answered from the fixture {record.scripted}, which is gone: pass "
-            "--scripted FILE to answer from another, or --online to call the real models",
+            f"resuming offline, as the run started: models answer from {fixture} (--online calls the real ones)",
             err=True,
         )
-        sys.exit(EXIT_USAGE)
-    click.echo(
-        f"resuming offline, as the run started: models answer from {record.scripted} (--online calls the real ones)",
-        err=True,
-    )
-    return str(record.scripted)
+    return fixture
 
 
 def _watching_options(command: Any) -> Any:
