@@ -9,8 +9,8 @@ forwarder task that talks to the client:
 - a `wait` step (or anything else that waits for an event): a client that declared elicitation is asked for the
   event's data with an elicitation form; its answer is delivered as a signal (as `flowctl signal` does). A decline
   or cancel cancels the run (resumable) and the call returns an error that says how to go on. A client without
-  elicitation is told, in a progress message and on stderr, the `flowctl signal` command that releases the wait,
-  and the call waits;
+  elicitation — or on a 2026-07-28 connection, which has no server-to-client requests during a call — is told, in a
+  progress message and on stderr, the `flowctl signal` command that releases the wait, and the call waits;
 - a `notifications/cancelled` from the client cancels the call's task, and so the run: it is marked cancelled and
   stays resumable.
 """

@@ -163,15 +163,25 @@ async def test_streamable_http_with_a_wait_answered_by_elicitation(tmp_path: Pat
     async with http_server(store, GREET, APPROVAL) as (url, lines):
         assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp")
         async with http_session(url, elicitation_callback=accept) as session:
-            greeted = await session.call_tool("greet", {"name": "Ada", "tone": "formal"})
+            greeted: dict[str, Any] = {}
+
+            async def greet(tone: str) -> None:
+                greeted[tone] = (await session.call_tool("greet", {"name": "Ada", "tone": tone})).structured_content
+
+            async with anyio.create_task_group() as tg:  # two calls at once: two runs
+                tg.start_soon(greet, "formal")
+                tg.start_soon(greet, "warm")
             approved = await session.call_tool("approval", {})
-    assert greeted.structured_content == {"greeting": "Good day, Ada.", "length": 14}
+    assert greeted == {
+        "formal": {"greeting": "Good day, Ada.", "length": 14},
+        "warm": {"greeting": "Hello, Ada!", "length": 11},
+    }
     assert not approved.is_error, approved.content
     assert approved.structured_content == {"approval": {"by": "ana"}, "published": "published"}
     (asked,) = accept.asked
     assert "'approved'" in asked.message and "'approval'" in asked.message
-    statuses = {r["pipeline"]: r["status"] for r in flowctl.list_runs(store=store)}
-    assert statuses == {"greet": "succeeded", "approval": "succeeded"}
+    statuses = sorted((r["pipeline"], r["status"]) for r in flowctl.list_runs(store=store))
+    assert statuses == [("approval", "succeeded"), ("greet", "succeeded"), ("greet", "succeeded")]
     assert any("approval: run" in line and "succeeded" in line for line in lines)
 
 
@@ -280,6 +290,42 @@ async def test_a_flowctl_pipeline_calls_a_pipeline_served_by_flowctl(tmp_path: P
         "succeeded",
         {"name": "Ada", "tone": "formal"},
     )
+
+
+async def test_a_client_of_the_2026_protocol_calls_tools_and_is_told_how_to_release_a_wait(tmp_path: Path) -> None:
+    """A client that negotiates with `server/discover` (protocol 2026-07-28) gets the same tools and results. That
+    protocol has no server-to-client requests on a call's stream, so a wait is released with `flowctl signal`."""
+    store = tmp_path / "runs.db"
+    told = anyio.Event()
+    hints: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        if message and "releases it" in message:
+            hints.append(message.split("`")[1])
+            told.set()
+
+    params = StdioServerParameters(command=sys.executable, args=serve_args(store, HERE), cwd=str(ROOT))
+    with open(os.devnull, "w") as quiet:
+        async with (
+            stdio_client(params, errlog=quiet) as (read, write),
+            ClientSession(read, write, elicitation_callback=answer("accept", "{}")) as session,
+        ):
+            await session.discover()
+            assert session.protocol_version == "2026-07-28"
+            greeted = await session.call_tool("greet", {"name": "Ada"})
+            assert greeted.structured_content == {"greeting": "Hello, Ada!", "length": 11}
+            async with anyio.create_task_group() as tg:
+                results: list[types.CallToolResult] = []
+
+                async def call() -> None:
+                    results.append(await session.call_tool("approval", {}, progress_callback=on_progress))
+
+                tg.start_soon(call)
+                with anyio.fail_after(BOUND):
+                    await told.wait()
+                run_id = hints[0].split()[2]
+                flowctl.signal(run_id, "approved", {"by": "ana"}, store=store)
+    assert results[0].structured_content == {"approval": {"by": "ana"}, "published": "published"}
 
 
 def test_serve_refuses_invalid_pipelines_and_clashing_names(tmp_path: Path) -> None:
