@@ -151,7 +151,8 @@ def run_sync(
     run_id: str | None = None,
     tune_process: bool = False,
 ) -> RunOutcome:
-    """`run` for code without an event loop (a script, a notebook cell without top-level await, a worker thread)."""
+    """`run` for code without a running event loop (a script, a worker thread). In a notebook, whose loop is
+    running, `await flowctl.run(...)` instead."""
     import anyio
 
     call = partial(

@@ -172,7 +172,7 @@ class PipelineServer:
             finally:
                 send.close()  # the forwarder delivers the notes left, drops the elicitations still open, and ends
         if refused is not None:
-            return _error(refused, reporter.run_id)
+            return _error(self._masked(served, refused), reporter.run_id)
         if outcome is None:  # the forwarder ended the run: the client declined an elicitation
             return _error(call.declined or "the run was cancelled", reporter.run_id, "cancelled")
         self.options.log(f"{served.name}: run {outcome.run_id} {outcome.status.value}")
@@ -182,13 +182,20 @@ class PipelineServer:
                 f"run {outcome.run_id} failed: {outcome.error}. Inspect it with `flowctl show {outcome.run_id}{store}`"
                 f", resume it with `flowctl resume {outcome.run_id}{store}`."
             )
-            return _error(message, outcome.run_id, outcome.status.value)
-        outputs = json.loads(json.dumps(outcome.outputs or {}, default=str))
+            return _error(self._masked(served, message), outcome.run_id, outcome.status.value)
+        # what a client is given is masked as what `flowctl run` prints (secrets of the server's environment)
+        outputs = self._masked(served, json.loads(json.dumps(outcome.outputs or {}, default=str)))
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(outputs, ensure_ascii=False))],
             structured_content=outputs,
             _meta={RUN_META: {"run_id": outcome.run_id, "status": outcome.status.value}},
         )
+
+    def _masked(self, served: ServedPipeline, value: Any) -> Any:
+        from flowctl.interpreter.redact import redactor_for
+
+        redactor = redactor_for([served.graph], self.options.env)
+        return redactor.redact_text(value) if isinstance(value, str) else redactor.redact(value)
 
     async def _forward(
         self,

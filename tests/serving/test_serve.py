@@ -41,8 +41,10 @@ def serve_args(store: Path, *targets: Path, extra: tuple[str, ...] = ()) -> list
 
 
 @asynccontextmanager
-async def stdio_session(store: Path, *targets: Path, **client: Any) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=sys.executable, args=serve_args(store, *targets), cwd=str(ROOT))
+async def stdio_session(
+    store: Path, *targets: Path, env: dict[str, str] | None = None, **client: Any
+) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(command=sys.executable, args=serve_args(store, *targets), cwd=str(ROOT), env=env)
     with open(os.devnull, "w") as quiet:
         async with stdio_client(params, errlog=quiet) as (read, write), ClientSession(read, write, **client) as session:
             await session.initialize()
@@ -147,11 +149,13 @@ async def test_tools_are_the_pipelines_and_a_call_is_a_journaled_run(tmp_path: P
 
 
 async def test_bad_arguments_and_unknown_tools(tmp_path: Path) -> None:
-    async with stdio_session(tmp_path / "runs.db", GREET) as session:
-        bad = await session.call_tool("greet", {"name": "Ada", "tone": "rude", "extra": 1})
+    secret = "tok-3f9a8b7c6d5e4f"
+    async with stdio_session(tmp_path / "runs.db", GREET, env={"DEPLOY_TOKEN": secret}) as session:
+        bad = await session.call_tool("greet", {"name": "Ada", "tone": secret, "extra": 1})
         assert bad.is_error
         text = bad.content[0].text if isinstance(bad.content[0], types.TextContent) else ""
         assert "unknown input 'extra'" in text and "'tone'" in text
+        assert secret not in text and "***" in text  # masked as `flowctl run` masks what it prints
         with pytest.raises(MCPError, match="unknown tool 'nope'"):
             await session.call_tool("nope", {})
     assert flowctl.list_runs(store=tmp_path / "runs.db") == []  # refused inputs journal nothing
