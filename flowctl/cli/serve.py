@@ -62,6 +62,8 @@ def serve(
         click.echo(f"flowctl serve: {len(served)} tool(s) over stdio: {names}", err=True)
         anyio.run(serve_stdio, options)
         return
+    # served runs are unattended: no form may wait on this process's terminal (the client is asked instead)
+    sys.stdin = open(os.devnull)  # noqa: SIM115  # for the life of the process
     try:
         sock = bind(host, port)
     except OSError as exc:

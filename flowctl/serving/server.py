@@ -11,6 +11,9 @@ forwarder task that talks to the client:
   or cancel cancels the run (resumable) and the call returns an error that says how to go on. A client without
   elicitation — or on a 2026-07-28 connection, which has no server-to-client requests during a call — is told, in a
   progress message and on stderr, the `flowctl signal` command that releases the wait, and the call waits;
+- an elicitation that an MCP server used by the pipeline sends (which makes the run wait for the `elicitation`
+  event when no person is at a terminal, see docs/agents.md) is passed on to the client as it was asked — its message
+  and requested schema — and the client's answer (accept with content, decline, cancel) goes back to that server;
 - a `notifications/cancelled` from the client cancels the call's task, and so the run: it is marked cancelled and
   stays resumable.
 """
@@ -63,6 +66,19 @@ class _Note:
     run_id: str = ""
     path: str = ""
     event: str = ""  # set for a wait
+    asked: Asked | None = None  # set for a wait that answers an MCP server's elicitation
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """An elicitation a server the pipeline uses sent it, which the run waits for (`elicitation` event)."""
+
+    server: str
+    message: str
+    schema: dict[str, Any]
+
+
+ELICITATION_EVENT = "elicitation"  # what a run waits for while a server's elicitation is unanswered (docs/agents.md)
 
 
 def _shown(path: str) -> bool:
@@ -75,6 +91,7 @@ class _CallReporter(Reporter):
     def __init__(self, send: MemoryObjectSendStream[_Note]) -> None:
         self.send = send
         self.run_id: str | None = None
+        self.asked: dict[tuple[str, str], Asked] = {}  # (run, step) → the elicitation its next wait answers
 
     def _note(self, note: _Note) -> None:
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -97,8 +114,16 @@ class _CallReporter(Reporter):
         if _shown(path):
             self._note(_Note(f"step {path}: {retry.describe()}"))
 
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        """A server asks; unattended, a wait for the `elicitation` event of the same step follows."""
+        if not on_terminal:
+            self.asked[(run_id, path)] = Asked(server, message, schema)
+
     def waiting(self, run_id: str, path: str, event: str) -> None:
-        self._note(_Note(f"step {path} waits for the event {event!r}", run_id, path, event))
+        asked = self.asked.pop((run_id, path), None) if event == ELICITATION_EVENT else None
+        self._note(_Note(f"step {path} waits for the event {event!r}", run_id, path, event, asked))
 
 
 @dataclass(slots=True)
@@ -230,7 +255,8 @@ class PipelineServer:
         from flowctl.api import signal
 
         root = note.run_id.split("/", 1)[0]
-        command = f"flowctl signal {root} {shlex.quote(note.event)} --data JSON{self.options.store_flag}"
+        data = "'{…}'" if note.asked is not None else "JSON"
+        command = f"flowctl signal {root} {shlex.quote(note.event)} --data {data}{self.options.store_flag}"
         capabilities = ctx.session.client_capabilities
         if capabilities is None or capabilities.elicitation is None or not ctx.session.can_send_request:
             text = f"step {note.path} waits for the event {note.event!r}: `{command}` releases it"
@@ -238,6 +264,9 @@ class PipelineServer:
             await self._progress(ctx, call, text)
             return
         await self._progress(ctx, call, note.text)
+        if note.asked is not None:
+            await self._forward_elicitation(ctx, note, note.asked, call, root, command)
+            return
         message = (
             f"The pipeline {call.served.name!r} (run {root}) waits at step {note.path!r} for the event "
             f"{note.event!r}. Accept to send it; `data` is its payload as JSON (empty: none)."
@@ -261,6 +290,23 @@ class PipelineServer:
             run_scope.cancel()
             return
         signal(root, note.event, _payload((answer.content or {}).get("data")), store=self.options.store)
+
+    async def _forward_elicitation(
+        self, ctx: ServerRequestContext[Any], note: _Note, asked: Asked, call: _Call, root: str, command: str
+    ) -> None:
+        """A server's elicitation inside the run, passed to the client as it was asked (message and schema); the
+        client's answer, whatever it is, goes back to the server through the `elicitation` signal."""
+        from flowctl.api import signal
+
+        where = f"asked by the MCP server {asked.server!r}, in step {note.path!r} of {call.served.name!r}"
+        message = f"{asked.message}\n({where})"
+        try:
+            answer = await ctx.session.elicit_form(message, asked.schema, related_request_id=ctx.request_id)
+        except Exception as exc:  # the client failed to answer: `flowctl signal` can still answer the server
+            self.options.log(f"{call.served.name}: elicitation failed ({exc!r}); `{command}` answers it")
+            return
+        data = (answer.content or {}) if answer.action == "accept" else {"action": answer.action}
+        signal(root, ELICITATION_EVENT, data, store=self.options.store)
 
 
 def _payload(text: Any) -> Any:
