@@ -90,23 +90,30 @@ def run_options(
     tune_process: bool = False,
 ) -> RunOptions:
     """The options of a run, as `flowctl run` and `resume` build them: the fixture (`scripted`, a path, kept with the
-    run so that its resume stays offline), the response cache, the reporter — told only masked text: secrets from
-    `env` and the pipeline's secret variables are masked in it as in the store. Raises FlowctlError for a fixture
-    that cannot be loaded."""
+    run so that its resume stays offline), the response cache, the reporter, and the redactor that masks secrets
+    (from `env` and the pipeline's secret variables) in the store. Raises FlowctlError for a fixture that cannot be
+    loaded."""
     from flowctl.interpreter.providers.scripted import load_fixture
     from flowctl.interpreter.redact import redactor_for
-    from flowctl.interpreter.reporting import Reporter
     from flowctl.interpreter.runner import RunOptions
-    from flowctl.progress_sinks import RedactingReporter
 
     env = dict(os.environ) if env is None else dict(env)
     options = RunOptions(cache=cache, force=force, env=env, tune_process=tune_process)
+    if reporter is not None:
+        options.reporter = reporter
     if scripted is not None:
         options.scripted = load_fixture(Path(scripted))
         options.scripted_file = str(Path(scripted).resolve())
     options.redactor = redactor_for([graph] if graph is not None else [], env)
-    inner = reporter if reporter is not None else Reporter()
-    options.reporter = RedactingReporter(inner, options.redactor.redact_text, active=bool(options.redactor))
+    return options
+
+
+def _masking(options: RunOptions) -> RunOptions:
+    """The reporter is told only masked text, as the store keeps it."""
+    from flowctl.progress_sinks import RedactingReporter
+
+    if options.redactor:
+        options.reporter = RedactingReporter(options.reporter, options.redactor.redact_text)
     return options
 
 
@@ -135,6 +142,7 @@ async def run(
     options = run_options(
         scripted=scripted, cache=cache, reporter=reporter, env=env, graph=graph, tune_process=tune_process
     )
+    _masking(options)
     with _store(store, "create") as opened:
         return await run_graph(graph, dict(inputs or {}), opened, options, run_id=run_id)
 
@@ -222,6 +230,7 @@ async def resume(
             graph=graph,
             tune_process=tune_process,
         )
+        _masking(options)
         return await run_graph(graph, inputs, opened, options, run_id=run_id, resuming=True)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -71,19 +70,6 @@ def _watchers(graph: Any, quiet: bool, events_file: str | None, stream: bool, st
         progress = shown(store=store, prices=prices_of(graph), layout=layout_of(graph), stream_text=stream)
         reporters.append(progress)
     return _Watchers(MultiReporter(reporters), progress, calls, store)
-
-
-def _load_fixture(path: str | None) -> Any:
-    if path is None:
-        return None
-    from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.providers.scripted import load_fixture
-
-    try:
-        return load_fixture(Path(path))
-    except FlowctlError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
 
 
 def _execute(start: Any, watchers: _Watchers) -> Any:
@@ -192,12 +178,15 @@ def _say_failed(outcome: Any, redactor: Any, watchers: _Watchers) -> None:
 
 
 def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
-    from flowctl.interpreter.runner import RunOptions
+    """The Python API's options (flowctl/api.py), with the process tuned for runs: the command is the process."""
+    from flowctl.api import run_options
+    from flowctl.interpreter.errors import FlowctlError
 
-    fixture = _load_fixture(scripted)
-    options = RunOptions(scripted=fixture, cache=cache, force=force, reporter=reporter, tune_process=True)
-    options.scripted_file = str(Path(scripted).resolve()) if scripted else None  # kept with the run: see `resume`
-    return options
+    try:
+        return run_options(scripted=scripted, cache=cache, force=force, reporter=reporter, tune_process=True)
+    except FlowctlError as exc:  # a fixture that cannot be loaded
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str | None:
