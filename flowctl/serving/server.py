@@ -4,8 +4,9 @@
 A tool call is a run, journaled in the run store like any (`flowctl runs`, `show`, `logs`, `resume` see it), started
 with the Python API's `flowctl.api.run`. While it runs, a `Reporter` of the call's own hands what happens to a
 forwarder task that talks to the client:
-- progress: a `notifications/progress` per step that starts, finishes or is retried (fan-out items excepted), when
-  the client sent a progress token; the progress value counts those notifications, with no total;
+- progress: a `notifications/progress` per step that starts, finishes or is retried, and per progress notification
+  of the MCP servers the steps call (fan-out items excepted), when the client sent a progress token; the progress
+  value counts those notifications, with no total;
 - a `wait` step (or anything else that waits for an event): a client that declared elicitation is asked for the
   event's data with an elicitation form; its answer is delivered as a signal (as `flowctl signal` does). A decline
   or cancel cancels the run (resumable) and the call returns an error that says how to go on. A client without
@@ -113,6 +114,14 @@ class _CallReporter(Reporter):
     def step_retrying(self, run_id: str, path: str, retry: Retry) -> None:
         if _shown(path):
             self._note(_Note(f"step {path}: {retry.describe()}"))
+
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        """An MCP server's progress on a tool call of a step, passed on as a line of the call's progress."""
+        if _shown(path):
+            done = f"{progress:g}/{total:g}" if total else f"{progress:g}"
+            self._note(_Note(f"step {path}: {server}.{tool} {done}" + (f": {message}" if message else "")))
 
     def elicitation(
         self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool

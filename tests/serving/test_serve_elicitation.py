@@ -1,6 +1,7 @@
-"""`flowctl serve` passes an elicitation that an MCP server inside the served pipeline sends on to its own client,
-as it was asked, and the client's answer back to that server. Needs the MCP client side of issue 15 (the reporter's
-`elicitation` hook and the `elicitation` signal a run waits for): skipped until it is in."""
+"""`flowctl serve` passes what an MCP server inside the served pipeline sends on to its own client: an elicitation,
+as it was asked (and the client's answer back to that server), and progress. Needs the MCP client side of issue 15
+(the reporter's `elicitation` and `tool_progress` hooks, the `elicitation` signal a run waits for): skipped until it
+is in."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ pytestmark = [
 ]
 
 
-def served(tmp_path: Path) -> Path:
-    pipeline = tmp_path / "booking.yaml"
-    text = BOOKING.read_text().replace("@PYTHON@", sys.executable).replace("@SERVERS@", str(SERVERS))
+def served(tmp_path: Path, template: Path = BOOKING) -> Path:
+    pipeline = tmp_path / template.name
+    text = template.read_text().replace("@PYTHON@", sys.executable).replace("@SERVERS@", str(SERVERS))
     pipeline.write_text(text)
     return pipeline
 
@@ -62,3 +63,16 @@ async def test_a_servers_elicitation_reaches_the_client_and_its_answer_the_serve
     assert set(request.requested_schema["properties"]) == {"name", "count"}
     (run,) = flowctl.list_runs(store=store)
     assert run["status"] == "succeeded"
+
+
+async def test_a_servers_progress_reaches_the_client(tmp_path: Path) -> None:
+    messages: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    working = served(tmp_path, BOOKING.with_name("working.yaml"))
+    async with stdio_session(tmp_path / "runs.db", working) as session:
+        called = await session.call_tool("working", {}, progress_callback=on_progress)
+    assert called.structured_content == {"result": "worked 3 steps"}
+    assert [m for m in messages if "asking.work" in m] == [f"step call: asking.work {i}/3: step {i}" for i in (1, 2, 3)]
