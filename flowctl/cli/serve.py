@@ -60,7 +60,7 @@ def serve(
     names = ", ".join(p.name for p in served)
     if transport == "stdio":
         click.echo(f"flowctl serve: {len(served)} tool(s) over stdio: {names}", err=True)
-        anyio.run(serve_stdio, options)
+        anyio.run(serve_stdio, options, _exit_on_signal)
         return
     # served runs are unattended: no form may wait on this process's terminal (the client is asked instead)
     sys.stdin = open(os.devnull)  # noqa: SIM115  # for the life of the process
@@ -74,6 +74,14 @@ def serve(
         anyio.run(serve_http, options, sock, host)
     finally:
         sock.close()
+
+
+def _exit_on_signal(signum: int) -> None:
+    """SIGINT/SIGTERM: the calls in flight are cancelled already (their runs resumable); leave now, without waiting
+    for the SDK's stdin reader (exit 130 / 143, as `flowctl run`)."""
+    click.echo(f"flowctl serve: stopped by signal {signum}; calls in flight were cancelled (resumable)", err=True)
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _check_fixture(path: str) -> None:

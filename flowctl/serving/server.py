@@ -335,11 +335,30 @@ def _error(message: str, run_id: str | None, status: str = "failed") -> types.Ca
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True, _meta=meta)
 
 
-async def serve_stdio(options: ServeOptions) -> None:
-    """Serve over this process's stdin and stdout until the client closes stdin."""
+async def serve_stdio(options: ServeOptions, stopped: Callable[[int], Any]) -> None:
+    """Serve over this process's stdin and stdout until the client closes stdin. On SIGINT or SIGTERM, calls in
+    flight are cancelled (their runs marked cancelled, resumable) and `stopped(signum)` is called: the SDK's stdin
+    reader, a thread no signal interrupts, would otherwise hold the process until stdin closes."""
+    import signal
+
     server = PipelineServer(options).server()
     async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+        with anyio.CancelScope() as serving:
+            signums: list[int] = []
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        signums.append(signum)
+                        serving.cancel()
+                        return
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_on_signal)
+                await server.run(read, write, server.create_initialization_options())
+                tg.cancel_scope.cancel()
+        if signums:
+            stopped(signums[0])
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -343,3 +343,48 @@ def test_serve_refuses_invalid_pipelines_and_clashing_names(tmp_path: Path) -> N
         (folder / name).write_text(GREET.read_text())
     done = subprocess.run([sys.executable, "-m", "flowctl", "serve", str(folder)], capture_output=True, text=True)
     assert done.returncode == 2 and "the name 'greet' is taken by" in done.stderr
+
+
+async def test_sigterm_cancels_the_calls_in_flight_and_stops_the_stdio_server(tmp_path: Path) -> None:
+    """Spoken to by hand (JSON-RPC lines), so that the test holds the server's process: SIGTERM while a call waits
+    leaves its run cancelled (resumable) and the server gone with 143, although its stdin is still open."""
+    store = tmp_path / "runs.db"
+    process = await anyio.open_process([sys.executable, *serve_args(store, APPROVAL)], cwd=str(ROOT))
+    assert process.stdin is not None and process.stdout is not None
+    version = "2025-11-25"  # the handshake era: `initialize`
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "approval", "arguments": {}, "_meta": {"progressToken": "p"}},
+        },
+    ]
+    try:
+        for message in messages:
+            await process.stdin.send((json.dumps(message) + "\n").encode())
+        buffer, run_id = b"", ""
+        with anyio.fail_after(BOUND):
+            async for chunk in process.stdout:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                texts = [json.loads(line).get("params", {}).get("message", "") for line in lines if line.strip()]
+                run_id = next((t.split()[1] for t in texts if t.startswith("run ")), run_id)
+                if any("releases it" in t for t in texts):
+                    break
+        assert run_id.startswith("r-")
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(BOUND):
+            assert await process.wait() == 143
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert flowctl.read_run(run_id, store=store)["status"] == "cancelled"
