@@ -17,6 +17,7 @@ from flowctl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from flowctl.cli.inspect import runs, show, signal
 from flowctl.cli.lint import graph, schema, validate
 from flowctl.cli.running import resume, run
+from flowctl.cli.serve import serve
 from flowctl.cli.transcript import logs
 from flowctl.testing import test_command
 
@@ -62,7 +63,7 @@ def main() -> None:
     """flowctl: declarative YAML pipelines of LLM agents with MCP tools."""
 
 
-for command in (validate, schema, graph, run, resume, runs, show, logs, signal, test_command):
+for command in (validate, schema, graph, run, resume, runs, show, logs, signal, serve, test_command):
     main.add_command(command)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import click
 
 from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
+from flowctl.run_reports import INTERRUPTED, is_alive, run_report, run_summary
 
 
 @click.command()
@@ -25,7 +25,7 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
     store = open_store(store_path, "read")
     try:
         records = store.list_runs(limit, roots_only=True)
-        listed = [_run_json(r, _alive(store, r)) for r in records]
+        listed = [run_summary(r, is_alive(store, r)) for r in records]
     finally:
         store.close()
     if output == "json":
@@ -42,161 +42,6 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
     if any(data["status"] == INTERRUPTED for data in listed):
         resume = f"flowctl resume RUN_ID{store_flag(store_path)}"
         click.echo(f"{INTERRUPTED}: the process running it is gone; `{resume}` continues it", err=True)
-
-
-# A run the store says is running, whose process is gone (killed, or the machine went down): `resume` takes it over.
-INTERRUPTED = "interrupted"
-
-
-def _alive(store: Any, record: Any) -> bool:
-    """Whether the process running a `running` run (its root's claim holder) is still there, as the store tells."""
-    return record.status.value == "running" and bool(store.liveness(record.run_id).alive)
-
-
-def _status(record: Any, alive: bool) -> str:
-    """The run's status as the store has it, except that a `running` run whose claim holder is gone is
-    `interrupted`. Child runs are run by their root run's process (`alive`: the root's)."""
-    if record.status.value == "running" and not alive:
-        return INTERRUPTED
-    return str(record.status.value)
-
-
-def _run_json(record: Any, alive: bool) -> dict[str, Any]:
-    return {
-        "run_id": record.run_id,
-        "pipeline": record.pipeline,
-        "file": record.file,
-        "status": _status(record, alive),
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "parent_id": record.parent_id,
-        "inputs": record.inputs,
-        "outputs": record.outputs,
-        "error": record.error,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cost": record.cost,
-    }
-
-
-def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, Any]:
-    record = store.get_run(run_id)
-    alive = _alive(store, record) if alive is None else alive
-    data = _run_json(record, alive)
-    tried: dict[str, list[dict[str, Any]]] = {}
-    for a in store.attempts(run_id):
-        tried.setdefault(a.path, []).append(_attempt_json(a))
-    exchanges = store.exchanges(run_id)
-    children = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
-    costs = _step_costs(run_id, exchanges, children)
-    data["steps"] = []
-    for s in store.steps(run_id):
-        attempts = tried.get(s.path, [])
-        # the row's start restarts with each attempt: the step began when its first attempt did
-        started = attempts[0]["started_at"] if attempts else s.started_at
-        data["steps"].append(
-            {
-                "path": s.path,
-                "kind": s.kind,
-                "status": s.status.value,
-                "attempts": s.attempts,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "duration": s.finished_at - started if s.finished_at and started else None,
-                "input_tokens": s.input_tokens,
-                "output_tokens": s.output_tokens,
-                "cost": costs.get(s.path),
-                "error": s.error,
-                "output": s.output,
-                "attempt_log": attempts,
-            }
-        )
-    data["events"] = [{"name": e.name, "data": e.data, "source": e.source, "at": e.at} for e in store.events(run_id)]
-    data["state_changes"] = [
-        {"step": c.step, "keys": c.keys, "values": c.values, "at": c.at} for c in store.state_changes(run_id)
-    ]
-    data["children"] = children
-    data["models"] = _models(exchanges, children)
-    return data
-
-
-def _attempt_json(a: Any) -> dict[str, Any]:
-    return {
-        "attempt": a.attempt,
-        "status": a.status.value,
-        "started_at": a.started_at,
-        "finished_at": a.finished_at,
-        "duration": a.finished_at - a.started_at,
-        "error": a.error,
-        "retry_in": a.retry_in,
-    }
-
-
-_INSIDE = re.compile(r"[/\[#]")  # what follows a step's path in the paths of what runs inside it
-
-
-def _steps_around(path: str) -> list[str]:
-    """The path and those of the steps it runs inside: `a/b[2]/c` → `a`, `a/b`, `a/b[2]`, `a/b[2]/c` (a fan-out
-    item `b[i]`, a nested step `b/…`, a loop iteration `b#i/…`)."""
-    return [path[: m.start()] for m in _INSIDE.finditer(path) if m.start()] + [path]
-
-
-def _answer_cost(exchange: Any) -> float | None:
-    response = exchange.response
-    if exchange.kind != "model" or not isinstance(response, dict):
-        return None
-    cost = response.get("cost")
-    return float(cost) if isinstance(cost, int | float) else None
-
-
-def _step_costs(run_id: str, exchanges: list[Any], children: list[dict[str, Any]]) -> dict[str, float]:
-    """What each step's model answers cost, its items', nested steps' and child runs' included (as its tokens are);
-    a step none of whose answers had a price is not in it. One pass, however wide the run."""
-    costs: dict[str, float] = {}
-
-    def add(path: str, cost: float) -> None:
-        for step in _steps_around(path):
-            costs[step] = costs.get(step, 0.0) + cost
-
-    for e in exchanges:
-        if (cost := _answer_cost(e)) is not None:
-            add(e.path, cost)
-    for child in children:  # `<run>/<step>`: the child run of the pipeline step `<step>`
-        for m in child["models"]:
-            if m["cost"] is not None:
-                add(child["run_id"][len(run_id) + 1 :], m["cost"])
-    return costs
-
-
-def _models(exchanges: list[Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model, over a run and its child runs: calls made (failed ones included), tokens in and out, cost (None
-    when the model has no price)."""
-    table: dict[str, dict[str, Any]] = {}
-    for e in exchanges:
-        if e.kind != "model":
-            continue
-        request = e.request if isinstance(e.request, dict) else {}
-        response = e.response if isinstance(e.response, dict) else {}
-        name = str(request.get("model") or response.get("model") or "(unknown)")
-        row = table.setdefault(
-            name, {"model": name, "calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost": None}
-        )
-        row["calls"] += 1
-        row["failed"] += e.error is not None
-        usage = response.get("usage") or {}
-        row["input_tokens"] += int(usage.get("input_tokens") or 0)
-        row["output_tokens"] += int(usage.get("output_tokens") or 0)
-        if (cost := _answer_cost(e)) is not None:
-            row["cost"] = (row["cost"] or 0.0) + cost
-    for child in children:
-        for m in child["models"]:
-            zero = {"calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost": None}
-            row = table.setdefault(m["model"], {"model": m["model"], **zero})
-            for key in ("calls", "failed", "input_tokens", "output_tokens"):
-                row[key] += m[key]
-            if m["cost"] is not None:
-                row["cost"] = (row["cost"] or 0.0) + m["cost"]
-    return list(table.values())
 
 
 ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
@@ -331,7 +176,7 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
         if store.get_run(run_id) is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
-        data = _show_json(store, run_id)
+        data = run_report(store, run_id)
     finally:
         store.close()
     if output == "json":
@@ -348,7 +193,6 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
     """Send an external event (e.g. a human approval) to a running pipeline."""
     from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
-    from flowctl.interpreter.redact import redactor_for
 
     try:
         check_argument_text(data_text)
@@ -357,20 +201,19 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
         raise click.UsageError(f"--data is not JSON: {exc}") from None
     except InputTextError as exc:
         raise click.UsageError(f"--data: {exc}") from None
+    from flowctl.api import signal as send_signal
+    from flowctl.interpreter.errors import InputError
+
     store = open_store(store_path, "write")
     try:
-        record = store.get_run(run_id)
-        if record is None:
-            click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
-            sys.exit(EXIT_USAGE)
-        target = run_id
-        if record.parent_id is not None:  # events are shared by the whole run tree; the root run polls for them
-            target = run_id.split("/", 1)[0]
-            record = store.get_run(target) or record
-            click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
-        seq = store.send_signal(target, event, redactor_for((), os.environ).redact(data))
-        status = _status(record, _alive(store, record))
+        sent = send_signal(run_id, event, data, store=store)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     finally:
         store.close()
+    target, seq, status = sent.target, sent.seq, sent.status
+    if target != run_id:
+        click.echo(f"{run_id} is a child run: delivering to its root run {target}", err=True)
     note = "" if status == "running" else f" (the run is {status}; it sees it if resumed)"
     click.echo(f"sent {event!r} to {target} as signal #{seq}{note}")

@@ -11,8 +11,9 @@ import click
 from flowctl.cli.common import EXIT_FAILED, load_or_exit
 
 
-def _pipeline_files(paths: tuple[str, ...]) -> list[Path]:
-    """Named files are always validated; in folders, YAML files with a top-level `flowctl:` key are pipelines."""
+def _pipeline_files(paths: tuple[str, ...], *, recursive: bool = True) -> list[Path]:
+    """Named files are always validated; in folders (and, `recursive`, their subfolders), YAML files with a top-level
+    `flowctl:` key are pipelines."""
     from flowctl.dsl.loader import decode_lenient
 
     marker = re.compile(r"^flowctl\s*:", re.MULTILINE)
@@ -20,7 +21,8 @@ def _pipeline_files(paths: tuple[str, ...]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            for candidate in sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]):
+            glob = path.rglob if recursive else path.glob
+            for candidate in sorted([*glob("*.yaml"), *glob("*.yml")]):
                 if any(part.startswith(".") for part in candidate.parts):
                     continue
                 try:

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -71,19 +70,6 @@ def _watchers(graph: Any, quiet: bool, events_file: str | None, stream: bool, st
         progress = shown(store=store, prices=prices_of(graph), layout=layout_of(graph), stream_text=stream)
         reporters.append(progress)
     return _Watchers(MultiReporter(reporters), progress, calls, store)
-
-
-def _load_fixture(path: str | None) -> Any:
-    if path is None:
-        return None
-    from flowctl.interpreter.errors import FlowctlError
-    from flowctl.interpreter.providers.scripted import load_fixture
-
-    try:
-        return load_fixture(Path(path))
-    except FlowctlError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
 
 
 def _execute(start: Any, watchers: _Watchers) -> Any:
@@ -192,31 +178,34 @@ def _say_failed(outcome: Any, redactor: Any, watchers: _Watchers) -> None:
 
 
 def _run_options(scripted: str | None, cache: bool, force: bool, reporter: Any) -> Any:
-    from flowctl.interpreter.runner import RunOptions
+    """The Python API's options (flowctl/api.py), with the process tuned for runs: the command is the process."""
+    from flowctl.api import run_options
+    from flowctl.interpreter.errors import FlowctlError
 
-    fixture = _load_fixture(scripted)
-    options = RunOptions(scripted=fixture, cache=cache, force=force, reporter=reporter, tune_process=True)
-    options.scripted_file = str(Path(scripted).resolve()) if scripted else None  # kept with the run: see `resume`
-    return options
+    try:
+        return run_options(scripted=scripted, cache=cache, force=force, reporter=reporter, tune_process=True)
+    except FlowctlError as exc:  # a fixture that cannot be loaded
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def _offline_as_started(record: Any, scripted: str | None, online: bool) -> str | None:
     """The fixture a resume answers from: `--scripted`, else the one the run started with (a scripted run stays
     offline unless `--online` says otherwise)."""
-    if scripted is not None or online or not record.scripted:
-        return scripted
-    if not Path(record.scripted).is_file():
+    from flowctl.api import fixture_for_resume
+    from flowctl.interpreter.errors import InputError
+
+    try:
+        fixture = fixture_for_resume(record, scripted, online)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if fixture is not None and scripted is None:
         click.echo(
-            f"error: run {record.run_id} answered from the fixture {record.scripted}, which is gone: pass "
-            "--scripted FILE to answer from another, or --online to call the real models",
+            f"resuming offline, as the run started: models answer from {fixture} (--online calls the real ones)",
             err=True,
         )
-        sys.exit(EXIT_USAGE)
-    click.echo(
-        f"resuming offline, as the run started: models answer from {record.scripted} (--online calls the real ones)",
-        err=True,
-    )
-    return str(record.scripted)
+    return fixture
 
 
 def _watching_options(command: Any) -> Any:

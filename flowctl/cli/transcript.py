@@ -5,30 +5,18 @@ the store's `exchanges` and `attempts`, opened read-only."""
 
 from __future__ import annotations
 
-import enum
 import json
 import shutil
 import sys
 import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import click
 
 from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
 from flowctl.cli.inspect import attempt_line, money, seconds
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One thing that happened, in the run tree's terms: `step` is the step's path from the run asked for
-    (`child/polish` for the step `polish` of the child run `<run>/child`)."""
-
-    at: float  # when it ended: the timeline's order
-    seq: int
-    step: str
-    child: str  # the child run's id, "" for the run asked for
-    record: Any  # ExchangeRecord or AttemptRecord
+from flowctl.run_reports import TranscriptEntry, is_attempt, is_under, plain, run_tree, step_label, transcript_entries
 
 
 @click.command()
@@ -49,17 +37,18 @@ def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> 
         if store.get_run(run_id) is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
-        runs = _run_tree(store, run_id)
-        if step is not None and not any(_under(_label(r, s.path, run_id), step) for r in runs for s in store.steps(r)):
+        runs = run_tree(store, run_id)
+        labels = (step_label(r, s.path, run_id) for r in runs for s in store.steps(r))
+        if step is not None and not any(is_under(label, step) for label in labels):
             hint = f"flowctl show {run_id}{store_flag(store_path)}"
             click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
             sys.exit(EXIT_USAGE)
-        entries = _entries(store, runs, run_id, step)
+        entries = transcript_entries(store, runs, run_id, step)
     finally:
         store.close()
     if output == "json":
         records = [
-            {"kind": "attempt", **_plain(asdict(e.record))} if _is_attempt(e) else _plain(asdict(e.record))
+            {"kind": "attempt", **plain(asdict(e.record))} if is_attempt(e) else plain(asdict(e.record))
             for e in entries
         ]
         click.echo(json.dumps(records, indent=2, ensure_ascii=False, default=str))
@@ -68,47 +57,6 @@ def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> 
         click.echo(f"no calls recorded for {'step ' + repr(step) if step else 'run ' + run_id}")
         return
     _Printer(shutil.get_terminal_size((100, 24)).columns).print(entries)
-
-
-def _run_tree(store: Any, run_id: str) -> list[str]:
-    runs = [run_id]
-    for child in store.child_runs(run_id):
-        runs.extend(_run_tree(store, child.run_id))
-    return runs
-
-
-def _label(run: str, path: str, root: str) -> str:
-    return path if run == root else f"{run[len(root) + 1 :]}/{path}"
-
-
-def _under(path: str, step: str) -> bool:
-    return path == step or path.startswith((step + "/", step + "[", step + "#"))
-
-
-def _is_attempt(entry: _Entry) -> bool:
-    return not hasattr(entry.record, "kind")
-
-
-def _plain(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()}
-
-
-_AFTER = 1 << 62  # an attempt's end sorts after the calls that ended with it
-
-
-def _entries(store: Any, runs: list[str], root: str, step: str | None) -> list[_Entry]:
-    """Every exchange and every attempt that did not succeed, over the run tree, in the order they ended."""
-    entries: list[_Entry] = []
-    for run in runs:
-        child = "" if run == root else run
-        for e in store.exchanges(run):
-            entries.append(_Entry(e.started_at + e.elapsed, e.seq, _label(run, e.path, root), child, e))
-        for a in store.attempts(run):
-            if a.status.value != "succeeded":
-                entries.append(_Entry(a.finished_at, _AFTER, _label(run, a.path, root), child, a))
-    if step is not None:
-        entries = [e for e in entries if _under(e.step, step)]
-    return sorted(entries, key=lambda e: (e.at, e.seq))
 
 
 class _Printer:
@@ -121,9 +69,9 @@ class _Printer:
         self.answers: dict[tuple[str, str, int], Any] = {}  # … → last answer
         self.errors: dict[tuple[str, str, int], Any] = {}  # … → the last call's error
 
-    def print(self, entries: list[_Entry]) -> None:
+    def print(self, entries: list[TranscriptEntry]) -> None:
         for entry in entries:
-            if _is_attempt(entry):
+            if is_attempt(entry):
                 self._attempt(entry)
             elif entry.record.kind == "model":
                 self._model(entry)
@@ -134,7 +82,7 @@ class _Printer:
 
     # --- the pieces -------------------------------------------------------------------------------------------------
 
-    def _head(self, entry: _Entry, what: str, *details: str) -> None:
+    def _head(self, entry: TranscriptEntry, what: str, *details: str) -> None:
         record = entry.record
         parts = [entry.step, f"attempt {record.attempt}", what, *[d for d in details if d]]
         click.echo("")
@@ -171,7 +119,7 @@ class _Printer:
         else:
             self._text(label, json.dumps(value, ensure_ascii=False), indent)
 
-    def _model(self, entry: _Entry) -> None:
+    def _model(self, entry: TranscriptEntry) -> None:
         e = entry.record
         request = e.request if isinstance(e.request, dict) and "truncated" not in e.request else None
         response = e.response if isinstance(e.response, dict) and "truncated" not in e.response else None
@@ -237,7 +185,7 @@ class _Printer:
                     f"{role} → calls {function.get('name')} ({call.get('id')}):", _arguments(function.get("arguments"))
                 )
 
-    def _tool(self, entry: _Entry) -> None:
+    def _tool(self, entry: TranscriptEntry) -> None:
         e = entry.record
         request = e.request if isinstance(e.request, dict) else {}
         name = f"{request.get('server', '?')}.{request.get('tool', '?')}" if "tool" in request else "?"
@@ -266,7 +214,7 @@ class _Printer:
             else:
                 click.echo(f"    {part_name(part)}")
 
-    def _wait(self, entry: _Entry) -> None:
+    def _wait(self, entry: TranscriptEntry) -> None:
         e = entry.record
         event = e.request.get("event") if isinstance(e.request, dict) else e.request
         self._head(entry, f"wait for {event!r}", seconds(e.elapsed))
@@ -278,7 +226,7 @@ class _Printer:
         if taken.get("data") is not None:
             self._body("data:", taken["data"])
 
-    def _attempt(self, entry: _Entry) -> None:
+    def _attempt(self, entry: TranscriptEntry) -> None:
         a = entry.record
         where = f"{entry.step} (in child run {entry.child})" if entry.child else entry.step
         click.echo("")

@@ -372,12 +372,14 @@ def check_events(ctx: CheckContext) -> Iterator[Diagnostic]:
 
 
 def check_embedded_schemas(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """Agents' output schemas and input schemas are themselves valid JSON schemas, with patterns that compile —
-    otherwise the run would fail (or crash) on the first answer or input it checks."""
+    """Agents' and pipelines' output schemas and input schemas are themselves valid JSON schemas, with patterns that
+    compile — otherwise the run would fail (or crash) on the first answer or input it checks."""
     for name, agent in ctx.index.section("agents").items():
         if isinstance(agent, dict) and isinstance(agent.get("output_schema"), dict):
             yield from _check_one_schema(ctx, ("agents", name, "output_schema"), agent["output_schema"])
     for pipeline in ctx.index.pipelines():
+        if isinstance(pipeline.raw.get("output_schema"), dict):
+            yield from _check_one_schema(ctx, (*pipeline.path, "output_schema"), pipeline.raw["output_schema"])
         for name, spec in pipeline.inputs().items():
             if isinstance(spec, dict):
                 schema = {k: v for k, v in spec.items() if k not in ("default", "description")}

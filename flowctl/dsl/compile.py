@@ -261,6 +261,8 @@ class _Compiler:
             steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
             finally_steps=self.steps(raw.get("finally") or [], (*path, "finally"), concurrent=False),
             triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
+            description=str(raw.get("description") or ""),
+            output_schema=raw.get("output_schema"),
         )
 
     def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:

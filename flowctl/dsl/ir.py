@@ -264,6 +264,8 @@ class PipelineDef:
     steps: tuple[Step, ...]
     finally_steps: tuple[Step, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    description: str = ""
+    output_schema: dict[str, Any] | None = None  # JSON schema the outputs (an object) are checked against
 
     def all_steps(self) -> Iterator[Step]:
         """Every step of this pipeline, nested ones included, in document order."""

@@ -188,6 +188,12 @@ class RenderFailed(FlowctlError):
     code = "render-failed"
 
 
+class OutputsInvalid(FlowctlError):
+    """The pipeline's outputs do not match its declared `output_schema`."""
+
+    code = "outputs-invalid"
+
+
 class StepFailed(FlowctlError):
     """A step failed for good. Carries the step path, attempt count and the last cause."""
 

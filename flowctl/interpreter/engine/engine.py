@@ -26,6 +26,7 @@ from flowctl.interpreter.engine.triggers import TriggerSet
 from flowctl.interpreter.errors import (
     DeadlineExceeded,
     FlowctlError,
+    OutputsInvalid,
     RenderFailed,
     StepFailed,
     error_json,
@@ -134,11 +135,14 @@ class Engine:
         if failure is not None:
             raise failure
         try:
-            return {name: value.evaluate(ctx.template_context(Scope())) for name, value in ctx.pipeline.outputs}
+            outputs = {name: value.evaluate(ctx.template_context(Scope())) for name, value in ctx.pipeline.outputs}
         except RenderError as exc:
             raise RenderFailed(f"pipeline outputs: {exc}") from None
         except RenderStopped as stop:
             await take_cancellation(stop)
+        if ctx.pipeline.output_schema is not None:
+            _check_outputs(ctx.pipeline, ctx.pipeline.output_schema, outputs)
+        return outputs
 
     async def _run_finally(self, ctx: RunContext) -> None:
         if ctx.pipeline.finally_steps:
@@ -469,3 +473,16 @@ def emit_event(ctx: RunContext, spec: ir.EmitSpec, scope: Scope, path: str, outp
         raise RenderFailed(str(exc)) from None
     ctx.runtime.announce(ctx.run_id, spec.event, data, path)
     return data
+
+
+def _check_outputs(pipeline: ir.PipelineDef, schema: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """The outputs against the pipeline's declared `output_schema` (what `flowctl serve` promises its callers)."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(outputs))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the outputs)"
+        raise OutputsInvalid(
+            f"pipeline {pipeline.name!r}: outputs do not match its output_schema at {where}: {error.message}",
+            span=pipeline.span,
+        )
