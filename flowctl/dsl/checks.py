@@ -13,6 +13,7 @@ from typing import Any
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
+from flowctl.dsl.composition_checks import check_dispatch, dispatches, dispatches_over_all_pipelines
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
 from flowctl.dsl.kinds import is_file_reference, refs
@@ -280,7 +281,11 @@ def check_children(ctx: CheckContext) -> Iterator[Diagnostic]:
     for pipeline in ctx.index.pipelines():
         for step in pipeline.ordered:
             for ref, path in refs(step.kind, step.raw, step.path, "pipeline"):
-                yield from _check_child(ctx, step, ref, ctx.span(path))
+                if path[len(step.path)] == "pipeline" or dispatches(step):  # else check_dispatch says they are unused
+                    yield from _check_child(ctx, step, ref, ctx.span(path))
+            if dispatches_over_all_pipelines(step):  # `pipeline: "{{ expr }}"` without `choices:`
+                for name in ctx.index.children:
+                    yield from _check_child(ctx, step, name, ctx.span((*step.path, "pipeline")))
 
 
 def _check_child(ctx: CheckContext, step: StepInfo, ref: str, span: Span) -> Iterator[Diagnostic]:
@@ -297,18 +302,18 @@ def _check_child(ctx: CheckContext, step: StepInfo, ref: str, span: Span) -> Ite
         return
     else:
         declared, label = ctx.index.children[ref].inputs(), ref
-    yield from _check_child_inputs(ctx, step, label, declared)
+    yield from _check_child_inputs(ctx, step, label, declared, span)
 
 
 def _check_child_inputs(
-    ctx: CheckContext, step: StepInfo, child: str, declared: dict[str, Any]
+    ctx: CheckContext, step: StepInfo, child: str, declared: dict[str, Any], span: Span
 ) -> Iterator[Diagnostic]:
     given = step.raw.get("inputs")
     given = given if isinstance(given, dict) else {}
     for name, spec in declared.items():
         required = not (isinstance(spec, dict) and "default" in spec)
         if required and name not in given:
-            yield cat.missing_input(ctx.span((*step.path, "pipeline")), child, name)
+            yield cat.missing_input(span, child, name)
     for name in given:
         if name not in declared:
             yield cat.unknown_input(ctx.key_span((*step.path, "inputs", name)), child, name, declared)
@@ -485,6 +490,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_fan_outs,
     check_state_updates,
     check_children,
+    check_dispatch,
     check_routes,
     check_events,
     check_embedded_schemas,

@@ -181,6 +181,9 @@ class _Compiler:
     def duration(self, raw: Any) -> float | None:
         return parse_duration(raw)
 
+    def pipeline_names(self) -> list[str]:
+        return list(self.data.get("pipelines") or {})
+
     def child_key(self, ref: str) -> str:
         """The key of a child file in Graph.children."""
         key: str = self.resolve_child_path(ref)

@@ -147,10 +147,31 @@ class ParallelGroup(_Body):
 
 
 @dataclass(frozen=True, slots=True)
+class ChildRef:
+    """A child pipeline as a step names it: `name` as written, `ref` the key into Graph.pipelines (a name) or
+    Graph.children (a resolved file path)."""
+
+    name: str
+    ref: str
+    is_file: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A child chosen at run time by an expression over a declared set (dispatch by name)."""
+
+    name: CompiledValue
+    choices: dict[str, ChildRef]  # by the name as written
+    on_unknown: OnUnknown
+    default: ChildRef | None
+
+
+@dataclass(frozen=True, slots=True)
 class ChildPipeline(_Body):
-    ref: str  # key into Graph.pipelines (a name) or Graph.children (a resolved file path)
+    ref: str  # key into Graph.pipelines (a name) or Graph.children (a resolved file path); "" with `dispatch`
     is_file: bool
     inputs: CompiledValue
+    dispatch: Dispatch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from flowctl.dsl import ir
 from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.loader import JsonPath
-from flowctl.dsl.templates import CompiledValue, compile_text
+from flowctl.dsl.templates import CompiledValue, compile_text, has_template
 
 ANY = "*"  # in a spec's path: every key of a mapping or every index of a list
 
@@ -35,6 +35,7 @@ class BodyCompiler(Protocol):
     def join(self, raw: Any) -> ir.Join: ...
     def duration(self, raw: Any) -> float | None: ...
     def child_key(self, ref: str) -> str: ...
+    def pipeline_names(self) -> list[str]: ...
 
 
 BodyCompile = Callable[[BodyCompiler, dict[str, Any], JsonPath], ir.StepBody]
@@ -118,11 +119,25 @@ def _parallel(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.Parall
     return ir.ParallelGroup(branches, c.join(raw.get("join")), raw.get("max_concurrency"))
 
 
+def _child(c: BodyCompiler, name: str) -> ir.ChildRef:
+    is_file = is_file_reference(name)
+    return ir.ChildRef(name, c.child_key(name) if is_file else name, is_file)
+
+
 def _pipeline(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ChildPipeline:
     ref: str = raw["pipeline"]
-    is_file = is_file_reference(ref)
-    key = c.child_key(ref) if is_file else ref
-    return ir.ChildPipeline(key, is_file, c.value(raw.get("inputs") or {}, (*path, "inputs")))
+    inputs = c.value(raw.get("inputs") or {}, (*path, "inputs"))
+    if not has_template(ref):
+        child = _child(c, ref)
+        return ir.ChildPipeline(child.ref, child.is_file, inputs)
+    default = raw.get("default_pipeline")
+    dispatch = ir.Dispatch(
+        name=c.value(ref, (*path, "pipeline")),
+        choices={name: _child(c, name) for name in raw.get("choices") or c.pipeline_names()},
+        on_unknown=ir.OnUnknown(raw.get("on_unknown", "default" if default else "report")),
+        default=_child(c, default) if default else None,
+    )
+    return ir.ChildPipeline("", False, inputs, dispatch)
 
 
 def _route(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.Route:
@@ -206,8 +221,12 @@ KINDS: dict[str, KindSpec] = {
             "pipeline",
             ir.ChildPipeline,
             _pipeline,
-            fields=(FieldSpec(("inputs",), "value", fan_out=True),),
-            refs=(RefSpec("pipeline", ("pipeline",)),),
+            fields=(FieldSpec(("pipeline",), "value", fan_out=True), FieldSpec(("inputs",), "value", fan_out=True)),
+            refs=(
+                RefSpec("pipeline", ("pipeline",)),
+                RefSpec("pipeline", ("choices", ANY)),
+                RefSpec("pipeline", ("default_pipeline",)),
+            ),
             fan_out=True,
         ),
         KindSpec(
@@ -283,10 +302,11 @@ def nested_lists(kind: str | None, raw: Any, path: JsonPath) -> Iterator[tuple[N
 
 def refs(kind: str, raw: Any, path: JsonPath, target: str) -> Iterator[tuple[str, JsonPath]]:
     """The names of `target` kind (agent, tool, pipeline) a step of `kind` calls out to, as written, with their
-    paths (a fallback's agent is a reference of every kind: see check_context.agent_refs)."""
+    paths (a fallback's agent is a reference of every kind: see check_context.agent_refs). A name given by a
+    template is no reference: the names it may give are (`choices:`)."""
     spec = KINDS.get(kind)
     for ref in spec.refs if spec is not None else ():
         if ref.target == target:
             for where, value in at(raw, ref.path, path):
-                if isinstance(value, str):
+                if isinstance(value, str) and not has_template(value):
                     yield value, where
