@@ -294,7 +294,7 @@ STEP_SCOPE = _code(
     "Add the step to `needs`, or read it only after it has run.",
 )
 
-# dynamic composition (issue 14): dispatch by name
+# dynamic composition (issue 14): dispatch by name, reuse, events, routes
 DISPATCH_WITHOUT_EXPRESSION = _code(
     "dispatch-without-expression",
     "`choices`, `on_unknown` or `default_pipeline` on a pipeline step that names its child literally.",
@@ -309,6 +309,12 @@ DISPATCH_DEFAULT = _code(
     "dispatch-default",
     "`on_unknown: default` without `default_pipeline`, or a `default_pipeline` that `on_unknown` never runs.",
     "Give `default_pipeline:` with `on_unknown: default` (or leave `on_unknown` out), or remove `default_pipeline`.",
+)
+
+PARENT_STATE_KEY = _code(
+    "parent-state-key",
+    "A child's `parent_state` key is not declared by a pipeline that runs it, or is also in the child's own `state:`.",
+    "Declare the key under the caller's `state:`; keep it out of the child's own `state:`.",
 )
 
 
@@ -501,3 +507,7 @@ def dispatch_without_choices(span: Span) -> Diagnostic:
 
 def dispatch_default(span: Span, message: str) -> Diagnostic:
     return _make(DISPATCH_DEFAULT, message, span)
+
+
+def parent_state_key(span: Span, message: str, hint: str) -> Diagnostic:
+    return _make(PARENT_STATE_KEY, message, span, hint=hint)

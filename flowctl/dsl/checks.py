@@ -13,7 +13,12 @@ from typing import Any
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
-from flowctl.dsl.composition_checks import check_dispatch, dispatches, dispatches_over_all_pipelines
+from flowctl.dsl.composition_checks import (
+    check_dispatch,
+    check_parent_state,
+    dispatches,
+    dispatches_over_all_pipelines,
+)
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
 from flowctl.dsl.kinds import is_file_reference, refs
@@ -491,6 +496,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_state_updates,
     check_children,
     check_dispatch,
+    check_parent_state,
     check_routes,
     check_events,
     check_embedded_schemas,

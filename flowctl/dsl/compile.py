@@ -184,6 +184,11 @@ class _Compiler:
     def pipeline_names(self) -> list[str]:
         return list(self.data.get("pipelines") or {})
 
+    def parent_state(self, child: ir.ChildRef) -> tuple[str, ...]:
+        """The caller's state keys a child named in this file shares (a child file cannot: it has no caller)."""
+        raw = (self.data.get("pipelines") or {}).get(child.ref) if not child.is_file else None
+        return tuple(raw.get("parent_state") or ()) if isinstance(raw, dict) else ()
+
     def child_key(self, ref: str) -> str:
         """The key of a child file in Graph.children."""
         key: str = self.resolve_child_path(ref)
@@ -212,6 +217,7 @@ class _Compiler:
             steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
             finally_steps=self.steps(raw.get("finally") or [], (*path, "finally"), concurrent=False),
             triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
+            parent_state=tuple(raw.get("parent_state") or ()) if path else (),
         )
 
     def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:

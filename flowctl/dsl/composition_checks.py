@@ -1,4 +1,5 @@
-"""Stage 3, checks (dynamic composition): dispatch by name (`pipeline: "{{ expr }}"` over `choices:`).
+"""Stage 3, checks (dynamic composition): dispatch by name (`pipeline: "{{ expr }}"` over `choices:`) and reuse
+(child pipelines that share keys of their caller's state: `parent_state`).
 
 Kept apart from checks.py, which owns the references every step kind shares; these units check how the keys of one
 feature fit together, where they are literal.
@@ -12,6 +13,8 @@ from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext
 from flowctl.dsl.diagnostics import Diagnostic
 from flowctl.dsl.index import StepInfo
+from flowctl.dsl.kinds import is_file_reference, refs
+from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.templates import has_template
 
 DISPATCH_KEYS = ("choices", "on_unknown", "default_pipeline")
@@ -53,3 +56,39 @@ def check_dispatch(ctx: CheckContext) -> Iterator[Diagnostic]:
                     ctx.key_span((*step.path, "default_pipeline")),
                     f"`default_pipeline` is never run with `on_unknown: {on_unknown}`",
                 )
+
+
+def _named_children(ctx: CheckContext, step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
+    """The pipelines under `pipelines:` a step may run, with where it names them."""
+    for name, path in refs(step.kind, step.raw, step.path, "pipeline"):
+        named = not is_file_reference(name) and name in ctx.index.children
+        if named and (path[len(step.path)] == "pipeline" or dispatches(step)):
+            yield name, path
+    if dispatches_over_all_pipelines(step):
+        for name in ctx.index.children:
+            yield name, (*step.path, "pipeline")
+
+
+def check_parent_state(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """A child's `parent_state` keys are declared by every pipeline that runs it, and not in its own `state:`."""
+    for child in ctx.index.children.values():
+        own = child.raw.get("state")
+        for i, key in enumerate(child.raw.get("parent_state") or []):
+            if isinstance(own, dict) and key in own:
+                yield cat.parent_state_key(
+                    ctx.span((*child.path, "parent_state", i)),
+                    f"{child.label} declares {key!r} both in `state:` and in `parent_state:`",
+                    "a key is either the child's own or its caller's: remove one of the two",
+                )
+    for pipeline in ctx.index.pipelines():
+        declared = pipeline.state_keys()
+        for step in pipeline.ordered:
+            for name, path in _named_children(ctx, step):
+                missing = [key for key in ctx.index.children[name].parent_state() if key not in declared]
+                for key in missing:
+                    yield cat.parent_state_key(
+                        ctx.span(path),
+                        f"pipeline {name!r} reads and updates state key {key!r} of its caller, "
+                        f"which {pipeline.label} does not declare",
+                        f"declare it under `state:` of {pipeline.label}",
+                    )

@@ -200,6 +200,14 @@ EXAMPLES: dict[str, Example] = {
             "inputs:\n  pattern: {type: string}\npipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n",
         )
     ),
+    cat.PARENT_STATE_KEY: Example(
+        _steps(
+            "  - {id: first, pipeline: record, inputs: {line: a}}\n",
+            "state:\n  log: {reducer: append}\npipelines:\n  record:\n    inputs: {line: {type: string}}\n"
+            "    parent_state: [log, totals]\n    steps:\n"
+            '      - {id: write, set: {log: "{{ inputs.line }}", totals: 1}}\n',
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

@@ -172,6 +172,7 @@ class ChildPipeline(_Body):
     is_file: bool
     inputs: CompiledValue
     dispatch: Dispatch | None = None
+    writes_parent_state: bool = False  # the child (or one of the choices) updates this pipeline's state
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,7 @@ class PipelineDef:
     steps: tuple[Step, ...]
     finally_steps: tuple[Step, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    parent_state: tuple[str, ...] = ()  # the caller's state keys this child reads and updates
 
     def all_steps(self) -> Iterator[Step]:
         """Every step of this pipeline, nested ones included, in document order."""

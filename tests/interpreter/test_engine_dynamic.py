@@ -55,3 +55,22 @@ async def test_a_resumed_run_takes_the_journaled_dispatch_decisions(store: Sqlit
     assert resumed.outcome.status is RunStatus.SUCCEEDED, resumed.outcome.error
     assert resumed.provider.calls == 1  # only `last`: every child and every decision came from the journal
     assert resumed.output("each_pattern")[2] == {"error": "Unknown pattern: sideways"}
+
+
+# --- reuse: child pipelines sharing their caller's state ------------------------------------------------------------
+
+
+async def test_a_child_reads_and_updates_the_keys_of_its_callers_state_it_declares(store: SqliteRunStore) -> None:
+    ran = await run_file("reuse.yaml", "reuse.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    outputs = ran.outcome.outputs
+    patterns = ["data_ingestion", "data_validation", "initial_analysis", "detailed_analysis"]
+    assert outputs["states"] == dict.fromkeys(patterns, "completed")
+    # the caller's reducer (append) applies; a fan-out's writes apply in item order, whatever finished first
+    assert outputs["log"] == [f"{p} done" for p in patterns]
+    # the child's own keys stay its own
+    assert outputs["follow_ups"] == [{"result": "ok", "mine": 1}] * 3
+    # the caller's change log names the child step that wrote, under the pipeline step's path
+    changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
+    assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
+    assert ("follow_ups[2]/run",) in changes

@@ -18,7 +18,7 @@ from flowctl.interpreter.engine.engine import emit_event
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
-from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
+from flowctl.interpreter.engine.state import ChildState, SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, UnknownPipelineChoice, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
@@ -100,6 +100,9 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     runtime = ctx.runtime
     recorder, now = runtime.recorder, runtime.clock.now
     state = SharedState(pipeline.state, now)
+    if pipeline.parent_state:  # reuse: the child reads and updates the keys of the caller's state it declares
+        write = scope.sink if scope.sink is not None else ctx.state.apply
+        state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, write, f"{path}/")
     child = RunContext(runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
     runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
     runtime.child_starts[run_id] += 1
@@ -126,6 +129,8 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
         status, error = RunStatus.FAILED, error_json(exc)
         raise
     finally:
+        if isinstance(state, ChildState):
+            state.detach()
         STEP_METERS.reset(token)
         tokens = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
         recorder.run_finished(run_id, status, outputs=outputs, error=error, durable=False, **tokens)
