@@ -317,6 +317,12 @@ PARENT_STATE_KEY = _code(
     "Declare the key under the caller's `state:`; keep it out of the child's own `state:`.",
 )
 
+ONCE_WITH_MAX_FIRINGS = _code(
+    "once-with-max-firings",
+    "A trigger has `once: true` and `max_firings`: a trigger that fires once has no other bound.",
+    "Remove `once: true` (`max_firings` implies `once: false`), or remove `max_firings`.",
+)
+
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
@@ -511,3 +517,12 @@ def dispatch_default(span: Span, message: str) -> Diagnostic:
 
 def parent_state_key(span: Span, message: str, hint: str) -> Diagnostic:
     return _make(PARENT_STATE_KEY, message, span, hint=hint)
+
+
+def once_with_max_firings(span: Span, trigger: str) -> Diagnostic:
+    return _make(
+        ONCE_WITH_MAX_FIRINGS,
+        f"trigger {trigger!r} fires once (`once: true`), so `max_firings` never applies",
+        span,
+        hint="remove `once: true`: `max_firings` alone makes it fire up to that many times",
+    )

@@ -228,9 +228,10 @@ class _Compiler:
             kind=kind,
             target="" if kind is ir.TriggerKind.WHEN else raw[kind.value],
             condition=condition,
-            once=bool(raw.get("once", True)),
+            once=bool(raw.get("once", "max_firings" not in raw)),
             steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
             span=self.span(path),
+            max_firings=int(raw.get("max_firings", ir.DEFAULT_MAX_FIRINGS)),
         )
 
     def models(self) -> dict[str, ir.ModelDef]:

@@ -1,5 +1,5 @@
-"""Stage 3, checks (dynamic composition): dispatch by name (`pipeline: "{{ expr }}"` over `choices:`) and reuse
-(child pipelines that share keys of their caller's state: `parent_state`).
+"""Stage 3, checks (dynamic composition): dispatch by name (`pipeline: "{{ expr }}"` over `choices:`), reuse
+(child pipelines that share keys of their caller's state: `parent_state`) and the bound on a trigger's firings.
 
 Kept apart from checks.py, which owns the references every step kind shares; these units check how the keys of one
 feature fit together, where they are literal.
@@ -92,3 +92,13 @@ def check_parent_state(ctx: CheckContext) -> Iterator[Diagnostic]:
                         f"which {pipeline.label} does not declare",
                         f"declare it under `state:` of {pipeline.label}",
                     )
+
+
+def check_trigger_limits(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """`max_firings` bounds a trigger that fires more than once: with `once: true` it is a contradiction."""
+    for pipeline in ctx.index.pipelines():
+        for i, trigger in enumerate(pipeline.raw.get("triggers") or []):
+            if isinstance(trigger, dict) and trigger.get("once") is True and "max_firings" in trigger:
+                ident = trigger.get("id")
+                name = ident if isinstance(ident, str) else f"#{i + 1}"
+                yield cat.once_with_max_firings(ctx.key_span((*pipeline.path, "triggers", i, "max_firings")), name)

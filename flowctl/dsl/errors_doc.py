@@ -208,6 +208,13 @@ EXAMPLES: dict[str, Example] = {
             '      - {id: write, set: {log: "{{ inputs.line }}", totals: 1}}\n',
         )
     ),
+    cat.ONCE_WITH_MAX_FIRINGS: Example(
+        _steps(
+            "  - {id: start, emit: {event: tick}}\n",
+            "triggers:\n  - id: on_tick\n    event: tick\n    once: true\n    max_firings: 10\n"
+            "    steps:\n      - {id: again, emit: {event: tick}}\n",
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

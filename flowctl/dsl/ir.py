@@ -277,6 +277,9 @@ class StateKey:
     span: Span
 
 
+DEFAULT_MAX_FIRINGS = 100  # a `once: false` trigger's bound: events that start each other stop here, with an error
+
+
 @dataclass(frozen=True, slots=True)
 class Trigger:
     id: str
@@ -286,6 +289,7 @@ class Trigger:
     once: bool
     steps: tuple[Step, ...]
     span: Span
+    max_firings: int = DEFAULT_MAX_FIRINGS  # with `once`, later firings are ignored instead
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,3 +74,37 @@ async def test_a_child_reads_and_updates_the_keys_of_its_callers_state_it_declar
     changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
     assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
     assert ("follow_ups[2]/run",) in changes
+
+
+# --- events keep flowing --------------------------------------------------------------------------------------------
+
+
+async def test_events_emitted_by_triggered_steps_fire_triggers_until_the_run_is_quiescent(
+    store: SqliteRunStore,
+) -> None:
+    ran = await run_file("events_flow.yaml", "events_flow.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    # the main step only emitted the first tick; every later tick came from a triggered step
+    assert ran.outcome.outputs == {
+        "count": 5,
+        "seen": ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "done at 5"],
+    }
+    assert ran.provider.calls == 5
+    paths = set(ran.steps())
+    assert {f"on_tick#{i}/count" for i in range(1, 6)} | {"after_ticks#1/report"} <= paths
+    assert "on_tick#6/count" not in paths
+
+
+@pytest.mark.parametrize(("bounded", "limit", "trigger"), [(True, 5, "ping_again"), (False, 100, "pong_again")])
+async def test_a_loop_of_events_stops_at_max_firings_with_an_error(
+    store: SqliteRunStore, tmp_path: Path, bounded: bool, limit: int, trigger: str
+) -> None:
+    fixture = tmp_path / "none.yaml"
+    fixture.write_text("responses: []\n")
+    ran = await run_file("events_loop.yaml", fixture, store, inputs={"bounded": bounded})
+    assert ran.outcome.status is RunStatus.FAILED
+    error = ran.outcome.error
+    assert error is not None and error.code == "trigger-limit"
+    assert f"trigger {trigger!r} would fire more than max_firings={limit} times" in str(error)
+    firings = {path.split("#")[1].split("/")[0] for path in ran.steps() if path.startswith(f"{trigger}#")}
+    assert len(firings) == limit

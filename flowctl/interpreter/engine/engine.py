@@ -118,8 +118,7 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
-                finally:
-                    triggers.main_finished()
+            # the group ends when the run is quiescent: main steps and every triggered step done
         except FlowctlError as exc:
             failure = failure or exc
         except anyio.get_cancelled_exc_class():
@@ -129,6 +128,8 @@ class Engine:
                 await self._run_finally(ctx)
             raise
         triggers.close()  # `finally` steps and late state changes must not start triggers any more
+        if triggers.failure is not None:  # a loop of events was stopped (the group was cancelled)
+            failure = triggers.failure
         ctx.status = "failed" if failure else "succeeded"
         try:
             if failure is None or not refused(failure):
