@@ -323,6 +323,14 @@ ONCE_WITH_MAX_FIRINGS = _code(
     "Remove `once: true` (`max_firings` implies `once: false`), or remove `max_firings`.",
 )
 
+ROUTE_OPTION_UNUSED = _code(
+    "route-option-unused",
+    "A route option that has no effect where it is: `constraint` without a routing `agent`, or "
+    "`unknown_in_results` with `on_unknown: fail`.",
+    "Remove the option, or add what it applies to.",
+    Severity.WARNING,
+)
+
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
@@ -526,3 +534,7 @@ def once_with_max_firings(span: Span, trigger: str) -> Diagnostic:
         span,
         hint="remove `once: true`: `max_firings` alone makes it fire up to that many times",
     )
+
+
+def route_option_unused(span: Span, message: str) -> Diagnostic:
+    return _make(ROUTE_OPTION_UNUSED, message, span)

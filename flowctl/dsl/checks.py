@@ -16,6 +16,7 @@ from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, ag
 from flowctl.dsl.composition_checks import (
     check_dispatch,
     check_parent_state,
+    check_route_options,
     check_trigger_limits,
     dispatches,
     dispatches_over_all_pipelines,
@@ -499,6 +500,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_dispatch,
     check_parent_state,
     check_routes,
+    check_route_options,
     check_events,
     check_trigger_limits,
     check_embedded_schemas,

@@ -1,5 +1,6 @@
 """Stage 3, checks (dynamic composition): dispatch by name (`pipeline: "{{ expr }}"` over `choices:`), reuse
-(child pipelines that share keys of their caller's state: `parent_state`) and the bound on a trigger's firings.
+(child pipelines that share keys of their caller's state: `parent_state`), the bound on a trigger's firings and the
+options of a route that only apply to some routes.
 
 Kept apart from checks.py, which owns the references every step kind shares; these units check how the keys of one
 feature fit together, where they are literal.
@@ -102,3 +103,21 @@ def check_trigger_limits(ctx: CheckContext) -> Iterator[Diagnostic]:
                 ident = trigger.get("id")
                 name = ident if isinstance(ident, str) else f"#{i + 1}"
                 yield cat.once_with_max_firings(ctx.key_span((*pipeline.path, "triggers", i, "max_firings")), name)
+
+
+def check_route_options(ctx: CheckContext) -> Iterator[Diagnostic]:
+    for pipeline in ctx.index.pipelines():
+        for step in pipeline.ordered:
+            route = step.raw.get("route")
+            if step.kind != "route" or not isinstance(route, dict):
+                continue
+            if "constraint" in route and "agent" not in route:
+                yield cat.route_option_unused(
+                    ctx.key_span((*step.path, "route", "constraint")),
+                    "`constraint` places what the routing agent is told, and this route has no `agent`",
+                )
+            if route.get("unknown_in_results") is True and route.get("on_unknown") == "fail":
+                yield cat.route_option_unused(
+                    ctx.key_span((*step.path, "route", "unknown_in_results")),
+                    "`unknown_in_results` has no effect with `on_unknown: fail`: an unknown choice fails the step",
+                )

@@ -215,6 +215,14 @@ EXAMPLES: dict[str, Example] = {
             "    steps:\n      - {id: again, emit: {event: tick}}\n",
         )
     ),
+    cat.ROUTE_OPTION_UNUSED: Example(
+        _steps(
+            '  - id: analyse\n    route:\n      rules: [{when: "inputs.text | length < 200", choose: rapid}]\n'
+            "      default: detailed\n      constraint: user\n    branches:\n      rapid: [{id: quick, set: {}}]\n"
+            "      detailed: [{id: deep, set: {}}]\n",
+            "inputs:\n  text: {type: string}\n",
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

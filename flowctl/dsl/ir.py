@@ -191,6 +191,9 @@ class Route(_Body):
     default: tuple[str, ...]
     on_unknown: OnUnknown
     branches: dict[str, tuple[Step, ...]]
+    sequential: bool = False  # run the chosen branches one after another, in the order chosen
+    constraint: str = "system"  # where the router is told the options: system | user | none
+    unknown_in_results: bool = False  # unknown choices also get an `{error: ...}` entry in `results`
 
     def step_lists(self) -> tuple[tuple[Step, ...], ...]:
         return tuple(self.branches.values())

@@ -108,3 +108,35 @@ async def test_a_loop_of_events_stops_at_max_firings_with_an_error(
     assert f"trigger {trigger!r} would fire more than max_firings={limit} times" in str(error)
     firings = {path.split("#")[1].split("/")[0] for path in ran.steps() if path.startswith(f"{trigger}#")}
     assert len(firings) == limit
+
+
+# --- route fidelity -------------------------------------------------------------------------------------------------
+
+
+async def test_route_runs_branches_in_order_places_its_constraint_and_reports_unknown_choices_in_results(
+    store: SqliteRunStore,
+) -> None:
+    ran = await run_file("route_fidelity.yaml", "route_fidelity.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    # `sequential`: in the order chosen, each branch seeing the state the previous one left
+    assert ran.outcome.outputs["order"] == ["technical", "rapid after technical"]
+    assert list(ran.output("in_order")["results"]) == ["technical", "rapid"]
+    # `constraint: user`: the options are told after the prompt, the system message is the agent's own
+    told = ran.output("told_in_prompt")
+    assert told["chosen"] == ["detailed", "rapid"]
+    # `unknown_in_results`: every name chosen, in the order chosen, an unknown one with the seed's error
+    assert told["results"] == {
+        "detailed": "detailed result",
+        "sentiment_analysis": {"error": "Unknown pattern: sentiment_analysis"},
+        "rapid": "rapid result",
+    }
+    assert told["errors"] == [{"error": "Unknown pattern: sentiment_analysis"}]
+    systems = {
+        e.path: e.request["messages"][0]["content"] for e in store.exchanges(ran.run_id) if e.path.endswith("/router")
+    }
+    assert systems == {
+        "told_in_prompt/router": "Select optimal processing patterns based on content analysis.",
+        "told_nothing/router": "Select optimal processing patterns based on content analysis.",
+    }
+    # `constraint: none`: the prompt is sent as written, and the answer is still read leniently
+    assert ran.output("told_nothing")["chosen"] == ["rapid", "detailed"]

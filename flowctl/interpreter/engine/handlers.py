@@ -153,19 +153,26 @@ def parse_choices(text: str | None) -> list[str]:
     return [str(v).strip() for v in value] if isinstance(value, list) else []
 
 
-async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
-    assert route.agent is not None and route.prompt is not None
+def route_constraint(route: ir.Route) -> str:
+    """What the routing agent is told of its options (after its system message, or after the prompt)."""
     names = ", ".join(route.branches)
     how = "one or more" if route.multiple else "exactly one"
-    instruction = f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+    return f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+
+
+async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
+    assert route.agent is not None and route.prompt is not None
+    constraint = route_constraint(route) if route.constraint != "none" else ""
     prompt = route.prompt.render(ctx.template_context(scope))
+    if route.constraint == "user":
+        prompt += constraint
     output = await run_agent(
         ctx,
         ctx.graph.agents[route.agent],
         prompt,
         scope,
         f"{path}/router",
-        extra_instruction=instruction,
+        extra_instruction=constraint if route.constraint == "system" else "",
         output_schema={},
     )
     return parse_choices(json.dumps(output) if not isinstance(output, str) else output)
@@ -184,7 +191,8 @@ async def _choose(engine: StepEngine, ctx: RunContext, route: ir.Route, scope: S
 
 async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Rules, then the LLM, then `default`. `multiple` bounds only the LLM: a rule or default naming several
-    branches runs them all. Branches run concurrently; their state updates apply in declaration order."""
+    branches runs them all. Branches run concurrently, their state updates applied in declaration order; with
+    `sequential`, one after another in the order chosen, each seeing the state the previous ones left."""
     route = step.body
     assert isinstance(route, ir.Route)
     chosen, source = await _choose(engine, ctx, route, scope, path)
@@ -202,20 +210,33 @@ async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope
     if source == "llm" and not route.multiple:
         known = known[:1]
     results: dict[str, Any] = {}
-    names = [name for name in route.branches if name in known]  # declaration order
-    buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
 
-    async def run_branch(name: str) -> None:
+    async def run_branch(name: str, branch_scope: Scope) -> None:
         steps = route.branches[name]
-        buffer = buffers.get(name)
-        await engine.run_list(ctx, steps, scope.child(sink=buffer) if buffer is not None else scope)
+        await engine.run_list(ctx, steps, branch_scope)
         results[name] = ctx.steps[steps[-1].id]["output"] if steps else None
 
-    async with task_group() as tg:
+    if route.sequential:
         for name in known:
-            tg.start_soon(run_branch, name)
-    engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
-    return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
+            await run_branch(name, scope)
+    else:
+        names = [name for name in route.branches if name in known]  # declaration order
+        buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
+        async with task_group() as tg:
+            for name in known:
+                buffer = buffers.get(name)
+                tg.start_soon(run_branch, name, scope.child(sink=buffer) if buffer is not None else scope)
+        engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
+    if route.unknown_in_results:  # as the seed does: each name chosen, in the order chosen, with its result
+        entries = {}
+        for name in dict.fromkeys([*chosen, *known]):
+            if name in known:
+                entries[name] = results.get(name)
+            elif name in unknown:
+                entries[name] = {"error": f"Unknown pattern: {name}"}
+    else:
+        entries = {name: results.get(name) for name in known}
+    return {"chosen": known, "source": source, "results": entries, "errors": errors}
 
 
 # --- loops, events, state ---------------------------------------------------------------------------------------
