@@ -184,11 +184,6 @@ class _Compiler:
     def pipeline_names(self) -> list[str]:
         return list(self.data.get("pipelines") or {})
 
-    def parent_state(self, child: ir.ChildRef) -> tuple[str, ...]:
-        """The caller's state keys a child named in this file shares (a child file cannot: it has no caller)."""
-        raw = (self.data.get("pipelines") or {}).get(child.ref) if not child.is_file else None
-        return tuple(raw.get("parent_state") or ()) if isinstance(raw, dict) else ()
-
     def child_key(self, ref: str) -> str:
         """The key of a child file in Graph.children."""
         key: str = self.resolve_child_path(ref)

@@ -172,7 +172,6 @@ class ChildPipeline(_Body):
     is_file: bool
     inputs: CompiledValue
     dispatch: Dispatch | None = None
-    writes_parent_state: bool = False  # the child (or one of the choices) updates this pipeline's state
 
 
 @dataclass(frozen=True, slots=True)

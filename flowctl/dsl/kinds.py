@@ -36,7 +36,6 @@ class BodyCompiler(Protocol):
     def duration(self, raw: Any) -> float | None: ...
     def child_key(self, ref: str) -> str: ...
     def pipeline_names(self) -> list[str]: ...
-    def parent_state(self, child: ir.ChildRef) -> tuple[str, ...]: ...
 
 
 BodyCompile = Callable[[BodyCompiler, dict[str, Any], JsonPath], ir.StepBody]
@@ -130,7 +129,7 @@ def _pipeline(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ChildP
     inputs = c.value(raw.get("inputs") or {}, (*path, "inputs"))
     if not has_template(ref):
         child = _child(c, ref)
-        return ir.ChildPipeline(child.ref, child.is_file, inputs, writes_parent_state=bool(c.parent_state(child)))
+        return ir.ChildPipeline(child.ref, child.is_file, inputs)
     default = raw.get("default_pipeline")
     dispatch = ir.Dispatch(
         name=c.value(ref, (*path, "pipeline")),
@@ -138,8 +137,7 @@ def _pipeline(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ChildP
         on_unknown=ir.OnUnknown(raw.get("on_unknown", "default" if default else "report")),
         default=_child(c, default) if default else None,
     )
-    targets = [*dispatch.choices.values(), *([dispatch.default] if dispatch.default else [])]
-    return ir.ChildPipeline("", False, inputs, dispatch, any(c.parent_state(t) for t in targets))
+    return ir.ChildPipeline("", False, inputs, dispatch)
 
 
 def _route(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.Route:

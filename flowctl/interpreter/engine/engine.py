@@ -42,11 +42,8 @@ _NO_DEADLINE = nullcontext()  # stateless, so one instance serves every step wit
 
 def _nested_sets_state(step: ir.Step) -> bool:
     """Whether a step nested (at any depth) in this one has `set:`: only those write into a branch's buffer (the
-    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own, unless it
-    declares `parent_state`)."""
-    body = step.body
-    if type(body) is ir.ChildPipeline and body.writes_parent_state:  # a child that updates this pipeline's state
-        return True
+    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own, and writes the
+    keys it shares with its caller at once)."""
     return any(child.updates or child.kind is ir.NodeKind.SET or _nested_sets_state(child) for child in step.children())
 
 

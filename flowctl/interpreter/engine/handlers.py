@@ -101,8 +101,7 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     recorder, now = runtime.recorder, runtime.clock.now
     state = SharedState(pipeline.state, now)
     if pipeline.parent_state:  # reuse: the child reads and updates the keys of the caller's state it declares
-        write = scope.sink if scope.sink is not None else ctx.state.apply
-        state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, write, f"{path}/")
+        state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, f"{path}/")
     child = RunContext(runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
     runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
     runtime.child_starts[run_id] += 1

@@ -53,15 +53,13 @@ class SharedState:
         for listener in self.listeners:
             listener(change)
 
-    def reducer(self, name: str) -> Reducer:
-        return self.keys[name].reducer
-
 
 class ChildState(SharedState):
     """A child run's state when it declares `parent_state`: its own keys, plus the caller's keys it names, read live
-    (every change of the caller's state is seen at once) and written through to the caller, with the caller's
-    reducers, as changes of `<pipeline step path>/<child step path>` (into the caller's branch buffer when the
-    pipeline step runs in a fan-out or a parallel branch: applied when the group finishes, like every write there)."""
+    (every change of the caller's state is seen at once) and written through to the caller at once, with the
+    caller's reducers, as changes of `<pipeline step path>/<child step path>`. Shared keys are how concurrent
+    children coordinate (the seed's `shared_state`), so their writes are never held back in a fan-out's or a
+    parallel branch's buffer."""
 
     def __init__(
         self,
@@ -69,12 +67,10 @@ class ChildState(SharedState):
         now: Callable[[], float],
         parent: SharedState,
         shared: tuple[str, ...],
-        write_parent: Callable[[str, dict[str, Any]], None],
         prefix: str,
     ) -> None:
         super().__init__(keys, now)
-        self.parent, self.shared = parent, frozenset(shared)
-        self.write_parent, self.prefix = write_parent, prefix
+        self.parent, self.shared, self.prefix = parent, frozenset(shared), prefix
         for name in shared:
             self.values[name] = parent.values.get(name)
         parent.listeners.append(self._parent_changed)
@@ -88,23 +84,12 @@ class ChildState(SharedState):
         """The child run has ended: stop following the caller's state."""
         self.parent.listeners.remove(self._parent_changed)
 
-    def reducer(self, name: str) -> Reducer:
-        return self.parent.reducer(name) if name in self.shared else self.keys[name].reducer
-
     def apply(self, step: str, updates: dict[str, Any]) -> None:
         theirs = {name: value for name, value in updates.items() if name in self.shared}
         if len(theirs) < len(updates):
             super().apply(step, {name: value for name, value in updates.items() if name not in self.shared})
-        if not theirs:
-            return
-        self.write_parent(self.prefix + step, theirs)
-        if self.write_parent != self.parent.apply:
-            # buffered in the caller until its group finishes: the child still reads its own writes at once
-            for name, value in theirs.items():
-                try:
-                    self.values[name] = _reduce(self.reducer(name), self.values.get(name), value)
-                except TypeError as exc:
-                    raise StateError(f"step {step!r} cannot update state key {name!r}: {exc}") from None
+        if theirs:
+            self.parent.apply(self.prefix + step, theirs)  # its listeners include ours: we see the result
 
 
 def _reduce(reducer: Reducer, current: Any, value: Any) -> Any:
