@@ -202,7 +202,7 @@ def _models(exchanges: list[Any], children: list[dict[str, Any]]) -> list[dict[s
 ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
 
 
-_ITEM_PATH = re.compile(r"^(?P<step>.+)\[\d+\]$")
+_ITEM_PATH = re.compile(r"^(?P<step>.+)\[[^\[\]]+\]$")  # an index, or an `item_id` name
 
 
 def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:

@@ -159,6 +159,7 @@ class _Compiler:
                 var=raw.get("as", "item"),
                 max_concurrency=raw.get("max_concurrency"),
                 join=self.join(raw.get("join")),
+                item_id=self.value(raw["item_id"], (*path, "item_id")) if "item_id" in raw else None,
             )
         return ir.Step(
             id=raw["id"],

@@ -194,6 +194,7 @@ class FanOut:
     var: str
     max_concurrency: int | None
     join: Join
+    item_id: CompiledValue | None = None  # names each item (`step[name]`, its child run `<run>/step[name]`)
 
 
 @dataclass(frozen=True, slots=True)

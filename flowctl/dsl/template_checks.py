@@ -30,10 +30,10 @@ from flowctl.dsl.templates import (
 )
 
 STEP_FIELDS = ("output", "status", "error", "attempts")
-RUN_FIELDS = ("id", "pipeline", "started_at", "status", "parent_id", "file")
+RUN_FIELDS = ("id", "pipeline", "started_at", "status", "parent_id", "attempt", "file")
 EVENT_FIELDS = ("name", "data", "error", "source", "step")
 LOOP_FIELDS = ("iteration", "previous", "index")
-BASE_ROOTS = frozenset({"inputs", "steps", "state", "run"})
+BASE_ROOTS = frozenset({"inputs", "steps", "state", "run", "now"})
 
 
 # --- templates ----------------------------------------------------------------------------------------------
@@ -88,6 +88,8 @@ def _step_fields(step: StepInfo, pipeline: PipelineInfo) -> Iterator[TemplateFie
             yield field_(leaf, "value", fan)
     if isinstance(raw.get("for_each"), str):
         yield field_(("for_each",), "value", roots)
+    if isinstance(raw.get("item_id"), str):
+        yield field_(("item_id",), "value", fan)
     if isinstance(raw.get("when"), str):
         yield field_(("when",), "expr", roots)
     with_output = roots | {"output"}
@@ -138,7 +140,7 @@ def template_fields(index: DocIndex) -> Iterator[TemplateField]:
     for name, agent in index.section("agents").items():
         if isinstance(agent, dict) and isinstance(agent.get("instruction"), str):
             yield TemplateField(
-                ("agents", name, "instruction"), "text", frozenset({"inputs", "state", "run"}), None, index.root
+                ("agents", name, "instruction"), "text", frozenset({"inputs", "state", "run", "now"}), None, index.root
             )
 
 
