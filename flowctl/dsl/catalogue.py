@@ -294,6 +294,23 @@ STEP_SCOPE = _code(
     "Add the step to `needs`, or read it only after it has run.",
 )
 
+# dynamic composition (issue 14): dispatch by name
+DISPATCH_WITHOUT_EXPRESSION = _code(
+    "dispatch-without-expression",
+    "`choices`, `on_unknown` or `default_pipeline` on a pipeline step that names its child literally.",
+    'Remove the key, or choose the child by name at run time: `pipeline: "{{ expr }}"`.',
+)
+DISPATCH_WITHOUT_CHOICES = _code(
+    "dispatch-without-choices",
+    "A pipeline step chooses its child by an expression, but there is nothing to choose from.",
+    "List the names it may give under `choices:`, or define the pipelines under `pipelines:`.",
+)
+DISPATCH_DEFAULT = _code(
+    "dispatch-default",
+    "`on_unknown: default` without `default_pipeline`, or a `default_pipeline` that `on_unknown` never runs.",
+    "Give `default_pipeline:` with `on_unknown: default` (or leave `on_unknown` out), or remove `default_pipeline`.",
+)
+
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)
@@ -462,3 +479,25 @@ def template_budget(span: Span, problem: str) -> Diagnostic:
         span,
         hint='use smaller numbers; the limits are listed under "Template limits" in docs/dsl.md',
     )
+
+
+def dispatch_without_expression(span: Span, key: str) -> Diagnostic:
+    return _make(
+        DISPATCH_WITHOUT_EXPRESSION,
+        f"`{key}` applies only to a child chosen by an expression, and this step names its child literally",
+        span,
+        hint='remove it, or write `pipeline: "{{ expr }}"`',
+    )
+
+
+def dispatch_without_choices(span: Span) -> Diagnostic:
+    return _make(
+        DISPATCH_WITHOUT_CHOICES,
+        "the child is chosen by an expression, but there are no `choices:` and no pipelines under `pipelines:`",
+        span,
+        hint="list the names it may give under `choices:`",
+    )
+
+
+def dispatch_default(span: Span, message: str) -> Diagnostic:
+    return _make(DISPATCH_DEFAULT, message, span)

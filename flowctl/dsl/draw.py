@@ -35,7 +35,11 @@ def _label(step: ir.Step) -> str:
     detail = {
         ir.AgentCall: lambda b: f"agent: {b.agent}",
         ir.ToolCall: lambda b: f"tool: {b.server}.{b.tool}",
-        ir.ChildPipeline: lambda b: f"pipeline: {b.ref.rsplit('/', 1)[-1]}",
+        ir.ChildPipeline: lambda b: (
+            f"pipeline: {b.ref.rsplit('/', 1)[-1]}"
+            if b.dispatch is None
+            else f"pipeline: one of {len(b.dispatch.choices)}"
+        ),
         ir.Wait: lambda b: f"wait: {b.event}",
         ir.EmitSpec: lambda b: f"emit: {b.event}",
         ir.SetState: lambda b: "set: " + ", ".join(k for k, _ in step.updates),

@@ -184,6 +184,22 @@ EXAMPLES: dict[str, Example] = {
             _WRITER,
         )
     ),
+    # dynamic composition
+    cat.DISPATCH_WITHOUT_EXPRESSION: Example(
+        _steps(
+            "  - id: run_pattern\n    pipeline: rapid\n    choices: [rapid, detailed]\n",
+            "pipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n  detailed:\n    steps: [{id: deep, set: {}}]\n",
+        )
+    ),
+    cat.DISPATCH_WITHOUT_CHOICES: Example(
+        _steps('  - id: run_pattern\n    pipeline: "{{ inputs.pattern }}"\n', "inputs:\n  pattern: {type: string}\n")
+    ),
+    cat.DISPATCH_DEFAULT: Example(
+        _steps(
+            '  - id: run_pattern\n    pipeline: "{{ inputs.pattern }}"\n    on_unknown: default\n',
+            "inputs:\n  pattern: {type: string}\npipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n",
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

@@ -180,6 +180,12 @@ class RouteError(FlowctlError):
     code = "unknown-route-choice"
 
 
+class UnknownPipelineChoice(FlowctlError):
+    """A pipeline step chose its child by name, and the name is not one of its choices (`on_unknown: fail`)."""
+
+    code = "unknown-pipeline-choice"
+
+
 class MaxIterationsExceeded(FlowctlError):
     code = "max-iterations"
 

@@ -19,7 +19,7 @@ from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
 from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
-from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout, error_json
+from flowctl.interpreter.errors import RouteError, ToolCallError, UnknownPipelineChoice, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunStatus
@@ -50,18 +50,47 @@ async def handle_parallel(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     return join_output(body.join, outcomes, [b.id for b in body.branches])
 
 
-def _resolve_child(ctx: RunContext, body: ir.ChildPipeline) -> tuple[ir.Graph, ir.PipelineDef]:
-    if body.is_file:
-        graph = ctx.graph.children[body.ref]
+def _resolve_child(ctx: RunContext, ref: str, is_file: bool) -> tuple[ir.Graph, ir.PipelineDef]:
+    if is_file:
+        graph = ctx.graph.children[ref]
         return graph, graph.root
-    return ctx.graph, ctx.graph.pipelines[body.ref]
+    return ctx.graph, ctx.graph.pipelines[ref]
+
+
+async def _dispatch(
+    engine: StepEngine, ctx: RunContext, step: ir.Step, dispatch: ir.Dispatch, scope: Scope, path: str
+) -> ir.ChildRef | dict[str, Any]:
+    """The child a name chooses, or the output that reports an unknown name. The name is journaled like a side
+    effect: a resumed run takes the same decision even when the state it was computed from has moved on."""
+
+    async def decide() -> dict[str, Any]:
+        return {"name": engine.evaluate_value(dispatch.name, ctx, scope)}
+
+    name = (await ctx.runtime.journal.call(ctx.run_id, f"{path}/dispatch#0", "dispatch", decide))["name"]
+    child = dispatch.choices.get(name) if isinstance(name, str) else None
+    if child is not None:
+        return child
+    if dispatch.on_unknown is ir.OnUnknown.FAIL:
+        raise UnknownPipelineChoice(
+            f"step {path!r} chose pipeline {name!r}, which is not one of its choices: {', '.join(dispatch.choices)}",
+            span=step.span,
+        )
+    if dispatch.on_unknown is ir.OnUnknown.DEFAULT and dispatch.default is not None:
+        return dispatch.default
+    return {"error": f"Unknown pattern: {name}"}
 
 
 async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Run a child pipeline under its own id `<run>/<step>` (`<run>/<step>[i]` for a fan-out item)."""
     body = step.body
     assert isinstance(body, ir.ChildPipeline)
-    graph, pipeline = _resolve_child(ctx, body)
+    ref, is_file = body.ref, body.is_file
+    if body.dispatch is not None:
+        chosen = await _dispatch(engine, ctx, step, body.dispatch, scope, path)
+        if isinstance(chosen, dict):
+            return chosen  # an unknown name, reported
+        ref, is_file = chosen.ref, chosen.is_file
+    graph, pipeline = _resolve_child(ctx, ref, is_file)
     inputs = validate_inputs(
         pipeline.inputs,
         engine.evaluate_value(body.inputs, ctx, scope),
