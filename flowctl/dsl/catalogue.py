@@ -311,6 +311,28 @@ DISPATCH_DEFAULT = _code(
     "Give `default_pipeline:` with `on_unknown: default` (or leave `on_unknown` out), or remove `default_pipeline`.",
 )
 
+# dynamic composition (issue 14): agents from data
+AGENT_PARAMS = _code(
+    "agent-params",
+    "A parameterised agent used without its arguments (or chosen by an expression, or as a fallback or router), an "
+    "argument it does not take or one it is missing, or arguments for an agent that has no `params`.",
+    "Use a parameterised agent as `agent: {use: NAME, with: {...}}`, with one argument per entry of its `params`.",
+)
+
+
+def agent_params(span: Span, message: str, hint: str = "") -> Diagnostic:
+    return _make(AGENT_PARAMS, message, span, hint=hint)
+
+
+def agent_never_declared(span: Span, text: str, known: Iterable[str]) -> Diagnostic:
+    """An agent expression whose every possible name (`'processor_' ~ …` → names starting `processor_`) is none."""
+    return _make(
+        UNKNOWN_AGENT,
+        f"the agent expression can only give {text}, and no agent has such a name",
+        span,
+        hint=_known("agent", list(known)),
+    )
+
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
     known = list(known)

@@ -200,6 +200,12 @@ EXAMPLES: dict[str, Example] = {
             "inputs:\n  pattern: {type: string}\npipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n",
         )
     ),
+    cat.AGENT_PARAMS: Example(
+        _steps(
+            "  - {id: design, agent: executor, prompt: Design the page.}\n",
+            'agents:\n  executor:\n    params: [type]\n    instruction: "Execute {{ type }} tasks."\n',
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

@@ -123,10 +123,17 @@ def template_fields(index: DocIndex) -> Iterator[TemplateField]:
             if isinstance(trigger, dict) and isinstance(trigger.get("when"), str):
                 yield TemplateField((*pipeline.path, "triggers", i, "when"), "expr", BASE_ROOTS, None, pipeline)
     for name, agent in index.section("agents").items():
-        if isinstance(agent, dict) and isinstance(agent.get("instruction"), str):
-            yield TemplateField(
-                ("agents", name, "instruction"), "text", frozenset({"inputs", "state", "run", "now"}), None, index.root
-            )
+        if not isinstance(agent, dict):
+            continue
+        params = agent.get("params")  # a parameterised agent's parameters
+        own = frozenset(p for p in params if isinstance(p, str)) if isinstance(params, list) else frozenset()
+        if isinstance(agent.get("instruction"), str):
+            roots = frozenset({"inputs", "state", "run", "now"}) | own
+            yield TemplateField(("agents", name, "instruction"), "text", roots, None, index.root)
+        if isinstance(agent.get("name"), str):  # its reported name and its servers: from its parameters only
+            yield TemplateField(("agents", name, "name"), "text", own, None, index.root)
+        if isinstance(agent.get("servers"), str):
+            yield TemplateField(("agents", name, "servers"), "value", own, None, index.root)
 
 
 def _get(data: Any, path: JsonPath) -> Any:
