@@ -95,6 +95,10 @@ def file_unreadable(file: str, reason: str) -> Diagnostic:
     return _make(FILE_UNREADABLE, f"cannot read {file!r}: {reason}", Span(file, 1, 1))
 
 
+def prompt_file_unreadable(span: Span, ref: str, reason: str) -> Diagnostic:
+    return _make(FILE_UNREADABLE, f"cannot read the prompt file {ref!r}: {reason}", span)
+
+
 def file_too_large(file: str, size: int, limit: int) -> Diagnostic:
     return _make(FILE_TOO_LARGE, f"file is {size} bytes; the limit is {limit} bytes", Span(file, 1, 1))
 
@@ -231,9 +235,9 @@ CHILD_INVALID = _code(
 )
 PATH_ESCAPE = _code(
     "path-escape",
-    "A file path leaves the folder tree it must stay in: a child pipeline or a model's `fixture:` leaves the root "
-    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the folder `flowctl test` searched. flowctl "
-    "quotes the files it reads in its messages, so it reads none outside the project.",
+    "A file path leaves the folder tree it must stay in: a child pipeline, a prompt file or a model's `fixture:` "
+    "leaves the root pipeline's folder (or is absolute), a test file's `pipeline:` or `fixture:` leaves the folder "
+    "`flowctl test` searched. flowctl quotes the files it reads in its messages, so it reads none outside the project.",
     "Move the file into that folder or a subfolder, or give `flowctl test` a folder that holds the test file and "
     "what it names.",
 )
