@@ -89,6 +89,7 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
     exchanges = store.exchanges(run_id)
     children = [_show_json(store, child.run_id, alive) for child in store.child_runs(run_id)]
     costs = _step_costs(run_id, exchanges, children)
+    agents = _step_agents(exchanges)
     data["steps"] = []
     for s in store.steps(run_id):
         attempts = tried.get(s.path, [])
@@ -106,6 +107,7 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
                 "cost": costs.get(s.path),
+                "agent": agents.get(s.path),
                 "error": s.error,
                 "output": s.output,
                 "attempt_log": attempts,
@@ -118,6 +120,16 @@ def _show_json(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
     data["children"] = children
     data["models"] = _models(exchanges, children)
     return data
+
+
+def _step_agents(exchanges: list[Any]) -> dict[str, str]:
+    """The agent each step's model calls were made for, as the run named it (a chosen or parameterised agent's
+    rendered name); the last one when a fallback answered."""
+    agents: dict[str, str] = {}
+    for e in exchanges:
+        if e.kind == "model" and isinstance(e.request, dict) and isinstance(e.request.get("agent"), str):
+            agents[e.path.removesuffix("/fallback").removesuffix("/router")] = e.request["agent"]
+    return agents
 
 
 def _attempt_json(a: Any) -> dict[str, Any]:
@@ -202,7 +214,7 @@ def _models(exchanges: list[Any], children: list[dict[str, Any]]) -> list[dict[s
 ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
 
 
-_ITEM_PATH = re.compile(r"^(?P<step>.+)\[\d+\]$")
+_ITEM_PATH = re.compile(r"^(?P<step>.+)\[[^\[\]]+\]$")  # an index, or an `item_id` name
 
 
 def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
@@ -253,9 +265,10 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
         tokens = step["input_tokens"] + step["output_tokens"]
         cost = f"  {money(step['cost']):>10}" if priced else ""
         attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        agent = f"  agent {step['agent']}" if step.get("agent") else ""
         click.echo(
             f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
-            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}"
+            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}{agent}"
         )
         for attempt in step["attempt_log"] if len(step["attempt_log"]) > 1 else ():  # one: the error below says it
             click.echo(f"{indent}      {attempt_line(attempt)}")

@@ -95,6 +95,10 @@ def file_unreadable(file: str, reason: str) -> Diagnostic:
     return _make(FILE_UNREADABLE, f"cannot read {file!r}: {reason}", Span(file, 1, 1))
 
 
+def prompt_file_unreadable(span: Span, ref: str, reason: str) -> Diagnostic:
+    return _make(FILE_UNREADABLE, f"cannot read the prompt file {ref!r}: {reason}", span)
+
+
 def file_too_large(file: str, size: int, limit: int) -> Diagnostic:
     return _make(FILE_TOO_LARGE, f"file is {size} bytes; the limit is {limit} bytes", Span(file, 1, 1))
 
@@ -231,9 +235,9 @@ CHILD_INVALID = _code(
 )
 PATH_ESCAPE = _code(
     "path-escape",
-    "A file path leaves the folder tree it must stay in: a child pipeline or a model's `fixture:` leaves the root "
-    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the folder `flowctl test` searched. flowctl "
-    "quotes the files it reads in its messages, so it reads none outside the project.",
+    "A file path leaves the folder tree it must stay in: a child pipeline, a prompt file or a model's `fixture:` "
+    "leaves the root pipeline's folder (or is absolute), a test file's `pipeline:` or `fixture:` leaves the folder "
+    "`flowctl test` searched. flowctl quotes the files it reads in its messages, so it reads none outside the project.",
     "Move the file into that folder or a subfolder, or give `flowctl test` a folder that holds the test file and "
     "what it names.",
 )
@@ -330,6 +334,28 @@ ROUTE_OPTION_UNUSED = _code(
     "Remove the option, or add what it applies to.",
     Severity.WARNING,
 )
+
+# dynamic composition (issue 14): agents from data
+AGENT_PARAMS = _code(
+    "agent-params",
+    "A parameterised agent used without its arguments (or chosen by an expression, or as a fallback or router), an "
+    "argument it does not take or one it is missing, or arguments for an agent that has no `params`.",
+    "Use a parameterised agent as `agent: {use: NAME, with: {...}}`, with one argument per entry of its `params`.",
+)
+
+
+def agent_params(span: Span, message: str, hint: str = "") -> Diagnostic:
+    return _make(AGENT_PARAMS, message, span, hint=hint)
+
+
+def agent_never_declared(span: Span, text: str, known: Iterable[str]) -> Diagnostic:
+    """An agent expression whose every possible name (`'processor_' ~ …` → names starting `processor_`) is none."""
+    return _make(
+        UNKNOWN_AGENT,
+        f"the agent expression can only give {text}, and no agent has such a name",
+        span,
+        hint=_known("agent", list(known)),
+    )
 
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.agent_checks import check_agent_choices
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
 from flowctl.dsl.composition_checks import (
     check_dispatch,
@@ -496,6 +497,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_template_limits,
     check_fan_outs,
     check_state_updates,
+    check_agent_choices,
     check_children,
     check_dispatch,
     check_parent_state,

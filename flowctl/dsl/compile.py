@@ -160,6 +160,7 @@ class _Compiler:
                 var=raw.get("as", "item"),
                 max_concurrency=raw.get("max_concurrency"),
                 join=self.join(raw.get("join")),
+                item_id=self.value(raw["item_id"], (*path, "item_id")) if "item_id" in raw else None,
             )
         return ir.Step(
             id=raw["id"],
@@ -282,15 +283,20 @@ class _Compiler:
     def agents(self, models: dict[str, ir.ModelDef]) -> dict[str, ir.AgentDef]:
         agents = {}
         for name, raw in (self.data.get("agents") or {}).items():
+            servers = raw.get("servers") or ()
+            title = raw.get("name")
             agents[name] = ir.AgentDef(
                 name=name,
                 instruction=compile_text(raw.get("instruction", ""), self.span(("agents", name, "instruction"))),
                 model=raw.get("model") or "default",
                 span=self.span(("agents", name)),
-                servers=tuple(raw.get("servers") or ()),
+                servers=() if isinstance(servers, str) else tuple(servers),
                 tools=tuple(raw["tools"]) if "tools" in raw else None,
                 max_iterations=int(raw.get("max_iterations", 10)),
                 output_schema=raw.get("output_schema"),
+                params=tuple(raw.get("params") or ()),
+                title=compile_text(title, self.span(("agents", name, "name"))) if isinstance(title, str) else None,
+                servers_from=self.value(servers, ("agents", name, "servers")) if isinstance(servers, str) else None,
             )
         return agents
 

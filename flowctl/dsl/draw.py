@@ -33,7 +33,7 @@ def _node_id(scope: str, step_id: str) -> str:
 def _label(step: ir.Step) -> str:
     body = step.body
     detail = {
-        ir.AgentCall: lambda b: f"agent: {b.agent}",
+        ir.AgentCall: lambda b: f"agent: {b.agent}" if b.choose is None else "agent: chosen at run time",
         ir.ToolCall: lambda b: f"tool: {b.server}.{b.tool}",
         ir.ChildPipeline: lambda b: (
             f"pipeline: {b.ref.rsplit('/', 1)[-1]}"

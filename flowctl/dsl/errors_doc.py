@@ -223,6 +223,12 @@ EXAMPLES: dict[str, Example] = {
             "inputs:\n  text: {type: string}\n",
         )
     ),
+    cat.AGENT_PARAMS: Example(
+        _steps(
+            "  - {id: design, agent: executor, prompt: Design the page.}\n",
+            'agents:\n  executor:\n    params: [type]\n    instruction: "Execute {{ type }} tasks."\n',
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

@@ -125,8 +125,11 @@ class _Body:
 
 @dataclass(frozen=True, slots=True)
 class AgentCall(_Body):
-    agent: str
+    agent: str  # the declared agent; "" when `choose` names it at run time
     prompt: TextTemplate
+    choose: CompiledValue | None = None  # `agent: "{{ expr }}"`: the name of a declared agent, rendered per call
+    default: str | None = None  # `default_agent:`: the agent used when `choose` names none
+    arguments: tuple[tuple[str, CompiledValue], ...] | None = None  # `agent: {use:, with:}`: a parameterised agent's
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,7 @@ class FanOut:
     var: str
     max_concurrency: int | None
     join: Join
+    item_id: CompiledValue | None = None  # names each item (`step[name]`, its child run `<run>/step[name]`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +363,9 @@ class AgentDef:
     tools: tuple[str, ...] | None = None
     max_iterations: int = 10
     output_schema: dict[str, Any] | None = None
+    params: tuple[str, ...] = ()  # a parameterised agent's parameters (its instruction, `title` and servers read them)
+    title: TextTemplate | None = None  # `name:`: the name it is reported under, rendered from its parameters
+    servers_from: CompiledValue | None = None  # `servers: "{{ services }}"`: its servers, rendered per use
 
 
 DEFAULT_MODEL = ModelDef("default", "openai", "gpt-4o-mini", Span("<builtin>", 1, 1))

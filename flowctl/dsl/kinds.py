@@ -106,7 +106,15 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 def _agent(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.AgentCall:
-    return ir.AgentCall(raw["agent"], compile_text(raw.get("prompt", ""), c.span((*path, "prompt"))))
+    prompt = compile_text(raw.get("prompt", ""), c.span((*path, "prompt")))
+    agent = raw["agent"]
+    if isinstance(agent, dict):  # a parameterised agent: `{use: executor, with: {type: …}}`
+        arguments = agent.get("with") or {}
+        values = tuple((k, c.value(v, (*path, "agent", "with", k))) for k, v in arguments.items())
+        return ir.AgentCall(agent["use"], prompt, arguments=values)
+    if has_template(agent):  # chosen by an expression over the declared agents
+        return ir.AgentCall("", prompt, choose=c.value(agent, (*path, "agent")), default=raw.get("default_agent"))
+    return ir.AgentCall(agent, prompt)
 
 
 def _tool(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
@@ -205,8 +213,12 @@ KINDS: dict[str, KindSpec] = {
             "agent",
             ir.AgentCall,
             _agent,
-            fields=(FieldSpec(("prompt",), "text", fan_out=True),),
-            refs=(RefSpec("agent", ("agent",)),),
+            fields=(FieldSpec(("prompt",), "text", fan_out=True), FieldSpec(("agent",), "value", fan_out=True)),
+            refs=(
+                RefSpec("agent", ("agent",)),
+                RefSpec("agent", ("agent", "use")),
+                RefSpec("agent", ("default_agent",)),
+            ),
             calls_out=lambda raw: True,
             fan_out=True,
         ),

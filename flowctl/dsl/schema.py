@@ -49,6 +49,7 @@ _PATTERN_TEXT = {
     "^[A-Za-z_][A-Za-z0-9_-]*$": "letters, digits, '_' and '-', not starting with a digit or '-'",
     "^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' and '-'",
     r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$": "a duration such as 500ms, 30s, 5m, 1h, or a number of seconds",
+    r"\{\{": 'a list of names, or one template that gives such a list ("{{ services }}")',
 }
 
 _TYPE_WORDS = {

@@ -200,6 +200,18 @@ class RenderFailed(FlowctlError):
     code = "render-failed"
 
 
+class UnknownAgent(FlowctlError):
+    """An agent chosen by an expression that names no declared agent (and the step has no `default_agent`)."""
+
+    code = "unknown-agent"
+
+
+class UndeclaredServer(FlowctlError):
+    """A parameterised agent's rendered server list names a server the file does not declare."""
+
+    code = "undeclared-server"
+
+
 class StepFailed(FlowctlError):
     """A step failed for good. Carries the step path, attempt count and the last cause."""
 

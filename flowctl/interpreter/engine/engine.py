@@ -21,6 +21,7 @@ from flowctl.interpreter.engine.observe import STEP_ATTEMPT
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.engine.protocol import Handler, Outcome
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
+from flowctl.interpreter.engine.run_meta import STEP_PATH, item_names
 from flowctl.interpreter.engine.state import UpdateBuffer
 from flowctl.interpreter.engine.triggers import TriggerSet
 from flowctl.interpreter.errors import (
@@ -177,6 +178,7 @@ class Engine:
         path = scope.path(step.id)
         started, meter = ctx.runtime.clock.monotonic(), UsageMeter()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        path_token = STEP_PATH.set(path)  # whose `now()` a render reads (run_meta.py)
         result = StepResult("running")
         try:
             try:
@@ -219,6 +221,7 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
+            STEP_PATH.reset(path_token)
         self._finish(ctx, step, scope, path, result, started, meter)
         return result
 
@@ -408,15 +411,21 @@ class Engine:
         buffers = [UpdateBuffer() for _ in items] if _nested_sets_state(step) else None
         has_nested_steps = next(step.children(), None) is not None
         prefix, variables, var = f"{scope.prefix}{step.id}[", scope.variables, fan.var
+        names: list[Any] = list(range(len(items)))  # what goes between the brackets of an item's path
+        if fan.item_id is not None:
+            item_id = fan.item_id
+            rendered = [self.evaluate_value(item_id, ctx, scope, **{var: x, "index": i}) for i, x in enumerate(items)]
+            names = item_names(path, rendered)
 
         def item(i: int) -> Awaitable[Any]:
             # the item's scope is made when its branch starts (not 10,000 of them up front), directly: this is
             # scope.child(prefix=f"{step.id}[{i}]/", sink=…, item=…, index=i) without its kwargs and copies
             sink = buffers[i] if buffers is not None else scope.sink
-            item_scope = Scope(f"{prefix}{i}]/", {**variables, var: items[i], "index": i}, sink, scope.results)
+            name = names[i]
+            item_scope = Scope(f"{prefix}{name}]/", {**variables, var: items[i], "index": i}, sink, scope.results)
             if has_nested_steps:  # items run their fallback steps at once: each needs its own step results
                 item_scope = item_scope.isolated()
-            return self._run_item(ctx, step, item_scope, f"{path}[{i}]")
+            return self._run_item(ctx, step, item_scope, f"{path}[{name}]")
 
         outcomes = await run_concurrent(len(items), item, fan.join, fan.max_concurrency)
         if buffers is not None:
@@ -434,6 +443,7 @@ class Engine:
         started, meter, result = clock.monotonic(), UsageMeter(), StepResult("running")
         kind, started_at = step.kind._value_, clock.now()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        path_token = STEP_PATH.set(path)
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)
             result.status = "succeeded"
@@ -445,6 +455,7 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
+            STEP_PATH.reset(path_token)
             self._record(ctx, path, result, started, meter, kind, started_at)
         return result.output
 

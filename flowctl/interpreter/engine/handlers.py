@@ -102,10 +102,12 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     state = SharedState(pipeline.state, now)
     if pipeline.parent_state:  # reuse: the child reads and updates the keys of the caller's state it declares
         state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, f"{path}/")
-    child = RunContext(runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
     runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
     runtime.child_starts[run_id] += 1
     previous = recorder.get_run(run_id) if ctx.recorded is not None and not runs_before else None
+    # `run.started_at`: when the child first started, in this process or (resuming) in the one that started it
+    started_at = runtime.child_started_at.setdefault(run_id, previous.started_at if previous is not None else now())
+    child = RunContext(runtime, graph, pipeline, run_id, inputs, state, started_at, ctx.run_id, attempt=ctx.attempt)
     if previous is None and not runs_before:
         file = str(Path(graph.file).resolve())
         recorder.child_started(run_id, ctx.run_id, pipeline.name, file, child.started_at, inputs, graph.source_digest)

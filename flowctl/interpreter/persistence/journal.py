@@ -26,7 +26,9 @@ from flowctl.interpreter.errors import ResumeRefused
 from flowctl.interpreter.meters import meter_execution
 from flowctl.interpreter.persistence.recorder import Recorder
 
-_CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
+MISSING: Any = object()  # `recall` found nothing to replay
+
+_CALL_PART = re.compile(r"^(?:llm|turn|wait|now|tool:[^#]*)#\d+$")
 
 
 def step_of(key: str) -> str:
@@ -115,6 +117,26 @@ class Journal:
                 self._record(run_id, key, digest, hit)
                 return hit
         return None
+
+    def recall(self, run_id: str, key: str) -> Any:
+        """A value the run journaled with `keep` (`now()`, the run's attempt), or MISSING. Like `replay`, it skips
+        what a failed step recorded: that step runs anew, and reads the clock anew."""
+        if not self.resuming and (run_id, key) not in self._written:
+            return MISSING
+        recorded = self.recorder.lookup_call(run_id, key)
+        if recorded is None or recorded.masked:
+            return MISSING
+        if (run_id, key) not in self._written and self._failed:
+            failed_under = self._failed.get((run_id, _owning_step(key)))
+            if failed_under is not None and recorded.claim_token <= failed_under:
+                return MISSING
+        return recorded.result.get("value")
+
+    def keep(self, run_id: str, key: str, value: Any) -> None:
+        """Journal a value a resumed run must see again, under `key` (a call's key: `step/now#0`). Not a call: the
+        counts of calls made and replayed leave it out. Queued, not awaited: what the value reaches outside the run
+        (a model's prompt, a tool's arguments) is journaled after it, and the store keeps writes in order."""
+        self._record(run_id, key, "value", {"value": value})
 
     def count_replayed(self, run_id: str, key: str) -> bool:
         """Whether a replayed call's usage is to be counted: once per process, and only for what an earlier process
