@@ -141,3 +141,23 @@ async def test_route_runs_branches_in_order_places_its_constraint_and_reports_un
     }
     # `constraint: none`: the prompt is sent as written, and the answer is still read leniently
     assert ran.output("told_nothing")["chosen"] == ["rapid", "detailed"]
+
+
+async def test_a_resumed_run_fires_the_same_triggers_and_replays_what_they_did(
+    store: SqliteRunStore, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "responses:\n"
+        '  - {agent: worker, prompt: "^tick 3$", reply: {error: bad_request}}\n'
+        '  - {agent: worker, prompt: "^tick (\\\\d)$", reply: "ticked"}\n'
+    )
+    failed = await run_file("events_flow.yaml", broken, store)
+    assert failed.outcome.status is RunStatus.FAILED
+    assert failed.provider.calls == 3
+
+    resumed = await run_file("events_flow.yaml", "events_flow.fixture.yaml", store, run_id=failed.run_id, resuming=True)
+    assert resumed.outcome.status is RunStatus.SUCCEEDED, resumed.outcome.error
+    assert resumed.outcome.outputs["count"] == 5
+    assert resumed.provider.calls == 3  # ticks 3, 4 and 5: ticks 1 and 2 came from the journal
+    assert resumed.outcome.calls_replayed == 2
