@@ -298,7 +298,7 @@ STEP_SCOPE = _code(
     "Add the step to `needs`, or read it only after it has run.",
 )
 
-# dynamic composition (issue 14): dispatch by name
+# dynamic composition (issue 14): dispatch by name, reuse, events, routes
 DISPATCH_WITHOUT_EXPRESSION = _code(
     "dispatch-without-expression",
     "`choices`, `on_unknown` or `default_pipeline` on a pipeline step that names its child literally.",
@@ -313,6 +313,26 @@ DISPATCH_DEFAULT = _code(
     "dispatch-default",
     "`on_unknown: default` without `default_pipeline`, or a `default_pipeline` that `on_unknown` never runs.",
     "Give `default_pipeline:` with `on_unknown: default` (or leave `on_unknown` out), or remove `default_pipeline`.",
+)
+
+PARENT_STATE_KEY = _code(
+    "parent-state-key",
+    "A child's `parent_state` key is not declared by a pipeline that runs it, or is also in the child's own `state:`.",
+    "Declare the key under the caller's `state:`; keep it out of the child's own `state:`.",
+)
+
+ONCE_WITH_MAX_FIRINGS = _code(
+    "once-with-max-firings",
+    "A trigger has `once: true` and `max_firings`: a trigger that fires once has no other bound.",
+    "Remove `once: true` (`max_firings` implies `once: false`), or remove `max_firings`.",
+)
+
+ROUTE_OPTION_UNUSED = _code(
+    "route-option-unused",
+    "A route option that has no effect where it is: `constraint` without a routing `agent`, or "
+    "`unknown_in_results` with `on_unknown: fail`.",
+    "Remove the option, or add what it applies to.",
+    Severity.WARNING,
 )
 
 # dynamic composition (issue 14): agents from data
@@ -527,3 +547,20 @@ def dispatch_without_choices(span: Span) -> Diagnostic:
 
 def dispatch_default(span: Span, message: str) -> Diagnostic:
     return _make(DISPATCH_DEFAULT, message, span)
+
+
+def parent_state_key(span: Span, message: str, hint: str) -> Diagnostic:
+    return _make(PARENT_STATE_KEY, message, span, hint=hint)
+
+
+def once_with_max_firings(span: Span, trigger: str) -> Diagnostic:
+    return _make(
+        ONCE_WITH_MAX_FIRINGS,
+        f"trigger {trigger!r} fires once (`once: true`), so `max_firings` never applies",
+        span,
+        hint="remove `once: true`: `max_firings` alone makes it fire up to that many times",
+    )
+
+
+def route_option_unused(span: Span, message: str) -> Diagnostic:
+    return _make(ROUTE_OPTION_UNUSED, message, span)

@@ -14,7 +14,14 @@ from typing import Any
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.agent_checks import check_agent_choices
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
-from flowctl.dsl.composition_checks import check_dispatch, dispatches, dispatches_over_all_pipelines
+from flowctl.dsl.composition_checks import (
+    check_dispatch,
+    check_parent_state,
+    check_route_options,
+    check_trigger_limits,
+    dispatches,
+    dispatches_over_all_pipelines,
+)
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
 from flowctl.dsl.kinds import is_file_reference, refs
@@ -493,8 +500,11 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_agent_choices,
     check_children,
     check_dispatch,
+    check_parent_state,
     check_routes,
+    check_route_options,
     check_events,
+    check_trigger_limits,
     check_embedded_schemas,
     check_joins,
 )

@@ -213,6 +213,7 @@ class _Compiler:
             steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
             finally_steps=self.steps(raw.get("finally") or [], (*path, "finally"), concurrent=False),
             triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
+            parent_state=tuple(raw.get("parent_state") or ()) if path else (),
         )
 
     def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:
@@ -223,9 +224,10 @@ class _Compiler:
             kind=kind,
             target="" if kind is ir.TriggerKind.WHEN else raw[kind.value],
             condition=condition,
-            once=bool(raw.get("once", True)),
+            once=bool(raw.get("once", "max_firings" not in raw)),
             steps=self.steps(raw["steps"], (*path, "steps"), concurrent=False),
             span=self.span(path),
+            max_firings=int(raw.get("max_firings", ir.DEFAULT_MAX_FIRINGS)),
         )
 
     def models(self) -> dict[str, ir.ModelDef]:

@@ -66,8 +66,14 @@ class PipelineInfo:
         return value if isinstance(value, dict) else {}
 
     def state_keys(self) -> dict[str, Any]:
+        """The state keys this pipeline may read and write: its own, and the caller's it names in `parent_state`."""
         value = self.raw.get("state")
-        return value if isinstance(value, dict) else {}
+        own = value if isinstance(value, dict) else {}
+        return {**{key: {} for key in self.parent_state()}, **own}
+
+    def parent_state(self) -> list[str]:
+        value = self.raw.get("parent_state") if self.name else None  # only a child defined under `pipelines:`
+        return [key for key in value if isinstance(key, str)] if isinstance(value, list) else []
 
 
 @dataclass(slots=True)

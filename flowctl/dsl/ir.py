@@ -193,6 +193,9 @@ class Route(_Body):
     default: tuple[str, ...]
     on_unknown: OnUnknown
     branches: dict[str, tuple[Step, ...]]
+    sequential: bool = False  # run the chosen branches one after another, in the order chosen
+    constraint: str = "system"  # where the router is told the options: system | user | none
+    unknown_in_results: bool = False  # unknown choices also get an `{error: ...}` entry in `results`
 
     def step_lists(self) -> tuple[tuple[Step, ...], ...]:
         return tuple(self.branches.values())
@@ -280,6 +283,9 @@ class StateKey:
     span: Span
 
 
+DEFAULT_MAX_FIRINGS = 100  # a `once: false` trigger's bound: events that start each other stop here, with an error
+
+
 @dataclass(frozen=True, slots=True)
 class Trigger:
     id: str
@@ -289,6 +295,7 @@ class Trigger:
     once: bool
     steps: tuple[Step, ...]
     span: Span
+    max_firings: int = DEFAULT_MAX_FIRINGS  # with `once`, later firings are ignored instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +308,7 @@ class PipelineDef:
     steps: tuple[Step, ...]
     finally_steps: tuple[Step, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    parent_state: tuple[str, ...] = ()  # the caller's state keys this child reads and updates
 
     def all_steps(self) -> Iterator[Step]:
         """Every step of this pipeline, nested ones included, in document order."""

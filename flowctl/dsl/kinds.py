@@ -169,6 +169,9 @@ def _route(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.Route:
         branches={
             name: c.steps(steps, (*path, "branches", name), concurrent=False) for name, steps in raw["branches"].items()
         },
+        sequential=bool(route.get("sequential", False)),
+        constraint=str(route.get("constraint", "system")),
+        unknown_in_results=bool(route.get("unknown_in_results", False)),
     )
 
 

@@ -186,6 +186,12 @@ class UnknownPipelineChoice(FlowctlError):
     code = "unknown-pipeline-choice"
 
 
+class TriggerLimitExceeded(FlowctlError):
+    """A `once: false` trigger would fire more often than its `max_firings`: events keep starting it (a loop)."""
+
+    code = "trigger-limit"
+
+
 class MaxIterationsExceeded(FlowctlError):
     code = "max-iterations"
 

@@ -43,7 +43,8 @@ _NO_DEADLINE = nullcontext()  # stateless, so one instance serves every step wit
 
 def _nested_sets_state(step: ir.Step) -> bool:
     """Whether a step nested (at any depth) in this one has `set:`: only those write into a branch's buffer (the
-    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own)."""
+    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own, and writes the
+    keys it shares with its caller at once)."""
     return any(child.updates or child.kind is ir.NodeKind.SET or _nested_sets_state(child) for child in step.children())
 
 
@@ -115,8 +116,7 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
-                finally:
-                    triggers.main_finished()
+            # the group ends when the run is quiescent: main steps and every triggered step done
         except FlowctlError as exc:
             failure = failure or exc
         except anyio.get_cancelled_exc_class():
@@ -126,6 +126,8 @@ class Engine:
                 await self._run_finally(ctx)
             raise
         triggers.close()  # `finally` steps and late state changes must not start triggers any more
+        if triggers.failure is not None:  # a loop of events was stopped (the group was cancelled)
+            failure = triggers.failure
         ctx.status = "failed" if failure else "succeeded"
         try:
             if failure is None or not refused(failure):

@@ -18,7 +18,7 @@ from flowctl.interpreter.engine.engine import emit_event
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
-from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
+from flowctl.interpreter.engine.state import ChildState, SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, UnknownPipelineChoice, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
@@ -100,6 +100,8 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     runtime = ctx.runtime
     recorder, now = runtime.recorder, runtime.clock.now
     state = SharedState(pipeline.state, now)
+    if pipeline.parent_state:  # reuse: the child reads and updates the keys of the caller's state it declares
+        state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, f"{path}/")
     runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
     runtime.child_starts[run_id] += 1
     previous = recorder.get_run(run_id) if ctx.recorded is not None and not runs_before else None
@@ -128,6 +130,8 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
         status, error = RunStatus.FAILED, error_json(exc)
         raise
     finally:
+        if isinstance(state, ChildState):
+            state.detach()
         STEP_METERS.reset(token)
         tokens = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
         recorder.run_finished(run_id, status, outputs=outputs, error=error, durable=False, **tokens)
@@ -150,19 +154,26 @@ def parse_choices(text: str | None) -> list[str]:
     return [str(v).strip() for v in value] if isinstance(value, list) else []
 
 
-async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
-    assert route.agent is not None and route.prompt is not None
+def route_constraint(route: ir.Route) -> str:
+    """What the routing agent is told of its options (after its system message, or after the prompt)."""
     names = ", ".join(route.branches)
     how = "one or more" if route.multiple else "exactly one"
-    instruction = f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+    return f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+
+
+async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
+    assert route.agent is not None and route.prompt is not None
+    constraint = route_constraint(route) if route.constraint != "none" else ""
     prompt = route.prompt.render(ctx.template_context(scope))
+    if route.constraint == "user":
+        prompt += constraint
     output = await run_agent(
         ctx,
         ctx.graph.agents[route.agent],
         prompt,
         scope,
         f"{path}/router",
-        extra_instruction=instruction,
+        extra_instruction=constraint if route.constraint == "system" else "",
         output_schema={},
     )
     return parse_choices(json.dumps(output) if not isinstance(output, str) else output)
@@ -181,7 +192,8 @@ async def _choose(engine: StepEngine, ctx: RunContext, route: ir.Route, scope: S
 
 async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Rules, then the LLM, then `default`. `multiple` bounds only the LLM: a rule or default naming several
-    branches runs them all. Branches run concurrently; their state updates apply in declaration order."""
+    branches runs them all. Branches run concurrently, their state updates applied in declaration order; with
+    `sequential`, one after another in the order chosen, each seeing the state the previous ones left."""
     route = step.body
     assert isinstance(route, ir.Route)
     chosen, source = await _choose(engine, ctx, route, scope, path)
@@ -199,20 +211,33 @@ async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope
     if source == "llm" and not route.multiple:
         known = known[:1]
     results: dict[str, Any] = {}
-    names = [name for name in route.branches if name in known]  # declaration order
-    buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
 
-    async def run_branch(name: str) -> None:
+    async def run_branch(name: str, branch_scope: Scope) -> None:
         steps = route.branches[name]
-        buffer = buffers.get(name)
-        await engine.run_list(ctx, steps, scope.child(sink=buffer) if buffer is not None else scope)
+        await engine.run_list(ctx, steps, branch_scope)
         results[name] = ctx.steps[steps[-1].id]["output"] if steps else None
 
-    async with task_group() as tg:
+    if route.sequential:
         for name in known:
-            tg.start_soon(run_branch, name)
-    engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
-    return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
+            await run_branch(name, scope)
+    else:
+        names = [name for name in route.branches if name in known]  # declaration order
+        buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
+        async with task_group() as tg:
+            for name in known:
+                buffer = buffers.get(name)
+                tg.start_soon(run_branch, name, scope.child(sink=buffer) if buffer is not None else scope)
+        engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
+    if route.unknown_in_results:  # as the seed does: each name chosen, in the order chosen, with its result
+        entries = {}
+        for name in dict.fromkeys([*chosen, *known]):
+            if name in known:
+                entries[name] = results.get(name)
+            elif name in unknown:
+                entries[name] = {"error": f"Unknown pattern: {name}"}
+    else:
+        entries = {name: results.get(name) for name in known}
+    return {"chosen": known, "source": source, "results": entries, "errors": errors}
 
 
 # --- loops, events, state ---------------------------------------------------------------------------------------
