@@ -301,6 +301,18 @@ class _Compiler:
         return agents
 
 
+def _mentions(value: Any, word: str) -> bool:
+    """Whether any string in the document (prompt files' texts included) holds `word`: a file whose templates never
+    call `now()` spares every step the bookkeeping of whose call it is."""
+    if isinstance(value, str):
+        return word in value
+    if isinstance(value, dict):
+        return any(_mentions(v, word) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions(v, word) for v in value)
+    return False
+
+
 def _seconds(value: Any, default: float) -> float:
     """A duration in seconds, or `default` when absent (an explicit 0 stays 0)."""
     seconds = parse_duration(value)
@@ -334,4 +346,5 @@ def compile_graph(doc: LoadedDocument, children: dict[str, ir.Graph], resolve_ch
         servers=compiler.servers(),
         concurrency=int(data.get("concurrency", 16)),
         source_digest=hashlib.sha256(doc.source.encode()).hexdigest(),
+        uses_now=_mentions(data, "now"),
     )

@@ -384,3 +384,4 @@ class Graph:
     servers: dict[str, ServerDef]
     concurrency: int = 16
     source_digest: str = ""  # sha256 of the file text, recorded with each run
+    uses_now: bool = True  # a template of the file may call `now()` (the engine then tracks whose call it is)

@@ -284,6 +284,7 @@ def _finish(
     ctx: RunContext, runtime: Runtime, status: RunStatus, outputs: dict[str, Any] | None, error: FlowctlError | None
 ) -> RunOutcome:
     totals = runtime.totals
+    runtime.journal.write_kept()  # a resume that recorded no call of its own still counts as a start (run.attempt)
     runtime.recorder.run_finished(
         ctx.run_id,
         status,

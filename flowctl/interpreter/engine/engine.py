@@ -178,7 +178,7 @@ class Engine:
         path = scope.path(step.id)
         started, meter = ctx.runtime.clock.monotonic(), UsageMeter()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
-        path_token = STEP_PATH.set(path)  # whose `now()` a render reads (run_meta.py)
+        path_token = STEP_PATH.set(path) if ctx.graph.uses_now else None  # whose `now()` a render reads
         result = StepResult("running")
         try:
             try:
@@ -221,7 +221,8 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
-            STEP_PATH.reset(path_token)
+            if path_token is not None:
+                STEP_PATH.reset(path_token)
         self._finish(ctx, step, scope, path, result, started, meter)
         return result
 
@@ -443,7 +444,7 @@ class Engine:
         started, meter, result = clock.monotonic(), UsageMeter(), StepResult("running")
         kind, started_at = step.kind._value_, clock.now()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
-        path_token = STEP_PATH.set(path)
+        path_token = STEP_PATH.set(path) if ctx.graph.uses_now else None
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)
             result.status = "succeeded"
@@ -455,7 +456,8 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
-            STEP_PATH.reset(path_token)
+            if path_token is not None:
+                STEP_PATH.reset(path_token)
             self._record(ctx, path, result, started, meter, kind, started_at)
         return result.output
 
