@@ -70,6 +70,7 @@ class JsonlReporter(Reporter):
             attempt=call.attempt,
             provider=call.provider,
             model=call.request.model,
+            agent=call.request.agent or None,
             input_tokens=usage.input_tokens if usage else None,
             output_tokens=usage.output_tokens if usage else None,
             elapsed=call.elapsed,

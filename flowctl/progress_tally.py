@@ -13,7 +13,7 @@ from flowctl.interpreter.reporting import ModelCallSeen, ToolCallSeen
 
 Prices = dict[str, tuple[float | None, float | None]]  # model name → (input, output) price per million tokens
 SUMMARY_ROWS = 12  # steps listed in the closing summary; a larger run lists its slowest (and those that failed)
-_ITEM = re.compile(r"\[\d+\]$")
+_ITEM = re.compile(r"\[[^\[\]]+\]$")  # `[3]`, or an `item_id` name: `[task-a1]`
 
 
 def item_of(where: str) -> tuple[str, str] | None:
@@ -29,7 +29,7 @@ def item_of(where: str) -> tuple[str, str] | None:
 
 def first_step(where: str) -> str:
     """The first step of a path, without an item's index: `grp/inner` → `grp`, `fan[3]/check` → `fan`. (Step ids
-    have no `[`: an index is the only one.)"""
+    have no `[`: an item's index or name is the only one.)"""
     slash = where.find("/")
     first = where if slash < 0 else where[:slash]
     return first[: first.rindex("[")] if first.endswith("]") else first

@@ -54,6 +54,7 @@ def run_report(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
     exchanges = store.exchanges(run_id)
     children = [run_report(store, child.run_id, alive) for child in store.child_runs(run_id)]
     costs = _step_costs(run_id, exchanges, children)
+    agents = _step_agents(exchanges)
     data["steps"] = []
     for s in store.steps(run_id):
         attempts = tried.get(s.path, [])
@@ -71,6 +72,7 @@ def run_report(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
                 "cost": costs.get(s.path),
+                "agent": agents.get(s.path),
                 "error": s.error,
                 "output": s.output,
                 "attempt_log": attempts,
@@ -83,6 +85,16 @@ def run_report(store: Any, run_id: str, alive: bool | None = None) -> dict[str, 
     data["children"] = children
     data["models"] = _models(exchanges, children)
     return data
+
+
+def _step_agents(exchanges: list[Any]) -> dict[str, str]:
+    """The agent each step's model calls were made for, as the run named it (a chosen or parameterised agent's
+    rendered name); the last one when a fallback answered."""
+    agents: dict[str, str] = {}
+    for e in exchanges:
+        if e.kind == "model" and isinstance(e.request, dict) and isinstance(e.request.get("agent"), str):
+            agents[e.path.removesuffix("/fallback").removesuffix("/router")] = e.request["agent"]
+    return agents
 
 
 def _attempt_json(a: Any) -> dict[str, Any]:

@@ -19,7 +19,11 @@ from flowctl.testing import test_command as flowctl_test
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
-EXAMPLES = sorted(p for p in PIPELINES.glob("*.yaml") if not p.name.endswith((".fixture.yaml", ".test.yaml")))
+EXAMPLES = sorted(
+    p
+    for p in [*PIPELINES.glob("*.yaml"), *PIPELINES.glob("seed/*.yaml")]  # seed/: the seed's compositions
+    if not p.name.endswith((".fixture.yaml", ".test.yaml"))
+)
 CHILDREN = sorted((PIPELINES / "children").glob("*.yaml"))
 EXPECTED = {
     "data_pipeline",
@@ -31,6 +35,7 @@ EXPECTED = {
     "resilience",
     "evaluator_optimizer",
     "mcp_time",
+    "seed/event_coordinator",
 }
 MODELINE = "# yaml-language-server: $schema="
 
@@ -44,10 +49,10 @@ def venv_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_example_is_present() -> None:
-    assert {p.stem for p in EXAMPLES} == EXPECTED
+    assert {p.relative_to(PIPELINES).with_suffix("").as_posix() for p in EXAMPLES} == EXPECTED
 
 
-@pytest.mark.parametrize("path", EXAMPLES + CHILDREN, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES + CHILDREN, ids=lambda p: p.relative_to(PIPELINES).as_posix())
 def test_example_validates_with_zero_errors_and_has_a_modeline(path: Path) -> None:
     graph, diagnostics, _ = load_pipeline(path)
     errors = [str(d) for d in diagnostics if d.severity is Severity.ERROR]
@@ -59,18 +64,19 @@ def test_example_validates_with_zero_errors_and_has_a_modeline(path: Path) -> No
     assert schema == (ROOT / "flowctl" / "schemas" / "pipeline.schema.json").resolve()
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(PIPELINES).with_suffix("").as_posix())
 def test_example_has_a_header_fixture_and_test_cases(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "What it shows" in text
-    assert f"flowctl run pipelines/{path.name} --scripted pipelines/{path.stem}.fixture.yaml" in text
-    assert (PIPELINES / f"{path.stem}.fixture.yaml").is_file()
-    assert (PIPELINES / f"{path.stem}.test.yaml").is_file()
+    name = path.relative_to(PIPELINES).with_suffix("").as_posix()
+    assert f"flowctl run pipelines/{name}.yaml --scripted pipelines/{name}.fixture.yaml" in text
+    assert path.with_name(f"{path.stem}.fixture.yaml").is_file()
+    assert path.with_name(f"{path.stem}.test.yaml").is_file()
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(PIPELINES).with_suffix("").as_posix())
 def test_example_runs_offline_with_its_fixture(path: Path, tmp_path: Path) -> None:
-    fixture = PIPELINES / f"{path.stem}.fixture.yaml"
+    fixture = path.with_name(f"{path.stem}.fixture.yaml")
     args = [
         "run",
         str(path),
@@ -99,16 +105,16 @@ def test_example_runs_offline_with_its_fixture(path: Path, tmp_path: Path) -> No
     assert sum(line.startswith("── ") for line in text.splitlines()) == sum(r["kind"] != "attempt" for r in records)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(PIPELINES).with_suffix("").as_posix())
 def test_example_test_cases_pass(path: Path) -> None:
-    tests = PIPELINES / f"{path.stem}.test.yaml"
+    tests = path.with_name(f"{path.stem}.test.yaml")
     result = CliRunner().invoke(flowctl_test, [str(tests)], catch_exceptions=False)
     last = result.stdout.strip().splitlines()[-1]
     assert result.exit_code == 0, result.stdout
     assert re.fullmatch(r"[1-9][0-9]* passed, 0 failed", last)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(PIPELINES).with_suffix("").as_posix())
 def test_example_draws_as_mermaid(path: Path) -> None:
     result = CliRunner().invoke(main, ["graph", str(path)])
     assert result.exit_code == 0, result.output

@@ -47,7 +47,7 @@ def runs(store_path: str | None, limit: int, output: str) -> None:
 ITEMS_LISTED = 10  # a fan-out with more items lists only those that did not simply succeed (`show --items`: all)
 
 
-_ITEM_PATH = re.compile(r"^(?P<step>.+)\[\d+\]$")
+_ITEM_PATH = re.compile(r"^(?P<step>.+)\[[^\[\]]+\]$")  # an index, or an `item_id` name
 
 
 def _quiet_items(steps: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
@@ -98,9 +98,10 @@ def _show_text(data: dict[str, Any], indent: str = "", *, all_items: bool = Fals
         tokens = step["input_tokens"] + step["output_tokens"]
         cost = f"  {money(step['cost']):>10}" if priced else ""
         attempts = f"  {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        agent = f"  agent {step['agent']}" if step.get("agent") else ""
         click.echo(
             f"{indent}  {mark.get(step['status'], '?')} {step['path']:<32} {step['kind']:<9} "
-            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}"
+            f"{step['status']:<9} {took:>7}  {tokens:>6} tok{cost}{attempts}{agent}"
         )
         for attempt in step["attempt_log"] if len(step["attempt_log"]) > 1 else ():  # one: the error below says it
             click.echo(f"{indent}      {attempt_line(attempt)}")

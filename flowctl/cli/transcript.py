@@ -127,7 +127,8 @@ class _Printer:
         usage = (response or {}).get("usage") or {}
         tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tok" if usage else ""
         cost = money(response["cost"]) if response and response.get("cost") is not None else ""
-        self._head(entry, f"model {model}", seconds(e.elapsed), tokens, cost)
+        agent = (request or {}).get("agent")  # the name the run gave it (a parameterised agent's rendered name)
+        self._head(entry, f"model {model}", f"agent {agent}" if agent else "", seconds(e.elapsed), tokens, cost)
         key = (entry.child, entry.step, e.attempt)
         if request is None:
             self._body("request", e.request)

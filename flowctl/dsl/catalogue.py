@@ -95,6 +95,10 @@ def file_unreadable(file: str, reason: str) -> Diagnostic:
     return _make(FILE_UNREADABLE, f"cannot read {file!r}: {reason}", Span(file, 1, 1))
 
 
+def prompt_file_unreadable(span: Span, ref: str, reason: str) -> Diagnostic:
+    return _make(FILE_UNREADABLE, f"cannot read the prompt file {ref!r}: {reason}", span)
+
+
 def file_too_large(file: str, size: int, limit: int) -> Diagnostic:
     return _make(FILE_TOO_LARGE, f"file is {size} bytes; the limit is {limit} bytes", Span(file, 1, 1))
 
@@ -231,9 +235,9 @@ CHILD_INVALID = _code(
 )
 PATH_ESCAPE = _code(
     "path-escape",
-    "A file path leaves the folder tree it must stay in: a child pipeline or a model's `fixture:` leaves the root "
-    "pipeline's folder, a test file's `pipeline:` or `fixture:` leaves the folder `flowctl test` searched. flowctl "
-    "quotes the files it reads in its messages, so it reads none outside the project.",
+    "A file path leaves the folder tree it must stay in: a child pipeline, a prompt file or a model's `fixture:` "
+    "leaves the root pipeline's folder (or is absolute), a test file's `pipeline:` or `fixture:` leaves the folder "
+    "`flowctl test` searched. flowctl quotes the files it reads in its messages, so it reads none outside the project.",
     "Move the file into that folder or a subfolder, or give `flowctl test` a folder that holds the test file and "
     "what it names.",
 )
@@ -293,6 +297,65 @@ STEP_SCOPE = _code(
     "A template reads a step that may not have run yet or runs in another scope.",
     "Add the step to `needs`, or read it only after it has run.",
 )
+
+# dynamic composition (issue 14): dispatch by name, reuse, events, routes
+DISPATCH_WITHOUT_EXPRESSION = _code(
+    "dispatch-without-expression",
+    "`choices`, `on_unknown` or `default_pipeline` on a pipeline step that names its child literally.",
+    'Remove the key, or choose the child by name at run time: `pipeline: "{{ expr }}"`.',
+)
+DISPATCH_WITHOUT_CHOICES = _code(
+    "dispatch-without-choices",
+    "A pipeline step chooses its child by an expression, but there is nothing to choose from.",
+    "List the names it may give under `choices:`, or define the pipelines under `pipelines:`.",
+)
+DISPATCH_DEFAULT = _code(
+    "dispatch-default",
+    "`on_unknown: default` without `default_pipeline`, or a `default_pipeline` that `on_unknown` never runs.",
+    "Give `default_pipeline:` with `on_unknown: default` (or leave `on_unknown` out), or remove `default_pipeline`.",
+)
+
+PARENT_STATE_KEY = _code(
+    "parent-state-key",
+    "A child's `parent_state` key is not declared by a pipeline that runs it, or is also in the child's own `state:`.",
+    "Declare the key under the caller's `state:`; keep it out of the child's own `state:`.",
+)
+
+ONCE_WITH_MAX_FIRINGS = _code(
+    "once-with-max-firings",
+    "A trigger has `once: true` and `max_firings`: a trigger that fires once has no other bound.",
+    "Remove `once: true` (`max_firings` implies `once: false`), or remove `max_firings`.",
+)
+
+ROUTE_OPTION_UNUSED = _code(
+    "route-option-unused",
+    "A route option that has no effect where it is: `constraint` without a routing `agent`, or "
+    "`unknown_in_results` with `on_unknown: fail`.",
+    "Remove the option, or add what it applies to.",
+    Severity.WARNING,
+)
+
+# dynamic composition (issue 14): agents from data
+AGENT_PARAMS = _code(
+    "agent-params",
+    "A parameterised agent used without its arguments (or chosen by an expression, or as a fallback or router), an "
+    "argument it does not take or one it is missing, or arguments for an agent that has no `params`.",
+    "Use a parameterised agent as `agent: {use: NAME, with: {...}}`, with one argument per entry of its `params`.",
+)
+
+
+def agent_params(span: Span, message: str, hint: str = "") -> Diagnostic:
+    return _make(AGENT_PARAMS, message, span, hint=hint)
+
+
+def agent_never_declared(span: Span, text: str, known: Iterable[str]) -> Diagnostic:
+    """An agent expression whose every possible name (`'processor_' ~ …` → names starting `processor_`) is none."""
+    return _make(
+        UNKNOWN_AGENT,
+        f"the agent expression can only give {text}, and no agent has such a name",
+        span,
+        hint=_known("agent", list(known)),
+    )
 
 
 def unknown_ref(code: str, kind: str, span: Span, name: str, known: Iterable[str]) -> Diagnostic:
@@ -462,3 +525,42 @@ def template_budget(span: Span, problem: str) -> Diagnostic:
         span,
         hint='use smaller numbers; the limits are listed under "Template limits" in docs/dsl.md',
     )
+
+
+def dispatch_without_expression(span: Span, key: str) -> Diagnostic:
+    return _make(
+        DISPATCH_WITHOUT_EXPRESSION,
+        f"`{key}` applies only to a child chosen by an expression, and this step names its child literally",
+        span,
+        hint='remove it, or write `pipeline: "{{ expr }}"`',
+    )
+
+
+def dispatch_without_choices(span: Span) -> Diagnostic:
+    return _make(
+        DISPATCH_WITHOUT_CHOICES,
+        "the child is chosen by an expression, but there are no `choices:` and no pipelines under `pipelines:`",
+        span,
+        hint="list the names it may give under `choices:`",
+    )
+
+
+def dispatch_default(span: Span, message: str) -> Diagnostic:
+    return _make(DISPATCH_DEFAULT, message, span)
+
+
+def parent_state_key(span: Span, message: str, hint: str) -> Diagnostic:
+    return _make(PARENT_STATE_KEY, message, span, hint=hint)
+
+
+def once_with_max_firings(span: Span, trigger: str) -> Diagnostic:
+    return _make(
+        ONCE_WITH_MAX_FIRINGS,
+        f"trigger {trigger!r} fires once (`once: true`), so `max_firings` never applies",
+        span,
+        hint="remove `once: true`: `max_firings` alone makes it fire up to that many times",
+    )
+
+
+def route_option_unused(span: Span, message: str) -> Diagnostic:
+    return _make(ROUTE_OPTION_UNUSED, message, span)

@@ -13,6 +13,7 @@ from typing import Any
 from flowctl.dsl.characters import editor_lines
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
+from flowctl.dsl.kinds import refs
 from flowctl.dsl.loader import JsonPath, LoadedDocument
 
 
@@ -37,7 +38,9 @@ class CheckContext:
     # (this file's folder, the root pipeline's folder that file references must stay in); None: not checked
     folders: tuple[Path, Path] | None = None
     emitted_events: set[str] = field(default_factory=set)
+    texts: dict[str, str] = field(default_factory=dict)  # prompt files read (prompt_files.py), by their spans' name
     _lines: list[str] | None = None
+    _file_lines: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def lines(self) -> list[str]:
@@ -45,6 +48,15 @@ class CheckContext:
         if self._lines is None:
             self._lines = editor_lines(self.doc.source)
         return self._lines
+
+    def lines_of(self, file: str) -> list[str]:
+        """The lines of the pipeline file, or of a prompt file it names."""
+        if file not in self.texts:
+            return self.lines
+        lines = self._file_lines.get(file)
+        if lines is None:
+            lines = self._file_lines[file] = editor_lines(self.texts[file])
+        return lines
 
     def span(self, path: JsonPath) -> Span:
         return self.doc.source_map.value(path)
@@ -54,13 +66,9 @@ class CheckContext:
 
 
 def agent_refs(step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
-    raw = step.raw
-    if step.kind == "agent" and isinstance(raw.get("agent"), str):
-        yield raw["agent"], (*step.path, "agent")
-    route = raw.get("route")
-    if step.kind == "route" and isinstance(route, dict) and isinstance(route.get("agent"), str):
-        yield route["agent"], (*step.path, "route", "agent")
-    fallback = raw.get("fallback")
+    """The agents a step names: its kind's (see kinds.py), then its fallback's."""
+    yield from refs(step.kind, step.raw, step.path, "agent")
+    fallback = step.raw.get("fallback")
     if isinstance(fallback, dict) and isinstance(fallback.get("agent"), str):
         yield fallback["agent"], (*step.path, "fallback", "agent")
 

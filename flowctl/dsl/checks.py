@@ -12,9 +12,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flowctl.dsl import catalogue as cat
+from flowctl.dsl.agent_checks import check_agent_choices
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
+from flowctl.dsl.composition_checks import (
+    check_dispatch,
+    check_parent_state,
+    check_route_options,
+    check_trigger_limits,
+    dispatches,
+    dispatches_over_all_pipelines,
+)
 from flowctl.dsl.diagnostics import Diagnostic, Span
-from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
+from flowctl.dsl.index import DocIndex, StepInfo
+from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.paths import confine
 from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
@@ -42,16 +52,15 @@ def check_definitions(ctx: CheckContext) -> Iterator[Diagnostic]:
                     yield cat.unknown_ref(
                         cat.UNKNOWN_MODEL, "model", ctx.span((*step.path, "fallback", "model")), name, models
                     )
-            if step.kind == "tool" and isinstance(step.raw.get("tool"), str):
-                yield from _check_tool_ref(ctx, step, servers)
+            for ref, path in refs(step.kind, step.raw, step.path, "tool"):
+                yield from _check_tool_ref(ctx, ref, path, servers)
     for name, agent in agents.items():
         if isinstance(agent, dict):
             yield from _check_agent(ctx, name, agent, models, servers)
 
 
-def _check_tool_ref(ctx: CheckContext, step: StepInfo, servers: dict[str, Any]) -> Iterator[Diagnostic]:
-    ref: str = step.raw["tool"]
-    span = ctx.span((*step.path, "tool"))
+def _check_tool_ref(ctx: CheckContext, ref: str, path: JsonPath, servers: dict[str, Any]) -> Iterator[Diagnostic]:
+    span = ctx.span(path)
     server, dot, _tool = ref.partition(".")
     if not dot or not _tool:
         yield cat.invalid_value(
@@ -279,35 +288,40 @@ def check_children(ctx: CheckContext) -> Iterator[Diagnostic]:
     """Child pipelines exist, stay inside the folder tree, are valid, and get exactly the inputs they declare."""
     for pipeline in ctx.index.pipelines():
         for step in pipeline.ordered:
-            ref = step.raw.get("pipeline")
-            if step.kind != "pipeline" or not isinstance(ref, str):
-                continue
-            span = ctx.span((*step.path, "pipeline"))
-            if is_file_reference(ref):
-                if ctx.resolve_child is None:
-                    continue
-                resolved = ctx.resolve_child(ref, span)
-                if isinstance(resolved, Diagnostic):
-                    yield resolved
-                    continue
-                declared, label = resolved.inputs, ref
-            elif ref not in ctx.index.children:
-                yield cat.unknown_ref(cat.UNKNOWN_PIPELINE, "pipeline", span, ref, ctx.index.children)
-                continue
-            else:
-                declared, label = ctx.index.children[ref].inputs(), ref
-            yield from _check_child_inputs(ctx, step, label, declared)
+            for ref, path in refs(step.kind, step.raw, step.path, "pipeline"):
+                if path[len(step.path)] == "pipeline" or dispatches(step):  # else check_dispatch says they are unused
+                    yield from _check_child(ctx, step, ref, ctx.span(path))
+            if dispatches_over_all_pipelines(step):  # `pipeline: "{{ expr }}"` without `choices:`
+                for name in ctx.index.children:
+                    yield from _check_child(ctx, step, name, ctx.span((*step.path, "pipeline")))
+
+
+def _check_child(ctx: CheckContext, step: StepInfo, ref: str, span: Span) -> Iterator[Diagnostic]:
+    if is_file_reference(ref):
+        if ctx.resolve_child is None:
+            return
+        resolved = ctx.resolve_child(ref, span)
+        if isinstance(resolved, Diagnostic):
+            yield resolved
+            return
+        declared, label = resolved.inputs, ref
+    elif ref not in ctx.index.children:
+        yield cat.unknown_ref(cat.UNKNOWN_PIPELINE, "pipeline", span, ref, ctx.index.children)
+        return
+    else:
+        declared, label = ctx.index.children[ref].inputs(), ref
+    yield from _check_child_inputs(ctx, step, label, declared, span)
 
 
 def _check_child_inputs(
-    ctx: CheckContext, step: StepInfo, child: str, declared: dict[str, Any]
+    ctx: CheckContext, step: StepInfo, child: str, declared: dict[str, Any], span: Span
 ) -> Iterator[Diagnostic]:
     given = step.raw.get("inputs")
     given = given if isinstance(given, dict) else {}
     for name, spec in declared.items():
         required = not (isinstance(spec, dict) and "default" in spec)
         if required and name not in given:
-            yield cat.missing_input(ctx.span((*step.path, "pipeline")), child, name)
+            yield cat.missing_input(span, child, name)
     for name in given:
         if name not in declared:
             yield cat.unknown_input(ctx.key_span((*step.path, "inputs", name)), child, name, declared)
@@ -485,9 +499,14 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_template_limits,
     check_fan_outs,
     check_state_updates,
+    check_agent_choices,
     check_children,
+    check_dispatch,
+    check_parent_state,
     check_routes,
+    check_route_options,
     check_events,
+    check_trigger_limits,
     check_embedded_schemas,
     check_joins,
 )

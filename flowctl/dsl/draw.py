@@ -33,9 +33,13 @@ def _node_id(scope: str, step_id: str) -> str:
 def _label(step: ir.Step) -> str:
     body = step.body
     detail = {
-        ir.AgentCall: lambda b: f"agent: {b.agent}",
+        ir.AgentCall: lambda b: f"agent: {b.agent}" if b.choose is None else "agent: chosen at run time",
         ir.ToolCall: lambda b: f"tool: {b.server}.{b.tool}",
-        ir.ChildPipeline: lambda b: f"pipeline: {b.ref.rsplit('/', 1)[-1]}",
+        ir.ChildPipeline: lambda b: (
+            f"pipeline: {b.ref.rsplit('/', 1)[-1]}"
+            if b.dispatch is None
+            else f"pipeline: one of {len(b.dispatch.choices)}"
+        ),
         ir.Wait: lambda b: f"wait: {b.event}",
         ir.EmitSpec: lambda b: f"emit: {b.event}",
         ir.SetState: lambda b: "set: " + ", ".join(k for k, _ in step.updates),

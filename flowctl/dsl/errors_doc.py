@@ -184,6 +184,51 @@ EXAMPLES: dict[str, Example] = {
             _WRITER,
         )
     ),
+    # dynamic composition
+    cat.DISPATCH_WITHOUT_EXPRESSION: Example(
+        _steps(
+            "  - id: run_pattern\n    pipeline: rapid\n    choices: [rapid, detailed]\n",
+            "pipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n  detailed:\n    steps: [{id: deep, set: {}}]\n",
+        )
+    ),
+    cat.DISPATCH_WITHOUT_CHOICES: Example(
+        _steps('  - id: run_pattern\n    pipeline: "{{ inputs.pattern }}"\n', "inputs:\n  pattern: {type: string}\n")
+    ),
+    cat.DISPATCH_DEFAULT: Example(
+        _steps(
+            '  - id: run_pattern\n    pipeline: "{{ inputs.pattern }}"\n    on_unknown: default\n',
+            "inputs:\n  pattern: {type: string}\npipelines:\n  rapid:\n    steps: [{id: quick, set: {}}]\n",
+        )
+    ),
+    cat.PARENT_STATE_KEY: Example(
+        _steps(
+            "  - {id: first, pipeline: record, inputs: {line: a}}\n",
+            "state:\n  log: {reducer: append}\npipelines:\n  record:\n    inputs: {line: {type: string}}\n"
+            "    parent_state: [log, totals]\n    steps:\n"
+            '      - {id: write, set: {log: "{{ inputs.line }}", totals: 1}}\n',
+        )
+    ),
+    cat.ONCE_WITH_MAX_FIRINGS: Example(
+        _steps(
+            "  - {id: start, emit: {event: tick}}\n",
+            "triggers:\n  - id: on_tick\n    event: tick\n    once: true\n    max_firings: 10\n"
+            "    steps:\n      - {id: again, emit: {event: tick}}\n",
+        )
+    ),
+    cat.ROUTE_OPTION_UNUSED: Example(
+        _steps(
+            '  - id: analyse\n    route:\n      rules: [{when: "inputs.text | length < 200", choose: rapid}]\n'
+            "      default: detailed\n      constraint: user\n    branches:\n      rapid: [{id: quick, set: {}}]\n"
+            "      detailed: [{id: deep, set: {}}]\n",
+            "inputs:\n  text: {type: string}\n",
+        )
+    ),
+    cat.AGENT_PARAMS: Example(
+        _steps(
+            "  - {id: design, agent: executor, prompt: Design the page.}\n",
+            'agents:\n  executor:\n    params: [type]\n    instruction: "Execute {{ type }} tasks."\n',
+        )
+    ),
     cat.TEMPLATE_INCLUDE: Example(
         _steps("  - {id: draft, agent: writer, prompt: \"{% include 'draft_prompt.txt' %}\"}\n", _WRITER)
     ),

@@ -19,7 +19,9 @@ from flowctl.dsl.compile import compile_graph
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.index import build_index
 from flowctl.dsl.ir import Graph
+from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import LoadedDocument, load_file
+from flowctl.dsl.prompt_files import inline_prompt_files
 from flowctl.dsl.schema import check_schema
 
 
@@ -36,10 +38,11 @@ class FrontEnd:
 
     root_dir: Path | None = None
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
+    prompt_texts: dict[str, str] = field(default_factory=dict)  # prompt files read, by the name diagnostics give
     _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
 
     def sources(self) -> dict[str, str]:
-        return {r.doc.file: r.doc.source for r in self.files.values()}
+        return {**self.prompt_texts, **{r.doc.file: r.doc.source for r in self.files.values()}}
 
     def process(self, path: str | Path, *, display: str | None = None) -> FileResult:
         resolved = str(Path(path).resolve())
@@ -68,7 +71,11 @@ class FrontEnd:
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
-            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders))
+            # prompt files become the fields they stand for, in `doc` too (the compiler reads it)
+            problems, texts = inline_prompt_files(checked, index, *folders)
+            self.prompt_texts.update(texts)
+            diagnostics += problems
+            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders, texts=texts))
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):
@@ -99,9 +106,8 @@ def _child_keys(front: FrontEnd, base: Path, doc: LoadedDocument) -> list[str]:
     keys = []
     for pipeline in index.pipelines() if index else ():
         for step in pipeline.ordered:
-            ref = step.raw.get("pipeline")
-            if step.kind == "pipeline" and isinstance(ref, str) and ("/" in ref or ref.endswith((".yaml", ".yml"))):
-                target = _child_path(base, ref)
+            for ref, _ in refs(step.kind, step.raw, step.path, "pipeline"):
+                target = _child_path(base, ref) if is_file_reference(ref) else None
                 if isinstance(target, Path) and str(target) in front.files:
                     keys.append(str(target))
     return keys

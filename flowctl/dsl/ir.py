@@ -111,34 +111,70 @@ class CircuitBreakerSpec:
     reset_after: float = 30.0
 
 
-# --- step bodies: one per node kind -----------------------------------------------------------------------------
+# --- step bodies: one per node kind (flowctl/dsl/kinds.py registers them) --------------------------------------
+
+
+class _Body:
+    """What every step body answers: the step lists nested in it (none by default)."""
+
+    __slots__ = ()
+
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
-class AgentCall:
-    agent: str
+class AgentCall(_Body):
+    agent: str  # the declared agent; "" when `choose` names it at run time
     prompt: TextTemplate
+    choose: CompiledValue | None = None  # `agent: "{{ expr }}"`: the name of a declared agent, rendered per call
+    default: str | None = None  # `default_agent:`: the agent used when `choose` names none
+    arguments: tuple[tuple[str, CompiledValue], ...] | None = None  # `agent: {use:, with:}`: a parameterised agent's
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(_Body):
     server: str
     tool: str
     args: CompiledValue
 
 
 @dataclass(frozen=True, slots=True)
-class ParallelGroup:
+class ParallelGroup(_Body):
     branches: tuple[Step, ...]
     join: Join
     max_concurrency: int | None
 
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return (self.branches,)
+
 
 @dataclass(frozen=True, slots=True)
-class ChildPipeline:
-    ref: str  # key into Graph.pipelines (a name) or Graph.children (a resolved file path)
+class ChildRef:
+    """A child pipeline as a step names it: `name` as written, `ref` the key into Graph.pipelines (a name) or
+    Graph.children (a resolved file path)."""
+
+    name: str
+    ref: str
+    is_file: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A child chosen at run time by an expression over a declared set (dispatch by name)."""
+
+    name: CompiledValue
+    choices: dict[str, ChildRef]  # by the name as written
+    on_unknown: OnUnknown
+    default: ChildRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildPipeline(_Body):
+    ref: str  # key into Graph.pipelines (a name) or Graph.children (a resolved file path); "" with `dispatch`
     is_file: bool
     inputs: CompiledValue
+    dispatch: Dispatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +185,7 @@ class RouteRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(_Body):
     rules: tuple[RouteRule, ...]
     agent: str | None
     prompt: TextTemplate | None
@@ -157,31 +193,40 @@ class Route:
     default: tuple[str, ...]
     on_unknown: OnUnknown
     branches: dict[str, tuple[Step, ...]]
+    sequential: bool = False  # run the chosen branches one after another, in the order chosen
+    constraint: str = "system"  # where the router is told the options: system | user | none
+    unknown_in_results: bool = False  # unknown choices also get an `{error: ...}` entry in `results`
+
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return tuple(self.branches.values())
 
 
 @dataclass(frozen=True, slots=True)
-class Loop:
+class Loop(_Body):
     max_iterations: int
     until: Expression | None
     steps: tuple[Step, ...]
 
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return (self.steps,)
+
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class Wait(_Body):
     event: str
     timeout: float | None
     match: Expression | None
 
 
 @dataclass(frozen=True, slots=True)
-class EmitSpec:
+class EmitSpec(_Body):
     event: str
     data: CompiledValue | None
     span: Span
 
 
 @dataclass(frozen=True, slots=True)
-class SetState:
+class SetState(_Body):
     """A step whose only effect is its `set:` updates."""
 
 
@@ -194,6 +239,7 @@ class FanOut:
     var: str
     max_concurrency: int | None
     join: Join
+    item_id: CompiledValue | None = None  # names each item (`step[name]`, its child run `<run>/step[name]`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +257,8 @@ class Step:
 
     def children(self) -> Iterator[Step]:
         """Steps nested directly in this one (branches, loop bodies, fallback steps)."""
-        body = self.body
-        if isinstance(body, ParallelGroup):
-            yield from body.branches
-        elif isinstance(body, Route):
-            for steps in body.branches.values():
-                yield from steps
-        elif isinstance(body, Loop):
-            yield from body.steps
+        for steps in self.body.step_lists():
+            yield from steps
         if self.policy.fallback is not None:
             yield from self.policy.fallback.steps
 
@@ -243,6 +283,9 @@ class StateKey:
     span: Span
 
 
+DEFAULT_MAX_FIRINGS = 100  # a `once: false` trigger's bound: events that start each other stop here, with an error
+
+
 @dataclass(frozen=True, slots=True)
 class Trigger:
     id: str
@@ -252,6 +295,7 @@ class Trigger:
     once: bool
     steps: tuple[Step, ...]
     span: Span
+    max_firings: int = DEFAULT_MAX_FIRINGS  # with `once`, later firings are ignored instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +310,7 @@ class PipelineDef:
     triggers: tuple[Trigger, ...] = ()
     description: str = ""
     output_schema: dict[str, Any] | None = None  # JSON schema the outputs (an object) are checked against
+    parent_state: tuple[str, ...] = ()  # the caller's state keys this child reads and updates
 
     def all_steps(self) -> Iterator[Step]:
         """Every step of this pipeline, nested ones included, in document order."""
@@ -320,6 +365,9 @@ class AgentDef:
     tools: tuple[str, ...] | None = None
     max_iterations: int = 10
     output_schema: dict[str, Any] | None = None
+    params: tuple[str, ...] = ()  # a parameterised agent's parameters (its instruction, `title` and servers read them)
+    title: TextTemplate | None = None  # `name:`: the name it is reported under, rendered from its parameters
+    servers_from: CompiledValue | None = None  # `servers: "{{ services }}"`: its servers, rendered per use
 
 
 DEFAULT_MODEL = ModelDef("default", "openai", "gpt-4o-mini", Span("<builtin>", 1, 1))
@@ -338,3 +386,4 @@ class Graph:
     servers: dict[str, ServerDef]
     concurrency: int = 16
     source_digest: str = ""  # sha256 of the file text, recorded with each run
+    uses_now: bool = True  # a template of the file may call `now()` (the engine then tracks whose call it is)

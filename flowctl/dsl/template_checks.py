@@ -15,6 +15,7 @@ from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext, agent_refs
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, PipelineInfo, Region, StepInfo
+from flowctl.dsl.kinds import KINDS, at
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.template_refs import jinja_loop_misuses, reference_lines
 from flowctl.dsl.templates import (
@@ -30,10 +31,10 @@ from flowctl.dsl.templates import (
 )
 
 STEP_FIELDS = ("output", "status", "error", "attempts")
-RUN_FIELDS = ("id", "pipeline", "started_at", "status", "parent_id", "file")
+RUN_FIELDS = ("id", "pipeline", "started_at", "status", "parent_id", "attempt", "file")
 EVENT_FIELDS = ("name", "data", "error", "source", "step")
 LOOP_FIELDS = ("iteration", "previous", "index")
-BASE_ROOTS = frozenset({"inputs", "steps", "state", "run"})
+BASE_ROOTS = frozenset({"inputs", "steps", "state", "run", "now"})
 
 
 # --- templates ----------------------------------------------------------------------------------------------
@@ -81,13 +82,19 @@ def _step_fields(step: StepInfo, pipeline: PipelineInfo) -> Iterator[TemplateFie
     def field_(subpath: JsonPath, form: str, allowed: frozenset[str] | set[str]) -> TemplateField:
         return TemplateField((*path, *subpath), form, frozenset(allowed), step, pipeline)
 
-    if isinstance(raw.get("prompt"), str):
-        yield field_(("prompt",), "text", fan)
-    for key in ("args", "inputs"):
-        for leaf, _ in _value_leaves(raw.get(key), (key,)):
-            yield field_(leaf, "value", fan)
+    for spec in KINDS[step.kind].fields if step.kind in KINDS else ():
+        allowed = (fan if spec.fan_out else roots) | spec.roots
+        for where, value in at(raw, spec.path, path):
+            sub = where[len(path) :]
+            if spec.form == "value":
+                for leaf, _ in _value_leaves(value, sub):
+                    yield field_(leaf, "value", allowed)
+            elif isinstance(value, str):
+                yield field_(sub, spec.form, allowed)
     if isinstance(raw.get("for_each"), str):
         yield field_(("for_each",), "value", roots)
+    if isinstance(raw.get("item_id"), str):
+        yield field_(("item_id",), "value", fan)
     if isinstance(raw.get("when"), str):
         yield field_(("when",), "expr", roots)
     with_output = roots | {"output"}
@@ -103,26 +110,6 @@ def _step_fields(step: StepInfo, pipeline: PipelineInfo) -> Iterator[TemplateFie
     if isinstance(fallback, dict):
         for leaf, _ in _value_leaves(fallback.get("value"), ("fallback", "value")):
             yield field_(leaf, "value", fan)
-    yield from _kind_fields(step, roots, field_)
-
-
-def _kind_fields(
-    step: StepInfo, roots: frozenset[str], field_: Callable[[JsonPath, str, Any], TemplateField]
-) -> Iterator[TemplateField]:
-    raw = step.raw
-    body = raw.get(step.kind)
-    if not isinstance(body, dict):
-        return
-    if step.kind == "route":
-        for i, rule in enumerate(body.get("rules") or []):
-            if isinstance(rule, dict) and isinstance(rule.get("when"), str):
-                yield field_(("route", "rules", i, "when"), "expr", roots)
-        if isinstance(body.get("prompt"), str):
-            yield field_(("route", "prompt"), "text", roots)
-    elif step.kind == "loop" and isinstance(body.get("until"), str):
-        yield field_(("loop", "until"), "expr", roots | {"loop"})
-    elif step.kind == "wait" and isinstance(body.get("match"), str):
-        yield field_(("wait", "match"), "expr", roots | {"event"})
 
 
 def template_fields(index: DocIndex) -> Iterator[TemplateField]:
@@ -136,10 +123,17 @@ def template_fields(index: DocIndex) -> Iterator[TemplateField]:
             if isinstance(trigger, dict) and isinstance(trigger.get("when"), str):
                 yield TemplateField((*pipeline.path, "triggers", i, "when"), "expr", BASE_ROOTS, None, pipeline)
     for name, agent in index.section("agents").items():
-        if isinstance(agent, dict) and isinstance(agent.get("instruction"), str):
-            yield TemplateField(
-                ("agents", name, "instruction"), "text", frozenset({"inputs", "state", "run"}), None, index.root
-            )
+        if not isinstance(agent, dict):
+            continue
+        params = agent.get("params")  # a parameterised agent's parameters
+        own = frozenset(p for p in params if isinstance(p, str)) if isinstance(params, list) else frozenset()
+        if isinstance(agent.get("instruction"), str):
+            roots = frozenset({"inputs", "state", "run", "now"}) | own
+            yield TemplateField(("agents", name, "instruction"), "text", roots, None, index.root)
+        if isinstance(agent.get("name"), str):  # its reported name and its servers: from its parameters only
+            yield TemplateField(("agents", name, "name"), "text", own, None, index.root)
+        if isinstance(agent.get("servers"), str):
+            yield TemplateField(("agents", name, "servers"), "value", own, None, index.root)
 
 
 def _get(data: Any, path: JsonPath) -> Any:
@@ -155,6 +149,11 @@ def _template_line_span(ctx: CheckContext, path: JsonPath, line_in_template: int
     """The YAML line of a template's line. Only a literal block (`|`) keeps the template's lines one to one; in a
     folded block or a quoted string, lines are folded or escaped, so point at the start of the value instead."""
     span = ctx.span(path)
+    if span.file in ctx.texts:  # a prompt file: its lines are the template's own
+        lines = ctx.lines_of(span.file)
+        line = min(max(line_in_template, 1), max(len(lines), 1))
+        text = lines[line - 1] if lines else ""
+        return Span(span.file, line, len(text) - len(text.lstrip()) + 1)
     lines = ctx.lines
     if path not in ctx.doc.source_map.blocks or not 0 < span.line <= len(lines):
         return span
@@ -199,11 +198,11 @@ def _reference_span(ctx: CheckContext, tf: TemplateField, ref: Reference, source
     """Point at the reference itself inside the template text (block scalars span several lines)."""
     path = tf.path
     span = ctx.span(path)
-    if path in ctx.doc.source_map.blocks:  # search from the line Jinja read it on
+    if path in ctx.doc.source_map.blocks or span.file in ctx.texts:  # search from the line Jinja read it on
         read_at = _template_line_span(ctx, path, _first_read_line(tf, source, ref))
         if read_at.line > span.line:
             span = Span(span.file, read_at.line, 1, span.end_line, span.end_col)
-    lines = ctx.lines
+    lines = ctx.lines_of(span.file)
     last = span.end_line if span.end_line >= span.line else span.line
     for parts in range(min(len(ref), 3), 0, -1):  # the longest written form wins: `steps.a.outptu`, then `steps.a`
         found = _find_dotted(lines, span, last, ".".join(ref[:parts]))  # the usual spelling, without a regex
@@ -283,7 +282,7 @@ def _check_jinja_loops(ctx: CheckContext, tf: TemplateField, source: str) -> Ite
         return
     for attribute, line in dict(misuses).items():
         span = _template_line_span(ctx, tf.path, line)
-        found = _find_dotted(ctx.lines, span, span.end_line or span.line, f"loop.{attribute}")
+        found = _find_dotted(ctx.lines_of(span.file), span, span.end_line or span.line, f"loop.{attribute}")
         diagnostic = cat.undefined_variable(found or span, f"loop.{attribute}", [])
         hint = (
             "inside `{% for %}`, `loop` is Jinja's loop (loop.index, loop.first, loop.length, …); to read flowctl's "

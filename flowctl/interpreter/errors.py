@@ -180,6 +180,18 @@ class RouteError(FlowctlError):
     code = "unknown-route-choice"
 
 
+class UnknownPipelineChoice(FlowctlError):
+    """A pipeline step chose its child by name, and the name is not one of its choices (`on_unknown: fail`)."""
+
+    code = "unknown-pipeline-choice"
+
+
+class TriggerLimitExceeded(FlowctlError):
+    """A `once: false` trigger would fire more often than its `max_firings`: events keep starting it (a loop)."""
+
+    code = "trigger-limit"
+
+
 class MaxIterationsExceeded(FlowctlError):
     code = "max-iterations"
 
@@ -192,6 +204,18 @@ class OutputsInvalid(FlowctlError):
     """The pipeline's outputs do not match its declared `output_schema`."""
 
     code = "outputs-invalid"
+
+
+class UnknownAgent(FlowctlError):
+    """An agent chosen by an expression that names no declared agent (and the step has no `default_agent`)."""
+
+    code = "unknown-agent"
+
+
+class UndeclaredServer(FlowctlError):
+    """A parameterised agent's rendered server list names a server the file does not declare."""
+
+    code = "undeclared-server"
 
 
 class StepFailed(FlowctlError):

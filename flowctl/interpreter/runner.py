@@ -18,6 +18,7 @@ from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Runtime, Scope, recorded_steps
 from flowctl.interpreter.engine.engine import Engine
 from flowctl.interpreter.engine.handlers import HANDLERS
+from flowctl.interpreter.engine.run_meta import run_attempt
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.engine.tuning import tuned_for_runs
 from flowctl.interpreter.errors import FlowctlError, InputError, ProviderError, refused
@@ -205,7 +206,8 @@ async def run_graph(
             record.source_digest = graph.source_digest
             record.scripted = options.scripted_file
             recorder.start_root(record)
-        started, started_at = clock.monotonic(), clock.now()
+        started = clock.monotonic()
+        started_at = previous.started_at if previous is not None else clock.now()  # `run.started_at` stays
         options.reporter.run_started(run_id, graph.root.name, resuming)
         async with AsyncExitStack() as stack:
             if options.tune_process:
@@ -222,6 +224,7 @@ async def run_graph(
             )
             state = SharedState(graph.root.state, clock.now)
             ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)
+            ctx.attempt = run_attempt(journal, run_id)
             if resuming:
                 ctx.recorded = recorded_steps(runtime, run_id)
                 ctx.finally_prefix = f"finally@{journal.epoch}/"
@@ -281,6 +284,7 @@ def _finish(
     ctx: RunContext, runtime: Runtime, status: RunStatus, outputs: dict[str, Any] | None, error: FlowctlError | None
 ) -> RunOutcome:
     totals = runtime.totals
+    runtime.journal.write_kept()  # a resume that recorded no call of its own still counts as a start (run.attempt)
     runtime.recorder.run_finished(
         ctx.run_id,
         status,

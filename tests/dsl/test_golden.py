@@ -110,7 +110,7 @@ HINTS = {
     "unknown_key_agent": [
         "",
         "did you mean 'model'?",
-        "",
+        "give it one of: instruction, instruction_file",
         "did you mean 'instruction'?",
         "did you mean 'max_iterations'?",
     ],

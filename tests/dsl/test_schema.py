@@ -337,7 +337,7 @@ def test_unknown_key_in_a_nested_parallel_step() -> None:
     assert unknown[0].message == "unknown key 'promtp' in step 'b'"
     assert unknown[0].hint == "did you mean 'prompt'?"
     missing = only([d for d in diagnostics if d.code == "missing-key"])
-    assert missing.message == "missing required key 'prompt' in step 'b'"
+    assert missing.message == "missing one of 'prompt' or 'prompt_file' in step 'b'"
 
 
 def test_fan_out_keys_are_unknown_on_a_parallel_step() -> None:

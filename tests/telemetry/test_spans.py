@@ -336,3 +336,20 @@ async def test_parallel_branches_and_loop_bodies_sit_under_their_step(
     assert body == ["twice#1/draft", "twice#1/check", "twice#2/draft", "twice#2/check"]
     for step in (*spans.children(both), *spans.children(twice), after):
         assert spans.child_names(step) == ["chat gpt-4o-mini"]
+
+
+async def test_agents_chosen_from_data_are_traced_under_their_rendered_names(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    traces = reporter(exporter)
+    outcome = await run_pipeline("dynamic_agents", tmp_path, traces)
+    traces.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    spans = Spans(exporter.get_finished_spans())
+    run = spans.one("invoke_workflow dynamic_agents")
+    process, design = spans.children(run)
+    assert sorted(spans.child_names(process)) == ["invoke_agent processor_csv", "invoke_agent processor_pdf"]
+    assert design.name == "invoke_agent task_executor_design"
+    assert (design.attributes or {})["gen_ai.agent.name"] == "task_executor_design"
+    [chat] = spans.children(design)
+    assert (chat.attributes or {})["gen_ai.agent.name"] == "task_executor_design"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from flowctl.dsl import ir
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
+from flowctl.interpreter.engine.agent_choice import chosen_agent, parameterised_agent
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
 from flowctl.interpreter.errors import (
@@ -69,9 +70,16 @@ def run_agent_step(
     for every agent step (a fan-out has thousands in flight)."""
     body = step.body
     assert isinstance(body, ir.AgentCall)
-    agent = ctx.graph.agents[agent_name or body.agent]
     context = ctx.template_context(scope)
     prompt = body.prompt.render(context)
+    if agent_name is not None or (body.choose is None and body.arguments is None):
+        agent = ctx.graph.agents[agent_name or body.agent]
+    elif body.arguments is None:
+        agent = chosen_agent(ctx.graph, body, context, path, step.span)
+    else:  # a parameterised agent: its instruction reads its arguments too
+        arguments = {name: value.evaluate(context) for name, value in body.arguments}
+        agent = parameterised_agent(ctx.graph, ctx.graph.agents[body.agent], arguments, path, step.span)
+        context = {**context, **arguments}
     return run_agent(ctx, agent, prompt, scope, path, model_name=model_name, context=context)
 
 

@@ -17,6 +17,7 @@ from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import Limiter
 from flowctl.interpreter.engine.events import EventBus
 from flowctl.interpreter.engine.policies import Breakers
+from flowctl.interpreter.engine.run_meta import iso, now_function
 from flowctl.interpreter.engine.state import SharedState
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.recorder import Recorder
@@ -64,6 +65,8 @@ class Runtime:
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
+    child_started_at: dict[str, float] = field(default_factory=dict)  # child run id → when it first started
+    now_calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (run id, step path) → `now()` calls
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
@@ -127,8 +130,9 @@ class RunContext:
     run_id: str
     inputs: Mapping[str, Any]
     state: SharedState
-    started_at: float  # wall-clock time, from the runtime's clock
+    started_at: float  # wall-clock time, from the runtime's clock; a resumed run keeps the one it started at
     parent_id: str | None = None
+    attempt: int = 1  # which start of the run tree this is: 1, then one more for each resume (run_meta.run_attempt)
     status: str = "running"
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {output, status, error, attempts}
     step_listeners: list[Callable[[str, StepResult], None]] = field(default_factory=list)  # triggers
@@ -138,6 +142,7 @@ class RunContext:
     # resuming: the step rows the store already holds, by path (rows add tokens and attempts up); None on a fresh run
     recorded: dict[str, RecordedStep] | None = None
     _meta: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _now: Callable[[], str] | None = field(default=None, init=False, repr=False)
 
     def run_meta(self) -> dict[str, Any]:
         """`run` in templates. Built once per status, not per render; never changed in place (templates may have
@@ -147,19 +152,24 @@ class RunContext:
             meta = self._meta = {
                 "id": self.run_id,
                 "pipeline": self.pipeline.name,
-                "started_at": self.started_at,
+                "started_at": iso(self.started_at),
                 "status": self.status,
                 "parent_id": self.parent_id,
+                "attempt": self.attempt,
                 "file": self.graph.file,
             }
         return meta
 
     def template_context(self, scope: Scope) -> dict[str, Any]:
+        now = self._now
+        if now is None:
+            now = self._now = now_function(self)
         context: dict[str, Any] = {
             "inputs": self.inputs,
             "steps": self.steps if scope.results is None else ChainMap(scope.results, self.steps),
             "state": self.state.values,
             "run": self.run_meta(),
+            "now": now,
         }
         context.update(scope.variables)
         return context

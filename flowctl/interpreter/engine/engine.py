@@ -21,6 +21,7 @@ from flowctl.interpreter.engine.observe import STEP_ATTEMPT
 from flowctl.interpreter.engine.policies import backoff_delay, retry_notice, with_timeout
 from flowctl.interpreter.engine.protocol import Handler, Outcome
 from flowctl.interpreter.engine.rendering import handler_within_timeout, take_cancellation
+from flowctl.interpreter.engine.run_meta import STEP_PATH, item_names
 from flowctl.interpreter.engine.state import UpdateBuffer
 from flowctl.interpreter.engine.triggers import TriggerSet
 from flowctl.interpreter.errors import (
@@ -43,7 +44,8 @@ _NO_DEADLINE = nullcontext()  # stateless, so one instance serves every step wit
 
 def _nested_sets_state(step: ir.Step) -> bool:
     """Whether a step nested (at any depth) in this one has `set:`: only those write into a branch's buffer (the
-    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own)."""
+    step's own `set:` applies once, after its fan-out joins; a child pipeline has a state of its own, and writes the
+    keys it shares with its caller at once)."""
     return any(child.updates or child.kind is ir.NodeKind.SET or _nested_sets_state(child) for child in step.children())
 
 
@@ -115,8 +117,7 @@ class Engine:
                     failure = exc  # keep going: recovery triggers started by this failure must finish
                     if refused(exc):
                         tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
-                finally:
-                    triggers.main_finished()
+            # the group ends when the run is quiescent: main steps and every triggered step done
         except FlowctlError as exc:
             failure = failure or exc
         except anyio.get_cancelled_exc_class():
@@ -126,6 +127,8 @@ class Engine:
                 await self._run_finally(ctx)
             raise
         triggers.close()  # `finally` steps and late state changes must not start triggers any more
+        if triggers.failure is not None:  # a loop of events was stopped (the group was cancelled)
+            failure = triggers.failure
         ctx.status = "failed" if failure else "succeeded"
         try:
             if failure is None or not refused(failure):
@@ -179,6 +182,7 @@ class Engine:
         path = scope.path(step.id)
         started, meter = ctx.runtime.clock.monotonic(), UsageMeter()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        path_token = STEP_PATH.set(path) if ctx.graph.uses_now else None  # whose `now()` a render reads
         result = StepResult("running")
         try:
             try:
@@ -221,6 +225,8 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
+            if path_token is not None:
+                STEP_PATH.reset(path_token)
         self._finish(ctx, step, scope, path, result, started, meter)
         return result
 
@@ -410,15 +416,21 @@ class Engine:
         buffers = [UpdateBuffer() for _ in items] if _nested_sets_state(step) else None
         has_nested_steps = next(step.children(), None) is not None
         prefix, variables, var = f"{scope.prefix}{step.id}[", scope.variables, fan.var
+        names: list[Any] = list(range(len(items)))  # what goes between the brackets of an item's path
+        if fan.item_id is not None:
+            item_id = fan.item_id
+            rendered = [self.evaluate_value(item_id, ctx, scope, **{var: x, "index": i}) for i, x in enumerate(items)]
+            names = item_names(path, rendered)
 
         def item(i: int) -> Awaitable[Any]:
             # the item's scope is made when its branch starts (not 10,000 of them up front), directly: this is
             # scope.child(prefix=f"{step.id}[{i}]/", sink=…, item=…, index=i) without its kwargs and copies
             sink = buffers[i] if buffers is not None else scope.sink
-            item_scope = Scope(f"{prefix}{i}]/", {**variables, var: items[i], "index": i}, sink, scope.results)
+            name = names[i]
+            item_scope = Scope(f"{prefix}{name}]/", {**variables, var: items[i], "index": i}, sink, scope.results)
             if has_nested_steps:  # items run their fallback steps at once: each needs its own step results
                 item_scope = item_scope.isolated()
-            return self._run_item(ctx, step, item_scope, f"{path}[{i}]")
+            return self._run_item(ctx, step, item_scope, f"{path}[{name}]")
 
         outcomes = await run_concurrent(len(items), item, fan.join, fan.max_concurrency)
         if buffers is not None:
@@ -436,6 +448,7 @@ class Engine:
         started, meter, result = clock.monotonic(), UsageMeter(), StepResult("running")
         kind, started_at = step.kind._value_, clock.now()
         token = STEP_METERS.set((*STEP_METERS.get(), meter))
+        path_token = STEP_PATH.set(path) if ctx.graph.uses_now else None
         try:
             result.output = await self.run_attempts(ctx, step, scope, path, result, item=True)
             result.status = "succeeded"
@@ -447,6 +460,8 @@ class Engine:
             raise
         finally:
             STEP_METERS.reset(token)
+            if path_token is not None:
+                STEP_PATH.reset(path_token)
             self._record(ctx, path, result, started, meter, kind, started_at)
         return result.output
 

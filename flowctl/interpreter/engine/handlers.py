@@ -18,8 +18,8 @@ from flowctl.interpreter.engine.engine import emit_event
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
-from flowctl.interpreter.engine.state import SharedState, UpdateBuffer
-from flowctl.interpreter.errors import RouteError, ToolCallError, WaitTimeout, error_json
+from flowctl.interpreter.engine.state import ChildState, SharedState, UpdateBuffer
+from flowctl.interpreter.errors import RouteError, ToolCallError, UnknownPipelineChoice, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
 from flowctl.interpreter.meters import STEP_METERS, UsageMeter
 from flowctl.interpreter.persistence.store import RunStatus
@@ -50,18 +50,47 @@ async def handle_parallel(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     return join_output(body.join, outcomes, [b.id for b in body.branches])
 
 
-def _resolve_child(ctx: RunContext, body: ir.ChildPipeline) -> tuple[ir.Graph, ir.PipelineDef]:
-    if body.is_file:
-        graph = ctx.graph.children[body.ref]
+def _resolve_child(ctx: RunContext, ref: str, is_file: bool) -> tuple[ir.Graph, ir.PipelineDef]:
+    if is_file:
+        graph = ctx.graph.children[ref]
         return graph, graph.root
-    return ctx.graph, ctx.graph.pipelines[body.ref]
+    return ctx.graph, ctx.graph.pipelines[ref]
+
+
+async def _dispatch(
+    engine: StepEngine, ctx: RunContext, step: ir.Step, dispatch: ir.Dispatch, scope: Scope, path: str
+) -> ir.ChildRef | dict[str, Any]:
+    """The child a name chooses, or the output that reports an unknown name. The name is journaled like a side
+    effect: a resumed run takes the same decision even when the state it was computed from has moved on."""
+
+    async def decide() -> dict[str, Any]:
+        return {"name": engine.evaluate_value(dispatch.name, ctx, scope)}
+
+    name = (await ctx.runtime.journal.call(ctx.run_id, f"{path}/dispatch#0", "dispatch", decide))["name"]
+    child = dispatch.choices.get(name) if isinstance(name, str) else None
+    if child is not None:
+        return child
+    if dispatch.on_unknown is ir.OnUnknown.FAIL:
+        raise UnknownPipelineChoice(
+            f"step {path!r} chose pipeline {name!r}, which is not one of its choices: {', '.join(dispatch.choices)}",
+            span=step.span,
+        )
+    if dispatch.on_unknown is ir.OnUnknown.DEFAULT and dispatch.default is not None:
+        return dispatch.default
+    return {"error": f"Unknown pattern: {name}"}
 
 
 async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Run a child pipeline under its own id `<run>/<step>` (`<run>/<step>[i]` for a fan-out item)."""
     body = step.body
     assert isinstance(body, ir.ChildPipeline)
-    graph, pipeline = _resolve_child(ctx, body)
+    ref, is_file = body.ref, body.is_file
+    if body.dispatch is not None:
+        chosen = await _dispatch(engine, ctx, step, body.dispatch, scope, path)
+        if isinstance(chosen, dict):
+            return chosen  # an unknown name, reported
+        ref, is_file = chosen.ref, chosen.is_file
+    graph, pipeline = _resolve_child(ctx, ref, is_file)
     inputs = validate_inputs(
         pipeline.inputs,
         engine.evaluate_value(body.inputs, ctx, scope),
@@ -71,10 +100,14 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
     runtime = ctx.runtime
     recorder, now = runtime.recorder, runtime.clock.now
     state = SharedState(pipeline.state, now)
-    child = RunContext(runtime, graph, pipeline, run_id, inputs, state, now(), parent_id=ctx.run_id)
+    if pipeline.parent_state:  # reuse: the child reads and updates the keys of the caller's state it declares
+        state = ChildState(pipeline.state, now, ctx.state, pipeline.parent_state, f"{path}/")
     runs_before = runtime.child_starts[run_id]  # earlier attempts of this step in this process
     runtime.child_starts[run_id] += 1
     previous = recorder.get_run(run_id) if ctx.recorded is not None and not runs_before else None
+    # `run.started_at`: when the child first started, in this process or (resuming) in the one that started it
+    started_at = runtime.child_started_at.setdefault(run_id, previous.started_at if previous is not None else now())
+    child = RunContext(runtime, graph, pipeline, run_id, inputs, state, started_at, ctx.run_id, attempt=ctx.attempt)
     if previous is None and not runs_before:
         file = str(Path(graph.file).resolve())
         recorder.child_started(run_id, ctx.run_id, pipeline.name, file, child.started_at, inputs, graph.source_digest)
@@ -97,6 +130,8 @@ async def handle_pipeline(engine: StepEngine, ctx: RunContext, step: ir.Step, sc
         status, error = RunStatus.FAILED, error_json(exc)
         raise
     finally:
+        if isinstance(state, ChildState):
+            state.detach()
         STEP_METERS.reset(token)
         tokens = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
         recorder.run_finished(run_id, status, outputs=outputs, error=error, durable=False, **tokens)
@@ -119,19 +154,26 @@ def parse_choices(text: str | None) -> list[str]:
     return [str(v).strip() for v in value] if isinstance(value, list) else []
 
 
-async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
-    assert route.agent is not None and route.prompt is not None
+def route_constraint(route: ir.Route) -> str:
+    """What the routing agent is told of its options (after its system message, or after the prompt)."""
     names = ", ".join(route.branches)
     how = "one or more" if route.multiple else "exactly one"
-    instruction = f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+    return f'\n\nChoose {how} of these options: {names}. Answer only with JSON: {{"choices": ["<option>", ...]}}'
+
+
+async def _llm_choices(ctx: RunContext, route: ir.Route, scope: Scope, path: str) -> list[str]:
+    assert route.agent is not None and route.prompt is not None
+    constraint = route_constraint(route) if route.constraint != "none" else ""
     prompt = route.prompt.render(ctx.template_context(scope))
+    if route.constraint == "user":
+        prompt += constraint
     output = await run_agent(
         ctx,
         ctx.graph.agents[route.agent],
         prompt,
         scope,
         f"{path}/router",
-        extra_instruction=instruction,
+        extra_instruction=constraint if route.constraint == "system" else "",
         output_schema={},
     )
     return parse_choices(json.dumps(output) if not isinstance(output, str) else output)
@@ -150,7 +192,8 @@ async def _choose(engine: StepEngine, ctx: RunContext, route: ir.Route, scope: S
 
 async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
     """Rules, then the LLM, then `default`. `multiple` bounds only the LLM: a rule or default naming several
-    branches runs them all. Branches run concurrently; their state updates apply in declaration order."""
+    branches runs them all. Branches run concurrently, their state updates applied in declaration order; with
+    `sequential`, one after another in the order chosen, each seeing the state the previous ones left."""
     route = step.body
     assert isinstance(route, ir.Route)
     chosen, source = await _choose(engine, ctx, route, scope, path)
@@ -168,20 +211,33 @@ async def handle_route(engine: StepEngine, ctx: RunContext, step: ir.Step, scope
     if source == "llm" and not route.multiple:
         known = known[:1]
     results: dict[str, Any] = {}
-    names = [name for name in route.branches if name in known]  # declaration order
-    buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
 
-    async def run_branch(name: str) -> None:
+    async def run_branch(name: str, branch_scope: Scope) -> None:
         steps = route.branches[name]
-        buffer = buffers.get(name)
-        await engine.run_list(ctx, steps, scope.child(sink=buffer) if buffer is not None else scope)
+        await engine.run_list(ctx, steps, branch_scope)
         results[name] = ctx.steps[steps[-1].id]["output"] if steps else None
 
-    async with task_group() as tg:
+    if route.sequential:
         for name in known:
-            tg.start_soon(run_branch, name)
-    engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
-    return {"chosen": known, "source": source, "results": {n: results.get(n) for n in known}, "errors": errors}
+            await run_branch(name, scope)
+    else:
+        names = [name for name in route.branches if name in known]  # declaration order
+        buffers = {name: UpdateBuffer() for name in names} if len(names) > 1 else {}
+        async with task_group() as tg:
+            for name in known:
+                buffer = buffers.get(name)
+                tg.start_soon(run_branch, name, scope.child(sink=buffer) if buffer is not None else scope)
+        engine.commit_buffers(ctx, scope, list(buffers.values()), [Outcome(True)] * len(buffers))
+    if route.unknown_in_results:  # as the seed does: each name chosen, in the order chosen, with its result
+        entries = {}
+        for name in dict.fromkeys([*chosen, *known]):
+            if name in known:
+                entries[name] = results.get(name)
+            elif name in unknown:
+                entries[name] = {"error": f"Unknown pattern: {name}"}
+    else:
+        entries = {name: results.get(name) for name in known}
+    return {"chosen": known, "source": source, "results": entries, "errors": errors}
 
 
 # --- loops, events, state ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ not transcribed again: the run that made it did.
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,13 @@ def _model_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
     text): ~10 µs a call less than building and encoding them again, which a fan-out of thousands feels."""
     request, response, error, model = raw
     sent = JsonText(request.canonical) if request.canonical is not None else request.to_json()
+    if request.agent:  # who asked, under the name the run gave it (a parameterised agent's rendered name)
+        agent = json.dumps(request.agent, ensure_ascii=False)
+        sent = (
+            JsonText('{"agent":' + agent + "," + sent[1:])
+            if isinstance(sent, JsonText)
+            else {"agent": request.agent, **sent}
+        )
     answer: Any = None
     if response is not None:
         if model.price_in_per_mtok is None and model.price_out_per_mtok is None:

@@ -54,6 +54,44 @@ class SharedState:
             listener(change)
 
 
+class ChildState(SharedState):
+    """A child run's state when it declares `parent_state`: its own keys, plus the caller's keys it names, read live
+    (every change of the caller's state is seen at once) and written through to the caller at once, with the
+    caller's reducers, as changes of `<pipeline step path>/<child step path>`. Shared keys are how concurrent
+    children coordinate (the seed's `shared_state`), so their writes are never held back in a fan-out's or a
+    parallel branch's buffer."""
+
+    def __init__(
+        self,
+        keys: dict[str, StateKey],
+        now: Callable[[], float],
+        parent: SharedState,
+        shared: tuple[str, ...],
+        prefix: str,
+    ) -> None:
+        super().__init__(keys, now)
+        self.parent, self.shared, self.prefix = parent, frozenset(shared), prefix
+        for name in shared:
+            self.values[name] = parent.values.get(name)
+        parent.listeners.append(self._parent_changed)
+
+    def _parent_changed(self, change: Change) -> None:
+        for name, value in change.values.items():
+            if name in self.shared:
+                self.values[name] = value
+
+    def detach(self) -> None:
+        """The child run has ended: stop following the caller's state."""
+        self.parent.listeners.remove(self._parent_changed)
+
+    def apply(self, step: str, updates: dict[str, Any]) -> None:
+        theirs = {name: value for name, value in updates.items() if name in self.shared}
+        if len(theirs) < len(updates):
+            super().apply(step, {name: value for name, value in updates.items() if name not in self.shared})
+        if theirs:
+            self.parent.apply(self.prefix + step, theirs)  # its listeners include ours: we see the result
+
+
 def _reduce(reducer: Reducer, current: Any, value: Any) -> Any:
     if reducer is Reducer.APPEND:
         items = list(current) if isinstance(current, list) else ([] if current is None else [current])

@@ -1,5 +1,9 @@
 """Triggers: work that starts on an event, on a step's completion or failure (recovery), or when a condition on
-state becomes true (thresholds). Fired triggers run their steps in the pipeline's task group, beside the main steps.
+state becomes true (thresholds). Fired triggers run their steps in the pipeline's task group, beside the main steps,
+and events their steps emit fire triggers like any other: the group, and so the run's body, ends only when it is
+quiescent (main steps done, no triggered steps running; events are delivered as they are emitted, so none is ever
+pending). A `once: false` trigger fires at most `max_firings` times: one firing more stops the run with
+`trigger-limit`, so a loop of events cannot run forever.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from flowctl.dsl.templates import RenderError
 from flowctl.interpreter.engine.context import RunContext, Scope, StepResult
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.state import Change
+from flowctl.interpreter.errors import TriggerLimitExceeded
 
 if TYPE_CHECKING:
     from flowctl.interpreter.engine.protocol import StepEngine
@@ -30,6 +35,7 @@ class TriggerSet:
         self.holding: set[str] = set()  # `when` triggers whose condition held at the last check (edge detection)
         self.triggers = ctx.pipeline.triggers
         self.active = bool(self.triggers)
+        self.failure: TriggerLimitExceeded | None = None  # a trigger went past its `max_firings`
 
     def open(self, tg: TaskGroup) -> None:
         self.tg = tg
@@ -39,13 +45,8 @@ class TriggerSet:
         self.ctx.step_listeners.append(self._on_step)
         self.ctx.state.listeners.append(self._on_state)
 
-    def main_finished(self) -> None:
-        """Fired triggers keep running; events emitted after the main steps end start nothing new."""
-        if self.active:
-            self.ctx.runtime.bus.unsubscribe(self._on_event)
-
     def close(self) -> None:
-        """The task group has ended: stop listening to steps and state."""
+        """The task group has ended: stop listening to events, steps and state."""
         if self.active and self.tg is not None:
             self.active = False
             self.ctx.runtime.bus.unsubscribe(self._on_event)
@@ -58,11 +59,26 @@ class TriggerSet:
         count = self.fired.get(trigger.id, 0)
         if trigger.once and count:
             return
+        if count >= trigger.max_firings:
+            self._stop(trigger)
+            return
         self.fired[trigger.id] = count + 1
         # each firing gets its own step results: with `once: false`, firings can run at the same time
         scope = Scope(prefix=f"{trigger.id}#{count + 1}/", variables={"event": event}).isolated()
         self.ctx.runtime.reporter.event(self.ctx.run_id, f"trigger {trigger.id}", trigger.kind.value)
         self.tg.start_soon(self.engine.run_list, self.ctx, trigger.steps, scope)
+
+    def _stop(self, trigger: ir.Trigger) -> None:
+        """One firing past the limit: nothing more starts, what runs is cancelled, and the run fails with why."""
+        assert self.tg is not None
+        self.active = False
+        self.failure = TriggerLimitExceeded(
+            f"trigger {trigger.id!r} would fire more than max_firings={trigger.max_firings} times in run "
+            f"{self.ctx.run_id!r}: its steps keep causing what starts it again (a loop of events?); make the loop "
+            "stop, or raise `max_firings`",
+            span=trigger.span,
+        )
+        self.tg.cancel_scope.cancel()
 
     def _on_event(self, event: Event) -> None:
         for trigger in self.triggers:

@@ -26,7 +26,9 @@ from flowctl.interpreter.errors import ResumeRefused
 from flowctl.interpreter.meters import meter_execution
 from flowctl.interpreter.persistence.recorder import Recorder
 
-_CALL_PART = re.compile(r"^(?:llm|turn|wait|tool:[^#]*)#\d+$")
+MISSING: Any = object()  # `recall` found nothing to replay
+
+_CALL_PART = re.compile(r"^(?:llm|turn|wait|now|tool:[^#]*)#\d+$")
 
 
 def step_of(key: str) -> str:
@@ -54,6 +56,8 @@ class Journal:
         self.executed = 0
         self._written: set[tuple[str, str]] = set()  # keys recorded by this process
         self._counted: set[tuple[str, str]] = set()  # replayed keys whose usage this process counted
+        self._recorded = False  # whether this process recorded a call yet
+        self._kept: list[tuple[str, str, Any]] = []  # values `keep` holds back until then (a resume)
         # (run id, step path) → the claim token the step's failure was committed under: its calls committed under
         # that claim or an earlier one are asked again
         self._failed: dict[tuple[str, str], int] = {}
@@ -116,6 +120,39 @@ class Journal:
                 return hit
         return None
 
+    def recall(self, run_id: str, key: str) -> Any:
+        """A value the run journaled with `keep` (`now()`, the run's attempt), or MISSING. Like `replay`, it skips
+        what a failed step recorded: that step runs anew, and reads the clock anew."""
+        if not self.resuming and (run_id, key) not in self._written:
+            return MISSING
+        recorded = self.recorder.lookup_call(run_id, key)
+        if recorded is None or recorded.masked:
+            return MISSING
+        if (run_id, key) not in self._written and self._failed:
+            failed_under = self._failed.get((run_id, _owning_step(key)))
+            if failed_under is not None and recorded.claim_token <= failed_under:
+                return MISSING
+        return recorded.result.get("value")
+
+    def keep(self, run_id: str, key: str, value: Any) -> None:
+        """Journal a value a resumed run must see again, under `key` (a call's key: `step/now#0`). Not a call: the
+        counts of calls made and replayed leave it out. Queued, not awaited: what the value reaches outside the run
+        (a model's prompt, a tool's arguments) is journaled after it, and the store keeps writes in order.
+
+        A resume keeps its values back until it records a call of its own (or ends): a resume refused while it is
+        still replaying must leave the run exactly as it was, and any write would start committing (Recorder)."""
+        self._written.add((run_id, key))
+        if self.resuming and not self._recorded:
+            self._kept.append((run_id, key, value))
+            return
+        self.recorder.call_done(run_id, key, "value", {"value": value})
+
+    def write_kept(self) -> None:
+        """Queue the values `keep` held back (the run records a call, or ends)."""
+        kept, self._kept = self._kept, []
+        for run_id, key, value in kept:
+            self.recorder.call_done(run_id, key, "value", {"value": value})
+
     def count_replayed(self, run_id: str, key: str) -> bool:
         """Whether a replayed call's usage is to be counted: once per process, and only for what an earlier process
         paid (a resumed run). A step retry replays the calls its earlier attempt made in this process, which were
@@ -143,5 +180,8 @@ class Journal:
         meter_execution()
 
     def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
+        if self._kept:
+            self.write_kept()  # before the call: the store keeps writes in order
+        self._recorded = True
         self.recorder.call_done(run_id, key, digest, result)
         self._written.add((run_id, key))

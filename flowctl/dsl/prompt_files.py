@@ -1,0 +1,88 @@
+"""Prompts in their own files: `instruction_file:` (an agent) and `prompt_file:` (an agent step), read after the
+schema check and before the semantic checks.
+
+Each file's text becomes the `instruction` or `prompt` it stands for, so every later stage treats it like an inline
+template: the template checks, the compiler, the run. Its position is the file's own: the source map points the
+field at `prompts/x.md:1:1`, and the template checks look up lines and references in that file's text
+(`CheckContext.texts`), so a problem is reported at `prompts/x.md:LINE:COL`.
+
+Paths are relative to the pipeline file and must stay in the root pipeline's folder tree: an absolute path, `..`
+out of it, or a symlink pointing out is refused (`path-escape`), as is a file that cannot be read, is too large or
+is not UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowctl.dsl import catalogue as cat
+from flowctl.dsl.characters import editor_lines
+from flowctl.dsl.diagnostics import Diagnostic, Span
+from flowctl.dsl.index import DocIndex
+from flowctl.dsl.loader import MAX_FILE_BYTES, JsonPath, LoadedDocument
+from flowctl.dsl.paths import confine
+
+# the key that names a file → the field whose text it holds
+FILE_FIELDS = {"instruction_file": "instruction", "prompt_file": "prompt"}
+
+
+def _file_fields(data: Any, index: DocIndex | None) -> Iterator[tuple[JsonPath, dict[str, Any], str]]:
+    """(path of the mapping, the mapping, its file key) for every agent and agent step that names a prompt file."""
+    agents = data.get("agents") if isinstance(data, dict) else None
+    for name, agent in agents.items() if isinstance(agents, dict) else ():
+        if isinstance(agent, dict) and isinstance(agent.get("instruction_file"), str):
+            yield ("agents", name), agent, "instruction_file"
+    for pipeline in index.pipelines() if index is not None else ():
+        for step in pipeline.ordered:
+            if step.kind == "agent" and isinstance(step.raw.get("prompt_file"), str):
+                yield step.path, step.raw, "prompt_file"
+
+
+def inline_prompt_files(
+    doc: LoadedDocument, index: DocIndex | None, base: Path, root: Path
+) -> tuple[list[Diagnostic], dict[str, str]]:
+    """Put each named file's text in the document (in place), and its span in the source map. Returns the problems
+    and the texts read, by the name diagnostics give them."""
+    problems: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    for path, mapping, key in list(_file_fields(doc.data, index)):
+        if FILE_FIELDS[key] in mapping:
+            continue  # both the text and the file: the schema reported it
+        ref: str = mapping[key]
+        span = doc.source_map.value((*path, key))
+        text, problem = _read(ref, span, base, root)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        assert text is not None
+        shown = os.path.normpath(os.path.join(os.path.dirname(doc.file), ref))
+        lines = editor_lines(text)
+        end = Span(shown, 1, 1, max(len(lines), 1), (len(lines[-1]) if lines else 0) + 1)
+        mapping[FILE_FIELDS[key]] = text
+        doc.source_map.values[(*path, FILE_FIELDS[key])] = end
+        doc.source_map.keys[(*path, FILE_FIELDS[key])] = doc.source_map.key((*path, key))
+        texts[shown] = text
+    return problems, texts
+
+
+def _read(ref: str, span: Span, base: Path, root: Path) -> tuple[str | None, Diagnostic | None]:
+    if os.path.isabs(ref) or ref.startswith("~"):
+        return None, cat.path_escape(span, ref, "prompt file path", "the pipeline's folder (give a relative path)")
+    target = confine(root, base, ref)
+    if target is None:
+        return None, cat.path_escape(span, ref, "prompt file path", "the pipeline's folder")
+    try:
+        size = target.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, cat.prompt_file_unreadable(span, ref, f"it is {size} bytes; the limit is {MAX_FILE_BYTES}")
+        raw = target.read_bytes()
+    except OSError as exc:
+        return None, cat.prompt_file_unreadable(span, ref, exc.strerror or str(exc))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return None, cat.prompt_file_unreadable(span, ref, f"it is not UTF-8 text (byte {exc.start})")
+    return text.replace("\r\n", "\n"), None
