@@ -5,7 +5,7 @@ Shared by the check units in `checks.py` and `template_checks.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class CheckContext:
     # (this file's folder, the root pipeline's folder that file references must stay in); None: not checked
     folders: tuple[Path, Path] | None = None
     emitted_events: set[str] = field(default_factory=set)
+    env: Mapping[str, str] | None = None  # the environment `${VAR}` is checked against (None: not checked)
     _lines: list[str] | None = None
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 
 from flowctl.dsl import ir
 from flowctl.dsl.diagnostics import Span
-from flowctl.dsl.index import STEP_KINDS, is_file_reference, step_kind
+from flowctl.dsl.index import STEP_KINDS, is_file_reference, servers_path, step_kind
 from flowctl.dsl.loader import JsonPath, LoadedDocument
 from flowctl.dsl.templates import (
     CompiledValue,
@@ -300,14 +300,15 @@ class _Compiler:
         return models
 
     def servers(self) -> dict[str, ir.ServerDef]:
-        raw_servers = self.data.get("servers")
-        base: JsonPath = ("servers",)
-        if not isinstance(raw_servers, dict):
-            raw_servers, base = (self.data.get("mcp") or {}).get("servers") or {}, ("mcp", "servers")
+        base = servers_path(self.data)
+        raw_servers = self.data.get(str(base[0])) or {}
+        raw_servers = (raw_servers.get("servers") or {}) if len(base) == 2 else raw_servers
         servers = {}
         for name, raw in raw_servers.items():
-            transport = raw.get("transport") or ("stdio" if "command" in raw else "streamable_http")
-            transport = "streamable_http" if transport == "http" else transport
+            transport = raw.get("transport") or raw.get("type") or ("stdio" if "command" in raw else "streamable_http")
+            transport = "streamable_http" if transport in ("http", "streamable-http") else transport
+            auth = raw.get("auth") or {}
+            stream_timeout = raw.get("http_read_timeout_seconds", raw.get("read_transport_sse_timeout_seconds"))
             servers[name] = ir.ServerDef(
                 name=name,
                 transport=ir.Transport(transport),
@@ -323,6 +324,12 @@ class _Compiler:
                 allowed_tools=tuple(raw["allowed_tools"]) if "allowed_tools" in raw else None,
                 idempotent_tools=tuple(raw.get("idempotent_tools") or ()),
                 circuit_breaker=_breaker(raw.get("circuit_breaker")),
+                optional=bool(raw.get("optional", False)),
+                bearer=auth.get("bearer"),
+                client_credentials=_client_credentials(auth.get("client_credentials")),
+                http_timeout=_optional_float(raw.get("http_timeout_seconds")),
+                stream_timeout=_optional_float(stream_timeout),
+                terminate_on_close=bool(raw.get("terminate_on_close", True)),
             )
         return servers
 
@@ -340,6 +347,22 @@ class _Compiler:
                 output_schema=raw.get("output_schema"),
             )
         return agents
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _client_credentials(raw: Any) -> ir.ClientCredentials | None:
+    if not isinstance(raw, dict):
+        return None
+    return ir.ClientCredentials(
+        client_id=raw["client_id"],
+        client_secret=raw["client_secret"],
+        scope=raw.get("scope"),
+        issuer=raw.get("issuer"),
+        auth_method=raw.get("token_endpoint_auth_method", "client_secret_basic"),
+    )
 
 
 def _seconds(value: Any, default: float) -> float:

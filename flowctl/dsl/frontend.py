@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class FrontEnd:
     """Validates and compiles pipeline files; one instance per command invocation."""
 
     root_dir: Path | None = None
+    env: Mapping[str, str] | None = None  # where `${VAR}` is looked up for `unset-variable` (default: os.environ)
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
     _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
 
@@ -68,7 +70,8 @@ class FrontEnd:
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
-            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders))
+            env = os.environ if self.env is None else self.env
+            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders, env=env))
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):

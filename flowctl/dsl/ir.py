@@ -291,6 +291,17 @@ class ModelDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """`auth: {client_credentials: …}`: the MCP OAuth client-credentials flow (values still hold ${VAR})."""
+
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+    issuer: str | None = None
+    auth_method: str = "client_secret_basic"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerDef:
     name: str
     transport: Transport
@@ -306,6 +317,12 @@ class ServerDef:
     allowed_tools: tuple[str, ...] | None = None
     idempotent_tools: tuple[str, ...] = ()
     circuit_breaker: CircuitBreakerSpec | None = None
+    optional: bool = False  # cannot start: agents run without its tools (a warning), tool steps still fail
+    bearer: str | None = None  # `auth: {bearer: …}`, still holding ${VAR}
+    client_credentials: ClientCredentials | None = None
+    http_timeout: float | None = None  # connect/write timeout of an HTTP server (mcp-agent's http_timeout_seconds)
+    stream_timeout: float | None = None  # how long an HTTP/SSE stream may stay silent
+    terminate_on_close: bool = True  # streamable HTTP: DELETE the session when the pool closes
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,62 +15,190 @@ from flowctl.dsl.check_context import CheckContext
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.templates import has_template
-from flowctl.dsl.variables import VARIABLE  # `${NAME}`, `${NAME:-default}`: what the interpreter expands
+from flowctl.dsl.variables import VARIABLE  # `${NAME}`, `${NAME:-default}`, `${NAME:default}`: what is expanded
+
+# Keys other tools' server blocks hold that flowctl accepts without acting on them: key → why, and what to do.
+# (Keys flowctl honours are in the schema; an unknown key is still an error, since it is most often a typo.)
+IGNORED_SERVER_KEYS: dict[str, str] = {
+    "load_on_start": "fast-agent's; flowctl starts a server when a step first needs its tools",
+    "ping_interval_seconds": "fast-agent's; flowctl does not ping idle servers (a lost server is noticed on its "
+    "next call and restarted once)",
+    "max_missed_pings": "fast-agent's; flowctl does not ping idle servers",
+    "reconnect_on_disconnect": "fast-agent's; flowctl always restarts a server once after it goes away",
+    "implementation": "fast-agent's; flowctl introduces itself as `flowctl`",
+    "envFile": "VS Code's; write the variables under `env:` (`NAME: ${NAME}` reads them from the environment)",
+    "dev": "VS Code's watch/debug settings",
+    "disabled": "Claude Desktop's; remove the server from the agents that name it instead",
+    "autoApprove": "Cline's; flowctl never asks before a call (limit what models see with `allowed_tools`)",
+    "alwaysAllow": "Cline's; flowctl never asks before a call (limit what models see with `allowed_tools`)",
+    "timeout": "Cline's; write `read_timeout_seconds` (per call) or `startup_timeout_seconds`",
+}
+IGNORED_AUTH_KEYS: dict[str, str] = {
+    "api_key": "mcp-agent's; flowctl sends no key from it: write `bearer: ${VAR}` or a header",
+    "redirect_port": "fast-agent's interactive OAuth; flowctl runs unattended: use `bearer` or `client_credentials`",
+    "redirect_path": "fast-agent's interactive OAuth; flowctl runs unattended: use `bearer` or `client_credentials`",
+    "scope": "fast-agent's interactive OAuth; the scope of `client_credentials` goes under it",
+    "persist": "fast-agent's token storage; flowctl keeps OAuth tokens in memory for one run",
+}
+_REMOTE = ("sse", "http", "streamable_http", "streamable-http")
 
 
 def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """A server's `command` is a literal: no Jinja, no ${VAR} (code execution must never come from templates)."""
+    """A server's `command` is a literal (no Jinja, no `$(…)`: code execution must never come from templates); a
+    server block's shape is consistent (one servers section, one transport, auth only where it can be sent); keys
+    from other tools that flowctl does not act on are named."""
     base = ctx.index.servers_path()
+    yield from _check_sections(ctx, base)
     for name, server in ctx.index.section("servers").items():
-        command = server.get("command") if isinstance(server, dict) else None
-        if isinstance(command, str) and (has_template(command) or "${" in command or "$(" in command):
-            yield cat.templated_command(ctx.span((*base, name, "command")), command)
+        if not isinstance(server, dict):
+            continue
+        path = (*base, name)
+        command = server.get("command")
+        if isinstance(command, str) and (has_template(command) or "$(" in command or "`" in command):
+            yield cat.templated_command(ctx.span((*path, "command")), command)
+        yield from _check_transport(ctx, path, server)
+        yield from _check_auth(ctx, path, server)
+        for key, why in IGNORED_SERVER_KEYS.items():
+            if key in server:
+                yield cat.ignored_key(ctx.key_span((*path, key)), key, f"server {name!r}", why)
+
+
+def _check_sections(ctx: CheckContext, base: JsonPath) -> Iterator[Diagnostic]:
+    data = ctx.doc.data if isinstance(ctx.doc.data, dict) else {}
+    mcp = data.get("mcp")
+    present: list[JsonPath] = [
+        path
+        for path, value in ((("servers",), data.get("servers")), (("mcpServers",), data.get("mcpServers")))
+        if isinstance(value, dict)
+    ]
+    if isinstance(mcp, dict) and isinstance(mcp.get("servers"), dict):
+        present.append(("mcp", "servers"))
+    for path in present:
+        if path != base:
+            yield cat.invalid_value(
+                ctx.key_span(path),
+                f"servers are defined under both `{'.'.join(map(str, base))}` and `{'.'.join(map(str, path))}`",
+                hint=f"flowctl reads `{'.'.join(map(str, base))}` only: move these servers there",
+            )
+
+
+def _check_transport(ctx: CheckContext, path: JsonPath, server: dict[str, Any]) -> Iterator[Diagnostic]:
+    """`type` (Claude Desktop, VS Code) and `transport` must agree with each other and with `command`/`url`."""
+    type_, transport = server.get("type"), server.get("transport")
+    spelled = {"http": "streamable_http", "streamable-http": "streamable_http"}
+    if (
+        isinstance(type_, str)
+        and isinstance(transport, str)
+        and spelled.get(type_, type_) != spelled.get(transport, transport)
+    ):
+        yield cat.invalid_value(
+            ctx.span((*path, "type")),
+            f"`type: {type_}` and `transport: {transport}` disagree",
+            hint="keep one of them (`type` is Claude Desktop's / VS Code's spelling of `transport`)",
+        )
+        return
+    chosen = transport if isinstance(transport, str) else type_
+    key = "transport" if isinstance(transport, str) else "type"
+    if chosen == "stdio" and "command" not in server:
+        yield cat.invalid_value(
+            ctx.span((*path, key)),
+            f"`{key}: stdio` needs `command:` (the program to start)",
+            hint="give `command:` (and `args:`), or `transport: http` with `url:` for a remote server",
+        )
+    elif chosen in _REMOTE and "url" not in server:
+        yield cat.invalid_value(
+            ctx.span((*path, key)),
+            f"`{key}: {chosen}` needs `url:` (the server's endpoint)",
+            hint="give `url:`, or `command:` without a transport for a server flowctl starts itself",
+        )
+
+
+def _check_auth(ctx: CheckContext, path: JsonPath, server: dict[str, Any]) -> Iterator[Diagnostic]:
+    """`auth:` is acted on or warned about, never silently dropped."""
+    auth = server.get("auth")
+    if not isinstance(auth, dict):
+        return
+    name = str(path[-1])
+    remote = "url" in server
+    if not remote and auth:
+        yield cat.ignored_key(
+            ctx.key_span((*path, "auth")),
+            "auth",
+            f"server {name!r}",
+            "a stdio server is not authenticated by flowctl: pass its credentials in `env:`",
+        )
+        return
+    if "bearer" in auth and "client_credentials" in auth:
+        yield cat.invalid_value(
+            ctx.key_span((*path, "auth", "client_credentials")),
+            "`auth` gives both `bearer` and `client_credentials`",
+            hint="keep one: a fixed token (`bearer`) or the OAuth flow that fetches one (`client_credentials`)",
+        )
+    headers = server.get("headers")
+    if "bearer" in auth and isinstance(headers, dict) and any(str(k).lower() == "authorization" for k in headers):
+        yield cat.invalid_value(
+            ctx.key_span((*path, "auth", "bearer")),
+            "`auth.bearer` and an `Authorization` header both set the same header",
+            hint="keep one of them",
+        )
+    if auth.get("oauth") is True:
+        yield cat.ignored_key(
+            ctx.key_span((*path, "auth", "oauth")),
+            "oauth",
+            f"the auth of server {name!r}",
+            "fast-agent's interactive OAuth (a browser sign-in); flowctl runs unattended: use `bearer: ${TOKEN}` or "
+            "`client_credentials`",
+        )
+    for key, why in IGNORED_AUTH_KEYS.items():
+        if key in auth:
+            yield cat.ignored_key(ctx.key_span((*path, "auth", key)), key, f"the auth of server {name!r}", why)
 
 
 _TEMPLATE_START = re.compile(r"\{\{|\{%|\{#")
-_COLON_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):([^-}][^}]*)?\}")
+# Where `${VAR}` is expanded: every string of a server's launch and connection settings, and a model's endpoint.
+_SERVER_VALUES = ("command", "args", "cwd", "env", "url", "headers", "auth")
+_MODEL_VALUES = ("model", "base_url")
 
 
 def check_server_values(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """`${VAR}` is expanded in a server's `env`, `headers` and `url` and a model's `base_url` (one spelling:
-    `${VAR:-default}`), and nothing in a server definition is a template: say so where a value expects otherwise."""
+    """`${VAR}`, `${VAR:-default}` and `${VAR:default}` are expanded in every string of a server's launch and
+    connection settings and a model's `model` and `base_url`; nothing in a server definition is a template; a
+    variable without a default that the environment does not set is named (a run would fail on it)."""
     base = ctx.index.servers_path()
     for name, server in ctx.index.section("servers").items():
         if not isinstance(server, dict):
             continue
-        for key in ("args", "env", "headers", "url", "cwd"):
+        for key in _SERVER_VALUES:
             for path, value in _string_leaves(server.get(key), (*base, name, key)):
                 template = _TEMPLATE_START.search(value)
-                if template:
-                    yield cat.literal_server_value(_text_span(ctx, path, template.group()), value, key, template=True)
-                variable = VARIABLE.search(value) if key in ("args", "cwd") else None
-                if variable:
-                    yield cat.literal_server_value(_text_span(ctx, path, variable.group()), value, key, template=False)
-                if key not in ("args", "cwd"):
-                    yield from _check_variables(ctx, path, value)
+                if template and key != "command":  # a templated command is an error of its own
+                    yield cat.literal_server_value(_text_span(ctx, path, template.group()), value, key)
+                yield from _check_variables(ctx, path, value)
     for name, model in ctx.index.section("models").items():
-        if isinstance(model, dict) and isinstance(model.get("base_url"), str):
-            yield from _check_variables(ctx, ("models", name, "base_url"), model["base_url"])
+        if not isinstance(model, dict):
+            continue
+        for key in _MODEL_VALUES:
+            if isinstance(model.get(key), str):
+                yield from _check_variables(ctx, ("models", name, key), model[key])
 
 
 def _check_variables(ctx: CheckContext, path: JsonPath, value: str) -> Iterator[Diagnostic]:
-    """Every `${` starts a variable flowctl expands; anything else would reach the server as written."""
+    """Every `${` starts a variable flowctl expands (anything else would reach the server as written), and a
+    variable without a default is set in the environment flowctl validates in (when it is given one)."""
     start = value.find("${")
     while start >= 0:
         match = VARIABLE.match(value, start)
         if match is None:
             close = value.find("}", start)
             written = value[start : close + 1] if close >= 0 else value[start : start + 40]
-            colon = _COLON_DEFAULT.match(value, start)
-            hint = "write `${NAME}` or `${NAME:-default}`"
             if close < 0:
-                problem = f"{written!r} is not closed"
-            elif colon:
-                problem = f"{written!r} is not flowctl's spelling of a default"
-                hint = f"write `${{{colon.group(1)}:-{colon.group(2) or ''}}}` (a default after `:-`, as in sh)"
+                problem, hint = f"{written!r} is not closed", "close it: `${NAME}`"
             else:
                 problem = f"{written!r} is not a variable flowctl expands"
+                hint = "write `${NAME}` or `${NAME:-default}` (a name is letters, digits and `_`)"
             yield cat.bad_variable(_text_span(ctx, path, written), problem, hint)
+        elif match.group(2) is None and ctx.env is not None and match.group(1) not in ctx.env:
+            yield cat.unset_variable(_text_span(ctx, path, match.group()), match.group(1))
         start = value.find("${", start + 2)
 
 

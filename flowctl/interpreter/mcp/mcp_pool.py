@@ -100,6 +100,8 @@ class McpPool:
             with self._clock.move_on_after(server.read_timeout):
                 result = await connection.session.call_tool(tool, arguments)
         except MCPError as exc:
+            if connection.http.refused is not None:  # a token that expired or was revoked mid-run
+                raise connection.auth_error(f"tool {tool!r}") from exc
             if await connection.is_lost(exc):
                 raise await connection.crash_error(tool, idempotent) from exc
             return ToolResult(text=exc.message, value=exc.message, is_error=True)
@@ -171,6 +173,8 @@ class McpPool:
             with self._clock.move_on_after(server.read_timeout):
                 tools = await _list_all_tools(connection.session)
         except Exception as exc:
+            if connection.http.refused is not None:
+                raise connection.auth_error("tools/list") from exc
             if await connection.is_lost(exc if isinstance(exc, MCPError) else None):
                 raise await connection.crash_error("tools/list", idempotent=True) from exc
             raise ToolCallError(
@@ -237,7 +241,7 @@ def _gave_up(server: ServerDef, connection: Connection) -> ServerStartError:
 
 
 def _copy(error: ServerStartError) -> ServerStartError:
-    copy = ServerStartError(error.message, span=error.span)
+    copy = type(error)(error.message, span=error.span)
     copy.retryable = error.retryable
     return copy
 
