@@ -24,6 +24,7 @@ from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
+from flowctl.interpreter.engine.servers import list_agent_tools
 from flowctl.interpreter.errors import (
     FlowctlError,
     MalformedResponse,
@@ -134,19 +135,13 @@ def _safe_name(wanted: str, taken: dict[str, Any]) -> str:
     return name
 
 
-async def _agent_tools(ctx: RunContext, agent: AgentDef) -> dict[str, _Tool]:
-    """The agent's servers' tools (the servers start concurrently, each once per run), allow-listed and named."""
-    listings: dict[str, list[ToolSpec]] = {}
-
-    async def list_one(name: str) -> None:
-        listings[name] = await ctx.runtime.tools.list_tools(ctx.graph.servers[name])
-
-    async with task_group() as tg:
-        for name in dict.fromkeys(agent.servers):
-            tg.start_soon(list_one, name)
+async def _agent_tools(ctx: RunContext, agent: AgentDef, path: str) -> dict[str, _Tool]:
+    """The agent's servers' tools (the servers start concurrently, each once per run; an optional one that cannot
+    start is left out with a warning), allow-listed and named."""
+    listings, left_out = await list_agent_tools(ctx, agent, path)
     found = [(ctx.graph.servers[name], spec) for name in dict.fromkeys(agent.servers) for spec in listings[name]]
     missing = unmatched_allow_list(agent, [(server.name, spec.name) for server, spec in found])
-    if missing:
+    if missing and not left_out:  # with a server left out, its allow-listed tools are missing by design
         offered = ", ".join(f"{server.name}.{spec.name}" for server, spec in found) or "none"
         raise ToolCallError(
             f"agent {agent.name!r}: `tools:` names {', '.join(map(repr, missing))}, which none of its servers "
@@ -292,7 +287,7 @@ async def run_agent(
     instruction = agent.instruction.render(context) + extra_instruction
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
-    tools = await _agent_tools(ctx, agent) if agent.servers else {}
+    tools = await _agent_tools(ctx, agent, path) if agent.servers else {}
     messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
     counter = _CallCounter(path)
     called: list[str] = []  # server.tool of each tool call, for the max_iterations message
