@@ -45,10 +45,9 @@ _REMOTE = ("sse", "http", "streamable_http", "streamable-http")
 
 def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
     """A server's `command` is a literal (no Jinja, no `$(…)`: code execution must never come from templates); a
-    server block's shape is consistent (one servers section, one transport, auth only where it can be sent); keys
+    server block's shape is consistent (one transport, auth only where it can be sent); keys
     from other tools that flowctl does not act on are named."""
     base = ctx.index.servers_path()
-    yield from _check_sections(ctx, base)
     for name, server in ctx.index.section("servers").items():
         if not isinstance(server, dict):
             continue
@@ -61,25 +60,6 @@ def check_servers(ctx: CheckContext) -> Iterator[Diagnostic]:
         for key, why in IGNORED_SERVER_KEYS.items():
             if key in server:
                 yield cat.ignored_key(ctx.key_span((*path, key)), key, f"server {name!r}", why)
-
-
-def _check_sections(ctx: CheckContext, base: JsonPath) -> Iterator[Diagnostic]:
-    data = ctx.doc.data if isinstance(ctx.doc.data, dict) else {}
-    mcp = data.get("mcp")
-    present: list[JsonPath] = [
-        path
-        for path, value in ((("servers",), data.get("servers")), (("mcpServers",), data.get("mcpServers")))
-        if isinstance(value, dict)
-    ]
-    if isinstance(mcp, dict) and isinstance(mcp.get("servers"), dict):
-        present.append(("mcp", "servers"))
-    for path in present:
-        if path != base:
-            yield cat.invalid_value(
-                ctx.key_span(path),
-                f"servers are defined under both `{'.'.join(map(str, base))}` and `{'.'.join(map(str, path))}`",
-                hint=f"flowctl reads `{'.'.join(map(str, base))}` only: move these servers there",
-            )
 
 
 def _check_transport(ctx: CheckContext, path: JsonPath, server: dict[str, Any]) -> Iterator[Diagnostic]:
