@@ -40,6 +40,7 @@ from flowctl.interpreter.mcp.transports import (
     stdio_transport,
     streamable_http,
 )
+from flowctl.interpreter.tools import ToolSpec
 
 STDERR_TAIL_LINES = 20
 PROBE_TIMEOUT_SECONDS = 2.0  # ping that tells a dropped HTTP connection from a tool's -32000 error
@@ -100,6 +101,7 @@ class Connection:
         self._lost = False
         self._stdio = StdioState()
         self.http = HttpState()
+        self.tools: list[ToolSpec] | None = None  # every page of tools/list, once listed (McpPool owns it)
 
     @property
     def session(self) -> ClientSession:

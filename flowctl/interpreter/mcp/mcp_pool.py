@@ -47,7 +47,6 @@ class McpPool:
         self._connections: dict[ServerKey, Connection] = {}  # the current one per server
         self._every_connection: list[Connection] = []  # crashed ones too: aclose waits for all
         self._starts: dict[ServerKey, int] = {}
-        self._tools: dict[ServerKey, list[ToolSpec]] = {}
         self._list_locks: dict[ServerKey, anyio.Lock] = {}
         self._closed = False
 
@@ -76,13 +75,8 @@ class McpPool:
     # --- ToolPool -----------------------------------------------------------------------------------------
 
     async def list_tools(self, server: ServerDef) -> list[ToolSpec]:
-        """The server's tools filtered by `allowed_tools`; listed once per run (a lock keeps it once)."""
-        key = _key(server)
-        async with self._list_locks.setdefault(key, anyio.Lock()):
-            if key not in self._tools:
-                connection = await self._connect(server)
-                self._tools[key] = await self._fetch_tools(connection)
-        tools = self._tools[key]
+        """The server's tools filtered by `allowed_tools`; listed once per session (a lock keeps it once)."""
+        tools = await self._listing(await self._connect(server))
         if server.allowed_tools is None:
             return list(tools)
         return [tool for tool in tools if tool.name in server.allowed_tools]
@@ -94,6 +88,9 @@ class McpPool:
         moment (waiting for the process to exit) and must not turn into a timeout.
         """
         connection = await self._connect(server)
+        # The SDK validates structured output against the schema from its own tools/list, which reads one page
+        # only (and lists again on every call for a tool on a later page): every page is listed once here first.
+        await self._listing(connection)
         idempotent = tool in server.idempotent_tools
         result: mcp_types.CallToolResult | None = None
         try:
@@ -135,6 +132,13 @@ class McpPool:
                 await connection.ended.wait()
 
     # --- sessions -----------------------------------------------------------------------------------------
+
+    async def _listing(self, connection: Connection) -> list[ToolSpec]:
+        """Every page of the session's tools/list, fetched once per session."""
+        async with self._list_locks.setdefault(_key(connection.server), anyio.Lock()):
+            if connection.tools is None:
+                connection.tools = await self._fetch_tools(connection)
+        return connection.tools
 
     async def _connect(self, server: ServerDef) -> Connection:
         """The server's live session, started on first use (and once more after a crash)."""

@@ -1,11 +1,12 @@
 """`flowctl validate --resolve-tools`: connect to the MCP servers a pipeline uses and check that the tools it names
-exist — each `tool:` step's tool and each entry of an agent's `tools:` allow-list, in the file and its child files.
+exist — each `tool:` step's tool, each entry of an agent's `tools:` allow-list and of a server's `allowed_tools` and
+`idempotent_tools`, in the file and its child files.
 
 Stage: interpreter (it starts servers, so it is never part of plain `validate`). Problems come back as ordinary
 diagnostics at the YAML position of the step or agent: `unknown-tool` for a tool a server does not offer (the
 server's `allowed_tools` applies, as at run time), and `invalid-value` at the server's definition when it cannot be
-started or reached. A server's stderr quoted in a diagnostic is masked like everything `flowctl run` prints
-(redact.redactor_for).
+started or reached (a warning for an `optional: true` server). A server's stderr quoted in a diagnostic is masked
+like everything `flowctl run` prints (redact.redactor_for).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import anyio
 
 from flowctl.dsl import catalogue as cat
-from flowctl.dsl.diagnostics import Diagnostic
+from flowctl.dsl.diagnostics import Diagnostic, Severity
 from flowctl.dsl.ir import AgentDef, Graph, NodeKind, ServerDef, Step, ToolCall
 from flowctl.interpreter.errors import FlowctlError
 from flowctl.interpreter.redact import redactor_for
@@ -57,8 +58,25 @@ async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
             for key, server in servers.items():
                 tg.start_soon(list_one, key, server)
     diagnostics = [_unreachable(server, listings[key].error) for key, server in servers.items() if listings[key].error]
+    for key, server in servers.items():
+        diagnostics += _check_server_lists(server, listings[key])
     for g in graphs:
         diagnostics += _check_graph(g, listings)
+    return diagnostics
+
+
+def _check_server_lists(server: ServerDef, listing: _Listing) -> list[Diagnostic]:
+    """Each `allowed_tools` and `idempotent_tools` entry names a tool the server has (a typo would silently offer
+    models fewer tools, or leave a tool unretried)."""
+    if listing.error:
+        return []
+    diagnostics = []
+    for key, entries in (("allowed_tools", server.allowed_tools or ()), ("idempotent_tools", server.idempotent_tools)):
+        for entry in entries:
+            if entry not in listing.tools:
+                diagnostic = cat.unknown_tool(server.span, server.name, entry, listing.tools)
+                message = f"server {server.name!r} `{key}` names {entry!r}, which the server does not offer"
+                diagnostics.append(dataclasses.replace(diagnostic, message=message))
     return diagnostics
 
 
@@ -100,11 +118,18 @@ def _key(server: ServerDef) -> tuple[str, str]:
 
 def _unreachable(server: ServerDef, error: str | None) -> Diagnostic:
     cause = (error or "").removeprefix(f"server {server.name!r}").lstrip(": ")
-    return cat.invalid_value(
+    diagnostic = cat.invalid_value(
         server.span,
         f"cannot connect to server {server.name!r}: {cause}",
         hint="check its command, url and environment; `flowctl validate` without --resolve-tools skips this check",
     )
+    if server.optional:  # a run goes on without it: worth knowing, not a reason to refuse the pipeline
+        return dataclasses.replace(
+            diagnostic,
+            severity=Severity.WARNING,
+            hint="it is `optional: true`: " + ("agents that name it will run without its tools"),
+        )
+    return diagnostic
 
 
 def _check_graph(graph: Graph, listings: dict[tuple[str, str], _Listing]) -> list[Diagnostic]:
