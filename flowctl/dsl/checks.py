@@ -17,7 +17,7 @@ from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.paths import confine
-from flowctl.dsl.server_checks import check_server_values, check_servers
+from flowctl.dsl.server_checks import check_server_context, check_server_values, check_servers
 from flowctl.dsl.step_checks import check_fan_outs, check_state_updates
 from flowctl.dsl.template_checks import check_template_limits, check_templates
 
@@ -396,6 +396,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_fixture_paths,
     check_servers,
     check_server_values,
+    check_server_context,
     check_duplicate_ids,
     check_needs,
     check_cycles,

@@ -333,12 +333,28 @@ class _Compiler:
             )
         return servers
 
+    def _server_prompt(self, raw: dict[str, Any], path: JsonPath) -> ir.ServerPrompt:
+        arguments = self.value(raw.get("arguments") or {}, (*path, "arguments"))
+        return ir.ServerPrompt(raw["server"], raw["prompt"], arguments, self.span(path))
+
+    def _server_resource(self, raw: dict[str, Any], path: JsonPath) -> ir.ServerResource:
+        arguments = self.value(raw.get("arguments") or {}, (*path, "arguments"))
+        return ir.ServerResource(raw["server"], raw["uri"], arguments, self.span(path))
+
     def agents(self, models: dict[str, ir.ModelDef]) -> dict[str, ir.AgentDef]:
         agents = {}
         for name, raw in (self.data.get("agents") or {}).items():
+            path: JsonPath = ("agents", name)
+            instruction = raw.get("instruction", "")
+            from_server = isinstance(instruction, dict)
             agents[name] = ir.AgentDef(
                 name=name,
-                instruction=compile_text(raw.get("instruction", ""), self.span(("agents", name, "instruction"))),
+                instruction=compile_text("" if from_server else instruction, self.span((*path, "instruction"))),
+                instruction_prompt=self._server_prompt(instruction, (*path, "instruction")) if from_server else None,
+                resources=tuple(
+                    self._server_resource(item, (*path, "resources", i))
+                    for i, item in enumerate(raw.get("resources") or ())
+                ),
                 model=raw.get("model") or "default",
                 span=self.span(("agents", name)),
                 servers=tuple(raw.get("servers") or ()),

@@ -326,6 +326,26 @@ class ServerDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerPrompt:
+    """A server's prompt (`prompts/get`) with its arguments (templates rendered in the step's context)."""
+
+    server: str
+    name: str
+    arguments: CompiledValue
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResource:
+    """A server's resource (`resources/read`); `uri` may be a URI template whose `{name}`s `arguments` fill."""
+
+    server: str
+    uri: str
+    arguments: CompiledValue
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class AgentDef:
     name: str
     instruction: TextTemplate
@@ -335,6 +355,8 @@ class AgentDef:
     tools: tuple[str, ...] | None = None
     max_iterations: int = 10
     output_schema: dict[str, Any] | None = None
+    instruction_prompt: ServerPrompt | None = None  # the instruction comes from a server's prompt
+    resources: tuple[ServerResource, ...] = ()  # read at step start, given to the model before the prompt
 
 
 DEFAULT_MODEL = ModelDef("default", "openai", "gpt-4o-mini", Span("<builtin>", 1, 1))

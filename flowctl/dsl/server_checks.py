@@ -203,3 +203,53 @@ def _text_span(ctx: CheckContext, path: JsonPath, text: str) -> Span:
         if found >= 0:
             return Span(span.file, line_no, found + 1, line_no, found + 1 + len(text))
     return span
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+def check_server_context(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """An agent's server prompt and resources name declared servers, and a resource's URI template gets exactly the
+    arguments its `{name}` placeholders need."""
+    servers = ctx.index.section("servers")
+    for name, agent in ctx.index.section("agents").items():
+        if not isinstance(agent, dict):
+            continue
+        instruction = agent.get("instruction")
+        if isinstance(instruction, dict) and isinstance(instruction.get("server"), str):
+            yield from _known_server(ctx, ("agents", name, "instruction", "server"), instruction["server"], servers)
+        for i, resource in enumerate(agent.get("resources") or []):
+            if not isinstance(resource, dict):
+                continue
+            path: JsonPath = ("agents", name, "resources", i)
+            if isinstance(resource.get("server"), str):
+                yield from _known_server(ctx, (*path, "server"), resource["server"], servers)
+            uri = resource.get("uri")
+            if isinstance(uri, str):
+                yield from _check_uri_template(ctx, path, uri, resource.get("arguments"))
+
+
+def _known_server(ctx: CheckContext, path: JsonPath, server: str, servers: dict[str, Any]) -> Iterator[Diagnostic]:
+    if server not in servers:
+        yield cat.unknown_ref(cat.UNKNOWN_SERVER, "server", ctx.span(path), server, servers)
+
+
+def _check_uri_template(ctx: CheckContext, path: JsonPath, uri: str, arguments: Any) -> Iterator[Diagnostic]:
+    wanted = [m.group(1) for m in _PLACEHOLDER.finditer(uri) if not m.group(1).startswith(("{", "%"))]
+    given = arguments if isinstance(arguments, dict) else {}
+    for placeholder in wanted:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", placeholder):
+            yield cat.invalid_value(
+                _text_span(ctx, (*path, "uri"), "{" + placeholder + "}"),
+                f"URI template placeholder {{{placeholder}}} is not one flowctl fills",
+                hint="write simple `{name}` placeholders (RFC 6570 level 1)",
+            )
+        elif placeholder not in given:
+            yield cat.missing_key(ctx.span(path), f"arguments.{placeholder}", f"the resource {uri!r}")
+    for key in given:
+        if key not in wanted:
+            yield cat.invalid_value(
+                ctx.key_span((*path, "arguments", key)),
+                f"argument {key!r} fills no `{{{key}}}` in the URI {uri!r}",
+                hint="remove it, or add the placeholder to `uri`",
+            )

@@ -135,11 +135,20 @@ def template_fields(index: DocIndex) -> Iterator[TemplateField]:
         for i, trigger in enumerate(pipeline.raw.get("triggers") or []):
             if isinstance(trigger, dict) and isinstance(trigger.get("when"), str):
                 yield TemplateField((*pipeline.path, "triggers", i, "when"), "expr", BASE_ROOTS, None, pipeline)
+    agent_roots = frozenset({"inputs", "state", "run"})
     for name, agent in index.section("agents").items():
-        if isinstance(agent, dict) and isinstance(agent.get("instruction"), str):
-            yield TemplateField(
-                ("agents", name, "instruction"), "text", frozenset({"inputs", "state", "run"}), None, index.root
-            )
+        if not isinstance(agent, dict):
+            continue
+        instruction = agent.get("instruction")
+        if isinstance(instruction, str):
+            yield TemplateField(("agents", name, "instruction"), "text", agent_roots, None, index.root)
+        elif isinstance(instruction, dict):  # a server's prompt: its arguments are rendered like the instruction
+            for leaf, _ in _value_leaves(instruction.get("arguments"), ("agents", name, "instruction", "arguments")):
+                yield TemplateField(leaf, "value", agent_roots, None, index.root)
+        for i, resource in enumerate(agent.get("resources") or []):
+            arguments = resource.get("arguments") if isinstance(resource, dict) else None
+            for leaf, _ in _value_leaves(arguments, ("agents", name, "resources", i, "arguments")):
+                yield TemplateField(leaf, "value", agent_roots, None, index.root)
 
 
 def _get(data: Any, path: JsonPath) -> Any:

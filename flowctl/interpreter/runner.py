@@ -155,6 +155,12 @@ class _CompositeToolPool:
     async def call_tool(self, server: ir.ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
         return await self._pool(server).call_tool(server, tool, arguments)
 
+    async def read_resource(self, server: ir.ServerDef, uri: str) -> list[dict[str, Any]]:
+        return await self._pool(server).read_resource(server, uri)
+
+    async def get_prompt(self, server: ir.ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return await self._pool(server).get_prompt(server, name, arguments)
+
     async def aclose(self) -> None:
         await self.real.aclose()
 

@@ -24,6 +24,7 @@ from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
+from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages
 from flowctl.interpreter.engine.servers import list_agent_tools
 from flowctl.interpreter.errors import (
     FlowctlError,
@@ -284,12 +285,17 @@ async def run_agent(
     `context`: the scope's template context, when the caller already built it (for the prompt)."""
     model = ctx.graph.models[model_name or agent.model]
     context = ctx.template_context(scope) if context is None else context
-    instruction = agent.instruction.render(context) + extra_instruction
+    counter = _CallCounter(path)
+    if agent.instruction_prompt is None and not agent.resources:
+        instruction = agent.instruction.render(context) + extra_instruction
+        messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
+    else:  # from the agent's servers (engine/server_context.py): journaled reads
+        instruction = await agent_instruction(ctx, agent, context, counter.key) + extra_instruction
+        given = await resource_messages(ctx, agent, context, counter.key)
+        messages = [Message("system", instruction), *given, Message("user", prompt)]
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
     tools = await _agent_tools(ctx, agent, path) if agent.servers else {}
-    messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
-    counter = _CallCounter(path)
     called: list[str] = []  # server.tool of each tool call, for the max_iterations message
     bad: _BadArguments | None = None
     specs = tuple(t.spec for t in tools.values()) if tools else ()  # the same every turn

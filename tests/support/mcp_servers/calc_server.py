@@ -194,6 +194,35 @@ def guarded(app: Any, token: str, client: str | None, base: str) -> Any:
     return asgi
 
 
+def _count_read(what: str) -> None:
+    """With CALC_READS=FILE, one line per resource read or prompt get: tests count what a resume asks again."""
+    reads = os.environ.get("CALC_READS")
+    if reads:
+        with open(reads, "a", encoding="utf-8") as out:
+            out.write(what + "\n")
+
+
+@server.resource("calc://guide", mime_type="text/markdown")
+def guide() -> str:
+    """How calc rounds."""
+    _count_read("guide")
+    return "# calc\nResults are rounded to 2 decimals."
+
+
+@server.resource("calc://tables/{n}", mime_type="text/plain")
+def table(n: str) -> str:
+    """The multiplication table of n."""
+    _count_read(f"table {n}")
+    return " ".join(str(int(n) * i) for i in range(1, 4))
+
+
+@server.prompt()
+def style(tone: str) -> str:
+    """The system prompt for answers in a tone."""
+    _count_read(f"style {tone}")
+    return f"Answer in a {tone} tone."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
