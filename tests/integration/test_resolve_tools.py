@@ -96,3 +96,20 @@ def test_cli_validate_resolve_tools(flow: Flow) -> None:
     assert "cannot connect to server 'broken'" in failed.stdout
     passed = subprocess.run([*command, str(ok)], capture_output=True, text=True, env=env, timeout=60)
     assert passed.returncode == 0, passed.stdout + passed.stderr
+
+
+def test_server_prompts_and_resources_are_checked(flow: Flow) -> None:
+    path = flow.pipeline("resolve_context.yaml")
+    graph, diagnostics, _ = load_pipeline(path)
+    assert graph is not None, [str(d) for d in diagnostics]
+    found = {(d.span.line, d.message, d.hint) for d in finalize(resolve_tools(graph, env={}))}
+    assert found == {
+        (line_of(path, "prompt: styel"), "server 'calc' has no prompt 'styel'", "did you mean 'style'?"),
+        (line_of(path, 'calc://guid"'), "server 'calc' has no resource 'calc://guid'", "did you mean 'calc://guide'?"),
+        (
+            line_of(path, "mood: calm"),
+            "prompt 'style' of server 'calc': missing required argument 'tone'",
+            "it offers: 'tone'",
+        ),
+        (line_of(path, "mood: calm"), "prompt 'style' of server 'calc': unknown argument 'mood'", "it offers: 'tone'"),
+    }

@@ -13,24 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Diagnostic, Severity
-from flowctl.dsl.ir import AgentDef, Graph, NodeKind, ServerDef, Step, ToolCall
+from flowctl.dsl.ir import AgentDef, Graph, NodeKind, ServerDef, ServerPrompt, ServerResource, Step, ToolCall
+from flowctl.dsl.templates import Literal, MapValue
 from flowctl.interpreter.errors import FlowctlError
 from flowctl.interpreter.redact import redactor_for
 
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """A server's tool names, or why they could not be listed."""
+    """A server's tool names (and resources, URI templates, prompts), or why they could not be listed."""
 
     tools: tuple[str, ...] = ()
     error: str | None = None
+    context: dict[str, Any] | None = None  # McpPool.list_context, for servers agents read resources or prompts from
 
 
 def resolve_tools(graph: Graph, env: Mapping[str, str] | None = None) -> list[Diagnostic]:
@@ -44,13 +48,16 @@ async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
     graphs = list(_graphs(graph))
     redactor = redactor_for([graph], env)  # a failing server's stderr may quote its environment
     servers = {_key(s): s for g in graphs for s in _used_servers(g)}
+    read_from = {name for g in graphs for agent in g.agents.values() for name, _ in _context_refs(agent)}
     listings: dict[tuple[str, str], _Listing] = {}
     async with McpPool(env=env) as pool:
 
         async def list_one(key: tuple[str, str], server: ServerDef) -> None:
             try:
                 everything = dataclasses.replace(server, allowed_tools=None)  # `tool:` steps are not limited by it
-                listings[key] = _Listing(tools=tuple(t.name for t in await pool.list_tools(everything)))
+                tools = tuple(t.name for t in await pool.list_tools(everything))
+                context = await pool.list_context(server) if server.name in read_from else None
+                listings[key] = _Listing(tools=tools, context=context)
             except FlowctlError as exc:
                 listings[key] = _Listing(error=redactor.redact_text(exc.message))
 
@@ -104,8 +111,17 @@ def _tool_steps(graph: Graph) -> Iterator[tuple[Step, ToolCall]]:
             yield step, step.body
 
 
+def _context_refs(agent: AgentDef) -> Iterator[tuple[str, ServerPrompt | ServerResource]]:
+    """The server prompt and resources an agent reads, with the server each names."""
+    if agent.instruction_prompt is not None:
+        yield agent.instruction_prompt.server, agent.instruction_prompt
+    for resource in agent.resources:
+        yield resource.server, resource
+
+
 def _used_servers(graph: Graph) -> Iterator[ServerDef]:
     names = {name for agent in graph.agents.values() for name in agent.servers}
+    names |= {name for agent in graph.agents.values() for name, _ in _context_refs(agent)}
     names |= {body.server for _, body in _tool_steps(graph)}
     for name in sorted(names):
         if name in graph.servers:  # an unknown server name is the front end's diagnostic, not ours
@@ -151,7 +167,64 @@ def _check_graph(graph: Graph, listings: dict[tuple[str, str], _Listing]) -> lis
             diagnostics.append(cat.unknown_tool(step.span, body.server, body.tool, known))
     for agent in graph.agents.values():
         diagnostics += _check_allow_list(agent, tools_of)
+        for name, ref in _context_refs(agent):
+            server = graph.servers.get(name)
+            listing = listings.get(_key(server)) if server is not None else None
+            if listing is not None and listing.context is not None:
+                diagnostics += _check_context_ref(name, ref, listing.context)
     return diagnostics
+
+
+def _check_context_ref(server: str, ref: ServerPrompt | ServerResource, found: dict[str, Any]) -> list[Diagnostic]:
+    """A prompt the server offers, with its required arguments given and no others; a resource it lists, or one
+    that matches (or is) one of its URI templates."""
+    if isinstance(ref, ServerPrompt):
+        prompts: dict[str, dict[str, bool]] = found["prompts"]
+        if ref.name not in prompts:
+            hint = cat.did_you_mean(ref.name, list(prompts)) or _known("prompts", prompts)
+            return [cat.invalid_value(ref.span, f"server {server!r} has no prompt {ref.name!r}", hint=hint)]
+        given = set(_argument_names(ref))
+        wanted = prompts[ref.name]
+        problems = [f"missing required argument {a!r}" for a, required in wanted.items() if required and a not in given]
+        problems += [f"unknown argument {a!r}" for a in sorted(given - wanted.keys())]
+        hint = _known("arguments", wanted)
+        return [
+            cat.invalid_value(ref.span, f"prompt {ref.name!r} of server {server!r}: {p}", hint=hint) for p in problems
+        ]
+    resources: list[str] = found["resources"]
+    templates: list[str] = found["templates"]
+    if ref.uri in resources or ref.uri in templates or any(_matches(t, ref.uri) for t in templates):
+        return []
+    known = sorted({*resources, *templates})
+    hint = cat.did_you_mean(ref.uri, known) or _known("resources", known)
+    return [cat.invalid_value(ref.span, f"server {server!r} has no resource {ref.uri!r}", hint=hint)]
+
+
+def _argument_names(ref: ServerPrompt) -> list[str]:
+    arguments = ref.arguments
+    if isinstance(arguments, MapValue):
+        return [key for key, _ in arguments.items]
+    return (
+        [str(key) for key in arguments.value]
+        if isinstance(arguments, Literal) and isinstance(arguments.value, dict)
+        else []
+    )
+
+
+def _matches(template: str, uri: str) -> bool:
+    """Whether `uri` is an expansion of the simple URI template (`{name}` matches one path segment or more)."""
+    pattern = "".join(
+        "[^/?#]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^{}]+\})", template)
+    )
+    return re.fullmatch(pattern, uri) is not None
+
+
+def _known(kind: str, names: Any) -> str:
+    names = sorted(names)
+    if not names:
+        return f"the server offers no {kind}"
+    shown = ", ".join(repr(n) for n in names[:8]) + (", …" if len(names) > 8 else "")
+    return f"it offers: {shown}"
 
 
 def _check_allow_list(agent: AgentDef, tools_of: Callable[[str], tuple[str, ...] | None]) -> list[Diagnostic]:
