@@ -13,6 +13,7 @@ from typing import Any
 from flowctl.dsl.characters import editor_lines
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, StepInfo
+from flowctl.dsl.kinds import refs
 from flowctl.dsl.loader import JsonPath, LoadedDocument
 
 
@@ -55,13 +56,9 @@ class CheckContext:
 
 
 def agent_refs(step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
-    raw = step.raw
-    if step.kind == "agent" and isinstance(raw.get("agent"), str):
-        yield raw["agent"], (*step.path, "agent")
-    route = raw.get("route")
-    if step.kind == "route" and isinstance(route, dict) and isinstance(route.get("agent"), str):
-        yield route["agent"], (*step.path, "route", "agent")
-    fallback = raw.get("fallback")
+    """The agents a step names: its kind's (see kinds.py), then its fallback's."""
+    yield from refs(step.kind, step.raw, step.path, "agent")
+    fallback = step.raw.get("fallback")
     if isinstance(fallback, dict) and isinstance(fallback.get("agent"), str):
         yield fallback["agent"], (*step.path, "fallback", "agent")
 

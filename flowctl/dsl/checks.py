@@ -14,7 +14,8 @@ from typing import Any
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext, ChildInfo, ChildResolver, agent_refs
 from flowctl.dsl.diagnostics import Diagnostic, Span
-from flowctl.dsl.index import DocIndex, StepInfo, is_file_reference
+from flowctl.dsl.index import DocIndex, StepInfo
+from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.paths import confine
 from flowctl.dsl.server_checks import check_server_context, check_server_values, check_servers
@@ -41,16 +42,15 @@ def check_definitions(ctx: CheckContext) -> Iterator[Diagnostic]:
                     yield cat.unknown_ref(
                         cat.UNKNOWN_MODEL, "model", ctx.span((*step.path, "fallback", "model")), name, models
                     )
-            if step.kind == "tool" and isinstance(step.raw.get("tool"), str):
-                yield from _check_tool_ref(ctx, step, servers)
+            for ref, path in refs(step.kind, step.raw, step.path, "tool"):
+                yield from _check_tool_ref(ctx, ref, path, servers)
     for name, agent in agents.items():
         if isinstance(agent, dict):
             yield from _check_agent(ctx, name, agent, models, servers)
 
 
-def _check_tool_ref(ctx: CheckContext, step: StepInfo, servers: dict[str, Any]) -> Iterator[Diagnostic]:
-    ref: str = step.raw["tool"]
-    span = ctx.span((*step.path, "tool"))
+def _check_tool_ref(ctx: CheckContext, ref: str, path: JsonPath, servers: dict[str, Any]) -> Iterator[Diagnostic]:
+    span = ctx.span(path)
     server, dot, _tool = ref.partition(".")
     if not dot or not _tool:
         yield cat.invalid_value(
@@ -199,24 +199,25 @@ def check_children(ctx: CheckContext) -> Iterator[Diagnostic]:
     """Child pipelines exist, stay inside the folder tree, are valid, and get exactly the inputs they declare."""
     for pipeline in ctx.index.pipelines():
         for step in pipeline.ordered:
-            ref = step.raw.get("pipeline")
-            if step.kind != "pipeline" or not isinstance(ref, str):
-                continue
-            span = ctx.span((*step.path, "pipeline"))
-            if is_file_reference(ref):
-                if ctx.resolve_child is None:
-                    continue
-                resolved = ctx.resolve_child(ref, span)
-                if isinstance(resolved, Diagnostic):
-                    yield resolved
-                    continue
-                declared, label = resolved.inputs, ref
-            elif ref not in ctx.index.children:
-                yield cat.unknown_ref(cat.UNKNOWN_PIPELINE, "pipeline", span, ref, ctx.index.children)
-                continue
-            else:
-                declared, label = ctx.index.children[ref].inputs(), ref
-            yield from _check_child_inputs(ctx, step, label, declared)
+            for ref, path in refs(step.kind, step.raw, step.path, "pipeline"):
+                yield from _check_child(ctx, step, ref, ctx.span(path))
+
+
+def _check_child(ctx: CheckContext, step: StepInfo, ref: str, span: Span) -> Iterator[Diagnostic]:
+    if is_file_reference(ref):
+        if ctx.resolve_child is None:
+            return
+        resolved = ctx.resolve_child(ref, span)
+        if isinstance(resolved, Diagnostic):
+            yield resolved
+            return
+        declared, label = resolved.inputs, ref
+    elif ref not in ctx.index.children:
+        yield cat.unknown_ref(cat.UNKNOWN_PIPELINE, "pipeline", span, ref, ctx.index.children)
+        return
+    else:
+        declared, label = ctx.index.children[ref].inputs(), ref
+    yield from _check_child_inputs(ctx, step, label, declared)
 
 
 def _check_child_inputs(

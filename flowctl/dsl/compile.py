@@ -12,7 +12,8 @@ from typing import Any
 
 from flowctl.dsl import ir
 from flowctl.dsl.diagnostics import Span
-from flowctl.dsl.index import STEP_KINDS, is_file_reference, servers_path, step_kind
+from flowctl.dsl.index import servers_path
+from flowctl.dsl.kinds import KINDS, step_kind
 from flowctl.dsl.loader import JsonPath, LoadedDocument
 from flowctl.dsl.templates import (
     CompiledValue,
@@ -150,7 +151,8 @@ class _Compiler:
 
     def step(self, raw: dict[str, Any], path: JsonPath, deps: tuple[str, ...]) -> ir.Step:
         kind = step_kind(raw)
-        assert kind in STEP_KINDS, f"compile on an unchecked step at {path}"
+        assert kind is not None, f"compile on an unchecked step at {path}"
+        spec = KINDS[kind]
         emit = raw.get("emit") if kind != "emit" else None
         fan_out = None
         if "for_each" in raw:
@@ -162,14 +164,14 @@ class _Compiler:
             )
         return ir.Step(
             id=raw["id"],
-            kind=ir.NodeKind(kind),
-            body=getattr(self, f"body_{kind}")(raw, path),
+            kind=spec.node_kind,
+            body=spec.compile(self, raw, path),
             span=self.span(path),
             needs=deps,
             when=self.expr(raw.get("when"), (*path, "when")),
             updates=tuple((k, self.value(v, (*path, "set", k))) for k, v in (raw.get("set") or {}).items()),
             emit=self.emit(emit, (*path, "emit")) if isinstance(emit, dict) else None,
-            policy=self.policy(raw, path, calls_out=_calls_out(kind, raw)),
+            policy=self.policy(raw, path, calls_out=spec.calls_out(raw)),
             fan_out=fan_out,
         )
 
@@ -177,66 +179,13 @@ class _Compiler:
         data = self.value(raw["data"], (*path, "data")) if "data" in raw else None
         return ir.EmitSpec(raw["event"], data, self.span(path))
 
-    def body_agent(self, raw: dict[str, Any], path: JsonPath) -> ir.AgentCall:
-        return ir.AgentCall(raw["agent"], compile_text(raw.get("prompt", ""), self.span((*path, "prompt"))))
+    def duration(self, raw: Any) -> float | None:
+        return parse_duration(raw)
 
-    def body_tool(self, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
-        server, _, tool = raw["tool"].partition(".")
-        return ir.ToolCall(server, tool, self.value(raw.get("args") or {}, (*path, "args")))
-
-    def body_parallel(self, raw: dict[str, Any], path: JsonPath) -> ir.ParallelGroup:
-        branches = self.steps(raw["parallel"], (*path, "parallel"), concurrent=True)
-        return ir.ParallelGroup(branches, self.join(raw.get("join")), raw.get("max_concurrency"))
-
-    def body_pipeline(self, raw: dict[str, Any], path: JsonPath) -> ir.ChildPipeline:
-        ref: str = raw["pipeline"]
-        is_file = is_file_reference(ref)
-        key = self.resolve_child_path(ref) if is_file else ref
-        return ir.ChildPipeline(key, is_file, self.value(raw.get("inputs") or {}, (*path, "inputs")))
-
-    def body_route(self, raw: dict[str, Any], path: JsonPath) -> ir.Route:
-        route = raw["route"]
-        rules = tuple(
-            ir.RouteRule(
-                self.condition(rule["when"], (*path, "route", "rules", i, "when")),
-                _names(rule["choose"]),
-                self.span((*path, "route", "rules", i)),
-            )
-            for i, rule in enumerate(route.get("rules") or [])
-        )
-        prompt = route.get("prompt")
-        return ir.Route(
-            rules=rules,
-            agent=route.get("agent"),
-            prompt=compile_text(prompt, self.span((*path, "route", "prompt"))) if isinstance(prompt, str) else None,
-            multiple=bool(route.get("multiple", False)),
-            default=_names(route.get("default")),
-            on_unknown=ir.OnUnknown(route.get("on_unknown", "report")),
-            branches={
-                name: self.steps(steps, (*path, "branches", name), concurrent=False)
-                for name, steps in raw["branches"].items()
-            },
-        )
-
-    def body_loop(self, raw: dict[str, Any], path: JsonPath) -> ir.Loop:
-        loop = raw["loop"]
-        return ir.Loop(
-            max_iterations=int(loop["max_iterations"]),
-            until=self.expr(loop.get("until"), (*path, "loop", "until")),
-            steps=self.steps(loop["steps"], (*path, "loop", "steps"), concurrent=False),
-        )
-
-    def body_wait(self, raw: dict[str, Any], path: JsonPath) -> ir.Wait:
-        wait = raw["wait"]
-        return ir.Wait(
-            wait["event"], parse_duration(wait.get("timeout")), self.expr(wait.get("match"), (*path, "wait", "match"))
-        )
-
-    def body_emit(self, raw: dict[str, Any], path: JsonPath) -> ir.EmitSpec:
-        return self.emit(raw["emit"], (*path, "emit"))
-
-    def body_set(self, raw: dict[str, Any], path: JsonPath) -> ir.SetState:
-        return ir.SetState()
+    def child_key(self, ref: str) -> str:
+        """The key of a child file in Graph.children."""
+        key: str = self.resolve_child_path(ref)
+        return key
 
     # pipelines and resources ------------------------------------------------------------------------------------
 
@@ -385,18 +334,6 @@ def _seconds(value: Any, default: float) -> float:
     """A duration in seconds, or `default` when absent (an explicit 0 stays 0)."""
     seconds = parse_duration(value)
     return default if seconds is None else seconds
-
-
-def _calls_out(kind: str, raw: dict[str, Any]) -> bool:
-    """Steps that call a model or a tool themselves (containers do not: their children have their own policy)."""
-    route = raw.get("route")
-    return kind in ("agent", "tool") or (kind == "route" and isinstance(route, dict) and "agent" in route)
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _breaker(raw: Any) -> ir.CircuitBreakerSpec | None:

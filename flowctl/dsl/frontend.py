@@ -20,6 +20,7 @@ from flowctl.dsl.compile import compile_graph
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize, has_errors
 from flowctl.dsl.index import build_index
 from flowctl.dsl.ir import Graph
+from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import LoadedDocument, load_file
 from flowctl.dsl.schema import check_schema
 
@@ -102,9 +103,8 @@ def _child_keys(front: FrontEnd, base: Path, doc: LoadedDocument) -> list[str]:
     keys = []
     for pipeline in index.pipelines() if index else ():
         for step in pipeline.ordered:
-            ref = step.raw.get("pipeline")
-            if step.kind == "pipeline" and isinstance(ref, str) and ("/" in ref or ref.endswith((".yaml", ".yml"))):
-                target = _child_path(base, ref)
+            for ref, _ in refs(step.kind, step.raw, step.path, "pipeline"):
+                target = _child_path(base, ref) if is_file_reference(ref) else None
                 if isinstance(target, Path) and str(target) in front.files:
                     keys.append(str(target))
     return keys

@@ -10,22 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowctl.dsl.kinds import FALLBACK_STEPS, STEP_KINDS, is_file_reference, nested_lists, step_kind
 from flowctl.dsl.loader import JsonPath
 
-STEP_KINDS = ("agent", "tool", "parallel", "pipeline", "route", "loop", "wait", "emit", "set")
-_PRIMARY_KINDS = STEP_KINDS[:-2]  # `emit` and `set` are also common keys on the other kinds
-
-
-def step_kind(raw: dict[str, Any]) -> str | None:
-    """The kind of a step mapping: the one primary kind key, else `emit`, else `set`; None when there is none."""
-    for kind in _PRIMARY_KINDS:
-        if kind in raw:
-            return kind
-    if "emit" in raw:
-        return "emit"
-    if "set" in raw:
-        return "set"
-    return None
+__all__ = ["STEP_KINDS", "DocIndex", "PipelineInfo", "Region", "StepInfo", "build_index", "is_file_reference"]
+__all__ += ["step_kind"]
 
 
 class Region:
@@ -180,26 +169,16 @@ class _IndexBuilder:
         return added
 
     def add_nested(self, info: StepInfo, region: str, trigger: str | None, in_loop: bool) -> None:
-        raw, path = info.raw, info.path
         nested: list[StepInfo] = []
-        if info.kind == "parallel":
+        for spec, path, items in nested_lists(info.kind, info.raw, info.path):
             nested += self.add_list(
-                raw.get("parallel"), (*path, "parallel"), region, info, trigger, concurrent=True, in_loop=in_loop
-            )
-        elif info.kind == "route":
-            branches = raw.get("branches")
-            for name, steps in branches.items() if isinstance(branches, dict) else ():
-                nested += self.add_list(steps, (*path, "branches", name), region, info, trigger, in_loop=in_loop)
-        elif info.kind == "loop":
-            loop = raw.get("loop")
-            if isinstance(loop, dict):
-                nested += self.add_list(
-                    loop.get("steps"), (*path, "loop", "steps"), region, info, trigger, in_loop=True
-                )
-        fallback = raw.get("fallback")
-        if isinstance(fallback, dict) and "steps" in fallback:
-            nested += self.add_list(
-                fallback.get("steps"), (*path, "fallback", "steps"), Region.FALLBACK, info, trigger, in_loop=in_loop
+                items,
+                path,
+                Region.FALLBACK if spec is FALLBACK_STEPS else region,
+                info,
+                trigger,
+                concurrent=spec.concurrent,
+                in_loop=in_loop or spec.loop,
             )
         info.nested = nested
 
@@ -229,8 +208,3 @@ def build_index(data: Any) -> DocIndex | None:
             if isinstance(raw, dict):
                 children[name] = _index_pipeline(name, raw, ("pipelines", name))
     return DocIndex(data, root, children)
-
-
-def is_file_reference(ref: str) -> bool:
-    """`pipeline: ./child.yaml` names a file; `pipeline: child` names a pipeline defined in this file."""
-    return "/" in ref or ref.endswith((".yaml", ".yml"))

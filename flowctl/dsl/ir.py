@@ -111,31 +111,43 @@ class CircuitBreakerSpec:
     reset_after: float = 30.0
 
 
-# --- step bodies: one per node kind -----------------------------------------------------------------------------
+# --- step bodies: one per node kind (flowctl/dsl/kinds.py registers them) --------------------------------------
+
+
+class _Body:
+    """What every step body answers: the step lists nested in it (none by default)."""
+
+    __slots__ = ()
+
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
-class AgentCall:
+class AgentCall(_Body):
     agent: str
     prompt: TextTemplate
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(_Body):
     server: str
     tool: str
     args: CompiledValue
 
 
 @dataclass(frozen=True, slots=True)
-class ParallelGroup:
+class ParallelGroup(_Body):
     branches: tuple[Step, ...]
     join: Join
     max_concurrency: int | None
 
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return (self.branches,)
+
 
 @dataclass(frozen=True, slots=True)
-class ChildPipeline:
+class ChildPipeline(_Body):
     ref: str  # key into Graph.pipelines (a name) or Graph.children (a resolved file path)
     is_file: bool
     inputs: CompiledValue
@@ -149,7 +161,7 @@ class RouteRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(_Body):
     rules: tuple[RouteRule, ...]
     agent: str | None
     prompt: TextTemplate | None
@@ -158,30 +170,36 @@ class Route:
     on_unknown: OnUnknown
     branches: dict[str, tuple[Step, ...]]
 
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return tuple(self.branches.values())
+
 
 @dataclass(frozen=True, slots=True)
-class Loop:
+class Loop(_Body):
     max_iterations: int
     until: Expression | None
     steps: tuple[Step, ...]
 
+    def step_lists(self) -> tuple[tuple[Step, ...], ...]:
+        return (self.steps,)
+
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class Wait(_Body):
     event: str
     timeout: float | None
     match: Expression | None
 
 
 @dataclass(frozen=True, slots=True)
-class EmitSpec:
+class EmitSpec(_Body):
     event: str
     data: CompiledValue | None
     span: Span
 
 
 @dataclass(frozen=True, slots=True)
-class SetState:
+class SetState(_Body):
     """A step whose only effect is its `set:` updates."""
 
 
@@ -211,14 +229,8 @@ class Step:
 
     def children(self) -> Iterator[Step]:
         """Steps nested directly in this one (branches, loop bodies, fallback steps)."""
-        body = self.body
-        if isinstance(body, ParallelGroup):
-            yield from body.branches
-        elif isinstance(body, Route):
-            for steps in body.branches.values():
-                yield from steps
-        elif isinstance(body, Loop):
-            yield from body.steps
+        for steps in self.body.step_lists():
+            yield from steps
         if self.policy.fallback is not None:
             yield from self.policy.fallback.steps
 

@@ -27,7 +27,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Diagnostic, Span, finalize
-from flowctl.dsl.index import STEP_KINDS
+from flowctl.dsl.kinds import STEP_KINDS, nested_lists, step_kinds
 from flowctl.dsl.loader import MAX_DEPTH, JsonPath, LoadedDocument, SourceMap
 
 __all__ = [
@@ -42,9 +42,6 @@ __all__ = [
 
 _SCHEMA_PACKAGE = "flowctl.schemas"
 _SCHEMA_FILE = "pipeline.schema.json"
-
-# `emit` and `set` are also common keys of every other kind, so they only decide the kind when nothing else does.
-_PRIMARY_KINDS = STEP_KINDS[:-2]
 
 # What each pattern in the schema means, in words (a test keeps this in step with the schema).
 _PATTERN_TEXT = {
@@ -121,19 +118,6 @@ def _all_step_keys() -> frozenset[str]:
     """Every key some step kind defines (to spot a misspelled kind key in a step that has none)."""
     defs = load_schema()["$defs"]
     return frozenset(key for kind in STEP_KINDS for key in defs[f"{kind}Step"]["properties"])
-
-
-def step_kinds(step: Mapping[str, Any]) -> list[str]:
-    """The kind keys that decide what `step` is: one for a well-formed step, none or several for a bad one.
-
-    Agrees with `index.step_kind` on well-formed steps; this one also lists the clashing kinds of a bad step.
-    """
-    primary = [kind for kind in _PRIMARY_KINDS if kind in step]
-    if primary:
-        return primary
-    if "emit" in step:
-        return ["emit"]
-    return ["set"] if "set" in step else []
 
 
 # --- the entry point ------------------------------------------------------------------------------------------
@@ -474,16 +458,13 @@ _HANDLERS = {
 
 
 def _nested_step_lists(step: Mapping[str, Any], path: JsonPath) -> Iterator[tuple[JsonPath, Any]]:
-    """The step lists inside a step: parallel branches, route branches, loop body, fallback steps."""
-    yield (*path, "parallel"), step.get("parallel")
-    branches = step.get("branches")
-    if isinstance(branches, dict):
-        for name, steps in branches.items():
-            yield (*path, "branches", name), steps
-    for key in ("loop", "fallback"):
-        inner = step.get(key)
-        if isinstance(inner, dict):
-            yield (*path, key, "steps"), inner.get("steps")
+    """The step lists inside a step: those of each kind it claims to be (every kind's when it claims none)."""
+    seen: set[JsonPath] = set()
+    for kind in step_kinds(step) or STEP_KINDS:
+        for _, list_path, items in nested_lists(kind, step, path):
+            if list_path not in seen:
+                seen.add(list_path)
+                yield list_path, items
 
 
 def _step_label(step: Mapping[str, Any], index: int) -> str:

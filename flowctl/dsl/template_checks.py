@@ -15,6 +15,7 @@ from flowctl.dsl import catalogue as cat
 from flowctl.dsl.check_context import CheckContext, agent_refs
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.index import DocIndex, PipelineInfo, Region, StepInfo
+from flowctl.dsl.kinds import KINDS, at
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.template_refs import jinja_loop_misuses, reference_lines
 from flowctl.dsl.templates import (
@@ -81,11 +82,15 @@ def _step_fields(step: StepInfo, pipeline: PipelineInfo) -> Iterator[TemplateFie
     def field_(subpath: JsonPath, form: str, allowed: frozenset[str] | set[str]) -> TemplateField:
         return TemplateField((*path, *subpath), form, frozenset(allowed), step, pipeline)
 
-    if isinstance(raw.get("prompt"), str):
-        yield field_(("prompt",), "text", fan)
-    for key in ("args", "inputs"):
-        for leaf, _ in _value_leaves(raw.get(key), (key,)):
-            yield field_(leaf, "value", fan)
+    for spec in KINDS[step.kind].fields if step.kind in KINDS else ():
+        allowed = (fan if spec.fan_out else roots) | spec.roots
+        for where, value in at(raw, spec.path, path):
+            sub = where[len(path) :]
+            if spec.form == "value":
+                for leaf, _ in _value_leaves(value, sub):
+                    yield field_(leaf, "value", allowed)
+            elif isinstance(value, str):
+                yield field_(sub, spec.form, allowed)
     if isinstance(raw.get("for_each"), str):
         yield field_(("for_each",), "value", roots)
     if isinstance(raw.get("when"), str):
@@ -103,26 +108,6 @@ def _step_fields(step: StepInfo, pipeline: PipelineInfo) -> Iterator[TemplateFie
     if isinstance(fallback, dict):
         for leaf, _ in _value_leaves(fallback.get("value"), ("fallback", "value")):
             yield field_(leaf, "value", fan)
-    yield from _kind_fields(step, roots, field_)
-
-
-def _kind_fields(
-    step: StepInfo, roots: frozenset[str], field_: Callable[[JsonPath, str, Any], TemplateField]
-) -> Iterator[TemplateField]:
-    raw = step.raw
-    body = raw.get(step.kind)
-    if not isinstance(body, dict):
-        return
-    if step.kind == "route":
-        for i, rule in enumerate(body.get("rules") or []):
-            if isinstance(rule, dict) and isinstance(rule.get("when"), str):
-                yield field_(("route", "rules", i, "when"), "expr", roots)
-        if isinstance(body.get("prompt"), str):
-            yield field_(("route", "prompt"), "text", roots)
-    elif step.kind == "loop" and isinstance(body.get("until"), str):
-        yield field_(("loop", "until"), "expr", roots | {"loop"})
-    elif step.kind == "wait" and isinstance(body.get("match"), str):
-        yield field_(("wait", "match"), "expr", roots | {"event"})
 
 
 def template_fields(index: DocIndex) -> Iterator[TemplateField]:
