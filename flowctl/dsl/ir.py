@@ -18,6 +18,7 @@ from flowctl.dsl.templates import CompiledValue, Expression, TextTemplate
 class NodeKind(enum.Enum):
     AGENT = "agent"
     TOOL = "tool"
+    RESOURCE = "resource"
     PARALLEL = "parallel"
     PIPELINE = "pipeline"
     ROUTE = "route"
@@ -137,6 +138,16 @@ class ToolCall(_Body):
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceRead(_Body):
+    """A `resource:` step: read a server resource (`uri` may be a URI template whose `{name}`s `arguments` fill)."""
+
+    server: str
+    uri: str
+    arguments: CompiledValue
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class ParallelGroup(_Body):
     branches: tuple[Step, ...]
     join: Join
@@ -203,7 +214,9 @@ class SetState(_Body):
     """A step whose only effect is its `set:` updates."""
 
 
-StepBody = AgentCall | ToolCall | ParallelGroup | ChildPipeline | Route | Loop | Wait | EmitSpec | SetState
+StepBody = (
+    AgentCall | ToolCall | ResourceRead | ParallelGroup | ChildPipeline | Route | Loop | Wait | EmitSpec | SetState
+)
 
 
 @dataclass(frozen=True, slots=True)

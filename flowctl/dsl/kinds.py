@@ -113,6 +113,12 @@ def _tool(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
     return ir.ToolCall(server, tool, c.value(raw.get("args") or {}, (*path, "args")))
 
 
+def _resource(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ResourceRead:
+    body = raw["resource"]
+    arguments = c.value(body.get("arguments") or {}, (*path, "resource", "arguments"))
+    return ir.ResourceRead(body["server"], body["uri"], arguments, c.span((*path, "resource")))
+
+
 def _parallel(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ParallelGroup:
     branches = c.steps(raw["parallel"], (*path, "parallel"), concurrent=True)
     return ir.ParallelGroup(branches, c.join(raw.get("join")), raw.get("max_concurrency"))
@@ -198,6 +204,14 @@ KINDS: dict[str, KindSpec] = {
             _tool,
             fields=(FieldSpec(("args",), "value", fan_out=True),),
             refs=(RefSpec("tool", ("tool",)),),
+            calls_out=lambda raw: True,
+            fan_out=True,
+        ),
+        KindSpec(
+            "resource",
+            ir.ResourceRead,
+            _resource,
+            fields=(FieldSpec(("resource", "arguments"), "value", fan_out=True),),
             calls_out=lambda raw: True,
             fan_out=True,
         ),

@@ -209,9 +209,19 @@ _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 def check_server_context(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """An agent's server prompt and resources name declared servers, and a resource's URI template gets exactly the
-    arguments its `{name}` placeholders need."""
+    """An agent's server prompt and resources, and `resource:` steps, name declared servers, and a resource's URI
+    template gets exactly the arguments its `{name}` placeholders need."""
     servers = ctx.index.section("servers")
+    for pipeline in ctx.index.pipelines():
+        for step in pipeline.ordered:
+            resource = step.raw.get("resource") if step.kind == "resource" else None
+            if not isinstance(resource, dict):
+                continue
+            at: JsonPath = (*step.path, "resource")
+            if isinstance(resource.get("server"), str):
+                yield from _known_server(ctx, (*at, "server"), resource["server"], servers)
+            if isinstance(resource.get("uri"), str):
+                yield from _check_uri_template(ctx, at, resource["uri"], resource.get("arguments"))
     for name, agent in ctx.index.section("agents").items():
         if not isinstance(agent, dict):
             continue

@@ -134,7 +134,7 @@ HINTS = {
     "route_default_without_branch": ["did you mean 'detailed'?", "known branches: 'rapid'"],
     "unknown_step_kind": [
         "did you mean 'agent' instead of 'agnet'?",
-        "give it one of: agent, tool, parallel, pipeline, route, loop, wait, emit, set",
+        "give it one of: agent, tool, resource, parallel, pipeline, route, loop, wait, emit, set",
     ],
     "bad_enum": [
         "did you mean 'openai'?",
@@ -196,7 +196,7 @@ def test_the_valid_corpus_covers_every_composition() -> None:
         assert graph is not None
         for pipeline in (graph.root, *graph.pipelines.values()):
             kinds |= {step.kind.value for step in pipeline.all_steps()}
-    assert kinds == {"agent", "tool", "parallel", "pipeline", "route", "loop", "wait", "emit", "set"}
+    assert kinds == {"agent", "tool", "resource", "parallel", "pipeline", "route", "loop", "wait", "emit", "set"}
 
 
 def test_valid_children_are_compiled_into_the_parent_graph() -> None:

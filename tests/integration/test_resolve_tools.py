@@ -112,4 +112,9 @@ def test_server_prompts_and_resources_are_checked(flow: Flow) -> None:
             "it offers: 'tone'",
         ),
         (line_of(path, "mood: calm"), "prompt 'style' of server 'calc': unknown argument 'mood'", "it offers: 'tone'"),
+        (
+            line_of(path, "calc://tabels/2"),
+            "server 'calc' has no resource 'calc://tabels/2'",
+            "did you mean 'calc://tables/{n}'?",
+        ),
     }

@@ -27,7 +27,9 @@ async def test_the_model_gets_the_prompt_as_instruction_and_the_resources_before
     }
     assert messages[2] == {"role": "user", "content": "Resource calc://tables/7 (text/plain):\n7 14 21"}
     assert messages[3] == {"role": "user", "content": "Explain the table."}
-    assert (flow.tmp_path / "reads.txt").read_text().split("\n")[:-1] == ["style dry", "guide", "table 7"]
+    assert result.outcome.outputs == {"answer": "7 14 21", "table": "8 16 24"}
+    reads = (flow.tmp_path / "reads.txt").read_text().split("\n")[:-1]
+    assert reads == ["style dry", "guide", "table 7", "table 8"]
 
 
 async def test_a_resumed_run_replays_the_reads(flow: Flow) -> None:
@@ -42,5 +44,5 @@ async def test_a_resumed_run_replays_the_reads(flow: Flow) -> None:
     options = RunOptions(env=flow.env(), reporter=Reporter())
     outcome = await run_graph(graph, {"n": 3}, first.store, options, run_id=first.outcome.run_id, resuming=True)
     assert outcome.status is RunStatus.SUCCEEDED, outcome.error
-    assert reads.read_text().split("\n")[:-1] == ["style warm", "guide", "table 3"]  # nothing read again
+    assert reads.read_text().split("\n")[:-1] == ["style warm", "guide", "table 3", "table 4"]  # nothing read again
     assert flow.llm.bodies[-1]["messages"][0]["content"] == "Answer in a warm tone."

@@ -1,6 +1,7 @@
 """What an agent takes from its servers besides tools, at step start: its instruction from a server's prompt
-(`instruction: {server, prompt, arguments}`) and the resources it is given as context (`resources:`). Each read is a
-journaled side effect like a tool call, so a resumed run replays it instead of asking the server again."""
+(`instruction: {server, prompt, arguments}`) and the resources it is given as context (`resources:`); and the
+`resource:` step's read. Each read is a journaled side effect like a tool call, so a resumed run replays it instead
+of asking the server again."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from flowctl.dsl.ir import AgentDef, ServerPrompt, ServerResource
+from flowctl.dsl.ir import AgentDef, ServerPrompt
 from flowctl.interpreter.engine.context import RunContext
 from flowctl.interpreter.providers.llm import Message
 
@@ -49,27 +50,28 @@ async def resource_messages(ctx: RunContext, agent: AgentDef, context: Mapping[s
     """One user message per resource of the agent, before the step's prompt, read in declaration order."""
     messages = []
     for resource in agent.resources:
-        uri = fill_uri(resource, context)
-        contents = await read_resource(ctx, resource, uri, keys)
+        uri = fill_uri(resource.uri, resource.arguments.evaluate(context))
+        contents = await read_resource(ctx, resource.server, uri, keys)
         messages.append(Message("user", "\n\n".join(_content_text(uri, c) for c in contents)))
     return messages
 
 
-def fill_uri(resource: ServerResource, context: Mapping[str, Any]) -> str:
-    """The resource's URI with its template's `{name}`s filled from the rendered arguments (RFC 6570 simple
-    expansion: reserved characters are percent-encoded)."""
-    arguments = _texts(resource.arguments.evaluate(context))
-    return _PLACEHOLDER.sub(lambda m: quote(arguments.get(m.group(1), ""), safe=""), resource.uri)
+def fill_uri(uri: str, arguments: Any) -> str:
+    """A URI template with its `{name}`s filled from the rendered arguments (RFC 6570 simple expansion: reserved
+    characters are percent-encoded)."""
+    values = _texts(arguments)
+    return _PLACEHOLDER.sub(lambda m: quote(values.get(m.group(1), ""), safe=""), uri)
 
 
-async def read_resource(ctx: RunContext, resource: ServerResource, uri: str, keys: Keys) -> list[dict[str, Any]]:
-    server = ctx.graph.servers[resource.server]
-    key = keys(f"resource:{resource.server}")
+async def read_resource(ctx: RunContext, server_name: str, uri: str, keys: Keys) -> list[dict[str, Any]]:
+    """resources/read, journaled: the contents as MCP JSON."""
+    server = ctx.graph.servers[server_name]
+    key = keys(f"resource:{server_name}")
 
     async def read() -> dict[str, Any]:
         return {"contents": await ctx.runtime.tools.read_resource(server, uri)}
 
-    result = await _journaled(ctx, key, {"server": resource.server, "uri": uri}, read)
+    result = await _journaled(ctx, key, {"server": server_name, "uri": uri}, read)
     return list(result["contents"])
 
 

@@ -22,7 +22,17 @@ import anyio
 
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Diagnostic, Severity
-from flowctl.dsl.ir import AgentDef, Graph, NodeKind, ServerDef, ServerPrompt, ServerResource, Step, ToolCall
+from flowctl.dsl.ir import (
+    AgentDef,
+    Graph,
+    NodeKind,
+    ResourceRead,
+    ServerDef,
+    ServerPrompt,
+    ServerResource,
+    Step,
+    ToolCall,
+)
 from flowctl.dsl.templates import Literal, MapValue
 from flowctl.interpreter.errors import FlowctlError
 from flowctl.interpreter.redact import redactor_for
@@ -48,7 +58,7 @@ async def _resolve(graph: Graph, env: Mapping[str, str]) -> list[Diagnostic]:
     graphs = list(_graphs(graph))
     redactor = redactor_for([graph], env)  # a failing server's stderr may quote its environment
     servers = {_key(s): s for g in graphs for s in _used_servers(g)}
-    read_from = {name for g in graphs for agent in g.agents.values() for name, _ in _context_refs(agent)}
+    read_from = {name for g in graphs for name, _ in _graph_context_refs(g)}
     listings: dict[tuple[str, str], _Listing] = {}
     async with McpPool(env=env) as pool:
 
@@ -119,9 +129,18 @@ def _context_refs(agent: AgentDef) -> Iterator[tuple[str, ServerPrompt | ServerR
         yield resource.server, resource
 
 
+def _graph_context_refs(graph: Graph) -> Iterator[tuple[str, ServerPrompt | ServerResource | ResourceRead]]:
+    """Every server prompt and resource the graph reads: its agents' and its `resource:` steps'."""
+    for agent in graph.agents.values():
+        yield from _context_refs(agent)
+    for step in _steps(graph):
+        if isinstance(step.body, ResourceRead):
+            yield step.body.server, step.body
+
+
 def _used_servers(graph: Graph) -> Iterator[ServerDef]:
     names = {name for agent in graph.agents.values() for name in agent.servers}
-    names |= {name for agent in graph.agents.values() for name, _ in _context_refs(agent)}
+    names |= {name for name, _ in _graph_context_refs(graph)}
     names |= {body.server for _, body in _tool_steps(graph)}
     for name in sorted(names):
         if name in graph.servers:  # an unknown server name is the front end's diagnostic, not ours
@@ -167,15 +186,17 @@ def _check_graph(graph: Graph, listings: dict[tuple[str, str], _Listing]) -> lis
             diagnostics.append(cat.unknown_tool(step.span, body.server, body.tool, known))
     for agent in graph.agents.values():
         diagnostics += _check_allow_list(agent, tools_of)
-        for name, ref in _context_refs(agent):
-            server = graph.servers.get(name)
-            listing = listings.get(_key(server)) if server is not None else None
-            if listing is not None and listing.context is not None:
-                diagnostics += _check_context_ref(name, ref, listing.context)
+    for name, ref in _graph_context_refs(graph):
+        server = graph.servers.get(name)
+        listing = listings.get(_key(server)) if server is not None else None
+        if listing is not None and listing.context is not None:
+            diagnostics += _check_context_ref(name, ref, listing.context)
     return diagnostics
 
 
-def _check_context_ref(server: str, ref: ServerPrompt | ServerResource, found: dict[str, Any]) -> list[Diagnostic]:
+def _check_context_ref(
+    server: str, ref: ServerPrompt | ServerResource | ResourceRead, found: dict[str, Any]
+) -> list[Diagnostic]:
     """A prompt the server offers, with its required arguments given and no others; a resource it lists, or one
     that matches (or is) one of its URI templates."""
     if isinstance(ref, ServerPrompt):
