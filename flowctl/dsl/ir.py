@@ -128,6 +128,7 @@ class _Body:
 class AgentCall(_Body):
     agent: str
     prompt: TextTemplate
+    server_prompt: ServerPrompt | None = None  # `prompt: {server, prompt, arguments}`: its messages are the prompt
 
 
 @dataclass(frozen=True, slots=True)

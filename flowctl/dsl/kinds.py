@@ -105,7 +105,12 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 def _agent(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.AgentCall:
-    return ir.AgentCall(raw["agent"], compile_text(raw.get("prompt", ""), c.span((*path, "prompt"))))
+    prompt = raw.get("prompt", "")
+    if isinstance(prompt, dict):  # a server's prompt
+        arguments = c.value(prompt.get("arguments") or {}, (*path, "prompt", "arguments"))
+        server_prompt = ir.ServerPrompt(prompt["server"], prompt["prompt"], arguments, c.span((*path, "prompt")))
+        return ir.AgentCall(raw["agent"], compile_text("", c.span((*path, "prompt"))), server_prompt)
+    return ir.AgentCall(raw["agent"], compile_text(prompt, c.span((*path, "prompt"))))
 
 
 def _tool(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
@@ -193,7 +198,10 @@ KINDS: dict[str, KindSpec] = {
             "agent",
             ir.AgentCall,
             _agent,
-            fields=(FieldSpec(("prompt",), "text", fan_out=True),),
+            fields=(
+                FieldSpec(("prompt",), "text", fan_out=True),
+                FieldSpec(("prompt", "arguments"), "value", fan_out=True),
+            ),
             refs=(RefSpec("agent", ("agent",)),),
             calls_out=lambda raw: True,
             fan_out=True,

@@ -209,11 +209,15 @@ _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 def check_server_context(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """An agent's server prompt and resources, and `resource:` steps, name declared servers, and a resource's URI
+    """An agent's server prompt and resources, agent steps' server prompts and `resource:` steps name declared
+    servers, and a resource's URI
     template gets exactly the arguments its `{name}` placeholders need."""
     servers = ctx.index.section("servers")
     for pipeline in ctx.index.pipelines():
         for step in pipeline.ordered:
+            prompt = step.raw.get("prompt") if step.kind == "agent" else None
+            if isinstance(prompt, dict) and isinstance(prompt.get("server"), str):
+                yield from _known_server(ctx, (*step.path, "prompt", "server"), prompt["server"], servers)
             resource = step.raw.get("resource") if step.kind == "resource" else None
             if not isinstance(resource, dict):
                 continue

@@ -117,4 +117,5 @@ def test_server_prompts_and_resources_are_checked(flow: Flow) -> None:
             "server 'calc' has no resource 'calc://tabels/2'",
             "did you mean 'calc://tables/{n}'?",
         ),
+        (line_of(path, "prompt: stile"), "server 'calc' has no prompt 'stile'", "did you mean 'style'?"),
     }

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_the_model_gets_the_prompt_as_instruction_and_the_resources_before_the_prompt(flow: Flow) -> None:
-    flow.llm.enqueue(reply("7 14 21"))
+    flow.llm.enqueue(reply("7 14 21"), reply("Certainly."))
     result = await flow.run("server_context.yaml", {"n": 7})
     assert result.outcome.status is RunStatus.SUCCEEDED, result.error
     messages = flow.llm.bodies[0]["messages"]
@@ -28,8 +28,13 @@ async def test_the_model_gets_the_prompt_as_instruction_and_the_resources_before
     assert messages[2] == {"role": "user", "content": "Resource calc://tables/7 (text/plain):\n7 14 21"}
     assert messages[3] == {"role": "user", "content": "Explain the table."}
     assert result.outcome.outputs == {"answer": "7 14 21", "table": "8 16 24"}
+    # an agent step whose prompt is the server's prompt: its message is the user message
+    assert flow.llm.bodies[1]["messages"] == [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "Answer in a formal tone."},
+    ]
     reads = (flow.tmp_path / "reads.txt").read_text().split("\n")[:-1]
-    assert reads == ["style dry", "guide", "table 7", "table 8"]
+    assert reads == ["style dry", "guide", "table 7", "style formal", "table 8"]
 
 
 async def test_a_resumed_run_replays_the_reads(flow: Flow) -> None:
@@ -38,11 +43,12 @@ async def test_a_resumed_run_replays_the_reads(flow: Flow) -> None:
     assert first.outcome.status is RunStatus.FAILED
     reads = flow.tmp_path / "reads.txt"
     assert reads.read_text().split("\n")[:-1] == ["style warm", "guide", "table 3"]
-    flow.llm.enqueue(reply("3 6 9"))
+    flow.llm.enqueue(reply("3 6 9"), reply("Certainly."))
     graph, _, _ = load_pipeline(first.path)
     assert graph is not None
     options = RunOptions(env=flow.env(), reporter=Reporter())
     outcome = await run_graph(graph, {"n": 3}, first.store, options, run_id=first.outcome.run_id, resuming=True)
     assert outcome.status is RunStatus.SUCCEEDED, outcome.error
-    assert reads.read_text().split("\n")[:-1] == ["style warm", "guide", "table 3", "table 4"]  # nothing read again
-    assert flow.llm.bodies[-1]["messages"][0]["content"] == "Answer in a warm tone."
+    # the journaled reads are replayed, the steps that had not run read now
+    assert reads.read_text().split("\n")[:-1] == ["style warm", "guide", "table 3", "style formal", "table 4"]
+    assert flow.llm.bodies[-2]["messages"][0]["content"] == "Answer in a warm tone."

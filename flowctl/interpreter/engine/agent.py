@@ -24,7 +24,7 @@ from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
-from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages
+from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages, server_prompt
 from flowctl.interpreter.engine.servers import list_agent_tools
 from flowctl.interpreter.errors import (
     FlowctlError,
@@ -73,8 +73,25 @@ def run_agent_step(
     assert isinstance(body, ir.AgentCall)
     agent = ctx.graph.agents[agent_name or body.agent]
     context = ctx.template_context(scope)
+    if body.server_prompt is not None:
+        return _run_with_server_prompt(ctx, agent, body.server_prompt, scope, path, model_name, context)
     prompt = body.prompt.render(context)
     return run_agent(ctx, agent, prompt, scope, path, model_name=model_name, context=context)
+
+
+async def _run_with_server_prompt(
+    ctx: RunContext,
+    agent: AgentDef,
+    prompt: ir.ServerPrompt,
+    scope: Scope,
+    path: str,
+    model_name: str | None,
+    context: dict[str, Any],
+) -> Any:
+    """An agent step whose prompt is a server's prompt: its messages open the conversation (journaled)."""
+    messages = await server_prompt(ctx, prompt, context, _CallCounter(path).key)
+    opening = [Message("assistant" if m["role"] == "assistant" else "user", m["text"]) for m in messages]
+    return await run_agent(ctx, agent, "", scope, path, model_name=model_name, context=context, opening=opening)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,19 +297,21 @@ async def run_agent(
     extra_instruction: str = "",
     output_schema: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
+    opening: list[Message] | None = None,
 ) -> Any:
     """Run one agent conversation to its final answer and return it (parsed when the agent has an output schema).
     `context`: the scope's template context, when the caller already built it (for the prompt)."""
     model = ctx.graph.models[model_name or agent.model]
     context = ctx.template_context(scope) if context is None else context
     counter = _CallCounter(path)
+    asked = opening if opening is not None else [Message("user", prompt)]  # a server prompt's messages, or the prompt
     if agent.instruction_prompt is None and not agent.resources:
         instruction = agent.instruction.render(context) + extra_instruction
-        messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
+        messages: list[Message] = [Message("system", instruction), *asked]
     else:  # from the agent's servers (engine/server_context.py): journaled reads
         instruction = await agent_instruction(ctx, agent, context, counter.key) + extra_instruction
         given = await resource_messages(ctx, agent, context, counter.key)
-        messages = [Message("system", instruction), *given, Message("user", prompt)]
+        messages = [Message("system", instruction), *given, *asked]
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
     tools = await _agent_tools(ctx, agent, path) if agent.servers else {}

@@ -23,6 +23,7 @@ import anyio
 from flowctl.dsl import catalogue as cat
 from flowctl.dsl.diagnostics import Diagnostic, Severity
 from flowctl.dsl.ir import (
+    AgentCall,
     AgentDef,
     Graph,
     NodeKind,
@@ -136,6 +137,8 @@ def _graph_context_refs(graph: Graph) -> Iterator[tuple[str, ServerPrompt | Serv
     for step in _steps(graph):
         if isinstance(step.body, ResourceRead):
             yield step.body.server, step.body
+        elif isinstance(step.body, AgentCall) and step.body.server_prompt is not None:
+            yield step.body.server_prompt.server, step.body.server_prompt
 
 
 def _used_servers(graph: Graph) -> Iterator[ServerDef]:
