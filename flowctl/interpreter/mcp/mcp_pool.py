@@ -182,6 +182,8 @@ class McpPool:
 
     async def _listing(self, connection: Connection) -> list[ToolSpec]:
         """Every page of the session's tools/list, fetched once per session."""
+        if connection.tools is not None:  # the common case: no lock, no checkpoint per call
+            return connection.tools
         async with self._list_locks.setdefault(_key(connection.server), anyio.Lock()):
             if connection.tools is None:
                 connection.tools = await self._fetch_tools(connection)
