@@ -26,13 +26,13 @@ pytestmark = pytest.mark.anyio
 
 
 @contextmanager
-def guarded_calc(*extra: str) -> Iterator[str]:
+def guarded_calc(*extra: str, transport: str = "--http") -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, CALC, "--http", "--port", str(port), "--token", TOKEN, *extra]
+    cmd = [sys.executable, CALC, transport, "--port", str(port), "--token", TOKEN, *extra]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, process)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}/{'mcp' if transport == '--http' else 'sse'}"
     finally:
         process.kill()
         process.wait(timeout=5)
@@ -109,3 +109,15 @@ async def test_oauth_with_a_wrong_client_secret_is_an_auth_error(url: str) -> No
             await pool.list_tools(remote(url, client_credentials=credentials))
     assert "auth.client_credentials" in caught.value.message
     assert "not-the-secret" not in caught.value.message
+
+
+async def test_sse_refused_and_accepted() -> None:
+    with guarded_calc(transport="--sse") as url:
+        sse = ServerDef("docs", Transport.SSE, SPAN, url=url, bearer="${T}", startup_timeout=20.0, read_timeout=20.0)
+        async with McpPool(env={"T": "wrong-token-value"}) as pool:
+            with pytest.raises(ServerAuthError) as caught:
+                await pool.list_tools(sse)
+        assert "server 'docs' refused flowctl's credentials" in caught.value.message
+        assert "HTTP 401 Unauthorized" in caught.value.message
+        async with McpPool(env={"T": TOKEN}) as pool:
+            assert (await pool.call_tool(sse, "add", {"a": 1, "b": 1})).value == {"result": 2.0}

@@ -5,7 +5,7 @@ stall, crash and report process state, served over stdio (default), streamable H
     python calc_server.py --http --port 8123   # streamable HTTP at http://127.0.0.1:8123/mcp
     python calc_server.py --sse --port 8123    # SSE at http://127.0.0.1:8123/sse
     python calc_server.py --tag MARKER         # any mode: a marker tests find in /proc/*/cmdline
-    python calc_server.py --http --port 8123 --token T [--client ID:SECRET]
+    python calc_server.py --http --port 8123 --token T [--client ID:SECRET]   # (--sse too)
         # streamable HTTP that answers 401 without `Authorization: Bearer T` (403 for `Bearer forbidden`); with
         # --client it is also its own OAuth authorization server, issuing T for the client-credentials grant
 
@@ -236,12 +236,11 @@ def main() -> None:
     if starts:  # tests count the processes started: one line per start
         with open(starts, "a", encoding="utf-8") as out:
             out.write(f"{os.getpid()}\n")
-    if args.http and args.token:
+    if (args.http or args.sse) and args.token:
         import uvicorn
 
-        app = guarded(
-            server.streamable_http_app(host="127.0.0.1"), args.token, args.client, f"http://127.0.0.1:{args.port}"
-        )
+        inner = server.streamable_http_app(host="127.0.0.1") if args.http else server.sse_app(host="127.0.0.1")
+        app = guarded(inner, args.token, args.client, f"http://127.0.0.1:{args.port}")
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     elif args.http:
         server.run("streamable-http", host="127.0.0.1", port=args.port)
