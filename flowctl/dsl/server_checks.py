@@ -15,7 +15,12 @@ from flowctl.dsl.check_context import CheckContext
 from flowctl.dsl.diagnostics import Diagnostic, Span
 from flowctl.dsl.loader import JsonPath
 from flowctl.dsl.templates import has_template
-from flowctl.dsl.variables import VARIABLE  # `${NAME}`, `${NAME:-default}`, `${NAME:default}`: what is expanded
+from flowctl.dsl.variables import (  # `${NAME}`, `${NAME:-default}`, `${NAME:default}`, `${env:NAME}`
+    VARIABLE,
+    default_of,
+    variable_name,
+    vscode_form,
+)
 
 # Keys other tools' server blocks hold that flowctl accepts without acting on them: key → why, and what to do.
 # (Keys flowctl honours are in the schema; an unknown key is still an error, since it is most often a typo.)
@@ -177,8 +182,12 @@ def _check_variables(ctx: CheckContext, path: JsonPath, value: str) -> Iterator[
                 problem = f"{written!r} is not a variable flowctl expands"
                 hint = "write `${NAME}` or `${NAME:-default}` (a name is letters, digits and `_`)"
             yield cat.bad_variable(_text_span(ctx, path, written), problem, hint)
-        elif match.group(2) is None and ctx.env is not None and match.group(1) not in ctx.env:
-            yield cat.unset_variable(_text_span(ctx, path, match.group()), match.group(1))
+        elif vscode_form(match) == "input":
+            problem = f"{match.group()!r} is a VS Code input (a value VS Code asks for), which flowctl cannot ask for"
+            hint = "read it from the environment instead: `${NAME}`"
+            yield cat.bad_variable(_text_span(ctx, path, match.group()), problem, hint)
+        elif default_of(match) is None and ctx.env is not None and variable_name(match) not in ctx.env:
+            yield cat.unset_variable(_text_span(ctx, path, match.group()), variable_name(match))
         start = value.find("${", start + 2)
 
 
