@@ -57,7 +57,7 @@ async def test_no_credentials_is_a_clear_error_naming_the_server_and_what_to_set
     assert error.retryable is False
     assert error.code == "server-auth-error"
     assert error.span == SPAN
-    assert "server 'docs' refused flowctl's credentials" in error.message
+    assert "server 'docs' requires credentials, and none were given, during initialize" in error.message
     assert "HTTP 401 Unauthorized" in error.message
     assert "auth: {bearer: ${TOKEN}}" in error.message
     assert url in error.message
@@ -68,6 +68,7 @@ async def test_a_refused_bearer_token_names_the_setting_and_never_shows_the_toke
     async with McpPool(env={"DOCS_TOKEN": "wrong-token-value"}) as pool:
         with pytest.raises(ServerAuthError) as caught:
             await pool.list_tools(server)
+    assert "server 'docs' refused flowctl's credentials during initialize: HTTP 401" in caught.value.message
     assert "`auth.bearer`" in caught.value.message
     assert "wrong-token-value" not in caught.value.message
 

@@ -241,8 +241,10 @@ class Connection:
                     "give it credentials: `auth: {bearer: ${TOKEN}}`, an `Authorization` header or "
                     "`auth: {client_credentials: …}`"
                 )
+        given = launch.client_credentials is not None or bool(launch.headers)  # headers may carry an API key
+        refused = "refused flowctl's credentials" if given else "requires credentials, and none were given,"
         return ServerAuthError(
-            f"server {server.name!r} refused flowctl's credentials during {what}: {cause}{where}; {hint}",
+            f"server {server.name!r} {refused} during {what}: {cause}{where}; {hint}",
             span=server.span,
         )
 
