@@ -227,6 +227,9 @@ class LineReporter(Reporter):
     def event(self, run_id: str, name: str, source: str) -> None:
         self._line(f"  ⚑ event {name} from {source}")
 
+    def warning(self, run_id: str, path: str, message: str) -> None:
+        self._line(f"  ⚠ {self._where(run_id, path)}: {message}")
+
     def waiting(self, run_id: str, path: str, event: str) -> None:
         where = self._where(run_id, path)
         self._line(f"  ⏳ {where} waits for event {event!r}; send it with: {self.signal_command(event)}")
@@ -493,6 +496,10 @@ class TtyReporter(LineReporter):
     def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
         with self._lock:
             super().held_back(run_id, path, queued, cap)
+
+    def warning(self, run_id: str, path: str, message: str) -> None:
+        with self._lock:
+            super().warning(run_id, path, message)
 
     def model_text(self, run_id: str, path: str, text: str) -> None:
         with self._lock:

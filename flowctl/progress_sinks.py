@@ -99,6 +99,9 @@ class JsonlReporter(Reporter):
     def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
         self._write("held_back", run_id=run_id, step=path, queued=queued, cap=cap)
 
+    def warning(self, run_id: str, path: str, message: str) -> None:
+        self._write("warning", run_id=run_id, step=path, message=message)
+
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         self._write("run_finished", run_id=run_id, status=status, elapsed=elapsed, tokens=tokens, error=error or None)
 
@@ -177,6 +180,10 @@ class MultiReporter(Reporter):
     def held_back(self, *args: Any) -> None:
         for r in self.reporters:
             r.held_back(*args)
+
+    def warning(self, *args: Any) -> None:
+        for r in self.reporters:
+            r.warning(*args)
 
     def close(self) -> None:
         for r in self.reporters:
@@ -301,6 +308,9 @@ class RedactingReporter(Reporter):
 
     def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
         self.inner.held_back(run_id, path, queued, cap)
+
+    def warning(self, run_id: str, path: str, message: str) -> None:
+        self.inner.warning(run_id, path, self.redact(message))
 
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         self.inner.run_finished(run_id, status, elapsed, tokens, self.redact(error) if error else error)

@@ -540,3 +540,12 @@ def test_sigterm_ends_flowctl_test_cleanly(tmp_path: Path) -> None:
     assert process.returncode == 143, stderr
     assert "interrupted by SIGTERM: 0 of 1 case(s) finished" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_pipeline_path_too_long_for_the_system_is_a_diagnostic_not_a_crash(tmp_path: Path) -> None:
+    """Found by the property test: `Path.is_file` raises on a name longer than the file system allows."""
+    (tmp_path / "x.test.yaml").write_text("pipeline: 'x" + "9" * 5000 + "'\ncases: []\n", encoding="utf-8")
+    result = CliRunner().invoke(flowctl_test, [str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "pipeline file not found" in result.output
+    assert "Traceback" not in result.output

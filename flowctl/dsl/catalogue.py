@@ -263,8 +263,8 @@ ROUTE_CHOICE_WITHOUT_BRANCH = _code(
 UNBOUNDED_LOOP = _code("unbounded-loop", "A loop has no `max_iterations` bound.", "Add `max_iterations:` to the loop.")
 TEMPLATED_COMMAND = _code(
     "templated-command",
-    "A server `command` contains a template or variable.",
-    "Write the command literally; pass variable parts through `args` or `env`.",
+    "A server `command` contains a template (`{{ }}`) or a shell substitution (`$(…)`, backquotes).",
+    "Write the command literally (`${VAR}` from the environment is fine); pass variable parts through `args` or `env`.",
 )
 UNDECLARED_STATE_KEY = _code(
     "undeclared-state-key",
@@ -273,15 +273,28 @@ UNDECLARED_STATE_KEY = _code(
 )
 LITERAL_SERVER_VALUE = _code(
     "literal-server-value",
-    "A server's `args` or `cwd` holds `${VAR}`, or a server value holds `{{ }}`: it is passed as written.",
-    "Server definitions are not templates, and only `env`, `headers` and `url` expand `${VAR}`: move the variable "
-    'there (for example `env: {TOKEN: "${TOKEN}"}`), or ignore if the text is meant literally.',
+    "A server value holds `{{ }}`: server definitions are not templates, so it is passed as written.",
+    "Read the environment with `${VAR}` instead (expanded in every server string), or ignore if the text is meant "
+    "literally.",
     Severity.WARNING,
 )
 BAD_VARIABLE = _code(
     "bad-variable",
-    "A `${` in a server's `env`, `headers`, `url` or a model's `base_url` is not a variable flowctl expands.",
-    "Write `${NAME}`, or `${NAME:-default}` for a default (sh's spelling; `${NAME:default}` is not one).",
+    "A `${` in a server or model setting is not a variable flowctl expands.",
+    "Write `${NAME}`, `${NAME:-default}` (sh's spelling) or `${NAME:default}` (fast-agent's).",
+)
+UNSET_VARIABLE = _code(
+    "unset-variable",
+    "A `${VAR}` without a default names a variable the environment `flowctl validate` ran in does not set.",
+    "Set it before `flowctl run` (the run would fail where it is used), or give a default: `${VAR:-value}`.",
+    Severity.WARNING,
+)
+IGNORED_KEY = _code(
+    "ignored-key",
+    "A server key from another tool's config (fast-agent, mcp-agent, Claude Desktop, VS Code, Cline) that flowctl "
+    "accepts but does not act on.",
+    "Remove it, or do what the hint says to get the same effect in flowctl.",
+    Severity.WARNING,
 )
 UNKNOWN_TOOL = _code(
     "unknown-tool", "A tool name is not offered by the named MCP server.", "Fix the tool name (see the server's tools)."
@@ -451,15 +464,21 @@ def undeclared_state_key(span: Span, key: str, declared: Iterable[str]) -> Diagn
     return _make(UNDECLARED_STATE_KEY, message, span, hint=hint)
 
 
-def literal_server_value(span: Span, value: str, key: str, *, template: bool) -> Diagnostic:
+def literal_server_value(span: Span, value: str, key: str) -> Diagnostic:
     shown = repr(value) if len(value) <= 60 else repr(value[:59] + "…")
-    if template:
-        message = f"server `{key}` value {shown} is passed as written: server definitions are not templates"
-        hint = "read the environment with `${VAR}` in `env`, `headers` or `url`; templates are rendered only in steps"
-    else:
-        message = f"server `{key}` value {shown} is passed as written: `${{VAR}}` is not expanded in `{key}`"
-        hint = "only `env`, `headers` and `url` expand `${VAR}`; set the variable in `env` and read it in the server"
+    message = f"server `{key}` value {shown} is passed as written: server definitions are not templates"
+    hint = "read the environment with `${VAR}`; templates are rendered only in steps"
     return _make(LITERAL_SERVER_VALUE, message, span, hint=hint)
+
+
+def unset_variable(span: Span, name: str) -> Diagnostic:
+    message = f"environment variable {name!r} is not set, and `${{{name}}}` has no default"
+    hint = f"set {name} before `flowctl run`, or write `${{{name}:-…}}` with a default"
+    return _make(UNSET_VARIABLE, message, span, hint=hint)
+
+
+def ignored_key(span: Span, key: str, where: str, why: str) -> Diagnostic:
+    return _make(IGNORED_KEY, f"`{key}` in {where} is ignored", span, hint=why)
 
 
 def bad_variable(span: Span, problem: str, hint: str) -> Diagnostic:

@@ -5,7 +5,7 @@ Shared by the check units in `checks.py` and `template_checks.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ class CheckContext:
     folders: tuple[Path, Path] | None = None
     emitted_events: set[str] = field(default_factory=set)
     texts: dict[str, str] = field(default_factory=dict)  # prompt files read (prompt_files.py), by their spans' name
+    env: Mapping[str, str] | None = None  # the environment `${VAR}` is checked against (None: not checked)
     _lines: list[str] | None = None
     _file_lines: dict[str, list[str]] = field(default_factory=dict)
 

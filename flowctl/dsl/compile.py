@@ -12,6 +12,7 @@ from typing import Any
 
 from flowctl.dsl import ir
 from flowctl.dsl.diagnostics import Span
+from flowctl.dsl.index import servers_path
 from flowctl.dsl.kinds import KINDS, step_kind
 from flowctl.dsl.loader import JsonPath, LoadedDocument
 from flowctl.dsl.templates import (
@@ -256,14 +257,15 @@ class _Compiler:
         return models
 
     def servers(self) -> dict[str, ir.ServerDef]:
-        raw_servers = self.data.get("servers")
-        base: JsonPath = ("servers",)
-        if not isinstance(raw_servers, dict):
-            raw_servers, base = (self.data.get("mcp") or {}).get("servers") or {}, ("mcp", "servers")
+        base = servers_path(self.data)
+        raw_servers = self.data.get(str(base[0])) or {}
+        raw_servers = (raw_servers.get("servers") or {}) if len(base) == 2 else raw_servers
         servers = {}
         for name, raw in raw_servers.items():
-            transport = raw.get("transport") or ("stdio" if "command" in raw else "streamable_http")
-            transport = "streamable_http" if transport == "http" else transport
+            transport = raw.get("transport") or raw.get("type") or ("stdio" if "command" in raw else "streamable_http")
+            transport = "streamable_http" if transport in ("http", "streamable-http") else transport
+            auth = raw.get("auth") or {}
+            stream_timeout = raw.get("http_read_timeout_seconds", raw.get("read_transport_sse_timeout_seconds"))
             servers[name] = ir.ServerDef(
                 name=name,
                 transport=ir.Transport(transport),
@@ -279,17 +281,39 @@ class _Compiler:
                 allowed_tools=tuple(raw["allowed_tools"]) if "allowed_tools" in raw else None,
                 idempotent_tools=tuple(raw.get("idempotent_tools") or ()),
                 circuit_breaker=_breaker(raw.get("circuit_breaker")),
+                optional=bool(raw.get("optional", False)),
+                bearer=auth.get("bearer"),
+                client_credentials=_client_credentials(auth.get("client_credentials")),
+                http_timeout=_optional_float(raw.get("http_timeout_seconds")),
+                stream_timeout=_optional_float(stream_timeout),
+                terminate_on_close=bool(raw.get("terminate_on_close", True)),
             )
         return servers
+
+    def _server_prompt(self, raw: dict[str, Any], path: JsonPath) -> ir.ServerPrompt:
+        arguments = self.value(raw.get("arguments") or {}, (*path, "arguments"))
+        return ir.ServerPrompt(raw["server"], raw["prompt"], arguments, self.span(path))
+
+    def _server_resource(self, raw: dict[str, Any], path: JsonPath) -> ir.ServerResource:
+        arguments = self.value(raw.get("arguments") or {}, (*path, "arguments"))
+        return ir.ServerResource(raw["server"], raw["uri"], arguments, self.span(path))
 
     def agents(self, models: dict[str, ir.ModelDef]) -> dict[str, ir.AgentDef]:
         agents = {}
         for name, raw in (self.data.get("agents") or {}).items():
             servers = raw.get("servers") or ()
             title = raw.get("name")
+            path: JsonPath = ("agents", name)
+            instruction = raw.get("instruction", "")
+            from_server = isinstance(instruction, dict)
             agents[name] = ir.AgentDef(
                 name=name,
-                instruction=compile_text(raw.get("instruction", ""), self.span(("agents", name, "instruction"))),
+                instruction=compile_text("" if from_server else instruction, self.span((*path, "instruction"))),
+                instruction_prompt=self._server_prompt(instruction, (*path, "instruction")) if from_server else None,
+                resources=tuple(
+                    self._server_resource(item, (*path, "resources", i))
+                    for i, item in enumerate(raw.get("resources") or ())
+                ),
                 model=raw.get("model") or "default",
                 span=self.span(("agents", name)),
                 servers=() if isinstance(servers, str) else tuple(servers),
@@ -313,6 +337,22 @@ def _mentions(value: Any, word: str) -> bool:
     if isinstance(value, list):
         return any(_mentions(v, word) for v in value)
     return False
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _client_credentials(raw: Any) -> ir.ClientCredentials | None:
+    if not isinstance(raw, dict):
+        return None
+    return ir.ClientCredentials(
+        client_id=raw["client_id"],
+        client_secret=raw["client_secret"],
+        scope=raw.get("scope"),
+        issuer=raw.get("issuer"),
+        auth_method=raw.get("token_endpoint_auth_method", "client_secret_basic"),
+    )
 
 
 def _seconds(value: Any, default: float) -> float:

@@ -150,7 +150,9 @@ EXAMPLES: dict[str, Example] = {
         )
     ),
     cat.TEMPLATED_COMMAND: Example(
-        _steps("  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "${MCP_BIN}", args: [serve]}\n')
+        _steps(
+            "  - {id: run, tool: runner.go}\n", 'servers:\n  runner: {command: "$(which mcp-runner)", args: [serve]}\n'
+        )
     ),
     cat.UNDECLARED_STATE_KEY: Example(
         _steps("  - {id: note, set: {lgo: started}}\n", "state:\n  log: {reducer: append}\n")
@@ -164,7 +166,19 @@ EXAMPLES: dict[str, Example] = {
     cat.BAD_VARIABLE: Example(
         _steps(
             "  - {id: read, tool: files.list}\n",
-            'servers:\n  files: {command: mcp-files, env: {LEVEL: "${LOG_LEVEL:info}"}}\n',
+            'servers:\n  files: {command: mcp-files, env: {LEVEL: "${LOG-LEVEL}"}}\n',
+        )
+    ),
+    cat.UNSET_VARIABLE: Example(
+        _steps(
+            "  - {id: read, tool: docs.search, args: {q: flowctl}}\n",
+            'servers:\n  docs: {url: "https://docs.example.com/mcp", auth: {bearer: "${DOCS_TOKEN}"}}\n',
+        )
+    ),
+    cat.IGNORED_KEY: Example(
+        _steps(
+            "  - {id: now, tool: time.get_current_time, args: {timezone: UTC}}\n",
+            "servers:\n  time:\n    command: uvx\n    args: [mcp-server-time]\n    ping_interval_seconds: 30\n",
         )
     ),
     cat.UNKNOWN_TOOL: Example(
@@ -274,7 +288,7 @@ def example_diagnostics(code: str) -> tuple[list[Diagnostic], str]:
             path.write_bytes(example.raw)
         elif not example.missing:
             path.write_text(example.yaml, encoding="utf-8")
-        result = FrontEnd(root_dir=root).process(path, display=PIPELINE)
+        result = FrontEnd(root_dir=root, env={}).process(path, display=PIPELINE)
     return result.diagnostics, result.doc.source
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class FrontEnd:
     """Validates and compiles pipeline files; one instance per command invocation."""
 
     root_dir: Path | None = None
+    env: Mapping[str, str] | None = None  # where `${VAR}` is looked up for `unset-variable` (default: os.environ)
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
     prompt_texts: dict[str, str] = field(default_factory=dict)  # prompt files read, by the name diagnostics give
     _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
@@ -75,7 +77,9 @@ class FrontEnd:
             problems, texts = inline_prompt_files(checked, index, *folders)
             self.prompt_texts.update(texts)
             diagnostics += problems
-            diagnostics += check_document(CheckContext(checked, index, resolver, folders=folders, texts=texts))
+            env = os.environ if self.env is None else self.env
+            context = CheckContext(checked, index, resolver, folders=folders, texts=texts, env=env)
+            diagnostics += check_document(context)
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):

@@ -87,15 +87,30 @@ class DocIndex:
         yield from self.children.values()
 
     def section(self, key: str) -> dict[str, Any]:
-        """A top-level mapping such as `agents`; `servers` also accepts an mcp-agent `mcp: {servers: …}` block."""
-        value = self.data.get(key)
-        if key == "servers" and not isinstance(value, dict):
-            mcp = self.data.get("mcp")
-            value = mcp.get("servers") if isinstance(mcp, dict) else None
+        """A top-level mapping such as `agents`; `servers` also accepts an mcp-agent / fast-agent `mcp: {servers: …}`
+        block and Claude Desktop's `mcpServers`."""
+        if key == "servers":
+            key_path = self.servers_path()
+            value = self.data.get(str(key_path[0]))
+            value = value.get("servers") if len(key_path) == 2 and isinstance(value, dict) else value
+        else:
+            value = self.data.get(key)
         return value if isinstance(value, dict) else {}
 
     def servers_path(self) -> JsonPath:
-        return ("servers",) if isinstance(self.data.get("servers"), dict) else ("mcp", "servers")
+        return servers_path(self.data)
+
+
+def servers_path(data: dict[str, Any]) -> JsonPath:
+    """Where a document's servers are: `servers`, `mcp.servers` or `mcpServers` (the first one present)."""
+    if isinstance(data.get("servers"), dict):
+        return ("servers",)
+    mcp = data.get("mcp")
+    if isinstance(mcp, dict) and isinstance(mcp.get("servers"), dict):
+        return ("mcp", "servers")
+    if isinstance(data.get("mcpServers"), dict):
+        return ("mcpServers",)
+    return ("servers",)
 
 
 def _as_list(value: Any) -> list[Any]:

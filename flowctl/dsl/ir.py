@@ -18,6 +18,7 @@ from flowctl.dsl.templates import CompiledValue, Expression, TextTemplate
 class NodeKind(enum.Enum):
     AGENT = "agent"
     TOOL = "tool"
+    RESOURCE = "resource"
     PARALLEL = "parallel"
     PIPELINE = "pipeline"
     ROUTE = "route"
@@ -130,6 +131,7 @@ class AgentCall(_Body):
     choose: CompiledValue | None = None  # `agent: "{{ expr }}"`: the name of a declared agent, rendered per call
     default: str | None = None  # `default_agent:`: the agent used when `choose` names none
     arguments: tuple[tuple[str, CompiledValue], ...] | None = None  # `agent: {use:, with:}`: a parameterised agent's
+    server_prompt: ServerPrompt | None = None  # `prompt: {server, prompt, arguments}`: its messages are the prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,16 @@ class ToolCall(_Body):
     server: str
     tool: str
     args: CompiledValue
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRead(_Body):
+    """A `resource:` step: read a server resource (`uri` may be a URI template whose `{name}`s `arguments` fill)."""
+
+    server: str
+    uri: str
+    arguments: CompiledValue
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +242,9 @@ class SetState(_Body):
     """A step whose only effect is its `set:` updates."""
 
 
-StepBody = AgentCall | ToolCall | ParallelGroup | ChildPipeline | Route | Loop | Wait | EmitSpec | SetState
+StepBody = (
+    AgentCall | ToolCall | ResourceRead | ParallelGroup | ChildPipeline | Route | Loop | Wait | EmitSpec | SetState
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +352,17 @@ class ModelDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """`auth: {client_credentials: …}`: the MCP OAuth client-credentials flow (values still hold ${VAR})."""
+
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+    issuer: str | None = None
+    auth_method: str = "client_secret_basic"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerDef:
     name: str
     transport: Transport
@@ -353,6 +378,32 @@ class ServerDef:
     allowed_tools: tuple[str, ...] | None = None
     idempotent_tools: tuple[str, ...] = ()
     circuit_breaker: CircuitBreakerSpec | None = None
+    optional: bool = False  # cannot start: agents run without its tools (a warning), tool steps still fail
+    bearer: str | None = None  # `auth: {bearer: …}`, still holding ${VAR}
+    client_credentials: ClientCredentials | None = None
+    http_timeout: float | None = None  # connect/write timeout of an HTTP server (mcp-agent's http_timeout_seconds)
+    stream_timeout: float | None = None  # how long an HTTP/SSE stream may stay silent
+    terminate_on_close: bool = True  # streamable HTTP: DELETE the session when the pool closes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPrompt:
+    """A server's prompt (`prompts/get`) with its arguments (templates rendered in the step's context)."""
+
+    server: str
+    name: str
+    arguments: CompiledValue
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResource:
+    """A server's resource (`resources/read`); `uri` may be a URI template whose `{name}`s `arguments` fill."""
+
+    server: str
+    uri: str
+    arguments: CompiledValue
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +419,8 @@ class AgentDef:
     params: tuple[str, ...] = ()  # a parameterised agent's parameters (its instruction, `title` and servers read them)
     title: TextTemplate | None = None  # `name:`: the name it is reported under, rendered from its parameters
     servers_from: CompiledValue | None = None  # `servers: "{{ services }}"`: its servers, rendered per use
+    instruction_prompt: ServerPrompt | None = None  # the instruction comes from a server's prompt
+    resources: tuple[ServerResource, ...] = ()  # read at step start, given to the model before the prompt
 
 
 DEFAULT_MODEL = ModelDef("default", "openai", "gpt-4o-mini", Span("<builtin>", 1, 1))

@@ -106,20 +106,34 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 def _agent(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.AgentCall:
-    prompt = compile_text(raw.get("prompt", ""), c.span((*path, "prompt")))
+    raw_prompt = raw.get("prompt", "")
+    server_prompt = None
+    if isinstance(raw_prompt, dict):  # a server's prompt: its messages open the conversation
+        prompt_arguments = c.value(raw_prompt.get("arguments") or {}, (*path, "prompt", "arguments"))
+        span = c.span((*path, "prompt"))
+        server_prompt = ir.ServerPrompt(raw_prompt["server"], raw_prompt["prompt"], prompt_arguments, span)
+        raw_prompt = ""
+    prompt = compile_text(raw_prompt, c.span((*path, "prompt")))
     agent = raw["agent"]
     if isinstance(agent, dict):  # a parameterised agent: `{use: executor, with: {type: …}}`
         arguments = agent.get("with") or {}
         values = tuple((k, c.value(v, (*path, "agent", "with", k))) for k, v in arguments.items())
-        return ir.AgentCall(agent["use"], prompt, arguments=values)
+        return ir.AgentCall(agent["use"], prompt, arguments=values, server_prompt=server_prompt)
     if has_template(agent):  # chosen by an expression over the declared agents
-        return ir.AgentCall("", prompt, choose=c.value(agent, (*path, "agent")), default=raw.get("default_agent"))
-    return ir.AgentCall(agent, prompt)
+        choose = c.value(agent, (*path, "agent"))
+        return ir.AgentCall("", prompt, choose=choose, default=raw.get("default_agent"), server_prompt=server_prompt)
+    return ir.AgentCall(agent, prompt, server_prompt=server_prompt)
 
 
 def _tool(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ToolCall:
     server, _, tool = raw["tool"].partition(".")
     return ir.ToolCall(server, tool, c.value(raw.get("args") or {}, (*path, "args")))
+
+
+def _resource(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ResourceRead:
+    body = raw["resource"]
+    arguments = c.value(body.get("arguments") or {}, (*path, "resource", "arguments"))
+    return ir.ResourceRead(body["server"], body["uri"], arguments, c.span((*path, "resource")))
 
 
 def _parallel(c: BodyCompiler, raw: dict[str, Any], path: JsonPath) -> ir.ParallelGroup:
@@ -213,7 +227,11 @@ KINDS: dict[str, KindSpec] = {
             "agent",
             ir.AgentCall,
             _agent,
-            fields=(FieldSpec(("prompt",), "text", fan_out=True), FieldSpec(("agent",), "value", fan_out=True)),
+            fields=(
+                FieldSpec(("prompt",), "text", fan_out=True),
+                FieldSpec(("prompt", "arguments"), "value", fan_out=True),
+                FieldSpec(("agent",), "value", fan_out=True),
+            ),
             refs=(
                 RefSpec("agent", ("agent",)),
                 RefSpec("agent", ("agent", "use")),
@@ -228,6 +246,14 @@ KINDS: dict[str, KindSpec] = {
             _tool,
             fields=(FieldSpec(("args",), "value", fan_out=True),),
             refs=(RefSpec("tool", ("tool",)),),
+            calls_out=lambda raw: True,
+            fan_out=True,
+        ),
+        KindSpec(
+            "resource",
+            ir.ResourceRead,
+            _resource,
+            fields=(FieldSpec(("resource", "arguments"), "value", fan_out=True),),
             calls_out=lambda raw: True,
             fan_out=True,
         ),

@@ -24,3 +24,12 @@ def confine(root: Path, base: Path, ref: str) -> Path | None:
         if not target.is_absolute():
             target = Path(os.path.normpath(Path.cwd() / target))
     return target if target.is_relative_to(top) else None
+
+
+def is_file(path: Path) -> bool:
+    """Whether `path` is a regular file; a path the system cannot even look up (a name too long, a symlink loop)
+    is not one, rather than an error (`Path.is_file` raises for those)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

@@ -67,6 +67,7 @@ _ENTRY_NOUNS = {
     "agents": "agent",
     "models": "model",
     "servers": "server",
+    "mcpServers": "server",
     "pipelines": "pipeline",
     "inputs": "input",
     "outputs": "output",
@@ -76,6 +77,16 @@ _ENTRY_NOUNS = {
 }
 
 _MAX_SHOWN = 60
+_SERVER_KEYS_HINT = (
+    "a server takes `command`, `args`, `env`, `cwd` (stdio) or `url`, `headers`, `auth` (remote), `transport` (or "
+    "`type`), timeouts, `allowed_tools`, `idempotent_tools`, `optional`: see docs/dsl.md#servers"
+)
+
+
+def _is_server(path: JsonPath) -> bool:
+    """Whether `path` is one server's definition (under `servers`, `mcp.servers` or `mcpServers`)."""
+    return len(path) >= 2 and (path[:-1] in (("servers",), ("mcpServers",), ("mcp", "servers")))
+
 
 # Type names from other languages, for hints: `n: int` means `n: {type: integer}`.
 _TYPE_ALIASES = {"int": "integer", "str": "string", "float": "number", "bool": "boolean", "list": "array"}
@@ -302,6 +313,8 @@ class _Checker:
                 if key == "on" and path[-2:-1] == ("triggers",):  # GitHub Actions' spelling of a trigger
                     hint = "a trigger starts on `event: NAME`, `failed: STEP`, `completed: STEP` or `when: EXPR`"
                     diagnostic = dataclasses.replace(diagnostic, hint=hint)
+                elif _is_server(path) and not diagnostic.hint.startswith("did you mean"):
+                    diagnostic = dataclasses.replace(diagnostic, hint=_SERVER_KEYS_HINT)  # the whole list is long
                 self.add(diagnostic)
 
     def _missing_keys(self, error: ValidationError, path: JsonPath) -> None:

@@ -122,14 +122,22 @@ def template_fields(index: DocIndex) -> Iterator[TemplateField]:
         for i, trigger in enumerate(pipeline.raw.get("triggers") or []):
             if isinstance(trigger, dict) and isinstance(trigger.get("when"), str):
                 yield TemplateField((*pipeline.path, "triggers", i, "when"), "expr", BASE_ROOTS, None, pipeline)
+    agent_roots = frozenset({"inputs", "state", "run", "now"})
     for name, agent in index.section("agents").items():
         if not isinstance(agent, dict):
             continue
         params = agent.get("params")  # a parameterised agent's parameters
         own = frozenset(p for p in params if isinstance(p, str)) if isinstance(params, list) else frozenset()
-        if isinstance(agent.get("instruction"), str):
-            roots = frozenset({"inputs", "state", "run", "now"}) | own
-            yield TemplateField(("agents", name, "instruction"), "text", roots, None, index.root)
+        instruction = agent.get("instruction")
+        if isinstance(instruction, str):
+            yield TemplateField(("agents", name, "instruction"), "text", agent_roots | own, None, index.root)
+        elif isinstance(instruction, dict):  # a server's prompt: its arguments are rendered like the instruction
+            for leaf, _ in _value_leaves(instruction.get("arguments"), ("agents", name, "instruction", "arguments")):
+                yield TemplateField(leaf, "value", agent_roots, None, index.root)
+        for i, resource in enumerate(agent.get("resources") or []):
+            arguments = resource.get("arguments") if isinstance(resource, dict) else None
+            for leaf, _ in _value_leaves(arguments, ("agents", name, "resources", i, "arguments")):
+                yield TemplateField(leaf, "value", agent_roots, None, index.root)
         if isinstance(agent.get("name"), str):  # its reported name and its servers: from its parameters only
             yield TemplateField(("agents", name, "name"), "text", own, None, index.root)
         if isinstance(agent.get("servers"), str):

@@ -143,6 +143,13 @@ class ServerStartError(ToolError):
     retryable = True
 
 
+class ServerAuthError(ServerStartError):
+    """A remote server refused flowctl's credentials (HTTP 401/403): trying again cannot help."""
+
+    code = "server-auth-error"
+    retryable = False
+
+
 class ServerCrashed(ToolError):
     code = "server-crashed"
 

@@ -8,8 +8,8 @@ logging handler with `RedactingFilter`. Every command builds it the same way: `r
 
 What is a secret (`secret_names`):
 - every model's `api_key_env` (a scripted model reads none);
-- every `${VAR}` in a server's `headers:`, and in a server's `env:` entry whose own name looks secret
-  (`GITHUB_TOKEN: ${GH_ACCESS}`);
+- every `${VAR}` in a server's `headers:`, `auth.bearer` and `auth.client_credentials.client_secret`, and in a
+  server's `env:` entry whose own name looks secret (`GITHUB_TOKEN: ${GH_ACCESS}`);
 - every environment variable whose name looks secret: a whole `_`-separated segment of it is `KEY`,
   `API_KEY`, `TOKEN`, `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `CREDENTIAL(S)`, `AUTH`, `PAT`,
   `PRIVATE`, `COOKIE` or `SESSION` (case-insensitive; `GIT_AUTHOR_NAME` and `XDG_SESSION_TYPE` are not);
@@ -90,10 +90,13 @@ def marked_secret_names(env: Mapping[str, str]) -> set[str]:
 
 def secret_names(graph: Graph) -> set[str]:
     """The variables a pipeline reads secrets from (child files included): every `api_key_env`, every `${VAR}` in
-    server headers, and every `${VAR}` in a server `env:` entry whose name looks secret."""
+    server headers and credentials, and every `${VAR}` in a server `env:` entry whose name looks secret."""
     names: set[str] = {model.api_key_env for model in graph.models.values() if model.provider != "scripted"}
     for server in graph.servers.values():
         texts = [*server.headers.values(), *(value for key, value in server.env.items() if looks_secret(key))]
+        texts += [server.bearer or ""]
+        if server.client_credentials is not None:
+            texts += [server.client_credentials.client_secret]
         for text in texts:
             names.update(variable_names(text))
     for child in graph.children.values():

@@ -94,4 +94,7 @@ class Reporter:
     def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
         """`queued` calls of the step wait for a slot under the run's `concurrency` cap of `cap`."""
 
+    def warning(self, run_id: str, path: str, message: str) -> None:
+        """Something the run worked around and the user should know (an optional server that could not start)."""
+
     def close(self) -> None: ...

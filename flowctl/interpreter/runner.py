@@ -4,6 +4,7 @@ signals, and resume. This is the interpreter's public entry point; the CLI calls
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 import anyio
 
 from flowctl.dsl import ir
+from flowctl.dsl.variables import expand, variable_names
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.context import RunContext, Runtime, Scope, recorded_steps
@@ -84,6 +86,11 @@ def _provider_factory(graph: ir.Graph, options: RunOptions) -> Any:
     shared_scripted: list[LLMProvider] = []
 
     def factory(model: ir.ModelDef) -> LLMProvider:
+        unset = variable_names(model.model)  # left by _expand_models: never send a `${VAR}` as a model name
+        if unset:
+            error = ProviderError(f"model {model.name!r}: `model` refers to ${{{unset[0]}}}, but it is not set")
+            error.retryable = False
+            raise error
         if options.scripted is not None:
             from flowctl.interpreter.providers.scripted import ScriptedProvider
 
@@ -103,6 +110,23 @@ def _provider_factory(graph: ir.Graph, options: RunOptions) -> Any:
         return _entry_point_provider(model)
 
     return factory
+
+
+def _expand_models(graph: ir.Graph, env: Mapping[str, str]) -> ir.Graph:
+    """`${VAR}` in each model's `model` expanded (child files too); a model whose variable is unset keeps it, and the
+    provider factory refuses that model when a step uses it (a run that never does is not stopped by it)."""
+
+    def settle(model: ir.ModelDef) -> ir.ModelDef:
+        if "${" not in model.model:
+            return model
+        try:
+            return dataclasses.replace(model, model=expand(model.model, env, KeyError))
+        except KeyError:
+            return model
+
+    models = {name: settle(model) for name, model in graph.models.items()}
+    children = {key: _expand_models(child, env) for key, child in graph.children.items()}
+    return dataclasses.replace(graph, models=models, children=children)
 
 
 def _entry_point_provider(model: ir.ModelDef) -> LLMProvider:
@@ -131,6 +155,12 @@ class _CompositeToolPool:
 
     async def call_tool(self, server: ir.ServerDef, tool: str, arguments: dict[str, Any]) -> ToolResult:
         return await self._pool(server).call_tool(server, tool, arguments)
+
+    async def read_resource(self, server: ir.ServerDef, uri: str) -> list[dict[str, Any]]:
+        return await self._pool(server).read_resource(server, uri)
+
+    async def get_prompt(self, server: ir.ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return await self._pool(server).get_prompt(server, name, arguments)
 
     async def aclose(self) -> None:
         await self.real.aclose()
@@ -191,6 +221,7 @@ async def run_graph(
     from contextlib import AsyncExitStack
 
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
+    graph = _expand_models(graph, options.env)
     run_id = run_id or new_run_id()
     clock = options.clock
     redactor = options.redactor if options.redactor is not None else redactor_for((graph,), options.env)

@@ -56,6 +56,14 @@ class ToolPool(Protocol):
         transport faults raise ServerStartError / ServerCrashed / ToolTimeout (flowctl.interpreter.errors)."""
         ...
 
+    async def read_resource(self, server: ServerDef, uri: str) -> list[dict[str, Any]]:
+        """Read one resource: its contents as MCP JSON (`uri`, `mimeType`, `text` or base64 `blob`)."""
+        ...
+
+    async def get_prompt(self, server: ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        """Get one prompt with its arguments: its messages as `{role, text}`."""
+        ...
+
     async def aclose(self) -> None:
         """Close every session and make sure no server process is left running."""
         ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowctl.dsl.paths import is_file
 from flowctl.testing.matchers import OPERATORS, TYPES, Exact, ListPattern, MapPattern, Operators, Pattern, is_number
 
 DEFAULT_CASE_TIMEOUT = 60.0
@@ -209,7 +210,7 @@ class _Checker:
         ref = top.get("pipeline")
         if ref is None:
             target = _default_pipeline(self.path)
-            if target is None or not target.is_file():
+            if target is None or not is_file(target):
                 hint = f"or add {target.name} next to this file" if target is not None else ""
                 self.diagnostics.append(self.cat.missing_key(self.span(()), "pipeline", "the test file"))
                 self.diagnostics[-1] = _with_hint(self.diagnostics[-1], hint)
@@ -223,7 +224,7 @@ class _Checker:
             target = self.confined(ref, ("pipeline",), "pipeline path")
             if target is None:
                 return None
-            if not target.is_file():
+            if not is_file(target):
                 self.problem(("pipeline",), f"pipeline file not found: {ref!r} (relative to {self.base})")
                 return None
         graph, errors = self.pipelines.get(target)
@@ -243,7 +244,7 @@ class _Checker:
         target = self.confined(ref, path, "fixture path")
         if target is None:
             return None
-        if not target.is_file():
+        if not is_file(target):
             self.problem(path, f"fixture file not found: {ref!r} (relative to {self.base})")
             return None
         try:

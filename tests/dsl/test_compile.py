@@ -331,8 +331,27 @@ def test_an_mcp_block_compiles_like_servers() -> None:
     assert servers["fetch"].read_timeout == 120.0
     assert servers["fetch"].env == {"DEBUG": "1"}
     assert servers["filesystem"].transport is ir.Transport.STDIO
+    assert (servers["fetch"].http_timeout, servers["fetch"].stream_timeout) == (30.0, 300.0)
+    assert servers["fetch"].terminate_on_close is True
     assert servers["remote"].transport is ir.Transport.STREAMABLE_HTTP
-    assert servers["remote"].span.line == 23
+    assert servers["remote"].bearer == "${TOKEN}"  # expanded when the server is started
+    assert servers["remote"].span.line == 22
+
+
+def test_pasted_server_blocks_compile_with_their_settings() -> None:
+    graph = golden("brought_configs.yaml")
+    time, docs, search = (graph.servers[name] for name in ("time", "docs", "search"))
+    assert (time.transport, time.command, time.args[1]) == (
+        ir.Transport.STDIO,
+        "${UVX:-uvx}",
+        "--local-timezone=${TZ:UTC}",
+    )
+    assert (docs.transport, docs.optional, docs.stream_timeout) == (ir.Transport.STREAMABLE_HTTP, True, 600.0)
+    assert search.transport is ir.Transport.SSE
+    assert search.client_credentials == ir.ClientCredentials(
+        "${SEARCH_CLIENT_ID}", "${SEARCH_CLIENT_SECRET}", scope="search.read", issuer="https://auth.example.com"
+    )
+    assert graph.models["default"].model == "${MODEL:gpt-4o-mini}"
 
 
 def test_agents_use_the_default_model_and_no_models_means_the_builtin(compile_yaml: CompileYaml) -> None:

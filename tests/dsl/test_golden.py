@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,17 @@ def golden_line(diagnostic: Diagnostic) -> str:
     return f"{diagnostic.span.line}:{diagnostic.span.col}: {diagnostic.code}: {diagnostic.message}"
 
 
-def process(path: Path) -> FileResult:
-    """Each file gets its own front end, so it is the root of its own folder tree."""
-    return FrontEnd().process(path)
+class _EveryVariable(dict[str, str]):
+    """An environment that sets every variable: valid pipelines are checked where their `${VAR}`s are set."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+def process(path: Path, env: Mapping[str, str] | None = None) -> FileResult:
+    """Each file gets its own front end, so it is the root of its own folder tree. Invalid pipelines are checked in
+    an empty environment (so `unset-variable` is the same everywhere), valid ones where every variable is set."""
+    return FrontEnd(env={} if env is None else env).process(path)
 
 
 def _comparable(line: str) -> str:
@@ -125,7 +134,7 @@ HINTS = {
     "route_default_without_branch": ["did you mean 'detailed'?", "known branches: 'rapid'"],
     "unknown_step_kind": [
         "did you mean 'agent' instead of 'agnet'?",
-        "give it one of: agent, tool, parallel, pipeline, route, loop, wait, emit, set",
+        "give it one of: agent, tool, resource, parallel, pipeline, route, loop, wait, emit, set",
     ],
     "bad_enum": [
         "did you mean 'openai'?",
@@ -174,7 +183,7 @@ def test_child_files_are_valid_except_the_broken_one() -> None:
 
 @pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: str(p.relative_to(VALID)))
 def test_valid_pipeline_has_no_diagnostics_and_compiles(path: Path) -> None:
-    result = process(path)
+    result = process(path, _EveryVariable())
     assert [str(d) for d in result.diagnostics] == []
     assert isinstance(result.graph, Graph)
 
@@ -187,7 +196,7 @@ def test_the_valid_corpus_covers_every_composition() -> None:
         assert graph is not None
         for pipeline in (graph.root, *graph.pipelines.values()):
             kinds |= {step.kind.value for step in pipeline.all_steps()}
-    assert kinds == {"agent", "tool", "parallel", "pipeline", "route", "loop", "wait", "emit", "set"}
+    assert kinds == {"agent", "tool", "resource", "parallel", "pipeline", "route", "loop", "wait", "emit", "set"}
 
 
 def test_valid_children_are_compiled_into_the_parent_graph() -> None:

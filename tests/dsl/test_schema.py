@@ -83,6 +83,9 @@ steps:
     timeout: 10s
     deadline: 1.5
     retry: {max_attempts: 2}
+  - id: guide
+    resource: {server: docs, uri: "docs://{page}", arguments: {page: "{{ inputs.tz }}"}}
+    for_each: [a, b]
   - id: summary
     agent: writer
     prompt: "Summarise: {{ inputs.text }}"
@@ -221,7 +224,7 @@ def test_every_step_kind_has_a_closed_definition() -> None:
     fan_out = {"for_each", "as", "max_concurrency", "join"}
     for kind in STEP_KINDS:
         has_fan_out = fan_out <= set(defs[f"{kind}Step"]["properties"])
-        assert has_fan_out == (kind in {"agent", "tool", "pipeline"}), kind
+        assert has_fan_out == (kind in {"agent", "tool", "resource", "pipeline"}), kind
 
 
 def test_every_pattern_has_words_for_messages() -> None:

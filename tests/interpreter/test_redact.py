@@ -186,6 +186,25 @@ def test_a_pipeline_reads_secrets_from_api_key_envs_headers_and_secret_named_ser
     assert secret_names(_graph(tmp_path, PIPELINE)) == {"LLM_ACCESS", "GH_ACCESS", "SVC_BEARER"}
 
 
+def test_auth_credentials_are_secrets(tmp_path: Path) -> None:
+    text = """\
+flowctl: 1
+name: p
+servers:
+  docs: {url: 'https://docs.example.com/mcp', auth: {bearer: '${DOCS_PASS}'}}
+  search:
+    url: 'https://search.example.com/mcp'
+    auth: {client_credentials: {client_id: '${SEARCH_ID}', client_secret: '${SEARCH_CLIENT}'}}
+agents:
+  a: {instruction: Work., servers: [docs, search]}
+steps:
+  - {id: s, agent: a, prompt: go}
+"""
+    names = secret_names(_graph(tmp_path, text))
+    assert {"DOCS_PASS", "SEARCH_CLIENT"} <= names
+    assert "SEARCH_ID" not in names  # a client id is not a secret
+
+
 def test_other_interpolated_variables_are_shown_and_flowctl_secrets_marks_more(tmp_path: Path) -> None:
     env = {
         "PWD": "/home/someone/project",

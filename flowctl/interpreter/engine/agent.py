@@ -25,6 +25,8 @@ from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent_choice import chosen_agent, parameterised_agent
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
+from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages, server_prompt
+from flowctl.interpreter.engine.servers import list_agent_tools
 from flowctl.interpreter.errors import (
     FlowctlError,
     MalformedResponse,
@@ -80,7 +82,24 @@ def run_agent_step(
         arguments = {name: value.evaluate(context) for name, value in body.arguments}
         agent = parameterised_agent(ctx.graph, ctx.graph.agents[body.agent], arguments, path, step.span)
         context = {**context, **arguments}
+    if body.server_prompt is not None:
+        return _run_with_server_prompt(ctx, agent, body.server_prompt, scope, path, model_name, context)
     return run_agent(ctx, agent, prompt, scope, path, model_name=model_name, context=context)
+
+
+async def _run_with_server_prompt(
+    ctx: RunContext,
+    agent: AgentDef,
+    prompt: ir.ServerPrompt,
+    scope: Scope,
+    path: str,
+    model_name: str | None,
+    context: dict[str, Any],
+) -> Any:
+    """An agent step whose prompt is a server's prompt: its messages open the conversation (journaled)."""
+    messages = await server_prompt(ctx, prompt, context, _CallCounter(path).key)
+    opening = [Message("assistant" if m["role"] == "assistant" else "user", m["text"]) for m in messages]
+    return await run_agent(ctx, agent, "", scope, path, model_name=model_name, context=context, opening=opening)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,19 +161,13 @@ def _safe_name(wanted: str, taken: dict[str, Any]) -> str:
     return name
 
 
-async def _agent_tools(ctx: RunContext, agent: AgentDef) -> dict[str, _Tool]:
-    """The agent's servers' tools (the servers start concurrently, each once per run), allow-listed and named."""
-    listings: dict[str, list[ToolSpec]] = {}
-
-    async def list_one(name: str) -> None:
-        listings[name] = await ctx.runtime.tools.list_tools(ctx.graph.servers[name])
-
-    async with task_group() as tg:
-        for name in dict.fromkeys(agent.servers):
-            tg.start_soon(list_one, name)
+async def _agent_tools(ctx: RunContext, agent: AgentDef, path: str) -> dict[str, _Tool]:
+    """The agent's servers' tools (the servers start concurrently, each once per run; an optional one that cannot
+    start is left out with a warning), allow-listed and named."""
+    listings, left_out = await list_agent_tools(ctx, agent, path)
     found = [(ctx.graph.servers[name], spec) for name in dict.fromkeys(agent.servers) for spec in listings[name]]
     missing = unmatched_allow_list(agent, [(server.name, spec.name) for server, spec in found])
-    if missing:
+    if missing and not left_out:  # with a server left out, its allow-listed tools are missing by design
         offered = ", ".join(f"{server.name}.{spec.name}" for server, spec in found) or "none"
         raise ToolCallError(
             f"agent {agent.name!r}: `tools:` names {', '.join(map(repr, missing))}, which none of its servers "
@@ -292,17 +305,24 @@ async def run_agent(
     extra_instruction: str = "",
     output_schema: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
+    opening: list[Message] | None = None,
 ) -> Any:
     """Run one agent conversation to its final answer and return it (parsed when the agent has an output schema).
     `context`: the scope's template context, when the caller already built it (for the prompt)."""
     model = ctx.graph.models[model_name or agent.model]
     context = ctx.template_context(scope) if context is None else context
-    instruction = agent.instruction.render(context) + extra_instruction
+    counter = _CallCounter(path)
+    asked = opening if opening is not None else [Message("user", prompt)]  # a server prompt's messages, or the prompt
+    if agent.instruction_prompt is None and not agent.resources:
+        instruction = agent.instruction.render(context) + extra_instruction
+        messages: list[Message] = [Message("system", instruction), *asked]
+    else:  # from the agent's servers (engine/server_context.py): journaled reads
+        instruction = await agent_instruction(ctx, agent, context, counter.key) + extra_instruction
+        given = await resource_messages(ctx, agent, context, counter.key)
+        messages = [Message("system", instruction), *given, *asked]
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
-    tools = await _agent_tools(ctx, agent) if agent.servers else {}
-    messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
-    counter = _CallCounter(path)
+    tools = await _agent_tools(ctx, agent, path) if agent.servers else {}
     called: list[str] = []  # server.tool of each tool call, for the max_iterations message
     bad: _BadArguments | None = None
     specs = tuple(t.spec for t in tools.values()) if tools else ()  # the same every turn

@@ -18,6 +18,7 @@ from flowctl.interpreter.engine.engine import emit_event
 from flowctl.interpreter.engine.events import Event
 from flowctl.interpreter.engine.observe import saw_wait
 from flowctl.interpreter.engine.protocol import Handler, Outcome, StepEngine
+from flowctl.interpreter.engine.server_context import fill_uri, read_resource
 from flowctl.interpreter.engine.state import ChildState, SharedState, UpdateBuffer
 from flowctl.interpreter.errors import RouteError, ToolCallError, UnknownPipelineChoice, WaitTimeout, error_json
 from flowctl.interpreter.inputs import validate_inputs
@@ -34,6 +35,18 @@ async def handle_tool(engine: StepEngine, ctx: RunContext, step: ir.Step, scope:
     if result.is_error:
         raise ToolCallError(f"tool {body.server}.{body.tool} reported an error: {result.text}", span=step.span)
     return result.value
+
+
+async def handle_resource(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
+    """Read a server resource (journaled): its text, or its contents (MCP JSON) when not all of them are text."""
+    body = step.body
+    assert isinstance(body, ir.ResourceRead)
+    arguments = engine.evaluate_value(body.arguments, ctx, scope)
+    uri = fill_uri(body.uri, arguments)
+    contents = await read_resource(ctx, body.server, uri, _CallCounter(path).key)
+    if all(isinstance(c.get("text"), str) for c in contents):
+        return "\n".join(c["text"] for c in contents)
+    return contents
 
 
 async def handle_parallel(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: Scope, path: str) -> Any:
@@ -311,6 +324,7 @@ async def handle_set(engine: StepEngine, ctx: RunContext, step: ir.Step, scope: 
 HANDLERS: dict[ir.NodeKind, Handler] = {
     ir.NodeKind.AGENT: run_agent_step,  # a Handler itself (its keywords are for fallbacks): one frame less
     ir.NodeKind.TOOL: handle_tool,
+    ir.NodeKind.RESOURCE: handle_resource,
     ir.NodeKind.PARALLEL: handle_parallel,
     ir.NodeKind.PIPELINE: handle_pipeline,
     ir.NodeKind.ROUTE: handle_route,

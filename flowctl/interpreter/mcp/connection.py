@@ -1,5 +1,6 @@
 """One MCP server session: what to launch (with `${VAR}` expanded), the task that holds the session for its whole
-life, and what it knows when the server fails: start errors, crashes told from tool errors, exit code and stderr tail.
+life, and what it knows when the server fails: start errors, refused credentials (401/403), crashes told from tool
+errors, exit code and stderr tail. Credentials: `auth.bearer` as a header, or the SDK's OAuth client-credentials flow.
 McpPool (mcp_pool.py) owns the sessions; the stdio process and the HTTP client are transports.py.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from dataclasses import dataclass
@@ -15,24 +17,30 @@ from typing import IO
 from urllib.parse import urlsplit
 
 import anyio
+import httpx2
 import mcp_types
 from mcp import ClientSession, MCPError
-from mcp.client.sse import sse_client
+from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.stdio import get_default_environment
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from flowctl.dsl.ir import ServerDef, Transport
+from flowctl.dsl.ir import ClientCredentials, ServerDef, Transport
 from flowctl.dsl.variables import expand
-from flowctl.interpreter.errors import ServerCrashed, ServerStartError
+from flowctl.interpreter.errors import ServerAuthError, ServerCrashed, ServerStartError
 from flowctl.interpreter.mcp.transports import (
     KILL_GRACE_SECONDS,
     STOP_GRACE_SECONDS,
     CommandNotFound,
+    HttpSettings,
+    HttpState,
     StdioState,
     Streams,
     resolve_command,
+    sse,
     stdio_transport,
     streamable_http,
 )
+from flowctl.interpreter.tools import ToolSpec
 
 STDERR_TAIL_LINES = 20
 PROBE_TIMEOUT_SECONDS = 2.0  # ping that tells a dropped HTTP connection from a tool's -32000 error
@@ -50,7 +58,28 @@ class Launch:
     env: dict[str, str]
     cwd: str | None
     url: str | None
-    headers: dict[str, str]
+    headers: dict[str, str]  # `auth.bearer` included, as `Authorization: Bearer …`
+    client_credentials: ClientCredentials | None = None
+
+
+class _MemoryTokens:
+    """OAuth tokens for one session, in memory (a run never writes a token anywhere)."""
+
+    def __init__(self) -> None:
+        self._tokens: OAuthToken | None = None
+        self._client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self._tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self._tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self._client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self._client = client_info
 
 
 class Connection:
@@ -71,6 +100,8 @@ class Connection:
         self._stopping = False
         self._lost = False
         self._stdio = StdioState()
+        self.http = HttpState()
+        self.tools: list[ToolSpec] | None = None  # every page of tools/list, once listed (McpPool owns it)
 
     @property
     def session(self) -> ClientSession:
@@ -133,9 +164,18 @@ class Connection:
             argv = [resolve_command(launch.command, env.get("PATH"), launch.cwd), *launch.args]
             return stdio_transport(argv, env, launch.cwd, errlog, self._stdio, self._wake)
         assert launch.url is not None
+        server = self.server
+        settings = HttpSettings(
+            headers=launch.headers,
+            read_timeout=server.read_timeout,
+            connect_timeout=server.http_timeout,
+            stream_timeout=server.stream_timeout,
+            auth=_oauth(launch.url, launch.client_credentials),
+            terminate_on_close=server.terminate_on_close,
+        )
         if launch.transport is Transport.SSE:
-            return sse_client(launch.url, headers=launch.headers)
-        return streamable_http(launch.url, launch.headers, self.server.read_timeout)
+            return sse(launch.url, settings, self.http)
+        return streamable_http(launch.url, settings, self.http)
 
     def _finish(self, errlog: IO[bytes], timed_out: bool) -> None:
         """Record exit code and stderr tail, close the log, and wake everyone waiting."""
@@ -150,6 +190,8 @@ class Connection:
 
     def _start_error(self, timed_out: bool) -> ServerStartError:
         server = self.server
+        if self.http.refused is not None:
+            return self.auth_error("initialize")
         if timed_out:
             cause = f"did not answer initialize within {server.startup_timeout:g}s"
         elif self._stopping and self.failure is None:
@@ -177,6 +219,34 @@ class Connection:
             shown = "\n".join(f"  {line}" for line in lines)
             parts.append(f"\nstderr (last {len(lines)} lines):\n{shown}")
         return "".join(parts)
+
+    def auth_error(self, what: str) -> ServerAuthError:
+        """The server refused our credentials (HTTP 401/403): say which server, where, and what to set."""
+        server, launch = self.server, self.launch
+        status = self.http.refused
+        where = f" (at {_safe_url(launch.url)})" if launch.url else ""
+        if status == 403:
+            cause = "HTTP 403 Forbidden: the credentials were accepted but do not allow this"
+            hint = "check the permissions (scopes) of the token or client flowctl uses"
+        else:
+            cause = "HTTP 401 Unauthorized"
+            if launch.client_credentials is not None:
+                hint = "check `auth.client_credentials` (client id, secret, scope, issuer)"
+            elif server.bearer is not None:
+                hint = "the token `auth.bearer` reads was refused: check the variable it names"
+            elif any(name.lower() == "authorization" for name in server.headers):
+                hint = "the `Authorization` header was refused: check the variable it reads"
+            else:
+                hint = (
+                    "give it credentials: `auth: {bearer: ${TOKEN}}`, an `Authorization` header or "
+                    "`auth: {client_credentials: …}`"
+                )
+        given = launch.client_credentials is not None or bool(launch.headers)  # headers may carry an API key
+        refused = "refused flowctl's credentials" if given else "requires credentials, and none were given,"
+        return ServerAuthError(
+            f"server {server.name!r} {refused} during {what}: {cause}{where}; {hint}",
+            span=server.span,
+        )
 
     async def is_lost(self, error: MCPError | None) -> bool:
         """Whether the server is gone (crash) rather than the tool failing.
@@ -217,24 +287,57 @@ class Connection:
 
 
 def launch_for(server: ServerDef, env: Mapping[str, str]) -> Launch:
-    """Expand `${VAR}` in env values, headers and url; `command` and `args` stay literal."""
+    """Expand `${VAR}` in every launch and connection setting: command, args, cwd, env, url, headers and auth."""
 
     def expand(value: str, where: str) -> str:
         return expand_vars(value, env, server=server, where=where)
 
+    headers = {name: expand(value, f"headers.{name}") for name, value in server.headers.items()}
+    if server.bearer is not None:
+        headers["Authorization"] = f"Bearer {expand(server.bearer, 'auth.bearer')}"
+    credentials = server.client_credentials
+    if credentials is not None:
+        credentials = ClientCredentials(
+            client_id=expand(credentials.client_id, "auth.client_credentials.client_id"),
+            client_secret=expand(credentials.client_secret, "auth.client_credentials.client_secret"),
+            scope=expand(credentials.scope, "auth.client_credentials.scope") if credentials.scope else None,
+            issuer=expand(credentials.issuer, "auth.client_credentials.issuer") if credentials.issuer else None,
+            auth_method=credentials.auth_method,
+        )
     return Launch(
         transport=server.transport,
-        command=server.command,
-        args=server.args,
+        command=expand(server.command, "command") if server.command is not None else None,
+        args=tuple(expand(arg, f"args[{i}]") for i, arg in enumerate(server.args)),
         env={name: expand(value, f"env.{name}") for name, value in server.env.items()},
-        cwd=server.cwd,
+        cwd=expand(server.cwd, "cwd") if server.cwd is not None else None,
         url=expand(server.url, "url") if server.url is not None else None,
-        headers={name: expand(value, f"headers.{name}") for name, value in server.headers.items()},
+        headers=headers,
+        client_credentials=credentials,
     )
 
 
+def _oauth(url: str, credentials: ClientCredentials | None) -> httpx2.Auth | None:
+    """The SDK's client-credentials provider: discovers the authorization server from the MCP server's 401 and
+    fetches a token (kept in memory for this session)."""
+    if credentials is None:
+        return None
+    with warnings.catch_warnings():  # without `issuer` the SDK warns on stderr; docs/agents.md says why to give one
+        warnings.simplefilter("ignore")
+        return ClientCredentialsOAuthProvider(
+            server_url=url,
+            storage=_MemoryTokens(),
+            client_id=credentials.client_id,
+            client_secret=credentials.client_secret,
+            token_endpoint_auth_method="client_secret_post"
+            if credentials.auth_method == "client_secret_post"
+            else "client_secret_basic",
+            scope=credentials.scope,
+            issuer=credentials.issuer,
+        )
+
+
 def expand_vars(value: str, env: Mapping[str, str], *, server: ServerDef, where: str) -> str:
-    """`${VAR}` → env[VAR]; `${VAR:-default}` → default when VAR is unset or empty (as in sh).
+    """`${VAR}` → env[VAR]; `${VAR:-default}` (or `${VAR:default}`) → default when VAR is unset or empty (as in sh).
 
     An unset variable without a default is a ServerStartError naming it (not retryable: a config error).
     """

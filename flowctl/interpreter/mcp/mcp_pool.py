@@ -47,7 +47,6 @@ class McpPool:
         self._connections: dict[ServerKey, Connection] = {}  # the current one per server
         self._every_connection: list[Connection] = []  # crashed ones too: aclose waits for all
         self._starts: dict[ServerKey, int] = {}
-        self._tools: dict[ServerKey, list[ToolSpec]] = {}
         self._list_locks: dict[ServerKey, anyio.Lock] = {}
         self._closed = False
 
@@ -76,13 +75,8 @@ class McpPool:
     # --- ToolPool -----------------------------------------------------------------------------------------
 
     async def list_tools(self, server: ServerDef) -> list[ToolSpec]:
-        """The server's tools filtered by `allowed_tools`; listed once per run (a lock keeps it once)."""
-        key = _key(server)
-        async with self._list_locks.setdefault(key, anyio.Lock()):
-            if key not in self._tools:
-                connection = await self._connect(server)
-                self._tools[key] = await self._fetch_tools(connection)
-        tools = self._tools[key]
+        """The server's tools filtered by `allowed_tools`; listed once per session (a lock keeps it once)."""
+        tools = await self._listing(await self._connect(server))
         if server.allowed_tools is None:
             return list(tools)
         return [tool for tool in tools if tool.name in server.allowed_tools]
@@ -94,12 +88,17 @@ class McpPool:
         moment (waiting for the process to exit) and must not turn into a timeout.
         """
         connection = await self._connect(server)
+        # The SDK validates structured output against the schema from its own tools/list, which reads one page
+        # only (and lists again on every call for a tool on a later page): every page is listed once here first.
+        await self._listing(connection)
         idempotent = tool in server.idempotent_tools
         result: mcp_types.CallToolResult | None = None
         try:
             with self._clock.move_on_after(server.read_timeout):
                 result = await connection.session.call_tool(tool, arguments)
         except MCPError as exc:
+            if connection.http.refused is not None:  # a token that expired or was revoked mid-run
+                raise connection.auth_error(f"tool {tool!r}") from exc
             if await connection.is_lost(exc):
                 raise await connection.crash_error(tool, idempotent) from exc
             return ToolResult(text=exc.message, value=exc.message, is_error=True)
@@ -117,6 +116,53 @@ class McpPool:
             )
         return _tool_result(result)
 
+    async def read_resource(self, server: ServerDef, uri: str) -> list[dict[str, Any]]:
+        """resources/read: each content as MCP JSON (`uri`, `mimeType`, and `text` or base64 `blob`)."""
+        result = await self._request(server, f"resources/read {uri!r}", lambda s: s.read_resource(uri))
+        return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.contents]
+
+    async def get_prompt(self, server: ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        """prompts/get: the prompt's messages as `{role, text}` (other content kept as its text or a marker)."""
+        result = await self._request(server, f"prompts/get {name!r}", lambda s: s.get_prompt(name, arguments))
+        return [{"role": str(m.role), "text": _block_text(m.content)} for m in result.messages]
+
+    async def list_context(self, server: ServerDef) -> dict[str, Any]:
+        """What `validate --resolve-tools` checks resources and prompts against: resource URIs, URI templates and
+        prompts with their arguments (every page; a server without the capability lists none)."""
+        session = (await self._connect(server)).session
+        found: dict[str, Any] = {"resources": [], "templates": [], "prompts": {}}
+        capabilities = session.server_capabilities
+        if capabilities is not None and capabilities.resources is not None:
+            found["resources"] = [r.uri for r in await _pages(server, "resources/list", session.list_resources)]
+            templates = await _pages(server, "resources/templates/list", session.list_resource_templates)
+            found["templates"] = [t.uri_template for t in templates]
+        if capabilities is not None and capabilities.prompts is not None:
+            for prompt in await _pages(server, "prompts/list", session.list_prompts):
+                found["prompts"][prompt.name] = {a.name: bool(a.required) for a in prompt.arguments or ()}
+        return found
+
+    async def _request(self, server: ServerDef, what: str, send: Any) -> Any:
+        """One request other than a tool call, with the call's timeout and its faults told apart."""
+        connection = await self._connect(server)
+        result = None
+        try:
+            with self._clock.move_on_after(server.read_timeout):
+                result = await send(connection.session)
+        except Exception as exc:
+            if connection.http.refused is not None:
+                raise connection.auth_error(what) from exc
+            if await connection.is_lost(exc if isinstance(exc, MCPError) else None):
+                raise await connection.crash_error(what, idempotent=True) from exc
+            cause = exc.message if isinstance(exc, MCPError) else describe(exc)
+            raise ToolCallError(f"server {server.name!r}: {what} failed: {cause}", span=server.span) from exc
+        if result is None:
+            raise ToolTimeout(
+                f"server {server.name!r}: {what} did not answer within {server.read_timeout:g}s",
+                idempotent=True,
+                span=server.span,
+            )
+        return result
+
     def is_up(self, server: ServerDef) -> bool:
         """Whether the server's session is started or starting and not known to be gone (crashed, exited, stopped):
         lets a caller wait for the pool to notice a server's exit instead of guessing how long that takes."""
@@ -133,6 +179,15 @@ class McpPool:
                 await connection.ended.wait()
 
     # --- sessions -----------------------------------------------------------------------------------------
+
+    async def _listing(self, connection: Connection) -> list[ToolSpec]:
+        """Every page of the session's tools/list, fetched once per session."""
+        if connection.tools is not None:  # the common case: no lock, no checkpoint per call
+            return connection.tools
+        async with self._list_locks.setdefault(_key(connection.server), anyio.Lock()):
+            if connection.tools is None:
+                connection.tools = await self._fetch_tools(connection)
+        return connection.tools
 
     async def _connect(self, server: ServerDef) -> Connection:
         """The server's live session, started on first use (and once more after a crash)."""
@@ -171,6 +226,8 @@ class McpPool:
             with self._clock.move_on_after(server.read_timeout):
                 tools = await _list_all_tools(connection.session)
         except Exception as exc:
+            if connection.http.refused is not None:
+                raise connection.auth_error("tools/list") from exc
             if await connection.is_lost(exc if isinstance(exc, MCPError) else None):
                 raise await connection.crash_error("tools/list", idempotent=True) from exc
             raise ToolCallError(
@@ -183,6 +240,22 @@ class McpPool:
                 span=server.span,
             )
         return tools
+
+
+async def _pages(server: ServerDef, what: str, list_page: Any) -> list[Any]:
+    """Every item of a paginated list request (resources, templates, prompts)."""
+    items: list[Any] = []
+    cursor: str | None = None
+    try:
+        while True:
+            page = await list_page(params=mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            items.extend(getattr(page, "resources", None) or getattr(page, "resource_templates", None) or [])
+            items.extend(getattr(page, "prompts", None) or [])
+            cursor = page.next_cursor
+            if not cursor:
+                return items
+    except MCPError as exc:
+        raise ToolCallError(f"server {server.name!r}: {what} failed: {exc.message}", span=server.span) from exc
 
 
 async def _list_all_tools(session: ClientSession) -> list[ToolSpec]:
@@ -237,7 +310,7 @@ def _gave_up(server: ServerDef, connection: Connection) -> ServerStartError:
 
 
 def _copy(error: ServerStartError) -> ServerStartError:
-    copy = ServerStartError(error.message, span=error.span)
+    copy = type(error)(error.message, span=error.span)
     copy.retryable = error.retryable
     return copy
 

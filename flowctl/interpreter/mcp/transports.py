@@ -1,5 +1,6 @@
 """The transports under an MCP session: a stdio server as a process of our own (spawned in its own process group,
-its pipes bridged to the session's streams, stopped the way the SDK stops it), and streamable HTTP with our headers.
+its pipes bridged to the session's streams, stopped the way the SDK stops it), and streamable HTTP and SSE with our
+headers, credentials and timeouts, watching for a server that refuses the credentials (401/403).
 
 Stdio servers run under this small transport rather than `mcp.stdio_client`: the SDK's keeps the process to itself,
 and flowctl needs its exit code (start failures and crashes name it) and the moment its stdout closes (to tell a
@@ -21,6 +22,7 @@ import anyio
 import anyio.abc
 import httpx2
 import mcp_types
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
@@ -181,12 +183,68 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@dataclass
+class HttpState:
+    """What the HTTP transports learn from the responses: whether the server refused our credentials (401/403)."""
+
+    refused: int | None = None  # 401 or 403 when the latest answer was one (an OAuth flow may follow and succeed)
+
+    async def watch(self, response: httpx2.Response) -> None:
+        """An httpx response hook: the SDK turns a 401 into an anonymous JSON-RPC error, so note it here."""
+        if response.status_code in (401, 403):
+            self.refused = response.status_code
+        elif response.status_code < 300:
+            self.refused = None
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How to talk to a remote server: headers, credentials and the timeouts."""
+
+    headers: dict[str, str]
+    read_timeout: float  # the per-call timeout: httpx's own read timeout must outlast it
+    connect_timeout: float | None = None  # connect/write/pool (default 30 s)
+    stream_timeout: float | None = None  # how long a stream may stay silent (default: the call's timeout + 30 s)
+    auth: httpx2.Auth | None = None
+    terminate_on_close: bool = True
+
+
+def _timeout(settings: HttpSettings) -> httpx2.Timeout:
+    read = settings.stream_timeout or max(300.0, settings.read_timeout + 30.0)
+    return httpx2.Timeout(settings.connect_timeout or 30.0, read=read)
+
+
 @asynccontextmanager
-async def streamable_http(url: str, headers: dict[str, str], read_timeout: float) -> AsyncIterator[Streams]:
-    """streamable_http_client with our headers; httpx's read timeout outlasts the per-call one."""
-    timeout = httpx2.Timeout(30.0, read=max(300.0, read_timeout + 30.0))
+async def streamable_http(url: str, settings: HttpSettings, state: HttpState) -> AsyncIterator[Streams]:
+    """streamable_http_client with our headers, credentials and timeouts, watching for refused credentials."""
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
-        streamable_http_client(url, http_client=client) as streams,
+        httpx2.AsyncClient(
+            headers=settings.headers,
+            timeout=_timeout(settings),
+            auth=settings.auth,
+            event_hooks={"response": [state.watch]},
+        ) as client,
+        streamable_http_client(url, http_client=client, terminate_on_close=settings.terminate_on_close) as streams,
     ):
+        yield streams
+
+
+@asynccontextmanager
+async def sse(url: str, settings: HttpSettings, state: HttpState) -> AsyncIterator[Streams]:
+    """sse_client with our headers, credentials and timeouts, watching for refused credentials."""
+
+    def client(
+        headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
+    ) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [state.watch]})
+
+    read = _timeout(settings).read
+    async with sse_client(
+        url,
+        headers=settings.headers,
+        timeout=settings.connect_timeout or 30.0,
+        sse_read_timeout=read if read is not None else 300.0,
+        httpx_client_factory=client,
+        auth=settings.auth,
+    ) as streams:
         yield streams

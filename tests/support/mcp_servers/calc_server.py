@@ -5,6 +5,9 @@ stall, crash and report process state, served over stdio (default), streamable H
     python calc_server.py --http --port 8123   # streamable HTTP at http://127.0.0.1:8123/mcp
     python calc_server.py --sse --port 8123    # SSE at http://127.0.0.1:8123/sse
     python calc_server.py --tag MARKER         # any mode: a marker tests find in /proc/*/cmdline
+    python calc_server.py --http --port 8123 --token T [--client ID:SECRET]   # (--sse too)
+        # streamable HTTP that answers 401 without `Authorization: Bearer T` (403 for `Bearer forbidden`); with
+        # --client it is also its own OAuth authorization server, issuing T for the client-credentials grant
 
 With CALC_STARTS=FILE in its environment, each process appends its pid to FILE when it starts.
 """
@@ -12,8 +15,12 @@ With CALC_STARTS=FILE in its environment, each process appends its pid to FILE w
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import time
+from typing import Any
+from urllib.parse import parse_qs
 
 from mcp import MCPError
 from mcp.server.mcpserver import MCPServer
@@ -115,18 +122,127 @@ def env(name: str) -> str:
     return os.environ.get(name, "<unset>")
 
 
+Scope = dict[str, Any]
+
+
+def guarded(app: Any, token: str, client: str | None, base: str) -> Any:
+    """An ASGI app: `app` behind a bearer token, plus (with `client`) the OAuth discovery documents and a token
+    endpoint for the client-credentials grant, which hands out `token`."""
+    metadata = {
+        "/.well-known/oauth-protected-resource": {"resource": f"{base}/mcp", "authorization_servers": [base]},
+        "/.well-known/oauth-protected-resource/mcp": {"resource": f"{base}/mcp", "authorization_servers": [base]},
+        "/.well-known/oauth-authorization-server": {
+            "issuer": base,
+            "authorization_endpoint": f"{base}/authorize",
+            "token_endpoint": f"{base}/token",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        },
+    }
+
+    async def send_json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+        data = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def issue(receive: Any, send: Any, scope: Scope) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        headers = dict(scope["headers"])
+        given = f"{form.get('client_id', '')}:{form.get('client_secret', '')}"
+        basic = headers.get(b"authorization", b"").decode()
+        if basic.startswith("Basic "):
+            given = base64.b64decode(basic[6:]).decode()
+        if form.get("grant_type") != "client_credentials" or given.replace("%3A", ":") != client:
+            await send_json(send, 401, {"error": "invalid_client"})
+            return
+        await send_json(send, 200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+
+    async def asgi(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        path = scope["path"]
+        if client is not None and path in metadata:
+            await send_json(send, 200, metadata[path])
+            return
+        if client is not None and path == "/token":
+            await issue(receive, send, scope)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"").decode()
+        if given == "Bearer forbidden":
+            await send_json(send, 403, {"error": "forbidden"})
+            return
+        if given != f"Bearer {token}":
+            challenge = f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"'
+            await send_json(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", challenge.encode())])
+            return
+        await app(scope, receive, send)
+
+    return asgi
+
+
+def _count_read(what: str) -> None:
+    """With CALC_READS=FILE, one line per resource read or prompt get: tests count what a resume asks again."""
+    reads = os.environ.get("CALC_READS")
+    if reads:
+        with open(reads, "a", encoding="utf-8") as out:
+            out.write(what + "\n")
+
+
+@server.resource("calc://guide", mime_type="text/markdown")
+def guide() -> str:
+    """How calc rounds."""
+    _count_read("guide")
+    return "# calc\nResults are rounded to 2 decimals."
+
+
+@server.resource("calc://tables/{n}", mime_type="text/plain")
+def table(n: str) -> str:
+    """The multiplication table of n."""
+    _count_read(f"table {n}")
+    return " ".join(str(int(n) * i) for i in range(1, 4))
+
+
+@server.prompt()
+def style(tone: str) -> str:
+    """The system prompt for answers in a tone."""
+    _count_read(f"style {tone}")
+    return f"Answer in a {tone} tone."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
     parser.add_argument("--sse", action="store_true", help="serve SSE at /sse")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--tag", help="ignored: a marker tests look for in the process list")
+    parser.add_argument("--token", help="with --http: require `Authorization: Bearer TOKEN`")
+    parser.add_argument("--client", help="with --token: ID:SECRET of an OAuth client that may get the token")
     args = parser.parse_args()
     starts = os.environ.get("CALC_STARTS")
     if starts:  # tests count the processes started: one line per start
         with open(starts, "a", encoding="utf-8") as out:
             out.write(f"{os.getpid()}\n")
-    if args.http:
+    if (args.http or args.sse) and args.token:
+        import uvicorn
+
+        inner = server.streamable_http_app(host="127.0.0.1") if args.http else server.sse_app(host="127.0.0.1")
+        app = guarded(inner, args.token, args.client, f"http://127.0.0.1:{args.port}")
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    elif args.http:
         server.run("streamable-http", host="127.0.0.1", port=args.port)
     elif args.sse:
         server.run("sse", host="127.0.0.1", port=args.port)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flowctl.dsl.ir import ServerDef
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolTimeout
+from flowctl.interpreter.errors import ServerCrashed, ServerStartError, ToolCallError, ToolTimeout
 from flowctl.interpreter.providers.scripted.fixture import Fixture, ToolScript
 from flowctl.interpreter.tools import ToolResult, ToolSpec
 
@@ -46,6 +46,12 @@ class ScriptedToolPool:
             raise _tool_fault(script, server, tool)
         return ToolResult(text=script.text, value=script.value, is_error=script.is_error)
 
+    async def read_resource(self, server: ServerDef, uri: str) -> list[dict[str, Any]]:
+        raise _not_scripted(server, f"resource {uri!r}")
+
+    async def get_prompt(self, server: ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        raise _not_scripted(server, f"prompt {name!r}")
+
     async def aclose(self) -> None:
         """Nothing to close: no server was started."""
 
@@ -72,3 +78,12 @@ def _tool_fault(script: ToolScript, server: ServerDef, tool: str) -> Exception:
     if script.fault == "tool_timeout":
         return ToolTimeout(where, idempotent=idempotent)
     return ServerCrashed(where, idempotent=idempotent)
+
+
+def _not_scripted(server: ServerDef, what: str) -> ToolCallError:
+    """Fixtures script tool calls only: a resource or prompt of a scripted server is a clear step error."""
+    return ToolCallError(
+        f"server {server.name!r} is scripted by the fixture, which scripts tools only: its {what} cannot be read "
+        "(remove the server from the fixture's `tools:` to use the real server)",
+        span=server.span,
+    )
