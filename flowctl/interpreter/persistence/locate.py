@@ -27,11 +27,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from flowctl.interpreter.persistence.store import RunStore
+    from flowctl.interpreter.persistence.postgres_store import PostgresRunStore
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.persistence.store_errors import StoreAccess, StoreError
+
+    OpenedStore: TypeAlias = SqliteRunStore | PostgresRunStore  # each a RunStore and a context manager
 
 STORE_ENV = "FLOWCTL_STORE"
 MEMORY = ":memory:"
@@ -112,7 +115,7 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -> RunStore:
+def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -> OpenedStore:
     """The run store `url` names (a path or URL, see the module), opened for `access`: "create" makes the file and
     its folder (or a database's tables) if need be; "write" and "read" need an existing store and never create one
     ("read" only reads).
@@ -131,7 +134,7 @@ def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -
     return SqliteRunStore(location, access=access)
 
 
-def _open_postgres(url: str, access: StoreAccess) -> RunStore:
+def _open_postgres(url: str, access: StoreAccess) -> PostgresRunStore:
     """psycopg is imported here, only when a PostgreSQL store is opened (it is an optional extra)."""
     try:
         from flowctl.interpreter.persistence.postgres_store import PostgresRunStore

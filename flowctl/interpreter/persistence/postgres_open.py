@@ -7,6 +7,7 @@ Kept apart from `postgres_store`, which is about reading and writing an open sto
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -20,6 +21,9 @@ from flowctl.interpreter.persistence.store_errors import StoreAccess, StoreError
 CONNECT_TIMEOUT = 10  # seconds, unless the URL says (`?connect_timeout=`)
 SCHEMA_LOCK = 0x666C6F77  # the advisory lock migrations take ("flow")
 OPTIONS = ("lease", "pool_size")  # the URL's options that are flowctl's, not libpq's
+_HAS_RUNS = (
+    "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'runs'"
+)
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -84,7 +88,7 @@ def migrate(conn: psycopg.Connection[Any], url: str, access: StoreAccess) -> int
         version = schema_version(conn)  # another process may have upgraded it meanwhile
         if version > latest:
             raise newer_schema(url, version, latest)
-        if version == 0 and conn.execute("SELECT to_regclass('runs')").fetchone() != (None,):
+        if version == 0 and conn.execute(_HAS_RUNS).fetchone() != (0,):
             raise StoreError(
                 url,
                 "the database has a table `runs` that is not a flowctl run store's",
@@ -99,11 +103,13 @@ def migrate(conn: psycopg.Connection[Any], url: str, access: StoreAccess) -> int
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:
-    """The database's schema version: 0 when it holds no run store."""
-    found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (schema.VERSION_TABLE,)).fetchone()
-    if not found or not found[0]:
+    """The database's schema version: 0 when it holds no run store. (Read from the table itself, not the catalog
+    cache, which may not yet know of a table another process has just created.)"""
+    try:
+        with conn.transaction():  # a savepoint when in a transaction, so that a missing table spoils nothing
+            row = conn.execute(f"SELECT max(version) FROM {schema.VERSION_TABLE}").fetchone()
+    except psycopg.errors.UndefinedTable:
         return 0
-    row = conn.execute(f"SELECT max(version) FROM {schema.VERSION_TABLE}").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -126,7 +132,7 @@ def store_error(exc: psycopg.Error, url: str, scrub: Callable[[str], str], run_i
     and what to do, by its SQLSTATE."""
     text = str(exc).strip()
     said = scrub(text.splitlines()[0] if text else type(exc).__name__)
-    state = exc.sqlstate or ""
+    state = exc.sqlstate or (_connect_state(said) if isinstance(exc, psycopg.OperationalError) else "")
     if state == "3D000":
         problem, advice = f"no such database ({said})", "create it (createdb NAME), or name another database"
     elif state in ("28P01", "28000"):
@@ -145,6 +151,15 @@ def store_error(exc: psycopg.Error, url: str, scrub: Callable[[str], str], run_i
     else:
         problem, advice = f"the server reported an error ({said})", "check the server's log"
     return StoreError(url, problem, advice, run_id=run_id)
+
+
+def _connect_state(said: str) -> str:
+    """The SQLSTATE of a failed login, from libpq's words (it gives none): a missing database, a refused user."""
+    if re.search(r'database ".*" does not exist', said):
+        return "3D000"
+    if re.search(r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist", said):
+        return "28000"
+    return ""
 
 
 __all__ = ["positive_option", "prepare", "schema_version", "split_url", "store_error"]
