@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flowctl.interpreter.persistence import postgres_schema as schema
@@ -326,15 +327,23 @@ class PostgresRunStore:
             self._pipeline(conn, [(sql, [_storable_row(row) for row in rows]) for sql, rows in groups], claim)
 
     def _pipeline(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim | None) -> None:
-        with conn.pipeline(), conn.transaction():
-            cursor = conn.cursor()
-            if claim is not None:
-                cursor.execute(schema.FENCE, (claim.run_id, claim.token, self.lease / HEARTBEATS_PER_LEASE))
-            for sql, rows in groups:
-                if len(rows) == 1:
-                    cursor.execute(sql, rows[0], prepare=True)
-                else:
-                    cursor.executemany(sql, rows)
+        """BEGIN … COMMIT queued by hand: psycopg's `transaction()` syncs the pipeline once more at its end."""
+        try:
+            with conn.pipeline():
+                cursor = conn.cursor()
+                cursor.execute(b"BEGIN")
+                if claim is not None:
+                    cursor.execute(schema.FENCE, (claim.run_id, claim.token, self.lease / HEARTBEATS_PER_LEASE))
+                for sql, rows in groups:
+                    if len(rows) == 1:
+                        cursor.execute(sql, rows[0], prepare=True)
+                    else:
+                        cursor.executemany(sql, rows)
+                cursor.execute(b"COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute(b"ROLLBACK")  # the statements after the failed one were skipped; end the transaction
+            raise
 
     # -- plumbing --------------------------------------------------------------------------------------------------
 
