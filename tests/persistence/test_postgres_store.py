@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -158,3 +160,37 @@ def test_the_commands_flowctl_prints_never_show_the_password(pg_url: str, tmp_pa
     assert failed.exit_code == 1
     assert "flowctl resume r-" in failed.output and ":***@" in failed.output
     assert "hunter2" not in failed.output
+
+
+def test_flowctl_store_in_the_environment_names_a_postgresql_store(pg_url: str, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    (tmp_path / "f.yaml").write_text("default: Hello Ada!\n")
+    env = {"FLOWCTL_STORE": pg_url}
+    ran = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--scripted", str(tmp_path / "f.yaml"), "-q"],
+                             env=env, catch_exceptions=False)  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    listed = CliRunner().invoke(main, ["runs", "--output", "json"], env=env, catch_exceptions=False)
+    assert [run["status"] for run in json.loads(listed.output)] == ["succeeded"]
+    assert not (tmp_path / ".flowctl").exists()
+
+
+def test_without_psycopg_a_postgresql_store_names_the_extra_to_install() -> None:
+    probe = (
+        "import sys; sys.modules['psycopg'] = None\n"  # as if psycopg were not installed
+        "from flowctl import open_store\n"
+        "from flowctl.interpreter.persistence.store_errors import StoreError\n"
+        "try:\n    open_store('postgresql://bob:hunter2@db/flowctl')\n"
+        "except StoreError as exc:\n    print(exc)\n"
+    )
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "psycopg, which is not installed" in said and "pip install 'flowctl-agents[postgres]'" in said
+    assert "hunter2" not in said
+
+
+def test_checking_a_pipeline_imports_no_postgresql_driver(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    probe = "import sys; from flowctl.cli import main\n" \
+        "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit:\n    pass\n" \
+        "print([name for name in sys.modules if name.startswith('psycopg')])"  # fmt: skip
+    said = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "p.yaml")], capture_output=True, text=True)
+    assert said.stdout.strip().splitlines()[-1] == "[]", said.stderr
