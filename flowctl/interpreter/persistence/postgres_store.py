@@ -52,6 +52,7 @@ from flowctl.interpreter.persistence.postgres_open import (
 from flowctl.interpreter.persistence.store import (
     AttemptRecord,
     CacheStored,
+    CallDone,
     CallRecord,
     Claim,
     EventRecord,
@@ -291,7 +292,10 @@ class PostgresRunStore:
         groups = self._groups(writes, claim)
         if not groups and claim is None:
             return
-        self._run(lambda conn: self._send(conn, groups, claim))
+        if claim is not None and (not writes or (len(writes) == 1 and type(writes[0]) is CallDone)):
+            self._run(lambda conn: self._send_one(conn, groups, claim))  # a heartbeat, or a chain's call
+        else:
+            self._run(lambda conn: self._send(conn, groups, claim))
         if self._running_root is not None and any(
             type(w) is RunFinished and w.run_id == self._running_root for w in writes
         ):
@@ -325,6 +329,18 @@ class PostgresRunStore:
             self._pipeline(conn, groups, claim)
         except (UnicodeEncodeError, psycopg.DataError):
             self._pipeline(conn, [(sql, [_storable_row(row) for row in rows]) for sql, rows in groups], claim)
+
+    def _send_one(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim) -> None:
+        """A heartbeat (no writes) or one call row: one statement, committed on its own (autocommit)."""
+        fence = (claim.run_id, claim.token, self.lease / HEARTBEATS_PER_LEASE)
+        if not groups:
+            conn.execute(schema.FENCE, fence, prepare=True)
+            return
+        [row] = groups[0][1]
+        try:
+            conn.execute(schema.FENCED_CALL, (*fence, *row), prepare=True)
+        except (UnicodeEncodeError, psycopg.DataError):  # a value PostgreSQL cannot take as it is: see _storable
+            conn.execute(schema.FENCED_CALL, (*fence, *_storable_row(row)))
 
     def _pipeline(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim | None) -> None:
         """BEGIN … COMMIT queued by hand: psycopg's `transaction()` syncs the pipeline once more at its end."""
