@@ -177,7 +177,10 @@ def postgres_suite(quick: bool, workdir: Path) -> list[Row]:
             "µs",
             round_trip * 1e6,
             "bare SELECT 1 round trip",
-            notes=["BEGIN, flowctl_fence (row lock + token check), the upsert, COMMIT: one round trip (pipeline mode)"],
+            notes=[
+                "what a chain step waits for: one statement (flowctl_fence: row lock + token check; the upsert), "
+                "committed on its own"
+            ],
         ),
         Row(
             f"fan-out {branches:,} × {FAN_LATENCY * 1000:g} ms on PostgreSQL: makespan",
