@@ -194,3 +194,20 @@ def test_checking_a_pipeline_imports_no_postgresql_driver(tmp_path: Path) -> Non
         "print([name for name in sys.modules if name.startswith('psycopg')])"  # fmt: skip
     said = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "p.yaml")], capture_output=True, text=True)
     assert said.stdout.strip().splitlines()[-1] == "[]", said.stderr
+
+
+def test_connections_the_server_dropped_are_replaced_for_reads_and_heartbeats(pg_url: str) -> None:
+    with open_store(f"{pg_url}?pool_size=1") as store:
+        claim = create(store)
+        store.commit([StepStarted("r-1", "a", "agent", 1.0)], claim)
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # as a server restart or an idle timeout would
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert ended and all(done for (done,) in ended)
+        assert [step.path for step in store.steps("r-1")] == ["a"]  # a read goes again on a new connection
+        for _ in ended:  # every pooled connection was dropped: each is found out and replaced in turn
+            store.commit([], claim)  # a heartbeat too
+        store.commit([StepStarted("r-1", "b", "agent", 1.0)], claim)
+        assert [step.path for step in store.steps("r-1")] == ["a", "b"]

@@ -293,7 +293,8 @@ class PostgresRunStore:
         if not groups and claim is None:
             return
         if claim is not None and (not writes or (len(writes) == 1 and type(writes[0]) is CallDone)):
-            self._run(lambda conn: self._send_one(conn, groups, claim))  # a heartbeat, or a chain's call
+            # a heartbeat (repeatable), or a chain's call
+            self._run(lambda conn: self._send_one(conn, groups, claim), repeatable=not groups)
         else:
             self._run(lambda conn: self._send(conn, groups, claim))
         if self._running_root is not None and any(
@@ -368,14 +369,22 @@ class PostgresRunStore:
             raise StoreError(self.url, "the store was closed", "open it again")
         return self._pool.connection()
 
-    def _run(self, body: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """`body` on a pooled connection; psycopg errors said as what they mean (`_fail`)."""
+    def _run(self, body: Callable[[psycopg.Connection[Any]], Any], *, repeatable: bool = False) -> Any:
+        """`body` on a pooled connection; psycopg errors said as what they mean (`_fail`). `repeatable`: `body` may
+        run twice (a read, a heartbeat), so a connection the server dropped while it sat in the pool (a restart, an
+        idle timeout, a failover) is replaced and `body` goes once more on a new one."""
         try:
             with self._connection() as conn:
+                try:
+                    return body(conn)
+                except psycopg.OperationalError:
+                    if not (repeatable and conn.closed):
+                        raise
+            with self._connection() as conn:  # the pool discarded the dropped one
                 return body(conn)
-        except (psycopg.Error, PoolTimeout) as exc:
-            if isinstance(exc, PoolTimeout):
-                raise StoreError(self.url, "no connection to the server", "check that it is running") from None
+        except PoolTimeout:
+            raise StoreError(self.url, "no connection to the server", "check that it runs") from None
+        except psycopg.Error as exc:
             raise self._fail(exc) from None
 
     def _read(self, sql: str, params: Row = ()) -> list[Row]:
@@ -385,7 +394,7 @@ class PostgresRunStore:
             except UnicodeEncodeError:  # an id with a lone surrogate (undecodable command-line bytes)
                 return conn.execute(sql, _storable_row(params)).fetchall()
 
-        rows: list[Row] = self._run(read)
+        rows: list[Row] = self._run(read, repeatable=True)
         return rows
 
     # -- reads -----------------------------------------------------------------------------------------------------
