@@ -23,7 +23,7 @@ from flowctl.interpreter.persistence.postgres_schema import SCHEMA_VERSION, VERS
 from flowctl.interpreter.persistence.postgres_store import DEFAULT_LEASE, PostgresRunStore
 from flowctl.interpreter.persistence.store import CallDone, EventLogged, StepFinished, StepStarted, StepStatus
 from flowctl.interpreter.persistence.store_errors import StoreError
-from tests.persistence.helpers import create, jtext
+from tests.persistence.helpers import ALIVE, create, jtext
 
 PIPELINE = """\
 flowctl: 1
@@ -211,3 +211,30 @@ def test_connections_the_server_dropped_are_replaced_for_reads_and_heartbeats(pg
             store.commit([], claim)  # a heartbeat too
         store.commit([StepStarted("r-1", "b", "agent", 1.0)], claim)
         assert [step.path for step in store.steps("r-1")] == ["a", "b"]
+
+
+def test_a_commit_on_a_dropped_connection_names_the_run_it_stopped(pg_url: str) -> None:
+    with open_store(f"{pg_url}?pool_size=1") as store:
+        create(store)
+        claim = store.claim("r-1", ALIVE)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+        with pytest.raises(StoreError) as stopped:
+            store.commit([StepStarted("r-1", "a", "agent", 1.0), EventLogged("r-1", "e", None, "system", 1.0)], claim)
+        assert stopped.value.run_id == "r-1" and "cannot reach the server" in stopped.value.problem
+        store.commit([StepStarted("r-1", "a", "agent", 1.0)], claim)  # the store goes on with a new connection
+        assert [step.path for step in store.steps("r-1")] == ["a"] and store.events("r-1") == []
+
+
+def test_a_lone_call_and_a_batch_record_a_call_alike(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        claim = create(store)
+        call = CallDone("r-1", "k", "d", json.dumps({"content": "x"}), 5.0, masked=True)
+        store.commit([call], claim)  # one statement (postgres_schema.FENCED_CALL)
+        alone = store.lookup_call("r-1", "k")
+        store.commit([CallDone("r-1", "k", "other", "{}", 1.0)], claim)
+        store.commit([call, EventLogged("r-1", "e", None, "system", 1.0)], claim)  # the pipelined batch
+        assert store.lookup_call("r-1", "k") == alone
+        with pytest.raises(ValueError, match="a row of an unknown run"):
+            store.commit([CallDone("r-1/missing", "k", "d", "{}", 1.0)], claim)
