@@ -4,8 +4,9 @@ machine or move between workers. psycopg 3 and its connection pool are imported 
 
 Durability: every `commit` is one transaction, committed before it returns, so it survives the process being
 killed; with the server's default `synchronous_commit = on` it also survives the server's host losing power (and,
-with synchronous replication, the host itself). A commit is sent in one round trip (pipeline mode): the fence, then
-the writes in order — consecutive rows of one statement as one `executemany` — then COMMIT.
+with synchronous replication, the host itself). A commit is sent in one round trip (pipeline mode): the fence, the
+run rows in order, each table's rows in order as one `executemany`, COMMIT; a heartbeat or a lone call row (a
+chain's commit) is one statement.
 
 Claims: the root run's row holds its owner (`host:pid`), a fencing token that grows with every claim, and a
 heartbeat (the server's time of the owner's last commit, refreshed at most every lease/10). Every commit under a
@@ -303,25 +304,29 @@ class PostgresRunStore:
             self._running_root = None
 
     def _groups(self, writes: Sequence[Write], claim: Claim | None) -> list[Group]:
-        """The statements of a commit, in the order of its writes: consecutive rows of one statement together (each
-        row executed on its own, so a batch may touch a row twice)."""
+        """The statements of a commit: the run rows first, one by one in their order (a child's start, finish and
+        restart follow each other), then each table's rows, in the order they were written (a step's finish after its
+        start, the last record of a call winning) and executed one after another, so a batch may touch a row twice.
+        Tables are independent of each other (foreign keys are checked at COMMIT), so this keeps every order the port
+        asks for and gives each table one `executemany`."""
         tree, token = (claim.run_id, claim.token) if claim is not None else ("", 0)
-        groups: list[Group] = []
+        runs: list[Group] = []
+        tables: dict[str, list[Row]] = {}
         for write in writes:
             kind = type(write)
             if kind is not CacheStored:
                 _check_in_tree(write, tree)
             row = schema.ROWS.get(kind)
-            if row is not None:
-                sql, to_row = row
-                params = to_row(write, token)
-            else:
+            if row is None:
                 sql, params = _run_write(write)
-            if groups and groups[-1][0] is sql:
-                groups[-1][1].append(params)
-            else:
-                groups.append((sql, [params]))
-        return groups
+                runs.append((sql, [params]))
+                continue
+            sql, to_row = row
+            rows = tables.get(sql)
+            if rows is None:
+                rows = tables[sql] = []
+            rows.append(to_row(write, token))
+        return runs + list(tables.items())
 
     def _send(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim | None) -> None:
         """The fence, the writes and COMMIT in one round trip (pipeline mode); any error undoes them all. A value
