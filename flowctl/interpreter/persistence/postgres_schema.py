@@ -28,7 +28,7 @@ from flowctl.interpreter.persistence.store import (
 )
 
 # SQLSTATEs our functions raise (a class of our own: no PostgreSQL error has it)
-CLAIM_LOST = "FL001"  # the commit's claim is no longer current (DETAIL: who holds the run now)
+CLAIM_LOST = "FL001"  # the commit's claim is no longer current (DETAIL: who holds the run now; HINT: the run)
 UNKNOWN_RUN = "FL002"  # a run write names a run the store does not have (DETAIL: its id)
 
 VERSION_TABLE = "flowctl_schema"
@@ -160,7 +160,7 @@ _SCHEMA_V1 = (
             FROM runs WHERE run_id = p_run FOR UPDATE;
         IF NOT FOUND OR found_token <> p_token THEN
             RAISE EXCEPTION 'the claim of run % is no longer current', p_run
-                USING ERRCODE = '{CLAIM_LOST}', DETAIL = COALESCE(found_owner, '');
+                USING ERRCODE = '{CLAIM_LOST}', DETAIL = COALESCE(found_owner, ''), HINT = p_run;
         END IF;
         IF beat IS NULL OR now_s - beat > p_gap THEN
             UPDATE runs SET heartbeat_at = now_s WHERE run_id = p_run;

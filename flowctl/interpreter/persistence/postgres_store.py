@@ -224,8 +224,7 @@ class PostgresRunStore:
         state = exc.sqlstate or ""
         detail = exc.diag.message_detail or ""
         if state == schema.CLAIM_LOST:
-            run_id = (exc.diag.message_primary or "").removeprefix("the claim of run ").split(" is no longer", 1)[0]
-            return ClaimLost(run_id, detail or None)
+            return ClaimLost(exc.diag.message_hint or "", detail or None)
         if state == schema.UNKNOWN_RUN:
             return KeyError(f"unknown run {detail!r}")
         if isinstance(exc, psycopg.IntegrityError):
