@@ -9,6 +9,7 @@ the run. Lines go to stderr so stdout stays the run's result.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,7 +18,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from flowctl.interpreter.reporting import ModelCallSeen, Reporter, Retry, ToolCallSeen, seconds
 from flowctl.progress_sinks import CallTally, JsonlReporter, MultiReporter, RedactingReporter
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
+_LOUD_LEVELS = frozenset({"warning", "error", "critical", "alert", "emergency"})  # shown on the terminal
 _WRAPPED = re.compile(r"^step '([^']*)' failed after \d+ attempt\(s\): ")
 
 
@@ -231,6 +233,16 @@ class LineReporter(Reporter):
         where = self._where(run_id, path)
         self._line(f"  ⏳ {where} waits for event {event!r}; send it with: {self.signal_command(event)}")
 
+    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+        fields = ", ".join(
+            f"{name}: {(spec or {}).get('type', '?')}" for name, spec in (schema.get("properties") or {}).items()
+        )
+        self._line(f"  ? {self._where(run_id, path)}: server {server!r} asks: {message}")
+        self._line(
+            f"    answer with: {self.signal_command('elicitation')} --data '{{{fields}}}'"
+            ' (or --data \'{"action": "decline"}\')'
+        )
+
     def signal_command(self, event: str) -> str:
         """The command that releases a wait (signals go to the root run, which shares them with its children)."""
         return f"flowctl signal {self.root} {shlex.quote(event)}{self.store}"
@@ -247,6 +259,12 @@ class LineReporter(Reporter):
             f"  ⏸ {step}: held back by the run's concurrency cap ({cap} calls at once); "
             "raise `concurrency:` in the pipeline to run more at once"
         )
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        if level in _LOUD_LEVELS:  # the rest goes to the event log (--events) only: servers can be chatty
+            text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+            source = f"{server}/{logger}" if logger else server
+            self._line(f"  ✎ {self._where(run_id, path)}: {source} {level}: {fit(text, 200)}")
 
     def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
         self.tally.model_call(run_id, self._where(run_id, path), call)
@@ -481,6 +499,24 @@ class TtyReporter(LineReporter):
             self._end_stream((run_id, path))
             if status != "succeeded" and not self._quiet(where, status):
                 self._finish_line(where, status, elapsed, tokens, error)
+
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        where = self._where(run_id, path)
+        done = f"{progress:g}/{total:g}" if total else f"{progress:g}"
+        text = f"{tool} {done}" + (f" {message}" if message else "")
+        with self._lock:
+            if where in self.running:
+                self.notes[where] = (text.replace("{", "(").replace("}", ")"), 0.0)
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        with self._lock:
+            super().server_log(run_id, path, server, level, logger, data)
+
+    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+        with self._lock:
+            super().elicitation(run_id, path, server, message, schema)
 
     def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
         with self._lock:

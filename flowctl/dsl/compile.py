@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 from flowctl.dsl import ir
@@ -323,6 +324,12 @@ class _Compiler:
                 allowed_tools=tuple(raw["allowed_tools"]) if "allowed_tools" in raw else None,
                 idempotent_tools=tuple(raw.get("idempotent_tools") or ()),
                 circuit_breaker=_breaker(raw.get("circuit_breaker")),
+                roots=tuple(_root(r, self.doc.file) for r in raw.get("roots") or () if isinstance(r, dict)),
+                sampling_model=(raw.get("sampling") or {}).get("model"),
+                sampling_max_concurrency=int((raw.get("sampling") or {}).get("max_concurrency", 4)),
+                elicitation_mode=_ELICITATION_MODES[(raw.get("elicitation") or {}).get("mode", "ask")],
+                log_level=raw.get("log_level"),
+                include_instructions=bool(raw.get("include_instructions", False)),
             )
         return servers
 
@@ -340,6 +347,22 @@ class _Compiler:
                 output_schema=raw.get("output_schema"),
             )
         return agents
+
+
+# fast-agent's spellings beside ours: `forms` asks a person, `auto-cancel` and `none` never do
+_ELICITATION_MODES = {"ask": "ask", "auto": "auto", "decline": "decline", "forms": "ask", "auto-cancel": "decline"}
+_ELICITATION_MODES["none"] = "decline"
+
+
+def _root(raw: dict[str, Any], file: str) -> tuple[str, str | None]:
+    """A root as the server sees it: `server_uri_alias` when given, else `uri`; a plain path becomes a file:// URI
+    (relative to the pipeline file's folder)."""
+    uri = str(raw.get("server_uri_alias") or raw.get("uri") or "")
+    if "://" not in uri:
+        base = Path(file).resolve().parent if file and not file.startswith("<") else Path.cwd()
+        uri = (base / uri).resolve().as_uri()
+    name = raw.get("name")
+    return uri, str(name) if name is not None else None
 
 
 def _seconds(value: Any, default: float) -> float:

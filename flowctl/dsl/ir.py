@@ -306,6 +306,13 @@ class ServerDef:
     allowed_tools: tuple[str, ...] | None = None
     idempotent_tools: tuple[str, ...] = ()
     circuit_breaker: CircuitBreakerSpec | None = None
+    # what the server may ask of flowctl (docs/agents.md, "MCP features")
+    roots: tuple[tuple[str, str | None], ...] = ()  # (file:// URI, name) offered on roots/list
+    sampling_model: str | None = None  # a key of `models`; None: the calling agent's model
+    sampling_max_concurrency: int = 4  # sampling requests answered at once for this server
+    elicitation_mode: str = "ask"  # ask (a person: the terminal or a signal) | auto (accept defaults) | decline
+    log_level: str | None = None  # logging/setLevel sent at start; notifications below it are dropped
+    include_instructions: bool = False  # the server's `instructions` join the system message of its agents
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,4 +94,17 @@ class Reporter:
     def held_back(self, run_id: str, path: str, queued: int, cap: int) -> None:
         """`queued` calls of the step wait for a slot under the run's `concurrency` cap of `cap`."""
 
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        """An MCP server reported progress on a tool call of the step (`notifications/progress`)."""
+
+    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+        """An MCP server asks a person (`elicitation/create`) and the run waits for `flowctl signal RUN elicitation
+        --data '{…}'` (a `waiting` for the event `elicitation` follows)."""
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        """An MCP server logged a message (`notifications/message`) at or above its `log_level`, during (or after)
+        a tool call of the step."""
+
     def close(self) -> None: ...

@@ -64,6 +64,7 @@ class Runtime:
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
+    server_limits: dict[str, Any] = field(default_factory=dict)  # per MCP server: its sampling semaphore
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import IO
@@ -23,6 +24,7 @@ from mcp.client.stdio import get_default_environment
 from flowctl.dsl.ir import ServerDef, Transport
 from flowctl.dsl.variables import expand
 from flowctl.interpreter.errors import ServerCrashed, ServerStartError
+from flowctl.interpreter.mcp.requests import ServerRequests
 from flowctl.interpreter.mcp.transports import (
     KILL_GRACE_SECONDS,
     STOP_GRACE_SECONDS,
@@ -56,9 +58,11 @@ class Launch:
 class Connection:
     """One server session, owned by the task running `run()`; other tasks use `session` meanwhile."""
 
-    def __init__(self, server: ServerDef, launch: Launch) -> None:
+    def __init__(self, server: ServerDef, launch: Launch, on_tools_changed: Callable[[], None] = lambda: None) -> None:
         self.server = server
         self.launch = launch
+        self.requests = ServerRequests(server, on_tools_changed)  # what the server asks of us, and tells us
+        self.instructions: str | None = None  # from `initialize`
         self.ready = anyio.Event()  # started, or failed to start
         self.ended = anyio.Event()  # the transport is closed and the process reaped
         self.start_error: ServerStartError | None = None
@@ -115,9 +119,14 @@ class Connection:
         with anyio.CancelScope(deadline=deadline) as self._life:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._open_transport(errlog))
-                session = ClientSession(read, write, client_info=CLIENT_INFO)
+                session = ClientSession(read, write, client_info=CLIENT_INFO, **self.requests.session_callbacks())
                 await stack.enter_async_context(session)
-                await session.initialize()
+                initialized = await session.initialize()
+                self.instructions = initialized.instructions
+                if self.server.log_level is not None and initialized.capabilities.logging is not None:
+                    with suppress(MCPError), warnings.catch_warnings():  # 2026-07-28 servers take it per request
+                        warnings.simplefilter("ignore")
+                        await session.set_logging_level(self.server.log_level)  # type: ignore[arg-type]
                 self._life.deadline = math.inf
                 self._session = session
                 self.ready.set()
