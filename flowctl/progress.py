@@ -233,7 +233,11 @@ class LineReporter(Reporter):
         where = self._where(run_id, path)
         self._line(f"  ⏳ {where} waits for event {event!r}; send it with: {self.signal_command(event)}")
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        if on_terminal:  # the form itself says what is asked
+            return
         fields = ", ".join(
             f"{name}: {(spec or {}).get('type', '?')}" for name, spec in (schema.get("properties") or {}).items()
         )
@@ -347,6 +351,7 @@ class TtyReporter(LineReporter):
         self.width: int | None = None  # fixed width (tests); None: the terminal's, at each draw
         self.ended = False  # the root run finished: the status line is gone for good
         self._lock = threading.RLock()  # the stream and the counts, shared with the ticker
+        self.paused = False  # an elicitation form is on the terminal
         self._drawn = threading.Condition(self._lock)  # notified at each draw (see wait_drawn)
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -419,7 +424,7 @@ class TtyReporter(LineReporter):
 
     def _draw(self) -> None:
         """Write the status line (`_lock` held)."""
-        if self.ended:
+        if self.ended or self.paused:
             return
         width = self.width or terminal_width(self.stream)
         focus = self.focus
@@ -514,9 +519,20 @@ class TtyReporter(LineReporter):
         with self._lock:
             super().server_log(run_id, path, server, level, logger, data)
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
         with self._lock:
-            super().elicitation(run_id, path, server, message, schema)
+            if on_terminal:  # the form is on stderr: clear the status line and draw none until it is answered
+                self.paused = True
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            super().elicitation(run_id, path, server, message, schema, on_terminal)
+
+    def elicitation_done(self, run_id: str, path: str, server: str) -> None:
+        with self._lock:
+            self.paused = False
+            self._draw()
 
     def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
         with self._lock:

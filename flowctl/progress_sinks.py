@@ -112,8 +112,12 @@ class JsonlReporter(Reporter):
             message=message or None,
         )
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
-        self._write("elicitation", run_id=run_id, step=path, server=server, message=message, schema=schema)
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        self._write(
+            "elicitation", run_id=run_id, step=path, server=server, message=message, schema=schema, terminal=on_terminal
+        )
 
     def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
         self._write(
@@ -206,6 +210,10 @@ class MultiReporter(Reporter):
     def elicitation(self, *args: Any) -> None:
         for reporter in self.reporters:
             reporter.elicitation(*args)
+
+    def elicitation_done(self, *args: Any) -> None:
+        for reporter in self.reporters:
+            reporter.elicitation_done(*args)
 
     def held_back(self, *args: Any) -> None:
         for r in self.reporters:
@@ -340,8 +348,13 @@ class RedactingReporter(Reporter):
     ) -> None:
         self.inner.tool_progress(run_id, path, server, tool, progress, total, self.redact(message))
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
-        self.inner.elicitation(run_id, path, server, self.redact(message), schema)
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        self.inner.elicitation(run_id, path, server, self.redact(message), schema, on_terminal)
+
+    def elicitation_done(self, run_id: str, path: str, server: str) -> None:
+        self.inner.elicitation_done(run_id, path, server)
 
     def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
         self.inner.server_log(run_id, path, server, level, logger, self._value(data))

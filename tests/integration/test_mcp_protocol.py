@@ -46,7 +46,9 @@ class Seen(Reporter):
     def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
         self.logs.append((level, logger, data))
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
         self.asked.append((run_id, message, schema))
         if self.on_elicitation is not None:
             self.on_elicitation(run_id)
@@ -176,6 +178,13 @@ async def test_unattended_elicitation_waits_for_a_signal_and_is_not_asked_again_
     assert set(seen.asked[0][2]["properties"]) == {"name", "count"}
     assert "refused" in seen.asked[1][1]
     assert "call/tool:asking.book#0/wait#0" in result.call_keys()
+    shown = subprocess.run(
+        [PYTHON, "-m", "flowctl", "logs", result.outcome.run_id, "--store", str(result.store.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "wait for 'elicitation'" in shown.stdout and "released by 'elicitation' from signal" in shown.stdout
 
 
 # --- roots, progress, logging ---------------------------------------------------------------------------------------
@@ -213,6 +222,15 @@ async def test_log_messages_at_or_above_the_level_reach_the_reporter_and_the_eve
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     logged = [(e["level"], e["data"]) for e in lines if e.get("type", e.get("event")) == "server_log"]
     assert logged == [("warning", "a warning message"), ("error", "a error message")], lines
+    shown = subprocess.run(
+        [PYTHON, "-m", "flowctl", "logs", result.outcome.run_id, "--store", str(result.store.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "log warning from server asking/chatty" in shown.stdout
+    assert "a error message" in shown.stdout and "a info message" not in shown.stdout
     assert seen.logs == [("warning", "chatty", "a warning message"), ("error", "chatty", "a error message")]
 
 

@@ -48,7 +48,9 @@ class Seen(Reporter):
     def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
         self.logs.append((level, data))
 
-    def elicitation(self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any]) -> None:
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
         self.asked.append(message)
         answer, store_path = self.answer, self.store_path
         assert answer is not None and store_path is not None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from flowctl.dsl.ir import ModelDef, ServerDef
-from flowctl.interpreter.engine.observe import saw_model_call
+from flowctl.interpreter.engine.observe import STEP_ATTEMPT, saw_model_call, saw_wait
 from flowctl.interpreter.errors import FlowctlError, ToolCallError
 from flowctl.interpreter.providers.llm import CompletionRequest, Message
 from flowctl.interpreter.tools import ElicitationAnswer, ElicitationRequest, SamplingAnswer, SamplingRequest
@@ -47,7 +47,13 @@ class CallHooks:
         )
 
     def log(self, server: ServerDef, level: str, logger: str | None, data: Any) -> None:
-        self.ctx.runtime.reporter.server_log(self.ctx.run_id, self.path, server.name, level, logger or "", data)
+        ctx = self.ctx
+        ctx.runtime.reporter.server_log(ctx.run_id, self.path, server.name, level, logger or "", data)
+        # in the transcript too, as an entry of kind "log" under the tool call (`flowctl logs` shows it in place)
+        raw = ({"server": server.name, "level": level, "logger": logger}, data, None)
+        key = f"{self.counter.path}/log"
+        now = ctx.runtime.clock.now()
+        ctx.runtime.recorder.exchange(ctx.run_id, self.path, key, STEP_ATTEMPT.get(), "log", now, 0.0, _as_is, raw)
 
     # --- sampling -----------------------------------------------------------------------------------------------
 
@@ -122,7 +128,13 @@ class CallHooks:
         async def ask() -> dict[str, Any]:
             nonlocal asked
             asked = True
-            answer = await self._answer(server, request)
+            clock = ctx.runtime.clock
+            started, began = clock.now(), clock.monotonic()
+            answer, source = await self._answer(server, request)
+            taken = {"name": ELICITATION_EVENT, "data": {"action": answer.action, "content": answer.content}}
+            saw_wait(
+                ctx, self.path, key, ELICITATION_EVENT, taken | {"source": source}, started, clock.monotonic() - began
+            )
             return {"action": answer.action, "content": answer.content}
 
         recorded = await ctx.runtime.journal.call(ctx.run_id, key, digest, ask)
@@ -130,17 +142,25 @@ class CallHooks:
             ctx.runtime.bus.consume(ELICITATION_EVENT, lambda event: True)  # the signal it took the first time
         return ElicitationAnswer(str(recorded.get("action", "cancel")), recorded.get("content"))
 
-    async def _answer(self, server: ServerDef, request: ElicitationRequest) -> ElicitationAnswer:
+    async def _answer(self, server: ServerDef, request: ElicitationRequest) -> tuple[ElicitationAnswer, str]:
+        """The answer, and who gave it: `policy`, `terminal` or `signal`."""
         mode = server.elicitation_mode
         if mode == "decline":
-            return ElicitationAnswer("decline")
+            return ElicitationAnswer("decline"), "policy"
         if mode == "auto":
-            return _defaults(request.schema)
-        if _interactive():
-            lock = self.ctx.runtime.server_limits.setdefault("\0terminal", anyio.Lock())
-            async with lock:  # one form on the terminal at a time
-                return await anyio.to_thread.run_sync(_terminal_form, server.name, request, abandon_on_cancel=True)
-        return await self._signalled(server, request)
+            return _defaults(request.schema), "policy"
+        if not _interactive():
+            return await self._signalled(server, request), "signal"
+        ctx = self.ctx
+        lock = ctx.runtime.server_limits.setdefault("\0terminal", anyio.Lock())
+        async with lock:  # one form on the terminal at a time; the status line stays away meanwhile
+            reporter = ctx.runtime.reporter
+            reporter.elicitation(ctx.run_id, self.path, server.name, request.message, request.schema, True)
+            try:
+                answer = await anyio.to_thread.run_sync(_terminal_form, server.name, request, abandon_on_cancel=True)
+            finally:
+                reporter.elicitation_done(ctx.run_id, self.path, server.name)
+        return answer, "terminal"
 
     async def _signalled(self, server: ServerDef, request: ElicitationRequest) -> ElicitationAnswer:
         """Wait like a `wait` step for `flowctl signal RUN elicitation --data '…'`: `{"action": "decline"}` (or
@@ -149,7 +169,7 @@ class CallHooks:
         reporter = ctx.runtime.reporter
         note = ""
         while True:
-            reporter.elicitation(ctx.run_id, self.path, server.name, request.message + note, request.schema)
+            reporter.elicitation(ctx.run_id, self.path, server.name, request.message + note, request.schema, False)
             reporter.waiting(ctx.run_id, self.path, ELICITATION_EVENT)
             event = await ctx.runtime.bus.wait(ELICITATION_EVENT, lambda event: True, None)
             assert event is not None  # no timeout
@@ -266,6 +286,10 @@ def _parse_field(text: str, spec: dict[str, Any]) -> tuple[Any, str | None]:
     if spec.get("enum") and value not in spec["enum"]:
         return None, f"one of {', '.join(map(str, spec['enum']))}"
     return value, None
+
+
+def _as_is(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    return raw  # type: ignore[no-any-return]
 
 
 def _sha(text: str) -> str:
