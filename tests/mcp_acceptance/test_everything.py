@@ -5,8 +5,7 @@ OpenAI-compatible model server (tests/support/openai_server.py).
 Covered: image content reaching the model and kept in step outputs, resource links and embedded blobs kept whole,
 sampling answered by the agent's model (journaled, counted), elicitation by policy and by signal, roots, progress
 (the idle timeout and the reporter), logging at a chosen level, tools registered after `initialize` offered through
-tools/list_changed, and the tool annotations. Server instructions: server-everything sends none at this version
-(the Python server in tests/integration covers `include_instructions`).
+tools/list_changed, the tool annotations, and the server's instructions in the agent's system message.
 """
 
 from __future__ import annotations
@@ -249,3 +248,19 @@ async def test_conditional_tools_and_annotations(endpoint: Endpoint, tmp_path: P
         assert name in tools
     assert tools["echo"].idempotent  # annotated idempotentHint: true
     assert not tools["trigger-sampling-request"].idempotent  # annotated idempotentHint: false
+
+
+async def test_server_instructions_join_the_agents_system_message(
+    tmp_path: Path, llm: OpenAIServer, endpoint: Endpoint
+) -> None:
+    llm.enqueue(reply("ok"), reply("ok"))
+    with_them, store = await run(tmp_path, llm, pipeline(endpoint, agent_step(), "    include_instructions: true"))
+    store.close()
+    assert with_them.status is RunStatus.SUCCEEDED, with_them.error
+    system = llm.bodies[0]["messages"][0]["content"]
+    assert system.startswith("You help.\n\nInstructions of the MCP server 'everything':\n")
+    assert "Everything Server" in system
+    without, store = await run(tmp_path, llm, pipeline(endpoint, agent_step()))
+    store.close()
+    assert without.status is RunStatus.SUCCEEDED, without.error
+    assert llm.bodies[1]["messages"][0]["content"] == "You help."

@@ -131,15 +131,14 @@ class CallHooks:
             clock = ctx.runtime.clock
             started, began = clock.now(), clock.monotonic()
             answer, source = await self._answer(server, request)
-            taken = {"name": ELICITATION_EVENT, "data": {"action": answer.action, "content": answer.content}}
-            saw_wait(
-                ctx, self.path, key, ELICITATION_EVENT, taken | {"source": source}, started, clock.monotonic() - began
-            )
-            return {"action": answer.action, "content": answer.content}
+            data = {"action": answer.action, "content": answer.content}
+            taken = {"name": ELICITATION_EVENT, "data": data, "source": source}
+            saw_wait(ctx, self.path, key, ELICITATION_EVENT, taken, started, clock.monotonic() - began)
+            return data | {"source": source}
 
         recorded = await ctx.runtime.journal.call(ctx.run_id, key, digest, ask)
-        if not asked and server.elicitation_mode == "ask" and not _interactive():
-            ctx.runtime.bus.consume(ELICITATION_EVENT, lambda event: True)  # the signal it took the first time
+        if not asked and recorded.get("source") == "signal":  # replayed: it takes its signal again (see handle_wait)
+            ctx.runtime.bus.consume(ELICITATION_EVENT, lambda event: True)
         return ElicitationAnswer(str(recorded.get("action", "cancel")), recorded.get("content"))
 
     async def _answer(self, server: ServerDef, request: ElicitationRequest) -> tuple[ElicitationAnswer, str]:
