@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
+_EXAMPLES: dict[Any, Any] = {"integer": 0, "number": 0, "boolean": True, "array": []}  # an elicitation's answer
 _LOUD_LEVELS = frozenset({"warning", "error", "critical", "alert", "emergency"})  # shown on the terminal
 _WRAPPED = re.compile(r"^step '([^']*)' failed after \d+ attempt\(s\): ")
 
@@ -238,12 +239,13 @@ class LineReporter(Reporter):
     ) -> None:
         if on_terminal:  # the form itself says what is asked
             return
-        fields = ", ".join(
-            f"{name}: {(spec or {}).get('type', '?')}" for name, spec in (schema.get("properties") or {}).items()
-        )
+        example = {
+            name: _EXAMPLES.get((spec or {}).get("type"), "…")
+            for name, spec in (schema.get("properties") or {}).items()
+        }
         self._line(f"  ? {self._where(run_id, path)}: server {server!r} asks: {message}")
         self._line(
-            f"    answer with: {self.signal_command('elicitation')} --data '{{{fields}}}'"
+            f"    answer with: {self.signal_command('elicitation')} --data '{json.dumps(example, ensure_ascii=False)}'"
             ' (or --data \'{"action": "decline"}\')'
         )
 
