@@ -55,7 +55,7 @@ class Seen(Reporter):
 
 
 def values(**extra: Any) -> dict[str, Any]:
-    defaults = {"read_timeout": 60, "elicitation": "ask", "sampling": "", "prompt": "Go."}
+    defaults = {"read_timeout": 60, "elicitation": "ask", "sampling": "", "prompt": "Go.", "concurrency": 16}
     return defaults | extra
 
 
@@ -103,6 +103,7 @@ async def test_sampling_uses_the_model_the_server_block_names(flow: Flow) -> Non
         reply("tiny"),
         echo_last_tool,
         sampling="    sampling: {model: sampler, max_concurrency: 1}",
+        concurrency=1,  # the tool call's slot covers its sampling: one slot is enough
     )
     assert result.outcome.outputs == {"answer": "summary (gpt-sampler): tiny"}
     assert flow.llm.bodies[1]["model"] == "gpt-sampler"

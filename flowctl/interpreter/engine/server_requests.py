@@ -3,7 +3,8 @@ sampling with a model, elicitation from a person, a signal or a policy; progress
 
 Sampling is a model call like the agent's own: journaled under the tool call's key (`…/tool:srv.t#0/llm#0`, so a
 resumed run that calls the tool again gets the recorded answer and pays nothing), counted in the run's tokens and
-cost, under the run's concurrency cap and at most `sampling.max_concurrency` at once per server. Elicitation is
+cost, within the slot of the run's concurrency cap its tool call holds, and at most `sampling.max_concurrency` at once
+per server. Elicitation is
 journaled the same way (`…/wait#N`): a resumed run does not ask again.
 """
 
@@ -58,7 +59,7 @@ class CallHooks:
     # --- sampling -----------------------------------------------------------------------------------------------
 
     async def sample(self, server: ServerDef, request: SamplingRequest) -> SamplingAnswer:
-        from flowctl.interpreter.engine.agent import _complete_guarded, _record_model_call, _replay_model_call
+        from flowctl.interpreter.engine.agent import _record_model_call, _replay_model_call
 
         ctx = self.ctx
         model = self._sampling_model(server, request)
@@ -82,7 +83,14 @@ class CallHooks:
                 clock = ctx.runtime.clock
                 started, began = clock.now(), clock.monotonic()
                 try:
-                    response = await _complete_guarded(ctx, model, completion)
+                    # no slot of the run's `concurrency` of its own: the tool call waiting for it holds one (taking a
+                    # second could deadlock a run whose slots all wait for sampling)
+                    runtime = ctx.runtime
+                    breakers = runtime.breakers
+                    breaker = (
+                        breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
+                    )
+                    response = await breakers.guard(breaker, lambda: runtime.provider(model).complete(completion))
                     _record_model_call(ctx, model, key, digest, response, None)
                 except FlowctlError as exc:
                     saw_model_call(

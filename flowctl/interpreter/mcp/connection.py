@@ -144,7 +144,7 @@ class Connection:
         assert launch.url is not None
         if launch.transport is Transport.SSE:
             return sse_client(launch.url, headers=launch.headers)
-        return streamable_http(launch.url, launch.headers, self.server.read_timeout)
+        return streamable_http(launch.url, launch.headers)
 
     def _finish(self, errlog: IO[bytes], timed_out: bool) -> None:
         """Record exit code and stderr tail, close the log, and wake everyone waiting."""

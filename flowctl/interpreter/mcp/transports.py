@@ -236,9 +236,10 @@ def _group_alive(pgid: int) -> bool:
 
 
 @asynccontextmanager
-async def streamable_http(url: str, headers: dict[str, str], read_timeout: float) -> AsyncIterator[Streams]:
-    """streamable_http_client with our headers; httpx's read timeout outlasts the per-call one."""
-    timeout = httpx2.Timeout(30.0, read=max(300.0, read_timeout + 30.0))
+async def streamable_http(url: str, headers: dict[str, str]) -> AsyncIterator[Streams]:
+    """streamable_http_client with our headers. No read timeout of httpx's own: every request is bounded by ours (a
+    tool call's idle timeout, held while flowctl answers the server's elicitation, which may take a person hours)."""
+    timeout = httpx2.Timeout(30.0, read=None)
     async with (
         httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
         streamable_http_client(url, http_client=client) as streams,
