@@ -236,7 +236,7 @@ async def test_log_messages_reach_the_reporter_at_the_chosen_level(
 
 async def test_conditional_tools_and_annotations(endpoint: Endpoint, tmp_path: Path, llm: OpenAIServer) -> None:
     """Tools server-everything registers once it knows the client's capabilities (sampling, elicitation, roots) are
-    offered; `idempotentHint` is read."""
+    offered, announced by tools/list_changed; `idempotentHint` is read."""
     path = tmp_path / "everything.yaml"
     path.write_text(pipeline(endpoint, tool_step("echo", "{message: hi}"), "    roots: [{uri: ./data}]"))
     graph, _, _ = load_pipeline(path)
@@ -244,6 +244,11 @@ async def test_conditional_tools_and_annotations(endpoint: Endpoint, tmp_path: P
     async with McpPool() as pool:
         server = graph.servers["everything"]
         tools = {t.name: t for t in await pool.list_tools(server)}
+        # over stdio it announces each of them with notifications/tools/list_changed, which the pool counts (an agent
+        # lists the tools again before its next turn when the count moved); over HTTP it sends them before the
+        # client's GET stream is open, so they are lost (the listing has them anyway)
+        if endpoint.transport == "stdio":
+            assert pool.tools_generation(server) >= 1
     for name in ("trigger-sampling-request", "trigger-elicitation-request", "get-roots-list"):
         assert name in tools
     assert tools["echo"].idempotent  # annotated idempotentHint: true
