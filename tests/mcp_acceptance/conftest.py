@@ -76,18 +76,32 @@ def marker() -> Iterator[str]:
     assert left == [], f"server processes left running after the test (marker {tag})"
 
 
+@pytest.fixture(scope="session")
+def node_flags() -> list[str]:
+    """Node reserves ~10 GB of address space per WebAssembly instance (its HTTP parser is one) unless told not to:
+    under `ulimit -v` (as the suite may run) the HTTP server would die at its first request."""
+    node = shutil.which("node")
+    assert node is not None
+    flag = "--disable-wasm-trap-handler"
+    known = subprocess.run([node, flag, "-e", "0"], capture_output=True, timeout=60).returncode == 0
+    return [flag] if known else []
+
+
 @pytest.fixture(params=["stdio", "streamable_http"])
-def endpoint(request: pytest.FixtureRequest, everything: Path, marker: str) -> Iterator[Endpoint]:
+def endpoint(
+    request: pytest.FixtureRequest, everything: Path, marker: str, node_flags: list[str]
+) -> Iterator[Endpoint]:
     """server-everything over stdio (flowctl starts it) or streamable HTTP (started here, on a free port)."""
     node = shutil.which("node")
     assert node is not None
     if request.param == "stdio":
-        block = f'command: "{node}"\n    args: ["{everything}", stdio]\n    env: {{FLOWCTL_MARKER: "{marker}"}}'
+        args = ", ".join(f'"{arg}"' for arg in [*node_flags, str(everything), "stdio"])
+        block = f'command: "{node}"\n    args: [{args}]\n    env: {{FLOWCTL_MARKER: "{marker}"}}'
         yield Endpoint("stdio", block, marker)
         return
     port = free_port()
     process = subprocess.Popen(
-        [node, str(everything), "streamableHttp"],
+        [node, *node_flags, str(everything), "streamableHttp"],
         env=os.environ | {"PORT": str(port), "FLOWCTL_MARKER": marker},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
