@@ -321,7 +321,7 @@ async def run_agent(
     tools = await _agent_tools(ctx, agent) if agent.servers else {}
     if agent.servers:
         instruction += await _server_instructions(ctx, agent)
-    generation = _tools_generation(ctx, agent)
+    generation = _tools_generation(ctx, agent) if agent.servers else 0  # 0: nothing to watch
     messages: list[Message] = [Message("system", instruction), Message("user", prompt)]
     counter = _CallCounter(path)
     called: list[str] = []  # server.tool of each tool call, for the max_iterations message
