@@ -18,9 +18,16 @@ import anyio
 
 from flowctl.dsl.ir import ModelDef, ServerDef
 from flowctl.interpreter.engine.observe import STEP_ATTEMPT, saw_model_call, saw_wait
+from flowctl.interpreter.engine.tool_content import media_parts
 from flowctl.interpreter.errors import FlowctlError, ToolCallError
 from flowctl.interpreter.providers.llm import CompletionRequest, Message
-from flowctl.interpreter.tools import ElicitationAnswer, ElicitationRequest, SamplingAnswer, SamplingRequest
+from flowctl.interpreter.tools import (
+    ElicitationAnswer,
+    ElicitationRequest,
+    SamplingAnswer,
+    SamplingRequest,
+    ToolResult,
+)
 
 if TYPE_CHECKING:
     from flowctl.interpreter.engine.agent import _CallCounter
@@ -196,9 +203,6 @@ def _sampling_messages(request: SamplingRequest) -> tuple[Message, ...]:
         content = message.get("content")
         blocks = content if isinstance(content, list) else [content]
         texts = [str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
-        from flowctl.interpreter.engine.tool_content import media_parts
-        from flowctl.interpreter.tools import ToolResult
-
         parts = media_parts(ToolResult("", None, parts=tuple(b for b in blocks if isinstance(b, dict))))
         role = "assistant" if message.get("role") == "assistant" else "user"
         messages.append(Message(role, "\n".join(texts), parts=tuple(parts) if role == "user" else ()))
