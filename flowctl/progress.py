@@ -9,6 +9,7 @@ the run. Lines go to stderr so stdout stays the run's result.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,7 +18,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from flowctl.interpreter.reporting import ModelCallSeen, Reporter, Retry, ToolCallSeen, seconds
 from flowctl.progress_sinks import CallTally, JsonlReporter, MultiReporter, RedactingReporter
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
+_EXAMPLES: dict[Any, Any] = {"integer": 0, "number": 0, "boolean": True, "array": []}  # an elicitation's answer
+_LOUD_LEVELS = frozenset({"warning", "error", "critical", "alert", "emergency"})  # shown on the terminal
 _WRAPPED = re.compile(r"^step '([^']*)' failed after \d+ attempt\(s\): ")
 
 
@@ -234,6 +237,21 @@ class LineReporter(Reporter):
         where = self._where(run_id, path)
         self._line(f"  ⏳ {where} waits for event {event!r}; send it with: {self.signal_command(event)}")
 
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        if on_terminal:  # the form itself says what is asked
+            return
+        example = {
+            name: _EXAMPLES.get((spec or {}).get("type"), "…")
+            for name, spec in (schema.get("properties") or {}).items()
+        }
+        self._line(f"  ? {self._where(run_id, path)}: server {server!r} asks: {message}")
+        self._line(
+            f"    answer with: {self.signal_command('elicitation')} --data '{json.dumps(example, ensure_ascii=False)}'"
+            ' (or --data \'{"action": "decline"}\')'
+        )
+
     def signal_command(self, event: str) -> str:
         """The command that releases a wait (signals go to the root run, which shares them with its children)."""
         return f"flowctl signal {self.root} {shlex.quote(event)}{self.store}"
@@ -250,6 +268,12 @@ class LineReporter(Reporter):
             f"  ⏸ {step}: held back by the run's concurrency cap ({cap} calls at once); "
             "raise `concurrency:` in the pipeline to run more at once"
         )
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        if level in _LOUD_LEVELS:  # the rest goes to the event log (--events) only: servers can be chatty
+            text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+            source = f"{server}/{logger}" if logger else server
+            self._line(f"  ✎ {self._where(run_id, path)}: {source} {level}: {fit(text, 200)}")
 
     def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
         self.tally.model_call(run_id, self._where(run_id, path), call)
@@ -332,6 +356,7 @@ class TtyReporter(LineReporter):
         self.width: int | None = None  # fixed width (tests); None: the terminal's, at each draw
         self.ended = False  # the root run finished: the status line is gone for good
         self._lock = threading.RLock()  # the stream and the counts, shared with the ticker
+        self.paused = False  # an elicitation form is on the terminal
         self._drawn = threading.Condition(self._lock)  # notified at each draw (see wait_drawn)
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -404,7 +429,7 @@ class TtyReporter(LineReporter):
 
     def _draw(self) -> None:
         """Write the status line (`_lock` held)."""
-        if self.ended:
+        if self.ended or self.paused:
             return
         width = self.width or terminal_width(self.stream)
         focus = self.focus
@@ -484,6 +509,35 @@ class TtyReporter(LineReporter):
             self._end_stream((run_id, path))
             if status != "succeeded" and not self._quiet(where, status):
                 self._finish_line(where, status, elapsed, tokens, error)
+
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        where = self._where(run_id, path)
+        done = f"{progress:g}/{total:g}" if total else f"{progress:g}"
+        text = f"{tool} {done}" + (f" {message}" if message else "")
+        with self._lock:
+            if where in self.running:
+                self.notes[where] = (text.replace("{", "(").replace("}", ")"), 0.0)
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        with self._lock:
+            super().server_log(run_id, path, server, level, logger, data)
+
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        with self._lock:
+            if on_terminal:  # the form is on stderr: clear the status line and draw none until it is answered
+                self.paused = True
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            super().elicitation(run_id, path, server, message, schema, on_terminal)
+
+    def elicitation_done(self, run_id: str, path: str, server: str) -> None:
+        with self._lock:
+            self.paused = False
+            self._draw()
 
     def model_call(self, run_id: str, path: str, call: ModelCallSeen) -> None:
         with self._lock:

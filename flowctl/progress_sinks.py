@@ -102,6 +102,32 @@ class JsonlReporter(Reporter):
     def warning(self, run_id: str, path: str, message: str) -> None:
         self._write("warning", run_id=run_id, step=path, message=message)
 
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        self._write(
+            "tool_progress",
+            run_id=run_id,
+            step=path,
+            server=server,
+            tool=tool,
+            progress=progress,
+            total=total,
+            message=message or None,
+        )
+
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        self._write(
+            "elicitation", run_id=run_id, step=path, server=server, message=message, schema=schema, terminal=on_terminal
+        )
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        self._write(
+            "server_log", run_id=run_id, step=path, server=server, level=level, logger=logger or None, data=data
+        )
+
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         self._write("run_finished", run_id=run_id, status=status, elapsed=elapsed, tokens=tokens, error=error or None)
 
@@ -176,6 +202,22 @@ class MultiReporter(Reporter):
     def waiting(self, *args: Any) -> None:
         for r in self.reporters:
             r.waiting(*args)
+
+    def tool_progress(self, *args: Any) -> None:
+        for reporter in self.reporters:
+            reporter.tool_progress(*args)
+
+    def server_log(self, *args: Any) -> None:
+        for reporter in self.reporters:
+            reporter.server_log(*args)
+
+    def elicitation(self, *args: Any) -> None:
+        for reporter in self.reporters:
+            reporter.elicitation(*args)
+
+    def elicitation_done(self, *args: Any) -> None:
+        for reporter in self.reporters:
+            reporter.elicitation_done(*args)
 
     def held_back(self, *args: Any) -> None:
         for r in self.reporters:
@@ -311,6 +353,22 @@ class RedactingReporter(Reporter):
 
     def warning(self, run_id: str, path: str, message: str) -> None:
         self.inner.warning(run_id, path, self.redact(message))
+
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        self.inner.tool_progress(run_id, path, server, tool, progress, total, self.redact(message))
+
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        self.inner.elicitation(run_id, path, server, self.redact(message), schema, on_terminal)
+
+    def elicitation_done(self, run_id: str, path: str, server: str) -> None:
+        self.inner.elicitation_done(run_id, path, server)
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        self.inner.server_log(run_id, path, server, level, logger, self._value(data))
 
     def run_finished(self, run_id: str, status: str, elapsed: float, tokens: int, error: str) -> None:
         self.inner.run_finished(run_id, status, elapsed, tokens, self.redact(error) if error else error)

@@ -77,6 +77,8 @@ class _Printer:
                 self._model(entry)
             elif entry.record.kind == "tool":
                 self._tool(entry)
+            elif entry.record.kind == "log":
+                self._log(entry)
             else:
                 self._wait(entry)
 
@@ -214,6 +216,14 @@ class _Printer:
                 self._text("text:", str(part.get("text", "")), "    ")
             else:
                 click.echo(f"    {part_name(part)}")
+
+    def _log(self, entry: TranscriptEntry) -> None:
+        """A log message an MCP server sent during a tool call of the step (`notifications/message`)."""
+        e = entry.record
+        where = e.request if isinstance(e.request, dict) else {}
+        source = f"{where.get('server')}/{where.get('logger')}" if where.get("logger") else str(where.get("server"))
+        self._head(entry, f"log {where.get('level')} from server {source}")
+        self._body("data:", e.response)
 
     def _wait(self, entry: TranscriptEntry) -> None:
         e = entry.record

@@ -56,6 +56,12 @@ def check_definitions(ctx: CheckContext) -> Iterator[Diagnostic]:
     for name, agent in agents.items():
         if isinstance(agent, dict):
             yield from _check_agent(ctx, name, agent, models, servers)
+    for name, server in servers.items():  # `sampling: {model: …}` answers the server's sampling requests
+        sampling = server.get("sampling") if isinstance(server, dict) else None
+        model = sampling.get("model") if isinstance(sampling, dict) else None
+        if isinstance(model, str) and model not in models:
+            path = (*ctx.index.servers_path(), name, "sampling", "model")
+            yield cat.unknown_ref(cat.UNKNOWN_MODEL, "model", ctx.span(path), model, models)
 
 
 def _check_tool_ref(ctx: CheckContext, ref: str, path: JsonPath, servers: dict[str, Any]) -> Iterator[Diagnostic]:

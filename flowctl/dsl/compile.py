@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 from flowctl.dsl import ir
@@ -287,6 +288,12 @@ class _Compiler:
                 http_timeout=_optional_float(raw.get("http_timeout_seconds")),
                 stream_timeout=_optional_float(stream_timeout),
                 terminate_on_close=bool(raw.get("terminate_on_close", True)),
+                roots=tuple(_root(r, self.doc.file) for r in raw.get("roots") or () if isinstance(r, dict)),
+                sampling_model=(raw.get("sampling") or {}).get("model"),
+                sampling_max_concurrency=int((raw.get("sampling") or {}).get("max_concurrency", 4)),
+                elicitation_mode=_ELICITATION_MODES[(raw.get("elicitation") or {}).get("mode", "ask")],
+                log_level=raw.get("log_level"),
+                include_instructions=bool(raw.get("include_instructions", False)),
             )
         return servers
 
@@ -353,6 +360,22 @@ def _client_credentials(raw: Any) -> ir.ClientCredentials | None:
         issuer=raw.get("issuer"),
         auth_method=raw.get("token_endpoint_auth_method", "client_secret_basic"),
     )
+
+
+# fast-agent's spellings beside ours: `forms` asks a person, `auto-cancel` and `none` never do
+_ELICITATION_MODES = {"ask": "ask", "auto": "auto", "decline": "decline", "forms": "ask", "auto-cancel": "decline"}
+_ELICITATION_MODES["none"] = "decline"
+
+
+def _root(raw: dict[str, Any], file: str) -> tuple[str, str | None]:
+    """A root as the server sees it: `server_uri_alias` when given, else `uri`; a plain path becomes a file:// URI
+    (relative to the pipeline file's folder)."""
+    uri = str(raw.get("server_uri_alias") or raw.get("uri") or "")
+    if "://" not in uri:
+        base = Path(file).resolve().parent if file and not file.startswith("<") else Path.cwd()
+        uri = (base / uri).resolve().as_uri()
+    name = raw.get("name")
+    return uri, str(name) if name is not None else None
 
 
 def _seconds(value: Any, default: float) -> float:

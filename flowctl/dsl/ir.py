@@ -384,6 +384,13 @@ class ServerDef:
     http_timeout: float | None = None  # connect/write timeout of an HTTP server (mcp-agent's http_timeout_seconds)
     stream_timeout: float | None = None  # how long an HTTP/SSE stream may stay silent
     terminate_on_close: bool = True  # streamable HTTP: DELETE the session when the pool closes
+    # what the server may ask of flowctl (docs/agents.md, "MCP features")
+    roots: tuple[tuple[str, str | None], ...] = ()  # (file:// URI, name) offered on roots/list
+    sampling_model: str | None = None  # a key of `models`; None: the calling agent's model
+    sampling_max_concurrency: int = 4  # sampling requests answered at once for this server
+    elicitation_mode: str = "ask"  # ask (a person: the terminal or a signal) | auto (accept defaults) | decline
+    log_level: str | None = None  # logging/setLevel sent at start; notifications below it are dropped
+    include_instructions: bool = False  # the server's `instructions` join the system message of its agents
 
 
 @dataclass(frozen=True, slots=True)

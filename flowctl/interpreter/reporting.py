@@ -97,4 +97,23 @@ class Reporter:
     def warning(self, run_id: str, path: str, message: str) -> None:
         """Something the run worked around and the user should know (an optional server that could not start)."""
 
+    def tool_progress(
+        self, run_id: str, path: str, server: str, tool: str, progress: float, total: float | None, message: str
+    ) -> None:
+        """An MCP server reported progress on a tool call of the step (`notifications/progress`)."""
+
+    def elicitation(
+        self, run_id: str, path: str, server: str, message: str, schema: dict[str, Any], on_terminal: bool
+    ) -> None:
+        """An MCP server asks a person (`elicitation/create`): on the terminal (a form on stderr follows: a status
+        line must keep away until `elicitation_done`), or else the run waits for `flowctl signal RUN elicitation
+        --data '{…}'` (a `waiting` for the event `elicitation` follows)."""
+
+    def elicitation_done(self, run_id: str, path: str, server: str) -> None:
+        """The terminal form of an elicitation was answered."""
+
+    def server_log(self, run_id: str, path: str, server: str, level: str, logger: str, data: Any) -> None:
+        """An MCP server logged a message (`notifications/message`) at or above its `log_level`, during (or after)
+        a tool call of the step."""
+
     def close(self) -> None: ...

@@ -162,11 +162,23 @@ class _CompositeToolPool:
     async def get_prompt(self, server: ir.ServerDef, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
         return await self._pool(server).get_prompt(server, name, arguments)
 
+    def tools_generation(self, server: ir.ServerDef) -> int:
+        generation = getattr(self._pool(server), "tools_generation", None)
+        return generation(server) if generation is not None else 0
+
+    async def instructions(self, server: ir.ServerDef) -> str | None:
+        read = getattr(self._pool(server), "instructions", None)
+        return await read(server) if read is not None else None
+
     async def aclose(self) -> None:
         await self.real.aclose()
 
 
 def _uses_events(graph: ir.Graph) -> bool:
+    """Whether a run of the graph may wait for events: triggers, `wait` steps, and MCP servers whose elicitation
+    requests wait for `flowctl signal RUN elicitation` when no terminal answers them."""
+    if any(server.elicitation_mode == "ask" for server in graph.servers.values()):
+        return True
     pipelines = [graph.root, *graph.pipelines.values(), *(g.root for g in graph.children.values())]
     for pipeline in pipelines:
         if any(t.kind is ir.TriggerKind.EVENT for t in pipeline.triggers):

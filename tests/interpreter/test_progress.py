@@ -201,3 +201,25 @@ def test_streamed_text_and_model_calls_are_masked_even_split_across_pieces() -> 
     text = out.getvalue()
     assert secret not in text and "the key is *** and more" in text
     assert str(failure) == f"server said {secret}"  # the run's own error is left as it was
+
+
+def test_mcp_progress_shows_in_the_status_line_and_an_elicitation_form_pauses_it() -> None:
+    out = io.StringIO()
+    reporter = TtyReporter(out, store=" --store runs.db")
+    reporter.run_started("r-1", "p", False)
+    reporter.step_started("r-1", "fetch", "tool", 1)
+    reporter.tool_progress("r-1", "fetch", "files", "download", 3, 12, "chunk 3")
+    assert "fetch (download 3/12 chunk 3)" in reporter.status(120)
+    reporter.elicitation("r-1", "fetch", "files", "Which file?", {"properties": {"name": {"type": "string"}}}, True)
+    drawn = reporter.draws
+    with reporter._lock:
+        reporter._draw()  # the ticker's draw: nothing while the form is on the terminal
+    assert reporter.draws == drawn
+    reporter.elicitation_done("r-1", "fetch", "files")
+    assert reporter.draws == drawn + 1
+    schema = {"properties": {"name": {"type": "string"}, "count": {"type": "integer"}}}
+    reporter.elicitation("r-1", "fetch", "files", "Which file?", schema, False)
+    reporter.close()
+    text = out.getvalue()
+    assert "? fetch: server 'files' asks: Which file?" in text
+    assert """flowctl signal r-1 elicitation --store runs.db --data '{"name": "…", "count": 0}'""" in text

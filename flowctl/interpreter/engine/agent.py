@@ -26,12 +26,15 @@ from flowctl.interpreter.engine.agent_choice import chosen_agent, parameterised_
 from flowctl.interpreter.engine.context import RunContext, Scope
 from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
 from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages, server_prompt
+from flowctl.interpreter.engine.server_requests import CallHooks
 from flowctl.interpreter.engine.servers import list_agent_tools
+from flowctl.interpreter.engine.tool_content import media_message, media_parts
 from flowctl.interpreter.errors import (
     FlowctlError,
     MalformedResponse,
     MaxIterationsExceeded,
     OutputSchemaMismatch,
+    ServerStartError,
     ToolCallError,
 )
 from flowctl.interpreter.meters import meter_usage
@@ -46,7 +49,7 @@ from flowctl.interpreter.providers.llm import (
     parse_structured_output,
 )
 from flowctl.interpreter.providers.streaming import TEXT_SINK
-from flowctl.interpreter.tools import ToolResult
+from flowctl.interpreter.tools import TOOL_HOOKS, ToolResult
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -177,6 +180,33 @@ async def _agent_tools(ctx: RunContext, agent: AgentDef, path: str) -> dict[str,
     return name_tools([(server, spec) for server, spec in found if allows(agent, server.name, spec.name)])
 
 
+def _tools_generation(ctx: RunContext, agent: AgentDef) -> int:
+    """How often the agent's servers said their tools changed (0 for a pool that cannot tell)."""
+    generation = getattr(ctx.runtime.tools, "tools_generation", None)
+    if generation is None:
+        return 0
+    return sum(generation(ctx.graph.servers[name]) for name in agent.servers) + 1
+
+
+async def _server_instructions(ctx: RunContext, agent: AgentDef) -> str:
+    """The `instructions` of the agent's servers that have `include_instructions: true`, for its system message."""
+    read = getattr(ctx.runtime.tools, "instructions", None)
+    texts = []
+    for name in dict.fromkeys(agent.servers):
+        server = ctx.graph.servers[name]
+        if not server.include_instructions or read is None:
+            continue
+        try:
+            text = await read(server)
+        except ServerStartError:
+            if server.optional:  # left out of this step with a warning already (engine/servers.py)
+                continue
+            raise
+        if text:
+            texts.append(f"\n\nInstructions of the MCP server {name!r}:\n{text}")
+    return "".join(texts)
+
+
 # --- journaled side effects ----------------------------------------------------------------------------------------
 
 
@@ -242,6 +272,8 @@ async def call_tool(
     counter: _CallCounter,
     *,
     journal_errors: bool = True,
+    model: ModelDef | None = None,
+    agent: str = "",
 ) -> ToolResult:
     """One journaled MCP tool call (agents and `tool:` steps share it, and the run's one session per server).
 
@@ -263,12 +295,15 @@ async def call_tool(
         return replayed
     started, began = runtime.clock.now(), runtime.clock.monotonic()
     _tell_if_held_back(ctx, path)
+    hooks = TOOL_HOOKS.set(CallHooks(ctx, path, _CallCounter(key), model, agent))
     try:
         async with runtime.limiter:
             result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
     except FlowctlError as exc:
         saw_tool_call(ctx, path, key, server, tool, arguments, None, exc, started, runtime.clock.monotonic() - began)
         raise
+    finally:
+        TOOL_HOOKS.reset(hooks)
     saw_tool_call(ctx, path, key, server, tool, arguments, result, None, started, runtime.clock.monotonic() - began)
     if journal_errors or not result.is_error:
         journal.record(ctx.run_id, key, digest, result.to_json())
@@ -323,10 +358,16 @@ async def run_agent(
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
     tools = await _agent_tools(ctx, agent, path) if agent.servers else {}
+    if agent.servers and (given_instructions := await _server_instructions(ctx, agent)):
+        messages[0] = Message("system", f"{messages[0].content}{given_instructions}")
+    generation = _tools_generation(ctx, agent) if agent.servers else 0  # 0: nothing to watch
     called: list[str] = []  # server.tool of each tool call, for the max_iterations message
     bad: _BadArguments | None = None
-    specs = tuple(t.spec for t in tools.values()) if tools else ()  # the same every turn
+    specs = tuple(t.spec for t in tools.values()) if tools else ()  # the same every turn (unless a server's change)
     for _ in range(agent.max_iterations):
+        if generation and generation != (now := _tools_generation(ctx, agent)):  # notifications/tools/list_changed
+            generation, tools = now, await _agent_tools(ctx, agent, path)
+            specs = tuple(t.spec for t in tools.values())
         # positional: keyword arguments cost a dataclass __init__ ~0.2 µs more per call
         # (model, messages, tools, output_schema, params, timeout, agent, step)
         request = CompletionRequest(
@@ -371,7 +412,7 @@ async def run_agent(
             return parse_structured(response.content, schema, model.model) if schema else response.content
         messages.append(Message("assistant", response.content, response.tool_calls))
         bad = bad or _BadArguments(agent, model)
-        messages.extend(await _run_tool_calls(ctx, tools, response.tool_calls, counter, called, bad))
+        messages.extend(await _run_tool_calls(ctx, tools, response.tool_calls, counter, called, bad, model, agent.name))
     last = ", ".join(called[-3:]) or "none"
     raise MaxIterationsExceeded(
         f"agent {agent.name!r} reached max_iterations={agent.max_iterations} without a "
@@ -419,9 +460,13 @@ async def _run_tool_calls(
     counter: _CallCounter,
     called: list[str],
     bad: _BadArguments,
+    model: ModelDef | None = None,
+    agent: str = "",
 ) -> list[Message]:
-    """Run a turn's tool calls concurrently; the replies keep the model's order."""
+    """Run a turn's tool calls concurrently; the replies keep the model's order, and the images and audio they
+    returned follow in one user message (engine/tool_content.py)."""
     replies: list[Message | None] = [None] * len(calls)
+    media: list[tuple[str, str, list[dict[str, Any]]] | None] = [None] * len(calls)
     keys = [counter.key("turn") for _ in calls]  # reserve indices so concurrent calls keep stable journal keys
     parsed = [bad.parse(call) if call.name in tools else None for call in calls]  # fails before any tool runs
 
@@ -434,14 +479,20 @@ async def _run_tool_calls(
         else:
             assert arguments is not None
             called.append(f"{tool.server.name}.{tool.name}")
-            result = await call_tool(ctx, tool.server, tool.name, arguments, _CallCounter(keys[i]))
+            result = await call_tool(
+                ctx, tool.server, tool.name, arguments, _CallCounter(keys[i]), model=model, agent=agent
+            )
             text = _reply_text(result)
+            found = media_parts(result) if result.parts else None
+            if found:
+                media[i] = (call.id, call.name, found)
         replies[i] = Message("tool", text, tool_call_id=call.id)
 
     async with task_group() as tg:
         for i, call in enumerate(calls):
             tg.start_soon(one, i, call)
-    return [r for r in replies if r is not None]
+    attached = media_message([m for m in media if m is not None])
+    return [r for r in replies if r is not None] + ([attached] if attached is not None else [])
 
 
 def _reply_text(result: ToolResult) -> str:

@@ -68,6 +68,7 @@ class Runtime:
     child_started_at: dict[str, float] = field(default_factory=dict)  # child run id → when it first started
     now_calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (run id, step path) → `now()` calls
     warned: set[tuple[str, str]] = field(default_factory=set)  # (run id, server): optional servers reported missing
+    server_limits: dict[str, Any] = field(default_factory=dict)  # per MCP server: its sampling semaphore
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)

@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import IO
@@ -27,6 +27,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from flowctl.dsl.ir import ClientCredentials, ServerDef, Transport
 from flowctl.dsl.variables import expand
 from flowctl.interpreter.errors import ServerAuthError, ServerCrashed, ServerStartError
+from flowctl.interpreter.mcp.requests import ServerRequests
 from flowctl.interpreter.mcp.transports import (
     KILL_GRACE_SECONDS,
     STOP_GRACE_SECONDS,
@@ -85,9 +86,11 @@ class _MemoryTokens:
 class Connection:
     """One server session, owned by the task running `run()`; other tasks use `session` meanwhile."""
 
-    def __init__(self, server: ServerDef, launch: Launch) -> None:
+    def __init__(self, server: ServerDef, launch: Launch, on_tools_changed: Callable[[], None] = lambda: None) -> None:
         self.server = server
         self.launch = launch
+        self.requests = ServerRequests(server, on_tools_changed)  # what the server asks of us, and tells us
+        self.instructions: str | None = None  # from `initialize`
         self.ready = anyio.Event()  # started, or failed to start
         self.ended = anyio.Event()  # the transport is closed and the process reaped
         self.start_error: ServerStartError | None = None
@@ -146,9 +149,14 @@ class Connection:
         with anyio.CancelScope(deadline=deadline) as self._life:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._open_transport(errlog))
-                session = ClientSession(read, write, client_info=CLIENT_INFO)
+                session = ClientSession(read, write, client_info=CLIENT_INFO, **self.requests.session_callbacks())
                 await stack.enter_async_context(session)
-                await session.initialize()
+                initialized = await session.initialize()
+                self.instructions = initialized.instructions
+                if self.server.log_level is not None and initialized.capabilities.logging is not None:
+                    with suppress(MCPError), warnings.catch_warnings():  # 2026-07-28 servers take it per request
+                        warnings.simplefilter("ignore")
+                        await session.set_logging_level(self.server.log_level)  # type: ignore[arg-type]
                 self._life.deadline = math.inf
                 self._session = session
                 self.ready.set()

@@ -6,16 +6,16 @@ the mcp SDK's transports and sessions are async context managers that must be en
 callers talk to the session object from their own tasks. One session's life is connection.py; the stdio
 process and the HTTP client under it are transports.py.
 
-This module, connection.py and transports.py are the only ones that import `mcp` (~0.6 s): `flowctl validate`
-never loads them.
+This module, connection.py, requests.py and transports.py are the only ones that import `mcp` (~0.6 s):
+`flowctl validate` never loads them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -27,11 +27,13 @@ from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.concurrency import primary_error
 from flowctl.interpreter.errors import ServerStartError, ToolCallError, ToolTimeout
 from flowctl.interpreter.mcp.connection import Connection, describe, launch_for
-from flowctl.interpreter.tools import ToolResult, ToolSpec
+from flowctl.interpreter.mcp.requests import Activity
+from flowctl.interpreter.tools import TOOL_HOOKS, ToolResult, ToolSpec
 
 MAX_SESSIONS_PER_SERVER = 2  # the first start and one restart after a crash
 
 ServerKey = tuple[str, str]
+T = TypeVar("T")
 
 
 class McpPool:
@@ -47,6 +49,8 @@ class McpPool:
         self._connections: dict[ServerKey, Connection] = {}  # the current one per server
         self._every_connection: list[Connection] = []  # crashed ones too: aclose waits for all
         self._starts: dict[ServerKey, int] = {}
+        self._idempotent: dict[ServerKey, frozenset[str]] = {}  # tools annotated `idempotentHint: true`
+        self._generations: dict[ServerKey, int] = {}  # bumped by notifications/tools/list_changed
         self._list_locks: dict[ServerKey, anyio.Lock] = {}
         self._closed = False
 
@@ -91,11 +95,18 @@ class McpPool:
         # The SDK validates structured output against the schema from its own tools/list, which reads one page
         # only (and lists again on every call for a tool on a later page): every page is listed once here first.
         await self._listing(connection)
-        idempotent = tool in server.idempotent_tools
+        idempotent = tool in server.idempotent_tools or tool in self._idempotent.get(_key(server), ())
         result: mcp_types.CallToolResult | None = None
+        activity = Activity(tool, TOOL_HOOKS.get())
+        requests = connection.requests
+        requests.begin(activity)
         try:
-            with self._clock.move_on_after(server.read_timeout):
-                result = await connection.session.call_tool(tool, arguments)
+            progress = requests.progress_for(activity)
+            result = await self._idle_bounded(
+                lambda: connection.session.call_tool(tool, arguments, progress_callback=progress),
+                server.read_timeout,
+                activity,
+            )
         except MCPError as exc:
             if connection.http.refused is not None:  # a token that expired or was revoked mid-run
                 raise connection.auth_error(f"tool {tool!r}") from exc
@@ -108,9 +119,12 @@ class McpPool:
             raise ToolCallError(
                 f"{_who(server, tool)} gave an invalid answer: {describe(exc)}", span=server.span
             ) from exc
+        finally:
+            requests.end(activity)
         if result is None:
             raise ToolTimeout(
-                f"{_who(server, tool)} did not answer within {server.read_timeout:g}s (outcome unknown)",
+                f"{_who(server, tool)} did not answer within {server.read_timeout:g}s nor report progress "
+                "(outcome unknown)",
                 idempotent=idempotent,
                 span=server.span,
             )
@@ -163,6 +177,46 @@ class McpPool:
             )
         return result
 
+    async def _idle_bounded(self, call: Callable[[], Awaitable[T]], idle: float, activity: Activity) -> T | None:
+        """The call's answer, or None when it went `idle` seconds without a sign of life (progress, or the end of a
+        sampling/elicitation answer; none is expected while one is pending)."""
+        outcome: list[T] = []
+        failure: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                try:
+                    outcome.append(await call())
+                except Exception as exc:  # raised below, outside the task group (no exception group)
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            while True:
+                activity.poked = anyio.Event()
+                with self._clock.move_on_after(idle) as scope:
+                    await activity.poked.wait()
+                if scope.cancelled_caught and not activity.held:
+                    tg.cancel_scope.cancel()
+                    break
+        if failure:
+            raise failure[0]
+        return outcome[0] if outcome else None
+
+    def tools_generation(self, server: ServerDef) -> int:
+        """How many times the server said its tools changed (`notifications/tools/list_changed`) in this run."""
+        return self._generations.get(_key(server), 0)
+
+    async def instructions(self, server: ServerDef) -> str | None:
+        """The server's `instructions` from `initialize` (starting it if need be)."""
+        return (await self._connect(server)).instructions
+
+    def _tools_changed(self, key: ServerKey) -> None:
+        self._generations[key] = self._generations.get(key, 0) + 1
+        connection = self._connections.get(key)
+        if connection is not None:  # listed again on next use
+            connection.tools = None
+
     def is_up(self, server: ServerDef) -> bool:
         """Whether the server's session is started or starting and not known to be gone (crashed, exited, stopped):
         lets a caller wait for the pool to notice a server's exit instead of guessing how long that takes."""
@@ -181,13 +235,20 @@ class McpPool:
     # --- sessions -----------------------------------------------------------------------------------------
 
     async def _listing(self, connection: Connection) -> list[ToolSpec]:
-        """Every page of the session's tools/list, fetched once per session."""
+        """Every page of the session's tools/list, fetched once per session, and again after the server said its
+        tools changed (`notifications/tools/list_changed`)."""
         if connection.tools is not None:  # the common case: no lock, no checkpoint per call
             return connection.tools
-        async with self._list_locks.setdefault(_key(connection.server), anyio.Lock()):
-            if connection.tools is None:
-                connection.tools = await self._fetch_tools(connection)
-        return connection.tools
+        key = _key(connection.server)
+        async with self._list_locks.setdefault(key, anyio.Lock()):
+            tools = connection.tools
+            if tools is None:
+                generation = self._generations.get(key, 0)
+                tools = await self._fetch_tools(connection)
+                self._idempotent[key] = frozenset(t.name for t in tools if t.idempotent)
+                if generation == self._generations.get(key, 0):  # else changed meanwhile: list again next time
+                    connection.tools = tools
+        return tools
 
     async def _connect(self, server: ServerDef) -> Connection:
         """The server's live session, started on first use (and once more after a crash)."""
@@ -211,7 +272,7 @@ class McpPool:
             assert connection is not None
             raise _gave_up(server, connection)
         launch = launch_for(server, self._env)  # raises ServerStartError for an unset variable
-        connection = Connection(server, launch)
+        connection = Connection(server, launch, lambda: self._tools_changed(key))
         self._connections[key] = connection
         self._every_connection.append(connection)
         self._starts[key] = self._starts.get(key, 0) + 1
@@ -264,7 +325,9 @@ async def _list_all_tools(session: ClientSession) -> list[ToolSpec]:
     while True:
         params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
         page = await session.list_tools(params=params)
-        tools.extend(ToolSpec(t.name, t.description or "", t.input_schema) for t in page.tools)
+        tools.extend(
+            ToolSpec(t.name, t.description or "", t.input_schema, _idempotent_hint(t.annotations)) for t in page.tools
+        )
         cursor = page.next_cursor
         if not cursor:
             return tools
@@ -273,28 +336,54 @@ async def _list_all_tools(session: ClientSession) -> list[ToolSpec]:
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
+def _idempotent_hint(annotations: mcp_types.ToolAnnotations | None) -> bool:
+    return bool(annotations is not None and annotations.idempotent_hint)
+
+
 def _key(server: ServerDef) -> ServerKey:
     return (server.span.file, server.name)
 
 
 def _tool_result(result: mcp_types.CallToolResult) -> ToolResult:
-    """Text blocks joined; value is the structured content when sent, else that text (never JSON-decoded)."""
+    """Text blocks joined (other blocks named); value is the structured content when sent, else that text (never
+    JSON-decoded) — or, when there is more than text (images, audio, resources), `{"text", "content"}` with every
+    block as MCP JSON, so a `tool:` step's output keeps the data whole."""
     text = "\n".join(_block_text(block) for block in result.content)
-    value = result.structured_content if result.structured_content is not None else text
+    value: Any = result.structured_content if result.structured_content is not None else text
     parts: tuple[dict[str, Any], ...] = ()
     if any(getattr(block, "type", "text") != "text" for block in result.content):  # more than text: keep each block
         parts = tuple(block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content)
+        if result.structured_content is None:
+            value = {"text": text, "content": list(parts)}
     return ToolResult(text=text, value=value, is_error=bool(result.is_error), parts=parts)
 
 
 def _block_text(block: Any) -> str:
+    """What the model reads for a content block: text as is; anything else named with what identifies it (the data
+    itself stays in `parts`, and images and audio reach the model as media: engine/tool_content.py)."""
     text = getattr(block, "text", None)
     if isinstance(text, str):
         return text
-    resource_text = getattr(getattr(block, "resource", None), "text", None)
-    if isinstance(resource_text, str):
-        return resource_text
-    return f"[{getattr(block, 'type', 'content')}]"
+    kind = getattr(block, "type", "content")
+    mime = getattr(block, "mime_type", None)
+    if kind in ("image", "audio"):
+        return f"[{kind} {mime or '?'}, {_size(len(getattr(block, 'data', '') or '') * 3 // 4)}]"
+    if kind == "resource_link":
+        name = getattr(block, "name", "") or ""
+        return f"[resource_link {name + ' ' if name else ''}{block.uri}{' ' + mime if mime else ''}]"
+    resource = getattr(block, "resource", None)
+    if resource is not None:
+        resource_text = getattr(resource, "text", None)
+        if isinstance(resource_text, str):
+            return resource_text
+        mime = getattr(resource, "mime_type", None)
+        size = len(getattr(resource, "blob", "") or "") * 3 // 4
+        return f"[resource {resource.uri}{' ' + mime if mime else ''}, {_size(size)}]"
+    return f"[{kind}]"
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.0f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
 
 
 def _gave_up(server: ServerDef, connection: Connection) -> ServerStartError:

@@ -4,17 +4,22 @@ headers, credentials and timeouts, watching for a server that refuses the creden
 
 Stdio servers run under this small transport rather than `mcp.stdio_client`: the SDK's keeps the process to itself,
 and flowctl needs its exit code (start failures and crashes name it) and the moment its stdout closes (to tell a
-crash from a tool error). Its shutdown follows the SDK's: close stdin, wait, then kill the process group.
+crash from a tool error). Its shutdown follows the SDK's: close stdin, wait, then kill the process group. On Linux
+the process also dies with flowctl when flowctl cannot stop it (SIGKILL, OOM killer): PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,7 +82,7 @@ async def stdio_transport(
 ) -> AsyncIterator[Streams]:
     """Spawn a stdio server in its own process group and bridge its pipes to the session's streams."""
     with anyio.CancelScope(shield=True):  # a cancel landing right after the spawn would leak the process
-        process = await anyio.open_process(argv, env=env, cwd=cwd, stderr=errlog, start_new_session=True)
+        process = await _spawn(argv, env, cwd, errlog)
     state.process = process
     to_session, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)
@@ -92,6 +97,55 @@ async def stdio_transport(
                 for stream in (from_server, to_server, to_session, from_session):
                     await stream.aclose()
             task_group.cancel_scope.cancel()
+
+
+async def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, errlog: IO[bytes]) -> anyio.abc.Process:
+    """The server process, in its own process group; on Linux it gets SIGTERM when flowctl dies, however it dies
+    (SIGTERM rather than SIGKILL so a launcher such as `npx` can pass it on to the server it started)."""
+    preexec = _die_with_parent() if sys.platform == "linux" else None
+    if preexec is not None:
+        from anyio._core._eventloop import get_async_backend
+
+        try:  # anyio's asyncio backend hands extra keywords to subprocess.Popen
+            return await get_async_backend().open_process(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        except TypeError:  # another backend: no preexec hook there
+            pass
+    return await anyio.open_process(argv, env=env, cwd=cwd, stderr=errlog, start_new_session=True)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function asking the kernel to SIGTERM the child when its parent dies (None without libc's prctl)."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # flowctl died between fork and prctl: the signal will never come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+@cache
+def _prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 async def _pump_stdout(
@@ -202,16 +256,17 @@ class HttpSettings:
     """How to talk to a remote server: headers, credentials and the timeouts."""
 
     headers: dict[str, str]
-    read_timeout: float  # the per-call timeout: httpx's own read timeout must outlast it
+    read_timeout: float  # the per-call idle timeout (bounds every request; progress notifications reset it)
     connect_timeout: float | None = None  # connect/write/pool (default 30 s)
-    stream_timeout: float | None = None  # how long a stream may stay silent (default: the call's timeout + 30 s)
+    stream_timeout: float | None = None  # how long a stream may stay silent (default: no limit of httpx's own)
     auth: httpx2.Auth | None = None
     terminate_on_close: bool = True
 
 
 def _timeout(settings: HttpSettings) -> httpx2.Timeout:
-    read = settings.stream_timeout or max(300.0, settings.read_timeout + 30.0)
-    return httpx2.Timeout(settings.connect_timeout or 30.0, read=read)
+    """No read timeout of httpx's own unless `stream_timeout` asks for one: every request is bounded by ours (a tool
+    call's idle timeout, held while flowctl answers the server's elicitation, which may take a person hours)."""
+    return httpx2.Timeout(settings.connect_timeout or 30.0, read=settings.stream_timeout)
 
 
 @asynccontextmanager

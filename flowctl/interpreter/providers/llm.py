@@ -42,9 +42,15 @@ class Message:
     tool_calls: tuple[ToolCallRequest, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    # content parts beside the text, in OpenAI chat format ({"type": "image_url", …}, {"type": "input_audio", …}):
+    # when present, `content` is sent as a list (the text first, as a text part)
+    parts: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        content: Any = self.content
+        if self.parts:
+            content = ([{"type": "text", "text": self.content}] if self.content else []) + list(self.parts)
+        data: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
             data["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -112,7 +118,7 @@ class CompletionRequest:
             # {"messages":[{"content":…,"role":…},…],"model":…,"output_schema":…,"params":…,"tools":[]}
             messages = []
             for m in self.messages:
-                if m.tool_calls or m.tool_call_id is not None or m.name is not None:
+                if m.tool_calls or m.tool_call_id is not None or m.name is not None or m.parts:
                     return None
                 content = "null" if m.content is None else _ascii_string(m.content)
                 messages.append('{"content":' + content + ',"role":' + _ascii_string(m.role) + "}")
