@@ -59,6 +59,9 @@ class RunOptions:
     # tune the process for runs while this one is in flight (the garbage collector's thresholds, the GIL switch
     # interval; engine/tuning.py): process-wide settings, so the CLI's opt-in, never an embedder's surprise
     tune_process: bool = False
+    # who the run's claim names (default `host:pid`, judged alive by its process on this host); a worker names itself
+    # (`NAME@HOST:PID`) so that its claims are judged by their heartbeat alone (flowctl/scale/worker.py)
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -193,7 +196,7 @@ async def run_graph(
     run_id = run_id or new_run_id()
     clock = options.clock
     redactor = options.redactor if options.redactor is not None else redactor_for((graph,), options.env)
-    recorder = Recorder(store, redactor, this_process(), clock=clock)
+    recorder = Recorder(store, redactor, options.owner or this_process(), clock=clock)
     journal = Journal(recorder, resuming=resuming, force=options.force, cache=options.cache)
     previous = store.get_run(run_id) if resuming else None  # what a refused resume leaves as it was
     try:
