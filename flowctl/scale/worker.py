@@ -67,6 +67,7 @@ class Worker:
         self.state = "running"
         self.app: App = queue.make_app(config.queue_url, max_size=max(2, config.concurrency // 4 + 2))
         self.graphs: dict[str, Any] = {}  # submission digest → compiled graph
+        self.stores: dict[str, Any] = {}  # run id → the store its run writes through
         self.conn: Any = None
 
     # --- the process --------------------------------------------------------------------------------------------
@@ -157,15 +158,19 @@ class Worker:
             await manager.prune_stalled_workers(self.config.lease * 3)
 
     async def _watchdog(self) -> None:
-        """A loop that stood still past the lease (SIGSTOP, a suspended VM) means the claims may be someone else's:
-        stop before paying for another call."""
+        """A loop that stood still past the lease (SIGSTOP, a suspended VM, a starved CPU) means the claims may be
+        someone else's: before another call is paid for, ask the store, and stop if one was taken over."""
         tick = min(1.0, self.config.lease / 10)
         last = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
             if now - last > self.config.lease:
-                self.fence(f"frozen for {now - last:.1f} s, longer than the lease ({self.config.lease:g} s)")
+                lost = [r for r, store in list(self.stores.items()) if store.liveness(r).owner != self.owner]
+                if lost:
+                    self.fence(
+                        f"stood still for {now - last:.1f} s, past the lease; run {lost[0]} is not ours any more"
+                    )
             last = now
 
     def fence(self, why: str) -> None:
@@ -191,6 +196,7 @@ class Worker:
         store = None
         try:
             store = await asyncio.to_thread(self._open_store)
+            self.stores[run_id] = store
             return await self._run(store, graph, request)
         except ClaimLost:
             self.fence(f"run {run_id}: the store refused a write (another worker holds its claim now)")
@@ -203,6 +209,7 @@ class Worker:
             raise
         finally:
             self.holding.pop(run_id).set()
+            self.stores.pop(run_id, None)
             if store is not None:
                 await asyncio.to_thread(store.close)
 

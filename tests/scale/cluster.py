@@ -72,6 +72,8 @@ class WorkerProcess:
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
     log: list[str] = field(default_factory=list)
     owner: str = ""
+    lease: float = 10.0
+    revived: bool = False
 
     def read(self) -> list[str]:
         while True:
@@ -106,7 +108,7 @@ class Cluster:
         process = subprocess.Popen(
             argv, env=self.env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        worker = WorkerProcess(name, process)
+        worker = WorkerProcess(name, process, lease=lease)
         assert process.stdout is not None
         stdout = process.stdout
 
@@ -119,6 +121,15 @@ class Cluster:
         ready = wait_for(f"worker {name} ready", lambda: [line for line in worker.read() if " ready:" in line])
         worker.owner = ready[0].split("(", 1)[1].split(")", 1)[0]
         return worker
+
+    def revive(self) -> None:
+        """Start again a worker that fenced itself (exit 75) as a supervisor would (systemd `Restart=`), except the
+        one a test froze on purpose."""
+        for worker in list(self.workers):
+            if worker.process.poll() == 75 and worker.name != "victim" and not worker.revived:
+                worker.revived = True
+                print(f"--- worker {worker.name} fenced itself ---", *worker.read(), sep="\n")
+                self.start_worker(worker.name, lease=worker.lease)
 
     def stop_all(self) -> None:
         for worker in self.workers:  # shown by pytest when the test failed
@@ -137,6 +148,7 @@ class Cluster:
     # --- the store, read as `flowctl show` reads it ------------------------------------------------------------
 
     def read(self, look: Callable[[Any], Any]) -> Any:
+        self.revive()
         store = open_store(self.store, access="read")
         try:
             return look(store)

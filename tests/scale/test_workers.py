@@ -158,8 +158,11 @@ def check_outcome(cluster: Cluster, server: Any, result: dict[str, Any]) -> None
     repeated = duplicates(server)
     distinct = RUNS * CALLS_PER_RUN
     assert server.request_count == distinct + sum(repeated.values())
-    # only calls in flight on the lost worker were asked again: at most a fan-out's width per run it held
-    assert sum(repeated.values()) <= FAN_WIDTH * len(result["in_flight"])
+    # only calls in flight when a run changed hands were asked again: at most a fan-out's width per takeover (the
+    # lost worker's runs; on a loaded machine a worker starved past its lease may lose one too, and is fenced)
+    takeovers = sum(1 for w in cluster.workers for line in w.read() if line.endswith(": resumed"))
+    assert takeovers >= len(result["in_flight"])
+    assert sum(repeated.values()) <= FAN_WIDTH * takeovers
 
 
 def test_a_killed_worker_s_runs_are_resumed_by_the_others(cluster: tuple[Cluster, Any]) -> None:
