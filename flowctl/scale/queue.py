@@ -51,17 +51,29 @@ def prepare(url: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def submit(conn: psycopg.Connection[Any], url: str, submission: sources.Submission, run_id: str, inputs: Any) -> int:
-    """Store the submission and the run request, then queue it; returns the job's id."""
+def submit(
+    conn: psycopg.Connection[Any],
+    url: str,
+    submission: sources.Submission,
+    run_id: str,
+    inputs: Any,
+    *,
+    app: App | None = None,
+) -> int:
+    """Store the submission and the run request, then queue it (through `app` when given, opened); returns the
+    job's id."""
     sources.store(conn, submission)
     conn.execute(
         "INSERT INTO flowctl_scale_runs (run_id, source, inputs, flowctl_version, journal_format)"
         " VALUES (%s, %s, %s, %s, %s)",
         (run_id, submission.digest, json.dumps(inputs), __version__, JOURNAL_FORMAT),
     )
-    app = make_app(url, max_size=1)
-    with app.open():
+    if app is not None:
         job_id = enqueue(app, run_id)
+    else:
+        app = make_app(url, max_size=1)
+        with app.open():
+            job_id = enqueue(app, run_id)
     conn.execute("UPDATE flowctl_scale_runs SET job_id = %s WHERE run_id = %s", (job_id, run_id))
     return job_id
 

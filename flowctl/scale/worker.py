@@ -75,6 +75,7 @@ class Worker:
     async def serve(self) -> int:
         """Run until drained (0) or fenced (75)."""
         await asyncio.to_thread(lambda: queue.prepare(self.config.queue_url).close())
+        _import_what_runs_need()  # now, not in the first run: importing the SDKs holds the event loop for a second
         self.conn = await database.connect_async(self.config.queue_url)
         await self._register()
         self.app.task(
@@ -276,6 +277,12 @@ class Worker:
         if graph is None:
             raise ValueError(f"submission {digest[:12]}… does not compile here: {diagnostics[0]}")
         return graph
+
+
+def _import_what_runs_need() -> None:
+    import flowctl.interpreter.mcp.mcp_pool
+    import flowctl.interpreter.providers.openai_provider
+    import flowctl.interpreter.runner  # noqa: F401
 
 
 def run_worker(config: WorkerConfig) -> int:
