@@ -3,6 +3,7 @@
     python bench/run_benchmarks.py            # full: 10,000-branch fan-out, more repeats (a few minutes)
     python bench/run_benchmarks.py --quick    # smoke: smaller fan-out, fewer repeats (~15 s)
     python bench/run_benchmarks.py --only steps fanout --json results.json
+    python bench/run_benchmarks.py --only postgres [--store postgresql://user@host/db]   # PostgreSQL vs SQLite
 
 Each suite runs in a fresh interpreter (`--worker`), so one suite's garbage, caches and threads never bias
 another's. Exit status: 0 when every measured target is met, 1 otherwise (the table is printed either way).
@@ -28,6 +29,7 @@ if str(ROOT) not in sys.path:
 from bench.report import Row, render_markdown, render_table  # noqa: E402
 
 SUITE_ORDER = ("steps", "fanout", "memory", "startup", "validate", "provider")
+EXTRA_SUITES = ("postgres",)  # run when named by --only (or when --store names a server)
 _MARKER = "@@bench-rows@@"
 
 
@@ -90,18 +92,27 @@ def _revision() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller fan-out and fewer repeats (a smoke test)")
-    parser.add_argument("--only", nargs="+", choices=SUITE_ORDER, help="run only these suites")
+    parser.add_argument("--only", nargs="+", choices=SUITE_ORDER + EXTRA_SUITES, help="run only these suites")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="the PostgreSQL server of the postgres suite (postgresql://user@host/db; its user creates and drops a "
+        "database); default: a private server when PostgreSQL is installed",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown (for the README)")
-    parser.add_argument("--worker", choices=SUITE_ORDER, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SUITE_ORDER + EXTRA_SUITES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args.worker, args.quick)
 
+    if args.store:
+        os.environ["FLOWCTL_BENCH_PG"] = args.store  # the suite's process reads it (bench/postgres_suite.py)
+    suites = args.only or (SUITE_ORDER + EXTRA_SUITES if args.store else SUITE_ORDER)
     busy = _cpu_busy()
     started = time.perf_counter()
     rows: list[Row] = []
-    for name in args.only or SUITE_ORDER:
+    for name in suites:
         print(f"running {name} …", file=sys.stderr, flush=True)
         rows += run_suite(name, args.quick)
     elapsed = time.perf_counter() - started

@@ -6,6 +6,7 @@ fanout   makespan of a 10,000-branch fan-out with 50 ms simulated latency agains
 memory   tracemalloc peak per in-flight branch, flowctl against asyncio
 startup  `flowctl --version` wall time against `python -c pass`, and the modules it imports
 validate `flowctl validate` on a ~200-line pipeline, in process and as a command
+postgres per-step cost of the journal on PostgreSQL against SQLite, and its commit's round trip (postgres_suite.py)
 provider the real OpenAI provider against the bare `openai.AsyncOpenAI` client on a local server, 300 sequential and
          1,000 concurrent streamed calls (bench/provider_suite.py)
 """
@@ -468,6 +469,12 @@ def _validate_probe(path: Path, env: dict[str, str]) -> dict:  # type: ignore[ty
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _postgres_suite(quick: bool, workdir: Path) -> list[Row]:
+    from bench.postgres_suite import postgres_suite  # psycopg: only for this suite
+
+    return postgres_suite(quick, workdir)
+
+
 SUITES: dict[str, Callable[[bool, Path], list[Row]]] = {
     "steps": steps_suite,
     "fanout": fanout_suite,
@@ -475,4 +482,5 @@ SUITES: dict[str, Callable[[bool, Path], list[Row]]] = {
     "startup": startup_suite,
     "validate": validate_suite,
     "provider": provider_suite,
+    "postgres": _postgres_suite,
 }

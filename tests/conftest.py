@@ -52,3 +52,13 @@ def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
     with postgres.fresh_database(pg_server) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh run store as `--store` names it, once per kind: an SQLite file, and a fresh PostgreSQL database (for
+    the tests of the CLI and the interpreter that must hold on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -132,8 +132,8 @@ def test_graph_of_invalid_pipeline_exits_two_without_traceback(project: Path) ->
     assert "Traceback" not in result.output
 
 
-def test_run_offline_prints_outputs_and_journals(project: Path) -> None:
-    store = project / "runs.db"
+def test_run_offline_prints_outputs_and_journals(project: Path, store_url: str) -> None:
+    store = store_url
     result = scripted(
         "run",
         str(project / "greet.yaml"),
@@ -190,8 +190,8 @@ def test_run_invalid_pipeline_exits_two(project: Path) -> None:
     assert "invalid pipeline; nothing was run" in result.output
 
 
-def test_failed_run_exits_one_keeps_journal_and_says_how_to_resume(project: Path) -> None:
-    store = project / "runs.db"
+def test_failed_run_exits_one_keeps_journal_and_says_how_to_resume(project: Path, store_url: str) -> None:
+    store = store_url
     result = scripted("run", str(project / "greet.yaml"), project / "failing.fixture.yaml", store, "-i", "who=Ada")
     assert result.exit_code == 1
     assert "auth" in result.output.lower()
@@ -222,8 +222,8 @@ def test_invalid_fixture_is_a_usage_error_with_position(project: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_show_and_signal_unknown_run_exit_two(project: Path) -> None:
-    store = str(project / "runs.db")
+def test_show_and_signal_unknown_run_exit_two(project: Path, store_url: str) -> None:
+    store = store_url
     assert invoke("show", "r-nope", "--store", store).exit_code == 2
     assert invoke("signal", "r-nope", "approved", "--store", store).exit_code == 2
     assert invoke("resume", "r-nope", "--store", store).exit_code == 2
@@ -249,13 +249,13 @@ def test_runs_lists_root_runs_even_after_many_child_runs(tmp_path: Path) -> None
     assert [r["run_id"] for r in listed] == [json.loads(ran.output)["run_id"]]
 
 
-def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: Path) -> None:
+def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: Path, store_url: str) -> None:
+    from flowctl import open_store
     from flowctl.interpreter.persistence.owners import this_process
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
-    store_path = project / "runs.db"
-    with SqliteRunStore(store_path) as store:  # as if `flowctl run` in this (live) process were still running it
+    store_path = store_url
+    with open_store(store_path) as store:  # as if `flowctl run` in this (live) process were still running it
         record = RunRecord("r-live", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0)
         store.create_run(record, '{"who": "Ada"}', None, this_process())
     result = scripted("resume", "r-live", project / "greet.fixture.yaml", store_path)
@@ -265,17 +265,17 @@ def test_resume_refuses_a_run_that_is_still_running_in_a_live_process(project: P
     assert [r["status"] for r in json.loads(listed.output)] == ["running"]  # not `interrupted`: its process lives
 
 
-def test_resume_takes_over_a_run_whose_process_was_killed(project: Path) -> None:
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+def test_resume_takes_over_a_run_whose_process_was_killed(project: Path, store_url: str) -> None:
+    from flowctl import open_store
     from flowctl.interpreter.persistence.store import RunRecord, RunStatus
 
-    store_path = project / "runs.db"
+    store_path = store_url
     import socket
     import subprocess
     import sys
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with SqliteRunStore(store_path) as store:  # its owner is a process that has exited (killed, say)
+    with open_store(store_path) as store:  # its owner is a process that has exited (killed, say)
         record = RunRecord("r-dead", "greet", str(project / "greet.yaml"), RunStatus.RUNNING, 1.0)
         owner = f"{socket.gethostname()}:{gone.stdout.strip()}"
         store.create_run(record, '{"who": "Ada", "times": 2}', None, owner)
@@ -372,23 +372,23 @@ def test_resume_after_an_edit_that_breaks_the_recorded_inputs_exits_two(project:
     assert "missing required input 'tone'" in result.output and "Traceback" not in result.output
 
 
-def test_a_signal_for_a_child_run_is_delivered_to_its_root_run(project: Path) -> None:
-    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+def test_a_signal_for_a_child_run_is_delivered_to_its_root_run(project: Path, store_url: str) -> None:
+    from flowctl import open_store
     from flowctl.interpreter.persistence.store import RunRecord, RunStarted, RunStatus
 
-    store_path = project / "runs.db"
-    with SqliteRunStore(store_path) as store:
+    store_path = store_url
+    with open_store(store_path) as store:
         claim = store.create_run(RunRecord("r-root", "p", "p.yaml", RunStatus.RUNNING, 1.0), "{}", None, "elsewhere:1")
         store.commit([RunStarted("r-root/ask", "r-root", "child", "p.yaml", 1.0, "{}", "")], claim)
     result = invoke("signal", "r-root/ask", "approved", "--data", '{"by": "ana"}', "--store", str(store_path))
     assert result.exit_code == 0, result.output
     assert "delivering to its root run r-root" in result.output
-    with SqliteRunStore(store_path) as store:
+    with open_store(store_path) as store:
         assert [(s.name, s.data) for s in store.signals("r-root")] == [("approved", {"by": "ana"})]
         assert store.signals("r-root/ask") == []
 
 
-def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path) -> None:
+def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path, store_url: str) -> None:
     (tmp_path / "p.yaml").write_text(
         "flowctl: 1\nname: locked\nservers:\n  lock: {command: lock-server}\n"
         "agents:\n  w: {instruction: Work.}\n"
@@ -399,7 +399,7 @@ def test_finally_runs_again_for_real_when_a_failed_run_is_resumed(tmp_path: Path
     tools = "tools:\n  lock.acquire: {value: held}\n  lock.release: {value: released}\n"
     (tmp_path / "fail.yaml").write_text("responses:\n  - {agent: w, reply: {error: unavailable}}\n" + tools)
     (tmp_path / "ok.yaml").write_text("default: done\n" + tools)
-    store = str(tmp_path / "runs.db")
+    store = store_url
     failed = scripted("run", str(tmp_path / "p.yaml"), tmp_path / "fail.yaml", store, "--output", "json")
     first = json.loads(failed.output)
     assert failed.exit_code == 1 and first["calls"]["executed"] == 2  # acquire and release
@@ -484,7 +484,7 @@ def test_resume_after_a_model_echoed_a_secret_reexecutes_that_call_instead_of_re
     assert secret not in resumed.output
 
 
-def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path) -> None:
+def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path, store_url: str) -> None:
     args = [
         "run",
         str(project / "greet.yaml"),
@@ -496,7 +496,7 @@ def test_cache_serves_an_unchanged_rerun_without_calling_the_model(project: Path
         "--scripted",
         str(project / "greet.fixture.yaml"),
         "--store",
-        str(project / "runs.db"),
+        store_url,
         "--output",
         "json",
         "--cache",

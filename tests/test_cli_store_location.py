@@ -37,7 +37,9 @@ outputs:
   greeting: "{{ steps.hello.output }}"
 """
 
-ACCEPTED = "use a file path, sqlite:///relative/path, sqlite:////absolute/path or :memory:"
+ACCEPTED = (
+    "use a file path, sqlite:///relative/path, sqlite:////absolute/path, :memory: or postgresql://user@host/database"
+)
 
 
 def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Result:
@@ -110,9 +112,8 @@ def test_any_path_is_a_path_and_sqlite_three_slashes_names_it_relative_to_here(p
         ("sqlite:///", "names no file"),
         ("sqlite:///runs.db?mode=ro", "options in a store URL"),
         ("", "an empty store location"),
-        ("postgresql://db/flowctl", "not available yet (issue: scale-out)"),
-        ("postgres://db/flowctl", "not available yet (issue: scale-out)"),
-        ("postgresql+psycopg://db/flowctl", "not available yet (issue: scale-out)"),
+        ("postgresql:db/flowctl", "a PostgreSQL URL starts postgresql://"),
+        ("postgres:/db", "a PostgreSQL URL starts postgresql://"),
     ],
 )
 def test_other_locations_are_refused_naming_the_accepted_forms(url: str, problem: str) -> None:
@@ -122,12 +123,13 @@ def test_other_locations_are_refused_naming_the_accepted_forms(url: str, problem
     assert str(refused.value).endswith(ACCEPTED)
 
 
-def test_a_refused_postgresql_url_is_not_repeated_with_its_password_or_options() -> None:
+def test_a_postgresql_url_is_not_an_sqlite_location_and_is_not_repeated_with_its_password() -> None:
     with pytest.raises(StoreError) as refused:
         sqlite_location("postgresql://bob:hunter2@db:5432/flowctl?sslmode=require&password=hunter3")
     message = str(refused.value)
     assert "hunter" not in message
-    assert "postgresql://bob:***@db:5432/flowctl?…" in message
+    assert "postgresql://bob:***@db:5432/flowctl?sslmode=require&password=***: " in message
+    assert "a PostgreSQL database, not an SQLite file" in message
 
 
 # -- embedding -------------------------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_store_url_and_env_var_pick_the_store_and_store_wins_over_the_env_var(pr
     assert invoke("runs", env={"FLOWCTL_STORE": ""}).output.startswith(first)  # empty: unset, the default
 
 
-@pytest.mark.parametrize("url", ["mysql://u@db/runs", "sqlite:runs.db", "postgresql://bob:hunter2@db/flowctl", ""])
+@pytest.mark.parametrize("url", ["mysql://u@db/runs", "sqlite:runs.db", "postgres:/db/flowctl", ""])
 def test_a_location_flowctl_does_not_accept_is_one_line_and_exit_2_for_every_command(project: Path, url: str) -> None:
     flags = ("--store", url)
     results = {
@@ -211,7 +213,7 @@ def test_help_names_the_env_var_and_the_forms() -> None:
     for command in ("run", "resume", "runs", "show", "signal"):
         text = " ".join(invoke(command, "--help").output.split())
         assert "--store FILE|URL" in text and "[env var: FLOWCTL_STORE]" in text, command
-        assert "sqlite:///relative/path, sqlite:////absolute/path or :memory:" in text, command
+        assert "sqlite:////absolute/path, :memory: or postgresql://user@host/db" in text, command
 
 
 def test_the_env_var_in_a_real_process(project: Path) -> None:

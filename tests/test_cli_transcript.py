@@ -81,11 +81,11 @@ def invoke(*args: str, columns: int = 100) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False, env={"COLUMNS": str(columns)})
 
 
-def run(tmp_path: Path, pipeline: str, fixture: str, *extra: str) -> tuple[str, str]:
-    """Run a pipeline offline into a store of its own; the run id and the store."""
+def run(tmp_path: Path, pipeline: str, fixture: str, *extra: str, store: str | None = None) -> tuple[str, str]:
+    """Run a pipeline offline into a store of its own (`store`, else an SQLite file); the run id and the store."""
     (tmp_path / "p.yaml").write_text(pipeline)
     (tmp_path / "f.yaml").write_text(fixture)
-    store = str(tmp_path / "runs.db")
+    store = store if store is not None else str(tmp_path / "runs.db")
     ran = invoke(
         "run", str(tmp_path / "p.yaml"), "--quiet", "--scripted", str(tmp_path / "f.yaml"), "--store", store, *extra
     )
@@ -95,8 +95,9 @@ def run(tmp_path: Path, pipeline: str, fixture: str, *extra: str) -> tuple[str, 
 
 
 @pytest.fixture
-def tour(tmp_path: Path) -> tuple[str, str]:
-    return run(tmp_path, PIPELINE, FIXTURE, "--input", "city=Paris")
+def tour(tmp_path: Path, store_url: str) -> tuple[str, str]:
+    """The run the `show` and `logs` tests read, on each kind of store."""
+    return run(tmp_path, PIPELINE, FIXTURE, "--input", "city=Paris", store=store_url)
 
 
 def test_show_lists_a_retried_steps_attempts_and_its_whole_duration(tour: tuple[str, str]) -> None:

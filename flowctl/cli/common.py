@@ -23,8 +23,8 @@ store_option = click.option(
     metavar="FILE|URL",
     envvar=STORE_ENV,
     show_envvar=True,
-    help="The run store: a file, sqlite:///relative/path, sqlite:////absolute/path or :memory: (default: "
-    ".flowctl/runs.db in the working directory).",
+    help="The run store: a file, sqlite:///relative/path, sqlite:////absolute/path, :memory: or "
+    "postgresql://user@host/db (default: .flowctl/runs.db in the working directory).",
 )
 
 
@@ -62,12 +62,15 @@ def load_or_exit(file: str) -> Any:
 
 def store_flag(store_path: str | None) -> str:
     """What a command printed for the user to run next must add to reach the same store: ` --store X` when `--store`
-    named it (FLOWCTL_STORE stays set in the user's shell, and the default needs nothing)."""
+    named it (FLOWCTL_STORE stays set in the user's shell, and the default needs nothing). A password in a URL is
+    shown as `***`: a secret is never printed."""
     import shlex
+
+    from flowctl.interpreter.persistence.locate import mask_url
 
     context = click.get_current_context(silent=True)
     if store_path is None or context is None:
         return ""
     if context.get_parameter_source("store_path") is not ParameterSource.COMMANDLINE:
         return ""
-    return f" --store {shlex.quote(store_path)}"
+    return f" --store {shlex.quote(mask_url(store_path))}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from flowctl import open_store
+from flowctl.interpreter.persistence.store import RunStatus
 from tests.integration.helpers import CALC, KEY, PIPELINES, PYTHON, REPO, fill, wait_until_gone
 
 SCRIPT = [
@@ -61,10 +62,10 @@ def openai_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
-    tmp_path: Path, openai_process: tuple[str, Path], marker: str
+    tmp_path: Path, openai_process: tuple[str, Path], marker: str, store_url: str
 ) -> None:
     base_url, record = openai_process
-    log, store = tmp_path / "side-effects.log", tmp_path / "runs.db"
+    log, store = tmp_path / "side-effects.log", store_url
     pipeline = tmp_path / "resume.yaml"
     template = (PIPELINES / "resume.yaml").read_text(encoding="utf-8")
     pipeline.write_text(fill(template, python=PYTHON, calc=CALC, marker=marker), encoding="utf-8")
@@ -83,10 +84,10 @@ def test_killed_run_resumes_without_repeating_completed_llm_or_tool_calls(
             first.kill()
     assert wait_until_gone(marker) == [], "the killed run's MCP server outlived it"
 
-    with sqlite3.connect(store) as conn:
-        (run_id,) = conn.execute("SELECT run_id FROM runs WHERE parent_id IS NULL").fetchone()
-        (status,) = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    assert status == "running"  # killed: nobody marked it finished
+    with open_store(store, access="read") as opened:
+        [killed] = opened.list_runs(roots_only=True)
+    run_id = killed.run_id
+    assert killed.status is RunStatus.RUNNING  # killed: nobody marked it finished
     # ...which `runs` and `show` tell from a run still going: its process is gone
     listed = subprocess.run(
         [sys.executable, "-m", "flowctl.cli", "runs", "--store", str(store), "--output", "json"],

@@ -13,7 +13,7 @@ from tests.persistence.backends import BACKENDS, StoreFactory
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    factory = BACKENDS[request.param](tmp_path)
+    factory = BACKENDS[request.param](tmp_path, request)
     try:
         yield factory
     finally:

@@ -63,8 +63,9 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"{Path(argv[0]).name} failed: {done.stderr.decode(errors='replace').strip()}")
 
 
-def start(folder: Path) -> str:
-    """Create a cluster in `folder` (which must not exist or be empty), start it, return its URL."""
+def start(folder: Path, *, durable: bool = False) -> str:
+    """Create a cluster in `folder` (which must not exist or be empty), start it, return its URL. `durable`: with
+    PostgreSQL's own settings (fsync, synchronous commit), for benchmarks; made for tests otherwise (see the module)."""
     binaries = pg_bin()
     if binaries is None:
         raise RuntimeError("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
@@ -77,10 +78,9 @@ def start(folder: Path) -> str:
         shutil.chown(sockets, "postgres")
     _run([str(binaries / "initdb"), "--no-sync", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "-D", str(data)])
     port = _free_port()
-    options = (
-        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-        " -c full_page_writes=off -c max_connections=300"
-    )
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     _run([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"])
     (folder / "url").write_text(url := f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres")
     return url

@@ -5,16 +5,19 @@ What `url` may be (the forms `--store` and `FLOWCTL_STORE` accept; SQLAlchemy's 
 
 - a path: `runs.db`, `../shared/runs.db`, `/var/lib/flowctl/runs.db` (a `pathlib.Path` is always a path);
 - `sqlite:///relative/path` (three slashes: relative to the working directory) or `sqlite:////absolute/path` (four);
-- `:memory:` or `sqlite:///:memory:`: a store in memory, gone when it is closed.
+- `:memory:` or `sqlite:///:memory:`: a store in memory, gone when it is closed;
+- `postgresql://user@host:port/database` (or `postgres://`, `postgresql+psycopg://`): a PostgreSQL database, shared by
+  processes on many hosts (postgres_store.py; needs the `postgres` extra). Its query may hold libpq's options
+  (`sslmode=require`, …) and flowctl's: `lease=SECONDS`, `pool_size=N`. Keep the password out of it (PGPASSWORD or
+  ~/.pgpass); one written there is never shown: errors and hints print the URL with `***` for it.
 
 `sqlite://` and `sqlite:///`, which SQLAlchemy reads as in memory, are refused: they are what `sqlite:///$DB` becomes
 when `DB` is unset, and a run journaled in memory is lost.
 
 The path in a URL is taken as written: no `%`-decoding, no `~`. A value is read as a URL only when it starts with
 `sqlite:` or `postgres…:` or has the form `scheme://…`; anything else is a path (so `C:\\runs.db` and `a:b.db` are
-paths). `postgresql://…` is refused for now (not available yet); every other URL, and a `sqlite:` URL of another
-shape (`sqlite:runs.db`, a host, `?options`), is a `StoreError` naming the accepted forms, which the CLI prints as
-one line (exit 2). A refused PostgreSQL URL is repeated without its password and options.
+paths). Every other URL, and a `sqlite:` URL of another shape (`sqlite:runs.db`, a host, `?options`), is a
+`StoreError` naming the accepted forms, which the CLI prints as one line (exit 2).
 
 Kept free of sqlite3 and our errors at import (~10 ms): the CLI imports this for every command.
 """
@@ -24,25 +27,44 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
+    from flowctl.interpreter.persistence.postgres_store import PostgresRunStore
     from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
     from flowctl.interpreter.persistence.store_errors import StoreAccess, StoreError
 
+    OpenedStore: TypeAlias = SqliteRunStore | PostgresRunStore  # each a RunStore and a context manager
+
 STORE_ENV = "FLOWCTL_STORE"
 MEMORY = ":memory:"
-ACCEPTED = "use a file path, sqlite:///relative/path, sqlite:////absolute/path or :memory:"
+ACCEPTED = (
+    "use a file path, sqlite:///relative/path, sqlite:////absolute/path, :memory: or postgresql://user@host/database"
+)
 
 # patterns, compiled (and cached by `re`) when first used: not at import
 _URL = r"(?s)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>.*)"
 _POSTGRES = r"(?i)postgres(ql)?(\+[A-Za-z0-9_]+)?"
 _PASSWORD = r"(?P<user>//[^/@:]*):[^/@]*@"
+_PASSWORD_OPTION = r"(?i)(?P<key>[?&]password=)[^&#]*"
 
 
 def default_store_path(cwd: Path | None = None) -> Path:
     """Where a project's runs live: `<cwd>/.flowctl/runs.db`."""
     return (cwd if cwd is not None else Path.cwd()) / ".flowctl" / "runs.db"
+
+
+def is_postgres(url: str | os.PathLike[str]) -> bool:
+    """Whether `url` names a PostgreSQL store (`postgresql://…`, `postgres://…`, `postgresql+driver://…`)."""
+    if isinstance(url, os.PathLike):
+        return False
+    match = re.fullmatch(_URL, url)
+    return match is not None and re.fullmatch(_POSTGRES, match["scheme"]) is not None and match["rest"][:2] == "//"
+
+
+def mask_url(url: str) -> str:
+    """`url` as it may be shown: its password (`user:PASSWORD@`, `?password=`) replaced by `***`."""
+    return re.sub(_PASSWORD_OPTION, r"\g<key>***", re.sub(_PASSWORD, r"\g<user>:***@", url, count=1))
 
 
 def sqlite_location(url: str | os.PathLike[str]) -> Path | str:
@@ -58,8 +80,9 @@ def sqlite_location(url: str | os.PathLike[str]) -> Path | str:
         return Path(url)
     scheme, rest = match["scheme"], match["rest"]
     if re.fullmatch(_POSTGRES, scheme):
-        shown = re.sub(_PASSWORD, r"\g<user>:***@", url.split("?", 1)[0]) + ("?…" if "?" in url else "")
-        raise _refused(shown, "PostgreSQL run stores are not available yet (issue: scale-out)")
+        if rest.startswith("//"):
+            raise _refused(mask_url(url), "a PostgreSQL database, not an SQLite file")
+        raise _refused(mask_url(url), "a PostgreSQL URL starts postgresql:// (postgresql://user@host/database)")
     if scheme.lower() != "sqlite":
         if not rest.startswith("//"):
             return Path(url)  # `a:b.db`, `C:\runs.db`: a path with a colon in it
@@ -92,12 +115,15 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -> SqliteRunStore:
+def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -> OpenedStore:
     """The run store `url` names (a path or URL, see the module), opened for `access`: "create" makes the file and
-    its folder if need be; "write" and "read" need an existing store and never create one ("read" only reads).
+    its folder (or a database's tables) if need be; "write" and "read" need an existing store and never create one
+    ("read" only reads).
 
     Raises `StoreError` for a URL it does not accept and for a store that cannot be used; close the store when done.
     """
+    if is_postgres(url):
+        return _open_postgres(str(url), access)
     location = sqlite_location(url)
     if isinstance(location, Path) and _is_folder(location):  # SQLite would call it a disk error, or worse
         from flowctl.interpreter.persistence.store_errors import StoreError
@@ -108,4 +134,28 @@ def open_store(url: str | os.PathLike[str], *, access: StoreAccess = "create") -
     return SqliteRunStore(location, access=access)
 
 
-__all__ = ["ACCEPTED", "MEMORY", "STORE_ENV", "default_store_path", "open_store", "sqlite_location"]
+def _open_postgres(url: str, access: StoreAccess) -> PostgresRunStore:
+    """psycopg is imported here, only when a PostgreSQL store is opened (it is an optional extra)."""
+    try:
+        from flowctl.interpreter.persistence.postgres_store import PostgresRunStore
+    except ImportError as exc:
+        from flowctl.interpreter.persistence.store_errors import StoreError
+
+        raise StoreError(
+            mask_url(url),
+            f"PostgreSQL stores need psycopg, which is not installed ({exc.name or exc})",
+            "pip install 'flowctl-agents[postgres]'",
+        ) from None
+    return PostgresRunStore(url, access=access)
+
+
+__all__ = [
+    "ACCEPTED",
+    "MEMORY",
+    "STORE_ENV",
+    "default_store_path",
+    "is_postgres",
+    "mask_url",
+    "open_store",
+    "sqlite_location",
+]

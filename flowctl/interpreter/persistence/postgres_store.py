@@ -1,0 +1,500 @@
+"""The shared run store: `RunStore` on a PostgreSQL database (`postgresql://user@host/db`), for runs that outlive a
+machine or move between workers. psycopg 3 and its connection pool are imported only when such a store is opened
+(the `postgres` extra: `pip install 'flowctl-agents[postgres]'`).
+
+Durability: every `commit` is one transaction, committed before it returns, so it survives the process being
+killed; with the server's default `synchronous_commit = on` it also survives the server's host losing power (and,
+with synchronous replication, the host itself). A commit is sent in one round trip (pipeline mode): the fence, then
+the writes in order — consecutive rows of one statement as one `executemany` — then COMMIT.
+
+Claims: the root run's row holds its owner (`host:pid`), a fencing token that grows with every claim, and a
+heartbeat (the server's time of the owner's last commit, refreshed at most every lease/10). Every commit under a
+claim first locks that row and checks the token in the same transaction (schema function `flowctl_fence`), so a
+process that lost its claim writes nothing; a claim locks the row too, so two claimers of one run never both win. An
+owner on this host is alive while its process is; an owner on another host while its heartbeat is younger than
+`lease` (seconds: `?lease=` in the URL, or the constructor's argument). Signals are numbered per run by a counter on
+the run row, taken under its lock: positions commit in order.
+
+Every failure of the server or the connection (unreachable, refused login, no such database, no permission, a
+dropped connection) is raised as a `StoreError` naming the URL without its password, and what to do; one raised while
+a root run is running names that run, which stays `running` with this process as owner, so `flowctl resume` takes it
+over once the problem is fixed.
+
+Connections come from a pool (`pool_size`, default 4, `?pool_size=` in the URL): the interpreter's reads, the
+recorder's background commits and a command's queries each take one, so none waits behind another's round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from flowctl.interpreter.persistence import postgres_schema as schema
+from flowctl.interpreter.persistence.locate import mask_url
+from flowctl.interpreter.persistence.owners import local_owner_alive
+from flowctl.interpreter.persistence.postgres_open import (
+    CONNECT_TIMEOUT,
+    connect_extra,
+    positive_option,
+    prepare,
+    schema_version,
+    secret_scrubber,
+    split_url,
+    store_error,
+)
+from flowctl.interpreter.persistence.store import (
+    AttemptRecord,
+    CacheStored,
+    CallDone,
+    CallRecord,
+    Claim,
+    EventRecord,
+    ExchangeRecord,
+    Liveness,
+    RunFinished,
+    RunRecord,
+    RunReopened,
+    RunStarted,
+    RunStatus,
+    RunStore,
+    Signal,
+    StateChange,
+    StepRecord,
+    StepStatus,
+    Write,
+)
+from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreAccess, StoreError
+
+DEFAULT_LEASE = 60.0  # seconds without a commit after which another host's owner counts as gone
+DEFAULT_POOL_SIZE = 4
+HEARTBEATS_PER_LEASE = 10
+
+_INT_MAX = 2**63 - 1
+Row = tuple[Any, ...]
+Group = tuple[str, list[Row]]  # a statement and its rows, executed one after another
+
+
+def _storable(value: Any) -> Any:
+    """A value PostgreSQL can take: a str with its lone surrogates and NUL characters written as their JSON escapes
+    (`\\udXXXX`, `\\u0000`: a JSON column reads them back as the same character), an int past 64 bits at the
+    nearest 64-bit one; other values as they are."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT_MAX - 1 <= value <= _INT_MAX:
+        return _INT_MAX if value > 0 else -_INT_MAX - 1
+    return value
+
+
+def _storable_row(row: Row) -> Row:
+    return tuple(_storable(value) for value in row)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run_from_row(row: Row) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        parent_id=row[1],
+        pipeline=row[2],
+        file=row[3],
+        status=RunStatus(row[4]),
+        started_at=row[5],
+        finished_at=row[6],
+        inputs=_load(row[7]),
+        outputs=_load(row[8]),
+        error=_load(row[9]),
+        source_digest=row[10],
+        input_tokens=row[11],
+        output_tokens=row[12],
+        cost=row[13],
+        owner=row[14],
+        input_secrets=_load(row[15]),
+        scripted=row[16],
+    )
+
+
+def _step_from_row(row: Row) -> StepRecord:
+    return StepRecord(
+        run_id=row[0],
+        path=row[1],
+        kind=row[2],
+        status=StepStatus(row[3]),
+        attempts=row[4],
+        started_at=row[5],
+        finished_at=row[6],
+        output=_load(row[7]),
+        error=_load(row[8]),
+        input_tokens=row[9],
+        output_tokens=row[10],
+        claim_token=row[11],
+    )
+
+
+def _root_of(run_id: str) -> str:
+    return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
+
+
+def _check_in_tree(write: Write, tree: str) -> None:
+    """A write of a run must be made under the claim of its run tree (the root run and its children)."""
+    run_id: str = write.run_id  # type: ignore[union-attr]  # every write but CacheStored has one
+    if not tree or (run_id != tree and not run_id.startswith(tree + "/")):
+        raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
+
+
+class PostgresRunStore:
+    """`RunStore` on a PostgreSQL database, shared safely by threads, processes and hosts. Use it as a context
+    manager or call `close()`.
+
+    `access`: "create" makes the tables if the database has none; "write" and "read" need a database that holds a
+    run store already (the database itself is never created: `createdb NAME`). `lease` and `pool_size`: see the
+    module (None: from the URL, else the default).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        access: StoreAccess = "create",
+        lease: float | None = None,
+        pool_size: int | None = None,
+    ) -> None:
+        self.url = mask_url(url)  # what errors name: never the password
+        conninfo, options = split_url(url)
+        self._scrub = secret_scrubber(conninfo)
+        self.lease = lease if lease is not None else positive_option(options, "lease", DEFAULT_LEASE, self.url)
+        if pool_size is None:
+            pool_size = int(positive_option(options, "pool_size", DEFAULT_POOL_SIZE, self.url))
+        self._running_root: str | None = None  # the root run this process runs (named by a StoreError mid-run)
+        self._closed = False
+        prepare(conninfo, self.url, access)
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True, **connect_extra(conninfo)},
+            open=False,
+            name="flowctl-store",
+            num_workers=1,
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT + 5)
+        except PoolTimeout:
+            self._pool.close()
+            raise StoreError(self.url, "cannot connect to the server", "check that it runs, then try again") from None
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        with self._connection() as conn:
+            return schema_version(conn)
+
+    def close(self) -> None:
+        """Close the pool's connections. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    def __enter__(self) -> PostgresRunStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- errors ----------------------------------------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        """What a psycopg error means for the caller: ClaimLost, KeyError, ValueError (a caller's mistake), or a
+        StoreError naming the server and what to do (and the run it stopped, if any)."""
+        if isinstance(exc, StoreError):
+            return exc
+        if not isinstance(exc, psycopg.Error):
+            return exc
+        state = exc.sqlstate or ""
+        detail = exc.diag.message_detail or ""
+        if state == schema.CLAIM_LOST:
+            run_id = (exc.diag.message_primary or "").removeprefix("the claim of run ").split(" is no longer", 1)[0]
+            return ClaimLost(run_id, detail or None)
+        if state == schema.UNKNOWN_RUN:
+            return KeyError(f"unknown run {detail!r}")
+        if isinstance(exc, psycopg.IntegrityError):
+            said = self._scrub(exc.diag.message_primary or str(exc))
+            return ValueError(f"the store refused the write: {said} (a run created twice, or a row of an unknown run)")
+        return store_error(exc, self.url, self._scrub, self._running_root)
+
+    # -- claims ----------------------------------------------------------------------------------------------------
+
+    def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
+        params = (record.run_id, record.parent_id, record.pipeline, record.file, RunStatus.RUNNING.value,
+                  record.started_at, None, inputs, None, None, record.source_digest, 0, 0, 0.0, owner, input_secrets,
+                  record.scripted, 1)  # fmt: skip
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            try:
+                conn.execute(schema.INSERT_RUN, params)
+            except (UnicodeEncodeError, psycopg.DataError):  # a value PostgreSQL cannot take as it is: _storable
+                conn.execute(schema.INSERT_RUN, _storable_row(params))
+
+        self._run(insert)
+        self._running_root = record.run_id
+        return Claim(record.run_id, owner, 1)
+
+    def claim(self, run_id: str, owner: str) -> Claim:
+        """The run row is locked (FOR UPDATE) from the look at its holder to the new token's commit, so of two
+        `flowctl resume` of one run the second sees the first as a live owner and is refused (RunBusy)."""
+
+        def take(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                row = conn.execute(schema.CLAIM_ROW, (run_id,)).fetchone()
+                if row is None or row[3] is not None:
+                    raise KeyError(f"unknown root run {run_id!r}")
+                held_by, token, age = row[0], int(row[1]), row[2]
+                if held_by is not None and held_by != owner and self._alive(held_by, age):
+                    raise RunBusy(run_id, held_by)
+                conn.execute(schema.TAKE_CLAIM, (owner, token + 1, run_id))
+                return token + 1
+
+        token: int = self._run(take)
+        self._running_root = run_id
+        return Claim(run_id, owner, token)
+
+    def release(self, claim: Claim) -> None:
+        self._run(lambda conn: conn.execute(schema.RELEASE, (claim.run_id, claim.token)))
+        if self._running_root == claim.run_id:
+            self._running_root = None
+
+    def liveness(self, run_id: str) -> Liveness:
+        rows = self._read(schema.LIVENESS, (_root_of(run_id),))
+        if not rows or rows[0][0] is None:
+            return Liveness(None, False)
+        owner, age = rows[0]
+        return Liveness(owner, self._alive(owner, age))
+
+    def _alive(self, owner: str, age: float | None) -> bool:
+        local = local_owner_alive(owner)
+        if local is not None:
+            return local
+        return age is not None and age < self.lease
+
+    # -- commits ---------------------------------------------------------------------------------------------------
+
+    def commit(self, writes: Sequence[Write], claim: Claim | None) -> None:
+        groups = self._groups(writes, claim)
+        if not groups and claim is None:
+            return
+        if claim is not None and (not writes or (len(writes) == 1 and type(writes[0]) is CallDone)):
+            self._run(lambda conn: self._send_one(conn, groups, claim))  # a heartbeat, or a chain's call
+        else:
+            self._run(lambda conn: self._send(conn, groups, claim))
+        if self._running_root is not None and any(
+            type(w) is RunFinished and w.run_id == self._running_root for w in writes
+        ):
+            self._running_root = None
+
+    def _groups(self, writes: Sequence[Write], claim: Claim | None) -> list[Group]:
+        """The statements of a commit, in the order of its writes: consecutive rows of one statement together (each
+        row executed on its own, so a batch may touch a row twice)."""
+        tree, token = (claim.run_id, claim.token) if claim is not None else ("", 0)
+        groups: list[Group] = []
+        for write in writes:
+            kind = type(write)
+            if kind is not CacheStored:
+                _check_in_tree(write, tree)
+            row = schema.ROWS.get(kind)
+            if row is not None:
+                sql, to_row = row
+                params = to_row(write, token)
+            else:
+                sql, params = _run_write(write)
+            if groups and groups[-1][0] is sql:
+                groups[-1][1].append(params)
+            else:
+                groups.append((sql, [params]))
+        return groups
+
+    def _send(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim | None) -> None:
+        """The fence, the writes and COMMIT in one round trip (pipeline mode); any error undoes them all. A value
+        PostgreSQL cannot take as it is (see `_storable`) makes the commit go again with the values it can."""
+        try:
+            self._pipeline(conn, groups, claim)
+        except (UnicodeEncodeError, psycopg.DataError):
+            self._pipeline(conn, [(sql, [_storable_row(row) for row in rows]) for sql, rows in groups], claim)
+
+    def _send_one(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim) -> None:
+        """A heartbeat (no writes) or one call row: one statement, committed on its own (autocommit)."""
+        fence = (claim.run_id, claim.token, self.lease / HEARTBEATS_PER_LEASE)
+        if not groups:
+            conn.execute(schema.FENCE, fence, prepare=True)
+            return
+        [row] = groups[0][1]
+        try:
+            conn.execute(schema.FENCED_CALL, (*fence, *row), prepare=True)
+        except (UnicodeEncodeError, psycopg.DataError):  # a value PostgreSQL cannot take as it is: see _storable
+            conn.execute(schema.FENCED_CALL, (*fence, *_storable_row(row)))
+
+    def _pipeline(self, conn: psycopg.Connection[Any], groups: list[Group], claim: Claim | None) -> None:
+        """BEGIN … COMMIT queued by hand: psycopg's `transaction()` syncs the pipeline once more at its end."""
+        try:
+            with conn.pipeline():
+                cursor = conn.cursor()
+                cursor.execute(b"BEGIN")
+                if claim is not None:
+                    cursor.execute(schema.FENCE, (claim.run_id, claim.token, self.lease / HEARTBEATS_PER_LEASE))
+                for sql, rows in groups:
+                    if len(rows) == 1:
+                        cursor.execute(sql, rows[0], prepare=True)
+                    else:
+                        cursor.executemany(sql, rows)
+                cursor.execute(b"COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute(b"ROLLBACK")  # the statements after the failed one were skipped; end the transaction
+            raise
+
+    # -- plumbing --------------------------------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._closed:
+            raise StoreError(self.url, "the store was closed", "open it again")
+        return self._pool.connection()
+
+    def _run(self, body: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """`body` on a pooled connection; psycopg errors said as what they mean (`_fail`)."""
+        try:
+            with self._connection() as conn:
+                return body(conn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            if isinstance(exc, PoolTimeout):
+                raise StoreError(self.url, "no connection to the server", "check that it is running") from None
+            raise self._fail(exc) from None
+
+    def _read(self, sql: str, params: Row = ()) -> list[Row]:
+        def read(conn: psycopg.Connection[Any]) -> list[Row]:
+            try:
+                return conn.execute(sql, params, prepare=True).fetchall()
+            except UnicodeEncodeError:  # an id with a lone surrogate (undecodable command-line bytes)
+                return conn.execute(sql, _storable_row(params)).fetchall()
+
+        rows: list[Row] = self._run(read)
+        return rows
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._read(f"SELECT {schema.RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+        return _run_from_row(rows[0]) if rows else None
+
+    def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]:
+        """The most recent runs, newest first; `roots_only` leaves out child runs."""
+        where = "WHERE parent_id IS NULL " if roots_only else ""
+        sql = f"SELECT {schema.RUN_COLUMNS} FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT %s"
+        return [_run_from_row(row) for row in self._read(sql, (limit,))]
+
+    def child_runs(self, run_id: str) -> list[RunRecord]:
+        """Runs started by `run_id` (child pipelines), oldest first."""
+        sql = f"SELECT {schema.RUN_COLUMNS} FROM runs WHERE parent_id = %s ORDER BY started_at, run_id"
+        return [_run_from_row(row) for row in self._read(sql, (run_id,))]
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        """The run's steps in the order they first started (fan-out items: in the order they finished)."""
+        sql = f"SELECT {schema.STEP_COLUMNS} FROM steps WHERE run_id = %s ORDER BY seq"
+        return [_step_from_row(row) for row in self._read(sql, (run_id,))]
+
+    def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
+        sql = """SELECT request_digest, result, recorded_at, redacted, claim_token FROM calls
+                 WHERE run_id = %s AND key = %s"""
+        rows = self._read(sql, (run_id, key))
+        if not rows:
+            return None
+        digest, result, at, masked, token = rows[0]
+        return CallRecord(run_id, key, digest, _load(result), at, bool(masked), token)
+
+    def events(self, run_id: str) -> list[EventRecord]:
+        sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = %s ORDER BY seq"
+        return [EventRecord(seq, run_id, name, _load(data), source, at)
+                for seq, name, data, source, at in self._read(sql, (run_id,))]  # fmt: skip
+
+    def state_changes(self, run_id: str) -> list[StateChange]:
+        sql = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = %s ORDER BY seq'
+        return [StateChange(seq, run_id, step, _load(keys), _load(values), at)
+                for seq, step, keys, values, at in self._read(sql, (run_id,))]  # fmt: skip
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        sql = """SELECT path, attempt, status, started_at, finished_at, error, retry_in FROM attempts
+                 WHERE run_id = %s ORDER BY started_at, path, attempt"""
+        return [
+            AttemptRecord(run_id, path, attempt, StepStatus(status), started, finished, _load(error), retry_in)
+            for path, attempt, status, started, finished, error, retry_in in self._read(sql, (run_id,))
+        ]
+
+    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
+        columns = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error"
+        params: Row
+        if path is None:
+            sql, params = f"SELECT {columns} FROM exchanges WHERE run_id = %s ORDER BY seq", (run_id,)
+        else:  # the step, and the steps nested under it (`path/…`, fan-out items `path[i]…`)
+            sql = f"""SELECT {columns} FROM exchanges WHERE run_id = %s
+                      AND (path = %s OR left(path, %s) IN (%s, %s)) ORDER BY seq"""
+            params = (run_id, path, len(path) + 1, path + "/", path + "[")
+        return [
+            ExchangeRecord(seq, run_id, step, key, attempt, kind, started, elapsed, *map(_load, texts))
+            for seq, step, key, attempt, kind, started, elapsed, *texts in self._read(sql, params)
+        ]
+
+    def cache_get(self, digest: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT result FROM cache WHERE digest = %s", (digest,))
+        return _load(rows[0][0]) if rows else None
+
+    # -- signals ---------------------------------------------------------------------------------------------------
+
+    def send_signal(self, run_id: str, name: str, data: Any) -> int:
+        """Queue an external event for a run (from any process); committed before returning. Its position is the run
+        row's counter, taken under the row's lock: positions commit in order."""
+        text = json.dumps(data, ensure_ascii=False, default=str)
+
+        def send(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                row = conn.execute(schema.NEXT_SIGNAL, (run_id,)).fetchone()
+                if row is None:
+                    raise KeyError(f"unknown run {run_id!r}")
+                position = int(row[0])
+                params = _storable_row((run_id, position, name, text, time.time()))
+                conn.execute(schema.INSERT_SIGNAL, params)
+                return position
+
+        position: int = self._run(send)
+        return position
+
+    def signals(self, run_id: str, after: int = 0) -> list[Signal]:
+        sql = "SELECT position, name, data, at FROM signals WHERE run_id = %s AND position > %s ORDER BY position"
+        return [Signal(run_id, position, name, _load(data), at)
+                for position, name, data, at in self._read(sql, (run_id, after))]  # fmt: skip
+
+
+def _run_write(write: Write) -> tuple[str, Row]:
+    if isinstance(write, RunFinished):
+        return schema.FINISH_RUN, (write.run_id, write.status._value_, write.finished_at, write.outputs, write.error,
+                                   write.input_tokens, write.output_tokens, write.cost)  # fmt: skip
+    if isinstance(write, RunStarted):
+        w = write
+        return schema.INSERT_CHILD, (w.run_id, w.parent_id, w.pipeline, w.file, w.started_at, w.inputs,
+                                     w.source_digest)  # fmt: skip
+    if isinstance(write, RunReopened):
+        return schema.REOPEN_RUN, (write.run_id,)
+    raise TypeError(f"not a store write: {write!r}")
+
+
+if TYPE_CHECKING:  # mypy checks here that the PostgreSQL store is the port, method by method
+    _IS_A_RUN_STORE: type[RunStore] = PostgresRunStore
+
+__all__ = ["DEFAULT_LEASE", "PostgresRunStore", "split_url"]

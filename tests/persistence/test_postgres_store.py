@@ -1,0 +1,196 @@
+"""What only the PostgreSQL store has (the conformance suite holds it to the port): its URL's options, opening a
+database that is not (yet) a store, several processes creating one at once, values PostgreSQL cannot take as they
+are, and a password that is never shown — in errors, and in the commands flowctl prints for the user to run next.
+
+A real server (the tests' private one, `pg_url`: a fresh database per test)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from flowctl import open_store
+from flowctl.cli import main
+from flowctl.interpreter.persistence.postgres_schema import SCHEMA_VERSION, VERSION_TABLE
+from flowctl.interpreter.persistence.postgres_store import DEFAULT_LEASE, PostgresRunStore
+from flowctl.interpreter.persistence.store import CallDone, EventLogged, StepFinished, StepStarted, StepStatus
+from flowctl.interpreter.persistence.store_errors import StoreError
+from tests.persistence.helpers import create, jtext
+
+PIPELINE = """\
+flowctl: 1
+name: greet
+agents:
+  writer: {instruction: You greet people.}
+steps:
+  - {id: hello, agent: writer, prompt: "Greet Ada."}
+"""
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with a password (the tests' server trusts loopback logins: it is accepted and ignored)."""
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user}:{password}@{host}"
+
+
+def test_the_urls_options_set_the_lease_and_the_pool_and_libpq_gets_the_rest(pg_url: str) -> None:
+    with open_store(f"{pg_url}?lease=15&pool_size=2&application_name=flowctl-test") as store:
+        assert isinstance(store, PostgresRunStore)
+        assert store.lease == 15.0
+        with psycopg.connect(pg_url) as conn:
+            names = conn.execute("SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")
+            assert "flowctl-test" in [name for (name,) in names]
+    with open_store(pg_url) as store:
+        assert store.lease == DEFAULT_LEASE
+    with PostgresRunStore(pg_url, lease=0.5) as store:
+        assert store.lease == 0.5
+    for bad in ("lease=soon", "lease=0", "pool_size=-1"):
+        with pytest.raises(StoreError, match=f"\\?{bad} is not a positive number"):
+            open_store(f"{pg_url}?{bad}")
+
+
+def test_a_database_without_a_store_is_refused_for_reading_and_left_as_it_was(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="there is no run store here"):
+        open_store(pg_url, access="read")
+    with pytest.raises(StoreError, match="there is no run store here"):
+        open_store(pg_url, access="write")
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    with open_store(pg_url) as store:  # "create" makes the tables
+        assert store.schema_version == SCHEMA_VERSION
+    with open_store(pg_url, access="read") as store:
+        assert store.list_runs() == []
+
+
+def test_another_programs_runs_table_is_left_alone(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER)")
+    with pytest.raises(StoreError, match="a table `runs` that is not a flowctl run store's"):
+        open_store(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone() == (None,)
+
+
+def test_a_store_written_by_a_newer_flowctl_is_refused(pg_url: str) -> None:
+    open_store(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="written by a newer flowctl"):
+        open_store(pg_url)
+
+
+def test_processes_creating_one_store_at_once_create_it_once(pg_url: str) -> None:
+    opened: list[PostgresRunStore] = []
+    failed: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresRunStore(pg_url))
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    for store in opened:
+        assert store.schema_version == SCHEMA_VERSION
+        store.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {VERSION_TABLE}").fetchone() == (1,)
+
+
+def test_values_postgresql_cannot_take_as_they_are_are_stored_as_their_escapes(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        claim = create(store)
+        odd = "a\x00b\ud800c"  # NUL, and a lone surrogate (undecodable command-line bytes)
+        store.commit([StepStarted("r-1", odd, "agent", 1.0),
+                      EventLogged("r-1", odd, jtext({"text": odd}), "system", 1.0),
+                      CallDone("r-1", "k", "d", json.dumps({"content": odd}), 1.0),
+                      StepFinished("r-1", "big", "agent", StepStatus.SUCCEEDED, 1.0, 2.0, 1, None, None, 2**70, 1)],
+                     claim)  # fmt: skip
+        steps = {step.path: step for step in store.steps("r-1")}
+        assert set(steps) == {"a\\u0000b\\ud800c", "big"}
+        assert steps["big"].input_tokens == 2**63 - 1  # as big as a 64-bit integer goes
+        [event] = store.events("r-1")
+        assert event.data == {"text": odd}  # JSON text: read back as the same characters
+        call = store.lookup_call("r-1", "k")
+        assert call is not None and call.result == {"content": odd}
+        assert store.get_run("r-1\udcff") is None  # an undecodable id in a read: looked up, not an error
+
+
+def test_a_server_that_cannot_be_reached_is_one_line_without_the_password(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://bob:hunter2@127.0.0.1:{port}/flowctl?connect_timeout=5"
+    for args in (["runs"], ["show", "r-1"], ["signal", "r-1", "go"], ["resume", "r-1"]):
+        result = CliRunner().invoke(main, [*args, "--store", url], catch_exceptions=False)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: run store postgresql://bob:***@127.0.0.1:{port}/flowctl")
+        assert "cannot reach the server" in result.output and result.output.count("\n") == 1
+        assert "hunter2" not in result.output
+
+
+def test_a_database_that_does_not_exist_is_said_so(pg_url: str) -> None:
+    url = pg_url.rsplit("/", 1)[0] + "/no_such_database"
+    with pytest.raises(StoreError, match=r"no such database .* — create it \(createdb NAME\)"):
+        open_store(url)
+
+
+def test_the_commands_flowctl_prints_never_show_the_password(pg_url: str, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    (tmp_path / "f.yaml").write_text("responses:\n  - {agent: writer, reply: {error: auth}}\n")
+    url = with_password(pg_url, "hunter2")
+    args = ["run", str(tmp_path / "p.yaml"), "--scripted", str(tmp_path / "f.yaml"), "--store", url]
+    failed = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert failed.exit_code == 1
+    assert "flowctl resume r-" in failed.output and ":***@" in failed.output
+    assert "hunter2" not in failed.output
+
+
+def test_flowctl_store_in_the_environment_names_a_postgresql_store(pg_url: str, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    (tmp_path / "f.yaml").write_text("default: Hello Ada!\n")
+    env = {"FLOWCTL_STORE": pg_url}
+    ran = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--scripted", str(tmp_path / "f.yaml"), "-q"],
+                             env=env, catch_exceptions=False)  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    listed = CliRunner().invoke(main, ["runs", "--output", "json"], env=env, catch_exceptions=False)
+    assert [run["status"] for run in json.loads(listed.output)] == ["succeeded"]
+    assert not (tmp_path / ".flowctl").exists()
+
+
+def test_without_psycopg_a_postgresql_store_names_the_extra_to_install() -> None:
+    probe = (
+        "import sys; sys.modules['psycopg'] = None\n"  # as if psycopg were not installed
+        "from flowctl import open_store\n"
+        "from flowctl.interpreter.persistence.store_errors import StoreError\n"
+        "try:\n    open_store('postgresql://bob:hunter2@db/flowctl')\n"
+        "except StoreError as exc:\n    print(exc)\n"
+    )
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "psycopg, which is not installed" in said and "pip install 'flowctl-agents[postgres]'" in said
+    assert "hunter2" not in said
+
+
+def test_checking_a_pipeline_imports_no_postgresql_driver(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    probe = "import sys; from flowctl.cli import main\n" \
+        "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit:\n    pass\n" \
+        "print([name for name in sys.modules if name.startswith('psycopg')])"  # fmt: skip
+    said = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "p.yaml")], capture_output=True, text=True)
+    assert said.stdout.strip().splitlines()[-1] == "[]", said.stderr
