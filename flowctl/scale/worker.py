@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,8 @@ class Worker:
         self.app: App = queue.make_app(config.queue_url, max_size=max(2, config.concurrency // 4 + 2))
         self.graphs: dict[str, Any] = {}  # submission digest → compiled graph
         self.stores: dict[str, Any] = {}  # run id → the store its run writes through
+        self.shared_store: Any = None  # on PostgreSQL: one store (and pool) for every run of this worker
+        self.opening = threading.Lock()
         self.conn: Any = None
 
     # --- the process --------------------------------------------------------------------------------------------
@@ -107,6 +110,8 @@ class Worker:
             finally:
                 for task in side:
                     task.cancel()
+        if self.shared_store is not None:
+            self.shared_store.close()
         await self._set_state("stopped")
         say(f"worker {self.config.name} stopped")
         return 0
@@ -153,9 +158,13 @@ class Worker:
                 queue=queue.QUEUE, task_name=queue.TASK, seconds_since_heartbeat=self.config.lease
             )
             for job in stalled:
-                with contextlib.suppress(Exception):  # another worker put it back first
+                run_id = job.task_kwargs.get("run_id")
+                try:
                     await manager.retry_job(job)
-                    say(f"recovered run {job.task_kwargs.get('run_id')} from a stalled worker")
+                except Exception as exc:  # another worker put it back first
+                    say(f"run {run_id}: not recovered here ({str(exc).strip().splitlines()[0]})")
+                else:
+                    say(f"recovered run {run_id} from a stalled worker")
             await manager.prune_stalled_workers(self.config.lease * 3)
 
     async def _watchdog(self) -> None:
@@ -212,7 +221,7 @@ class Worker:
             self.holding.pop(run_id).set()
             self.stores.pop(run_id, None)
             if store is not None:
-                await asyncio.to_thread(store.close)
+                await asyncio.to_thread(self._close_store, store)
 
     async def _run(self, store: Any, graph: Any, request: queue.RunRequest) -> str:
         from flowctl.interpreter.runner import resume_inputs, run_graph
@@ -245,11 +254,27 @@ class Worker:
         return options
 
     def _open_store(self) -> Any:
+        """The store a run writes through: on PostgreSQL one for the whole worker (its connection pool sized for the
+        worker's concurrency), on SQLite one per run (a connection each)."""
         from flowctl.interpreter.persistence.locate import open_store
 
-        store = open_store(self.config.store_url, access="create")
-        store.lease = self.config.lease
-        return store
+        url = self.config.store_url
+        if not database.is_postgres_url(url):
+            store = open_store(url, access="create")
+            store.lease = self.config.lease
+            return store
+        with self.opening:  # runs start in threads of their own: one opens it, the others wait for it
+            if self.shared_store is None:
+                if "pool_size=" not in url:
+                    url += ("&" if "?" in url else "?") + f"pool_size={self.config.concurrency + 2}"
+                store = open_store(url, access="create")
+                store.lease = self.config.lease
+                self.shared_store = store
+            return self.shared_store
+
+    def _close_store(self, store: Any) -> None:
+        if store is not self.shared_store:
+            store.close()
 
     async def _request(self, run_id: str) -> queue.RunRequest | None:
         cursor = await self.conn.execute(
@@ -286,4 +311,7 @@ def _import_what_runs_need() -> None:
 
 
 def run_worker(config: WorkerConfig) -> int:
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
     return asyncio.run(Worker(config).serve())

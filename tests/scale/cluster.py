@@ -93,6 +93,7 @@ class Cluster:
     env: dict[str, str]
     tmp: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    reader: Any = None  # the store, opened once for the test's reads
 
     def flowctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -104,7 +105,7 @@ class Cluster:
 
     def start_worker(self, name: str, *, lease: float = 10.0, concurrency: int = 8) -> WorkerProcess:
         argv = [sys.executable, "-m", "flowctl", "worker", "--store", self.store, "--queue", self.queue_url]
-        argv += ["--id", name, "--lease", str(lease), "--concurrency", str(concurrency)]
+        argv += ["--id", name, "--lease", str(lease), "--concurrency", str(concurrency), "--drain-timeout", "5"]
         process = subprocess.Popen(
             argv, env=self.env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -138,6 +139,8 @@ class Cluster:
             if worker.process.poll() is None:
                 os.kill(worker.process.pid, signal.SIGCONT)
                 worker.process.terminate()
+        if self.reader is not None:
+            self.reader.close()
         for worker in self.workers:
             try:
                 worker.process.wait(timeout=60)
@@ -149,11 +152,9 @@ class Cluster:
 
     def read(self, look: Callable[[Any], Any]) -> Any:
         self.revive()
-        store = open_store(self.store, access="read")
-        try:
-            return look(store)
-        finally:
-            store.close()
+        if self.reader is None:
+            self.reader = open_store(self.store, access="read")
+        return look(self.reader)
 
     def statuses(self, run_ids: list[str]) -> dict[str, str | None]:
         def look(store: Any) -> dict[str, str | None]:

@@ -44,8 +44,7 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[Cluster, Any]]:
         env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
         env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
         env.pop("FLOWCTL_STORE", None)
-        store = str(tmp_path / "runs.db")
-        made = Cluster(store, pg_url, env, tmp_path)
+        made = Cluster(pg_url, pg_url, env, tmp_path)  # the run store and the queue in one PostgreSQL database
         try:
             yield made, server
         finally:
