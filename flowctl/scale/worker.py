@@ -33,7 +33,7 @@ from procrastinate import App, RetryStrategy
 
 from flowctl import __version__
 from flowctl.interpreter.persistence.store import RunStatus
-from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy
+from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
 from flowctl.scale import database, queue, sources
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: start me again
@@ -77,6 +77,10 @@ class Worker:
 
     async def serve(self) -> int:
         """Run until drained (0) or fenced (75)."""
+        # The server ends this worker's sessions that sit in a transaction past the lease: a worker frozen mid-commit
+        # must not keep its run's row locked, or the next worker could not claim the run (libpq reads PGOPTIONS).
+        timeout = f"-c idle_in_transaction_session_timeout={int(self.config.lease * 1000)}"
+        os.environ["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {timeout}".strip()
         await asyncio.to_thread(lambda: queue.prepare(self.config.queue_url).close())
         _import_what_runs_need()  # now, not in the first run: importing the SDKs holds the event loop for a second
         self.conn = await database.connect_async(self.config.queue_url)
@@ -84,7 +88,9 @@ class Worker:
         self.app.task(
             name=queue.TASK,
             queue=queue.QUEUE,
-            retry=RetryStrategy(max_attempts=100_000, wait=BUSY_RETRY, retry_exceptions={RunBusy}),
+            # a run held by a live worker, or a store that cannot be reached now: again in a moment (a store error
+            # leaves the run resumable)
+            retry=RetryStrategy(max_attempts=100_000, wait=BUSY_RETRY, retry_exceptions={RunBusy, StoreError}),
         )(self.run_request)
         lease = self.config.lease
         async with self.app.open_async():
@@ -208,6 +214,9 @@ class Worker:
             store = await asyncio.to_thread(self._open_store)
             self.stores[run_id] = store
             return await self._run(store, graph, request)
+        except StoreError as exc:
+            say(f"run {run_id}: the store failed ({exc}); trying again in {BUSY_RETRY} s")
+            raise
         except ClaimLost:
             self.fence(f"run {run_id}: the store refused a write (another worker holds its claim now)")
             raise
@@ -265,12 +274,17 @@ class Worker:
             return store
         with self.opening:  # runs start in threads of their own: one opens it, the others wait for it
             if self.shared_store is None:
-                if "pool_size=" not in url:
-                    url += ("&" if "?" in url else "?") + f"pool_size={self.config.concurrency + 2}"
+                url = self._store_url(url)
                 store = open_store(url, access="create")
                 store.lease = self.config.lease
                 self.shared_store = store
             return self.shared_store
+
+    def _store_url(self, url: str) -> str:
+        """The worker's store URL: a pool for its concurrency."""
+        if "pool_size=" in url:
+            return url
+        return url + ("&" if "?" in url else "?") + f"pool_size={self.config.concurrency + 2}"
 
     def _close_store(self, store: Any) -> None:
         if store is not self.shared_store:

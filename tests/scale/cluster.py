@@ -47,9 +47,14 @@ def echo_server(delay: float = 0.0, answers: int = 100_000) -> Iterator[OpenAISe
         yield server
 
 
+def paid(server: OpenAIServer) -> list[dict[str, Any]]:
+    """The requests the server answered as a model would (a whole body with messages)."""
+    return [b for b in server.bodies if b.get("messages")]
+
+
 def duplicates(server: OpenAIServer) -> Counter[str]:
-    """Requests the server received more than once (each beyond the first counted)."""
-    counts = Counter(request_key(b) for b in server.bodies)
+    """Requests the server answered more than once (each beyond the first counted)."""
+    counts = Counter(request_key(b) for b in paid(server))
     return Counter({k: n - 1 for k, n in counts.items() if n > 1})
 
 

@@ -21,7 +21,7 @@ from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.locate import open_store
 from flowctl.interpreter.runner import RunOptions, run_graph
-from tests.scale.cluster import KEY, PIPELINES, Cluster, duplicates, echo_server, wait_for
+from tests.scale.cluster import KEY, PIPELINES, Cluster, duplicates, echo_server, paid, wait_for
 
 pytest.importorskip("procrastinate")
 
@@ -156,7 +156,8 @@ def check_outcome(cluster: Cluster, server: Any, result: dict[str, Any]) -> None
     assert cluster.outputs(run_ids) == dict(zip(run_ids, single_process_outputs(), strict=True))
     repeated = duplicates(server)
     distinct = RUNS * CALLS_PER_RUN
-    assert server.request_count == distinct + sum(repeated.values())
+    # a request a frozen worker had half sent reaches the server without a body: nothing was answered, nor paid
+    assert len(paid(server)) == distinct + sum(repeated.values())
     # only calls in flight when a run changed hands were asked again: at most a fan-out's width per takeover (the
     # lost worker's runs; on a loaded machine a worker starved past its lease may lose one too, and is fenced)
     takeovers = sum(1 for w in cluster.workers for line in w.read() if line.endswith(": resumed"))
