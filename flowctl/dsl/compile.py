@@ -294,6 +294,7 @@ class _Compiler:
                 price_in_per_mtok=price.get("input_per_mtok"),
                 price_out_per_mtok=price.get("output_per_mtok"),
                 fixture=raw.get("fixture"),
+                concurrency=raw.get("concurrency"),
             )
         if "default" not in models and not models:
             models["default"] = ir.DEFAULT_MODEL
@@ -323,6 +324,7 @@ class _Compiler:
                 allowed_tools=tuple(raw["allowed_tools"]) if "allowed_tools" in raw else None,
                 idempotent_tools=tuple(raw.get("idempotent_tools") or ()),
                 circuit_breaker=_breaker(raw.get("circuit_breaker")),
+                concurrency=raw.get("concurrency"),
             )
         return servers
 

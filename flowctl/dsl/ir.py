@@ -288,6 +288,7 @@ class ModelDef:
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
     fixture: str | None = None
+    concurrency: int | None = None  # calls to this model at once (all runs of a process; all workers under `scale`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,7 @@ class ServerDef:
     allowed_tools: tuple[str, ...] | None = None
     idempotent_tools: tuple[str, ...] = ()
     circuit_breaker: CircuitBreakerSpec | None = None
+    concurrency: int | None = None  # tool calls to this server at once (as ModelDef.concurrency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,9 @@ class RunOptions:
     # who the run's claim names (default `host:pid`, judged alive by its process on this host); a worker names itself
     # (`NAME@HOST:PID`) so that its claims are judged by their heartbeat alone (flowctl/scale/worker.py)
     owner: str | None = None
+    # models' and servers' `concurrency:` caps (default: kept in this process, concurrency.Caps); a worker passes one
+    # kept in PostgreSQL so that a cap holds across every worker (flowctl/scale/slots.py)
+    caps: Any = None
 
 
 @dataclass(slots=True)
@@ -222,6 +225,7 @@ async def run_graph(
                 options.reporter,
                 graph.concurrency,
                 clock,
+                caps=options.caps,
             )
             state = SharedState(graph.root.state, clock.now)
             ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)

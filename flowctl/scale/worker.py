@@ -10,6 +10,7 @@ concurrency, under the run's claim.
   heartbeat is older than the lease and puts them back in the queue (`get_stalled_jobs` + `retry_job`).
 - Fencing: a worker that finds it was frozen past its lease, or whose write was refused (`ClaimLost`), stops at once
   without another word to the store or the queue (exit 75): its runs are someone else's now.
+- Caps: a model's or a server's `concurrency:` holds across every worker (slots.py).
 - SIGTERM drains: no new requests; runs in flight may finish within `drain_timeout`, the rest are cancelled (marked
   cancelled in the store) and queued again for another worker to resume. A second SIGTERM or Ctrl-C stops at once.
 """
@@ -34,7 +35,7 @@ from procrastinate import App, RetryStrategy
 from flowctl import __version__
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
-from flowctl.scale import database, queue, sources
+from flowctl.scale import database, queue, slots, sources
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: start me again
 BUSY_RETRY = 1  # seconds before a request for a run someone else still holds is tried again
@@ -72,6 +73,7 @@ class Worker:
         self.shared_store: Any = None  # on PostgreSQL: one store (and pool) for every run of this worker
         self.opening = threading.Lock()
         self.conn: Any = None
+        self.caps: Any = None  # models' and servers' `concurrency:`, shared by every worker (slots.py)
 
     # --- the process --------------------------------------------------------------------------------------------
 
@@ -84,6 +86,8 @@ class Worker:
         await asyncio.to_thread(lambda: queue.prepare(self.config.queue_url).close())
         _import_what_runs_need()  # now, not in the first run: importing the SDKs holds the event loop for a second
         self.conn = await database.connect_async(self.config.queue_url)
+        caps_conn = await database.connect_async(self.config.queue_url)
+        self.caps = slots.SharedCaps(caps_conn, self.owner, self.config.lease)
         await self._register()
         self.app.task(
             name=queue.TASK,
@@ -153,6 +157,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             await self._set_state(self.state)
+            await self.caps.renew()
             await asyncio.sleep(self.config.lease / 4)
 
     async def _recover(self) -> None:
@@ -258,7 +263,7 @@ class Worker:
         from flowctl.interpreter.redact import redactor_for
         from flowctl.interpreter.runner import RunOptions
 
-        options = RunOptions(env=self.config.env, owner=self.owner)
+        options = RunOptions(env=self.config.env, owner=self.owner, caps=self.caps)
         options.redactor = redactor_for([graph], self.config.env)
         return options
 

@@ -14,7 +14,7 @@ import anyio
 
 from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.concurrency import Limiter
+from flowctl.interpreter.concurrency import Caps, Limiter
 from flowctl.interpreter.engine.events import EventBus
 from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.state import SharedState
@@ -64,9 +64,12 @@ class Runtime:
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
+    caps: Any = None  # models' and servers' `concurrency:` (concurrency.Caps, or one shared by workers)
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
+        if self.caps is None:
+            self.caps = Caps()
         # `--stream`: providers hand the answer's text on as it arrives (providers/streaming.py), for the reporter
         self.stream = bool(getattr(self.reporter, "streams_text", False))
         self.bus = EventBus(self.clock)
