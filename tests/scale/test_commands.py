@@ -60,3 +60,31 @@ def test_a_run_of_another_journal_format_is_refused_with_both_versions() -> None
     with pytest.raises(queue.IncompatibleRun, match=r"flowctl 9\.0\.0 \(journal format 2\).*cannot resume"):
         queue.check_format(request)
     queue.check_format(queue.RunRequest("r-y", "digest", {}, "0.1.0", queue.JOURNAL_FORMAT))
+
+
+def test_sigterm_drains_a_worker_and_another_resumes_what_it_released(pg_url: str, tmp_path: Path) -> None:
+    """A run waiting for a signal cannot finish within the drain timeout: SIGTERM releases it (marked cancelled,
+    queued again), the worker exits 0, and a worker started later resumes the run, which the signal then finishes."""
+    import signal as signals
+
+    from tests.scale.cluster import wait_for
+    from tests.scale.test_workers import approve, submit_runs
+
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        try:
+            first = cluster.start_worker("first")
+            [run_id] = submit_runs(cluster, range(0, 1))  # run 0 waits for a signal
+            wait_for("the run waiting", lambda: cluster.waiting_on(run_id) == first.owner)
+            first.process.send_signal(signals.SIGTERM)
+            assert first.process.wait(timeout=120) == 0
+            assert first.saw(f"run {run_id}: released (draining); queued again")
+            assert cluster.statuses([run_id])[run_id] == "cancelled"
+            second = cluster.start_worker("second")
+            wait_for("the run resumed", lambda: second.saw(f"run {run_id}: resumed"))
+            approve(cluster, run_id)  # kept in the store: the resumed run sees it wherever it waits
+            wait_for("the run done", lambda: cluster.succeeded([run_id]) == 1)
+        finally:
+            cluster.stop_all()
