@@ -40,7 +40,7 @@ _MIGRATIONS: dict[int, str] = {
         concurrency integer NOT NULL,
         lease double precision NOT NULL,
         flowctl_version text NOT NULL,
-        state text NOT NULL,             -- running, draining, stopped, fenced
+        state text NOT NULL,             -- running, draining, stopped
         started_at timestamptz NOT NULL DEFAULT now(),
         heartbeat_at timestamptz NOT NULL DEFAULT now(),
         holding jsonb NOT NULL DEFAULT '[]'
