@@ -8,6 +8,7 @@ content, finish, usage when `stream_options.include_usage` asks, `[DONE]`), one 
 without `stream: true` gets one JSON chat completion.
 
     python bench/openai_local.py          # prints `http://127.0.0.1:PORT/v1`, then serves until killed
+    python bench/openai_local.py --latency 0.05   # each answer after 50 ms (an I/O-bound model, bench/scale_workers.py)
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def _completion(body: dict[str, Any], number: int) -> bytes:
 
 
 class _Server:
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         self.requests = 0
+        self.latency = latency
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -79,6 +81,8 @@ class _Server:
                 data = await reader.readexactly(length) if length else b"{}"
                 self.requests += 1
                 body = json.loads(data)
+                if self.latency:
+                    await asyncio.sleep(self.latency)
                 close = headers.get("connection", "").lower() == "close"
                 extra = b"Connection: close\r\n" if close else b""
                 if body.get("stream"):
@@ -97,8 +101,8 @@ class _Server:
             writer.close()
 
 
-async def _main() -> None:
-    server = await asyncio.start_server(_Server().serve, "127.0.0.1", 0, backlog=4096)
+async def _main(latency: float) -> None:
+    server = await asyncio.start_server(_Server(latency).serve, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(f"http://127.0.0.1:{port}/v1", flush=True)
     async with server:
@@ -107,6 +111,7 @@ async def _main() -> None:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(_main())
+        latency = float(sys.argv[sys.argv.index("--latency") + 1]) if "--latency" in sys.argv else 0.0
+        asyncio.run(_main(latency))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -19,6 +19,7 @@ from flowctl.cli.lint import graph, schema, validate
 from flowctl.cli.running import resume, run
 from flowctl.cli.serve import serve
 from flowctl.cli.transcript import logs
+from flowctl.cli.workers import submit, worker, workers
 from flowctl.testing import test_command
 
 if TYPE_CHECKING:
@@ -63,7 +64,22 @@ def main() -> None:
     """flowctl: declarative YAML pipelines of LLM agents with MCP tools."""
 
 
-for command in (validate, schema, graph, run, resume, runs, show, logs, signal, serve, test_command):
+for command in (
+    validate,
+    schema,
+    graph,
+    run,
+    resume,
+    runs,
+    show,
+    logs,
+    signal,
+    serve,
+    test_command,
+    worker,
+    submit,
+    workers,
+):
     main.add_command(command)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -274,6 +275,16 @@ def run(
     _report_outcome(outcome, output, redactor, watchers)
 
 
+def _pipeline_file(record: Any, store_path: str | None) -> str:
+    """The file a run started from; for a submitted run whose file is not on this host (it ran on a worker), the
+    submitted source, fetched from the queue's database (flowctl/scale)."""
+    if Path(record.file).is_file():
+        return str(record.file)
+    from flowctl.cli.workers import submitted_file
+
+    return submitted_file(store_path, record.run_id) or str(record.file)
+
+
 @click.command()
 @click.argument("run_id")
 @store_option
@@ -310,7 +321,7 @@ def resume(
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
-        graph = load_or_exit(record.file)
+        graph = load_or_exit(_pipeline_file(record, store_path))
         scripted = _offline_as_started(record, scripted, online)
         watchers = _watchers(graph, quiet, events_file, stream, store_flag(store_path))
         options = _run_options(scripted, cache, force, watchers.reporter)

@@ -252,6 +252,7 @@ class _Compiler:
                 price_in_per_mtok=price.get("input_per_mtok"),
                 price_out_per_mtok=price.get("output_per_mtok"),
                 fixture=raw.get("fixture"),
+                concurrency=raw.get("concurrency"),
             )
         if "default" not in models and not models:
             models["default"] = ir.DEFAULT_MODEL
@@ -294,6 +295,7 @@ class _Compiler:
                 elicitation_mode=_ELICITATION_MODES[(raw.get("elicitation") or {}).get("mode", "ask")],
                 log_level=raw.get("log_level"),
                 include_instructions=bool(raw.get("include_instructions", False)),
+                concurrency=raw.get("concurrency"),
             )
         return servers
 

@@ -349,6 +349,7 @@ class ModelDef:
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
     fixture: str | None = None
+    concurrency: int | None = None  # calls to this model at once (all runs of a process; all workers under `scale`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +392,7 @@ class ServerDef:
     elicitation_mode: str = "ask"  # ask (a person: the terminal or a signal) | auto (accept defaults) | decline
     log_level: str | None = None  # logging/setLevel sent at start; notifications below it are dropped
     include_instructions: bool = False  # the server's `instructions` join the system message of its agents
+    concurrency: int | None = None  # tool calls to this server at once (as ModelDef.concurrency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 
 import anyio
@@ -88,3 +88,19 @@ class Limiter:
             self._waiters.popleft().set()  # the slot moves to the next waiter; `borrowed` is unchanged
         else:
             self.borrowed -= 1
+
+
+class Caps:
+    """Named caps: a model's or a server's `concurrency:` (key `model:NAME`, `server:NAME`), one slot per call.
+
+    This one keeps them in this process, for one run tree; `flowctl worker` hands runs one that keeps them in
+    PostgreSQL, shared by every worker (flowctl/scale/slots.py)."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, Limiter] = {}
+
+    def slot(self, key: str, total: int) -> AbstractAsyncContextManager[None]:
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = Limiter(total)
+        return limiter

@@ -62,6 +62,12 @@ class RunOptions:
     # tune the process for runs while this one is in flight (the garbage collector's thresholds, the GIL switch
     # interval; engine/tuning.py): process-wide settings, so the CLI's opt-in, never an embedder's surprise
     tune_process: bool = False
+    # who the run's claim names (default `host:pid`, judged alive by its process on this host); a worker names itself
+    # (`NAME@HOST:PID`) so that its claims are judged by their heartbeat alone (flowctl/scale/worker.py)
+    owner: str | None = None
+    # models' and servers' `concurrency:` caps (default: kept in this process, concurrency.Caps); a worker passes one
+    # kept in PostgreSQL so that a cap holds across every worker (flowctl/scale/slots.py)
+    caps: Any = None
 
 
 @dataclass(slots=True)
@@ -237,7 +243,7 @@ async def run_graph(
     run_id = run_id or new_run_id()
     clock = options.clock
     redactor = options.redactor if options.redactor is not None else redactor_for((graph,), options.env)
-    recorder = Recorder(store, redactor, this_process(), clock=clock)
+    recorder = Recorder(store, redactor, options.owner or this_process(), clock=clock)
     journal = Journal(recorder, resuming=resuming, force=options.force, cache=options.cache)
     previous = store.get_run(run_id) if resuming else None  # what a refused resume leaves as it was
     try:
@@ -264,6 +270,7 @@ async def run_graph(
                 options.reporter,
                 graph.concurrency,
                 clock,
+                caps=options.caps,
             )
             state = SharedState(graph.root.state, clock.now)
             ctx = RunContext(runtime, graph, graph.root, run_id, values, state, started_at)

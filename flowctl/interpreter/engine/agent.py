@@ -234,7 +234,10 @@ async def _complete_guarded(ctx: RunContext, model: ModelDef, request: Completio
     breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
     _tell_if_held_back(ctx, request.step)
     async with runtime.limiter:
-        return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+        if model.concurrency is None:
+            return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+        async with runtime.caps.slot(f"model:{model.name}", model.concurrency):
+            return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
 
 
 def _tell_if_held_back(ctx: RunContext, path: str) -> None:
@@ -298,7 +301,13 @@ async def call_tool(
     hooks = TOOL_HOOKS.set(CallHooks(ctx, path, _CallCounter(key), model, agent))
     try:
         async with runtime.limiter:
-            result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+            if server.concurrency is None:
+                result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+            else:
+                async with runtime.caps.slot(f"server:{server.name}", server.concurrency):
+                    result = await runtime.breakers.guard(
+                        breaker, lambda: runtime.tools.call_tool(server, tool, arguments)
+                    )
     except FlowctlError as exc:
         saw_tool_call(ctx, path, key, server, tool, arguments, None, exc, started, runtime.clock.monotonic() - began)
         raise
@@ -385,7 +394,7 @@ async def run_agent(
                 else None
             )
             try:
-                if model.circuit_breaker is None and limiter.try_acquire():  # the common case: a free slot
+                if model.circuit_breaker is None and model.concurrency is None and limiter.try_acquire():
                     try:
                         response = await ctx.runtime.provider(model).complete(request)
                     finally:

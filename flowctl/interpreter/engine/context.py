@@ -14,7 +14,7 @@ import anyio
 
 from flowctl.dsl.ir import Graph, ModelDef, PipelineDef
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
-from flowctl.interpreter.concurrency import Limiter
+from flowctl.interpreter.concurrency import Caps, Limiter
 from flowctl.interpreter.engine.events import EventBus
 from flowctl.interpreter.engine.policies import Breakers
 from flowctl.interpreter.engine.run_meta import iso, now_function
@@ -69,9 +69,12 @@ class Runtime:
     now_calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (run id, step path) → `now()` calls
     warned: set[tuple[str, str]] = field(default_factory=set)  # (run id, server): optional servers reported missing
     server_limits: dict[str, Any] = field(default_factory=dict)  # per MCP server: its sampling semaphore
+    caps: Any = None  # models' and servers' `concurrency:` (concurrency.Caps, or one shared by workers)
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.concurrency)
+        if self.caps is None:
+            self.caps = Caps()
         # `--stream`: providers hand the answer's text on as it arrives (providers/streaming.py), for the reporter
         self.stream = bool(getattr(self.reporter, "streams_text", False))
         self.bus = EventBus(self.clock)

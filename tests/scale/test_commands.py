@@ -1,0 +1,90 @@
+"""The commands: `flowctl submit --wait` follows a run to its end on a worker and exits as `flowctl run` would;
+`flowctl workers` lists who holds what; a worker refuses a run recorded in another journal format."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.scale.cluster import KEY, PIPELINES, Cluster, echo_server
+
+pytest.importorskip("procrastinate")
+
+from flowctl.scale import queue  # the scale extra
+
+
+def test_submit_wait_prints_the_outputs_and_exits_0(pg_url: str, tmp_path: Path) -> None:
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        try:
+            cluster.start_worker("only")
+            done = cluster.flowctl(
+                "submit",
+                str(PIPELINES / "mixed.yaml"),
+                "-i",
+                "topic=cli",
+                "--store",
+                pg_url,
+                "--wait",
+                "--output",
+                "json",
+                check=False,
+            )
+            listing = json.loads(cluster.flowctl("workers", "--store", pg_url, "--output", "json").stdout)
+        finally:
+            cluster.stop_all()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.split("\n", 1)[1])  # the run id, then the outcome
+    assert result["status"] == "succeeded"
+    assert result["run_id"] == done.stdout.split("\n", 1)[0]
+    assert len(result["outputs"]["fan"]) == 3
+    assert "last: succeeded" in done.stderr  # the steps, as the store recorded them
+    assert [w["name"] for w in listing["workers"]] == ["only"]
+
+
+def test_submit_needs_a_postgresql_queue(tmp_path: Path) -> None:
+    cluster = Cluster(str(tmp_path / "runs.db"), "", dict(os.environ), tmp_path)
+    done = cluster.flowctl("submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=x", "--store", "runs.db", check=False)
+    assert done.returncode == 2
+    assert "--queue postgresql://" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_run_of_another_journal_format_is_refused_with_both_versions() -> None:
+    request = queue.RunRequest("r-x", "digest", {}, "9.0.0", queue.JOURNAL_FORMAT + 1)
+    with pytest.raises(queue.IncompatibleRun, match=r"flowctl 9\.0\.0 \(journal format 2\).*cannot resume"):
+        queue.check_format(request)
+    queue.check_format(queue.RunRequest("r-y", "digest", {}, "0.1.0", queue.JOURNAL_FORMAT))
+
+
+def test_sigterm_drains_a_worker_and_another_resumes_what_it_released(pg_url: str, tmp_path: Path) -> None:
+    """A run waiting for a signal cannot finish within the drain timeout: SIGTERM releases it (marked cancelled,
+    queued again), the worker exits 0, and a worker started later resumes the run, which the signal then finishes."""
+    import signal as signals
+
+    from tests.scale.cluster import wait_for
+    from tests.scale.test_workers import approve, submit_runs
+
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        try:
+            first = cluster.start_worker("first")
+            [run_id] = submit_runs(cluster, range(0, 1))  # run 0 waits for a signal
+            wait_for("the run waiting", lambda: cluster.waiting_on(run_id) == first.owner)
+            first.process.send_signal(signals.SIGTERM)
+            assert first.process.wait(timeout=120) == 0
+            assert first.saw(f"run {run_id}: released (draining); queued again")
+            assert cluster.statuses([run_id])[run_id] == "cancelled"
+            second = cluster.start_worker("second")
+            wait_for("the run resumed", lambda: second.saw(f"run {run_id}: resumed"))
+            approve(cluster, run_id)  # kept in the store: the resumed run sees it wherever it waits
+            wait_for("the run done", lambda: cluster.succeeded([run_id]) == 1)
+        finally:
+            cluster.stop_all()
