@@ -58,6 +58,16 @@ def test_the_urls_options_set_the_lease_and_the_pool_and_libpq_gets_the_rest(pg_
             open_store(f"{pg_url}?{bad}")
 
 
+def test_libpq_options_with_spaces_reach_the_server(pg_url: str) -> None:
+    """`?options=-c%20NAME%3DVALUE` (libpq's way to set a session setting) keeps its space: re-encoded as `+`, the
+    server read `+NAME` and refused to connect."""
+    with open_store(f"{pg_url}?lease=15&options=-c%20application_name%3Dspaced-options") as store:
+        assert isinstance(store, PostgresRunStore)
+        with psycopg.connect(pg_url) as conn:
+            names = conn.execute("SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")
+            assert "spaced-options" in [name for (name,) in names]
+
+
 def test_a_database_without_a_store_is_refused_for_reading_and_left_as_it_was(pg_url: str) -> None:
     with pytest.raises(StoreError, match="there is no run store here"):
         open_store(pg_url, access="read")

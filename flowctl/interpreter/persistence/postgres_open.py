@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import psycopg
 
@@ -39,7 +39,8 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
             ours[key] = value
         else:
             theirs.append((key, value))
-    return f"postgresql://{base}" + (f"?{urlencode(theirs)}" if theirs else ""), ours
+    # percent-encoded as libpq reads them: `+` would stay a plus sign (`?options=-c%20x%3Dy` must keep its space)
+    return f"postgresql://{base}" + (f"?{urlencode(theirs, quote_via=quote)}" if theirs else ""), ours
 
 
 def positive_option(options: dict[str, str], name: str, default: float, url: str) -> float:
