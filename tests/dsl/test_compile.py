@@ -420,3 +420,37 @@ def test_true_and_false_conditions_are_those_expressions(compile_yaml: CompileYa
     assert never.when is not None and never.when.evaluate({}) is False
     assert isinstance(pick.body, ir.Route)
     assert [rule.when.evaluate({}) for rule in pick.body.rules] == [False, True]
+
+
+def test_what_a_server_may_ask_compiles_from_its_block(compile_yaml: CompileYaml, tmp_path: Path) -> None:
+    graph = compile_yaml(
+        """\
+        flowctl: 1
+        name: asking
+        models:
+          default: {model: gpt-4o-mini}
+          cheap: {model: gpt-4.1-nano}
+        servers:
+          research:
+            command: srv
+            roots: [{uri: ./data, name: data}, {uri: "file:///srv/x"}, {uri: ./y, server_uri_alias: "file:///z"}]
+            sampling: {model: cheap, max_concurrency: 2}
+            elicitation: {mode: auto-cancel}
+            log_level: info
+            include_instructions: true
+          plain: {command: srv}
+        steps:
+          - {id: a, tool: research.find}
+        """
+    )
+    research, plain = graph.servers["research"], graph.servers["plain"]
+    assert research.roots == (
+        ((tmp_path / "data").resolve().as_uri(), "data"),
+        ("file:///srv/x", None),
+        ("file:///z", None),
+    )
+    assert (research.sampling_model, research.sampling_max_concurrency) == ("cheap", 2)
+    assert research.elicitation_mode == "decline"  # fast-agent's spelling
+    assert (research.log_level, research.include_instructions) == ("info", True)
+    assert (plain.roots, plain.sampling_model, plain.sampling_max_concurrency) == ((), None, 4)
+    assert (plain.elicitation_mode, plain.log_level, plain.include_instructions) == ("ask", None, False)

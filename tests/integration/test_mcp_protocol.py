@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -271,3 +272,48 @@ async def test_idempotent_hint_counts_as_idempotent(flow: Flow) -> None:
     async with McpPool() as pool:
         tools = {t.name: t for t in await pool.list_tools(server)}
     assert tools["lookup"].idempotent and not tools["pid"].idempotent
+
+
+def test_on_a_terminal_an_elicitation_is_a_form(flow: Flow) -> None:
+    """`flowctl run` in a pseudo-terminal: the server's elicitation becomes questions there, answered there."""
+    import pty
+
+    path = flow.pipeline("asking_tool.yaml", **values(tool="book", args="{what: a table}"))
+    db = flow.tmp_path / "runs.db"
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "flowctl", "run", str(path), "--store", str(db), "--output", "json"],
+        env=os.environ | flow.env() | {"TERM": "xterm"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def until(text: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while text not in seen:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal; saw {seen[-2000:]!r}"
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the terminal closed: the process ended
+                raise AssertionError(f"no {text!r} on the terminal; saw {seen[-2000:]!r}") from None
+
+    try:
+        until(b"asks: Who books a table?")
+        until(b"Name (string): ")  # the schema's titles (pydantic's)
+        os.write(master, b"Ana\n")
+        until(b"Count (integer) [1]: ")
+        os.write(master, b"3\n")
+        until(b"booked a table for Ana x3")
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+        os.close(master)
