@@ -281,6 +281,102 @@ cases:
     assert last_line(result) == "3 passed, 1 failed"
 
 
+def test_calls_check_every_model_call_agent_system_and_prompt(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: every call, in any order
+    inputs: {text: hello}
+    expect:
+      calls:
+        - {agent: editor, system: You rewrite text., prompt: "Rewrite: hello", step: rewrite, reply: "=~ better"}
+        - {agent: critic, system: "=~ ^You review text", prompt: "Review: hello"}
+  - name: a wrong prompt, a missing call and an unexpected one
+    inputs: {text: hello}
+    expect:
+      calls:
+        - {agent: critic, prompt: "Review: goodbye"}
+        - {agent: editor}
+        - {agent: judge}
+""",
+    )
+    result = run(path)
+    out = result.stdout
+    assert "✓ every call, in any order" in out
+    assert "✗ a wrong prompt, a missing call and an unexpected one" in out
+    assert 'calls[0].prompt: expected "Review: goodbye", got "Review: hello"' in out
+    assert "(nearest call: agent 'critic' at step 'critique'" in out
+    assert 'calls[2].agent: expected "judge", got "critic"' in out  # compared with the call left over
+    assert "calls: expected 3 model call(s), the run made 2" in out
+    assert "calls[1]" not in out  # the editor's call matched
+    assert last_line(result) == "1 passed, 1 failed"
+
+
+def test_calls_count_child_runs_and_unexpected_calls(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text(
+        """\
+flowctl: 1
+name: parent
+agents:
+  helper: {params: [kind], name: "helper_{{ kind }}", instruction: "Help with {{ kind }}."}
+steps:
+  - id: each
+    for_each: [a, b]
+    pipeline: child
+    inputs: {kind: "{{ item }}"}
+pipelines:
+  child:
+    inputs: {kind: {type: string}}
+    steps:
+      - id: ask
+        agent: {use: helper, with: {kind: "{{ inputs.kind }}"}}
+        prompt: "Do {{ inputs.kind }}"
+"""
+    )
+    (tmp_path / "parent.test.yaml").write_text(
+        """\
+cases:
+  - name: both children
+    default: done
+    expect:
+      calls:
+        - {agent: helper_b, system: Help with b., prompt: Do b, step: "each[1]/ask"}
+        - {agent: helper_a, system: Help with a., prompt: Do a}
+  - name: one call unaccounted for
+    default: done
+    expect:
+      calls:
+        - {agent: helper_a}
+"""
+    )
+    result = run(tmp_path / "parent.test.yaml")
+    out = result.stdout
+    assert "✓ both children" in out
+    assert "calls: expected 1 model call(s), the run made 2" in out
+    assert "calls: a model call no entry expects: agent 'helper_b' at step 'each[1]/ask', prompt 'Do b'" in out
+
+
+def test_calls_entries_are_checked_when_loaded(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: bad
+    expect:
+      calls:
+        - {agent: critic, user: "Review: hello"}
+""",
+    )
+    result = run(path)
+    assert result.exit_code == 2
+    assert "unknown key 'user' in an expected model call" in result.stderr
+
+
 def test_signals_are_delivered_through_the_store(tmp_path: Path) -> None:
     path = write_project(
         tmp_path,
