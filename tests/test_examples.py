@@ -38,6 +38,7 @@ EXPECTED = {
     "mcp_time",
     "seed/event_coordinator",
     "seed/data_pipeline",
+    "seed/multi_analysis",
 }
 MODELINE = "# yaml-language-server: $schema="
 
