@@ -25,7 +25,7 @@ EXAMPLES = sorted(
     for p in [*PIPELINES.glob("*.yaml"), *PIPELINES.glob("seed/*.yaml")]  # seed/: the seed's compositions
     if not p.name.endswith((".fixture.yaml", ".test.yaml"))
 )
-CHILDREN = sorted((PIPELINES / "children").glob("*.yaml"))
+CHILDREN = sorted([*(PIPELINES / "children").glob("*.yaml"), *(PIPELINES / "seed" / "children").glob("*.yaml")])
 EXPECTED = {
     "data_pipeline",
     "multi_analysis",
@@ -39,6 +39,7 @@ EXPECTED = {
     "seed/event_coordinator",
     "seed/data_pipeline",
     "seed/multi_analysis",
+    "seed/project_management",
 }
 MODELINE = "# yaml-language-server: $schema="
 

@@ -344,7 +344,7 @@ cases:
     expect:
       calls:
         - {agent: helper_b, system: Help with b., prompt: Do b, step: "each[1]/ask"}
-        - {agent: helper_a, system: Help with a., prompt: Do a}
+        - {agent: helper_a, system: Help with a., prompt: Do a, tools: []}
   - name: one call unaccounted for
     default: done
     expect:
