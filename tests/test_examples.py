@@ -40,6 +40,7 @@ EXPECTED = {
     "seed/data_pipeline",
     "seed/multi_analysis",
     "seed/project_management",
+    "seed/adaptive_analysis",
 }
 MODELINE = "# yaml-language-server: $schema="
 

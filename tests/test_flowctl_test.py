@@ -645,3 +645,14 @@ def test_a_pipeline_path_too_long_for_the_system_is_a_diagnostic_not_a_crash(tmp
     assert result.exit_code == 2, result.output
     assert "pipeline file not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_long_texts_that_differ_say_where() -> None:
+    from flowctl.testing.matchers import Exact
+
+    expected, actual = "Analyze: " + "x" * 70 + "\nContent: a", "Analyze: " + "x" * 70 + "\nContent: b"
+    [(path, message)] = Exact(expected).check(actual, "calls[0].prompt")
+    assert path == "calls[0].prompt"
+    where = 'they differ from character 89: expected "xxxxxxxxxx\\nContent: a", got "xxxxxxxxxx\\nContent: b"'
+    assert message.endswith(where)
+    assert "differ" not in Exact("short").check("shorter", "p")[0][1]
