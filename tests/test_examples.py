@@ -41,6 +41,7 @@ EXPECTED = {
     "seed/multi_analysis",
     "seed/project_management",
     "seed/adaptive_analysis",
+    "seed/stateful_orchestrator",
 }
 MODELINE = "# yaml-language-server: $schema="
 
