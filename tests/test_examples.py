@@ -42,6 +42,7 @@ EXPECTED = {
     "seed/project_management",
     "seed/adaptive_analysis",
     "seed/stateful_orchestrator",
+    "seed/best_practices",
 }
 MODELINE = "# yaml-language-server: $schema="
 

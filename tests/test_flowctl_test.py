@@ -359,6 +359,27 @@ cases:
     assert "calls: a model call no entry expects: agent 'helper_b' at step 'each[1]/ask', prompt 'Do b'" in out
 
 
+def test_calls_see_failed_calls_and_their_error_code(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: the critic is down
+    inputs: {text: hello}
+    responses:
+      - {agent: critic, reply: {error: auth, message: invalid API key}}
+    expect:
+      status: failed
+      calls:
+        - {agent: critic, prompt: "Review: hello", reply: null, error: auth-error}
+""",
+    )
+    result = run(path)
+    assert "✓ the critic is down" in result.stdout, result.stdout
+
+
 def test_calls_entries_are_checked_when_loaded(tmp_path: Path) -> None:
     path = write_project(
         tmp_path,

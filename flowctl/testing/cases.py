@@ -35,7 +35,7 @@ _CASE_KEYS = (
 )
 _SIGNAL_KEYS = ("event", "data", "after")
 _EXPECT_KEYS = ("status", "outputs", "state", "events", "steps", "calls", "error")
-_CALL_KEYS = ("agent", "system", "prompt", "step", "reply", "tools")
+_CALL_KEYS = ("agent", "system", "prompt", "step", "reply", "tools", "error")
 _EVENT_KEYS = ("name", "data", "source")
 _RUN_STATUSES = ("succeeded", "failed")
 _STEP_STATUSES = ("succeeded", "failed", "skipped", "pending")
@@ -60,7 +60,7 @@ class Expect:
     state: Pattern | None = None
     events: list[tuple[str, Pattern | None]] = field(default_factory=list)  # (name, pattern of the whole event)
     steps: dict[str, Pattern] = field(default_factory=dict)
-    calls: list[Pattern] | None = None  # every model call of the run tree: {agent, system, prompt, step, reply, tools}
+    calls: list[Pattern] | None = None  # every model call of the run tree: {agent, system, prompt, …}
     error: Pattern | None = None
 
 
@@ -401,7 +401,7 @@ class _Checker:
 
     def calls(self, raw: Any, path: tuple[Any, ...]) -> list[Pattern]:
         if not isinstance(raw, list):
-            self.wrong_type(path, "a list of expected model calls ({agent, system, prompt, step, reply, tools})", raw)
+            self.wrong_type(path, "a list of expected model calls ({agent, system, prompt, …})", raw)
             return []
         calls: list[Pattern] = []
         for i, item in enumerate(raw):

@@ -81,8 +81,8 @@ async def _send_signal(store: Any, run_id: str, signal: Signal) -> None:
 
 def model_calls(store: Any, run_id: str) -> list[dict[str, Any]]:
     """Every model call of the run and its child runs, in the order they started, as the `calls:` expectations see
-    them: {agent, system, prompt, step, reply, tools} (`prompt` is the call's first user message, `tools` the names of
-    the tools offered)."""
+    them: {agent, system, prompt, step, reply, tools, error} (`prompt` is the call's first user message, `tools` the
+    names of the tools offered, `error` the code of a failed call's error)."""
     from flowctl.run_reports import run_tree, step_label
 
     found: list[tuple[float, int, dict[str, Any]]] = []
@@ -101,6 +101,7 @@ def model_calls(store: Any, run_id: str) -> list[dict[str, Any]]:
                 "step": step_label(run, e.path, run_id),
                 "reply": reply,
                 "tools": [t.get("name") for t in e.request.get("tools") or [] if isinstance(t, dict)],
+                "error": e.error.get("code") if isinstance(e.error, dict) else None,
             }
             found.append((e.started_at, e.seq, call))
     return [call for _, _, call in sorted(found, key=lambda f: (f[0], f[1]))]
