@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from flowctl.cli import main
@@ -24,7 +25,7 @@ EXAMPLES = sorted(
     for p in [*PIPELINES.glob("*.yaml"), *PIPELINES.glob("seed/*.yaml")]  # seed/: the seed's compositions
     if not p.name.endswith((".fixture.yaml", ".test.yaml"))
 )
-CHILDREN = sorted((PIPELINES / "children").glob("*.yaml"))
+CHILDREN = sorted([*(PIPELINES / "children").glob("*.yaml"), *(PIPELINES / "seed" / "children").glob("*.yaml")])
 EXPECTED = {
     "data_pipeline",
     "multi_analysis",
@@ -36,6 +37,12 @@ EXPECTED = {
     "evaluator_optimizer",
     "mcp_time",
     "seed/event_coordinator",
+    "seed/data_pipeline",
+    "seed/multi_analysis",
+    "seed/project_management",
+    "seed/adaptive_analysis",
+    "seed/stateful_orchestrator",
+    "seed/best_practices",
 }
 MODELINE = "# yaml-language-server: $schema="
 
@@ -72,6 +79,19 @@ def test_example_has_a_header_fixture_and_test_cases(path: Path) -> None:
     assert f"flowctl run pipelines/{name}.yaml --scripted pipelines/{name}.fixture.yaml" in text
     assert path.with_name(f"{path.stem}.fixture.yaml").is_file()
     assert path.with_name(f"{path.stem}.test.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if p.parent.name == "seed"], ids=lambda p: p.relative_to(PIPELINES).as_posix()
+)
+def test_seed_test_files_check_every_model_call(path: Path) -> None:
+    """The seed's compositions are tested call by call: agent, system message and prompt of every model call."""
+    cases = yaml.safe_load(path.with_name(f"{path.stem}.test.yaml").read_text(encoding="utf-8"))["cases"]
+    checked = [c for c in cases if "calls" in c.get("expect", {})]
+    assert checked, "no case has `calls:` expectations"
+    for case in checked:
+        for call in case["expect"]["calls"]:
+            assert {"agent", "system", "prompt"} <= set(call), (case["name"], call)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(PIPELINES).with_suffix("").as_posix())

@@ -281,6 +281,123 @@ cases:
     assert last_line(result) == "3 passed, 1 failed"
 
 
+def test_calls_check_every_model_call_agent_system_and_prompt(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: every call, in any order
+    inputs: {text: hello}
+    expect:
+      calls:
+        - {agent: editor, system: You rewrite text., prompt: "Rewrite: hello", step: rewrite, reply: "=~ better"}
+        - {agent: critic, system: "=~ ^You review text", prompt: "Review: hello"}
+  - name: a wrong prompt, a missing call and an unexpected one
+    inputs: {text: hello}
+    expect:
+      calls:
+        - {agent: critic, prompt: "Review: goodbye"}
+        - {agent: editor}
+        - {agent: judge}
+""",
+    )
+    result = run(path)
+    out = result.stdout
+    assert "✓ every call, in any order" in out
+    assert "✗ a wrong prompt, a missing call and an unexpected one" in out
+    assert 'calls[0].prompt: expected "Review: goodbye", got "Review: hello"' in out
+    assert "(nearest call: agent 'critic' at step 'critique'" in out
+    assert 'calls[2].agent: expected "judge", got "critic"' in out  # compared with the call left over
+    assert "calls: expected 3 model call(s), the run made 2" in out
+    assert "calls[1]" not in out  # the editor's call matched
+    assert last_line(result) == "1 passed, 1 failed"
+
+
+def test_calls_count_child_runs_and_unexpected_calls(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text(
+        """\
+flowctl: 1
+name: parent
+agents:
+  helper: {params: [kind], name: "helper_{{ kind }}", instruction: "Help with {{ kind }}."}
+steps:
+  - id: each
+    for_each: [a, b]
+    pipeline: child
+    inputs: {kind: "{{ item }}"}
+pipelines:
+  child:
+    inputs: {kind: {type: string}}
+    steps:
+      - id: ask
+        agent: {use: helper, with: {kind: "{{ inputs.kind }}"}}
+        prompt: "Do {{ inputs.kind }}"
+"""
+    )
+    (tmp_path / "parent.test.yaml").write_text(
+        """\
+cases:
+  - name: both children
+    default: done
+    expect:
+      calls:
+        - {agent: helper_b, system: Help with b., prompt: Do b, step: "each[1]/ask"}
+        - {agent: helper_a, system: Help with a., prompt: Do a, tools: []}
+  - name: one call unaccounted for
+    default: done
+    expect:
+      calls:
+        - {agent: helper_a}
+"""
+    )
+    result = run(tmp_path / "parent.test.yaml")
+    out = result.stdout
+    assert "✓ both children" in out
+    assert "calls: expected 1 model call(s), the run made 2" in out
+    assert "calls: a model call no entry expects: agent 'helper_b' at step 'each[1]/ask', prompt 'Do b'" in out
+
+
+def test_calls_see_failed_calls_and_their_error_code(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: the critic is down
+    inputs: {text: hello}
+    responses:
+      - {agent: critic, reply: {error: auth, message: invalid API key}}
+    expect:
+      status: failed
+      calls:
+        - {agent: critic, prompt: "Review: hello", reply: null, error: auth-error}
+""",
+    )
+    result = run(path)
+    assert "✓ the critic is down" in result.stdout, result.stdout
+
+
+def test_calls_entries_are_checked_when_loaded(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        """\
+pipeline: review.yaml
+fixture: review.fixture.yaml
+cases:
+  - name: bad
+    expect:
+      calls:
+        - {agent: critic, user: "Review: hello"}
+""",
+    )
+    result = run(path)
+    assert result.exit_code == 2
+    assert "unknown key 'user' in an expected model call" in result.stderr
+
+
 def test_signals_are_delivered_through_the_store(tmp_path: Path) -> None:
     path = write_project(
         tmp_path,
@@ -549,3 +666,14 @@ def test_a_pipeline_path_too_long_for_the_system_is_a_diagnostic_not_a_crash(tmp
     assert result.exit_code == 2, result.output
     assert "pipeline file not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_long_texts_that_differ_say_where() -> None:
+    from flowctl.testing.matchers import Exact
+
+    expected, actual = "Analyze: " + "x" * 70 + "\nContent: a", "Analyze: " + "x" * 70 + "\nContent: b"
+    [(path, message)] = Exact(expected).check(actual, "calls[0].prompt")
+    assert path == "calls[0].prompt"
+    where = 'they differ from character 89: expected "xxxxxxxxxx\\nContent: a", got "xxxxxxxxxx\\nContent: b"'
+    assert message.endswith(where)
+    assert "differ" not in Exact("short").check("shorter", "p")[0][1]

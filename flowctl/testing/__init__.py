@@ -2,7 +2,8 @@
 
 A test file (`NAME.test.yaml`, or any `*.test.yaml`) names a pipeline and lists cases; each case gives inputs,
 scripted model replies and tool results (a fixture file and/or inline rules), optional external signals, and
-expectations on the run's status, outputs, state, events, steps and error. The user reference is docs/testing.md.
+expectations on the run's status, outputs, state, events, steps, model calls and error.
+The user reference is docs/testing.md.
 
 Stages, in plain sight: load every test file with the hardened loader and check it (problems are diagnostics with
 file:line:col, exit 2) → compile each pipeline once → run each case with `run_graph` on an in-memory store →

@@ -34,7 +34,8 @@ _CASE_KEYS = (
     "expect",
 )
 _SIGNAL_KEYS = ("event", "data", "after")
-_EXPECT_KEYS = ("status", "outputs", "state", "events", "steps", "error")
+_EXPECT_KEYS = ("status", "outputs", "state", "events", "steps", "calls", "error")
+_CALL_KEYS = ("agent", "system", "prompt", "step", "reply", "tools", "error")
 _EVENT_KEYS = ("name", "data", "source")
 _RUN_STATUSES = ("succeeded", "failed")
 _STEP_STATUSES = ("succeeded", "failed", "skipped", "pending")
@@ -59,6 +60,7 @@ class Expect:
     state: Pattern | None = None
     events: list[tuple[str, Pattern | None]] = field(default_factory=list)  # (name, pattern of the whole event)
     steps: dict[str, Pattern] = field(default_factory=dict)
+    calls: list[Pattern] | None = None  # every model call of the run tree: {agent, system, prompt, …}
     error: Pattern | None = None
 
 
@@ -355,6 +357,8 @@ class _Checker:
             expect.events = self.events(data["events"], (*path, "events"))
         if "steps" in data:
             expect.steps = self.steps(data["steps"], (*path, "steps"), graph)
+        if "calls" in data:
+            expect.calls = self.calls(data["calls"], (*path, "calls"))
         if "error" in data:
             error = data["error"]
             if isinstance(error, str) and not error.startswith(REGEX_PREFIX):
@@ -394,6 +398,18 @@ class _Checker:
                 continue
             events.append((data["name"], self.pattern(data, (*path, i))))
         return events
+
+    def calls(self, raw: Any, path: tuple[Any, ...]) -> list[Pattern]:
+        if not isinstance(raw, list):
+            self.wrong_type(path, "a list of expected model calls ({agent, system, prompt, …})", raw)
+            return []
+        calls: list[Pattern] = []
+        for i, item in enumerate(raw):
+            data = self.mapping(item, (*path, i), _CALL_KEYS, "an expected model call")
+            pattern = self.pattern(data, (*path, i)) if data is not None else None
+            if pattern is not None:
+                calls.append(pattern)
+        return calls
 
     def steps(self, raw: Any, path: tuple[Any, ...], graph: Any) -> dict[str, Pattern]:
         if not isinstance(raw, dict):

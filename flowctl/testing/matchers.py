@@ -39,7 +39,22 @@ class Exact(Pattern):
     value: Any
 
     def check(self, actual: Any, path: str) -> list[tuple[str, str]]:
-        return [] if _same(self.value, actual) else [(path, f"expected {show(self.value)}, got {show(actual)}")]
+        if _same(self.value, actual):
+            return []
+        message = f"expected {show(self.value)}, got {show(actual)}"
+        if isinstance(self.value, str) and isinstance(actual, str) and max(len(self.value), len(actual)) > 60:
+            message += _first_difference(self.value, actual)  # long texts: say where they part
+        return [(path, message)]
+
+
+def _first_difference(expected: str, actual: str) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(expected, actual, strict=False)) if a != b), None)
+    at = min(len(expected), len(actual)) if at is None else at
+    start = max(0, at - 20)
+    return (
+        f"; they differ from character {at}: expected {show(expected[start : at + 30])}, "
+        f"got {show(actual[start : at + 30])}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

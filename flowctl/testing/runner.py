@@ -37,6 +37,7 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
     store = open_store(":memory:")
     outcome: Any = None
     error: FlowctlError | None = None
+    calls: list[dict[str, Any]] = []
     try:
         with anyio.fail_after(case.timeout):
             async with anyio.create_task_group() as tg:
@@ -47,13 +48,15 @@ async def run_case(case: Case, verbose: bool = False) -> CaseResult:
                 except FlowctlError as exc:  # invalid inputs: nothing ran
                     error = exc
                 tg.cancel_scope.cancel()
+        if case.expect.calls is not None:
+            calls = model_calls(store, run_id)
     except TimeoutError:
         result = CaseResult(case, False, time.monotonic() - started, run_id, "timeout")
         result.failures.append(("run", f"did not finish within the case timeout of {case.timeout:g}s"))
         return result
     finally:
         store.close()
-    failures = compare(case.expect, outcome, error)
+    failures = compare(case.expect, outcome, error, calls)
     run_error = outcome.error if outcome is not None else error
     return CaseResult(
         case,
@@ -76,7 +79,37 @@ async def _send_signal(store: Any, run_id: str, signal: Signal) -> None:
     store.send_signal(run_id, signal.event, signal.data)
 
 
-def compare(expect: Expect, outcome: Any, error: Any) -> list[tuple[str, str]]:
+def model_calls(store: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every model call of the run and its child runs, in the order they started, as the `calls:` expectations see
+    them: {agent, system, prompt, step, reply, tools, error} (`prompt` is the call's first user message, `tools` the
+    names of the tools offered, `error` the code of a failed call's error)."""
+    from flowctl.run_reports import run_tree, step_label
+
+    found: list[tuple[float, int, dict[str, Any]]] = []
+    for run in run_tree(store, run_id) if store.get_run(run_id) is not None else []:
+        for e in store.exchanges(run):
+            if e.kind != "model" or not isinstance(e.request, dict):
+                continue
+            messages = e.request.get("messages") or []
+            system = next((m.get("content") for m in messages if m.get("role") == "system"), None)
+            prompt = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+            reply = e.response.get("content") if isinstance(e.response, dict) else None
+            call = {
+                "agent": e.request.get("agent"),
+                "system": system,
+                "prompt": prompt,
+                "step": step_label(run, e.path, run_id),
+                "reply": reply,
+                "tools": [t.get("name") for t in e.request.get("tools") or [] if isinstance(t, dict)],
+                "error": e.error.get("code") if isinstance(e.error, dict) else None,
+            }
+            found.append((e.started_at, e.seq, call))
+    return [call for _, _, call in sorted(found, key=lambda f: (f[0], f[1]))]
+
+
+def compare(
+    expect: Expect, outcome: Any, error: Any, calls: list[dict[str, Any]] | None = None
+) -> list[tuple[str, str]]:
     """Every difference between the expectations and the outcome, as (path, message)."""
     failures: list[tuple[str, str]] = []
     status = outcome.status.value if outcome is not None else "failed"
@@ -106,7 +139,71 @@ def compare(expect: Expect, outcome: Any, error: Any) -> list[tuple[str, str]]:
     for step_id, pattern in expect.steps.items():
         record = outcome.steps.get(step_id, {"status": "pending", "output": None, "error": None, "attempts": 0})
         failures.extend(pattern.check(record, f"steps.{step_id}"))
+    if expect.calls is not None:
+        failures.extend(_compare_calls(expect.calls, calls or []))
     return failures
+
+
+def _compare_calls(expected: list[Pattern], actual: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Every model call must match one expected entry and each entry one call, in any order (concurrent calls start
+    in no fixed order): a bipartite matching, so an entry general enough to match several calls never steals the
+    only call a more precise entry could match."""
+    fits = [[j for j, call in enumerate(actual) if not pattern.check(call, "")] for pattern in expected]
+    owner: dict[int, int] = {}  # actual call -> expected entry
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for j in fits[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or assign(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in range(len(expected)):
+        assign(i, set())
+    matched = set(owner.values())
+    failures: list[tuple[str, str]] = []
+    if len(actual) != len(expected):
+        failures.append(("calls", f"expected {len(expected)} model call(s), the run made {len(actual)}"))
+    for i, pattern in enumerate(expected):
+        if i in matched:
+            continue
+        free = [j for j in range(len(actual)) if j not in owner]
+        if not free:
+            failures.append((f"calls[{i}]", f"no model call left for {_describe_call(pattern)}"))
+            continue
+        pattern_agent = _agent_of(pattern)
+        nearest = next((j for j in free if actual[j]["agent"] == pattern_agent), free[0])
+        for path, message in pattern.check(actual[nearest], ""):
+            where = f"calls[{i}].{path.lstrip('.')}" if path else f"calls[{i}]"
+            failures.append((where, f"{message} (nearest call: {_call_line(actual[nearest])})"))
+    for j, call in enumerate(actual):
+        if j not in owner:
+            failures.append(("calls", f"a model call no entry expects: {_call_line(call)}"))
+    return failures
+
+
+def _agent_of(pattern: Pattern) -> Any:
+    from flowctl.testing.matchers import Exact
+
+    if isinstance(pattern, MapPattern):
+        for key, sub in pattern.items:
+            if key == "agent" and isinstance(sub, Exact):
+                return sub.value
+    return None
+
+
+def _describe_call(pattern: Pattern) -> str:
+    if isinstance(pattern, MapPattern):
+        return ", ".join(f"{k} {describe(p)}" for k, p in pattern.items) or "any call"
+    return describe(pattern)
+
+
+def _call_line(call: dict[str, Any]) -> str:
+    prompt = first_line(str(call.get("prompt")))
+    prompt = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+    return f"agent {call.get('agent')!r} at step {call.get('step')!r}, prompt {prompt!r}"
 
 
 def _compare_events(expected: list[tuple[str, Pattern | None]], actual: list[dict[str, Any]]) -> list[tuple[str, str]]:
