@@ -199,6 +199,8 @@ class Expression:
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
             value = self._compiled(**context)
+            if isinstance(value, Undefined):  # `steps.x.output.missing`: an error here, not a value that raises later
+                value._fail_with_undefined_error()
             if self._builds and value.__class__ is not bool and printed_size(value) > MAX_TEXT:
                 raise BudgetExceeded(f"its value would print more than {MAX_TEXT:,} characters")
             return value

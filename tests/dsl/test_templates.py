@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowctl.dsl.diagnostics import Span
-from flowctl.dsl.templates import ENV, RenderError, compile_text
+from flowctl.dsl.templates import ENV, RenderError, compile_expression, compile_string_value, compile_text
 
 SPAN = Span("p.yaml", 3, 5)
 
@@ -100,3 +100,20 @@ def test_any_lookup_template_renders_as_jinja_does(pieces: list[str], context: d
     source = "".join(pieces)
     template = compile_text(source, SPAN)
     assert outcome(lambda: template.render(context)) == outcome(lambda: jinja(source, context))
+
+
+@pytest.mark.parametrize(
+    "source", ["{{ step.output.result }}", "{{ step.output.result.deeper }}", "{{ step['missing'] }}"]
+)
+def test_a_value_naming_a_missing_attribute_fails_to_render_instead_of_leaking_undefined(source: str) -> None:
+    """A single expression keeps its native type; an undefined one used to come back as Jinja's Undefined, which
+    raised later, outside any render, when the run recorded it (found with an output template)."""
+    value = compile_string_value(source, Span("p.yaml", 3, 5))
+    with pytest.raises(RenderError, match=r"^p\.yaml:3:5: "):
+        value.evaluate({"step": {"output": "plain text"}})
+
+
+def test_a_bare_expression_naming_a_missing_attribute_fails_to_render() -> None:
+    expression = compile_expression("step.output.result", Span("p.yaml", 4, 9))
+    with pytest.raises(RenderError, match="has no attribute 'result'"):
+        expression.evaluate({"step": {"output": "plain text"}})
