@@ -40,7 +40,7 @@ async def test_a_pasted_config_runs_with_the_optional_server_left_out_and_the_un
         names = sorted(t["function"]["name"] for t in body.get("tools", []))
         return reply(",".join(names))
 
-    flow.llm.enqueue(tools_offered, tools_offered)
+    flow.llm.enqueue(tools_offered, tools_offered, tools_offered)
     warnings = Warnings()
     env = flow.env(PYTHON_BIN=PYTHON, CALC_SCRIPT=str(CALC))
     result = await flow.run("brought_config.yaml", env=env, reporter=warnings)
@@ -50,7 +50,7 @@ async def test_a_pasted_config_runs_with_the_optional_server_left_out_and_the_un
         ","
     )  # calc started from ${PYTHON_BIN} ${CALC_SCRIPT}
     assert flow.llm.bodies[0]["model"] == "gpt-brought"  # `${MODEL_NAME:gpt-brought}`: fast-agent's default
-    # the optional server: one warning for the run, naming it and why, and an event in the run's log
+    # the optional server: one warning for the run tree (its child run too), naming it and why, and an event
     assert len(warnings.seen) == 1
     path, message = warnings.seen[0]
     assert path == "use"

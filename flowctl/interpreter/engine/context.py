@@ -67,7 +67,7 @@ class Runtime:
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
     child_started_at: dict[str, float] = field(default_factory=dict)  # child run id → when it first started
     now_calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (run id, step path) → `now()` calls
-    warned: set[tuple[str, str]] = field(default_factory=set)  # (run id, server): optional servers reported missing
+    warned: set[str] = field(default_factory=set)  # optional servers reported unavailable (once per run tree)
     server_limits: dict[str, Any] = field(default_factory=dict)  # per MCP server: its sampling semaphore
     caps: Any = None  # models' and servers' `concurrency:` (concurrency.Caps, or one shared by workers)
 

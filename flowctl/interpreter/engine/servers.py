@@ -36,12 +36,12 @@ async def list_agent_tools(ctx: RunContext, agent: AgentDef, path: str) -> tuple
 
 
 def warn_unavailable(ctx: RunContext, agent: AgentDef, path: str, server: str, cause: str) -> None:
-    """Record and show that an agent runs without an optional server's tools (once per server per run)."""
+    """Record and show that an agent runs without an optional server's tools: once per server in a run tree (its
+    child runs share the pool, so the server is as unavailable to them)."""
     runtime = ctx.runtime
-    key = (ctx.run_id, server)
-    if key in runtime.warned:
+    if server in runtime.warned:
         return
-    runtime.warned.add(key)
+    runtime.warned.add(server)
     message = f"optional server {server!r} is unavailable: agent {agent.name!r} runs without its tools ({cause})"
     data = {"server": server, "agent": agent.name, "step": path, "error": cause}
     runtime.recorder.event(ctx.run_id, UNAVAILABLE_EVENT, data, path)
