@@ -9,6 +9,16 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from flowctl.interpreter.persistence.rows import (
+    attempt_row,
+    cache_row,
+    call_row,
+    event_row,
+    exchange_row,
+    state_row,
+    step_finished_row,
+    step_started_row,
+)
 from flowctl.interpreter.persistence.store import (
     AttemptEnded,
     CacheStored,
@@ -257,49 +267,14 @@ FENCED_CALL = """INSERT INTO calls (run_id, key, request_digest, result, recorde
 HEARTBEAT = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"
 
 
-# Each write type as the grouped row of its table (runs are written one statement each, first).
-# (`token`: the claim the commit is made under, which calls and step outcomes keep)
-def _step_started(w: StepStarted, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.kind, "running", int(w.new_attempt), w.at, None, None, None, 0, 0, token)
-
-
-def _step_finished(w: StepFinished, token: int) -> tuple[Any, ...]:
-    status = w.status._value_  # `.value` is a descriptor costing ~0.1 µs a row
-    return (w.run_id, w.path, w.kind, status, w.attempts, w.started_at, w.finished_at, w.output, w.error,
-            w.input_tokens, w.output_tokens, token)  # fmt: skip
-
-
-def call_row(w: CallDone, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.key, w.request_digest, w.result, w.at, int(w.masked), token)
-
-
-def _event(w: EventLogged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.name, w.data, w.source, w.at)
-
-
-def _state(w: StateChanged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.step, w.keys, w.values, w.at)
-
-
-def _cache(w: CacheStored, token: int) -> tuple[Any, ...]:
-    return (w.digest, w.result, w.at)
-
-
-def _attempt(w: AttemptEnded, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.attempt, w.status._value_, w.started_at, w.finished_at, w.error, w.retry_in)
-
-
-def _exchange(w: Exchanged, token: int) -> tuple[Any, ...]:
-    return (w.run_id, w.path, w.key, w.attempt, w.kind, w.started_at, w.elapsed, w.request, w.response, w.error)
-
-
+# Each write type as the grouped row of its table (rows.py; runs are written one statement each, first).
 ROWS: dict[type, tuple[Insert, Any]] = {
-    StepStarted: (STEP_ROW, _step_started),
-    StepFinished: (STEP_ROW, _step_finished),
+    StepStarted: (STEP_ROW, step_started_row),
+    StepFinished: (STEP_ROW, step_finished_row),
     CallDone: (CALL_ROW, call_row),
-    EventLogged: (EVENT_ROW, _event),
-    StateChanged: (STATE_ROW, _state),
-    CacheStored: (CACHE_ROW, _cache),
-    AttemptEnded: (ATTEMPT_ROW, _attempt),
-    Exchanged: (EXCHANGE_ROW, _exchange),
+    EventLogged: (EVENT_ROW, event_row),
+    StateChanged: (STATE_ROW, state_row),
+    CacheStored: (CACHE_ROW, cache_row),
+    AttemptEnded: (ATTEMPT_ROW, attempt_row),
+    Exchanged: (EXCHANGE_ROW, exchange_row),
 }

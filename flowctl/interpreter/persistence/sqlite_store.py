@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.persistence.owners import local_owner_alive
+from flowctl.interpreter.persistence.rows import call_row
 from flowctl.interpreter.persistence.sqlite_open import open_connection
 from flowctl.interpreter.persistence.sqlite_schema import (
     FENCE,
@@ -49,7 +50,6 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     SCHEMA_VERSION,
     STEP_COLUMNS,
     Insert,
-    call_row,
 )
 from flowctl.interpreter.persistence.store import (
     AttemptRecord,
