@@ -8,12 +8,16 @@ sampling answered by the agent's model (journaled, counted), elicitation by poli
 tools/list_changed, the tool annotations, and the server's instructions in the agent's system message. And the
 resources and prompts of issue 15: an agent given a listed resource and a URI template's expansion as context, a
 server prompt as an agent's instruction and as a step's prompt, the `resource:` step (text and binary), and
-`resolve_tools` accepting those references and flagging an unknown prompt, argument or resource at its YAML line.
+`resolve_tools` (and `flowctl validate --resolve-tools`) accepting those references and flagging an unknown prompt,
+argument or resource at its YAML line.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
-from tests.mcp_acceptance.conftest import Endpoint
+from tests.mcp_acceptance.conftest import REPO, Endpoint
 from tests.support.openai_server import OpenAIServer, Reply, call, reply
 
 pytestmark = pytest.mark.anyio
@@ -431,3 +435,14 @@ def test_resolve_tools_accepts_real_references_and_flags_unknown_ones(tmp_path: 
     }, [str(d) for d in found]
     hints = {d.message: d.hint for d in found}
     assert "simple-prompt" in str(hints["server 'everything' has no prompt 'simple-promt'"])
+
+    # the same through the command line
+    command = [sys.executable, "-m", "flowctl.cli", "validate", "--resolve-tools"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    failed = subprocess.run([*command, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "server 'everything' has no prompt 'simple-promt'" in failed.stdout
+    passed = subprocess.run(
+        [*command, str(tmp_path / "good.yaml")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert passed.returncode == 0, passed.stdout + passed.stderr
