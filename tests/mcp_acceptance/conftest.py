@@ -2,7 +2,8 @@
 tests: installed once into `.cache/mcp-acceptance` under the repository (ignored by git; `.ci/run` installs it
 before the tests, and `FLOWCTL_EVERYTHING_DIR` names another folder), served over stdio and streamable HTTP.
 
-The tests are skipped, saying why, only when the package cannot be installed (no node/npm, no registry).
+The tests are skipped, saying why, only when the package cannot be installed (no node/npm, no registry). The
+Python reference server `mcp-server-time` (test_reference_servers.py) comes with the dev extra and needs nothing more.
 """
 
 from __future__ import annotations

@@ -5,26 +5,34 @@ OpenAI-compatible model server (tests/support/openai_server.py).
 Covered: image content reaching the model and kept in step outputs, resource links and embedded blobs kept whole,
 sampling answered by the agent's model (journaled, counted), elicitation by policy and by signal, roots, progress
 (the idle timeout and the reporter), logging at a chosen level, tools registered after `initialize` offered through
-tools/list_changed, the tool annotations, and the server's instructions in the agent's system message.
+tools/list_changed, the tool annotations, and the server's instructions in the agent's system message. And the
+resources and prompts of issue 15: an agent given a listed resource and a URI template's expansion as context, a
+server prompt as an agent's instruction and as a step's prompt, the `resource:` step (text and binary), and
+`resolve_tools` (and `flowctl validate --resolve-tools`) accepting those references and flagging an unknown prompt,
+argument or resource at its YAML line.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowctl.dsl.diagnostics import Severity
+from flowctl.dsl.diagnostics import Severity, finalize
 from flowctl.dsl.frontend import load_pipeline
 from flowctl.interpreter.mcp.mcp_pool import McpPool
+from flowctl.interpreter.mcp.resolve import resolve_tools
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
-from tests.mcp_acceptance.conftest import Endpoint
+from tests.mcp_acceptance.conftest import REPO, Endpoint
 from tests.support.openai_server import OpenAIServer, Reply, call, reply
 
 pytestmark = pytest.mark.anyio
@@ -269,3 +277,172 @@ async def test_server_instructions_join_the_agents_system_message(
     store.close()
     assert without.status is RunStatus.SUCCEEDED, without.error
     assert llm.bodies[1]["messages"][0]["content"] == "You help."
+
+
+# --- resources and prompts ------------------------------------------------------------------------------------------
+
+DOC = "demo://resource/static/document/instructions.md"  # one of the files of its docs/, listed as a resource
+TEXT = "demo://resource/dynamic/text/{resourceId}"  # a URI template (not listed: read through the template only)
+
+
+def context_pipeline(endpoint: Endpoint, agents: str, steps: str) -> str:
+    return f"""flowctl: 1
+name: everything
+models:
+  default: {{model: gpt-acc, price: {{input_per_mtok: 1.0, output_per_mtok: 1.0}}}}
+servers:
+  everything:
+    {endpoint.block}
+    read_timeout_seconds: 60
+agents:
+{agents}
+steps:
+{steps}
+"""
+
+
+READER = f"""  reader:
+    instruction: You read.
+    resources:
+      - {{server: everything, uri: "{DOC}"}}
+      - {{server: everything, uri: "{TEXT}", arguments: {{resourceId: 7}}}}"""
+
+
+async def test_an_agent_is_given_resources_before_its_prompt(
+    tmp_path: Path, llm: OpenAIServer, endpoint: Endpoint
+) -> None:
+    llm.enqueue(reply("read"))
+    steps = '  - id: ask\n    agent: reader\n    prompt: Go.\noutputs:\n  out: "{{ steps.ask.output }}"'
+    outcome, store = await run(tmp_path, llm, context_pipeline(endpoint, READER, steps))
+    store.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    messages = llm.bodies[0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "user", "user"]
+    assert messages[0]["content"] == "You read."
+    assert messages[1]["content"].startswith(f"Resource {DOC} (text/markdown):\n")
+    assert "Everything Server" in messages[1]["content"]  # the text of docs/instructions.md
+    assert messages[2]["content"].startswith(
+        "Resource demo://resource/dynamic/text/7 (text/plain):\nResource 7: This is a plaintext resource created at"
+    )
+    assert messages[3] == {"role": "user", "content": "Go."}
+
+
+async def test_a_server_prompt_as_instruction_and_as_a_steps_prompt(
+    tmp_path: Path, llm: OpenAIServer, endpoint: Endpoint
+) -> None:
+    llm.enqueue(reply("sunny"), reply("noted"))
+    agents = (
+        "  forecaster:\n"
+        "    instruction: {server: everything, prompt: args-prompt, arguments: {city: Lisbon, state: Lisboa}}\n"
+        "  plain: {instruction: You help.}"
+    )
+    steps = (
+        "  - id: ask\n    agent: forecaster\n    prompt: Go.\n"
+        "  - id: simple\n    agent: plain\n    prompt: {server: everything, prompt: simple-prompt}\n"
+        'outputs:\n  out: "{{ steps.ask.output }} {{ steps.simple.output }}"'
+    )
+    outcome, store = await run(tmp_path, llm, context_pipeline(endpoint, agents, steps))
+    store.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    assert llm.bodies[0]["messages"] == [
+        {"role": "system", "content": "What's weather in Lisbon, Lisboa?"},
+        {"role": "user", "content": "Go."},
+    ]
+    assert llm.bodies[1]["messages"] == [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "This is a simple prompt without arguments."},
+    ]
+    assert outcome.outputs == {"out": "sunny noted"}
+
+
+async def test_a_resource_step_reads_one_resource_as_its_output(
+    tmp_path: Path, llm: OpenAIServer, endpoint: Endpoint
+) -> None:
+    steps = (
+        f'  - id: doc\n    resource: {{server: everything, uri: "{DOC}"}}\n'
+        f'  - id: text\n    resource: {{server: everything, uri: "{TEXT}", arguments: {{resourceId: 3}}}}\n'
+        "  - id: blob\n"
+        '    resource: {server: everything, uri: "demo://resource/dynamic/blob/{id}", arguments: {id: 2}}\n'
+        'outputs:\n  doc: "{{ steps.doc.output }}"\n  text: "{{ steps.text.output }}"\n'
+        '  blob: "{{ steps.blob.output }}"'
+    )
+    outcome, store = await run(tmp_path, llm, context_pipeline(endpoint, "  {}", steps))
+    store.close()
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.error
+    assert outcome.outputs is not None
+    assert "Everything Server" in outcome.outputs["doc"]
+    assert outcome.outputs["text"].startswith("Resource 3: This is a plaintext resource created at")
+    blob = outcome.outputs["blob"]
+    assert blob[0]["uri"] == "demo://resource/dynamic/blob/2" and blob[0]["blob"]  # not text: the MCP JSON
+    assert llm.bodies == []  # no model asked
+
+
+def test_resolve_tools_accepts_real_references_and_flags_unknown_ones(tmp_path: Path, endpoint: Endpoint) -> None:
+    agents = (
+        f"{READER}\n"
+        "  forecaster:\n"
+        "    instruction: {server: everything, prompt: args-prompt, arguments: {city: Lisbon}}\n"
+    )
+    steps = (
+        "  - id: ask\n    agent: reader\n    prompt: {server: everything, prompt: simple-prompt}\n"
+        "  - id: fore\n    agent: forecaster\n    prompt: Go.\n"
+        f'  - id: text\n    resource: {{server: everything, uri: "{TEXT}", arguments: {{resourceId: 3}}}}'
+    )
+    path = tmp_path / "good.yaml"
+    path.write_text(context_pipeline(endpoint, agents, steps), encoding="utf-8")
+    graph, diagnostics, _ = load_pipeline(path)
+    assert graph is not None, [str(d) for d in diagnostics]
+    assert finalize(resolve_tools(graph, env={})) == []
+
+    bad = (
+        context_pipeline(endpoint, agents, steps)
+        .replace("prompt: simple-prompt", "prompt: simple-promt")
+        .replace("instructions.md", "instructions.txt")
+        .replace("arguments: {city: Lisbon}", "arguments: {town: Lisbon}")
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad, encoding="utf-8")
+    graph, diagnostics, _ = load_pipeline(path)
+    assert graph is not None, [str(d) for d in diagnostics]
+    found = finalize(resolve_tools(graph, env={}))
+    lines = bad.splitlines()
+    messages = {(d.code, d.severity, d.span.line, d.message) for d in found}
+    assert messages == {
+        (
+            "invalid-value",
+            Severity.ERROR,
+            next(i for i, line in enumerate(lines, 1) if "instructions.txt" in line),
+            "server 'everything' has no resource 'demo://resource/static/document/instructions.txt'",
+        ),
+        (
+            "invalid-value",
+            Severity.ERROR,
+            next(i for i, line in enumerate(lines, 1) if "town" in line),
+            "prompt 'args-prompt' of server 'everything': missing required argument 'city'",
+        ),
+        (
+            "invalid-value",
+            Severity.ERROR,
+            next(i for i, line in enumerate(lines, 1) if "town" in line),
+            "prompt 'args-prompt' of server 'everything': unknown argument 'town'",
+        ),
+        (
+            "invalid-value",
+            Severity.ERROR,
+            next(i for i, line in enumerate(lines, 1) if "simple-promt" in line),
+            "server 'everything' has no prompt 'simple-promt'",
+        ),
+    }, [str(d) for d in found]
+    hints = {d.message: d.hint for d in found}
+    assert "simple-prompt" in str(hints["server 'everything' has no prompt 'simple-promt'"])
+
+    # the same through the command line
+    command = [sys.executable, "-m", "flowctl.cli", "validate", "--resolve-tools"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    failed = subprocess.run([*command, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "server 'everything' has no prompt 'simple-promt'" in failed.stdout
+    passed = subprocess.run(
+        [*command, str(tmp_path / "good.yaml")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert passed.returncode == 0, passed.stdout + passed.stderr
