@@ -176,7 +176,11 @@ def test_a_killed_worker_s_runs_are_resumed_by_the_others(cluster: tuple[Cluster
     check_outcome(made, server, result)
     listing = made.flowctl("workers", "--queue", made.queue_url, "--all", "--output", "json")
     states = {w["name"]: w["state"] for w in __import__("json").loads(listing.stdout)["workers"]}
-    assert states == {"victim": "gone", "w2": "running", "w3": "running"}
+    assert set(states) == {"victim", "w2", "w3"}
+    assert states["victim"] == "gone"
+    for name in ("w2", "w3"):  # on a loaded machine a worker starved past its lease is fenced, and so gone too
+        worker = next(w for w in made.workers if w.name == name)
+        assert states[name] == "running" or worker.saw("fenced:"), (name, states[name])
 
 
 def test_a_frozen_worker_is_fenced_and_abandons_its_runs(cluster: tuple[Cluster, Any]) -> None:
