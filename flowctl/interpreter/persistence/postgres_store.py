@@ -160,6 +160,9 @@ class PostgresRunStore:
     module (None: from the URL, else the default).
     """
 
+    # a commit is a network round trip: the recorder makes the journal's from a thread, so the loop runs on meanwhile
+    commits_over_network = True
+
     def __init__(
         self,
         url: str,

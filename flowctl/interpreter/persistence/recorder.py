@@ -28,10 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
 from flowctl.interpreter.persistence.store import (
@@ -142,6 +144,10 @@ class Recorder:
         self._holding = False
         self._commit_lock = threading.Lock()
         self._committing = False  # a waiter is between its loop turn and its commit
+        # A store whose commits cross a network (PostgreSQL) is committed from a thread, so the event loop runs the
+        # run's other branches (and a worker's other runs) during the round trip; SQLite's ~50 µs stay inline.
+        self._off_loop = bool(getattr(store, "commits_over_network", False))
+        self._commit_done: anyio.Event | None = None  # set when the commit in a thread ends
         self._lost: BaseException | None = None  # ClaimLost: nothing more is written
         self._background_error: BaseException | None = None
         self._background_delay = background_delay
@@ -365,6 +371,9 @@ class Recorder:
         ticket = self._queued
         if self._committed >= ticket:
             return
+        if self._off_loop:
+            await self._durable_off_loop(ticket)
+            return
         if not self._committing:
             if _others_ready():
                 self._committing = True
@@ -379,6 +388,23 @@ class Recorder:
             await anyio.lowlevel.checkpoint()
             if not self._committing and self._committed < ticket:
                 self._commit(account=False)
+
+    async def _durable_off_loop(self, ticket: int) -> None:
+        """`durable` for a store across a network: one commit at a time, made in a thread; whoever waits meanwhile
+        is taken along by the next one (their writes queue while the round trip runs)."""
+        while self._committed < ticket:
+            done = self._commit_done
+            if done is not None:  # a commit is in flight: wait for it, then look again
+                await done.wait()
+                continue
+            self._commit_done = done = anyio.Event()
+            try:
+                if _others_ready():
+                    await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
+                await anyio.to_thread.run_sync(partial(self._commit, account=False), abandon_on_cancel=False)
+            finally:
+                self._commit_done = None
+                done.set()
 
     def commit(self) -> None:
         """Commit every queued write now, the account's too (blocking: the store returns once durable)."""

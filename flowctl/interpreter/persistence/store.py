@@ -332,6 +332,8 @@ class RunStore(Protocol):
     # How long a claim held by a writer on another host counts as alive without a commit (seconds). The recorder
     # commits (an empty commit when idle) at least every third of it.
     lease: float
+    # Optional (absent: False): `commits_over_network = True` says a commit is a network round trip, which the
+    # recorder then makes from a thread so that the event loop goes on running the run's other branches.
 
     # claims and the run tree's lifecycle
     def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
