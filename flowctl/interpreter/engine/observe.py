@@ -6,8 +6,8 @@ not transcribed again: the run that made it did.
 
 from __future__ import annotations
 
-import json
 from contextvars import ContextVar
+from json import encoder
 from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.persistence.recorder import JsonText
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from flowctl.interpreter.errors import FlowctlError
     from flowctl.interpreter.providers.llm import CompletionRequest, CompletionResponse
     from flowctl.interpreter.tools import ToolResult
+
+_json_string = encoder.encode_basestring  # a str as json.dumps(ensure_ascii=False) writes it
 
 # The attempt of the step a call belongs to (set per attempt by the engine; 1 outside any).
 STEP_ATTEMPT: ContextVar[int] = ContextVar("flowctl_step_attempt", default=1)
@@ -85,12 +87,10 @@ def _model_bodies(raw: Any) -> tuple[Any, Any, dict[str, Any] | None]:
     request, response, error, model = raw
     sent = JsonText(request.canonical) if request.canonical is not None else request.to_json()
     if request.agent:  # who asked, under the name the run gave it (a parameterised agent's rendered name)
-        agent = json.dumps(request.agent, ensure_ascii=False)
-        sent = (
-            JsonText('{"agent":' + agent + "," + sent[1:])
-            if isinstance(sent, JsonText)
-            else {"agent": request.agent, **sent}
-        )
+        if isinstance(sent, JsonText):  # as json.dumps(ensure_ascii=False) writes it, without building an encoder
+            sent = JsonText(f'{{"agent":{_json_string(request.agent)},{sent[1:]}')
+        else:
+            sent = {"agent": request.agent, **sent}
     answer: Any = None
     if response is not None:
         if model.price_in_per_mtok is None and model.price_out_per_mtok is None:
