@@ -290,13 +290,15 @@ async def _run_root(ctx: RunContext, runtime: Runtime, started: float, previous:
     error: FlowctlError | None = None
     status = RunStatus.SUCCEEDED
     try:
-        async with task_group() as tg:
-            if _uses_events(ctx.graph):
+        if _uses_events(ctx.graph):
+            async with task_group() as tg:
                 tg.start_soon(_poll_signals, runtime, ctx.run_id)
-            try:
-                outputs = await engine.run_pipeline(ctx)
-            finally:
-                tg.cancel_scope.cancel()
+                try:
+                    outputs = await engine.run_pipeline(ctx)
+                finally:
+                    tg.cancel_scope.cancel()
+        else:  # no task group around the run when nothing runs beside it (see Engine.run_pipeline)
+            outputs = await engine.run_pipeline(ctx)
     except FlowctlError as exc:
         error, status = exc, RunStatus.FAILED
     except anyio.get_cancelled_exc_class():

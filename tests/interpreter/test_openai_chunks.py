@@ -62,7 +62,7 @@ _chunks = st.fixed_dictionaries(
 
 
 def _read(chunks: list[dict[str, Any]], cls: type[ChatCompletionChunk]) -> tuple[Any, ...]:
-    collector = _Collector(content_type="text/event-stream")
+    collector = _Collector(headers={"content-type": "text/event-stream"})
     try:
         for data in chunks:
             chunk = construct_type(type_=cls, value=data)

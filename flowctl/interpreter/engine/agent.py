@@ -316,7 +316,7 @@ async def call_tool(
     saw_tool_call(ctx, path, key, server, tool, arguments, result, None, started, runtime.clock.monotonic() - began)
     if journal_errors or not result.is_error:
         journal.record(ctx.run_id, key, digest, result.to_json())
-        await runtime.recorder.durable()
+        await runtime.recorder.durable(alone=not runtime.limiter.borrowed)
     else:
         journal.executed_unrecorded()
     return result
@@ -416,7 +416,8 @@ async def run_agent(
                 if sink is not None:
                     TEXT_SINK.reset(sink)
             saw_model_call(ctx, path, key, model, request, response, None, started, clock.monotonic() - began)
-            await ctx.runtime.recorder.durable()  # durable before its answer is used (or its step finishes)
+            # durable before its answer is used (or its step finishes); `alone`: no other call of the run in flight
+            await ctx.runtime.recorder.durable(alone=not limiter.borrowed)
         if not response.tool_calls:
             return parse_structured(response.content, schema, model.model) if schema else response.content
         messages.append(Message("assistant", response.content, response.tool_calls))

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from flowctl.dsl import ir
 from flowctl.dsl.templates import RenderError, RenderStopped
@@ -109,15 +110,13 @@ class Engine:
         failure: BaseException | None = None
         triggers = TriggerSet(self, ctx)
         try:
-            async with task_group() as tg:
-                triggers.open(tg)
-                try:
-                    await self.run_list(ctx, ctx.pipeline.steps, Scope())
-                except FlowctlError as exc:
-                    failure = exc  # keep going: recovery triggers started by this failure must finish
-                    if refused(exc):
-                        tg.cancel_scope.cancel()  # ...unless the resume was refused: then nothing more runs
-            # the group ends when the run is quiescent: main steps and every triggered step done
+            if triggers.active:
+                async with task_group() as tg:
+                    triggers.open(tg)
+                    failure = await self._run_main(ctx, tg)
+                # the group ends when the run is quiescent: main steps and every triggered step done
+            else:  # no task group: every cancel scope a step's calls exit walks up the scopes around it
+                failure = await self._run_main(ctx, None)
         except FlowctlError as exc:
             failure = failure or exc
         except anyio.get_cancelled_exc_class():
@@ -146,6 +145,17 @@ class Engine:
         if ctx.pipeline.output_schema is not None:
             _check_outputs(ctx.pipeline, ctx.pipeline.output_schema, outputs)
         return outputs
+
+    async def _run_main(self, ctx: RunContext, tg: TaskGroup | None) -> FlowctlError | None:
+        """The main steps; their failure is returned: recovery triggers started by it must still finish, unless the
+        resume was refused: then nothing more runs."""
+        try:
+            await self.run_list(ctx, ctx.pipeline.steps, Scope())
+        except FlowctlError as exc:
+            if refused(exc) and tg is not None:
+                tg.cancel_scope.cancel()
+            return exc
+        return None
 
     async def _run_finally(self, ctx: RunContext) -> None:
         if ctx.pipeline.finally_steps:

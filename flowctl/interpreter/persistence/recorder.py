@@ -67,10 +67,15 @@ HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle
 MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
 
 
-class JsonText(str):
-    """A transcript body that is JSON text already (the request's digest text, the answer's journal text)."""
+class JsonText:
+    """A transcript body that is JSON text already (the request's digest text, the answer's journal text). A holder,
+    not a str subclass: the text is stored as it is, never copied (a tool loop's request carries the whole
+    conversation), and SQLite binds a plain str without its adapter lookup."""
 
-    __slots__ = ()
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 @dataclass(slots=True)
@@ -365,17 +370,19 @@ class Recorder:
 
     # -- commits -----------------------------------------------------------------------------------------------------
 
-    async def durable(self) -> None:
+    async def durable(self, *, alone: bool = False) -> None:
         """Return once every journal write queued so far is durable (group commit with waiters, see the module
-        docstring)."""
+        docstring). `alone`: the caller knows no other call of the run is in flight, so no other task can have a
+        write to add to this commit, and waiting a loop turn for them would only delay it (in a chain, another ready
+        task is typically asyncio closing an async generator the model's SDK left unfinished)."""
         ticket = self._queued
         if self._committed >= ticket:
             return
         if self._off_loop:
-            await self._durable_off_loop(ticket)
+            await self._durable_off_loop(ticket, alone)
             return
         if not self._committing:
-            if _others_ready():
+            if not alone and _others_ready():
                 self._committing = True
                 try:
                     await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
@@ -389,7 +396,7 @@ class Recorder:
             if not self._committing and self._committed < ticket:
                 self._commit(account=False)
 
-    async def _durable_off_loop(self, ticket: int) -> None:
+    async def _durable_off_loop(self, ticket: int, alone: bool) -> None:
         """`durable` for a store across a network: one commit at a time, made in a thread; whoever waits meanwhile
         is taken along by the next one (their writes queue while the round trip runs)."""
         while self._committed < ticket:
@@ -399,7 +406,7 @@ class Recorder:
                 continue
             self._commit_done = done = anyio.Event()
             try:
-                if _others_ready():
+                if not alone and _others_ready():
                     await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
                 await anyio.to_thread.run_sync(partial(self._commit, account=False), abandon_on_cancel=False)
             finally:
@@ -535,8 +542,8 @@ class Recorder:
     def _capped(self, value: Any) -> str:
         """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
         the full size and the beginning. `value` may be JsonText: encoded already."""
-        if type(value) is JsonText:  # stored as a plain str: a subclass costs SQLite ~1 µs to bind (sqlite_store)
-            text = str(value) if not self.redactor else self._encode(self.redactor.redact(json.loads(value)))
+        if type(value) is JsonText:
+            text = value.text if not self.redactor else self._encode(self.redactor.redact(json.loads(value.text)))
         else:
             text = self._dump_value(value)
         if len(text) <= MAX_TRANSCRIPT_BODY:

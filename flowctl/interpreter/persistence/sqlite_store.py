@@ -87,9 +87,10 @@ HEARTBEATS_PER_LEASE = 10
 # its adapter lookup: a failed attribute lookup that builds an AttributeError, ~1 µs a value (measured), which a
 # 10,000-row commit feels. None and bool are common in rows; identity adapters for them skip the lookup and bind the
 # same NULL and 0/1. Registered only when nobody else has registered one. (Transcript bodies are plain str: recorder.)
-for _odd, _same in ((type(None), lambda value: value), (bool, int)):
-    if (_odd, sqlite3.PrepareProtocol) not in sqlite3.adapters:
-        sqlite3.register_adapter(_odd, _same)
+if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+    sqlite3.register_adapter(type(None), lambda value: value)
+if (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+    sqlite3.register_adapter(bool, int)
 
 _SQLITE_INT_MAX = 2**63 - 1
 

@@ -171,7 +171,7 @@ class OpenAIProvider:
         stream = await client.chat.completions.create(
             **build_arguments(request, call.model, with_timeout=request.timeout != self.model.timeout)
         )
-        collector = _Collector(content_type=stream.response.headers.get("content-type", ""), sink=TEXT_SINK.get())
+        collector = _Collector(headers=stream.response.headers, sink=TEXT_SINK.get())
         try:
             async for chunk in stream:
                 collector.add(chunk)
@@ -269,7 +269,7 @@ class _Collector:
     """Joins stream chunks into one response and notices what is missing at the end; hands each piece of text to
     `sink` (a watcher) as it arrives."""
 
-    content_type: str
+    headers: Mapping[str, str]  # the response's: read only to say what came instead of a stream
     sink: TextSink | None = None
     events: int = 0
     saw_choice: bool = False
@@ -313,10 +313,22 @@ class _Collector:
             delta = delta.__dict__
             if delta.get("tool_calls") is not None:
                 return False
-        # from here on, the chunk is read as the dict path reads it
-        self.model = _text(values.get("model")) or self.model
+        # from here on, the chunk is read as the dict path reads it (the common values inline: four chunks a call)
+        model = values.get("model")
+        if model and isinstance(model, str):
+            self.model = model
         if usage is not None:
-            self.usage = _usage(usage.__dict__)
+            numbers = usage.__dict__
+            prompt, completion = numbers.get("prompt_tokens"), numbers.get("completion_tokens")
+            if (
+                type(prompt) is int
+                and type(completion) is int
+                and 0 <= prompt <= MAX_TOKEN_COUNT
+                and 0 <= completion <= MAX_TOKEN_COUNT
+            ):
+                self.usage = Usage(prompt, completion)
+            else:
+                self.usage = _usage(numbers)
         if choice is not None and delta is not None:
             self.saw_choice = True
             content = delta.get("content")
@@ -386,7 +398,7 @@ class _Collector:
 
     def _check_complete(self, call: _Call) -> None:
         if self.events == 0:
-            kind = self.content_type.split(";")[0].strip() or "no content type"
+            kind = self.headers.get("content-type", "").split(";")[0].strip() or "no content type"
             raise MalformedResponse(
                 f"{call.where} did not send an event stream (got {kind}); is the base URL an OpenAI-compatible API?"
             )
