@@ -168,9 +168,11 @@ class PipelineServer:
         tools = [
             types.Tool(
                 name=p.name,
+                title=p.title,
                 description=p.description,
                 input_schema=p.input_schema,
                 output_schema=p.output_schema,
+                annotations=types.ToolAnnotations.model_validate(p.annotations) if p.annotations else None,
             )
             for p in self.options.pipelines
         ]

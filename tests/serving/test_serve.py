@@ -148,6 +148,33 @@ async def test_tools_are_the_pipelines_and_a_call_is_a_journaled_run(tmp_path: P
     assert [v for v, _ in progress] == sorted({v for v, _ in progress})  # strictly increasing
 
 
+async def test_tools_carry_a_title_and_the_hints_serve_declares(tmp_path: Path) -> None:
+    """`serve:` gives the title and annotations; the title defaults to the name as words, and a pipeline that declares
+    no MCP server (it can only call models) is read-only unless it says otherwise."""
+    server = "servers:\n  files: {command: mcp-server-filesystem, args: [/srv]}\n"
+    steps = "steps:\n  - {id: sync, tool: files.list_directory, args: {path: /srv}}\n"
+    declared = tmp_path / "publish.yaml"
+    hints = "serve:\n  title: Publish the draft\n  read_only: false\n  destructive: false\n  idempotent: true\n"
+    declared.write_text(f"flowctl: 1\nname: publish\n{hints}  open_world: false\n{server}{steps}")
+    undeclared = tmp_path / "sync.yaml"
+    undeclared.write_text(f"flowctl: 1\nname: sync_files-now\n{server}{steps}")
+    async with stdio_session(tmp_path / "runs.db", GREET, APPROVAL, declared, undeclared) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    greet, approval, publish, sync = (tools[n] for n in ("greet", "approval", "publish", "sync_files-now"))
+    assert (greet.title, approval.title, publish.title, sync.title) == (
+        "Greet someone",
+        "Approval",
+        "Publish the draft",
+        "Sync files now",
+    )
+    assert greet.annotations == types.ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    assert approval.annotations == types.ToolAnnotations(readOnlyHint=True)
+    assert publish.annotations == types.ToolAnnotations(
+        readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
+    )
+    assert sync.annotations is None  # it may modify anything its server can: the client's cautious defaults apply
+
+
 async def test_bad_arguments_and_unknown_tools(tmp_path: Path) -> None:
     secret = "tok-3f9a8b7c6d5e4f"
     async with stdio_session(tmp_path / "runs.db", GREET, env={"DEPLOY_TOKEN": secret}) as session:
