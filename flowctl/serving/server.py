@@ -373,7 +373,8 @@ class PipelineServer:
             del self._pending[next(iter(self._pending))]
         message, schema, _ = self._question(run.call, run.asked)
         request = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
-        return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=token)
+        meta = {RUN_META: {"run_id": run.asked.run_id.split("/", 1)[0], "status": "waiting"}}
+        return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=token, _meta=meta)
 
     def _question(self, call: _Call, note: _Note) -> tuple[str, dict[str, Any], str]:
         """What the client is asked for a wait (message, form schema) and the command that answers it instead."""

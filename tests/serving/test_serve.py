@@ -378,6 +378,7 @@ async def test_on_the_2026_protocol_a_wait_is_an_input_required_result_answered_
         assert "waits at step 'approval' for the event 'approved'" in request.params.message
         (run,) = flowctl.list_runs(store=store)
         assert run["status"] == "running"  # the run waits on in the server while the client is asked
+        assert first.meta is not None and first.meta["io.flowctl/run"] == {"run_id": run["run_id"], "status": "waiting"}
         with pytest.raises(MCPError, match="unknown request_state"):
             await client.session.call_tool("approval", {}, request_state="forged", allow_input_required=True)
         answered = {"event": types.ElicitResult(action="accept", content={"data": '{"by": "ana"}'})}
