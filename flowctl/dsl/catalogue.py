@@ -348,6 +348,14 @@ ROUTE_OPTION_UNUSED = _code(
     Severity.WARNING,
 )
 
+SERVE_HINT_UNUSED = _code(
+    "serve-hint-unused",
+    "`serve:` says `read_only: true` and also `destructive` or `idempotent`, which MCP clients read only for a tool "
+    "that modifies its environment.",
+    "Remove the hint, or `read_only: true` if the pipeline does modify something.",
+    Severity.WARNING,
+)
+
 # dynamic composition (issue 14): agents from data
 AGENT_PARAMS = _code(
     "agent-params",
@@ -583,3 +591,12 @@ def once_with_max_firings(span: Span, trigger: str) -> Diagnostic:
 
 def route_option_unused(span: Span, message: str) -> Diagnostic:
     return _make(ROUTE_OPTION_UNUSED, message, span)
+
+
+def serve_hint_unused(span: Span, key: str) -> Diagnostic:
+    return _make(
+        SERVE_HINT_UNUSED,
+        f"`{key}` has no effect with `read_only: true`: MCP clients read it only for a tool that modifies things",
+        span,
+        hint=f"remove `{key}`, or `read_only: true` if the pipeline does modify something",
+    )

@@ -413,6 +413,15 @@ def check_fixture_paths(ctx: CheckContext) -> Iterator[Diagnostic]:
             yield cat.path_escape(span, fixture, "fixture path", "the pipeline's folder")
 
 
+def check_serve(ctx: CheckContext) -> Iterator[Diagnostic]:
+    """`serve:` hints that contradict each other: a read-only tool has no destructive or idempotent hint."""
+    serve = ctx.index.data.get("serve")
+    if isinstance(serve, dict) and serve.get("read_only") is True:
+        for key in ("destructive", "idempotent"):
+            if key in serve:
+                yield cat.serve_hint_unused(ctx.key_span(("serve", key)), key)
+
+
 CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_definitions,
     check_fixture_paths,
@@ -436,6 +445,7 @@ CHECKS: tuple[Callable[[CheckContext], Iterator[Diagnostic]], ...] = (
     check_trigger_limits,
     check_embedded_schemas,
     check_joins,
+    check_serve,
 )
 
 

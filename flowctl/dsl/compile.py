@@ -414,4 +414,5 @@ def compile_graph(doc: LoadedDocument, children: dict[str, ir.Graph], resolve_ch
         concurrency=int(data.get("concurrency", 16)),
         source_digest=hashlib.sha256(doc.source.encode()).hexdigest(),
         uses_now=_mentions(data, "now"),
+        serve=ir.ServeHints(**(data.get("serve") or {})),
     )

@@ -237,6 +237,12 @@ EXAMPLES: dict[str, Example] = {
             "inputs:\n  text: {type: string}\n",
         )
     ),
+    cat.SERVE_HINT_UNUSED: Example(
+        _steps(
+            "  - {id: draft, agent: writer, prompt: Draft.}\n",
+            "agents:\n  writer: {instruction: You draft.}\nserve:\n  read_only: true\n  destructive: false\n",
+        )
+    ),
     cat.AGENT_PARAMS: Example(
         _steps(
             "  - {id: design, agent: executor, prompt: Design the page.}\n",

@@ -432,6 +432,17 @@ class AgentDef:
     resources: tuple[ServerResource, ...] = ()  # read at step start, given to the model before the prompt
 
 
+@dataclass(frozen=True, slots=True)
+class ServeHints:
+    """`serve:`: how `flowctl serve` presents the file's pipeline as an MCP tool. None: not declared."""
+
+    title: str | None = None
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+
 DEFAULT_MODEL = ModelDef("default", "openai", "gpt-4o-mini", Span("<builtin>", 1, 1))
 
 
@@ -449,3 +460,4 @@ class Graph:
     concurrency: int = 16
     source_digest: str = ""  # sha256 of the file text, recorded with each run
     uses_now: bool = True  # a template of the file may call `now()` (the engine then tracks whose call it is)
+    serve: ServeHints = ServeHints()  # `serve:` (only `flowctl serve` reads it)

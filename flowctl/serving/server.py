@@ -10,8 +10,11 @@ forwarder task that talks to the client:
 - a `wait` step (or anything else that waits for an event): a client that declared elicitation is asked for the
   event's data with an elicitation form; its answer is delivered as a signal (as `flowctl signal` does). A decline
   or cancel cancels the run (resumable) and the call returns an error that says how to go on. A client without
-  elicitation — or on a 2026-07-28 connection, which has no server-to-client requests during a call — is told, in a
-  progress message and on stderr, the `flowctl signal` command that releases the wait, and the call waits;
+  elicitation is told, in a progress message and on stderr, the `flowctl signal` command that releases the wait, and
+  the call waits. A 2026-07-28 connection has no server-to-client requests during a call: there the call returns an
+  `InputRequiredResult` carrying the elicitation, the run goes on waiting in the background (a `_Detached` run,
+  owned by `PipelineServer.running()`), and the client's retry with the answer and the `request_state` delivers it
+  and picks the run up again;
 - an elicitation that an MCP server used by the pipeline sends (which makes the run wait for the `elicitation`
   event when no person is at a terminal, see docs/agents.md) is passed on to the client as it was asked — its message
   and requested schema — and the client's answer (accept with content, decline, cancel) goes back to that server;
@@ -23,11 +26,12 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import shlex
 import socket
 import sys
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from flowctl import __version__
 from flowctl.interpreter.reporting import Reporter, Retry
@@ -93,6 +98,7 @@ class _CallReporter(Reporter):
         self.send = send
         self.run_id: str | None = None
         self.asked: dict[tuple[str, str], Asked] = {}  # (run, step) → the elicitation its next wait answers
+        self.open_waits: set[tuple[str, str]] = set()  # (run, step) of the waits not released yet
 
     def _note(self, note: _Note) -> None:
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -108,6 +114,7 @@ class _CallReporter(Reporter):
             self._note(_Note(f"step {path} started" + (f" (attempt {attempt})" if attempt > 1 else "")))
 
     def step_finished(self, run_id: str, path: str, status: str, elapsed: float, tokens: int, error: str) -> None:
+        self.open_waits.discard((run_id, path))
         if _shown(path):
             self._note(_Note(f"step {path} {status}" + (f": {error}" if error else "")))
 
@@ -132,6 +139,7 @@ class _CallReporter(Reporter):
 
     def waiting(self, run_id: str, path: str, event: str) -> None:
         asked = self.asked.pop((run_id, path), None) if event == ELICITATION_EVENT else None
+        self.open_waits.add((run_id, path))
         self._note(_Note(f"step {path} waits for the event {event!r}", run_id, path, event, asked))
 
 
@@ -145,12 +153,46 @@ class _Call:
     progress: int = 0
 
 
+MAX_PENDING = 1000  # unanswered InputRequiredResults kept (answered ones are dropped at once)
+INPUT_KEY = "event"  # the key of the one input request an InputRequiredResult carries (a wait's event)
+
+
+@dataclass(eq=False, slots=True)
+class _Detached:
+    """A call's run on a 2026-07-28 connection: it outlives each request of the call, which ends with the run's result
+    or, when the run waits for an event, with an InputRequiredResult the client answers by calling again."""
+
+    call: _Call
+    reporter: _CallReporter
+    send: MemoryObjectSendStream[_Note]
+    receive: MemoryObjectReceiveStream[_Note]
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancels the run
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    outcome: Any = None
+    refused: str | None = None
+    asked: _Note | None = None  # the wait the client was last asked about
+
+
 class PipelineServer:
     """The handlers of the MCP server: tools/list and tools/call."""
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.by_name = {p.name: p for p in options.pipelines}
+        self._runs: anyio.abc.TaskGroup | None = None  # where detached runs live (see `running`)
+        self._pending: dict[str, _Detached] = {}  # request_state → the run waiting for the client's answer
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Serve inside this block: the runs of 2026-07-28 calls outlive their requests here, and are cancelled
+        (marked cancelled, resumable) when it ends."""
+        async with anyio.create_task_group() as runs:
+            self._runs = runs
+            try:
+                yield
+            finally:
+                self._runs = None
+                runs.cancel_scope.cancel()
 
     def server(self) -> Server[Any]:
         names = ", ".join(sorted(self.by_name))
@@ -168,9 +210,11 @@ class PipelineServer:
         tools = [
             types.Tool(
                 name=p.name,
+                title=p.title,
                 description=p.description,
                 input_schema=p.input_schema,
                 output_schema=p.output_schema,
+                annotations=types.ToolAnnotations.model_validate(p.annotations) if p.annotations else None,
             )
             for p in self.options.pipelines
         ]
@@ -185,6 +229,10 @@ class PipelineServer:
         if served is None:
             offered = ", ".join(sorted(self.by_name))
             raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r} (this server offers {offered})")
+        if params.request_state is not None:
+            return await self._answered(ctx, served, params)
+        if self._runs is not None and _takes_input_required(ctx):
+            return await self._start_detached(ctx, served, params.arguments or {})
         call = _Call(served)
         send, receive = anyio.create_memory_object_stream[_Note](math.inf)
         reporter = _CallReporter(send)
@@ -205,9 +253,14 @@ class PipelineServer:
                 refused = str(exc)
             finally:
                 send.close()  # the forwarder delivers the notes left, drops the elicitations still open, and ends
+        return self._result(call, reporter, outcome, refused)
+
+    def _result(self, call: _Call, reporter: _CallReporter, outcome: Any, refused: str | None) -> types.CallToolResult:
+        """What a call returns once its run ended (or was refused, or cancelled)."""
+        served = call.served
         if refused is not None:
             return _error(self._masked(served, refused), reporter.run_id)
-        if outcome is None:  # the forwarder ended the run: the client declined an elicitation
+        if outcome is None:  # the server ended the run: the client declined an elicitation, or cancelled
             return _error(call.declined or "the run was cancelled", reporter.run_id, "cancelled")
         self.options.log(f"{served.name}: run {outcome.run_id} {outcome.status.value}")
         store = self.options.store_flag
@@ -224,6 +277,131 @@ class PipelineServer:
             structured_content=outputs,
             _meta={RUN_META: {"run_id": outcome.run_id, "status": outcome.status.value}},
         )
+
+    # --- 2026-07-28: a wait becomes an InputRequiredResult ------------------------------------------------------
+
+    async def _start_detached(
+        self, ctx: ServerRequestContext[Any], served: ServedPipeline, arguments: dict[str, Any]
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        send, receive = anyio.create_memory_object_stream[_Note](math.inf)
+        run = _Detached(_Call(served), _CallReporter(send), send, receive)
+        assert self._runs is not None
+        self._runs.start_soon(self._run_detached, run, arguments, name=f"served run of {served.name}")
+        return await self._leg(ctx, run)
+
+    async def _run_detached(self, run: _Detached, arguments: dict[str, Any]) -> None:
+        from flowctl.api import run as run_pipeline
+        from flowctl.interpreter.errors import FlowctlError
+        from flowctl.interpreter.persistence.store_errors import StoreError
+
+        try:
+            with run.scope:
+                try:
+                    run.outcome = await run_pipeline(
+                        run.call.served.graph,
+                        arguments,
+                        store=self.options.store,
+                        scripted=self.options.scripted,
+                        reporter=run.reporter,
+                        env=self.options.env,
+                    )
+                except (FlowctlError, StoreError) as exc:
+                    run.refused = str(exc)
+        finally:
+            run.send.close()
+            run.ended.set()
+
+    async def _leg(
+        self, ctx: ServerRequestContext[Any], run: _Detached
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """One request of a detached call: pass the run's progress on until it ends (its result) or waits for an event
+        (an InputRequiredResult asking the client for it; the run waits on in the background)."""
+        call = run.call
+        try:
+            async for note in run.receive:
+                if call.run_id is None and run.reporter.run_id is not None:
+                    call.run_id = run.reporter.run_id
+                    self.options.log(f"{call.served.name}: run {call.run_id} started")
+                await self._progress(ctx, call, note.text)
+                if note.event:
+                    run.asked = note
+                    return self._ask(run, secrets.token_urlsafe(24))  # unguessable: only this client can answer
+            await run.ended.wait()
+        except anyio.get_cancelled_exc_class():
+            run.scope.cancel()  # the client cancelled the call: so is its run (resumable)
+            raise
+        return self._result(call, run.reporter, run.outcome, run.refused)
+
+    async def _answered(
+        self, ctx: ServerRequestContext[Any], served: ServedPipeline, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """A detached call's next request: deliver the client's answer to the wait it was asked about, go on."""
+        from flowctl.api import signal
+
+        run = self._pending.pop(params.request_state or "", None)
+        if run is None or run.call.served is not served or run.asked is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                "unknown request_state: no run of this server waits for it (answered already, or the server "
+                "restarted: its runs were cancelled and `flowctl resume` continues them)",
+            )
+        note, call = run.asked, run.call
+        root = note.run_id.split("/", 1)[0]
+        answer = (params.input_responses or {}).get(INPUT_KEY)
+        action = getattr(answer, "action", None)
+        content = getattr(answer, "content", None) or {}
+        if (note.run_id, note.path) not in run.reporter.open_waits:
+            pass  # released meanwhile (`flowctl signal`): the answer would be an event no step waits for
+        elif action is None:  # no answer to the question: ask it again
+            return self._ask(run, params.request_state or "")
+        elif note.asked is not None:  # an MCP server's elicitation: whatever the answer, it goes back to that server
+            data = content if action == "accept" else {"action": action}
+            signal(root, ELICITATION_EVENT, data, store=self.options.store)
+        elif action == "accept":
+            signal(root, note.event, _payload(content.get("data")), store=self.options.store)
+        else:
+            _, _, command = self._question(call, note)
+            call.declined = self._declined(call, note, action, root, command)
+            run.scope.cancel()
+        return await self._leg(ctx, run)
+
+    def _ask(self, run: _Detached, token: str) -> types.InputRequiredResult:
+        """The InputRequiredResult that asks the client for the event the run waits for; `token` is its state."""
+        assert run.asked is not None
+        self._pending[token] = run  # kept after the run ends too: the client's answer then gets its result
+        while len(self._pending) > MAX_PENDING:  # but not for ever for clients that never answer: oldest first
+            del self._pending[next(iter(self._pending))]
+        message, schema, _ = self._question(run.call, run.asked)
+        request = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
+        meta = {RUN_META: {"run_id": run.asked.run_id.split("/", 1)[0], "status": "waiting"}}
+        return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=token, _meta=meta)
+
+    def _question(self, call: _Call, note: _Note) -> tuple[str, dict[str, Any], str]:
+        """What the client is asked for a wait (message, form schema) and the command that answers it instead."""
+        root = note.run_id.split("/", 1)[0]
+        data = "'{…}'" if note.asked is not None else "JSON"
+        command = f"flowctl signal {root} {shlex.quote(note.event)} --data {data}{self.options.store_flag}"
+        if note.asked is not None:
+            where = f"asked by the MCP server {note.asked.server!r}, in step {note.path!r} of {call.served.name!r}"
+            return f"{note.asked.message}\n({where})", note.asked.schema, command
+        message = (
+            f"The pipeline {call.served.name!r} (run {root}) waits at step {note.path!r} for the event "
+            f"{note.event!r}. Accept to send it; `data` is its payload as JSON (empty: none)."
+        )
+        schema = {
+            "type": "object",
+            "properties": {"data": {"type": "string", "title": "data (JSON)", "description": "the event's payload"}},
+        }
+        return message, schema, command
+
+    def _declined(self, call: _Call, note: _Note, action: str, root: str, command: str) -> str:
+        declined = (
+            f"the client answered {action!r} to the event {note.event!r} that step {note.path!r} waits "
+            f"for: run {root} is cancelled; send the event with `{command}` and resume it with "
+            f"`flowctl resume {root}{self.options.store_flag}`"
+        )
+        self.options.log(f"{call.served.name}: {declined}")
+        return declined
 
     def _masked(self, served: ServedPipeline, value: Any) -> Any:
         from flowctl.interpreter.redact import redactor_for
@@ -264,8 +442,7 @@ class PipelineServer:
         from flowctl.api import signal
 
         root = note.run_id.split("/", 1)[0]
-        data = "'{…}'" if note.asked is not None else "JSON"
-        command = f"flowctl signal {root} {shlex.quote(note.event)} --data {data}{self.options.store_flag}"
+        message, schema, command = self._question(call, note)
         capabilities = ctx.session.client_capabilities
         if capabilities is None or capabilities.elicitation is None or not ctx.session.can_send_request:
             text = f"step {note.path} waits for the event {note.event!r}: `{command}` releases it"
@@ -274,48 +451,47 @@ class PipelineServer:
             return
         await self._progress(ctx, call, note.text)
         if note.asked is not None:
-            await self._forward_elicitation(ctx, note, note.asked, call, root, command)
+            await self._forward_elicitation(ctx, message, schema, call, root, command)
             return
-        message = (
-            f"The pipeline {call.served.name!r} (run {root}) waits at step {note.path!r} for the event "
-            f"{note.event!r}. Accept to send it; `data` is its payload as JSON (empty: none)."
-        )
-        schema = {
-            "type": "object",
-            "properties": {"data": {"type": "string", "title": "data (JSON)", "description": "the event's payload"}},
-        }
         try:
             answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
         except Exception as exc:  # the client failed to answer: the wait stays, `flowctl signal` can still release it
             self.options.log(f"{call.served.name}: elicitation failed ({exc!r}); `{command}` releases the wait")
             return
         if answer.action != "accept":
-            call.declined = (
-                f"the client answered {answer.action!r} to the event {note.event!r} that step {note.path!r} waits "
-                f"for: run {root} is cancelled; send the event with `{command}` and resume it with "
-                f"`flowctl resume {root}{self.options.store_flag}`"
-            )
-            self.options.log(f"{call.served.name}: {call.declined}")
+            call.declined = self._declined(call, note, answer.action, root, command)
             run_scope.cancel()
             return
         signal(root, note.event, _payload((answer.content or {}).get("data")), store=self.options.store)
 
     async def _forward_elicitation(
-        self, ctx: ServerRequestContext[Any], note: _Note, asked: Asked, call: _Call, root: str, command: str
+        self,
+        ctx: ServerRequestContext[Any],
+        message: str,
+        schema: dict[str, Any],
+        call: _Call,
+        root: str,
+        command: str,
     ) -> None:
         """A server's elicitation inside the run, passed to the client as it was asked (message and schema); the
         client's answer, whatever it is, goes back to the server through the `elicitation` signal."""
         from flowctl.api import signal
 
-        where = f"asked by the MCP server {asked.server!r}, in step {note.path!r} of {call.served.name!r}"
-        message = f"{asked.message}\n({where})"
         try:
-            answer = await ctx.session.elicit_form(message, asked.schema, related_request_id=ctx.request_id)
+            answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
         except Exception as exc:  # the client failed to answer: `flowctl signal` can still answer the server
             self.options.log(f"{call.served.name}: elicitation failed ({exc!r}); `{command}` answers it")
             return
         data = (answer.content or {}) if answer.action == "accept" else {"action": answer.action}
         signal(root, ELICITATION_EVENT, data, store=self.options.store)
+
+
+def _takes_input_required(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the call may end with an InputRequiredResult: a 2026-07-28 connection whose client can answer
+    elicitation (other clients are told which `flowctl signal` releases a wait)."""
+    capabilities = ctx.session.client_capabilities
+    modern = ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+    return modern and capabilities is not None and capabilities.elicitation is not None
 
 
 def _payload(text: Any) -> Any:
@@ -341,7 +517,8 @@ async def serve_stdio(options: ServeOptions, stopped: Callable[[int], Any]) -> N
     reader, a thread no signal interrupts, would otherwise hold the process until stdin closes."""
     import signal
 
-    server = PipelineServer(options).server()
+    pipelines = PipelineServer(options)
+    server = pipelines.server()
     async with stdio_server() as (read, write):
         with anyio.CancelScope() as serving:
             signums: list[int] = []
@@ -353,7 +530,7 @@ async def serve_stdio(options: ServeOptions, stopped: Callable[[int], Any]) -> N
                         serving.cancel()
                         return
 
-            async with anyio.create_task_group() as tg:
+            async with pipelines.running(), anyio.create_task_group() as tg:
                 tg.start_soon(stop_on_signal)
                 await server.run(read, write, server.create_initialization_options())
                 tg.cancel_scope.cancel()
@@ -377,6 +554,8 @@ async def serve_http(options: ServeOptions, sock: socket.socket, host: str) -> N
     in flight are cancelled, so their runs are marked cancelled and stay resumable)."""
     import uvicorn
 
-    app = PipelineServer(options).server().streamable_http_app(host=host)
+    pipelines = PipelineServer(options)
+    app = pipelines.server().streamable_http_app(host=host)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve(sockets=[sock])
+    async with pipelines.running():
+        await uvicorn.Server(config).serve(sockets=[sock])

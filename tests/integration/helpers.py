@@ -16,9 +16,12 @@ import re
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from flowctl.dsl.diagnostics import Severity
 from flowctl.dsl.frontend import load_pipeline
@@ -59,6 +62,14 @@ def wait_until_gone(marker: str, timeout: float = 60.0) -> list[int]:
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+async def until(condition: Callable[[], object], limit: float = 60.0) -> None:
+    """Wait for what another process (a server, a thread) brings about, looking every 10 ms; `limit` (real seconds) is
+    a safety net, never reached when things work."""
+    with anyio.fail_after(limit):
+        while not condition():
+            await anyio.sleep(0.01)
 
 
 def fill(template: str, **values: Any) -> str:

@@ -86,7 +86,7 @@ def guarded_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.kill()
-        process.wait(timeout=5)
+        process.wait(timeout=60)
 
 
 async def test_a_refused_token_fails_once_naming_the_server_and_is_not_retried(flow: Flow, guarded_url: str) -> None:

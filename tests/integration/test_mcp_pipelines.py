@@ -67,7 +67,7 @@ def remote_calc(request: pytest.FixtureRequest, marker: str) -> Iterator[tuple[s
         yield request.param, f"http://127.0.0.1:{port}{path}"
     finally:
         process.kill()
-        process.wait(timeout=5)
+        process.wait(timeout=60)
 
 
 async def test_remote_and_stdio_servers_in_one_pipeline(flow: Flow, remote_calc: tuple[str, str]) -> None:

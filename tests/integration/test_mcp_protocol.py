@@ -18,13 +18,14 @@ import anyio
 import pytest
 
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock, ManualClock
 from flowctl.interpreter.mcp.mcp_pool import McpPool
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.runner import RunOptions, run_graph
 from flowctl.progress_sinks import JsonlReporter, MultiReporter
-from tests.integration.helpers import PYTHON, Flow, Result
+from tests.integration.helpers import PYTHON, Flow, Result, until
 from tests.support.openai_server import Reply, call, reply
 
 pytestmark = pytest.mark.anyio
@@ -65,8 +66,15 @@ async def run_agent(flow: Flow, *replies: Any, reporter: Reporter | None = None,
     return await flow.run("asking.yaml", reporter=reporter, **values(**extra))
 
 
-async def run_tool(flow: Flow, tool: str, args: str, reporter: Reporter | None = None, **extra: Any) -> Result:
-    return await flow.run("asking_tool.yaml", reporter=reporter, **values(tool=tool, args=args, **extra))
+async def run_tool(
+    flow: Flow,
+    tool: str,
+    args: str,
+    reporter: Reporter | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    **extra: Any,
+) -> Result:
+    return await flow.run("asking_tool.yaml", reporter=reporter, clock=clock, **values(tool=tool, args=args, **extra))
 
 
 def echo_last_tool(body: dict[str, Any]) -> Reply:
@@ -198,20 +206,62 @@ async def test_roots_are_sent_as_file_uris(flow: Flow) -> None:
     assert result.outcome.outputs == {"result": f"data={data}"}
 
 
+# On virtual time the clock holds only the call's idle timeout: no elicitation, so no signal poller.
+QUIET: dict[str, Any] = {"read_timeout": 2, "elicitation": "decline"}
+
+
 async def test_progress_restarts_the_idle_timeout_and_is_reported(flow: Flow) -> None:
+    """On virtual time, paced by the test: before each step 1.5 s of a 2 s idle timeout pass, then the server reports
+    progress; 18 s of work in all. Each progress must restart the timeout in full, or the second step times out."""
     seen = Seen()
-    # 12 steps of 0.25 s: 3 s of work, longer than the 2 s idle timeout, each step well inside it
-    result = await run_tool(flow, "work", "{steps: 12, pause: 0.25}", reporter=seen, read_timeout=2)
+    clock = ManualClock()
+    gate = flow.tmp_path / "gate"
+    gate.mkdir()
+    results: list[Result] = []
+
+    async def run() -> None:
+        results.append(await run_tool(flow, "work", f"{{steps: 12, gate: '{gate}'}}", seen, clock=clock, **QUIET))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        for step in range(1, 13):
+            await until((gate / f"ready-{step}").exists)  # the server is inside the call, before step
+            await until(lambda done=step - 1: len(seen.progress) == done)  # flowctl has the previous progress
+            await clock.parked(1)
+            assert clock.pending == [2.0]  # the idle timeout, restarted in full by that progress (or the call)
+            clock.advance(1.5)
+            assert not results  # 1.5 s of silence is not a timeout
+            (gate / f"go-{step}").touch()
+    result = results[0]
     assert result.outcome.status is RunStatus.SUCCEEDED, result.error
     assert result.outcome.outputs == {"result": "worked 12 steps"}
     assert [p[2] for p in seen.progress] == list(range(1, 13))
     assert seen.progress[-1] == ("call", "work", 12, 12, "step 12")
+    assert clock.monotonic() == 18.0
 
 
 async def test_a_call_silent_for_longer_than_the_idle_timeout_times_out(flow: Flow) -> None:
-    result = await run_tool(flow, "stall", "{seconds: 30}", read_timeout=0.5)
+    clock = ManualClock()
+    started = flow.tmp_path / "started"
+    results: list[Result] = []
+
+    async def run() -> None:
+        args = f"{{started: '{started}'}}"
+        results.append(await run_tool(flow, "stall", args, clock=clock, **QUIET | {"read_timeout": 0.5}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await until(started.exists)  # the server is inside the call, and will never answer
+        await clock.parked(1)
+        assert clock.pending == [0.5]
+        clock.advance(0.4)
+        await clock.parked(1)
+        assert clock.pending == [pytest.approx(0.1)] and not results  # not yet
+        clock.advance(0.1)
+    result = results[0]
     assert result.outcome.status is RunStatus.FAILED
-    assert "nor report progress" in result.error
+    assert result.cause == "tool-timeout"
+    assert "server 'asking' tool 'stall' did not answer within 0.5s nor report progress" in result.error
 
 
 async def test_log_messages_at_or_above_the_level_reach_the_reporter_and_the_event_log(flow: Flow) -> None:

@@ -35,7 +35,7 @@ def guarded_calc(*extra: str, transport: str = "--http") -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/{'mcp' if transport == '--http' else 'sse'}"
     finally:
         process.kill()
-        process.wait(timeout=5)
+        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def url() -> Iterator[str]:
 
 
 def remote(url: str, **overrides: object) -> ServerDef:
-    options: dict[str, object] = {"startup_timeout": 20.0, "read_timeout": 20.0} | overrides
+    options: dict[str, object] = {"startup_timeout": 60.0, "read_timeout": 60.0} | overrides
     return ServerDef("docs", Transport.STREAMABLE_HTTP, SPAN, url=url, **options)  # type: ignore[arg-type]
 
 
@@ -114,7 +114,7 @@ async def test_oauth_with_a_wrong_client_secret_is_an_auth_error(url: str) -> No
 
 async def test_sse_refused_and_accepted() -> None:
     with guarded_calc(transport="--sse") as url:
-        sse = ServerDef("docs", Transport.SSE, SPAN, url=url, bearer="${T}", startup_timeout=20.0, read_timeout=20.0)
+        sse = ServerDef("docs", Transport.SSE, SPAN, url=url, bearer="${T}", startup_timeout=60.0, read_timeout=60.0)
         async with McpPool(env={"T": "wrong-token-value"}) as pool:
             with pytest.raises(ServerAuthError) as caught:
                 await pool.list_tools(sse)

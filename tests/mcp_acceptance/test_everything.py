@@ -22,16 +22,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from flowctl.dsl.diagnostics import Severity, finalize
 from flowctl.dsl.frontend import load_pipeline
+from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock, ManualClock
 from flowctl.interpreter.mcp.mcp_pool import McpPool
 from flowctl.interpreter.mcp.resolve import resolve_tools
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.runner import RunOptions, RunOutcome, run_graph
+from tests.integration.helpers import until
 from tests.mcp_acceptance.conftest import REPO, Endpoint
 from tests.support.openai_server import OpenAIServer, Reply, call, reply
 
@@ -90,7 +93,7 @@ steps:
 
 
 async def run(
-    tmp_path: Path, llm: OpenAIServer, text: str, reporter: Reporter | None = None
+    tmp_path: Path, llm: OpenAIServer, text: str, reporter: Reporter | None = None, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[RunOutcome, SqliteRunStore]:
     path = tmp_path / "everything.yaml"
     path.write_text(text, encoding="utf-8")
@@ -98,7 +101,7 @@ async def run(
     assert graph is not None, [str(d) for d in diagnostics if d.severity is Severity.ERROR]
     store = SqliteRunStore(tmp_path / "runs.db")
     env = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": KEY}
-    outcome = await run_graph(graph, {}, store, RunOptions(env=env, reporter=reporter or Reporter()))
+    outcome = await run_graph(graph, {}, store, RunOptions(env=env, reporter=reporter or Reporter(), clock=clock))
     return outcome, store
 
 
@@ -219,11 +222,37 @@ async def test_roots_are_sent(tmp_path: Path, llm: OpenAIServer, endpoint: Endpo
 async def test_progress_keeps_a_long_call_alive_and_is_reported(
     tmp_path: Path, llm: OpenAIServer, endpoint: Endpoint
 ) -> None:
+    """On virtual time, whatever the server's real pace: each time progress has come since time last moved, the 2 s
+    idle timeout must be pending in full (restarted), and 1.5 s of it pass. Without the restart the second move
+    would time the call out."""
     seen = Seen()
-    text = pipeline(endpoint, tool_step("trigger-long-running-operation", "{duration: 3, steps: 12}"))
-    text = text.replace("read_timeout_seconds: 60", "read_timeout_seconds: 2")  # idle 2 s < 3 s of work
-    outcome, store = await run(tmp_path, llm, text, seen)
-    store.close()
+    clock = ManualClock()
+    # no elicitation, so no signal poller: the idle timeout is the clock's only timer
+    tool = tool_step("trigger-long-running-operation", "{duration: 3, steps: 12}")
+    text = pipeline(endpoint, tool, "    elicitation: {mode: decline}")
+    text = text.replace("read_timeout_seconds: 60", "read_timeout_seconds: 2")
+    results: list[RunOutcome] = []
+
+    async def drive() -> None:
+        handled = 0
+        while True:
+            await until(lambda done=handled: len(seen.progress) > done)
+            await clock.parked(1)
+            assert clock.pending == [2.0]
+            handled = len(seen.progress)
+            clock.advance(1.5)
+
+    async with anyio.create_task_group() as tg:
+
+        async def run_it() -> None:
+            outcome, store = await run(tmp_path, llm, text, seen, clock)
+            store.close()
+            results.append(outcome)
+            tg.cancel_scope.cancel()  # stops drive(), which may be waiting for a timer the finished call never sets
+
+        tg.start_soon(drive)
+        tg.start_soon(run_it)
+    (outcome,) = results
     assert outcome.status is RunStatus.SUCCEEDED, outcome.error
     assert "Long running operation completed" in str(outcome.outputs)
     assert [p for p, _ in seen.progress] == list(range(1, 13)) and seen.progress[-1][1] == 12

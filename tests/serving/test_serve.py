@@ -19,12 +19,14 @@ import anyio
 import anyio.abc
 import mcp_types as types
 import pytest
+from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 import flowctl
+from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 
 HERE = Path(__file__).parent / "pipelines"
 GREET = HERE / "greet.yaml"
@@ -146,6 +148,33 @@ async def test_tools_are_the_pipelines_and_a_call_is_a_journaled_run(tmp_path: P
     assert messages[0] == f"run {run_id} started"
     assert "step hello started" in messages and "step hello succeeded" in messages
     assert [v for v, _ in progress] == sorted({v for v, _ in progress})  # strictly increasing
+
+
+async def test_tools_carry_a_title_and_the_hints_serve_declares(tmp_path: Path) -> None:
+    """`serve:` gives the title and annotations; the title defaults to the name as words, and a pipeline that declares
+    no MCP server (it can only call models) is read-only unless it says otherwise."""
+    server = "servers:\n  files: {command: mcp-server-filesystem, args: [/srv]}\n"
+    steps = "steps:\n  - {id: sync, tool: files.list_directory, args: {path: /srv}}\n"
+    declared = tmp_path / "publish.yaml"
+    hints = "serve:\n  title: Publish the draft\n  read_only: false\n  destructive: false\n  idempotent: true\n"
+    declared.write_text(f"flowctl: 1\nname: publish\n{hints}  open_world: false\n{server}{steps}")
+    undeclared = tmp_path / "sync.yaml"
+    undeclared.write_text(f"flowctl: 1\nname: sync_files-now\n{server}{steps}")
+    async with stdio_session(tmp_path / "runs.db", GREET, APPROVAL, declared, undeclared) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    greet, approval, publish, sync = (tools[n] for n in ("greet", "approval", "publish", "sync_files-now"))
+    assert (greet.title, approval.title, publish.title, sync.title) == (
+        "Greet someone",
+        "Approval",
+        "Publish the draft",
+        "Sync files now",
+    )
+    assert greet.annotations == types.ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    assert approval.annotations == types.ToolAnnotations(readOnlyHint=True)
+    assert publish.annotations == types.ToolAnnotations(
+        readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
+    )
+    assert sync.annotations is None  # it may modify anything its server can: the client's cautious defaults apply
 
 
 async def test_bad_arguments_and_unknown_tools(tmp_path: Path) -> None:
@@ -297,8 +326,8 @@ async def test_a_flowctl_pipeline_calls_a_pipeline_served_by_flowctl(tmp_path: P
 
 
 async def test_a_client_of_the_2026_protocol_calls_tools_and_is_told_how_to_release_a_wait(tmp_path: Path) -> None:
-    """A client that negotiates with `server/discover` (protocol 2026-07-28) gets the same tools and results. That
-    protocol has no server-to-client requests on a call's stream, so a wait is released with `flowctl signal`."""
+    """A client that negotiates with `server/discover` (protocol 2026-07-28) gets the same tools and results. One
+    that cannot answer elicitation is told which `flowctl signal` releases a wait."""
     store = tmp_path / "runs.db"
     told = anyio.Event()
     hints: list[str] = []
@@ -312,7 +341,7 @@ async def test_a_client_of_the_2026_protocol_calls_tools_and_is_told_how_to_rele
     with open(os.devnull, "w") as quiet:
         async with (
             stdio_client(params, errlog=quiet) as (read, write),
-            ClientSession(read, write, elicitation_callback=answer("accept", "{}")) as session,
+            ClientSession(read, write) as session,
         ):
             await session.discover()
             assert session.protocol_version == "2026-07-28"
@@ -330,6 +359,105 @@ async def test_a_client_of_the_2026_protocol_calls_tools_and_is_told_how_to_rele
                 run_id = hints[0].split()[2]
                 flowctl.signal(run_id, "approved", {"by": "ana"}, store=store)
     assert results[0].structured_content == {"approval": {"by": "ana"}, "published": "published"}
+
+
+async def test_on_the_2026_protocol_a_wait_is_an_input_required_result_answered_by_the_client(tmp_path: Path) -> None:
+    """2026-07-28 has no server-to-client requests during a call: the call returns an InputRequiredResult carrying
+    the elicitation, the run waits on in the server, and the client's retry (the SDK's `Client` drives it) with the
+    answer and the request_state delivers the event; the same call then returns the run's result."""
+    store = tmp_path / "runs.db"
+    accept = answer("accept", '{"by": "ana"}')
+    params = StdioServerParameters(command=sys.executable, args=serve_args(store, HERE), cwd=str(ROOT))
+    async with Client(params, elicitation_callback=accept) as client:
+        assert client.protocol_version == "2026-07-28"
+        with anyio.fail_after(BOUND):
+            first = await client.session.call_tool("approval", {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult) and first.request_state
+        (request,) = (first.input_requests or {}).values()
+        assert isinstance(request, types.ElicitRequest)
+        assert "waits at step 'approval' for the event 'approved'" in request.params.message
+        (run,) = flowctl.list_runs(store=store)
+        assert run["status"] == "running"  # the run waits on in the server while the client is asked
+        assert first.meta is not None and first.meta["io.flowctl/run"] == {"run_id": run["run_id"], "status": "waiting"}
+        with pytest.raises(MCPError, match="unknown request_state"):
+            await client.session.call_tool("approval", {}, request_state="forged", allow_input_required=True)
+        answered = {"event": types.ElicitResult(action="accept", content={"data": '{"by": "ana"}'})}
+        with anyio.fail_after(BOUND):  # the retry by hand: the answer and the state
+            second = await client.session.call_tool(
+                "approval", {}, input_responses=answered, request_state=first.request_state, allow_input_required=True
+            )
+        assert isinstance(second, types.CallToolResult) and not second.is_error, second
+        assert second.structured_content == {"approval": {"by": "ana"}, "published": "published"}
+        with anyio.fail_after(BOUND):
+            done = await client.call_tool("approval", {})  # driven by the SDK: asked, answered, called again
+        assert not done.is_error, done.content
+        assert done.structured_content == {"approval": {"by": "ana"}, "published": "published"}
+        assert len(accept.asked) == 1  # type: ignore[attr-defined]
+    assert [r["status"] for r in flowctl.list_runs(store=store)] == ["succeeded", "succeeded"]
+
+
+async def test_on_the_2026_protocol_over_streamable_http_a_wait_is_answered_through_input_required(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "runs.db"
+    accept = answer("accept", '{"by": "ana"}')
+    async with http_server(store, APPROVAL) as (url, _), Client(url, elicitation_callback=accept) as client:
+        assert client.protocol_version == "2026-07-28"
+        with anyio.fail_after(BOUND):
+            done = await client.call_tool("approval", {})
+    assert done.structured_content == {"approval": {"by": "ana"}, "published": "published"}, done.content
+    assert len(accept.asked) == 1  # type: ignore[attr-defined]
+
+
+async def test_on_the_2026_protocol_an_answer_to_a_wait_released_meanwhile_is_not_sent_again(tmp_path: Path) -> None:
+    """While the client is asked, `flowctl signal` releases the wait: the client's answer then delivers nothing (it
+    would be an event no step waits for, which a later wait of the same name could take), and the call goes on."""
+    store = tmp_path / "runs.db"
+    params = StdioServerParameters(command=sys.executable, args=serve_args(store, APPROVAL), cwd=str(ROOT))
+    async with Client(params, elicitation_callback=answer("accept", "{}")) as client:
+        with anyio.fail_after(BOUND):
+            first = await client.session.call_tool("approval", {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult)
+        (run,) = flowctl.list_runs(store=store)
+        flowctl.signal(run["run_id"], "approved", {"by": "ana"}, store=store)
+
+        def released() -> bool:
+            steps = flowctl.read_run(run["run_id"], store=store)["steps"]
+            return any(step["path"] == "approval" and step["status"] == "succeeded" for step in steps)
+
+        with anyio.fail_after(BOUND):
+            while not released():
+                await anyio.sleep(0.05)
+        answered = {"event": types.ElicitResult(action="accept", content={"data": '{"by": "bo"}'})}
+        with anyio.fail_after(BOUND):
+            done = await client.session.call_tool(
+                "approval", {}, input_responses=answered, request_state=first.request_state, allow_input_required=True
+            )
+    assert isinstance(done, types.CallToolResult) and done.structured_content == {
+        "approval": {"by": "ana"},
+        "published": "published",
+    }, done
+    reader = SqliteRunStore(store)
+    try:
+        assert [s.name for s in reader.signals(run["run_id"])] == ["approved"]
+    finally:
+        reader.close()
+
+
+async def test_on_the_2026_protocol_a_declined_wait_cancels_the_run_which_stays_resumable(tmp_path: Path) -> None:
+    store = tmp_path / "runs.db"
+    params = StdioServerParameters(command=sys.executable, args=serve_args(store, APPROVAL), cwd=str(ROOT))
+    async with Client(params, elicitation_callback=answer("decline")) as client:
+        with anyio.fail_after(BOUND):
+            declined = await client.call_tool("approval", {})
+    assert declined.is_error
+    text = declined.content[0].text if isinstance(declined.content[0], types.TextContent) else ""
+    run_id = declined.meta["io.flowctl/run"]["run_id"] if declined.meta else ""
+    assert f"run {run_id} is cancelled" in text and f"flowctl resume {run_id}" in text
+    assert flowctl.read_run(run_id, store=store)["status"] == "cancelled"
+    flowctl.signal(run_id, "approved", {"by": "ana"}, store=store)
+    resumed = await flowctl.resume(run_id, store=store)
+    assert resumed.status is flowctl.RunStatus.SUCCEEDED
 
 
 def test_serve_refuses_invalid_pipelines_and_clashing_names(tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
 
 import flowctl
 from flowctl.interpreter.reporting import Reporter
@@ -76,3 +79,24 @@ async def test_a_servers_progress_reaches_the_client(tmp_path: Path) -> None:
         called = await session.call_tool("working", {}, progress_callback=on_progress)
     assert called.structured_content == {"result": "worked 3 steps"}
     assert [m for m in messages if "asking.work" in m] == [f"step call: asking.work {i}/3: step {i}" for i in (1, 2, 3)]
+
+
+async def test_on_the_2026_protocol_a_servers_elicitation_reaches_the_client_through_input_required(
+    tmp_path: Path,
+) -> None:
+    asked: list[types.ElicitRequestParams] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        return types.ElicitResult(action="accept", content={"name": "Ana", "count": 2})
+
+    store = tmp_path / "runs.db"
+    args = ["-m", "flowctl", "serve", str(served(tmp_path)), "--store", str(store)]
+    params = StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT))
+    async with Client(params, elicitation_callback=answer) as client:
+        assert client.protocol_version == "2026-07-28"
+        with anyio.fail_after(60):
+            called = await client.call_tool("booking", {"what": "a table"})
+    assert called.structured_content == {"result": "booked a table for Ana x2"}, called.content
+    (request,) = asked
+    assert request.message.startswith("Who books a table?") and "'asking'" in request.message

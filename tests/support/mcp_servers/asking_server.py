@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
@@ -67,13 +68,18 @@ async def roots(ctx: Context) -> str:
 
 
 @server.tool()
-async def work(steps: int, pause: float, ctx: Context) -> str:
-    """`steps` steps of `pause` seconds, each reported as progress."""
+async def work(steps: int, ctx: Context, gate: str = "") -> str:
+    """`steps` steps, each reported as progress. With `gate`, paced by the test instead of a timer: before step k the
+    server creates `gate`/ready-k and waits for `gate`/go-k (gives up after 60 s)."""
     import anyio
 
-    for step in range(steps):
-        await anyio.sleep(pause)
-        await ctx.report_progress(step + 1, steps, f"step {step + 1}")
+    for step in range(1, steps + 1):
+        if gate:
+            Path(gate, f"ready-{step}").touch()
+            with anyio.fail_after(60):
+                while not Path(gate, f"go-{step}").exists():
+                    await anyio.sleep(0.01)
+        await ctx.report_progress(step, steps, f"step {step}")
     return f"worked {steps} steps"
 
 
@@ -115,10 +121,13 @@ def pid() -> int:
 
 
 @server.tool()
-def stall(seconds: float) -> str:
-    """Sleep without reporting progress."""
-    time.sleep(seconds)
-    return "stalled"
+async def stall(started: str) -> str:
+    """Create the file `started`, then never answer nor report progress (until the client goes away)."""
+    import anyio
+
+    Path(started).touch()
+    await anyio.sleep_forever()
+    return "never"
 
 
 if __name__ == "__main__":

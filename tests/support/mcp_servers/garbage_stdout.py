@@ -1,7 +1,8 @@
-"""A fault server: answers every line on stdin with non-JSON text on stdout, never with MCP."""
+"""A fault server: answers the first line on stdin (`initialize`) with non-JSON text on stdout, never with MCP, and
+exits: the client fails at once whatever the machine's speed (never_initializes.py is the one that times out)."""
 
 import sys
 
 print("Starting server v1.2 ...", flush=True)
-for _line in sys.stdin:
-    print("hello, this is not JSON-RPC", flush=True)
+sys.stdin.readline()
+print("hello, this is not JSON-RPC", flush=True)
