@@ -62,6 +62,7 @@ class Runtime:
     providers: dict[tuple[str, str], LLMProvider] = field(default_factory=dict)
     limiter: Limiter = field(init=False)
     stream: bool = field(init=False)
+    hears_calls: bool = field(init=False)  # whether the reporter does anything with model and tool calls
     # resuming: per run, the events its log already holds, by (source, name), not yet sent again
     logged_events: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     child_starts: Counter[str] = field(default_factory=Counter)  # child run id → times this process started it
@@ -77,6 +78,12 @@ class Runtime:
             self.caps = Caps()
         # `--stream`: providers hand the answer's text on as it arrives (providers/streaming.py), for the reporter
         self.stream = bool(getattr(self.reporter, "streams_text", False))
+        # the silent reporter (`--quiet`, the Python API) ignores them: then no call is described for it
+        kind = type(self.reporter)
+        self.hears_calls = (
+            getattr(kind, "model_call", None) is not Reporter.model_call
+            or getattr(kind, "tool_call", None) is not Reporter.tool_call
+        )
         self.bus = EventBus(self.clock)
         self.breakers = Breakers(self.clock)
 

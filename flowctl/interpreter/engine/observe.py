@@ -43,6 +43,8 @@ def saw_model_call(
     if not replayed:
         raw = (request, response, error, model)
         ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
+    if not ctx.runtime.hears_calls:
+        return
     provider = getattr(ctx.runtime.provider(model), "provider_name", model.provider)  # `--scripted` answers
     seen = ModelCallSeen(key, attempt, provider, request, response, error, started, elapsed, replayed)
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
@@ -66,6 +68,8 @@ def saw_tool_call(
     if not replayed:
         raw = (server.name, tool, arguments, result, error)
         ctx.runtime.recorder.exchange(ctx.run_id, path, key, attempt, "tool", started, elapsed, _tool_bodies, raw)
+    if not ctx.runtime.hears_calls:
+        return
     seen = ToolCallSeen(key, attempt, server.name, tool, arguments, result, error, started, elapsed, replayed)
     ctx.runtime.reporter.tool_call(ctx.run_id, path, seen)
 
