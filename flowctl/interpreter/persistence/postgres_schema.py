@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowctl.interpreter.persistence.rows import (
+    RUN_COLUMNS,
     attempt_row,
     cache_row,
     call_row,
@@ -201,15 +202,6 @@ _SCHEMA_V1 = (
 # MIGRATIONS[i] upgrades a database from schema version i to i + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
-
-RUN_COLUMNS = (
-    "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
-    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets, scripted"
-)
-STEP_COLUMNS = (
-    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
-    "claim_token"
-)
 
 INSERT_RUN = f"""INSERT INTO runs ({RUN_COLUMNS}, claim_token, heartbeat_at)
     VALUES ({", ".join(["%s"] * 18)}, {NOW})"""
