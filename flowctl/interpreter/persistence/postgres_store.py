@@ -27,6 +27,7 @@ recorder's background commits and a command's queries each take one, so none wai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from flowctl.interpreter.persistence import postgres_schema as schema
 from flowctl.interpreter.persistence.locate import mask_url
 from flowctl.interpreter.persistence.owners import local_owner_alive
+from flowctl.interpreter.persistence.postgres_listen import RunNotices, SignalListener
 from flowctl.interpreter.persistence.postgres_open import (
     CONNECT_TIMEOUT,
     connect_extra,
@@ -132,6 +134,9 @@ class PostgresRunStore(RecordReads):
         self._running_root: str | None = None  # the root run this process runs (named by a StoreError mid-run)
         self._closed = False
         prepare(conninfo, self.url, access)
+        self._conninfo, self._connect_extra = conninfo, connect_extra(conninfo)
+        # the signal listeners' openings, one per event loop (postgres_listen.py)
+        self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[SignalListener]] = {}
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -374,10 +379,40 @@ class PostgresRunStore(RecordReads):
                 position = int(row[0])
                 params = _storable_row((run_id, position, name, text, time.time()))
                 conn.execute(schema.INSERT_SIGNAL, params)
+                conn.execute(schema.NOTIFY_SIGNAL, (params[0],))
                 return position
 
         position: int = self._run(send)
         return position
+
+    async def signal_notices(self, run_id: str) -> RunNotices:
+        """A wake-up for each signal sent to `run_id` from now on; the runs waiting in one event loop share one
+        listening connection (postgres_listen.py), outside the pool. StoreError when the server cannot be reached."""
+        loop = asyncio.get_running_loop()
+        while True:
+            opening = self._listeners.get(loop) or self._open_listener(loop)
+            try:
+                listener = await asyncio.shield(opening)
+            except BaseException:
+                if opening.done() and self._listeners.get(loop) is opening:
+                    del self._listeners[loop]  # it failed to open: the next run tries again
+                raise
+            if not listener.closed:
+                return listener.notices(_storable(run_id))  # as NOTIFY_SIGNAL's payload has it
+            if self._listeners.get(loop) is opening:  # its last run left while this one came
+                del self._listeners[loop]
+
+    def _open_listener(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[SignalListener]:
+        def forget() -> None:  # the listener stopped: the next run opens another
+            if self._listeners.get(loop) is opening:
+                del self._listeners[loop]
+
+        opening = loop.create_task(SignalListener.open(self._listen_connection, self._fail, forget))
+        self._listeners[loop] = opening
+        return opening
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._connect_extra)
 
 
 def _run_write(write: Write) -> tuple[str, Row]:
