@@ -103,9 +103,17 @@ class NamedRow(Protocol):
     def __getitem__(self, column: str, /) -> Any: ...
 
 
+# by value, as a dict lookup: calling the enum costs ~0.5 µs a row
+_RUN_STATUS = {status.value: status for status in RunStatus}
+_STEP_STATUS = {status.value: status for status in StepStatus}
+
+
+_decode = json.JSONDecoder().decode  # json.loads without its checks for bytes input (~0.2 µs a value)
+
+
 def load(text: str | None) -> Any:
     """A JSON column's value (None for SQL NULL)."""
-    return None if text is None else json.loads(text)
+    return None if text is None else _decode(text)
 
 
 def run_record(row: NamedRow) -> RunRecord:
@@ -114,7 +122,7 @@ def run_record(row: NamedRow) -> RunRecord:
         run_id=row["run_id"],
         pipeline=row["pipeline"],
         file=row["file"],
-        status=RunStatus(row["status"]),
+        status=_RUN_STATUS[row["status"]],
         started_at=row["started_at"],
         parent_id=row["parent_id"],
         finished_at=row["finished_at"],
@@ -137,7 +145,7 @@ def step_record(row: NamedRow) -> StepRecord:
         run_id=row["run_id"],
         path=row["path"],
         kind=row["kind"],
-        status=StepStatus(row["status"]),
+        status=_STEP_STATUS[row["status"]],
         attempts=row["attempts"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
@@ -230,7 +238,7 @@ class RecordReads:
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         return [
-            AttemptRecord(run_id, row["path"], row["attempt"], StepStatus(row["status"]), row["started_at"],
+            AttemptRecord(run_id, row["path"], row["attempt"], _STEP_STATUS[row["status"]], row["started_at"],
                           row["finished_at"], load(row["error"]), row["retry_in"])
             for row in self._rows(self._sql.attempts, (run_id,))
         ]  # fmt: skip
