@@ -29,7 +29,7 @@ from flowctl.interpreter.persistence.ids import new_run_id
 from flowctl.interpreter.persistence.journal import Journal
 from flowctl.interpreter.persistence.owners import this_process
 from flowctl.interpreter.persistence.recorder import Recorder
-from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore
+from flowctl.interpreter.persistence.store import RunRecord, RunStatus, RunStore, SignalNotices
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
 from flowctl.interpreter.providers.llm import LLMProvider
 from flowctl.interpreter.redact import Redactor, redactor_for
@@ -37,6 +37,9 @@ from flowctl.interpreter.reporting import Reporter
 from flowctl.interpreter.tools import ToolPool, ToolResult
 
 SIGNAL_POLL_INTERVAL = 0.1
+# With a store that wakes a run when a signal is sent to it (PostgreSQL's LISTEN/NOTIFY), the run reads its signals
+# on each wake-up, and polls as well at this longer interval, in case
+SIGNAL_NOTICE_FALLBACK = 5.0
 
 
 class InternalError(FlowctlError):
@@ -202,11 +205,37 @@ async def _poll_signals(runtime: Runtime, run_id: str) -> None:
     take theirs again, see EventBus.consume); the event log lists each once (Runtime.announce).
     """
     position = 0
-    while True:
-        for signal in runtime.recorder.signals(run_id, position):
-            position = signal.position
-            runtime.announce(run_id, signal.name, signal.data, "signal")
-        await runtime.clock.sleep(SIGNAL_POLL_INTERVAL)
+    notices = await _signal_notices(runtime, run_id)  # before the first read: no signal falls in between
+    try:
+        while True:
+            for signal in runtime.recorder.signals(run_id, position):
+                position = signal.position
+                runtime.announce(run_id, signal.name, signal.data, "signal")
+            if notices is not None:
+                try:
+                    await notices.wait(SIGNAL_NOTICE_FALLBACK)
+                    continue
+                except StoreError:  # its connection dropped (a server restart): poll instead
+                    with anyio.CancelScope(shield=True):
+                        await notices.aclose()
+                    notices = None
+            await runtime.clock.sleep(SIGNAL_POLL_INTERVAL)
+    finally:
+        if notices is not None:
+            with anyio.CancelScope(shield=True):
+                await notices.aclose()
+
+
+async def _signal_notices(runtime: Runtime, run_id: str) -> SignalNotices | None:
+    """The store's wake-ups for the run's signals (optional, see store.RunStore), or None: then the run polls."""
+    listen = getattr(runtime.recorder.store, "signal_notices", None)
+    if listen is None:
+        return None
+    try:
+        notices: SignalNotices = await listen(run_id)
+    except StoreError:  # no connection to be had for it now: polling works all the same
+        return None
+    return notices
 
 
 async def _open_tools(stack: Any, options: RunOptions) -> ToolPool:

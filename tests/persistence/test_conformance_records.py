@@ -1,16 +1,20 @@
 """The run-store port's record keeping, through the port only, for every backend: runs and child runs, commits
 applied in order and atomically, step rows (the upsert rules of store.StepStarted/StepFinished), calls, events,
-state changes and the response cache."""
+state changes, attempts, the transcript and the response cache."""
 
 from __future__ import annotations
 
 import pytest
 
 from flowctl.interpreter.persistence.store import (
+    AttemptEnded,
+    AttemptRecord,
     CacheStored,
     CallDone,
     CallRecord,
     EventLogged,
+    Exchanged,
+    ExchangeRecord,
     Liveness,
     RunFinished,
     RunReopened,
@@ -332,6 +336,36 @@ def test_state_changes_are_logged_in_order(store: RunStore) -> None:
     ]
     assert changes[0].seq < changes[1].seq
     assert store.state_changes("r-2") == []
+
+
+def test_attempts_are_read_in_the_order_they_started(store: RunStore) -> None:
+    claim = create(store)
+    store.commit([AttemptEnded("r-1", "b", 1, StepStatus.FAILED, 2.0, 3.0, jtext({"type": "Timeout"}), 1.5),
+                  AttemptEnded("r-1", "a", 1, StepStatus.SUCCEEDED, 1.0, 4.0)], claim)  # fmt: skip
+    store.commit([AttemptEnded("r-1", "b", 2, StepStatus.SUCCEEDED, 4.5, 5.0)], claim)
+    assert store.attempts("r-1") == [
+        AttemptRecord("r-1", "a", 1, StepStatus.SUCCEEDED, 1.0, 4.0),
+        AttemptRecord("r-1", "b", 1, StepStatus.FAILED, 2.0, 3.0, {"type": "Timeout"}, 1.5),
+        AttemptRecord("r-1", "b", 2, StepStatus.SUCCEEDED, 4.5, 5.0),
+    ]
+    assert store.attempts("r-2") == []
+
+
+def test_the_transcript_is_read_whole_or_for_a_step_and_what_runs_inside_it(store: RunStore) -> None:
+    claim = create(store)
+    paths = ["ask", "ask/inner", "ask[2]", "asked", "other"]
+    store.commit([Exchanged("r-1", path, f"{path}/llm#0", 1, "model", float(i), 0.5, jtext({"prompt": path}),
+                            jtext({"content": "ok"}) if i % 2 == 0 else None,
+                            None if i % 2 == 0 else jtext({"type": "Refused"}))
+                  for i, path in enumerate(paths)], claim)  # fmt: skip
+    everything = store.exchanges("r-1")
+    assert [e.path for e in everything] == paths
+    assert everything[0] == ExchangeRecord(everything[0].seq, "r-1", "ask", "ask/llm#0", 1, "model", 0.0, 0.5,
+                                           {"prompt": "ask"}, {"content": "ok"}, None)  # fmt: skip
+    assert (everything[1].response, everything[1].error) == (None, {"type": "Refused"})
+    assert [e.seq for e in everything] == sorted(e.seq for e in everything)
+    assert [e.path for e in store.exchanges("r-1", "ask")] == ["ask", "ask/inner", "ask[2]"]  # not "asked"
+    assert store.exchanges("r-1", "missing") == [] and store.exchanges("r-2") == []
 
 
 def test_the_cache_needs_no_claim_and_keeps_the_latest_entry(store_factory: StoreFactory, store: RunStore) -> None:

@@ -228,3 +228,49 @@ def test_a_resumed_run_leaves_no_step_row_running(store_factory: StoreFactory, t
 def _counts(calls: dict[str, int]) -> dict[str, int]:
     """The journal's counts of `--output json`'s `calls` (`requests` and `failed` count what was sent)."""
     return {key: calls[key] for key in ("executed", "replayed", "cached")}
+
+
+def test_a_run_stopped_while_waiting_shows_waiting_again_once_resumed(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """SIGTERM (as a draining worker cancels what it hands on) marks the run and its wait cancelled; the resumed run
+    replays up to the wait, which waits again: the run and the step show running while it waits (they showed
+    cancelled until a call of its own), and the signal then finishes it."""
+    store = store_factory.open()
+    answers = write_fixture(tmp_path / "answers.json", fixture(None))
+    first = flowctl("run", str(PIPELINE), "--scripted", answers, *store_factory.cli, "-q", cwd=tmp_path)
+    resumed = None
+    try:
+        poll(lambda: first.poll() is not None or store.list_runs(roots_only=True), what="the run's record")
+        run_id = store.list_runs(roots_only=True)[0].run_id
+        reached = BOUNDARIES[5]
+        assert reached.name == "waiting-for-a-signal"
+        poll(lambda: first.poll() is not None or reached.reached(store, run_id), what="the wait")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 128 + signal.SIGTERM
+        run = store.get_run(run_id)
+        assert run is not None and run.status is RunStatus.CANCELLED
+        assert step_status(store, run_id, "approval") is StepStatus.CANCELLED
+
+        resumed = flowctl("resume", run_id, "--scripted", answers, *store_factory.cli, "-q", "--output", "json",
+                          cwd=tmp_path)  # fmt: skip
+        poll(lambda: resumed.poll() is not None or reached.reached(store, run_id), what="the wait, resumed")
+        assert resumed.poll() is None, resumed.communicate()
+        shown = subprocess.run([FLOWCTL, "show", run_id, *store_factory.cli, "--output", "json"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        report = json.loads(shown.stdout)
+        assert report["status"] == "running"
+        assert [step["status"] for step in report["steps"] if step["path"] == "approval"] == ["running"]
+        listed = subprocess.run([FLOWCTL, "runs", *store_factory.cli, "--output", "json"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        assert [run["status"] for run in json.loads(listed.stdout) if run["run_id"] == run_id] == ["running"]
+
+        send_go(store_factory, run_id, tmp_path)
+        out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err
+        assert (json.loads(out)["status"], json.loads(out)["outputs"]) == ("succeeded", OUTPUTS)
+    finally:
+        for process in (first, resumed):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -248,3 +249,90 @@ def test_a_lone_call_and_a_batch_record_a_call_alike(pg_url: str) -> None:
         assert store.lookup_call("r-1", "k") == alone
         with pytest.raises(ValueError, match="a row of an unknown run"):
             store.commit([CallDone("r-1/missing", "k", "d", "{}", 1.0)], claim)
+
+
+# -- signals wake a waiting run (LISTEN/NOTIFY) ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_committed_signal_wakes_the_run_it_is_for(pg_url: str) -> None:
+    with PostgresRunStore(pg_url) as store, PostgresRunStore(pg_url) as sender:
+        create(store)
+        create(store, "r-2")
+        first, second = await store.signal_notices("r-1"), await store.signal_notices("r-2")
+        try:
+            assert _listening(pg_url) == 1  # the runs of a store share one listening connection
+            await anyio.to_thread.run_sync(sender.send_signal, "r-2", "go", None)
+            assert await second.wait(120) is True  # woken by the notice: the timeout is a safety net
+            assert await first.wait(0.5) is False  # another run's signal is passed over
+            await anyio.to_thread.run_sync(sender.send_signal, "r-1", "go", {"by": "ann"})
+            assert await first.wait(120) is True
+            sender.send_signal("r-1", "again", None)  # between two waits: kept for the next
+            assert await first.wait(120) is True
+        finally:
+            await first.aclose()
+            await second.aclose()
+        assert _listening(pg_url) == 0  # the last run to leave closed it
+
+
+@pytest.mark.anyio
+async def test_a_dropped_listening_connection_is_a_store_error_and_the_next_run_listens_anew(pg_url: str) -> None:
+    with PostgresRunStore(pg_url) as store, PostgresRunStore(pg_url) as sender:
+        create(store)
+        notices = await store.signal_notices("r-1")
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as admin:  # as a server restart would
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND query LIKE 'LISTEN %%'")  # fmt: skip
+            with pytest.raises(StoreError, match="server"):
+                await notices.wait(120)
+        finally:
+            await notices.aclose()
+        again = await store.signal_notices("r-1")
+        try:
+            await anyio.to_thread.run_sync(sender.send_signal, "r-1", "go", None)
+            assert await again.wait(120) is True
+        finally:
+            await again.aclose()
+
+
+WAITING = """\
+flowctl: 1
+name: waiting
+steps:
+  - id: approval
+    wait: {event: go, timeout: 10m}
+outputs:
+  by: "{{ steps.approval.output.by }}"
+"""
+
+
+def _listening(url: str) -> int:
+    """Connections of this database listening for signals."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_waiting_run_listens_for_its_signals_and_stops_listening_when_it_ends(pg_url: str, tmp_path: Path) -> None:
+    from tests.persistence.helpers import poll
+
+    (tmp_path / "waiting.yaml").write_text(WAITING)
+    flowctl = str(Path(sys.executable).with_name("flowctl"))
+    run = subprocess.Popen([flowctl, "run", "waiting.yaml", "--store", pg_url, "-q", "--output", "json"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        with open_store(pg_url) as store:
+            poll(lambda: run.poll() is not None or _listening(pg_url) == 1, what="the run listening")
+            assert run.poll() is None, run.communicate()
+            [record] = store.list_runs()
+            store.send_signal(record.run_id, "go", {"by": "ann"})
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert json.loads(out)["outputs"] == {"by": "ann"}
+        poll(lambda: _listening(pg_url) == 0, what="the listening connection closed")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=30)

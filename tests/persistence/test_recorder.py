@@ -207,6 +207,30 @@ async def test_a_refused_resume_leaves_the_run_as_it_was(store_factory: StoreFac
     assert run is not None and (run.status, run.error, run.owner) == (RunStatus.RUNNING, None, ALIVE)
 
 
+def test_a_resume_commits_and_heartbeats_in_the_background_once_it_goes_on(store_factory: StoreFactory) -> None:
+    """A resume holds its writes back while it replays; once it does work of its own that may last (a wait), the
+    background commits start: the run shows running again, and an idle claim keeps its heartbeat."""
+    first = recorder_on(store_factory.open(), owner=DEAD)
+    first.start_root(root_record())
+    first.run_finished("r-1", RunStatus.CANCELLED)
+    store = CountingStore(store_factory.open(lease=0.3))  # a heartbeat every 0.1 s
+    resumed = Recorder(store, Redactor(), ALIVE, background_delay=0.01)
+    try:
+        resumed.resume_root("r-1")
+        resumed.step_started("r-1", "approval", "wait", new_attempt=False)
+        assert store.batches == [] and not resumed.committed_any  # replaying: a refusal would leave it as it was
+        resumed.going_on()
+        poll(lambda: 0 in store.batches, what="an empty commit (a heartbeat) after the held writes")
+        assert store.batches[0] == 2  # the reopened run and the step's row, then heartbeats
+    finally:
+        resumed.close()
+    run = store_factory.open().get_run("r-1")
+    assert run is not None and run.status is RunStatus.RUNNING
+    assert [(step.path, step.status) for step in store_factory.open().steps("r-1")] == [
+        ("approval", StepStatus.RUNNING)
+    ]
+
+
 # -- redaction -------------------------------------------------------------------------------------------------------
 
 

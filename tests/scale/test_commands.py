@@ -64,7 +64,8 @@ def test_a_run_of_another_journal_format_is_refused_with_both_versions() -> None
 
 def test_sigterm_drains_a_worker_and_another_resumes_what_it_released(pg_url: str, tmp_path: Path) -> None:
     """A run waiting for a signal cannot finish within the drain timeout: SIGTERM releases it (marked cancelled,
-    queued again), the worker exits 0, and a worker started later resumes the run, which the signal then finishes."""
+    queued again), the worker exits 0, and a worker started later resumes the run, which shows running and waiting
+    again until the signal finishes it."""
     import signal as signals
 
     from tests.scale.cluster import wait_for
@@ -84,6 +85,9 @@ def test_sigterm_drains_a_worker_and_another_resumes_what_it_released(pg_url: st
             assert cluster.statuses([run_id])[run_id] == "cancelled"
             second = cluster.start_worker("second")
             wait_for("the run resumed", lambda: second.saw(f"run {run_id}: resumed"))
+            # waiting again, and shown so: its wait step's row running again, not as the drain left it
+            wait_for("the run waiting again", lambda: cluster.waiting_on(run_id) == second.owner)
+            assert cluster.statuses([run_id])[run_id] == "running"
             approve(cluster, run_id)  # kept in the store: the resumed run sees it wherever it waits
             wait_for("the run done", lambda: cluster.succeeded([run_id]) == 1)
         finally:

@@ -118,7 +118,18 @@ class Journal:
                 self.cached += 1
                 self._record(run_id, key, digest, hit)
                 return hit
+        if self.resuming and not self._recorded:
+            self._going_on()
         return None
+
+    def _going_on(self) -> None:
+        """A resume is about to do work of its own (a call, a wait): it is past its replay, so what it held back is
+        queued and it commits from now on, before that work ends (a wait may last days): the run and the step show
+        running, not how the earlier process left them, and its claim's heartbeat goes on."""
+        if self._kept:
+            self.write_kept()
+        self._recorded = True
+        self.recorder.going_on()
 
     def recall(self, run_id: str, key: str) -> Any:
         """A value the run journaled with `keep` (`now()`, the run's attempt), or MISSING. Like `replay`, it skips

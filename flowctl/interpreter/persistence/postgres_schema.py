@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowctl.interpreter.persistence.rows import (
+    RUN_COLUMNS,
     attempt_row,
     cache_row,
     call_row,
@@ -202,15 +203,6 @@ _SCHEMA_V1 = (
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
-RUN_COLUMNS = (
-    "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
-    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets, scripted"
-)
-STEP_COLUMNS = (
-    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
-    "claim_token"
-)
-
 INSERT_RUN = f"""INSERT INTO runs ({RUN_COLUMNS}, claim_token, heartbeat_at)
     VALUES ({", ".join(["%s"] * 18)}, {NOW})"""
 INSERT_CHILD = """INSERT INTO runs (run_id, parent_id, pipeline, file, status, started_at, inputs, source_digest)
@@ -228,6 +220,11 @@ RELEASE = "UPDATE runs SET owner = NULL, claim_token = claim_token + 1 WHERE run
 LIVENESS = f"SELECT owner, {NOW} - heartbeat_at AS age FROM runs WHERE run_id = %s"
 NEXT_SIGNAL = "UPDATE runs SET signals_sent = signals_sent + 1 WHERE run_id = %s RETURNING signals_sent"
 INSERT_SIGNAL = "INSERT INTO signals (run_id, position, name, data, at) VALUES (%s, %s, %s, %s, %s)"
+# A committed signal wakes the run it is for at once (LISTEN on SIGNAL_CHANNEL, the run id as the payload): sent in
+# the signal's transaction, so it is delivered when, and only if, the signal commits.
+SIGNAL_CHANNEL = "flowctl_signals"
+NOTIFY_SIGNAL = f"SELECT pg_notify('{SIGNAL_CHANNEL}', %s)"
+LISTEN_SIGNALS = f"LISTEN {SIGNAL_CHANNEL}"
 
 # Both step writes are this one upsert (sqlite_schema.STEP_ROW says why). Each row is its own statement (a batch is
 # executed row by row in one round trip): PostgreSQL refuses one statement that touches a row twice, and a batch may

@@ -27,6 +27,7 @@ recorder's background commits and a command's queries each take one, so none wai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -35,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flowctl.interpreter.persistence import postgres_schema as schema
 from flowctl.interpreter.persistence.locate import mask_url
 from flowctl.interpreter.persistence.owners import local_owner_alive
+from flowctl.interpreter.persistence.postgres_listen import RunNotices, SignalListener
 from flowctl.interpreter.persistence.postgres_open import (
     CONNECT_TIMEOUT,
     connect_extra,
@@ -50,14 +53,11 @@ from flowctl.interpreter.persistence.postgres_open import (
     split_url,
     store_error,
 )
+from flowctl.interpreter.persistence.rows import ReadSql, RecordReads
 from flowctl.interpreter.persistence.store import (
-    AttemptRecord,
     CacheStored,
     CallDone,
-    CallRecord,
     Claim,
-    EventRecord,
-    ExchangeRecord,
     Liveness,
     RunFinished,
     RunRecord,
@@ -65,10 +65,6 @@ from flowctl.interpreter.persistence.store import (
     RunStarted,
     RunStatus,
     RunStore,
-    Signal,
-    StateChange,
-    StepRecord,
-    StepStatus,
     Write,
 )
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreAccess, StoreError
@@ -97,49 +93,6 @@ def _storable_row(row: Row) -> Row:
     return tuple(_storable(value) for value in row)
 
 
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _run_from_row(row: Row) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        parent_id=row[1],
-        pipeline=row[2],
-        file=row[3],
-        status=RunStatus(row[4]),
-        started_at=row[5],
-        finished_at=row[6],
-        inputs=_load(row[7]),
-        outputs=_load(row[8]),
-        error=_load(row[9]),
-        source_digest=row[10],
-        input_tokens=row[11],
-        output_tokens=row[12],
-        cost=row[13],
-        owner=row[14],
-        input_secrets=_load(row[15]),
-        scripted=row[16],
-    )
-
-
-def _step_from_row(row: Row) -> StepRecord:
-    return StepRecord(
-        run_id=row[0],
-        path=row[1],
-        kind=row[2],
-        status=StepStatus(row[3]),
-        attempts=row[4],
-        started_at=row[5],
-        finished_at=row[6],
-        output=_load(row[7]),
-        error=_load(row[8]),
-        input_tokens=row[9],
-        output_tokens=row[10],
-        claim_token=row[11],
-    )
-
-
 def _root_of(run_id: str) -> str:
     return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
 
@@ -151,7 +104,7 @@ def _check_in_tree(write: Write, tree: str) -> None:
         raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
 
 
-class PostgresRunStore:
+class PostgresRunStore(RecordReads):
     """`RunStore` on a PostgreSQL database, shared safely by threads, processes and hosts. Use it as a context
     manager or call `close()`.
 
@@ -162,6 +115,7 @@ class PostgresRunStore:
 
     # a commit is a network round trip: the recorder makes the journal's from a thread, so the loop runs on meanwhile
     commits_over_network = True
+    _sql = ReadSql.using("%s")  # the reads (rows.RecordReads) run on `_rows`
 
     def __init__(
         self,
@@ -180,6 +134,9 @@ class PostgresRunStore:
         self._running_root: str | None = None  # the root run this process runs (named by a StoreError mid-run)
         self._closed = False
         prepare(conninfo, self.url, access)
+        self._conninfo, self._connect_extra = conninfo, connect_extra(conninfo)
+        # the signal listeners' openings, one per event loop (postgres_listen.py)
+        self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[SignalListener]] = {}
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -277,11 +234,11 @@ class PostgresRunStore:
             self._running_root = None
 
     def liveness(self, run_id: str) -> Liveness:
-        rows = self._read(schema.LIVENESS, (_root_of(run_id),))
-        if not rows or rows[0][0] is None:
+        rows = self._rows(schema.LIVENESS, (_root_of(run_id),))
+        if not rows or rows[0]["owner"] is None:
             return Liveness(None, False)
-        owner, age = rows[0]
-        return Liveness(owner, self._alive(owner, age))
+        owner = rows[0]["owner"]
+        return Liveness(owner, self._alive(owner, rows[0]["age"]))
 
     def _alive(self, owner: str, age: float | None) -> bool:
         local = local_owner_alive(owner)
@@ -394,82 +351,18 @@ class PostgresRunStore:
         except psycopg.Error as exc:
             raise self._fail(exc) from None
 
-    def _read(self, sql: str, params: Row = ()) -> list[Row]:
-        def read(conn: psycopg.Connection[Any]) -> list[Row]:
+    def _rows(self, sql: str, params: Row = ()) -> list[dict[str, Any]]:
+        """A query's rows as dicts by column name."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            cursor = conn.cursor(row_factory=dict_row)
             try:
-                return conn.execute(sql, params, prepare=True).fetchall()
+                return cursor.execute(sql, params, prepare=True).fetchall()
             except UnicodeEncodeError:  # an id with a lone surrogate (undecodable command-line bytes)
-                return conn.execute(sql, _storable_row(params)).fetchall()
+                return cursor.execute(sql, _storable_row(params)).fetchall()
 
-        rows: list[Row] = self._run(read, repeatable=True)
+        rows: list[dict[str, Any]] = self._run(read, repeatable=True)
         return rows
-
-    # -- reads -----------------------------------------------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {schema.RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
-        return _run_from_row(rows[0]) if rows else None
-
-    def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]:
-        """The most recent runs, newest first; `roots_only` leaves out child runs."""
-        where = "WHERE parent_id IS NULL " if roots_only else ""
-        sql = f"SELECT {schema.RUN_COLUMNS} FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT %s"
-        return [_run_from_row(row) for row in self._read(sql, (limit,))]
-
-    def child_runs(self, run_id: str) -> list[RunRecord]:
-        """Runs started by `run_id` (child pipelines), oldest first."""
-        sql = f"SELECT {schema.RUN_COLUMNS} FROM runs WHERE parent_id = %s ORDER BY started_at, run_id"
-        return [_run_from_row(row) for row in self._read(sql, (run_id,))]
-
-    def steps(self, run_id: str) -> list[StepRecord]:
-        """The run's steps in the order they first started (fan-out items: in the order they finished)."""
-        sql = f"SELECT {schema.STEP_COLUMNS} FROM steps WHERE run_id = %s ORDER BY seq"
-        return [_step_from_row(row) for row in self._read(sql, (run_id,))]
-
-    def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
-        sql = """SELECT request_digest, result, recorded_at, redacted, claim_token FROM calls
-                 WHERE run_id = %s AND key = %s"""
-        rows = self._read(sql, (run_id, key))
-        if not rows:
-            return None
-        digest, result, at, masked, token = rows[0]
-        return CallRecord(run_id, key, digest, _load(result), at, bool(masked), token)
-
-    def events(self, run_id: str) -> list[EventRecord]:
-        sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = %s ORDER BY seq"
-        return [EventRecord(seq, run_id, name, _load(data), source, at)
-                for seq, name, data, source, at in self._read(sql, (run_id,))]  # fmt: skip
-
-    def state_changes(self, run_id: str) -> list[StateChange]:
-        sql = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = %s ORDER BY seq'
-        return [StateChange(seq, run_id, step, _load(keys), _load(values), at)
-                for seq, step, keys, values, at in self._read(sql, (run_id,))]  # fmt: skip
-
-    def attempts(self, run_id: str) -> list[AttemptRecord]:
-        sql = """SELECT path, attempt, status, started_at, finished_at, error, retry_in FROM attempts
-                 WHERE run_id = %s ORDER BY started_at, path, attempt"""
-        return [
-            AttemptRecord(run_id, path, attempt, StepStatus(status), started, finished, _load(error), retry_in)
-            for path, attempt, status, started, finished, error, retry_in in self._read(sql, (run_id,))
-        ]
-
-    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
-        columns = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error"
-        params: Row
-        if path is None:
-            sql, params = f"SELECT {columns} FROM exchanges WHERE run_id = %s ORDER BY seq", (run_id,)
-        else:  # the step, and the steps nested under it (`path/…`, fan-out items `path[i]…`)
-            sql = f"""SELECT {columns} FROM exchanges WHERE run_id = %s
-                      AND (path = %s OR left(path, %s) IN (%s, %s)) ORDER BY seq"""
-            params = (run_id, path, len(path) + 1, path + "/", path + "[")
-        return [
-            ExchangeRecord(seq, run_id, step, key, attempt, kind, started, elapsed, *map(_load, texts))
-            for seq, step, key, attempt, kind, started, elapsed, *texts in self._read(sql, params)
-        ]
-
-    def cache_get(self, digest: str) -> dict[str, Any] | None:
-        rows = self._read("SELECT result FROM cache WHERE digest = %s", (digest,))
-        return _load(rows[0][0]) if rows else None
 
     # -- signals ---------------------------------------------------------------------------------------------------
 
@@ -486,15 +379,40 @@ class PostgresRunStore:
                 position = int(row[0])
                 params = _storable_row((run_id, position, name, text, time.time()))
                 conn.execute(schema.INSERT_SIGNAL, params)
+                conn.execute(schema.NOTIFY_SIGNAL, (params[0],))
                 return position
 
         position: int = self._run(send)
         return position
 
-    def signals(self, run_id: str, after: int = 0) -> list[Signal]:
-        sql = "SELECT position, name, data, at FROM signals WHERE run_id = %s AND position > %s ORDER BY position"
-        return [Signal(run_id, position, name, _load(data), at)
-                for position, name, data, at in self._read(sql, (run_id, after))]  # fmt: skip
+    async def signal_notices(self, run_id: str) -> RunNotices:
+        """A wake-up for each signal sent to `run_id` from now on; the runs waiting in one event loop share one
+        listening connection (postgres_listen.py), outside the pool. StoreError when the server cannot be reached."""
+        loop = asyncio.get_running_loop()
+        while True:
+            opening = self._listeners.get(loop) or self._open_listener(loop)
+            try:
+                listener = await asyncio.shield(opening)
+            except BaseException:
+                if opening.done() and self._listeners.get(loop) is opening:
+                    del self._listeners[loop]  # it failed to open: the next run tries again
+                raise
+            if not listener.closed:
+                return listener.notices(_storable(run_id))  # as NOTIFY_SIGNAL's payload has it
+            if self._listeners.get(loop) is opening:  # its last run left while this one came
+                del self._listeners[loop]
+
+    def _open_listener(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[SignalListener]:
+        def forget() -> None:  # the listener stopped: the next run opens another
+            if self._listeners.get(loop) is opening:
+                del self._listeners[loop]
+
+        opening = loop.create_task(SignalListener.open(self._listen_connection, self._fail, forget))
+        self._listeners[loop] = opening
+        return opening
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._connect_extra)
 
 
 def _run_write(write: Write) -> tuple[str, Row]:

@@ -249,6 +249,10 @@ class Recorder:
         if claim is not None and self._lost is None:
             self.store.release(claim)
 
+    def going_on(self) -> None:
+        """The resume does work of its own (Journal): the background commits start, as with its first call."""
+        self._holding = False
+
     @property
     def committed_any(self) -> bool:
         """Whether a commit since the claim made anything of this process durable."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowctl.interpreter.persistence.rows import (
+    RUN_COLUMNS,
     attempt_row,
     cache_row,
     call_row,
@@ -168,16 +169,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V6,
 )
 
-_RUN_COLUMNS = (
-    "run_id, parent_id, pipeline, file, status, started_at, finished_at, inputs, outputs, error, "
-    "source_digest, input_tokens, output_tokens, cost, owner, input_secrets, scripted"
-)
-_STEP_COLUMNS = (
-    "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
-    "claim_token"
-)
-RUN_COLUMNS, STEP_COLUMNS = _RUN_COLUMNS, _STEP_COLUMNS
-
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity (one per table): a dataclass hash costs ~0.3 µs
 class Insert:
@@ -248,7 +239,7 @@ EXCHANGE_ROW = Insert(
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 )
 
-INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 19)})"
+INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 19)})"
 INSERT_CHILD = """INSERT INTO runs (run_id, parent_id, pipeline, file, status, started_at, inputs, source_digest)
                   VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
                   ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL, outputs = NULL,

@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from flowctl.interpreter.persistence.owners import local_owner_alive
-from flowctl.interpreter.persistence.rows import call_row
+from flowctl.interpreter.persistence.rows import ReadSql, RecordReads, call_row
 from flowctl.interpreter.persistence.sqlite_open import open_connection
 from flowctl.interpreter.persistence.sqlite_schema import (
     FENCE,
@@ -46,19 +46,13 @@ from flowctl.interpreter.persistence.sqlite_schema import (
     MIGRATIONS,
     REOPEN_RUN,
     ROWS,
-    RUN_COLUMNS,
     SCHEMA_VERSION,
-    STEP_COLUMNS,
     Insert,
 )
 from flowctl.interpreter.persistence.store import (
-    AttemptRecord,
     CacheStored,
     CallDone,
-    CallRecord,
     Claim,
-    EventRecord,
-    ExchangeRecord,
     Liveness,
     RunFinished,
     RunRecord,
@@ -66,10 +60,6 @@ from flowctl.interpreter.persistence.store import (
     RunStarted,
     RunStatus,
     RunStore,
-    Signal,
-    StateChange,
-    StepRecord,
-    StepStatus,
     Write,
 )
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreAccess, from_exception
@@ -108,49 +98,6 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _run_from_row(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        pipeline=row["pipeline"],
-        file=row["file"],
-        status=RunStatus(row["status"]),
-        started_at=row["started_at"],
-        parent_id=row["parent_id"],
-        finished_at=row["finished_at"],
-        inputs=_load(row["inputs"]),
-        outputs=_load(row["outputs"]),
-        error=_load(row["error"]),
-        source_digest=row["source_digest"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cost=row["cost"],
-        owner=row["owner"],
-        input_secrets=_load(row["input_secrets"]),
-        scripted=row["scripted"],
-    )
-
-
-def _step_from_row(row: sqlite3.Row) -> StepRecord:
-    return StepRecord(
-        run_id=row["run_id"],
-        path=row["path"],
-        kind=row["kind"],
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        output=_load(row["output"]),
-        error=_load(row["error"]),
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        claim_token=row["claim_token"],
-    )
-
-
 def _root_of(run_id: str) -> str:
     return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
 
@@ -162,7 +109,7 @@ def _check_in_tree(write: Write, tree: str) -> None:
         raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
 
 
-class SqliteRunStore:
+class SqliteRunStore(RecordReads):
     """`RunStore` on an SQLite file, shared safely by the interpreter and `flowctl` commands. Use it as a context
     manager or call `close()`.
 
@@ -170,6 +117,8 @@ class SqliteRunStore:
     create one ("read" opens it read-only). Every failure of the file or its disk, from opening on, is raised as a
     `StoreError` that names the file and what to do.
     """
+
+    _sql = ReadSql.using("?")  # the reads (rows.RecordReads) run on `_rows`
 
     def __init__(self, path: str | Path, *, access: StoreAccess = "create", lease: float = DEFAULT_LEASE) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
@@ -274,7 +223,7 @@ class SqliteRunStore:
                 self._running_root = None
 
     def liveness(self, run_id: str) -> Liveness:
-        rows = self._read("SELECT owner, heartbeat_at FROM runs WHERE run_id = ?", (_root_of(run_id),))
+        rows = self._rows("SELECT owner, heartbeat_at FROM runs WHERE run_id = ?", (_root_of(run_id),))
         if not rows or rows[0]["owner"] is None:
             return Liveness(None, False)
         owner = rows[0]["owner"]
@@ -423,107 +372,13 @@ class SqliteRunStore:
         except (UnicodeEncodeError, OverflowError):
             return self._conn.execute(sql, [_storable(value) for value in params])
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A query's rows (sqlite3.Row: by column name or position)."""
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
-
-    # -- reads -----------------------------------------------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
-        return _run_from_row(rows[0]) if rows else None
-
-    def list_runs(self, limit: int = 50, *, roots_only: bool = False) -> list[RunRecord]:
-        """The most recent runs, newest first; `roots_only` leaves out child runs."""
-        where = "WHERE parent_id IS NULL " if roots_only else ""
-        sql = f"SELECT {RUN_COLUMNS} FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT ?"
-        return [_run_from_row(row) for row in self._read(sql, (limit,))]
-
-    def child_runs(self, run_id: str) -> list[RunRecord]:
-        """Runs started by `run_id` (child pipelines), oldest first."""
-        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY started_at, run_id"
-        return [_run_from_row(row) for row in self._read(sql, (run_id,))]
-
-    def steps(self, run_id: str) -> list[StepRecord]:
-        """The run's steps in the order they first started (fan-out items, written once as they finish: in the order
-        they finished)."""
-        sql = f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY seq"
-        return [_step_from_row(row) for row in self._read(sql, (run_id,))]
-
-    def lookup_call(self, run_id: str, key: str) -> CallRecord | None:
-        sql = (
-            "SELECT request_digest, result, recorded_at, redacted, claim_token FROM calls WHERE run_id = ? AND key = ?"
-        )
-        rows = self._read(sql, (run_id, key))
-        if not rows:
-            return None
-        row = rows[0]
-        result, at, masked = _load(row["result"]), row["recorded_at"], bool(row["redacted"])
-        return CallRecord(run_id, key, row["request_digest"], result, at, masked, row["claim_token"])
-
-    def events(self, run_id: str) -> list[EventRecord]:
-        sql = "SELECT seq, name, data, source, at FROM events WHERE run_id = ? ORDER BY seq"
-        return [
-            EventRecord(row["seq"], run_id, row["name"], _load(row["data"]), row["source"], row["at"])
-            for row in self._read(sql, (run_id,))
-        ]
-
-    def state_changes(self, run_id: str) -> list[StateChange]:
-        sql = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
-        return [
-            StateChange(row["seq"], run_id, row["step"], _load(row["keys"]), _load(row["values"]), row["at"])
-            for row in self._read(sql, (run_id,))
-        ]
-
-    def attempts(self, run_id: str) -> list[AttemptRecord]:
-        sql = """SELECT path, attempt, status, started_at, finished_at, error, retry_in FROM attempts
-                 WHERE run_id = ? ORDER BY started_at, path, attempt"""
-        return [
-            AttemptRecord(
-                run_id,
-                row["path"],
-                row["attempt"],
-                StepStatus(row["status"]),
-                row["started_at"],
-                row["finished_at"],
-                _load(row["error"]),
-                row["retry_in"],
-            )
-            for row in self._read(sql, (run_id,))
-        ]
-
-    def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
-        columns = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error"
-        params: tuple[Any, ...]
-        if path is None:
-            sql, params = f"SELECT {columns} FROM exchanges WHERE run_id = ? ORDER BY seq", (run_id,)
-        else:  # the step, and the steps nested under it (`path/…`, fan-out items `path[i]…`)
-            sql = f"""SELECT {columns} FROM exchanges WHERE run_id = ?
-                      AND (path = ? OR substr(path, 1, ?) IN (?, ?)) ORDER BY seq"""
-            params = (run_id, path, len(path) + 1, path + "/", path + "[")
-        return [
-            ExchangeRecord(
-                row["seq"],
-                run_id,
-                row["path"],
-                row["key"],
-                row["attempt"],
-                row["kind"],
-                row["started_at"],
-                row["elapsed"],
-                _load(row["request"]),
-                _load(row["response"]),
-                _load(row["error"]),
-            )
-            for row in self._read(sql, params)
-        ]
-
-    def cache_get(self, digest: str) -> dict[str, Any] | None:
-        rows = self._read("SELECT result FROM cache WHERE digest = ?", (digest,))
-        return _load(rows[0]["result"]) if rows else None
 
     # -- signals ---------------------------------------------------------------------------------------------------
 
@@ -547,13 +402,6 @@ class SqliteRunStore:
         with self._lock:
             position: int = self._transaction(send)
         return position
-
-    def signals(self, run_id: str, after: int = 0) -> list[Signal]:
-        sql = "SELECT position, name, data, at FROM signals WHERE run_id = ? AND position > ? ORDER BY position"
-        return [
-            Signal(run_id, row["position"], row["name"], _load(row["data"]), row["at"])
-            for row in self._read(sql, (run_id, after))
-        ]
 
 
 if TYPE_CHECKING:  # mypy checks here that the SQLite store is the port, method by method

@@ -327,6 +327,17 @@ Write = (
 )
 
 
+class SignalNotices(Protocol):
+    """Wake-ups for one run's signals, from a store that can push them (RunStore's optional `signal_notices`)."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether a signal was sent to the run since the last wait, within `timeout` seconds; StoreError when the
+        store stopped listening (the run then polls)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 @runtime_checkable
 class RunStore(Protocol):
     # How long a claim held by a writer on another host counts as alive without a commit (seconds). The recorder
@@ -334,6 +345,8 @@ class RunStore(Protocol):
     lease: float
     # Optional (absent: False): `commits_over_network = True` says a commit is a network round trip, which the
     # recorder then makes from a thread so that the event loop goes on running the run's other branches.
+    # Optional (absent: the run polls its signals every 0.1 s): `async def signal_notices(run_id) -> SignalNotices`,
+    # wake-ups as signals are sent to the run (StoreError when it cannot listen).
 
     # claims and the run tree's lifecycle
     def create_run(self, record: RunRecord, inputs: str, input_secrets: str | None, owner: str) -> Claim:
