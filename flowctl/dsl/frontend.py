@@ -24,6 +24,7 @@ from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import LoadedDocument, load_file
 from flowctl.dsl.prompt_files import inline_prompt_files
 from flowctl.dsl.schema import check_schema
+from flowctl.dsl.source_digest import relative_name, sources_of
 
 
 @dataclass(slots=True)
@@ -70,11 +71,12 @@ class FrontEnd:
         # the checks see only values of the types the schema allows: each may trust the shape of what it finds
         checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
         index = build_index(checked.data)
+        read = {Path(resolved): doc.source}  # every file the pipeline reads at load time: its sources
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
             # prompt files become the fields they stand for, in `doc` too (the compiler reads it)
-            problems, texts = inline_prompt_files(checked, index, *folders)
+            problems, texts = inline_prompt_files(checked, index, *folders, read)
             self.prompt_texts.update(texts)
             diagnostics += problems
             env = os.environ if self.env is None else self.env
@@ -83,11 +85,13 @@ class FrontEnd:
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):
-            children = {key: self.files[key].graph for key in _child_keys(self, Path(resolved).parent, doc)}
+            found = {key: self.files[key].graph for key in _child_keys(self, Path(resolved).parent, doc)}
+            children = {k: g for k, g in found.items() if g is not None}
+            texts = {relative_name(path, self.root_dir): text for path, text in read.items()}
+            own = relative_name(resolved, self.root_dir)
+            sources = sources_of(own, texts, [child.sources for child in children.values()])
             result.graph = compile_graph(
-                doc,
-                {k: g for k, g in children.items() if g is not None},
-                lambda ref: str(_child_path(Path(resolved).parent, ref)),
+                doc, children, lambda ref: str(_child_path(Path(resolved).parent, ref)), sources
             )
         return result
 

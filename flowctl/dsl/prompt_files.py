@@ -42,10 +42,10 @@ def _file_fields(data: Any, index: DocIndex | None) -> Iterator[tuple[JsonPath, 
 
 
 def inline_prompt_files(
-    doc: LoadedDocument, index: DocIndex | None, base: Path, root: Path
+    doc: LoadedDocument, index: DocIndex | None, base: Path, root: Path, read: dict[Path, str] | None = None
 ) -> tuple[list[Diagnostic], dict[str, str]]:
     """Put each named file's text in the document (in place), and its span in the source map. Returns the problems
-    and the texts read, by the name diagnostics give them."""
+    and the texts read, by the name diagnostics give them; `read` gets them by resolved path (the run's sources)."""
     problems: list[Diagnostic] = []
     texts: dict[str, str] = {}
     for path, mapping, key in list(_file_fields(doc.data, index)):
@@ -53,11 +53,13 @@ def inline_prompt_files(
             continue  # both the text and the file: the schema reported it
         ref: str = mapping[key]
         span = doc.source_map.value((*path, key))
-        text, problem = _read(ref, span, base, root)
+        target, text, problem = _read(ref, span, base, root)
         if problem is not None:
             problems.append(problem)
             continue
-        assert text is not None
+        assert target is not None and text is not None
+        if read is not None:
+            read[target] = text
         shown = os.path.normpath(os.path.join(os.path.dirname(doc.file), ref))
         lines = editor_lines(text)
         end = Span(shown, 1, 1, max(len(lines), 1), (len(lines[-1]) if lines else 0) + 1)
@@ -68,21 +70,26 @@ def inline_prompt_files(
     return problems, texts
 
 
-def _read(ref: str, span: Span, base: Path, root: Path) -> tuple[str | None, Diagnostic | None]:
+Read = tuple[Path | None, str | None, Diagnostic | None]  # the file's resolved path and text, or the problem
+
+
+def _read(ref: str, span: Span, base: Path, root: Path) -> Read:
     if os.path.isabs(ref) or ref.startswith("~"):
-        return None, cat.path_escape(span, ref, "prompt file path", "the pipeline's folder (give a relative path)")
+        where = "the pipeline's folder (give a relative path)"
+        return None, None, cat.path_escape(span, ref, "prompt file path", where)
     target = confine(root, base, ref)
     if target is None:
-        return None, cat.path_escape(span, ref, "prompt file path", "the pipeline's folder")
+        return None, None, cat.path_escape(span, ref, "prompt file path", "the pipeline's folder")
     try:
         size = target.stat().st_size
         if size > MAX_FILE_BYTES:
-            return None, cat.prompt_file_unreadable(span, ref, f"it is {size} bytes; the limit is {MAX_FILE_BYTES}")
+            reason = f"it is {size} bytes; the limit is {MAX_FILE_BYTES}"
+            return None, None, cat.prompt_file_unreadable(span, ref, reason)
         raw = target.read_bytes()
     except OSError as exc:
-        return None, cat.prompt_file_unreadable(span, ref, exc.strerror or str(exc))
+        return None, None, cat.prompt_file_unreadable(span, ref, exc.strerror or str(exc))
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return None, cat.prompt_file_unreadable(span, ref, f"it is not UTF-8 text (byte {exc.start})")
-    return text.replace("\r\n", "\n"), None
+        return None, None, cat.prompt_file_unreadable(span, ref, f"it is not UTF-8 text (byte {exc.start})")
+    return target, text.replace("\r\n", "\n"), None
