@@ -116,6 +116,12 @@ def check_route_options(ctx: CheckContext) -> Iterator[Diagnostic]:
                     ctx.key_span((*step.path, "route", "constraint")),
                     "`constraint` places what the routing agent is told, and this route has no `agent`",
                 )
+            prompt = "prompt_file" if "prompt_file" in route else "prompt" if "prompt" in route else None
+            if prompt is not None and "agent" not in route:
+                yield cat.route_option_unused(
+                    ctx.key_span((*step.path, "route", prompt)),
+                    f"`{prompt}` is the routing agent's prompt, and this route has no `agent`",
+                )
             if route.get("unknown_in_results") is True and route.get("on_unknown") == "fail":
                 yield cat.route_option_unused(
                     ctx.key_span((*step.path, "route", "unknown_in_results")),

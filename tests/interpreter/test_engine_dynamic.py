@@ -161,3 +161,35 @@ async def test_a_resumed_run_fires_the_same_triggers_and_replays_what_they_did(
     assert resumed.outcome.outputs["count"] == 5
     assert resumed.provider.calls == 3  # ticks 3, 4 and 5: ticks 1 and 2 came from the journal
     assert resumed.outcome.calls_replayed == 2
+
+
+ROUTED_BY_FILE = """\
+flowctl: 1
+name: routed_by_file
+inputs:
+  document: {type: string}
+agents:
+  selector: {instruction: You choose.}
+steps:
+  - id: pick
+    route: {agent: selector, prompt_file: prompts/route.md, constraint: user}
+    branches:
+      rapid: [{id: quick, set: {}}]
+      detailed: [{id: deep, set: {}}]
+"""
+
+
+async def test_a_routes_prompt_file_is_rendered_and_sent_as_its_prompt(store: SqliteRunStore, tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    template = "Choose for {{ inputs.document }}.\n{% if true %}Be quick.{% endif %}"
+    (tmp_path / "prompts" / "route.md").write_text(template)
+    (tmp_path / "routed.yaml").write_text(ROUTED_BY_FILE)
+    rule = '{agent: selector, prompt: "^Choose for report.pdf.\\nBe quick.", reply: {json: {choices: [rapid]}}}'
+    (tmp_path / "fixture.yaml").write_text(f"responses:\n  - {rule}\n")
+    ran = await run_file(tmp_path / "routed.yaml", tmp_path / "fixture.yaml", store, inputs={"document": "report.pdf"})
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    assert ran.output("pick")["chosen"] == ["rapid"]
+    (prompt,) = [e.request["messages"][-1]["content"] for e in store.exchanges(ran.run_id) if e.path == "pick/router"]
+    # the file's text rendered, then the options (`constraint: user`)
+    told = "Choose exactly one of these options: rapid, detailed."
+    assert prompt.startswith(f"Choose for report.pdf.\nBe quick.\n\n{told}")
