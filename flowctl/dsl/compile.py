@@ -217,7 +217,7 @@ class _Compiler:
             triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
             description=str(raw.get("description") or ""),
             output_schema=raw.get("output_schema"),
-            parent_state=tuple(raw.get("parent_state") or ()) if path else (),
+            parent_state=tuple(raw.get("parent_state") or ()),
         )
 
     def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:

@@ -168,8 +168,9 @@ class _ChildResolver:
         if errors:
             return cat.child_invalid(span, ref, errors)
         data = child.doc.data if isinstance(child.doc.data, dict) else {}
-        inputs = data.get("inputs")
-        return ChildInfo(key, inputs if isinstance(inputs, dict) else {}, errors)
+        inputs, shared = data.get("inputs"), data.get("parent_state")
+        keys = tuple(k for k in shared if isinstance(k, str)) if isinstance(shared, list) else ()
+        return ChildInfo(key, inputs if isinstance(inputs, dict) else {}, errors, keys)
 
     def _cycle(self, key: str) -> list[str]:
         """The files of an include cycle, relative to the root folder: `a.yaml -> children/b.yaml -> a.yaml`."""

@@ -238,6 +238,12 @@ async def run_graph(
     took the run over."""
     from contextlib import AsyncExitStack
 
+    if graph.root.parent_state:  # it has no caller whose state it could share
+        raise InputError(
+            f"pipeline {graph.root.name!r} reads and updates its caller's state keys "
+            f"(parent_state: {', '.join(graph.root.parent_state)}): it runs only as a child pipeline, from a "
+            "pipeline that declares them"
+        )
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
     graph = _expand_models(graph, options.env)
     run_id = run_id or new_run_id()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flowctl.interpreter.errors import InputError
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from tests.interpreter.pipelines.harness import HERE, query, run_file
@@ -75,6 +76,27 @@ async def test_a_child_reads_and_updates_the_keys_of_its_callers_state_it_declar
     changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
     assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
     assert ("follow_ups[2]/run",) in changes
+
+
+async def test_a_child_in_its_own_file_shares_the_keys_of_its_callers_state_it_declares(
+    store: SqliteRunStore,
+) -> None:
+    ran = await run_file("reuse_file.yaml", "reuse.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    outputs = ran.outcome.outputs
+    patterns = ["data_ingestion", "data_validation", "initial_analysis", "detailed_analysis"]
+    assert outputs["states"] == dict.fromkeys(patterns, "completed")
+    assert outputs["log"][0] == "data_ingestion done"  # the caller's reducer (append)
+    assert sorted(outputs["log"]) == sorted(f"{p} done" for p in patterns)
+    assert outputs["follow_ups"] == [{"result": "ok", "mine": 1}] * 3  # the child's own key stays its own
+    changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
+    assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
+
+
+async def test_a_file_that_shares_its_callers_state_runs_only_as_a_child(store: SqliteRunStore) -> None:
+    with pytest.raises(InputError, match=r"parent_state: pattern_states, log\): it runs only as a child pipeline"):
+        await run_file("children/execute_pattern.yaml", "reuse.fixture.yaml", store, inputs={"pattern": "x"})
+    assert store.list_runs() == []  # refused before anything was recorded
 
 
 # --- events keep flowing --------------------------------------------------------------------------------------------
