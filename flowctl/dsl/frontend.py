@@ -42,6 +42,7 @@ class FrontEnd:
     env: Mapping[str, str] | None = None  # where `${VAR}` is looked up for `unset-variable` (default: os.environ)
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
     prompt_texts: dict[str, str] = field(default_factory=dict)  # prompt files read, by the name diagnostics give
+    files_read: dict[str, str] = field(default_factory=dict)  # every file read (pipelines, prompts), by resolved path
     _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
 
     def sources(self) -> dict[str, str]:
@@ -72,12 +73,14 @@ class FrontEnd:
         checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
         index = build_index(checked.data)
         read = {Path(resolved): doc.source}  # every file the pipeline reads at load time: its sources
+        self.files_read[resolved] = doc.source
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
             # prompt files become the fields they stand for, in `doc` too (the compiler reads it)
             problems, texts = inline_prompt_files(checked, index, *folders, read)
             self.prompt_texts.update(texts)
+            self.files_read.update((str(path), text) for path, text in read.items())
             diagnostics += problems
             env = os.environ if self.env is None else self.env
             context = CheckContext(checked, index, resolver, folders=folders, texts=texts, env=env)

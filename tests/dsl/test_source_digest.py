@@ -43,7 +43,9 @@ def test_the_graph_names_files_relative_to_the_root_folder(tmp_path: Path) -> No
     (tmp_path / "p.yaml").write_text(
         "flowctl: 1\nname: p\nagents:\n  a: {instruction: x}\nsteps:\n  - {id: s, agent: a, prompt_file: sub/ask.md}\n"
     )
-    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    graph, diagnostics, front = load_pipeline(tmp_path / "p.yaml")
     assert graph is not None, diagnostics
     assert [name for name, _ in graph.sources] == ["p.yaml", "sub/ask.md"]
     assert graph.sources[1][1] == text_digest("Ask.\n")
+    # what `flowctl submit` sends to the workers: every file read, prompt files too
+    assert sorted(front.files_read) == [str((tmp_path / n).resolve()) for n in ("p.yaml", "sub/ask.md")]
