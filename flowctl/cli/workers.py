@@ -106,9 +106,7 @@ def submit(
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    submission = sources.pack(
-        Path(file).resolve(), sources.files_of(graph, {k: r.doc.source for k, r in front.files.items()})
-    )
+    submission = sources.pack(Path(file).resolve(), sources.files_of(graph, front.files_read))
     run_id = new_run_id()
     conn = queue.prepare(url)
     try:

@@ -342,8 +342,8 @@ ONCE_WITH_MAX_FIRINGS = _code(
 
 ROUTE_OPTION_UNUSED = _code(
     "route-option-unused",
-    "A route option that has no effect where it is: `constraint` without a routing `agent`, or "
-    "`unknown_in_results` with `on_unknown: fail`.",
+    "A route option that has no effect where it is: `constraint`, `prompt` or `prompt_file` without a routing "
+    "`agent`, or `unknown_in_results` with `on_unknown: fail`.",
     "Remove the option, or add what it applies to.",
     Severity.WARNING,
 )

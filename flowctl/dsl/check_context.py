@@ -24,6 +24,7 @@ class ChildInfo:
     path: str
     inputs: dict[str, Any]
     error_count: int
+    parent_state: tuple[str, ...] = ()  # the caller's state keys it reads and updates
 
 
 # (reference as written in the pipeline, the file it is written in) → ChildInfo, or a Diagnostic-producing problem

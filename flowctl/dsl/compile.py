@@ -6,7 +6,6 @@ expression is compiled here; no raw YAML or unparsed text survives into the grap
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from flowctl.dsl.diagnostics import Span
 from flowctl.dsl.index import servers_path
 from flowctl.dsl.kinds import KINDS, step_kind
 from flowctl.dsl.loader import JsonPath, LoadedDocument
+from flowctl.dsl.source_digest import Sources, recorded_form, text_digest
 from flowctl.dsl.templates import (
     CompiledValue,
     ListValue,
@@ -217,7 +217,7 @@ class _Compiler:
             triggers=tuple(self.trigger(t, (*path, "triggers", i)) for i, t in enumerate(raw.get("triggers") or [])),
             description=str(raw.get("description") or ""),
             output_schema=raw.get("output_schema"),
-            parent_state=tuple(raw.get("parent_state") or ()) if path else (),
+            parent_state=tuple(raw.get("parent_state") or ()),
         )
 
     def trigger(self, raw: dict[str, Any], path: JsonPath) -> ir.Trigger:
@@ -395,8 +395,12 @@ def _breaker(raw: Any) -> ir.CircuitBreakerSpec | None:
     )
 
 
-def compile_graph(doc: LoadedDocument, children: dict[str, ir.Graph], resolve_child_path: Any) -> ir.Graph:
-    """Compile a document that passed schema and checks. `children` maps resolved child paths to their graphs."""
+def compile_graph(
+    doc: LoadedDocument, children: dict[str, ir.Graph], resolve_child_path: Any, sources: Sources = ()
+) -> ir.Graph:
+    """Compile a document that passed schema and checks. `children` maps resolved child paths to their graphs;
+    `sources` names every file the pipeline read (default: its own file alone)."""
+    sources = sources or ((doc.file, text_digest(doc.source)),)
     compiler = _Compiler(doc, resolve_child_path)
     data = doc.data
     models = compiler.models()
@@ -412,7 +416,8 @@ def compile_graph(doc: LoadedDocument, children: dict[str, ir.Graph], resolve_ch
         models=models,
         servers=compiler.servers(),
         concurrency=int(data.get("concurrency", 16)),
-        source_digest=hashlib.sha256(doc.source.encode()).hexdigest(),
+        sources=sources,
+        source_digest=recorded_form(sources),
         uses_now=_mentions(data, "now"),
         serve=ir.ServeHints(**(data.get("serve") or {})),
     )

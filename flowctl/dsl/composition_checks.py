@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from flowctl.dsl import catalogue as cat
-from flowctl.dsl.check_context import CheckContext
+from flowctl.dsl.check_context import CheckContext, ChildInfo
 from flowctl.dsl.diagnostics import Diagnostic
 from flowctl.dsl.index import StepInfo
 from flowctl.dsl.kinds import is_file_reference, refs
@@ -59,22 +59,30 @@ def check_dispatch(ctx: CheckContext) -> Iterator[Diagnostic]:
                 )
 
 
-def _named_children(ctx: CheckContext, step: StepInfo) -> Iterator[tuple[str, JsonPath]]:
-    """The pipelines under `pipelines:` a step may run, with where it names them."""
+def _children_run(ctx: CheckContext, step: StepInfo) -> Iterator[tuple[str, tuple[str, ...], JsonPath]]:
+    """The child pipelines a step may run (under `pipelines:` or in their own files), each with the keys of its
+    caller's state it declares in `parent_state`, and where the step names it."""
     for name, path in refs(step.kind, step.raw, step.path, "pipeline"):
-        named = not is_file_reference(name) and name in ctx.index.children
-        if named and (path[len(step.path)] == "pipeline" or dispatches(step)):
-            yield name, path
+        if path[len(step.path)] != "pipeline" and not dispatches(step):
+            continue  # a choice without an expression to choose it: check_dispatch reports it
+        if not is_file_reference(name):
+            if name in ctx.index.children:
+                yield name, tuple(ctx.index.children[name].parent_state()), path
+        elif ctx.resolve_child is not None:
+            resolved = ctx.resolve_child(name, ctx.span(path))
+            if isinstance(resolved, ChildInfo):  # else check_children reports why it cannot be used
+                yield name, resolved.parent_state, path
     if dispatches_over_all_pipelines(step):
-        for name in ctx.index.children:
-            yield name, (*step.path, "pipeline")
+        for name, child in ctx.index.children.items():
+            yield name, tuple(child.parent_state()), (*step.path, "pipeline")
 
 
 def check_parent_state(ctx: CheckContext) -> Iterator[Diagnostic]:
-    """A child's `parent_state` keys are declared by every pipeline that runs it, and not in its own `state:`."""
-    for child in ctx.index.children.values():
+    """A child's `parent_state` keys are declared by every pipeline that runs it (whether the child is defined
+    under `pipelines:` or in its own file), and not in its own `state:`."""
+    for child in ctx.index.pipelines():
         own = child.raw.get("state")
-        for i, key in enumerate(child.raw.get("parent_state") or []):
+        for i, key in enumerate(child.parent_state()):
             if isinstance(own, dict) and key in own:
                 yield cat.parent_state_key(
                     ctx.span((*child.path, "parent_state", i)),
@@ -84,9 +92,8 @@ def check_parent_state(ctx: CheckContext) -> Iterator[Diagnostic]:
     for pipeline in ctx.index.pipelines():
         declared = pipeline.state_keys()
         for step in pipeline.ordered:
-            for name, path in _named_children(ctx, step):
-                missing = [key for key in ctx.index.children[name].parent_state() if key not in declared]
-                for key in missing:
+            for name, keys, path in _children_run(ctx, step):
+                for key in (key for key in keys if key not in declared):
                     yield cat.parent_state_key(
                         ctx.span(path),
                         f"pipeline {name!r} reads and updates state key {key!r} of its caller, "
@@ -115,6 +122,12 @@ def check_route_options(ctx: CheckContext) -> Iterator[Diagnostic]:
                 yield cat.route_option_unused(
                     ctx.key_span((*step.path, "route", "constraint")),
                     "`constraint` places what the routing agent is told, and this route has no `agent`",
+                )
+            prompt = "prompt_file" if "prompt_file" in route else "prompt" if "prompt" in route else None
+            if prompt is not None and "agent" not in route:
+                yield cat.route_option_unused(
+                    ctx.key_span((*step.path, "route", prompt)),
+                    f"`{prompt}` is the routing agent's prompt, and this route has no `agent`",
                 )
             if route.get("unknown_in_results") is True and route.get("on_unknown") == "fail":
                 yield cat.route_option_unused(

@@ -24,6 +24,7 @@ from flowctl.dsl.kinds import is_file_reference, refs
 from flowctl.dsl.loader import LoadedDocument, load_file
 from flowctl.dsl.prompt_files import inline_prompt_files
 from flowctl.dsl.schema import check_schema
+from flowctl.dsl.source_digest import relative_name, sources_of
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class FrontEnd:
     env: Mapping[str, str] | None = None  # where `${VAR}` is looked up for `unset-variable` (default: os.environ)
     files: dict[str, FileResult] = field(default_factory=dict)  # by resolved path
     prompt_texts: dict[str, str] = field(default_factory=dict)  # prompt files read, by the name diagnostics give
+    files_read: dict[str, str] = field(default_factory=dict)  # every file read (pipelines, prompts), by resolved path
     _in_progress: list[str] = field(default_factory=list)  # the chain of files being processed, outermost first
 
     def sources(self) -> dict[str, str]:
@@ -70,12 +72,15 @@ class FrontEnd:
         # the checks see only values of the types the schema allows: each may trust the shape of what it finds
         checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
         index = build_index(checked.data)
+        read = {Path(resolved): doc.source}  # every file the pipeline reads at load time: its sources
+        self.files_read[resolved] = doc.source
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
             # prompt files become the fields they stand for, in `doc` too (the compiler reads it)
-            problems, texts = inline_prompt_files(checked, index, *folders)
+            problems, texts = inline_prompt_files(checked, index, *folders, read)
             self.prompt_texts.update(texts)
+            self.files_read.update((str(path), text) for path, text in read.items())
             diagnostics += problems
             env = os.environ if self.env is None else self.env
             context = CheckContext(checked, index, resolver, folders=folders, texts=texts, env=env)
@@ -83,11 +88,13 @@ class FrontEnd:
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):
-            children = {key: self.files[key].graph for key in _child_keys(self, Path(resolved).parent, doc)}
+            found = {key: self.files[key].graph for key in _child_keys(self, Path(resolved).parent, doc)}
+            children = {k: g for k, g in found.items() if g is not None}
+            texts = {relative_name(path, self.root_dir): text for path, text in read.items()}
+            own = relative_name(resolved, self.root_dir)
+            sources = sources_of(own, texts, [child.sources for child in children.values()])
             result.graph = compile_graph(
-                doc,
-                {k: g for k, g in children.items() if g is not None},
-                lambda ref: str(_child_path(Path(resolved).parent, ref)),
+                doc, children, lambda ref: str(_child_path(Path(resolved).parent, ref)), sources
             )
         return result
 
@@ -164,8 +171,9 @@ class _ChildResolver:
         if errors:
             return cat.child_invalid(span, ref, errors)
         data = child.doc.data if isinstance(child.doc.data, dict) else {}
-        inputs = data.get("inputs")
-        return ChildInfo(key, inputs if isinstance(inputs, dict) else {}, errors)
+        inputs, shared = data.get("inputs"), data.get("parent_state")
+        keys = tuple(k for k in shared if isinstance(k, str)) if isinstance(shared, list) else ()
+        return ChildInfo(key, inputs if isinstance(inputs, dict) else {}, errors, keys)
 
     def _cycle(self, key: str) -> list[str]:
         """The files of an include cycle, relative to the root folder: `a.yaml -> children/b.yaml -> a.yaml`."""

@@ -72,7 +72,7 @@ class PipelineInfo:
         return {**{key: {} for key in self.parent_state()}, **own}
 
     def parent_state(self) -> list[str]:
-        value = self.raw.get("parent_state") if self.name else None  # only a child defined under `pipelines:`
+        value = self.raw.get("parent_state")  # a child under `pipelines:`, or a file's root run as a child
         return [key for key in value if isinstance(key, str)] if isinstance(value, list) else []
 
 

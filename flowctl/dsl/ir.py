@@ -458,6 +458,7 @@ class Graph:
     models: dict[str, ModelDef]
     servers: dict[str, ServerDef]
     concurrency: int = 16
-    source_digest: str = ""  # sha256 of the file text, recorded with each run
+    sources: tuple[tuple[str, str], ...] = ()  # every file read at load time, with its sha256 (dsl/source_digest.py)
+    source_digest: str = ""  # what each run records of `sources` (dsl/source_digest.py: recorded_form)
     uses_now: bool = True  # a template of the file may call `now()` (the engine then tracks whose call it is)
     serve: ServeHints = ServeHints()  # `serve:` (only `flowctl serve` reads it)

@@ -70,6 +70,16 @@ class RefSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FileField:
+    """A key naming a file whose text stands for a template field (`prompt_file:` for `prompt:`), in the mapping at
+    `where` under the step; prompt_files.py reads it into `field` before the checks."""
+
+    where: JsonPath
+    key: str
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
 class KindSpec:
     name: str
     body: type  # the IR body its compiler returns
@@ -78,6 +88,7 @@ class KindSpec:
     nested: tuple[NestedList, ...] = ()
     fields: tuple[FieldSpec, ...] = ()
     refs: tuple[RefSpec, ...] = ()
+    files: tuple[FileField, ...] = ()  # keys naming the file of a template field
     calls_out: Callable[[dict[str, Any]], bool] = lambda raw: False  # calls a model or tool itself: transient retry
     fan_out: bool = False  # admits `for_each`
 
@@ -237,6 +248,7 @@ KINDS: dict[str, KindSpec] = {
                 RefSpec("agent", ("agent", "use")),
                 RefSpec("agent", ("default_agent",)),
             ),
+            files=(FileField((), "prompt_file", "prompt"),),
             calls_out=lambda raw: True,
             fan_out=True,
         ),
@@ -280,6 +292,7 @@ KINDS: dict[str, KindSpec] = {
                 FieldSpec(("route", "prompt"), "text"),
             ),
             refs=(RefSpec("agent", ("route", "agent")),),
+            files=(FileField(("route",), "prompt_file", "prompt"),),
             calls_out=_route_calls_out,
         ),
         KindSpec(

@@ -267,6 +267,12 @@ async def run_graph(
     took the run over."""
     from contextlib import AsyncExitStack
 
+    if graph.root.parent_state:  # it has no caller whose state it could share
+        raise InputError(
+            f"pipeline {graph.root.name!r} reads and updates its caller's state keys "
+            f"(parent_state: {', '.join(graph.root.parent_state)}): it runs only as a child pipeline, from a "
+            "pipeline that declares them"
+        )
     values = validate_inputs(graph.root.inputs, inputs, f"pipeline {graph.root.name!r}")
     graph = _expand_models(graph, options.env)
     run_id = run_id or new_run_id()
@@ -398,11 +404,25 @@ def _leave_as_it_was(ctx: RunContext, runtime: Runtime, previous: RunRecord, err
     edit, or `--force`, can resume it as before: nothing queued is written, and the claim is given up. If work was
     committed before the refusal (a step interrupted by the kill was run again), the run record's outcome is put
     back as it was."""
+    _name_the_edits(error, previous, ctx.graph)
     recorder = runtime.recorder
     if recorder.committed_any:
         recorder.restore_run(previous)
     recorder.abandon()
     return RunOutcome(ctx.run_id, RunStatus.FAILED, None, error)
+
+
+def _name_the_edits(error: FlowctlError, previous: RunRecord, graph: ir.Graph) -> None:
+    """Add to the refusal (and the steps it failed) which of the pipeline's files were edited since the run started,
+    or that none was: the recorded request says only that something changed."""
+    from flowctl.dsl.source_digest import describe_edits, edited_since
+
+    note = describe_edits(edited_since(previous.source_digest, graph.sources))
+    cause: BaseException | None = error
+    while note and isinstance(cause, FlowctlError):
+        cause.message = f"{cause.message}; {note}"
+        cause.args = (cause.message,)
+        cause = getattr(cause, "cause", None)
 
 
 def load_resumable(store: RunStore, run_id: str) -> RunRecord:

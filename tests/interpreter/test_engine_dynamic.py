@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flowctl.interpreter.errors import InputError
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus
 from tests.interpreter.pipelines.harness import HERE, query, run_file
@@ -75,6 +76,27 @@ async def test_a_child_reads_and_updates_the_keys_of_its_callers_state_it_declar
     changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
     assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
     assert ("follow_ups[2]/run",) in changes
+
+
+async def test_a_child_in_its_own_file_shares_the_keys_of_its_callers_state_it_declares(
+    store: SqliteRunStore,
+) -> None:
+    ran = await run_file("reuse_file.yaml", "reuse.fixture.yaml", store)
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    outputs = ran.outcome.outputs
+    patterns = ["data_ingestion", "data_validation", "initial_analysis", "detailed_analysis"]
+    assert outputs["states"] == dict.fromkeys(patterns, "completed")
+    assert outputs["log"][0] == "data_ingestion done"  # the caller's reducer (append)
+    assert sorted(outputs["log"]) == sorted(f"{p} done" for p in patterns)
+    assert outputs["follow_ups"] == [{"result": "ok", "mine": 1}] * 3  # the child's own key stays its own
+    changes = query(store.path, "SELECT step FROM state_changes WHERE run_id = ?", ran.run_id)
+    assert [step for (step,) in changes][:2] == ["ingest/mark_running", "ingest/run"]
+
+
+async def test_a_file_that_shares_its_callers_state_runs_only_as_a_child(store: SqliteRunStore) -> None:
+    with pytest.raises(InputError, match=r"parent_state: pattern_states, log\): it runs only as a child pipeline"):
+        await run_file("children/execute_pattern.yaml", "reuse.fixture.yaml", store, inputs={"pattern": "x"})
+    assert store.list_runs() == []  # refused before anything was recorded
 
 
 # --- events keep flowing --------------------------------------------------------------------------------------------
@@ -161,3 +183,35 @@ async def test_a_resumed_run_fires_the_same_triggers_and_replays_what_they_did(
     assert resumed.outcome.outputs["count"] == 5
     assert resumed.provider.calls == 3  # ticks 3, 4 and 5: ticks 1 and 2 came from the journal
     assert resumed.outcome.calls_replayed == 2
+
+
+ROUTED_BY_FILE = """\
+flowctl: 1
+name: routed_by_file
+inputs:
+  document: {type: string}
+agents:
+  selector: {instruction: You choose.}
+steps:
+  - id: pick
+    route: {agent: selector, prompt_file: prompts/route.md, constraint: user}
+    branches:
+      rapid: [{id: quick, set: {}}]
+      detailed: [{id: deep, set: {}}]
+"""
+
+
+async def test_a_routes_prompt_file_is_rendered_and_sent_as_its_prompt(store: SqliteRunStore, tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    template = "Choose for {{ inputs.document }}.\n{% if true %}Be quick.{% endif %}"
+    (tmp_path / "prompts" / "route.md").write_text(template)
+    (tmp_path / "routed.yaml").write_text(ROUTED_BY_FILE)
+    rule = '{agent: selector, prompt: "^Choose for report.pdf.\\nBe quick.", reply: {json: {choices: [rapid]}}}'
+    (tmp_path / "fixture.yaml").write_text(f"responses:\n  - {rule}\n")
+    ran = await run_file(tmp_path / "routed.yaml", tmp_path / "fixture.yaml", store, inputs={"document": "report.pdf"})
+    assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+    assert ran.output("pick")["chosen"] == ["rapid"]
+    (prompt,) = [e.request["messages"][-1]["content"] for e in store.exchanges(ran.run_id) if e.path == "pick/router"]
+    # the file's text rendered, then the options (`constraint: user`)
+    told = "Choose exactly one of these options: rapid, detailed."
+    assert prompt.startswith(f"Choose for report.pdf.\nBe quick.\n\n{told}")

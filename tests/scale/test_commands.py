@@ -92,3 +92,33 @@ def test_sigterm_drains_a_worker_and_another_resumes_what_it_released(pg_url: st
             wait_for("the run done", lambda: cluster.succeeded([run_id]) == 1)
         finally:
             cluster.stop_all()
+
+
+def test_a_submitted_pipeline_takes_its_prompt_files_to_the_worker(pg_url: str, tmp_path: Path) -> None:
+    """The submission holds every file the pipeline reads at load time: prompt and instruction files too, or the
+    worker (which has no copy of the folder) could not compile it."""
+    folder = tmp_path / "pipeline"
+    (folder / "prompts").mkdir(parents=True)
+    (folder / "prompts" / "system.md").write_text("You write about {{ inputs.topic }}.\n")
+    (folder / "prompts" / "ask.md").write_text("ask {{ inputs.topic }}\n")
+    (folder / "p.yaml").write_text(
+        "flowctl: 1\nname: prompted\ninputs:\n  topic: {type: string}\n"
+        "agents:\n  writer: {instruction_file: prompts/system.md}\n"
+        "steps:\n  - {id: ask, agent: writer, prompt_file: prompts/ask.md}\n"
+        'outputs:\n  answer: "{{ steps.ask.output }}"\n'
+    )
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        try:
+            cluster.start_worker("only")
+            done = cluster.flowctl(
+                "submit", str(folder / "p.yaml"), "-i", "topic=tea", "--store", pg_url, "--wait", "--output", "json",
+                check=False,
+            )  # fmt: skip
+        finally:
+            cluster.stop_all()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.split("\n", 1)[1])
+    assert result["status"] == "succeeded" and result["outputs"]["answer"]
