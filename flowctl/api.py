@@ -163,6 +163,8 @@ def run_sync(
     running, `await flowctl.run(...)` instead."""
     import anyio
 
+    from flowctl.interpreter.engine.stack_room import with_stack_room
+
     call = partial(
         run,
         pipeline,
@@ -175,7 +177,7 @@ def run_sync(
         run_id=run_id,
         tune_process=tune_process,
     )
-    return anyio.run(call)
+    return with_stack_room(partial(anyio.run, call))
 
 
 def fixture_for_resume(record: RunRecord, scripted: str | os.PathLike[str] | None, online: bool) -> str | None:
@@ -249,6 +251,8 @@ def resume_sync(
     """`resume` without an event loop."""
     import anyio
 
+    from flowctl.interpreter.engine.stack_room import with_stack_room
+
     call = partial(
         resume,
         run_id,
@@ -261,7 +265,7 @@ def resume_sync(
         env=env,
         tune_process=tune_process,
     )
-    return anyio.run(call)
+    return with_stack_room(partial(anyio.run, call))
 
 
 @dataclass(frozen=True, slots=True)

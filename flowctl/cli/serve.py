@@ -35,9 +35,12 @@ def serve(
 ) -> None:
     """Offer pipelines as MCP tools: pipeline files, and every pipeline in a folder (not its subfolders). Each tool
     call is a journaled run (`flowctl runs`), resumable like any."""
+    from functools import partial
+
     import anyio
 
     from flowctl.cli.lint import _pipeline_files
+    from flowctl.interpreter.engine.stack_room import with_stack_room
     from flowctl.interpreter.persistence.locate import default_store_path
     from flowctl.serving.server import ServeOptions, bind, serve_http, serve_stdio
     from flowctl.serving.tools import describe, name_problems
@@ -60,7 +63,7 @@ def serve(
     names = ", ".join(p.name for p in served)
     if transport == "stdio":
         click.echo(f"flowctl serve: {len(served)} tool(s) over stdio: {names}", err=True)
-        anyio.run(serve_stdio, options, _exit_on_signal)
+        with_stack_room(partial(anyio.run, serve_stdio, options, _exit_on_signal))
         return
     # served runs are unattended: no form may wait on this process's terminal (the client is asked instead)
     sys.stdin = open(os.devnull)  # noqa: SIM115  # for the life of the process
@@ -71,7 +74,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"flowctl serve: {len(served)} tool(s) at http://{shown}:{sock.getsockname()[1]}/mcp: {names}", err=True)
     try:
-        anyio.run(serve_http, options, sock, host)
+        with_stack_room(partial(anyio.run, serve_http, options, sock, host))
     finally:
         sock.close()
 

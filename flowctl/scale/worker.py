@@ -27,12 +27,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
 from procrastinate import App, RetryStrategy
 
 from flowctl import __version__
+from flowctl.interpreter.engine.stack_room import with_stack_room
 from flowctl.interpreter.persistence.store import RunStatus
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreError
 from flowctl.scale import database, queue, slots, sources
@@ -333,4 +335,4 @@ def run_worker(config: WorkerConfig) -> int:
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
-    return asyncio.run(Worker(config).serve())
+    return with_stack_room(partial(asyncio.run, Worker(config).serve()))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import anyio
 
 from flowctl.dsl.sandbox import interrupt_renders
+from flowctl.interpreter.engine.stack_room import with_stack_room
 
 T = TypeVar("T")
 
@@ -42,7 +44,7 @@ def run_interruptibly(start: Callable[[], Awaitable[T]]) -> tuple[T | None, sign
                     signal.signal(signum, handler)
         return None  # cancelled by a signal
 
-    result = anyio.run(main)
+    result = with_stack_room(partial(anyio.run, main))
     return (None, received[0]) if received else (result, None)
 
 
