@@ -25,12 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from bench.null_store import NullStore
 from bench.pipelines import chain_yaml, fanout_yaml
 from bench.report import Row, median, spread
-from bench.runs import compile_pipeline
+from bench.runs import compile_pipeline, coroutine_in_fresh_loop, in_fresh_loop
 
 SEQUENTIAL_CALLS = 300
 CONCURRENT_CALLS = 1000
@@ -120,7 +118,7 @@ def flowctl_run(graph: Any, inputs: dict[str, Any], expected_calls: int) -> Timi
     from flowctl.interpreter.runner import RunOptions
 
     options = RunOptions(env={k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}, tune_process=True)
-    elapsed, outcome = anyio.run(_timed, graph, inputs, options)
+    elapsed, outcome = in_fresh_loop(_timed, graph, inputs, options)
     if outcome.status is not RunStatus.SUCCEEDED:
         raise RuntimeError(f"benchmark run ended {outcome.status.value}: {outcome.error}")
     if outcome.calls_executed != expected_calls:
@@ -148,15 +146,15 @@ def provider_suite(quick: bool, workdir: Path) -> list[Row]:
         items = {"items": list(range(wide))}
         # sequential first, so the fan-out's thousand connections (and their garbage) cannot weigh on it
         flowctl_run(chain, {}, n)  # imports, caches, the server's first connections
-        asyncio.run(bare_sequential(base_url, n))
+        coroutine_in_fresh_loop(bare_sequential(base_url, n))
         for _ in range(repeats):  # interleaved, so drift on a busy machine hits both series alike
             sample("chain", flowctl_run(chain, {}, n))
-            sample("bare", asyncio.run(bare_sequential(base_url, n)))
+            sample("bare", coroutine_in_fresh_loop(bare_sequential(base_url, n)))
         flowctl_run(fan, items, wide)
-        asyncio.run(bare_concurrent(base_url, wide))
+        coroutine_in_fresh_loop(bare_concurrent(base_url, wide))
         for _ in range(fan_repeats):
             sample("fan", flowctl_run(fan, items, wide))
-            sample("gather", asyncio.run(bare_concurrent(base_url, wide)))
+            sample("gather", coroutine_in_fresh_loop(bare_concurrent(base_url, wide)))
     per_call = {k: [v / n * 1e3 for v in wall[k]] for k in ("chain", "bare")}
     chain_ms, bare_ms = median(per_call["chain"]), median(per_call["bare"])
     ratios = sorted(c / b for c, b in zip(wall["chain"], wall["bare"], strict=True))

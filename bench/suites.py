@@ -13,7 +13,6 @@ provider the real OpenAI provider against the bare `openai.AsyncOpenAI` client o
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -37,7 +36,7 @@ from bench.pipelines import (
 )
 from bench.provider_suite import provider_suite
 from bench.report import Row, median, spread
-from bench.runs import CountingProvider, compile_pipeline, fixture, sqlite_store, timed_run
+from bench.runs import CountingProvider, compile_pipeline, coroutine_in_fresh_loop, fixture, sqlite_store, timed_run
 
 CHAIN_STEPS = 1000
 STEP_TARGET_US = 60.0
@@ -61,7 +60,7 @@ def steps_suite(quick: bool, workdir: Path) -> list[Row]:
     _chain_run(graph, scripted, workdir, "warmup.db")  # imports (the MCP pool loads `mcp`), caches, SQLite
     _chain_run(timeout_graph, scripted, workdir, "warmup-timeout.db")
     timed_run(graph, {}, NullStore(), scripted)
-    asyncio.run(baselines.journaled_step_floor(100, workdir / "floor-warmup.db"))
+    coroutine_in_fresh_loop(baselines.journaled_step_floor(100, workdir / "floor-warmup.db"))
     samples: dict[str, list[float]] = {k: [] for k in ("sqlite", "timeout", "null", "floor", "commit", "plain")}
     gc_notes = []
     for r in range(repeats):  # interleaved, so drift on a busy machine hits every series alike
@@ -70,9 +69,11 @@ def steps_suite(quick: bool, workdir: Path) -> list[Row]:
         gc_notes.append(meter.seconds)
         samples["timeout"].append(_chain_run(timeout_graph, scripted, workdir, f"chain-timeout-{r}.db") / n)
         samples["null"].append(timed_run(graph, {}, NullStore(), scripted) / n)
-        samples["floor"].append(asyncio.run(baselines.journaled_step_floor(n, _fresh(workdir / f"floor-{r}.db"))) / n)
+        samples["floor"].append(
+            coroutine_in_fresh_loop(baselines.journaled_step_floor(n, _fresh(workdir / f"floor-{r}.db"))) / n
+        )
         samples["commit"].append(baselines.sqlite_commit_floor(n, _fresh(workdir / f"commit-{r}.db")) / n)
-        samples["plain"].append(asyncio.run(baselines.plain_await_chain(n)) / n)
+        samples["plain"].append(coroutine_in_fresh_loop(baselines.plain_await_chain(n)) / n)
     us = {k: [v * 1e6 for v in vs] for k, vs in samples.items()}
     sqlite_us, null_us = median(us["sqlite"]), median(us["null"])
     floor_note = (
@@ -159,7 +160,7 @@ def fanout_suite(quick: bool, workdir: Path) -> list[Row]:
     items = list(range(branches))
     _fan_run(graph, scripted, items[:200], workdir, "warmup.db")
     timed_run(graph, {"items": items[:200]}, NullStore(), scripted)
-    asyncio.run(baselines.gather_sleep(200, FANOUT_LATENCY))
+    coroutine_in_fresh_loop(baselines.gather_sleep(200, FANOUT_LATENCY))
     samples: dict[str, list[float]] = {"sqlite": [], "null": [], "gather": []}
     gc_sqlite: list[GcMeter] = []
     gc_null: list[GcMeter] = []
@@ -173,7 +174,7 @@ def fanout_suite(quick: bool, workdir: Path) -> list[Row]:
             samples["null"].append(timed_run(graph, {"items": items}, NullStore(), scripted))
         gc_null.append(meter)
         gc.collect()
-        samples["gather"].append(asyncio.run(baselines.gather_sleep(branches, FANOUT_LATENCY)))
+        samples["gather"].append(coroutine_in_fresh_loop(baselines.gather_sleep(branches, FANOUT_LATENCY)))
     gather = median(samples["gather"])
     label = f"fan-out {branches:,} × {FANOUT_LATENCY * 1000:g} ms"
     target = f"≤ {FANOUT_TARGET_RATIO:g}× gather"
@@ -217,10 +218,10 @@ def memory_suite(quick: bool, workdir: Path) -> list[Row]:
     scripted = fixture(latency_fixture(FANOUT_LATENCY))
     items = list(range(branches))
     _fan_run(graph, scripted, items[:200], workdir, "warmup.db")  # imports and caches before tracing starts
-    asyncio.run(baselines.gather_sleep(200, FANOUT_LATENCY))
+    coroutine_in_fresh_loop(baselines.gather_sleep(200, FANOUT_LATENCY))
 
     def asyncio_run() -> None:
-        asyncio.run(baselines.gather_sleep(branches, FANOUT_LATENCY))
+        coroutine_in_fresh_loop(baselines.gather_sleep(branches, FANOUT_LATENCY))
 
     asyncio_kb = _traced_peak(asyncio_run) / branches / 1024
     rows = []
