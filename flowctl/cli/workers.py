@@ -18,6 +18,7 @@ from flowctl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, open_store, sto
 
 QUEUE_ENV = "FLOWCTL_QUEUE"
 POLL = 0.25  # seconds between looks at the store while `submit --wait` follows a run
+NOT_STARTED_FOR_GOOD = ("failed", "aborted", "cancelled")  # a job in these states with no run recorded: none will be
 
 queue_option = click.option(
     "--queue",
@@ -146,6 +147,14 @@ def _follow(run_id: str, store_path: str | None, url: str, output: str) -> int:
             record = _read(store_path, run_id, seen)
             if record is not None and record.status.value in ("succeeded", "failed"):
                 break
+            if record is None and queue_module.job_state(conn, run_id) in NOT_STARTED_FOR_GOOD:
+                click.echo(
+                    f"run {run_id}: a worker took it and failed before the run started, so nothing was recorded "
+                    "(the worker's log says why: the submission does not compile there, or it cannot write its "
+                    "submissions folder); fix that and submit again",
+                    err=True,
+                )
+                return EXIT_FAILED
             cancelled = record is not None and record.status.value == "cancelled"
             if cancelled and queue_module.job_state(conn, run_id) not in ("todo", "doing"):
                 break  # cancelled and nobody will resume it

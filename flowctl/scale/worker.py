@@ -214,7 +214,11 @@ class Worker:
             say(f"run {run_id}: delivered again while running here; left to the run in progress")
             await self.holding[run_id].wait()
             return "duplicate"
-        graph = await self._graph(request.source)
+        try:
+            graph = await self._graph(request.source)
+        except (ValueError, OSError) as exc:  # the job fails for good: `submit --wait` reports it
+            say(f"run {run_id}: cannot be run here: {exc}")
+            raise
         self.holding[run_id] = asyncio.Event()
         store = None
         try:

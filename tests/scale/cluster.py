@@ -102,8 +102,9 @@ class Cluster:
 
     def flowctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "flowctl", *args], env=self.env, capture_output=True, text=True, cwd=self.tmp
-        )
+            [sys.executable, "-m", "flowctl", *args], env=self.env, capture_output=True, text=True, cwd=self.tmp,
+            timeout=600,  # a command that hangs fails its test rather than the whole CI run
+        )  # fmt: skip
         if check and done.returncode != 0:
             raise AssertionError(f"flowctl {' '.join(args)} exited {done.returncode}: {done.stderr}")
         return done

@@ -122,3 +122,25 @@ def test_a_submitted_pipeline_takes_its_prompt_files_to_the_worker(pg_url: str, 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.split("\n", 1)[1])
     assert result["status"] == "succeeded" and result["outputs"]["answer"]
+
+
+def test_submit_wait_ends_when_the_worker_cannot_start_the_run(pg_url: str, tmp_path: Path) -> None:
+    """A worker that cannot materialise the submission (here its submissions folder sits under a regular file) fails
+    the job before any run is recorded: `submit --wait` says so and exits 1 instead of waiting for a run that will
+    never appear."""
+    (tmp_path / "not-a-folder").write_text("")
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "not-a-folder" / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        try:
+            worker = cluster.start_worker("only")
+            done = cluster.flowctl(
+                "submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=x", "--store", pg_url, "--wait", check=False
+            )
+        finally:
+            cluster.stop_all()
+    assert done.returncode == 1, done.stderr
+    assert "failed before the run started" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert worker.saw("cannot be run here")
