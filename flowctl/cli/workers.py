@@ -18,7 +18,7 @@ from flowctl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, open_store, sto
 
 QUEUE_ENV = "FLOWCTL_QUEUE"
 POLL = 0.25  # seconds between looks at the store while `submit --wait` follows a run
-NOT_STARTED_FOR_GOOD = ("failed", "aborted", "cancelled")  # a job in these states with no run recorded: none will be
+NOT_STARTED_FOR_GOOD = ("failed", "aborted", "cancelled")  # a job ended so, with no run recorded: none ever will be
 
 queue_option = click.option(
     "--queue",
