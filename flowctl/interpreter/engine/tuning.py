@@ -7,8 +7,11 @@ thresholds that was over half the makespan of a 10,000-branch fan-out. So during
 it (the compiled graph, imported modules) are frozen out of collection and the threshold is raised to
 `RUN_YOUNG_GENERATION`; while a wide fan-out or parallel group is in flight it is raised further, to
 `OBJECTS_PER_BRANCH` per branch in flight, so that the branches' own objects do not set collections off
-(measured: ~7 collections walking ~15 ms in a 10,000-branch fan-out). Garbage that only the collector can free
-(reference cycles) may then wait longer, bounded by the width of the work in flight.
+(measured: ~7 collections walking ~15 ms in a 10,000-branch fan-out). When it ends, the next collection waits for
+`RUN_YOUNG_GENERATION` more objects than the fan-out left alive (its outputs, the transcript entries the background
+commit has not taken yet): lowering the threshold below them set off a collection at once that walked them all and
+freed nothing (measured: 20-25 ms of a 10,000-branch fan-out's makespan, 2-3 ms after). Garbage that only the
+collector can free (reference cycles) may then wait longer, bounded by the width of the work in flight.
 
 Switch interval: the run store's writer thread hands SQLite its batches without the GIL, and needs the GIL back
 after each SQLite call; while the interpreter is busy it gets it only after a switch interval. At 5 ms it falls
@@ -71,8 +74,12 @@ def branches_in_flight(count: int) -> Iterator[None]:
     finally:
         _branches -= count
         if _runs:
-            _set_young_threshold()
+            # What the branches leave behind is alive (their outputs, transcript entries not yet committed): a
+            # collection now would walk all of it and free nothing, so the next one comes after as much again.
+            _set_young_threshold(gc.get_count()[0])
 
 
-def _set_young_threshold() -> None:
-    gc.set_threshold(max(RUN_YOUNG_GENERATION, _branches * OBJECTS_PER_BRANCH), 20, 100)
+def _set_young_threshold(young: int = 0) -> None:
+    """`young`: objects in the young generation now, which the next collection waits to see `RUN_YOUNG_GENERATION`
+    more than."""
+    gc.set_threshold(max(RUN_YOUNG_GENERATION + young, _branches * OBJECTS_PER_BRANCH), 20, 100)
