@@ -73,18 +73,17 @@ class FrontEnd:
         checked = dataclasses.replace(doc, data=without_rejected(doc.data, schema.rejected))
         index = build_index(checked.data)
         read = {Path(resolved): doc.source}  # every file the pipeline reads at load time: its sources
-        self.files_read[resolved] = doc.source
         if index is not None and not _fatal_schema_errors(diagnostics):
             resolver = _ChildResolver(self, Path(resolved).parent)
             folders = (Path(resolved).parent, self.root_dir or Path(resolved).parent)
             # prompt files become the fields they stand for, in `doc` too (the compiler reads it)
             problems, texts = inline_prompt_files(checked, index, *folders, read)
             self.prompt_texts.update(texts)
-            self.files_read.update((str(path), text) for path, text in read.items())
             diagnostics += problems
             env = os.environ if self.env is None else self.env
             context = CheckContext(checked, index, resolver, folders=folders, texts=texts, env=env)
             diagnostics += check_document(context)
+        self.files_read.update((str(path), text) for path, text in read.items())
         diagnostics = finalize(diagnostics)
         result = FileResult(doc, diagnostics)
         if not has_errors(diagnostics):
