@@ -5,39 +5,39 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.scale.cluster import KEY, PIPELINES, Cluster, echo_server
+from tests.scale.cluster import KEY, PIPELINES, Cluster, WorkerProcess, echo_server
 
 pytest.importorskip("procrastinate")
 
 from flowctl.scale import queue  # the scale extra
 
 
-def test_submit_wait_prints_the_outputs_and_exits_0(pg_url: str, tmp_path: Path) -> None:
+@contextmanager
+def one_worker(pg_url: str, tmp_path: Path, submissions: Path) -> Iterator[tuple[Cluster, WorkerProcess]]:
+    """One `flowctl worker` against a local model server, materialising submissions into `submissions`."""
     with echo_server() as server:
         env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        env["FLOWCTL_SUBMISSIONS"] = str(submissions)
         cluster = Cluster(pg_url, pg_url, env, tmp_path)
         try:
-            cluster.start_worker("only")
-            done = cluster.flowctl(
-                "submit",
-                str(PIPELINES / "mixed.yaml"),
-                "-i",
-                "topic=cli",
-                "--store",
-                pg_url,
-                "--wait",
-                "--output",
-                "json",
-                check=False,
-            )
-            listing = json.loads(cluster.flowctl("workers", "--store", pg_url, "--output", "json").stdout)
+            yield cluster, cluster.start_worker("only")
         finally:
             cluster.stop_all()
+
+
+def test_submit_wait_prints_the_outputs_and_exits_0(pg_url: str, tmp_path: Path) -> None:
+    with one_worker(pg_url, tmp_path, tmp_path / "submissions") as (cluster, _):
+        done = cluster.flowctl(
+            "submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=cli", "--store", pg_url, "--wait", "--output", "json",
+            check=False,
+        )  # fmt: skip
+        listing = json.loads(cluster.flowctl("workers", "--store", pg_url, "--output", "json").stdout)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.split("\n", 1)[1])  # the run id, then the outcome
     assert result["status"] == "succeeded"
@@ -107,18 +107,11 @@ def test_a_submitted_pipeline_takes_its_prompt_files_to_the_worker(pg_url: str, 
         "steps:\n  - {id: ask, agent: writer, prompt_file: prompts/ask.md}\n"
         'outputs:\n  answer: "{{ steps.ask.output }}"\n'
     )
-    with echo_server() as server:
-        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
-        cluster = Cluster(pg_url, pg_url, env, tmp_path)
-        try:
-            cluster.start_worker("only")
-            done = cluster.flowctl(
-                "submit", str(folder / "p.yaml"), "-i", "topic=tea", "--store", pg_url, "--wait", "--output", "json",
-                check=False,
-            )  # fmt: skip
-        finally:
-            cluster.stop_all()
+    with one_worker(pg_url, tmp_path, tmp_path / "submissions") as (cluster, _):
+        done = cluster.flowctl(
+            "submit", str(folder / "p.yaml"), "-i", "topic=tea", "--store", pg_url, "--wait", "--output", "json",
+            check=False,
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.split("\n", 1)[1])
     assert result["status"] == "succeeded" and result["outputs"]["answer"]
@@ -129,17 +122,10 @@ def test_submit_wait_ends_when_the_worker_cannot_start_the_run(pg_url: str, tmp_
     the job before any run is recorded: `submit --wait` says so and exits 1 instead of waiting for a run that will
     never appear."""
     (tmp_path / "not-a-folder").write_text("")
-    with echo_server() as server:
-        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "not-a-folder" / "submissions")
-        cluster = Cluster(pg_url, pg_url, env, tmp_path)
-        try:
-            worker = cluster.start_worker("only")
-            done = cluster.flowctl(
-                "submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=x", "--store", pg_url, "--wait", check=False
-            )
-        finally:
-            cluster.stop_all()
+    with one_worker(pg_url, tmp_path, tmp_path / "not-a-folder" / "submissions") as (cluster, worker):
+        done = cluster.flowctl(
+            "submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=x", "--store", pg_url, "--wait", check=False
+        )
     assert done.returncode == 1, done.stderr
     assert "failed before the run started" in done.stderr
     assert "Traceback" not in done.stderr
