@@ -5,13 +5,14 @@ everything on to the real one."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import pytest
 
-from flowctl.interpreter.persistence.recorder import Recorder
+from flowctl.interpreter.persistence.recorder import BACKGROUND_CHUNK, Recorder
 from flowctl.interpreter.persistence.store import Claim, RunRecord, RunStatus, RunStore, StepStatus, Write
 from flowctl.interpreter.persistence.store_errors import ClaimLost
 from flowctl.interpreter.redact import MASK, Redactor, redactor_for
@@ -66,10 +67,9 @@ async def test_many_concurrent_waiters_share_few_commits(store_factory: StoreFac
     async with anyio.create_task_group() as tasks:
         for index in range(TASKS):
             tasks.start_soon(call, index)
-    # the journal (the calls) is committed for the waiters; the account (step rows) trails it
-    assert sum(counting.batches) == TASKS
+    # a group commit takes the account (the step rows) along: the loop writes it between its calls' commits
+    assert sum(counting.batches) == 2 * TASKS
     assert len(counting.batches) <= 2, counting.batches  # ready tasks queue before the first waiter commits
-    recorder.commit()
     assert len(store_factory.open().steps("r-1")) == TASKS
 
 
@@ -144,6 +144,50 @@ async def test_waiters_and_the_background_commit_write_each_write_once_in_order(
     assert sorted(names) == sorted(f"{index}.{turn}" for index in range(TASKS) for turn in range(3))  # each once
     for index in (0, TASKS // 2, TASKS - 1):  # each task's events in the order it logged them
         assert [name for name in names if name.startswith(f"{index}.")] == [f"{index}.{turn}" for turn in range(3)]
+
+
+class GatedStore(CountingStore):
+    """A CountingStore whose commits of more than one write wait until the test opens the gate: a background commit
+    caught in the middle."""
+
+    def __init__(self, inner: RunStore) -> None:
+        super().__init__(inner)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def commit(self, writes: Sequence[Write], claim: Claim | None) -> None:
+        if len(writes) > 1:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        super().commit(writes, claim)
+
+
+@pytest.mark.anyio
+async def test_a_journal_commit_goes_between_the_chunks_of_a_background_commit(store_factory: StoreFactory) -> None:
+    """The background writes a long account in transactions of BACKGROUND_CHUNK writes; a call's commit that comes
+    meanwhile waits for one of them at most, not for all."""
+    store = GatedStore(store_factory.open())
+    recorder = Recorder(store, Redactor(), ALIVE, background_delay=0.001)
+    recorder.start_root(root_record())
+    try:
+        for index in range(3 * BACKGROUND_CHUNK):
+            recorder.event("r-1", f"e{index}", None, "system")
+        assert store.entered.wait(30)  # the background is inside its first chunk
+        recorder.call_done("r-1", "a/llm#0", "d", {"n": 1})
+
+        def open_when_the_call_waits() -> None:
+            poll(lambda: recorder._journal_waiting, what="the call's commit waiting for the lock")
+            store.gate.set()
+
+        threading.Thread(target=open_when_the_call_waits, daemon=True).start()
+        await recorder.durable(alone=True)
+        assert store.batches == [BACKGROUND_CHUNK, 1], store.batches  # one chunk, then the call
+        assert store_factory.open().lookup_call("r-1", "a/llm#0") is not None
+    finally:
+        store.gate.set()
+        recorder.run_finished("r-1", RunStatus.SUCCEEDED)
+        recorder.close()
+    assert len(store_factory.open().events("r-1")) == 3 * BACKGROUND_CHUNK
 
 
 def test_what_was_durable_survives_a_kill_and_what_was_queued_is_lost(store_factory: StoreFactory) -> None:

@@ -9,10 +9,14 @@ memory (a list append) in two lines:
   waiters: the first waiter lets the other ready tasks queue their writes too (one loop turn), then commits the
   journal's queue in one transaction and releases every waiter whose writes it held. A lone chain commits at once; a
   fan-out of thousands shares a few commits. Nothing waits on a fixed delay.
-- the account: step rows, events, state changes, cache entries — what `flowctl show` reads, which nothing in the run
-  depends on (a resume recomputes them). They are committed in the background every `background_delay` (so another
-  terminal sees the run as it goes, at most that far behind) and with the run's end, always after the journal's
-  queue (a child run's row comes before its steps'), never making a chain step wait for them.
+- the account: step rows, events, state changes, transcripts, cache entries — what `flowctl show` reads, which nothing
+  in the run depends on (a resume recomputes them). Always committed after the journal's queue (a child run's row
+  comes before its steps'), and never making a chain step wait for them: a group commit (more than one journal write)
+  takes the account along, and a background thread commits what waits every `background_delay` when no group
+  commit did (so another terminal sees the run as it goes, at most twice that far behind), and the run's end the
+  rest. In a busy fan-out the loop so writes its own account between its calls' commits instead of contending for
+  the GIL with a thread that builds the same rows (measured: ~7 % of a 10,000-branch fan-out's makespan); a journal
+  commit that finds the background mid-way goes before the background's next `BACKGROUND_CHUNK` writes.
 A step's row may so lag behind its calls; the store stamps calls and step outcomes with the claim they were
 committed under, which is how a resume tells the calls of a failed step from later ones (journal.py).
 
@@ -65,6 +69,10 @@ from flowctl.interpreter.redact import Redactor
 BACKGROUND_COMMIT_DELAY = 0.05  # how far `flowctl show` may lag behind a run's step rows and events
 HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle run's claim alive
 MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
+# Account writes per background transaction. Between two, a journal commit the loop waits for goes first, so that a
+# run's calls never wait behind thousands of step and transcript rows (measured: a 10,000-branch fan-out's loop waited
+# 0.12 s of its 0.67 s for background commits made in one piece).
+BACKGROUND_CHUNK = 512
 
 
 class JsonText:
@@ -148,6 +156,11 @@ class Recorder:
         # still replaying (an edited step) then leaves the run exactly as it was.
         self._holding = False
         self._commit_lock = threading.Lock()
+        # A journal commit waits for the lock: the background commit hands it over between two of its chunks and goes
+        # on once `_journal_turn` is set again.
+        self._journal_waiting = False
+        self._journal_turn = threading.Event()
+        self._account_taken_at = 0.0  # time.monotonic() of the last commit of the account not made in the background
         self._committing = False  # a waiter is between its loop turn and its commit
         # A store whose commits cross a network (PostgreSQL) is committed from a thread, so the event loop runs the
         # run's other branches (and a worker's other runs) during the round trip; SQLite's ~50 µs stay inline.
@@ -393,12 +406,17 @@ class Recorder:
                 finally:
                     self._committing = False
             if self._committed < ticket:
-                self._commit(account=False)
+                self._commit(account=self._group_commit())
             return
         while self._committed < ticket:  # another waiter commits for us in its next step
             await anyio.lowlevel.checkpoint()
             if not self._committing and self._committed < ticket:
-                self._commit(account=False)
+                self._commit(account=self._group_commit())
+
+    def _group_commit(self) -> bool:
+        """Whether the commit to make now is a group commit, which takes the account along (see the module
+        docstring); never while a resume only replays."""
+        return len(self._pending) > 1 and not self._holding
 
     async def _durable_off_loop(self, ticket: int, alone: bool) -> None:
         """`durable` for a store across a network: one commit at a time, made in a thread; whoever waits meanwhile
@@ -412,7 +430,9 @@ class Recorder:
             try:
                 if not alone and _others_ready():
                     await anyio.lowlevel.checkpoint()  # the other ready tasks queue their writes: one commit for all
-                await anyio.to_thread.run_sync(partial(self._commit, account=False), abandon_on_cancel=False)
+                await anyio.to_thread.run_sync(
+                    partial(self._commit, account=self._group_commit()), abandon_on_cancel=False
+                )
             finally:
                 self._commit_done = None
                 done.set()
@@ -423,16 +443,26 @@ class Recorder:
 
     def _commit(self, *, account: bool) -> None:
         self._raise_if_stopped()
-        with self._commit_lock:
-            self._commit_locked(account)
+        self._journal_waiting = True
+        try:
+            with self._commit_lock:
+                self._journal_waiting = False
+                self._commit_locked(account)
+            if account:
+                self._account_taken_at = time.monotonic()
+        finally:
+            self._journal_waiting = False
+            self._journal_turn.set()
 
-    def _commit_locked(self, account: bool) -> None:
-        """Commit the journal's queued writes, and with `account` the account's after them (`_commit_lock` held).
-        The event loop appends to the queues without a lock while the background thread may be here, so a batch is a
-        copy of the first writes and leaves its queue only once committed (list appends and prefix deletions are each
-        atomic under the GIL)."""
+    def _commit_locked(self, account: bool, most: int | None = None) -> None:
+        """Commit the journal's queued writes, and with `account` the account's after them (at `most` that many;
+        `_commit_lock` held). The event loop appends to the queues without a lock while the background thread may be
+        here, so a batch is a copy of the first writes and leaves its queue only once committed (list appends and
+        prefix deletions are each atomic under the GIL)."""
         count = len(self._pending)
         noted = len(self._account) if account else 0
+        if most is not None:
+            noted = min(noted, most)
         if not count and not noted:
             return
         if noted:
@@ -499,6 +529,8 @@ class Recorder:
         while not self._stop.wait(self._background_delay):
             if self._lost is not None or self._background_error is not None or self._holding:
                 continue
+            if time.monotonic() - self._account_taken_at < self._background_delay:
+                continue  # group commits take the account along: leave them the loop's thread
             idle = not self._pending and not self._account
             if idle and time.monotonic() - last_commit < heartbeat_every:
                 continue
@@ -507,12 +539,33 @@ class Recorder:
                     if idle:
                         self.store.commit([], self.claim)
                     else:
-                        self._commit_locked(True)
+                        self._commit_account_in_chunks()
                 last_commit = time.monotonic()
             except ClaimLost as lost:
                 self._lost = lost
             except BaseException as error:  # handed to the interpreter's thread
                 self._background_error = error
+
+    def _commit_account_in_chunks(self) -> None:
+        """The background's commit (`_commit_lock` held): what is queued now, in transactions of `BACKGROUND_CHUNK`
+        account writes, each with the journal writes queued before it; a journal commit that waits meanwhile goes
+        between two of them (the lock is no fair queue: it is handed over explicitly)."""
+        left = len(self._account)
+        while True:
+            chunk = min(left, len(self._account), BACKGROUND_CHUNK)  # the loop's commits may have taken some
+            self._commit_locked(True, chunk)
+            left -= chunk
+            if left <= 0 or not self._account:
+                return
+            if self._journal_waiting:
+                self._journal_turn.clear()
+                self._commit_lock.release()
+                try:
+                    self._journal_turn.wait(1.0)
+                finally:
+                    self._commit_lock.acquire()
+                if self._lost is not None:
+                    return
 
     # -- encoding ----------------------------------------------------------------------------------------------------
 
