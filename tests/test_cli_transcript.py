@@ -300,7 +300,7 @@ steps:
 
 
 def test_logs_marks_a_capped_body_and_shows_why_an_answer_was_rejected(tmp_path: Path) -> None:
-    from flowctl.interpreter.persistence.recorder import MAX_TRANSCRIPT_BODY
+    from flowctl.interpreter.persistence.record_encoding import MAX_TRANSCRIPT_BODY
 
     pipeline = """\
 flowctl: 1

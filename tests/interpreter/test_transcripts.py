@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowctl.interpreter.persistence.recorder import MAX_TRANSCRIPT_BODY
+from flowctl.interpreter.persistence.record_encoding import MAX_TRANSCRIPT_BODY
 from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
 from flowctl.interpreter.persistence.store import RunStatus, StepStatus
 from flowctl.interpreter.providers.scripted import Fixture

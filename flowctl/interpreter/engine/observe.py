@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from json import encoder
 from typing import TYPE_CHECKING, Any
 
-from flowctl.interpreter.persistence.recorder import JsonText
+from flowctl.interpreter.persistence.record_encoding import JsonText
 from flowctl.interpreter.reporting import ModelCallSeen, ToolCallSeen
 
 if TYPE_CHECKING:

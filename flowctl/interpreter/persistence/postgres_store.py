@@ -66,6 +66,8 @@ from flowctl.interpreter.persistence.store import (
     RunStatus,
     RunStore,
     Write,
+    check_in_tree,
+    root_of,
 )
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreAccess, StoreError
 
@@ -91,17 +93,6 @@ def _storable(value: Any) -> Any:
 
 def _storable_row(row: Row) -> Row:
     return tuple(_storable(value) for value in row)
-
-
-def _root_of(run_id: str) -> str:
-    return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
-
-
-def _check_in_tree(write: Write, tree: str) -> None:
-    """A write of a run must be made under the claim of its run tree (the root run and its children)."""
-    run_id: str = write.run_id  # type: ignore[union-attr]  # every write but CacheStored has one
-    if not tree or (run_id != tree and not run_id.startswith(tree + "/")):
-        raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
 
 
 class PostgresRunStore(RecordReads):
@@ -234,7 +225,7 @@ class PostgresRunStore(RecordReads):
             self._running_root = None
 
     def liveness(self, run_id: str) -> Liveness:
-        rows = self._rows(schema.LIVENESS, (_root_of(run_id),))
+        rows = self._rows(schema.LIVENESS, (root_of(run_id),))
         if not rows or rows[0]["owner"] is None:
             return Liveness(None, False)
         owner = rows[0]["owner"]
@@ -274,7 +265,7 @@ class PostgresRunStore(RecordReads):
         for write in writes:
             kind = type(write)
             if kind is not CacheStored:
-                _check_in_tree(write, tree)
+                check_in_tree(write, tree)
             row = schema.ROWS.get(kind)
             if row is None:
                 sql, params = _run_write(write)

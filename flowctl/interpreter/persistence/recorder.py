@@ -27,19 +27,17 @@ without being finished: its new owner writes its outcome.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from flowctl.interpreter.clock import SYSTEM_CLOCK, Clock
+from flowctl.interpreter.persistence.record_encoding import RecordEncoder, Transcribed
 from flowctl.interpreter.persistence.store import (
     AttemptEnded,
     CacheStored,
@@ -48,7 +46,6 @@ from flowctl.interpreter.persistence.store import (
     Claim,
     EventLogged,
     EventRecord,
-    Exchanged,
     RunFinished,
     RunRecord,
     RunReopened,
@@ -68,53 +65,10 @@ from flowctl.interpreter.redact import Redactor
 
 BACKGROUND_COMMIT_DELAY = 0.05  # how far `flowctl show` may lag behind a run's step rows and events
 HEARTBEAT_INTERVAL = 30.0  # seconds between the empty commits that keep an idle run's claim alive
-MAX_TRANSCRIPT_BODY = 256 * 1024  # characters of one request or response kept in a transcript
 # Account writes per background transaction. Between two, a journal commit the loop waits for goes first, so that a
 # run's calls never wait behind thousands of step and transcript rows (measured: a 10,000-branch fan-out's loop waited
 # 0.12 s of its 0.67 s for background commits made in one piece).
 BACKGROUND_CHUNK = 512
-
-
-class JsonText:
-    """A transcript body that is JSON text already (the request's digest text, the answer's journal text). A holder,
-    not a str subclass: the text is stored as it is, never copied (a tool loop's request carries the whole
-    conversation), and SQLite binds a plain str without its adapter lookup."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-@dataclass(slots=True)
-class _Transcribed:
-    """A transcript entry not yet encoded (see Recorder.exchange)."""
-
-    run_id: str
-    path: str
-    key: str
-    attempt: int
-    kind: str
-    started_at: float
-    elapsed: float
-    bodies: Callable[[Any], tuple[Any, Any, dict[str, Any] | None]]
-    raw: Any
-
-    def write(self, recorder: Recorder) -> Exchanged:
-        request, response, error = self.bodies(self.raw)
-        body = None if response is None else recorder._capped(response)
-        return Exchanged(
-            self.run_id,
-            self.path,
-            self.key,
-            self.attempt,
-            self.kind,
-            self.started_at,
-            self.elapsed,
-            recorder._capped(request),
-            body,
-            recorder._dump(error),
-        )
 
 
 def _others_ready() -> bool:
@@ -148,7 +102,7 @@ class Recorder:
         self.claim: Claim | None = None
         self._now = clock.now
         self._pending: list[Write] = []  # the journal's queue
-        self._account: list[Write | _Transcribed] = []  # the account's queue
+        self._account: list[Write | Transcribed] = []  # the account's queue
         self._queued = 0  # journal writes ever queued (a waiter's ticket is this count after its write)
         self._committed = 0  # journal writes committed, in queue order
         self._committed_any = False
@@ -172,15 +126,12 @@ class Recorder:
         self._background_delay = background_delay
         self._stop = threading.Event()
         self._background: threading.Thread | None = None
-        # One encoder for every value. JSONEncoder.encode builds its C encoder anew per call (~0.7 µs); made once,
-        # it writes the same text. No circular-reference checks: the values are JSON-like data (parsed JSON,
-        # template results), which cannot refer to themselves.
-        self._encoder = json.JSONEncoder(ensure_ascii=False, default=self._encode_odd)
-        self._c_encoder = (
-            None
-            if c_make_encoder is None
-            else c_make_encoder(None, self._encode_odd, encode_basestring, None, ": ", ", ", False, False, True)
-        )
+        # masking and JSON (record_encoding.py), its methods bound once: they run for every write
+        self.encoder = encoder = RecordEncoder(redactor)
+        self._dump = encoder.dump
+        self._dump_value = encoder.dump_value
+        self._encode = encoder.encode
+        self._result_text = encoder.result_text
 
     # -- the run tree's lifecycle ------------------------------------------------------------------------------------
 
@@ -360,7 +311,7 @@ class Recorder:
         gives the three as JSON-like values; it runs when the entry is committed, not now: an entry is kept as the
         objects it describes until then, so building and encoding its bodies (~10 µs for a model call) happens off
         the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
-        self._note(_Transcribed(run_id, path, key, attempt, kind, started_at, elapsed, bodies, raw))
+        self._note(Transcribed(run_id, path, key, attempt, kind, started_at, elapsed, bodies, raw))
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
@@ -467,7 +418,8 @@ class Recorder:
         if not count and not noted:
             return
         if noted:
-            noted_writes = [w.write(self) if isinstance(w, _Transcribed) else w for w in self._account[:noted]]
+            encoder = self.encoder
+            noted_writes = [w.write(encoder) if isinstance(w, Transcribed) else w for w in self._account[:noted]]
             batch = self._pending[:count] + noted_writes
         else:
             batch = self._pending[:count]
@@ -499,7 +451,7 @@ class Recorder:
         self._pending.append(write)
         self._queued += 1
 
-    def _note(self, write: Write | _Transcribed) -> None:
+    def _note(self, write: Write | Transcribed) -> None:
         """An account write."""
         if self._lost is None:
             self._account.append(write)
@@ -569,46 +521,3 @@ class Recorder:
                     self._commit_lock.acquire()
                 if self._lost is not None:
                     return
-
-    # -- encoding ----------------------------------------------------------------------------------------------------
-
-    def _dump(self, value: Any) -> str | None:
-        """Redacted JSON text; None stays None."""
-        if value is None:
-            return None
-        return self._dump_value(value)
-
-    def _dump_value(self, value: Any) -> str:
-        if type(value) is str:  # the common step output: 0.15 µs cheaper than the encoder
-            return str(encode_basestring(self.redactor.redact_text(value)))
-        return self._encode(self.redactor.redact(value))
-
-    def _encode(self, redacted: Any) -> str:
-        """JSON text of an already redacted value; odd values become their (redacted) `str`."""
-        if self._c_encoder is None:
-            return self._encoder.encode(redacted)
-        return "".join(self._c_encoder(redacted, 0))
-
-    def _result_text(self, result: dict[str, Any] | str) -> tuple[str, bool]:
-        """A call result's redacted JSON text, and whether redaction altered it (replaying it would replay the mask,
-        not the answer). JSON text is kept as it is unless there are secrets to look for."""
-        if isinstance(result, str):
-            if not self.redactor:
-                return result, False
-            result = json.loads(result)
-        stored = self.redactor.redact(result)
-        return self._encode(stored), bool(self.redactor) and stored != result
-
-    def _capped(self, value: Any) -> str:
-        """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
-        the full size and the beginning. `value` may be JsonText: encoded already."""
-        if type(value) is JsonText:
-            text = value.text if not self.redactor else self._encode(self.redactor.redact(json.loads(value.text)))
-        else:
-            text = self._dump_value(value)
-        if len(text) <= MAX_TRANSCRIPT_BODY:
-            return text
-        return self._encode({"truncated": True, "size": len(text), "head": text[:MAX_TRANSCRIPT_BODY]})
-
-    def _encode_odd(self, odd: object) -> str:
-        return self.redactor.redact_text(str(odd))

@@ -61,6 +61,8 @@ from flowctl.interpreter.persistence.store import (
     RunStatus,
     RunStore,
     Write,
+    check_in_tree,
+    root_of,
 )
 from flowctl.interpreter.persistence.store_errors import ClaimLost, RunBusy, StoreAccess, from_exception
 
@@ -96,17 +98,6 @@ def _storable(value: Any) -> Any:
         except OverflowError:
             return float("inf") if value > 0 else float("-inf")
     return value
-
-
-def _root_of(run_id: str) -> str:
-    return run_id.split("/", 1)[0]  # a child's id is `<root>/<step path>`
-
-
-def _check_in_tree(write: Write, tree: str) -> None:
-    """A write of a run must be made under the claim of its run tree (the root run and its children)."""
-    run_id: str = write.run_id  # type: ignore[union-attr]  # every write but CacheStored has one
-    if not tree or (run_id != tree and not run_id.startswith(tree + "/")):
-        raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
 
 
 class SqliteRunStore(RecordReads):
@@ -223,7 +214,7 @@ class SqliteRunStore(RecordReads):
                 self._running_root = None
 
     def liveness(self, run_id: str) -> Liveness:
-        rows = self._rows("SELECT owner, heartbeat_at FROM runs WHERE run_id = ?", (_root_of(run_id),))
+        rows = self._rows("SELECT owner, heartbeat_at FROM runs WHERE run_id = ?", (root_of(run_id),))
         if not rows or rows[0]["owner"] is None:
             return Liveness(None, False)
         owner = rows[0]["owner"]
@@ -258,7 +249,7 @@ class SqliteRunStore(RecordReads):
         for write in writes:
             kind = type(write)
             if kind is not CacheStored:
-                _check_in_tree(write, tree)
+                check_in_tree(write, tree)
             row = ROWS.get(kind)
             if row is not None:
                 insert, to_row = row
@@ -275,7 +266,7 @@ class SqliteRunStore(RecordReads):
         """One call row in one statement, fenced inside it (sqlite_schema.FENCED_CALL), committed by SQLite's
         autocommit: what a chain commits once per model call, with one round trip instead of four (begin, fence,
         insert, commit). The general path (`_apply`) does the same for any batch; tests check they agree."""
-        _check_in_tree(write, claim.run_id)
+        check_in_tree(write, claim.run_id)
         params = (*call_row(write, claim.token), claim.run_id, claim.token)
         try:
             inserted = self._execute(FENCED_CALL, params).rowcount

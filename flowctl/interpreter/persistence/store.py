@@ -327,6 +327,19 @@ Write = (
 )
 
 
+def root_of(run_id: str) -> str:
+    """The root run of a run tree: a child's id is `<root>/<step path>`."""
+    return run_id.split("/", 1)[0]
+
+
+def check_in_tree(write: Write, tree: str) -> None:
+    """A write of a run must be made under the claim of its run tree (the root run and its children); every store
+    refuses one that is not, with this ValueError."""
+    run_id: str = write.run_id  # type: ignore[union-attr]  # every write but CacheStored has one
+    if not tree or (run_id != tree and not run_id.startswith(tree + "/")):
+        raise ValueError(f"a write of run {run_id!r} needs the claim of its run tree, not {tree or 'none'!r}")
+
+
 class SignalNotices(Protocol):
     """Wake-ups for one run's signals, from a store that can push them (RunStore's optional `signal_notices`)."""
 
