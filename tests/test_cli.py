@@ -229,6 +229,33 @@ def test_show_and_signal_unknown_run_exit_two(project: Path, store_url: str) -> 
     assert invoke("resume", "r-nope", "--store", store).exit_code == 2
 
 
+def test_last_names_the_run_started_last(project: Path, store_url: str) -> None:
+    from flowctl import open_store
+
+    store = store_url
+    with open_store(store):  # an empty store: `last` names no run
+        pass
+    empty = invoke("show", "last", "--store", store)
+    assert empty.exit_code == 2 and "the store has no runs yet" in empty.output
+
+    greet = project / "greet.yaml"
+    assert scripted("run", greet, project / "greet.fixture.yaml", store, "-i", "who=Ada").exit_code == 0
+    failed = scripted("run", greet, project / "failing.fixture.yaml", store, "-i", "who=Bob", "--output", "json")
+    assert failed.exit_code == 1
+    newest = json.loads(failed.output)["run_id"]
+
+    shown = invoke("show", "last", "--store", store, "--output", "json")
+    assert shown.exit_code == 0 and json.loads(shown.output)["run_id"] == newest
+    told = invoke("logs", "last", "--store", store, "--output", "json")
+    assert told.exit_code == 0 and {e["run_id"] for e in json.loads(told.output)} == {newest}
+    sent = invoke("signal", "last", "approved", "--store", store)
+    assert sent.exit_code == 0 and f"to {newest} " in sent.output
+    resumed = scripted("resume", "last", project / "greet.fixture.yaml", store, "--output", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output)["run_id"] == newest
+    assert json.loads(resumed.output)["status"] == "succeeded"
+
+
 def test_signal_rejects_bad_json(project: Path) -> None:
     result = invoke("signal", "r-x", "approved", "--data", "{not json", "--store", str(project / "runs.db"))
     assert result.exit_code == 2

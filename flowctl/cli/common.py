@@ -44,6 +44,22 @@ def open_store(store_path: str | None, access: StoreAccess) -> Any:
         raise
 
 
+LAST_RUN = "last"  # what a RUN_ID argument may say instead of an id: the run started last
+
+
+def named_run(store: Any, run_id: str) -> str:
+    """The run a command's RUN_ID argument names: a run's id, or `last` for the root run started last in this store
+    (the first one `flowctl runs` lists). A run whose id is `last` (the Python API lets a caller choose ids) wins.
+    Exits 2 when the store has no run yet."""
+    if run_id != LAST_RUN or store.get_run(run_id) is not None:
+        return run_id
+    newest = store.list_runs(1, roots_only=True)
+    if not newest:
+        click.echo("error: the store has no runs yet (`last` names the run started last)", err=True)
+        sys.exit(EXIT_USAGE)
+    return str(newest[0].run_id)
+
+
 def load_or_exit(file: str) -> Any:
     """Validate and compile, printing diagnostics and exiting 2 when the pipeline is invalid."""
     from flowctl.dsl.diagnostics import Severity, render_text

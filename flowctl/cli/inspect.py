@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
+from flowctl.cli.common import EXIT_USAGE, named_run, open_store, store_flag, store_option
 from flowctl.run_reports import INTERRUPTED, is_alive, run_report, run_summary
 
 
@@ -171,9 +171,11 @@ def _models_text(models: list[dict[str, Any]]) -> None:
     "failed, were retried or did not finish, and sums up the rest).",
 )
 def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> None:
-    """Show a run's step tree: status, attempts, timings, tokens, errors, events."""
+    """Show a run's step tree: status, attempts, timings, tokens, errors, events. RUN_ID: a run's id, or `last` for
+    the run started last."""
     store = open_store(store_path, "read")
     try:
+        run_id = named_run(store, run_id)
         if store.get_run(run_id) is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
@@ -192,7 +194,8 @@ def show(run_id: str, store_path: str | None, output: str, all_items: bool) -> N
 @click.option("--data", "data_text", default="null", help="The event's payload as JSON.")
 @store_option
 def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> None:
-    """Send an external event (e.g. a human approval) to a running pipeline."""
+    """Send an external event (e.g. a human approval) to a running pipeline. RUN_ID: a run's id, or `last` for the
+    run started last."""
     from flowctl.interpreter.inputs import InputTextError, check_argument_text, parse_json
 
     try:
@@ -207,6 +210,7 @@ def signal(run_id: str, event: str, data_text: str, store_path: str | None) -> N
 
     store = open_store(store_path, "write")
     try:
+        run_id = named_run(store, run_id)
         sent = send_signal(run_id, event, data, store=store)
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)

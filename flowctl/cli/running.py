@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, load_or_exit, open_store, store_flag, store_option
+from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, load_or_exit, named_run, open_store, store_flag, store_option
 
 
 def _parse_inputs(graph: Any, pairs: tuple[str, ...], inputs_file: str | None) -> dict[str, Any]:
@@ -309,12 +309,14 @@ def resume(
     events_file: str | None,
     stream: bool,
 ) -> None:
-    """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested."""
+    """Continue a failed, cancelled or killed run; recorded LLM and tool results are replayed, not re-requested.
+    RUN_ID: a run's id, or `last` for the run started last."""
     from flowctl.interpreter.errors import InputError
     from flowctl.interpreter.runner import load_resumable, resume_inputs, run_graph
 
     store = open_store(store_path, "write")
     try:
+        run_id = named_run(store, run_id)
         try:
             record = load_resumable(store, run_id)
             inputs = resume_inputs(record, os.environ)  # secrets in them are restored from the environment

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from flowctl.cli.common import EXIT_USAGE, open_store, store_flag, store_option
+from flowctl.cli.common import EXIT_USAGE, named_run, open_store, store_flag, store_option
 from flowctl.cli.inspect import attempt_line, money, seconds
 from flowctl.run_reports import TranscriptEntry, is_attempt, is_under, plain, run_tree, step_label, transcript_entries
 
@@ -31,9 +31,11 @@ from flowctl.run_reports import TranscriptEntry, is_attempt, is_under, plain, ru
 )
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> None:
-    """Show a run's transcript: what each model call was sent and answered, each tool call and its result."""
+    """Show a run's transcript: what each model call was sent and answered, each tool call and its result. RUN_ID: a
+    run's id, or `last` for the run started last."""
     store = open_store(store_path, "read")
     try:
+        run_id = named_run(store, run_id)
         if store.get_run(run_id) is None:
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
