@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -83,35 +82,27 @@ class RecordEncoder:
         return self.redactor.redact_text(str(odd))
 
 
-@dataclass(slots=True)
 class Transcribed:
-    """A transcript entry not yet encoded (see Recorder.exchange): `bodies(raw)` gives its request, response and error
-    as JSON-like values when it is committed."""
+    """A transcript entry whose bodies are not encoded yet (see Recorder.exchange): its write, made when the call
+    ended, and `bodies(raw)`, which gives the request, response and error as JSON-like values when it is committed
+    (`write` fills them in; again, the same, if a commit that failed is made again)."""
 
-    run_id: str
-    path: str
-    key: str
-    attempt: int
-    kind: str
-    started_at: float
-    elapsed: float
-    bodies: Callable[[Any], tuple[Any, Any, dict[str, Any] | None]]
-    raw: Any
+    __slots__ = ("bodies", "entry", "raw")
+
+    def __init__(
+        self, entry: Exchanged, bodies: Callable[[Any], tuple[Any, Any, dict[str, Any] | None]], raw: Any
+    ) -> None:
+        self.entry = entry
+        self.bodies = bodies
+        self.raw = raw
 
     def write(self, encoder: RecordEncoder) -> Exchanged:
         request, response, error = self.bodies(self.raw)
-        return Exchanged(
-            self.run_id,
-            self.path,
-            self.key,
-            self.attempt,
-            self.kind,
-            self.started_at,
-            self.elapsed,
-            encoder.capped(request),
-            None if response is None else encoder.capped(response),
-            encoder.dump(error),
-        )
+        entry = self.entry
+        entry.request = encoder.capped(request)
+        entry.response = None if response is None else encoder.capped(response)
+        entry.error = encoder.dump(error)
+        return entry
 
 
 __all__ = ["MAX_TRANSCRIPT_BODY", "JsonText", "RecordEncoder", "Transcribed"]

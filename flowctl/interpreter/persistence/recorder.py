@@ -46,6 +46,7 @@ from flowctl.interpreter.persistence.store import (
     Claim,
     EventLogged,
     EventRecord,
+    Exchanged,
     RunFinished,
     RunRecord,
     RunReopened,
@@ -311,7 +312,7 @@ class Recorder:
         gives the three as JSON-like values; it runs when the entry is committed, not now: an entry is kept as the
         objects it describes until then, so building and encoding its bodies (~10 µs for a model call) happens off
         the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
-        self._note(Transcribed(run_id, path, key, attempt, kind, started_at, elapsed, bodies, raw))
+        self._note(Transcribed(Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, ""), bodies, raw))
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
