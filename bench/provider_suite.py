@@ -3,7 +3,9 @@ from the same local OpenAI-compatible server (bench/openai_local.py, in a proces
 
 - sequential: a 300-step chain pipeline (each prompt reads the previous answer) run by `run_graph` with the `openai`
   provider, against 300 sequential streamed `chat.completions.create` calls of a bare client (the same messages:
-  system instruction + user prompt, `stream_options.include_usage`, the chunks joined into the answer);
+  system instruction + user prompt, `stream_options.include_usage`, the chunks joined into the answer), and against
+  the same calls made the way flowctl's provider makes them (the client's `post`, chunks as decoded JSON): the
+  first is what a hand-written program costs, the second what flowctl itself adds;
 - concurrent: one agent step fanned out over 1,000 items (`concurrency: 1000`), against `asyncio.gather` of 1,000
   streamed calls of one bare client.
 
@@ -74,6 +76,32 @@ async def _bare_call(client: Any, prompt: str) -> str:
     return "".join(pieces)
 
 
+async def _same_path_call(client: Any, prompt: str) -> str:
+    """The same call through the SDK path flowctl's provider takes: the client's `post` with the body as plain JSON
+    (no walk of it against the SDK's parameter types) and each chunk as its decoded JSON object (no pydantic model)."""
+    import openai
+
+    stream = await client.post(
+        "/chat/completions",
+        body={
+            "model": "bench-model",
+            "messages": [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": prompt}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        cast_to=object,
+        options={"security": {"bearer_auth": True}},
+        stream=True,
+        stream_cls=openai.AsyncStream[object],
+    )
+    pieces = []
+    async for chunk in stream:
+        choices = chunk.get("choices")
+        if choices and choices[0]["delta"].get("content"):
+            pieces.append(choices[0]["delta"]["content"])
+    return "".join(pieces)
+
+
 def _client(base_url: str) -> Any:
     import openai
 
@@ -83,13 +111,15 @@ def _client(base_url: str) -> Any:
 Timing = tuple[float, float]  # (wall seconds, this process's CPU seconds)
 
 
-async def bare_sequential(base_url: str, calls: int) -> Timing:
-    """`calls` sequential streamed calls, each prompt carrying the previous answer (as the chain's)."""
+async def bare_sequential(base_url: str, calls: int, *, same_path: bool = False) -> Timing:
+    """`calls` sequential streamed calls, each prompt carrying the previous answer (as the chain's); `same_path`:
+    made the way flowctl's provider makes them."""
+    call = _same_path_call if same_path else _bare_call
     async with _client(base_url) as client:
         started, cpu = time.perf_counter(), time.process_time()
-        answer = await _bare_call(client, "start")
+        answer = await call(client, "start")
         for i in range(1, calls):
-            answer = await _bare_call(client, f"Go on from this: {answer}. Step {i}, keep it short.")
+            answer = await call(client, f"Go on from this: {answer}. Step {i}, keep it short.")
         return time.perf_counter() - started, time.process_time() - cpu
 
 
@@ -133,7 +163,7 @@ def provider_suite(quick: bool, workdir: Path) -> list[Row]:
     repeats = 3 if quick else 15
     fan_repeats = 2 if quick else 5
     n, wide = SEQUENTIAL_CALLS, CONCURRENT_CALLS
-    wall: dict[str, list[float]] = {"chain": [], "bare": [], "fan": [], "gather": []}
+    wall: dict[str, list[float]] = {"chain": [], "bare": [], "same": [], "fan": [], "gather": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
 
     def sample(key: str, timing: Timing) -> None:
@@ -147,17 +177,20 @@ def provider_suite(quick: bool, workdir: Path) -> list[Row]:
         # sequential first, so the fan-out's thousand connections (and their garbage) cannot weigh on it
         flowctl_run(chain, {}, n)  # imports, caches, the server's first connections
         coroutine_in_fresh_loop(bare_sequential(base_url, n))
-        for _ in range(repeats):  # interleaved, so drift on a busy machine hits both series alike
+        coroutine_in_fresh_loop(bare_sequential(base_url, n, same_path=True))
+        for _ in range(repeats):  # interleaved, so drift on a busy machine hits every series alike
             sample("chain", flowctl_run(chain, {}, n))
             sample("bare", coroutine_in_fresh_loop(bare_sequential(base_url, n)))
+            sample("same", coroutine_in_fresh_loop(bare_sequential(base_url, n, same_path=True)))
         flowctl_run(fan, items, wide)
         coroutine_in_fresh_loop(bare_concurrent(base_url, wide))
         for _ in range(fan_repeats):
             sample("fan", flowctl_run(fan, items, wide))
             sample("gather", coroutine_in_fresh_loop(bare_concurrent(base_url, wide)))
-    per_call = {k: [v / n * 1e3 for v in wall[k]] for k in ("chain", "bare")}
+    per_call = {k: [v / n * 1e3 for v in wall[k]] for k in ("chain", "bare", "same")}
     chain_ms, bare_ms = median(per_call["chain"]), median(per_call["bare"])
     ratios = sorted(c / b for c, b in zip(wall["chain"], wall["bare"], strict=True))
+    same_ratios = sorted(c / b for c, b in zip(wall["chain"], wall["same"], strict=True))
     return [
         Row(
             f"{n} sequential calls, openai provider (NullStore), per call",
@@ -175,6 +208,18 @@ def provider_suite(quick: bool, workdir: Path) -> list[Row]:
             ],
         ),
         _cpu_row(f"{n} sequential calls, CPU time of the client, per call", cpu["chain"], cpu["bare"], n),
+        Row(
+            f"{n} sequential calls, openai provider, against its own SDK path by hand",
+            chain_ms,
+            "ms",
+            median(per_call["same"]),
+            "the client's post, chunks as JSON",
+            notes=[
+                "what flowctl adds to the SDK calls it makes (engine, journal on the NullStore, transcript, "
+                f"templates): bare client on flowctl's path {spread(per_call['same'], unit=' ms')}; paired ratios "
+                f"{same_ratios[0]:.2f}–{same_ratios[-1]:.2f}×, median {median(same_ratios):.2f}×"
+            ],
+        ),
         Row(
             f"{wide:,} concurrent calls, openai provider (NullStore): makespan",
             median(wall["fan"]),
