@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from flowctl.cli.common import EXIT_USAGE, named_run, open_store, store_flag, store_option
+from flowctl.interpreter.reporting import seconds as wait_text
 from flowctl.run_reports import INTERRUPTED, is_alive, run_report, run_summary
 
 
@@ -139,7 +140,7 @@ def attempt_line(attempt: dict[str, Any]) -> str:
     if error:
         line += f": {error.get('code')}: {error.get('message')}" if error.get("code") else f": {error.get('message')}"
     if attempt["retry_in"] is not None:
-        line += f"; retried after {attempt['retry_in']:.3g}s"
+        line += f"; retried after {wait_text(attempt['retry_in'])}"
     return line
 
 

@@ -230,9 +230,13 @@ class StepFailed(FlowctlError):
 
     code = "step-failed"
 
-    def __init__(self, step: str, cause: BaseException, *, attempts: int = 1, span: Span | None = None) -> None:
+    def __init__(
+        self, step: str, cause: BaseException, *, attempts: int = 1, span: Span | None = None, fallback: bool = False
+    ) -> None:
+        """`fallback`: `cause` is the error of the step's fallback, which ran after its `attempts` had failed."""
         cause_text = str(cause) or type(cause).__name__
-        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {cause_text}", span=span)
+        how = "; its fallback failed too" if fallback else ""
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s){how}: {cause_text}", span=span)
         self.step = step
         self.cause = cause
         self.attempts = attempts

@@ -121,3 +121,23 @@ async def test_deeply_nested_json_from_a_model_is_a_typed_failure_not_a_crash(tm
     assert outcome.error is not None and "nested too deeply" in str(outcome.error)
     assert steps["judge"].attempts == 2  # a mismatch is retryable, like any other bad answer
     assert steps["judge"].error is not None and steps["judge"].error["cause"] == "output-schema-mismatch"
+
+
+async def test_a_failed_fallback_names_the_primary_attempts_and_says_the_fallback_failed(tmp_path: Path) -> None:
+    from flowctl.dsl.frontend import load_pipeline
+    from flowctl.interpreter.providers.scripted import Fixture
+    from flowctl.interpreter.runner import RunOptions, run_graph
+
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: fb\nagents:\n  a: {instruction: A.}\n  b: {instruction: B.}\n"
+        "steps:\n  - {id: ask, agent: a, prompt: go, retry: {max_attempts: 3, initial_delay: 1ms},"
+        " fallback: {agent: b}}\n"
+    )
+    graph, diagnostics, _ = load_pipeline(tmp_path / "p.yaml")
+    assert graph is not None, diagnostics
+    fixture = Fixture.from_data({"default": {"error": "unavailable"}})  # every call fails, the fallback's too
+    with SqliteRunStore(tmp_path / "runs.db") as store:
+        outcome = await run_graph(graph, {}, store, RunOptions(scripted=fixture, tool_pool=None))
+    assert outcome.status is RunStatus.FAILED
+    assert outcome.error is not None
+    assert "step 'ask' failed after 3 attempt(s); its fallback failed too:" in str(outcome.error)

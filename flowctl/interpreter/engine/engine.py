@@ -387,12 +387,13 @@ class Engine:
             error = exc
         if result.attempts:
             _attempt_ended(ctx, path, result, _FAILED, attempt_started, error)
+        attempts = result.attempts + _earlier_attempts(ctx, path)
         if policy.fallback is None or refused(error):
-            attempts = result.attempts + _earlier_attempts(ctx, path)
             raise StepFailed(path, error, attempts=attempts, span=step.span) from None
-        return await self._fallback(ctx, step, scope, path, error)
+        return await self._fallback(ctx, step, scope, path, attempts)
 
-    async def _fallback(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, cause: FlowctlError) -> Any:
+    async def _fallback(self, ctx: RunContext, step: ir.Step, scope: Scope, path: str, attempts: int) -> Any:
+        """The step's fallback, after its `attempts` failed."""
         fallback = step.policy.fallback
         assert fallback is not None
         try:
@@ -405,7 +406,7 @@ class Engine:
                 self, ctx, step, scope, f"{path}/fallback", agent_name=fallback.agent, model_name=fallback.model
             )
         except FlowctlError as exc:
-            raise StepFailed(path, exc, span=step.span) from None
+            raise StepFailed(path, exc, attempts=attempts, span=step.span, fallback=True) from None
 
     # fan-out and joins ----------------------------------------------------------------------------------------
 
