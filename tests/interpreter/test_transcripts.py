@@ -5,6 +5,7 @@ attempt of a step that did not succeed at its first try — redacted, large bodi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,33 @@ async def test_transcripts_are_redacted_and_large_bodies_capped(
     assert secret not in str(paris.response) and "***" in paris.response["content"]
     assert rome.response == {"truncated": True, "size": rome.response["size"], "head": rome.response["head"]}
     assert rome.response["size"] > MAX_TRANSCRIPT_BODY and len(rome.response["head"]) == MAX_TRANSCRIPT_BODY
+
+
+@pytest.mark.anyio
+async def test_the_common_model_call_encoded_at_once_agrees_with_the_entry_encoded_at_commit(
+    tmp_path: Path, store: SqliteRunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answered call with nothing to mask is transcribed at once from its JSON texts; with a secret to look for
+    (though it appears nowhere), the same call's entry is built and encoded when committed: both must store the
+    same entry, over the cap too."""
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    huge = "y" * (MAX_TRANSCRIPT_BODY + 10)
+    rules = [{"prompt": "Rome", "reply": huge}, *FIXTURE["responses"]]  # Paris: a failure, a tool call, an answer
+    fixture = Fixture.from_data({"responses": rules, "tools": FIXTURE["tools"]})
+
+    async def entries() -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = []
+        for city in ("Paris", "Rome"):
+            ran = await run_file(tmp_path / "p.yaml", fixture, store, inputs={"city": city}, skip_time=True)
+            assert ran.outcome.status is RunStatus.SUCCEEDED, ran.outcome.error
+            found += [(e.path, e.key, e.attempt, e.kind, e.request, e.response, e.error)
+                      for e in store.exchanges(ran.outcome.run_id)]  # fmt: skip
+        return found
+
+    monkeypatch.delenv("FLOWCTL_TEST_API_KEY", raising=False)
+    at_once = await entries()
+    monkeypatch.setenv("FLOWCTL_TEST_API_KEY", "sk-never-seen-0123456789abcdef")
+    at_commit = await entries()
+    assert at_once == at_commit
+    truncated = [response for *_, response, _ in at_once if isinstance(response, dict) and response.get("truncated")]
+    assert len(truncated) == 1 and truncated[0]["size"] > MAX_TRANSCRIPT_BODY

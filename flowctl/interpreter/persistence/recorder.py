@@ -314,6 +314,10 @@ class Recorder:
         the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
         self._note(Transcribed(Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, ""), bodies, raw))
 
+    def exchanged(self, entry: Exchanged) -> None:
+        """A transcript entry whose bodies are JSON text already, redacted and capped (`exchange` for any other)."""
+        self._note(entry)
+
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
         """What a run's SharedState calls with each change."""
         return lambda change: self.state_changed(run_id, change.step, change.values)
