@@ -42,7 +42,13 @@ def saw_model_call(
 ) -> None:
     attempt = STEP_ATTEMPT.get()
     if not replayed:
-        _transcribe_model_call(ctx, path, key, attempt, model, request, response, error, started, elapsed)
+        recorder = ctx.runtime.recorder
+        bodies = None if recorder.redactor else _bodies_at_once(model, request, response, error)
+        if bodies is not None:
+            recorder.exchanged(Exchanged(ctx.run_id, path, key, attempt, "model", started, elapsed, *bodies))
+        else:
+            raw = (request, response, error, model)
+            recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
     if not ctx.runtime.hears_calls:
         return
     provider = getattr(ctx.runtime.provider(model), "provider_name", model.provider)  # `--scripted` answers
@@ -50,30 +56,19 @@ def saw_model_call(
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
 
 
-def _transcribe_model_call(
-    ctx: RunContext,
-    path: str,
-    key: str,
-    attempt: int,
-    model: ModelDef,
-    request: CompletionRequest,
-    response: CompletionResponse | None,
-    error: FlowctlError | None,
-    started: float,
-    elapsed: float,
-) -> None:
-    """The common call (answered, no secret to mask, no price to add, bodies under the cap) is encoded now: both its
-    bodies are JSON text already (the digest's, the journal's), so its entry is two strings — cheaper than keeping
+def _bodies_at_once(
+    model: ModelDef, request: CompletionRequest, response: CompletionResponse | None, error: FlowctlError | None
+) -> tuple[str, str] | None:
+    """The request and answer texts of the common call (answered, no price to add, bodies under the cap), which are
+    JSON text already (the digest's, the journal's): its entry is made of them at once, which is cheaper than keeping
     the call's objects alive for the commit to encode (9 k instructions a fan-out branch less, bench/README.md).
-    Any other call is encoded when committed (`_model_bodies`)."""
-    recorder = ctx.runtime.recorder
-    if response is not None and error is None and _unpriced(model) and not recorder.redactor:
-        sent, answer = _request_text(request), response.journal_text()
-        if sent is not None and len(sent) <= MAX_TRANSCRIPT_BODY and len(answer) <= MAX_TRANSCRIPT_BODY:
-            recorder.exchanged(Exchanged(ctx.run_id, path, key, attempt, "model", started, elapsed, sent, answer))
-            return
-    raw = (request, response, error, model)
-    recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
+    None for any other call: it is encoded when committed (`_model_bodies`)."""
+    if response is None or error is not None or not _unpriced(model):
+        return None
+    sent, answer = _request_text(request), response.journal_text()
+    if sent is None or len(sent) > MAX_TRANSCRIPT_BODY or len(answer) > MAX_TRANSCRIPT_BODY:
+        return None
+    return sent, answer
 
 
 def saw_tool_call(
