@@ -37,13 +37,13 @@ __all__ = [
 ITEMS_REPORTED = 10  # fan-out items whose every line is shown; after them only failures and retries
 _EXAMPLES: dict[Any, Any] = {"integer": 0, "number": 0, "boolean": True, "array": []}  # an elicitation's answer
 _LOUD_LEVELS = frozenset({"warning", "error", "critical", "alert", "emergency"})  # shown on the terminal
-_WRAPPED = re.compile(r"^step '([^']*)' failed after \d+ attempt\(s\): ")
+_WRAPPED = re.compile(r"^step '([^']*)' failed after \d+ attempt\(s\)(?:; its fallback failed too)?: ")
 
 
 def unwrap(message: str) -> tuple[list[str], str]:
     """The steps a step error passed through and its innermost cause: `step 'grp' failed after 1 attempt(s): step
     'x' failed after 2 attempt(s): boom` → (['grp', 'x'], 'boom'). StepFailed wraps its cause's text in this form at
-    every enclosing step."""
+    every enclosing step (`…attempt(s); its fallback failed too: …` when the cause is the step's fallback's)."""
     steps: list[str] = []
     while True:
         match = _WRAPPED.match(message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,12 @@ _deltas = st.one_of(
         optional={
             "role": st.just("assistant"),
             "content": st.one_of(st.text(max_size=5), _odd()),
-            "tool_calls": st.one_of(st.none(), st.just([]), st.just([{"index": 0, "function": {"name": "f"}}])),
+            "tool_calls": st.one_of(
+                _odd(),
+                st.just([]),
+                st.just([{"index": 0, "function": {"name": "f"}}]),
+                st.lists(st.one_of(_odd(), st.fixed_dictionaries({}, optional={"function": _odd()})), max_size=2),
+            ),
         },
     ),
 )
@@ -90,3 +96,10 @@ def test_an_event_that_is_not_an_object_is_malformed(event: Any) -> None:
         assert "not a chat completion chunk" in str(exc)
     else:
         raise AssertionError("accepted a non-object event")
+
+
+@pytest.mark.parametrize("odd", [5, 1.5, True, "ab", {"index": 0}])
+def test_tool_calls_that_are_not_a_list_are_malformed(odd: Any) -> None:
+    collector = _Collector(headers={"content-type": "text/event-stream"})
+    with pytest.raises(MalformedResponse, match="tool"):
+        collector.add({"choices": [{"index": 0, "delta": {"tool_calls": odd}}]})

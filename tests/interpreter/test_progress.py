@@ -223,3 +223,18 @@ def test_mcp_progress_shows_in_the_status_line_and_an_elicitation_form_pauses_it
     text = out.getvalue()
     assert "? fetch: server 'files' asks: Which file?" in text
     assert """flowctl signal r-1 elicitation --store runs.db --data '{"name": "…", "count": 0}'""" in text
+
+
+def test_a_step_whose_fallback_failed_points_at_the_cause_shown_before() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out)
+    reporter.run_started("r-1", "fb", False)
+    reporter.step_started("r-1", "x", "agent", 1)
+    reporter.step_started("r-1", "x/fallback/y", "agent", 1)
+    reporter.step_finished("r-1", "x/fallback/y", "failed", 0.1, 0, "boom")
+    error = "step 'x' failed after 3 attempt(s); its fallback failed too: step 'x/fallback/y' failed after 1 attempt(s)"
+    error += ": boom"
+    reporter.step_finished("r-1", "x", "failed", 0.2, 0, error)
+    lines = out.getvalue().splitlines()
+    assert "  ✗ x/fallback/y failed in 0.10s: boom" in lines
+    assert "  ✗ x failed in 0.20s (after x/fallback/y failed)" in lines  # the cause once, not again

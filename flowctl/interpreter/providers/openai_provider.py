@@ -311,7 +311,10 @@ class _Collector:
             self.content.append(delta["content"])
             if self.sink is not None and delta["content"]:
                 _tell(self.sink, delta["content"])
-        for part in delta.get("tool_calls") or []:
+        parts = delta.get("tool_calls") or []
+        if not isinstance(parts, list):
+            raise MalformedResponse(f"stream chunk has 'tool_calls' of type {type(parts).__name__}")
+        for part in parts:
             self._add_call_part(part)
         if choice.get("finish_reason"):
             self.finish_reason = str(choice["finish_reason"])
