@@ -328,3 +328,54 @@ steps:
     assert "✗ error output-schema-mismatch (retryable):" in typed
     assert "is not valid JSON" in " ".join(typed.split())  # wherever the wrapping fell
     assert "no json here" in typed
+
+
+def test_logs_follow_on_a_finished_run_prints_it_whole_and_how_it_ended(tour: tuple[str, str]) -> None:
+    run_id, store = tour
+    whole = invoke("logs", run_id, "--store", store).output
+    followed = invoke("logs", run_id, "--follow", "--store", store)
+    assert followed.exit_code == 0, followed.output
+    assert followed.output == f"{whole}\nrun {run_id} succeeded\n"
+    lines = invoke("logs", run_id, "--follow", "--output", "json", "--store", store).output.splitlines()
+    assert [json.loads(line) for line in lines] == json.loads(
+        invoke("logs", run_id, "--output", "json", "--store", store).output
+    )
+
+
+def test_logs_follow_prints_a_running_runs_calls_as_they_are_recorded(tmp_path: Path) -> None:
+    """A run waits for a signal; `logs --follow` shows its first call, then, once the signal is sent, the rest, and
+    ends with the run. Synchronised on what each process prints, never on time."""
+    import subprocess
+
+    flowctl = [str(Path(sys.executable).parent / "flowctl")]
+    (tmp_path / "p.yaml").write_text(
+        "flowctl: 1\nname: gate\nagents:\n  a: {instruction: x}\nsteps:\n  - {id: first, agent: a, prompt: go}\n"
+        "  - {id: approval, wait: {event: approved, timeout: 10m}}\n  - {id: last, agent: a, prompt: done}\n"
+    )
+    (tmp_path / "fx.yaml").write_text("default: ok\n")
+    store = ["--store", "runs.db"]
+    running = subprocess.Popen(
+        [*flowctl, "run", "p.yaml", "--scripted", "fx.yaml", *store],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert running.stderr is not None
+    for line in running.stderr:  # the run waits for its signal now
+        if b"waits for event" in line:
+            break
+    follow = subprocess.Popen(
+        [*flowctl, "logs", "last", "--follow", "--output", "json", *store],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert follow.stdout is not None
+    first = json.loads(follow.stdout.readline())
+    assert (first["path"], first["kind"]) == ("first", "model")
+    sent = subprocess.run([*flowctl, "signal", "last", "approved", *store], cwd=tmp_path, capture_output=True)
+    assert sent.returncode == 0, sent.stderr
+    rest = [json.loads(line) for line in follow.stdout]
+    assert follow.wait() == 0 and running.wait() == 0
+    assert [(e["path"], e["kind"]) for e in rest] == [("approval", "wait"), ("last", "model")]
+    assert len({e["seq"] for e in [first, *rest]}) == 3  # each entry once

@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 import textwrap
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -16,7 +17,19 @@ import click
 
 from flowctl.cli.common import EXIT_USAGE, named_run, open_store, store_flag, store_option
 from flowctl.cli.inspect import attempt_line, money, seconds
-from flowctl.run_reports import TranscriptEntry, is_attempt, is_under, plain, run_tree, step_label, transcript_entries
+from flowctl.run_reports import (
+    TranscriptEntry,
+    is_alive,
+    is_attempt,
+    is_under,
+    plain,
+    run_status,
+    run_tree,
+    step_label,
+    transcript_entries,
+)
+
+FOLLOW_POLL = 0.5  # seconds between two reads of the store while `--follow` waits for more (at least)
 
 
 @click.command()
@@ -29,8 +42,15 @@ from flowctl.run_reports import TranscriptEntry, is_attempt, is_under, plain, ru
     help="Only this step (and what runs inside it: fan-out items, nested steps, a child run's steps), e.g. `ask`, "
     "`fan[2]`, `child/polish`.",
 )
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing calls as the run records them until it ends (Ctrl-C stops following; the run goes on). "
+    "With --output json, one JSON object per line.",
+)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> None:
+def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, output: str) -> None:
     """Show a run's transcript: what each model call was sent and answered, each tool call and its result. RUN_ID: a
     run's id, or `last` for the run started last."""
     store = open_store(store_path, "read")
@@ -41,24 +61,70 @@ def logs(run_id: str, store_path: str | None, step: str | None, output: str) -> 
             sys.exit(EXIT_USAGE)
         runs = run_tree(store, run_id)
         labels = (step_label(r, s.path, run_id) for r in runs for s in store.steps(r))
-        if step is not None and not any(is_under(label, step) for label in labels):
+        # a followed run may not have reached the step yet
+        if step is not None and not follow and not any(is_under(label, step) for label in labels):
             hint = f"flowctl show {run_id}{store_flag(store_path)}"
             click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
             sys.exit(EXIT_USAGE)
+        if follow:
+            try:
+                _follow(store, run_id, step, output)
+            except KeyboardInterrupt:
+                click.echo(f"stopped following {run_id}; the run goes on", err=True)
+                sys.exit(130)
+            return
         entries = transcript_entries(store, runs, run_id, step)
     finally:
         store.close()
     if output == "json":
-        records = [
-            {"kind": "attempt", **plain(asdict(e.record))} if is_attempt(e) else plain(asdict(e.record))
-            for e in entries
-        ]
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False, default=str))
+        click.echo(json.dumps([_record_json(e) for e in entries], indent=2, ensure_ascii=False, default=str))
         return
     if not entries:
-        click.echo(f"no calls recorded for {'step ' + repr(step) if step else 'run ' + run_id}")
+        click.echo(_nothing_recorded(run_id, step))
         return
     _Printer(shutil.get_terminal_size((100, 24)).columns).print(entries)
+
+
+def _follow(store: Any, run_id: str, step: str | None, output: str) -> None:
+    """Print the entries the store has, then those it records later, until the run has ended (or its process is
+    gone): each entry once, in the order they come (within one read, the order their calls ended)."""
+    printer = _Printer(shutil.get_terminal_size((100, 24)).columns)
+    shown: set[tuple[Any, ...]] = set()
+    while True:
+        began = time.monotonic()
+        record = store.get_run(run_id)
+        alive = is_alive(store, record)
+        ended = not alive  # read before the entries, so that the last read has everything the run committed
+        new = [e for e in transcript_entries(store, run_tree(store, run_id), run_id, step) if _identity(e) not in shown]
+        shown.update(_identity(e) for e in new)
+        if output == "json":
+            for entry in new:
+                click.echo(json.dumps(_record_json(entry), ensure_ascii=False, default=str))
+        else:
+            printer.print(new)
+        if ended:
+            break
+        time.sleep(max(FOLLOW_POLL, 2 * (time.monotonic() - began)))  # a long transcript is not re-read nonstop
+    if output == "text":
+        if not shown:
+            click.echo(_nothing_recorded(run_id, step))
+        status = run_status(record, alive)
+        click.echo(f"\nrun {run_id} {status}" + (f": {record.error}" if status == "failed" and record.error else ""))
+
+
+def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:
+    record = entry.record
+    if is_attempt(entry):
+        return ("attempt", record.run_id, record.path, record.attempt)
+    return ("exchange", record.run_id, record.seq)
+
+
+def _record_json(entry: TranscriptEntry) -> dict[str, Any]:
+    return {"kind": "attempt", **plain(asdict(entry.record))} if is_attempt(entry) else plain(asdict(entry.record))
+
+
+def _nothing_recorded(run_id: str, step: str | None) -> str:
+    return f"no calls recorded for {'step ' + repr(step) if step else 'run ' + run_id}"
 
 
 class _Printer:
