@@ -6,16 +6,18 @@ the store's `exchanges` and `attempts`, opened read-only."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from flowctl.cli.common import EXIT_USAGE, named_run, open_store, store_flag, store_option
+from flowctl.cli.common import EXIT_FAILED, EXIT_USAGE, named_run, open_store, store_flag, store_option
 from flowctl.cli.inspect import attempt_line, money, seconds
 from flowctl.run_reports import (
     TranscriptEntry,
@@ -29,6 +31,7 @@ from flowctl.run_reports import (
     transcript_entries,
 )
 
+_T = TypeVar("_T")
 FOLLOW_POLL = 0.5  # seconds between two reads of the store while `--follow` waits for more (at least)
 
 
@@ -56,7 +59,8 @@ def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, ou
     store = open_store(store_path, "read")
     try:
         run_id = named_run(store, run_id)
-        if store.get_run(run_id) is None:
+        known = store.get_run(run_id) is not None
+        if not known and not (follow and _stoppable(_started_by_a_worker, store, store_path, run_id)):
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
         runs = run_tree(store, run_id)
@@ -67,11 +71,7 @@ def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, ou
             click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
             sys.exit(EXIT_USAGE)
         if follow:
-            try:
-                _follow(store, run_id, step, output)
-            except KeyboardInterrupt:
-                click.echo(f"stopped following {run_id}; the run goes on", err=True)
-                sys.exit(130)
+            _stoppable(_follow, store, run_id, step, output)
             return
         entries = transcript_entries(store, runs, run_id, step)
     finally:
@@ -83,6 +83,15 @@ def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, ou
         click.echo(_nothing_recorded(run_id, step))
         return
     _Printer(shutil.get_terminal_size((100, 24)).columns).print(entries)
+
+
+def _stoppable(follow: Callable[..., _T], *args: Any) -> _T:
+    """`follow(*args)`; Ctrl-C stops following (exit 130), not the run."""
+    try:
+        return follow(*args)
+    except KeyboardInterrupt:
+        click.echo("stopped following; the run goes on", err=True)
+        sys.exit(130)
 
 
 def _follow(store: Any, run_id: str, step: str | None, output: str) -> None:
@@ -110,6 +119,45 @@ def _follow(store: Any, run_id: str, step: str | None, output: str) -> None:
             click.echo(_nothing_recorded(run_id, step))
         status = run_status(record, alive)
         click.echo(f"\nrun {run_id} {status}" + (f": {record.error}" if status == "failed" and record.error else ""))
+
+
+def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> bool:
+    """A run submitted to the queue in the store's PostgreSQL database that no worker has started yet: wait until one
+    does (True), or say why none will and exit 1. False when the queue has no such run (or there is no queue)."""
+    from flowctl.cli.workers import NOT_STARTED_FOR_GOOD
+    from flowctl.interpreter.persistence.store_errors import StoreError
+
+    url = store_path or os.environ.get("FLOWCTL_STORE") or ""
+    try:
+        import psycopg
+
+        from flowctl.scale import database
+        from flowctl.scale import queue as queue_module
+    except ImportError:  # no scale extra: no queue
+        return False
+    if not database.is_postgres_url(url):
+        return False
+    try:
+        conn = database.connect(url)
+    except StoreError:
+        return False
+    try:
+        try:
+            state = queue_module.job_state(conn, run_id)
+        except psycopg.Error:  # no queue in that database: an unknown run, as without --follow
+            return False
+        if state is None:
+            return False
+        click.echo(f"waiting for a worker to start {run_id}…", err=True)
+        while store.get_run(run_id) is None:
+            if state in NOT_STARTED_FOR_GOOD:
+                click.echo(f"run {run_id}: a worker took it and failed before the run started (see its log)", err=True)
+                sys.exit(EXIT_FAILED)
+            time.sleep(FOLLOW_POLL)
+            state = queue_module.job_state(conn, run_id)
+        return True
+    finally:
+        conn.close()
 
 
 def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:

@@ -130,3 +130,34 @@ def test_submit_wait_ends_when_the_worker_cannot_start_the_run(pg_url: str, tmp_
     assert "failed before the run started" in done.stderr
     assert "Traceback" not in done.stderr
     assert worker.saw("cannot be run here")
+
+
+def test_logs_follow_waits_for_a_worker_to_start_a_submitted_run(pg_url: str, tmp_path: Path) -> None:
+    """`flowctl logs RUN -f` right after `flowctl submit`: it says it waits for a worker, then follows the run once one
+    starts it, to its end. Synchronised on what the processes print, never on time."""
+    import subprocess
+    import sys
+
+    from flowctl.cli.common import open_store
+
+    with echo_server() as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+        env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
+        cluster = Cluster(pg_url, pg_url, env, tmp_path)
+        open_store(pg_url, "create").close()  # the store, as the workers that ran before left it
+        try:
+            submitted = cluster.flowctl("submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=f", "--store", pg_url)
+            run_id = submitted.stdout.strip()
+            follow = subprocess.Popen(
+                [sys.executable, "-m", "flowctl", "logs", run_id, "-f", "--output", "json", "--store", pg_url],
+                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert follow.stderr is not None and follow.stdout is not None
+            assert "waiting for a worker to start" in follow.stderr.readline()
+            cluster.start_worker("late")
+            entries = [json.loads(line) for line in follow.stdout]
+            assert follow.wait() == 0
+        finally:
+            cluster.stop_all()
+    assert {e["path"] for e in entries} >= {"first", "second", "fan[0]", "last"}
+    assert all(e["kind"] == "model" for e in entries)
