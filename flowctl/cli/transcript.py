@@ -6,7 +6,6 @@ the store's `exchanges` and `attempts`, opened read-only."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import textwrap
@@ -63,16 +62,15 @@ def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, ou
         if not known and not (follow and _stoppable(_started_by_a_worker, store, store_path, run_id)):
             click.echo(f"error: no run {run_id!r} in the store (see `flowctl runs`)", err=True)
             sys.exit(EXIT_USAGE)
+        if follow:  # (a followed run may not have reached the step yet: it is not checked)
+            _stoppable(_follow, store, run_id, step, output)
+            return
         runs = run_tree(store, run_id)
         labels = (step_label(r, s.path, run_id) for r in runs for s in store.steps(r))
-        # a followed run may not have reached the step yet
-        if step is not None and not follow and not any(is_under(label, step) for label in labels):
+        if step is not None and not any(is_under(label, step) for label in labels):
             hint = f"flowctl show {run_id}{store_flag(store_path)}"
             click.echo(f"error: run {run_id} has no step {step!r} (see `{hint}`)", err=True)
             sys.exit(EXIT_USAGE)
-        if follow:
-            _stoppable(_follow, store, run_id, step, output)
-            return
         entries = transcript_entries(store, runs, run_id, step)
     finally:
         store.close()
@@ -127,7 +125,6 @@ def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> boo
     from flowctl.cli.workers import NOT_STARTED_FOR_GOOD
     from flowctl.interpreter.persistence.store_errors import StoreError
 
-    url = store_path or os.environ.get("FLOWCTL_STORE") or ""
     try:
         import psycopg
 
@@ -135,13 +132,13 @@ def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> boo
         from flowctl.scale import queue as queue_module
     except ImportError:  # no scale extra: no queue
         return False
-    if not database.is_postgres_url(url):
+    if not store_path or not database.is_postgres_url(store_path):  # (click reads FLOWCTL_STORE into store_path)
         return False
     try:
-        conn = database.connect(url)
+        conn = database.connect(store_path)
     except StoreError:
         return False
-    try:
+    with conn:
         try:
             state = queue_module.job_state(conn, run_id)
         except psycopg.Error:  # no queue in that database: an unknown run, as without --follow
@@ -156,8 +153,6 @@ def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> boo
             time.sleep(FOLLOW_POLL)
             state = queue_module.job_state(conn, run_id)
         return True
-    finally:
-        conn.close()
 
 
 def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:
