@@ -172,6 +172,9 @@ def downgrade(store: Path) -> None:
     """Make a store as schema version 2 wrote it (closed: the last connection folds the WAL into the file)."""
     conn = sqlite3.connect(store)
     try:
+        conn.execute("DROP TRIGGER calls_keep_transcript")  # schema 7
+        for column in ("path", "attempt", "started_at", "elapsed", "request", "ordinal"):
+            conn.execute(f"ALTER TABLE calls DROP COLUMN {column}")
         conn.execute("DROP TABLE exchanges")  # schema 6
         conn.execute("DROP TABLE attempts")
         conn.execute("ALTER TABLE runs DROP COLUMN scripted")

@@ -159,7 +159,9 @@ def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:
     record = entry.record
     if is_attempt(entry):
         return ("attempt", record.run_id, record.path, record.attempt)
-    return ("exchange", record.run_id, record.seq)
+    # by what it is, not by `seq` (a position, which an entry that ended earlier but was stored later moves on)
+    return ("exchange", record.run_id, record.path, record.key, record.attempt, record.kind, record.started_at,
+            record.elapsed)  # fmt: skip
 
 
 def _record_json(entry: TranscriptEntry) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from flowctl.interpreter.persistence.sqlite_store import MAX_ROWS_PER_STATEMENT,
 from flowctl.interpreter.persistence.store import (
     CallDone,
     EventLogged,
+    Exchanged,
     RunFinished,
     RunRecord,
     RunStarted,
@@ -158,6 +159,26 @@ def test_a_version_4_store_numbers_its_signals_and_claims_its_runs(db: Path) -> 
         assert 0 < first.token < second.token
 
 
+def test_a_version_6_transcript_reads_as_before_and_goes_on_in_call_rows(db: Path) -> None:
+    """Schema 7 keeps the common model call's entry in its call row: a file's earlier entries (all in `exchanges`,
+    without the order the recorder noted them in) read as they did, and new ones merge with them by time."""
+    with old_store(db, 6) as conn:
+        conn.execute("INSERT INTO runs (run_id, pipeline, file, status, started_at, inputs, owner) "
+                     "VALUES ('r-1', 'p', 'p.yaml', 'running', 1.0, '{}', ?)", (DEAD,))  # fmt: skip
+        for key, end in (("a/llm#0", 2.0), ("a/llm#1", 2.0), ("b/llm#0", 5.0)):  # a tie: stored order
+            conn.execute("INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, "
+                         "response) VALUES ('r-1', ?, ?, 1, 'model', ?, 0.0, '{}', '\"old\"')",
+                         (key[0], key, end))  # fmt: skip
+    conn.close()
+    with SqliteRunStore(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        claim = store.claim("r-1", ALIVE)
+        new = Exchanged("r-1", "c", "c/llm#0", 1, "model", 3.0, 0.5, "{}", '"new"', None, 1)
+        store.commit([CallDone("r-1", "c/llm#0", "d", '"new"', 3.5, transcript=new)], claim)
+        assert [(e.seq, e.key, e.response) for e in store.exchanges("r-1")] == [
+            (1, "a/llm#0", "old"), (2, "a/llm#1", "old"), (3, "c/llm#0", "new"), (4, "b/llm#0", "old")]  # fmt: skip
+
+
 # -- values SQLite cannot bind as they are ---------------------------------------------------------------------------
 
 
@@ -260,6 +281,26 @@ def test_a_lone_call_commits_in_one_statement_exactly_as_the_general_path_does(t
         CallDone("r-1", "b/tool:calc.add#0", "d2", '{"text": "3", "is_error": false}', 2.0, masked=True),
         CallDone("r-1", "a/llm#0", "d3", '{"content": "forced"}', 3.0),  # recorded again: replaced
         CallDone("r-1/child", "c/llm#0", "d4", '{"content": "half \\ud800 a pair"}', 4.0),
+        CallDone(
+            "r-1",
+            "t/llm#0",
+            "d7",
+            '{"content": "kept"}',
+            7.0,
+            transcript=Exchanged(
+                "r-1", "t", "t/llm#0", 1, "model", 6.0, 1.0, '{"messages": []}', '{"content": "kept"}', None, 1
+            ),
+        ),
+        CallDone(
+            "r-1",
+            "t/llm#0",
+            "d8",
+            '{"content": "again"}',
+            8.0,
+            transcript=Exchanged(
+                "r-1", "t", "t/llm#0", 2, "model", 7.5, 0.5, '{"messages": []}', '{"content": "again"}', None, 2
+            ),
+        ),
     ]
     for store in (fast, plain):
         claim = create(store, owner=DEAD)
@@ -273,5 +314,7 @@ def test_a_lone_call_commits_in_one_statement_exactly_as_the_general_path_does(t
             store.commit([CallDone("r-2", "x/llm#0", "d6", "{}", 6.0)], taken)
     assert _calls_table(tmp_path / "fast.db") == _calls_table(tmp_path / "plain.db")
     assert fast.lookup_call("r-1", "a/llm#0") == plain.lookup_call("r-1", "a/llm#0")
+    assert [e.response for e in fast.exchanges("r-1")] == [{"content": "kept"}, {"content": "again"}]
+    assert fast.exchanges("r-1") == plain.exchanges("r-1")
     fast.close()
     plain.close()

@@ -129,9 +129,9 @@ async def test_transcripts_are_redacted_and_large_bodies_capped(
 async def test_the_common_model_call_encoded_at_once_agrees_with_the_entry_encoded_at_commit(
     tmp_path: Path, store: SqliteRunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An answered call with nothing to mask is transcribed at once from its JSON texts; with a secret to look for
-    (though it appears nowhere), the same call's entry is built and encoded when committed: both must store the
-    same entry, over the cap too."""
+    """An answered call with nothing to mask is transcribed at once from its JSON texts and kept in its call row;
+    with a secret to look for (though it appears nowhere), the same call's entry is built and encoded when committed,
+    as an exchanges row: both must read back as the same entries, in the same order, over the cap too."""
     (tmp_path / "p.yaml").write_text(PIPELINE)
     huge = "y" * (MAX_TRANSCRIPT_BODY + 10)
     rules = [{"prompt": "Rome", "reply": huge}, *FIXTURE["responses"]]  # Paris: a failure, a tool call, an answer
@@ -150,9 +150,12 @@ async def test_the_common_model_call_encoded_at_once_agrees_with_the_entry_encod
         if redactor_for([], {name: os.environ[name]}):
             monkeypatch.delenv(name)
     assert not redactor_for([compile_file(tmp_path / "p.yaml")], dict(os.environ))
+    kept_in_calls = "SELECT count(*) FROM calls WHERE request IS NOT NULL"
     at_once = await entries()
+    assert store._rows(kept_in_calls, ())[0][0] == 2  # Paris' two answers (Rome's is over the cap)
     monkeypatch.setenv("FLOWCTL_TEST_API_KEY", "sk-never-seen-0123456789abcdef")
     at_commit = await entries()
+    assert store._rows(kept_in_calls, ())[0][0] == 2  # none more
     assert at_once == at_commit
     truncated = [response for *_, response, _ in at_once if isinstance(response, dict) and response.get("truncated")]
     assert len(truncated) == 1 and truncated[0]["size"] > MAX_TRANSCRIPT_BODY

@@ -368,6 +368,39 @@ def test_the_transcript_is_read_whole_or_for_a_step_and_what_runs_inside_it(stor
     assert store.exchanges("r-1", "missing") == [] and store.exchanges("r-2") == []
 
 
+def test_a_call_row_keeps_its_transcript_entry_in_order_and_a_call_recorded_again_keeps_the_earlier_one(
+    store: RunStore,
+) -> None:
+    """A model call's entry kept in its journal row (CallDone.transcript) reads back as any entry, its response the
+    call's result, in the order the recorder noted entries when calls ended at the same instant (a virtual clock).
+    Recording the key again (a call re-run) replaces the result but keeps the earlier entry in the transcript."""
+    claim = create(store)
+    asked = jtext({"messages": [{"role": "user", "content": "hi"}]})
+    answer = jtext({"content": "first"})
+    failed = Exchanged("r-1", "ask", "ask/llm#0", 1, "model", 10.0, 0.5, asked, None, jtext({"type": "Down"}), 1)
+    first = Exchanged("r-1", "ask", "ask/llm#0", 2, "model", 10.0, 0.5, asked, answer, None, 2)
+    tool = Exchanged("r-1", "ask", "ask/turn#1/tool:t.get#0", 2, "tool", 10.5, 0.0, jtext({"tool": "get"}),
+                     jtext({"value": 1}), None, 3)  # fmt: skip
+    store.commit([failed, CallDone("r-1", "ask/llm#0", "d1", answer, 10.5, transcript=first), tool], claim)
+    entries = store.exchanges("r-1")
+    assert [(e.seq, e.kind, e.attempt) for e in entries] == [(1, "model", 1), (2, "model", 2), (3, "tool", 2)]
+    sent = {"messages": [{"role": "user", "content": "hi"}]}
+    assert entries[1] == ExchangeRecord(2, "r-1", "ask", "ask/llm#0", 2, "model", 10.0, 0.5, sent, {"content": "first"})
+    again = jtext({"content": "second"})
+    second = Exchanged("r-1", "ask", "ask/llm#0", 3, "model", 20.0, 1.0, asked, again, None, 4)
+    store.commit([CallDone("r-1", "ask/llm#0", "d2", again, 21.0, transcript=second)], claim)
+    entries = store.exchanges("r-1")
+    assert [(e.kind, e.attempt, e.response) for e in entries] == [
+        ("model", 1, None), ("model", 2, {"content": "first"}), ("tool", 2, {"value": 1}),
+        ("model", 3, {"content": "second"})]  # fmt: skip
+    recorded = store.lookup_call("r-1", "ask/llm#0")
+    assert recorded is not None and recorded.result == {"content": "second"}
+    store.commit([CallDone("r-1", "ask/llm#0", "d3", jtext({"content": "third"}), 30.0), EventLogged(
+        "r-1", "e", None, "test", 30.0)], claim)  # fmt: skip
+    assert [e.response for e in store.exchanges("r-1")][-1] == {"content": "second"}  # kept; "third" has no entry
+    assert [e.seq for e in store.exchanges("r-1", "ask")] == [1, 2, 3, 4]
+
+
 def test_the_cache_needs_no_claim_and_keeps_the_latest_entry(store_factory: StoreFactory, store: RunStore) -> None:
     assert store.cache_get("d1") is None
     store.commit([CacheStored("d1", jtext({"content": "cached"}), 1.0)], None)

@@ -24,7 +24,7 @@ from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent_choice import chosen_agent, parameterised_agent
 from flowctl.interpreter.engine.context import RunContext, Scope
-from flowctl.interpreter.engine.observe import saw_model_call, saw_tool_call
+from flowctl.interpreter.engine.observe import answered_entry, saw_model_call, saw_tool_call
 from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages, server_prompt
 from flowctl.interpreter.engine.server_requests import CallHooks
 from flowctl.interpreter.engine.servers import list_agent_tools
@@ -39,6 +39,7 @@ from flowctl.interpreter.errors import (
 )
 from flowctl.interpreter.meters import meter_usage
 from flowctl.interpreter.persistence.journal import step_of
+from flowctl.interpreter.persistence.store import Exchanged
 from flowctl.interpreter.providers.llm import (
     CompletionRequest,
     CompletionResponse,
@@ -247,18 +248,11 @@ def _tell_if_held_back(ctx: RunContext, path: str) -> None:
 
 
 def _record_model_call(
-    ctx: RunContext,
-    model: ModelDef,
-    key: str,
-    digest: str,
-    response: CompletionResponse,
-    schema: dict[str, Any] | None,
+    ctx: RunContext, model: ModelDef, key: str, digest: str, response: CompletionResponse, entry: Exchanged | None
 ) -> None:
-    """The second half: a final answer that does not match `schema` is raised, never journaled; anything else is
-    journaled and its usage counted (the caller awaits the recorder's `durable()` before using the answer)."""
-    if schema is not None and not response.tool_calls:
-        _check_structured(response, schema, model.model)
-    ctx.runtime.journal.record(ctx.run_id, key, digest, response.journal_text(), cacheable=True)
+    """The second half: the answer journaled (with its transcript `entry` when the call has one to keep in its row)
+    and its usage counted (the caller awaits the recorder's `durable()` before using the answer)."""
+    ctx.runtime.journal.record(ctx.run_id, key, digest, response.journal_text(), cacheable=True, transcript=entry)
     _account(ctx, model, response.usage)
 
 
@@ -401,7 +395,11 @@ async def run_agent(
                         limiter.release()
                 else:
                     response = await _complete_guarded(ctx, model, request)
-                _record_model_call(ctx, model, key, digest, response, schema)
+                elapsed = clock.monotonic() - began
+                if schema is not None and not response.tool_calls:
+                    _check_structured(response, schema, model.model)  # a mismatch is raised, never journaled
+                entry = answered_entry(ctx, path, key, model, request, response, started, elapsed)
+                _record_model_call(ctx, model, key, digest, response, entry)
             except OutputSchemaMismatch as exc:
                 usage = getattr(exc, "usage", None)  # a rejected answer was paid for, though it is not kept
                 if isinstance(usage, Usage):
@@ -415,7 +413,7 @@ async def run_agent(
             finally:
                 if sink is not None:
                     TEXT_SINK.reset(sink)
-            saw_model_call(ctx, path, key, model, request, response, None, started, clock.monotonic() - began)
+            saw_model_call(ctx, path, key, model, request, response, None, started, elapsed, transcribed=bool(entry))
             # durable before its answer is used (or its step finishes); `alone`: no other call of the run in flight
             await ctx.runtime.recorder.durable(alone=not limiter.borrowed)
         if not response.tool_calls:

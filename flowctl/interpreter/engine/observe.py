@@ -39,13 +39,15 @@ def saw_model_call(
     elapsed: float,
     *,
     replayed: bool = False,
+    transcribed: bool = False,
 ) -> None:
+    """A model call ended. `transcribed`: its entry went into the journal with its answer (`answered_entry`)."""
     attempt = STEP_ATTEMPT.get()
-    if not replayed:
+    if not replayed and not transcribed:
         recorder = ctx.runtime.recorder
-        bodies = None if recorder.redactor else _bodies_at_once(model, request, response, error)
-        if bodies is not None:
-            recorder.exchanged(Exchanged(ctx.run_id, path, key, attempt, "model", started, elapsed, *bodies))
+        entry = answered_entry(ctx, path, key, model, request, response, started, elapsed) if error is None else None
+        if entry is not None:
+            recorder.exchanged(entry)
         else:
             raw = (request, response, error, model)
             recorder.exchange(ctx.run_id, path, key, attempt, "model", started, elapsed, _model_bodies, raw)
@@ -56,19 +58,27 @@ def saw_model_call(
     ctx.runtime.reporter.model_call(ctx.run_id, path, seen)
 
 
-def _bodies_at_once(
-    model: ModelDef, request: CompletionRequest, response: CompletionResponse | None, error: FlowctlError | None
-) -> tuple[str, str] | None:
-    """The request and answer texts of the common call (answered, no price to add, bodies under the cap), which are
-    JSON text already (the digest's, the journal's): its entry is made of them at once, which is cheaper than keeping
-    the call's objects alive for the commit to encode (9 k instructions a fan-out branch less, bench/README.md).
-    None for any other call: it is encoded when committed (`_model_bodies`)."""
-    if response is None or error is not None or not _unpriced(model):
+def answered_entry(
+    ctx: RunContext,
+    path: str,
+    key: str,
+    model: ModelDef,
+    request: CompletionRequest,
+    response: CompletionResponse | None,
+    started: float,
+    elapsed: float,
+) -> Exchanged | None:
+    """The transcript entry of the common call — answered, nothing to mask, no price to add, bodies under the cap —
+    made at once of the two JSON texts it is (the digest's, the journal's): cheaper than keeping the call's objects
+    alive for the commit to encode (bench/README.md). The agent loop hands it to the journal with the answer, so the
+    call's row keeps it (CallDone.transcript). None for any other call: it is encoded when committed
+    (`_model_bodies`)."""
+    if response is None or ctx.runtime.recorder.redactor or not _unpriced(model):
         return None
     sent, answer = _request_text(request), response.journal_text()
     if sent is None or len(sent) > MAX_TRANSCRIPT_BODY or len(answer) > MAX_TRANSCRIPT_BODY:
         return None
-    return sent, answer
+    return Exchanged(ctx.run_id, path, key, STEP_ATTEMPT.get(), "model", started, elapsed, sent, answer)
 
 
 def saw_tool_call(

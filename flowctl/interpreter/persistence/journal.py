@@ -25,6 +25,7 @@ from typing import Any
 from flowctl.interpreter.errors import ResumeRefused
 from flowctl.interpreter.meters import meter_execution
 from flowctl.interpreter.persistence.recorder import Recorder
+from flowctl.interpreter.persistence.store import Exchanged
 
 MISSING: Any = object()  # `recall` found nothing to replay
 
@@ -175,12 +176,20 @@ class Journal:
         return self.resuming
 
     def record(
-        self, run_id: str, key: str, digest: str, result: dict[str, Any] | str, *, cacheable: bool = False
+        self,
+        run_id: str,
+        key: str,
+        digest: str,
+        result: dict[str, Any] | str,
+        *,
+        cacheable: bool = False,
+        transcript: Exchanged | None = None,
     ) -> None:
-        """Journal the result (a dict, or its JSON text) of an effect `replay` said to execute. Queued: the caller
-        awaits `recorder.durable()` before using it."""
+        """Journal the result (a dict, or its JSON text) of an effect `replay` said to execute, with its transcript
+        entry when it has one to keep in its row (Recorder.call_done). Queued: the caller awaits
+        `recorder.durable()` before using it."""
         self.executed_unrecorded()
-        self._record(run_id, key, digest, result)
+        self._record(run_id, key, digest, result, transcript)
         if cacheable and self.cache:
             self.recorder.cache_put(digest, result)
 
@@ -190,9 +199,11 @@ class Journal:
         self.executed += 1
         meter_execution()
 
-    def _record(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
+    def _record(
+        self, run_id: str, key: str, digest: str, result: dict[str, Any] | str, transcript: Exchanged | None = None
+    ) -> None:
         if self._kept:
             self.write_kept()  # before the call: the store keeps writes in order
         self._recorded = True
-        self.recorder.call_done(run_id, key, digest, result)
+        self.recorder.call_done(run_id, key, digest, result, transcript)
         self._written.add((run_id, key))

@@ -3,7 +3,7 @@ that write a commit's rows.
 
 `MIGRATIONS[i]` upgrades a database from schema version i to i + 1 (the one row of `flowctl_schema`; postgres_store.py
 applies them under an advisory lock, so several processes opening a new database at once upgrade it once). The
-tables mirror the SQLite store's (sqlite_schema.py) at its version 6, with PostgreSQL's types: JSON values stay text
+tables mirror the SQLite store's (sqlite_schema.py) at its version 7, with PostgreSQL's types: JSON values stay text
 (byte for byte what the recorder wrote), times are seconds since the epoch as double precision, ids and paths compare
 byte-wise (`COLLATE "C"`, as SQLite does). Foreign keys are checked at commit (deferred), so the order of a batch's
 writes never trips them and a row of an unknown run still undoes its whole commit.
@@ -17,6 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from flowctl.interpreter.persistence.rows import (
+    CALL_COLUMNS,
+    CALL_UPDATE,
+    EXCHANGE_COLUMNS,
     RUN_COLUMNS,
     attempt_row,
     cache_row,
@@ -199,8 +202,27 @@ _SCHEMA_V1 = (
     END $$""",
 )
 
+# v2: the transcript entry of a model call kept in its call row, as in the SQLite store's v7 (sqlite_schema.py
+# says why); a row written again moves the entry it held to `exchanges` first.
+_SCHEMA_V2 = (
+    """ALTER TABLE calls ADD COLUMN path TEXT COLLATE "C", ADD COLUMN attempt BIGINT,
+        ADD COLUMN started_at DOUBLE PRECISION, ADD COLUMN elapsed DOUBLE PRECISION, ADD COLUMN request TEXT,
+        ADD COLUMN ordinal BIGINT""",
+    "ALTER TABLE exchanges ADD COLUMN ordinal BIGINT",
+    """CREATE FUNCTION flowctl_keep_call_transcript() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response, ordinal)
+            VALUES (OLD.run_id, OLD.path, OLD.key, OLD.attempt, 'model', OLD.started_at, OLD.elapsed, OLD.request,
+                    OLD.result, OLD.ordinal);
+        RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER calls_keep_transcript BEFORE UPDATE ON calls FOR EACH ROW WHEN (OLD.request IS NOT NULL)
+        EXECUTE FUNCTION flowctl_keep_call_transcript()""",
+)
+
 # MIGRATIONS[i] upgrades a database from schema version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 INSERT_RUN = f"""INSERT INTO runs ({RUN_COLUMNS}, claim_token, heartbeat_at)
@@ -237,19 +259,13 @@ STEP_ROW = """INSERT INTO steps (run_id, path, kind, status, attempts, started_a
         finished_at = excluded.finished_at, output = excluded.output, error = excluded.error,
         input_tokens = steps.input_tokens + excluded.input_tokens,
         output_tokens = steps.output_tokens + excluded.output_tokens, claim_token = excluded.claim_token"""
-CALL_ROW = """INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)
-    VALUES (%s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (run_id, key) DO UPDATE SET
-        request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token"""
+CALL_ROW = f"""INSERT INTO calls ({CALL_COLUMNS}) VALUES ({", ".join(["%s"] * 13)})
+    {CALL_UPDATE}"""
 # A commit of one call row (what a chain commits per model call) as one statement, fenced inside it: no BEGIN and
 # COMMIT messages, no pipeline, a third of the client's CPU time. Its parameters: the fence's, then CALL_ROW's.
-FENCED_CALL = """WITH fence AS (SELECT flowctl_fence(%s, %s, %s))
-    INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)
-    SELECT %s, %s, %s, %s, %s, %s, %s FROM fence
-    ON CONFLICT (run_id, key) DO UPDATE SET
-        request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token"""
+FENCED_CALL = f"""WITH fence AS (SELECT flowctl_fence(%s, %s, %s))
+    INSERT INTO calls ({CALL_COLUMNS}) SELECT {", ".join(["%s"] * 13)} FROM fence
+    {CALL_UPDATE}"""
 EVENT_ROW = "INSERT INTO events (run_id, name, data, source, at) VALUES (%s, %s, %s, %s, %s)"
 STATE_ROW = 'INSERT INTO state_changes (run_id, step, keys, "values", at) VALUES (%s, %s, %s, %s, %s)'
 CACHE_ROW = """INSERT INTO cache (digest, result, created_at) VALUES (%s, %s, %s)
@@ -258,8 +274,7 @@ ATTEMPT_ROW = """INSERT INTO attempts (run_id, path, attempt, status, started_at
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (run_id, path, attempt) DO UPDATE SET status = excluded.status, started_at = excluded.started_at,
         finished_at = excluded.finished_at, error = excluded.error, retry_in = excluded.retry_in"""
-EXCHANGE_ROW = """INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response,
-        error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+EXCHANGE_ROW = f"""INSERT INTO exchanges ({EXCHANGE_COLUMNS}) VALUES ({", ".join(["%s"] * 11)})"""
 
 
 # Each write type as the grouped row of its table (rows.py; runs are written one statement each, first).

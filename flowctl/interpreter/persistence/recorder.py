@@ -105,6 +105,7 @@ class Recorder:
         self._pending: list[Write] = []  # the journal's queue
         self._account: list[Write | Transcribed] = []  # the account's queue
         self._queued = 0  # journal writes ever queued (a waiter's ticket is this count after its write)
+        self._entries = 0  # transcript entries noted, which numbers them (Exchanged.number)
         self._committed = 0  # journal writes committed, in queue order
         self._committed_any = False
         # A resume commits nothing in the background until it makes a call of its own: a resume refused while it is
@@ -260,16 +261,31 @@ class Recorder:
             )
         )
 
-    def call_done(self, run_id: str, key: str, digest: str, result: dict[str, Any] | str) -> None:
+    def call_done(
+        self,
+        run_id: str,
+        key: str,
+        digest: str,
+        result: dict[str, Any] | str,
+        transcript: Exchanged | None = None,
+    ) -> None:
         """A completed side effect (its result as a dict, or as JSON text). Queued: `await durable()` before anything
         depends on it. A digest is a hash of the request, but should one carry a secret it is masked too, and the call
-        flagged like a masked result (a resume asks it again rather than compare a mask with the request)."""
+        flagged like a masked result (a resume asks it again rather than compare a mask with the request).
+
+        `transcript`: the call's transcript entry whose response is `result` as given, kept in the call's row (see
+        CallDone); should the result be masked after all, it goes to the account as an entry of its own."""
         text, masked = self._result_text(result)
         self._holding = False
         if self.redactor:
             stored = self.redactor.redact_text(digest)
             masked, digest = masked or stored != digest, stored
-        self._queue(CallDone(run_id, key, digest, text, self._now(), masked))
+        if transcript is not None:
+            self._entries = transcript.number = self._entries + 1
+            if masked or text is not transcript.response:
+                self._note(transcript)
+                transcript = None
+        self._queue(CallDone(run_id, key, digest, text, self._now(), masked, transcript))
 
     def event(self, run_id: str, name: str, data: Any, source: str) -> None:
         self._note(EventLogged(run_id, self.redactor.redact_text(name), self._dump(data), source, self._now()))
@@ -312,10 +328,13 @@ class Recorder:
         gives the three as JSON-like values; it runs when the entry is committed, not now: an entry is kept as the
         objects it describes until then, so building and encoding its bodies (~10 µs for a model call) happens off
         the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
-        self._note(Transcribed(Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, ""), bodies, raw))
+        self._entries = number = self._entries + 1
+        entry = Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, "", None, None, number)
+        self._note(Transcribed(entry, bodies, raw))
 
     def exchanged(self, entry: Exchanged) -> None:
         """A transcript entry whose bodies are JSON text already, redacted and capped (`exchange` for any other)."""
+        self._entries = entry.number = self._entries + 1
         self._note(entry)
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:

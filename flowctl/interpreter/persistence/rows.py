@@ -45,6 +45,19 @@ STEP_COLUMNS = (
     "run_id, path, kind, status, attempts, started_at, finished_at, output, error, input_tokens, output_tokens, "
     "claim_token"
 )
+# a call row: the journal's columns, then those of the transcript entry it may keep (CallDone.transcript)
+CALL_COLUMNS = (
+    "run_id, key, request_digest, result, recorded_at, redacted, claim_token, path, attempt, started_at, elapsed, "
+    "request, ordinal"
+)
+# Recording a key again replaces the row (a transcript entry it kept is moved to `exchanges` by the schema's trigger).
+CALL_UPDATE = """ON CONFLICT (run_id, key) DO UPDATE SET
+        request_digest = excluded.request_digest, result = excluded.result, recorded_at = excluded.recorded_at,
+        redacted = excluded.redacted, claim_token = excluded.claim_token, path = excluded.path,
+        attempt = excluded.attempt, started_at = excluded.started_at, elapsed = excluded.elapsed,
+        request = excluded.request, ordinal = excluded.ordinal"""
+# an exchanges row
+EXCHANGE_COLUMNS = "run_id, path, key, attempt, kind, started_at, elapsed, request, response, error, ordinal"
 
 
 def step_started_row(w: StepStarted, token: int) -> Row:
@@ -58,7 +71,12 @@ def step_finished_row(w: StepFinished, token: int) -> Row:
 
 
 def call_row(w: CallDone, token: int) -> Row:
-    return (w.run_id, w.key, w.request_digest, w.result, w.at, w.masked, token)
+    e = w.transcript
+    if e is None:
+        return (w.run_id, w.key, w.request_digest, w.result, w.at, w.masked, token, None, None, None, None, None,
+                None)  # fmt: skip
+    return (w.run_id, w.key, w.request_digest, w.result, w.at, w.masked, token, e.path, e.attempt, e.started_at,
+            e.elapsed, e.request, token << 32 | e.number)  # fmt: skip
 
 
 def event_row(w: EventLogged, token: int) -> Row:
@@ -78,7 +96,8 @@ def attempt_row(w: AttemptEnded, token: int) -> Row:
 
 
 def exchange_row(w: Exchanged, token: int) -> Row:
-    return (w.run_id, w.path, w.key, w.attempt, w.kind, w.started_at, w.elapsed, w.request, w.response, w.error)
+    return (w.run_id, w.path, w.key, w.attempt, w.kind, w.started_at, w.elapsed, w.request, w.response, w.error,
+            token << 32 | w.number)  # fmt: skip
 
 
 # the write types that are rows of a table (runs are written by statements of their own), and their row
@@ -157,7 +176,7 @@ def step_record(row: NamedRow) -> StepRecord:
     )
 
 
-_EXCHANGE_COLUMNS = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error"
+_EXCHANGE_COLUMNS = "seq, path, key, attempt, kind, started_at, elapsed, request, response, error, ordinal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +195,10 @@ class ReadSql:
     state_changes: str = 'SELECT seq, step, keys, "values", at FROM state_changes WHERE run_id = ? ORDER BY seq'
     attempts: str = """SELECT path, attempt, status, started_at, finished_at, error, retry_in FROM attempts
         WHERE run_id = ? ORDER BY started_at, path, attempt"""
-    exchanges: str = f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE run_id = ? ORDER BY seq"
-    # the step, and the steps nested under it (`path/…`, fan-out items `path[i]…`)
-    exchanges_under: str = f"""SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE run_id = ?
-        AND (path = ? OR substr(path, 1, ?) IN (?, ?)) ORDER BY seq"""
+    exchanges: str = f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE run_id = ?"
+    # model calls whose transcript entry is kept in their journal row (CallDone.transcript)
+    transcribed_calls: str = """SELECT key, path, attempt, started_at, elapsed, request, result, ordinal FROM calls
+        WHERE run_id = ? AND request IS NOT NULL"""
     cache: str = "SELECT result FROM cache WHERE digest = ?"
     signals: str = "SELECT position, name, data, at FROM signals WHERE run_id = ? AND position > ? ORDER BY position"
 
@@ -188,6 +207,13 @@ class ReadSql:
         """The queries with `param` for each parameter (none of them holds a `?` otherwise)."""
         plain = cls()
         return cls(*(getattr(plain, field.name).replace("?", param) for field in fields(cls)))
+
+
+def _transcript_order(record: ExchangeRecord, ordinal: int | None, seq: int) -> tuple[float, int, int]:
+    """When the call ended; among calls that ended at the same instant (a virtual clock, a coarse one), the order the
+    recorder noted them in (`ordinal`: the claim's token, then the entry's number in its process; none in files
+    written before schema 7, whose entries are all in `exchanges`), then the order the exchanges were stored in."""
+    return (record.started_at + record.elapsed, ordinal or 0, seq)
 
 
 class RecordReads:
@@ -244,16 +270,25 @@ class RecordReads:
         ]  # fmt: skip
 
     def exchanges(self, run_id: str, path: str | None = None) -> list[ExchangeRecord]:
-        if path is None:
-            rows = self._rows(self._sql.exchanges, (run_id,))
-        else:
-            rows = self._rows(self._sql.exchanges_under, (run_id, path, len(path) + 1, path + "/", path + "["))
-        return [
-            ExchangeRecord(row["seq"], run_id, row["path"], row["key"], row["attempt"], row["kind"],
-                           row["started_at"], row["elapsed"], load(row["request"]), load(row["response"]),
-                           load(row["error"]))
-            for row in rows
-        ]  # fmt: skip
+        """The entries of the exchanges table and those kept in call rows, merged: in the order the calls ended, each
+        numbered by its position in the whole run's transcript (so a step's entries keep their numbers)."""
+        ordered: list[tuple[tuple[float, int, int], ExchangeRecord]] = []
+        for row in self._rows(self._sql.exchanges, (run_id,)):
+            record = ExchangeRecord(0, run_id, row["path"], row["key"], row["attempt"], row["kind"],
+                                    row["started_at"], row["elapsed"], load(row["request"]), load(row["response"]),
+                                    load(row["error"]))  # fmt: skip
+            ordered.append((_transcript_order(record, row["ordinal"], row["seq"]), record))
+        for row in self._rows(self._sql.transcribed_calls, (run_id,)):
+            record = ExchangeRecord(0, run_id, row["path"], row["key"], row["attempt"], "model", row["started_at"],
+                                    row["elapsed"], load(row["request"]), load(row["result"]))  # fmt: skip
+            ordered.append((_transcript_order(record, row["ordinal"], 0), record))
+        ordered.sort(key=lambda pair: pair[0])
+        records = []
+        for position, (_, record) in enumerate(ordered, 1):
+            record.seq = position
+            if path is None or record.path == path or record.path.startswith((path + "/", path + "[")):
+                records.append(record)
+        return records
 
     def cache_get(self, digest: str) -> dict[str, Any] | None:
         rows = self._rows(self._sql.cache, (digest,))

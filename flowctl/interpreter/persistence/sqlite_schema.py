@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowctl.interpreter.persistence.rows import (
+    CALL_COLUMNS,
+    CALL_UPDATE,
+    EXCHANGE_COLUMNS,
     RUN_COLUMNS,
     attempt_row,
     cache_row,
@@ -31,7 +34,7 @@ from flowctl.interpreter.persistence.store import (
     StepStarted,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -160,6 +163,25 @@ _SCHEMA_V6 = (
     )""",
     "CREATE INDEX IF NOT EXISTS exchanges_by_run ON exchanges (run_id, path, seq)",
 )
+# v7: the transcript entry of a model call kept in its call row (CallDone.transcript): one row a call instead of two,
+# which is most of what transcripts cost a fan-out. A row written again (a call re-run) moves the entry it held to
+# `exchanges` first, so the earlier answer stays in the transcript. Entries from both tables are read in one order:
+# when the call ended, then `ordinal`, the order the recorder noted them in (rows.py).
+_SCHEMA_V7 = (
+    "ALTER TABLE calls ADD COLUMN path TEXT",
+    "ALTER TABLE calls ADD COLUMN attempt INTEGER",
+    "ALTER TABLE calls ADD COLUMN started_at REAL",
+    "ALTER TABLE calls ADD COLUMN elapsed REAL",
+    "ALTER TABLE calls ADD COLUMN request TEXT",
+    "ALTER TABLE calls ADD COLUMN ordinal INTEGER",
+    "ALTER TABLE exchanges ADD COLUMN ordinal INTEGER",
+    """CREATE TRIGGER IF NOT EXISTS calls_keep_transcript BEFORE UPDATE ON calls WHEN old.request IS NOT NULL
+    BEGIN
+        INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response, ordinal)
+        VALUES (old.run_id, old.path, old.key, old.attempt, 'model', old.started_at, old.elapsed, old.request,
+                old.result, old.ordinal);
+    END""",
+)
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V1,
     _SCHEMA_V2,
@@ -167,6 +189,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V4,
     _SCHEMA_V5,
     _SCHEMA_V6,
+    _SCHEMA_V7,
 )
 
 
@@ -209,14 +232,7 @@ STEP_ROW = Insert(
         input_tokens = steps.input_tokens + excluded.input_tokens,
         output_tokens = steps.output_tokens + excluded.output_tokens, claim_token = excluded.claim_token""",
 )
-CALL_ROW = Insert(
-    "calls",
-    "INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)",
-    "(?, ?, ?, ?, ?, ?, ?)",
-    """ON CONFLICT (run_id, key) DO UPDATE SET
-        request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token""",
-)
+CALL_ROW = Insert("calls", f"INSERT INTO calls ({CALL_COLUMNS})", f"({', '.join('?' * 13)})", CALL_UPDATE)
 EVENT_ROW = Insert("events", "INSERT INTO events (run_id, name, data, source, at)", "(?, ?, ?, ?, ?)")
 STATE_ROW = Insert("state_changes", 'INSERT INTO state_changes (run_id, step, keys, "values", at)', "(?, ?, ?, ?, ?)")
 CACHE_ROW = Insert(
@@ -233,11 +249,7 @@ ATTEMPT_ROW = Insert(
     """ON CONFLICT (run_id, path, attempt) DO UPDATE SET status = excluded.status, started_at = excluded.started_at,
         finished_at = excluded.finished_at, error = excluded.error, retry_in = excluded.retry_in""",
 )
-EXCHANGE_ROW = Insert(
-    "exchanges",
-    "INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response, error)",
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-)
+EXCHANGE_ROW = Insert("exchanges", f"INSERT INTO exchanges ({EXCHANGE_COLUMNS})", f"({', '.join('?' * 11)})")
 
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, claim_token, heartbeat_at) VALUES ({', '.join('?' * 19)})"
 INSERT_CHILD = """INSERT INTO runs (run_id, parent_id, pipeline, file, status, started_at, inputs, source_digest)
@@ -250,11 +262,9 @@ FINISH_RUN = """UPDATE runs SET status = ?, finished_at = ?, outputs = ?, error 
                 WHERE run_id = ?"""
 FENCE = "SELECT claim_token, owner, heartbeat_at FROM runs WHERE run_id = ?"
 # One call row, written only while the claim holds (0 rows otherwise): a single statement SQLite commits on its own.
-FENCED_CALL = """INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)
-    SELECT ?, ?, ?, ?, ?, ?, ? WHERE (SELECT claim_token FROM runs WHERE run_id = ?) = ?
-    ON CONFLICT (run_id, key) DO UPDATE SET
-        request_digest = excluded.request_digest, result = excluded.result,
-        recorded_at = excluded.recorded_at, redacted = excluded.redacted, claim_token = excluded.claim_token"""
+FENCED_CALL = f"""INSERT INTO calls ({CALL_COLUMNS})
+    SELECT {", ".join("?" * 13)} WHERE (SELECT claim_token FROM runs WHERE run_id = ?) = ?
+    {CALL_UPDATE}"""
 HEARTBEAT = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"
 
 

@@ -152,7 +152,7 @@ class ExchangeRecord:
     call ("tool") or a wait for an event ("wait"). Failed calls too, with their error. Values are redacted; a body
     over the recorder's cap is `{"truncated": true, "size": N, "head": "…"}`."""
 
-    seq: int
+    seq: int  # its position in the run's transcript (1, 2, …), in the order the calls ended
     run_id: str
     path: str  # the step
     key: str  # the journal key of the call
@@ -251,7 +251,11 @@ class StepFinished:
 
 @dataclass(slots=True)
 class CallDone:
-    """A completed side effect. Recording a key again (a forced re-run) replaces its result."""
+    """A completed side effect. Recording a key again (a forced re-run) replaces its result.
+
+    `transcript`: the call's transcript entry, kept in the call's own row (a model call answered with nothing to
+    mask, the common call: one row instead of two, and durable with the answer); its response is `result`. A store
+    that replaces such a row keeps the entry it held (a re-run call's earlier answer stays in the transcript)."""
 
     run_id: str
     key: str
@@ -259,6 +263,7 @@ class CallDone:
     result: str
     at: float
     masked: bool = False
+    transcript: Exchanged | None = None
 
 
 @dataclass(slots=True)
@@ -310,6 +315,9 @@ class Exchanged:
     request: str
     response: str | None = None
     error: str | None = None
+    # its number among the transcript entries the recorder noted in this process: with the claim's token (one per
+    # process that runs the tree), the order entries are read in when their calls ended at the same instant
+    number: int = 0
 
 
 Write = (
