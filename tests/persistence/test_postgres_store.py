@@ -20,9 +20,16 @@ from click.testing import CliRunner
 
 from flowctl import open_store
 from flowctl.cli import main
-from flowctl.interpreter.persistence.postgres_schema import SCHEMA_VERSION, VERSION_TABLE
+from flowctl.interpreter.persistence.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from flowctl.interpreter.persistence.postgres_store import DEFAULT_LEASE, PostgresRunStore
-from flowctl.interpreter.persistence.store import CallDone, EventLogged, StepFinished, StepStarted, StepStatus
+from flowctl.interpreter.persistence.store import (
+    CallDone,
+    EventLogged,
+    Exchanged,
+    StepFinished,
+    StepStarted,
+    StepStatus,
+)
 from flowctl.interpreter.persistence.store_errors import StoreError
 from tests.persistence.helpers import ALIVE, create, jtext
 
@@ -97,6 +104,27 @@ def test_a_store_written_by_a_newer_flowctl_is_refused(pg_url: str) -> None:
         conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="written by a newer flowctl"):
         open_store(pg_url)
+
+
+def test_a_version_1_database_is_upgraded_and_its_transcript_reads_on(pg_url: str) -> None:
+    """Version 2 keeps the common model call's transcript entry in its call row; a version 1 database's entries (all
+    in `exchanges`) read as before and merge with new ones by time, and a call recorded again keeps its entry."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement.encode())
+        conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (1)")
+        conn.execute("INSERT INTO runs (run_id, pipeline, file, status, started_at, inputs) "
+                     "VALUES ('r-1', 'p', 'p.yaml', 'running', 1.0, '{}')")  # fmt: skip
+        conn.execute("INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, "
+                     "response) VALUES ('r-1', 'a', 'a/llm#0', 1, 'model', 1.0, 1.0, '{}', '\"old\"')")  # fmt: skip
+    with open_store(pg_url) as store:
+        assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+        claim = store.claim("r-1", ALIVE)
+        for answer, started in (('"new"', 0.5), ('"again"', 5.0)):
+            entry = Exchanged("r-1", "b", "b/llm#0", 1, "model", started, 1.0, "{}", answer, None, 1)
+            store.commit([CallDone("r-1", "b/llm#0", "d", answer, started + 1.0, transcript=entry)], claim)
+        assert [(e.seq, e.key, e.response) for e in store.exchanges("r-1")] == [
+            (1, "b/llm#0", "new"), (2, "a/llm#0", "old"), (3, "b/llm#0", "again")]  # fmt: skip
 
 
 def test_processes_creating_one_store_at_once_create_it_once(pg_url: str) -> None:
