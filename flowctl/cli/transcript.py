@@ -5,6 +5,7 @@ the store's `exchanges` and `attempts`, opened read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -55,7 +56,16 @@ FOLLOW_POLL = 0.5  # seconds between two reads of the store while `--follow` wai
 def logs(run_id: str, store_path: str | None, step: str | None, follow: bool, output: str) -> None:
     """Show a run's transcript: what each model call was sent and answered, each tool call and its result. RUN_ID: a
     run's id, or `last` for the run started last."""
-    store = open_store(store_path, "read")
+    from flowctl.interpreter.persistence.store_errors import MissingStore
+
+    try:
+        store = open_store(store_path, "read")
+    except MissingStore:
+        # a queue's database where no worker has made the run store yet: a submitted run is waited for all the same
+        waited = _stoppable(_started_by_a_worker, None, store_path, run_id) if follow else None
+        if waited is None:
+            raise
+        store = waited
     try:
         run_id = named_run(store, run_id)
         known = store.get_run(run_id) is not None
@@ -119,11 +129,12 @@ def _follow(store: Any, run_id: str, step: str | None, output: str) -> None:
         click.echo(f"\nrun {run_id} {status}" + (f": {record.error}" if status == "failed" and record.error else ""))
 
 
-def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> bool:
+def _started_by_a_worker(store: Any | None, store_path: str | None, run_id: str) -> Any | None:
     """A run submitted to the queue in the store's PostgreSQL database that no worker has started yet: wait until one
-    does (True), or say why none will and exit 1. False when the queue has no such run (or there is no queue)."""
+    does and return the store (opened once a worker has made it, when `store` is None), or say why none will and
+    exit 1. None when the queue has no such run (or there is no queue)."""
     from flowctl.cli.workers import NOT_STARTED_FOR_GOOD
-    from flowctl.interpreter.persistence.store_errors import StoreError
+    from flowctl.interpreter.persistence.store_errors import MissingStore, StoreError
 
     try:
         import psycopg
@@ -133,26 +144,30 @@ def _started_by_a_worker(store: Any, store_path: str | None, run_id: str) -> boo
     except ImportError:  # no scale extra: no queue
         return False
     if not store_path or not database.is_postgres_url(store_path):  # (click reads FLOWCTL_STORE into store_path)
-        return False
+        return None
     try:
         conn = database.connect(store_path)
     except StoreError:
-        return False
+        return None
     with conn:
         try:
             state = queue_module.job_state(conn, run_id)
         except psycopg.Error:  # no queue in that database: an unknown run, as without --follow
-            return False
+            return None
         if state is None:
-            return False
+            return None
         click.echo(f"waiting for a worker to start {run_id}…", err=True)
-        while store.get_run(run_id) is None:
+        while True:
+            if store is None:
+                with contextlib.suppress(MissingStore):  # no worker has made the run store yet
+                    store = open_store(store_path, "read")
+            if store is not None and store.get_run(run_id) is not None:
+                return store
             if state in NOT_STARTED_FOR_GOOD:
                 click.echo(f"run {run_id}: a worker took it and failed before the run started (see its log)", err=True)
                 sys.exit(EXIT_FAILED)
             time.sleep(FOLLOW_POLL)
             state = queue_module.job_state(conn, run_id)
-        return True
 
 
 def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:

@@ -132,22 +132,29 @@ def test_submit_wait_ends_when_the_worker_cannot_start_the_run(pg_url: str, tmp_
     assert worker.saw("cannot be run here")
 
 
-def test_logs_follow_waits_for_a_worker_to_start_a_submitted_run(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_made", [True, False], ids=["store-made-before", "no-store-yet"])
+def test_logs_follow_waits_for_a_worker_to_start_a_submitted_run(pg_url: str, tmp_path: Path, store_made: bool) -> None:
     """`flowctl logs RUN -f` right after `flowctl submit`: it says it waits for a worker, then follows the run once one
-    starts it, to its end. Synchronised on what the processes print, never on time."""
+    starts it, to its end — also in a database where no worker has made the run store yet. Synchronised on what the
+    processes print, never on time."""
     import subprocess
     import sys
 
     from flowctl.cli.common import open_store
+    from flowctl.interpreter.persistence.store_errors import MissingStore
 
     with echo_server() as server:
         env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
         env["FLOWCTL_SUBMISSIONS"] = str(tmp_path / "submissions")
         cluster = Cluster(pg_url, pg_url, env, tmp_path)
-        open_store(pg_url, "create").close()  # the store, as the workers that ran before left it
+        if store_made:
+            open_store(pg_url, "create").close()  # the store, as the workers that ran before left it
         try:
             submitted = cluster.flowctl("submit", str(PIPELINES / "mixed.yaml"), "-i", "topic=f", "--store", pg_url)
             run_id = submitted.stdout.strip()
+            if not store_made:
+                with pytest.raises(MissingStore):  # `submit` queues the run; only a worker makes the store
+                    open_store(pg_url, "read")
             follow = subprocess.Popen(
                 [sys.executable, "-m", "flowctl", "logs", run_id, "-f", "--output", "json", "--store", pg_url],
                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -99,12 +99,16 @@ class ClaimLost(PicklableError):
         self.owner = owner
 
 
+class MissingStore(StoreError):
+    """There is no run store where one was named (and a read or write command does not create one)."""
+
+
 def missing_store(path: str | Path) -> StoreError:
     """A read or write command found no store: it says so instead of creating an empty one."""
     blocked = _path_blocker(Path(path))
     if blocked is not None:
         return StoreError(path, blocked, ELSEWHERE)
-    return StoreError(
+    return MissingStore(
         path,
         "there is no run store here (nothing has run with it yet)",
         f"`flowctl run` creates it, or {ELSEWHERE}",
