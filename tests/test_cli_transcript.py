@@ -379,3 +379,46 @@ def test_logs_follow_prints_a_running_runs_calls_as_they_are_recorded(tmp_path: 
     assert follow.wait() == 0 and running.wait() == 0
     assert [(e["path"], e["kind"]) for e in rest] == [("approval", "wait"), ("last", "model")]
     assert len({e["seq"] for e in [first, *rest]}) == 3  # each entry once
+
+
+def test_logs_follow_of_a_missing_store_says_so_without_the_queue_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without psycopg (no `scale` extra) there is no queue to wait on: `-f` says what plain `logs` says."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` fails, as on a plain install
+    missing = str(tmp_path / "nowhere.db")
+    plain = CliRunner().invoke(main, ["logs", "r-x", "--store", missing])
+    followed = CliRunner().invoke(main, ["logs", "r-x", "-f", "--store", missing])
+    assert plain.exit_code == followed.exit_code != 0
+    assert followed.output == plain.output and "there is no run store here" in followed.output
+
+
+def test_logs_follow_prints_entries_alike_in_all_but_their_order_each_once(tmp_path: Path) -> None:
+    """Two messages a server logged at one instant (a virtual clock) are alike in everything `-f` tells entries apart
+    by but their order; the second, recorded after `-f` printed the first, is printed too, and each once.
+    Synchronised on what the follower prints, never on time."""
+    import subprocess
+
+    from flowctl.interpreter.persistence.sqlite_store import SqliteRunStore
+    from flowctl.interpreter.persistence.store import Exchanged, RunFinished, RunStatus
+    from tests.persistence.helpers import create
+
+    def logged(n: int) -> Exchanged:
+        return Exchanged("r-1", "ask", "ask/turn#1/tool:t.get#0/log", 1, "log", 5.0, 0.0, json.dumps({"n": n}),
+                         None, None, n)  # fmt: skip
+
+    db = tmp_path / "runs.db"
+    with SqliteRunStore(db) as store:
+        claim = create(store)  # owned by this live process: followed until it ends
+        store.commit([logged(1)], claim)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "flowctl", "logs", "r-1", "-f", "--output", "json", "--store", str(db)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())
+        store.commit([logged(2)], claim)
+        store.commit([RunFinished("r-1", RunStatus.SUCCEEDED, 6.0, "{}", None, 0, 0, 0.0)], claim)
+        rest = [json.loads(line) for line in follow.stdout]
+        assert follow.wait() == 0
+    assert [e["request"] for e in [first, *rest]] == [{"n": 1}, {"n": 2}]

@@ -112,8 +112,10 @@ def _follow(store: Any, run_id: str, step: str | None, output: str) -> None:
         record = store.get_run(run_id)
         alive = is_alive(store, record)
         ended = not alive  # read before the entries, so that the last read has everything the run committed
-        new = [e for e in transcript_entries(store, run_tree(store, run_id), run_id, step) if _identity(e) not in shown]
-        shown.update(_identity(e) for e in new)
+        read = transcript_entries(store, run_tree(store, run_id), run_id, step)
+        identities = _identities(read)
+        new = [e for e, identity in zip(read, identities, strict=True) if identity not in shown]
+        shown.update(identities)
         if output == "json":
             for entry in new:
                 click.echo(json.dumps(_record_json(entry), ensure_ascii=False, default=str))
@@ -142,7 +144,7 @@ def _started_by_a_worker(store: Any | None, store_path: str | None, run_id: str)
         from flowctl.scale import database
         from flowctl.scale import queue as queue_module
     except ImportError:  # no scale extra: no queue
-        return False
+        return None
     if not store_path or not database.is_postgres_url(store_path):  # (click reads FLOWCTL_STORE into store_path)
         return None
     try:
@@ -170,13 +172,23 @@ def _started_by_a_worker(store: Any | None, store_path: str | None, run_id: str)
             state = queue_module.job_state(conn, run_id)
 
 
-def _identity(entry: TranscriptEntry) -> tuple[Any, ...]:
-    record = entry.record
-    if is_attempt(entry):
-        return ("attempt", record.run_id, record.path, record.attempt)
-    # by what it is, not by `seq` (a position, which an entry that ended earlier but was stored later moves on)
-    return ("exchange", record.run_id, record.path, record.key, record.attempt, record.kind, record.started_at,
-            record.elapsed)  # fmt: skip
+def _identities(entries: list[TranscriptEntry]) -> list[tuple[Any, ...]]:
+    """What tells each entry of a read from the others, read after read: what it is, not its `seq` (a position, which
+    an entry that ended earlier but was stored later moves on); entries alike in all that (a server's log messages
+    at one instant of a virtual clock) by their order among themselves, which reads keep."""
+    seen: dict[tuple[Any, ...], int] = {}
+    identities = []
+    for entry in entries:
+        record = entry.record
+        if is_attempt(entry):
+            what: tuple[Any, ...] = ("attempt", record.run_id, record.path, record.attempt)
+        else:
+            what = ("exchange", record.run_id, record.path, record.key, record.attempt, record.kind,
+                    record.started_at, record.elapsed)  # fmt: skip
+        alike = seen.get(what, 0)
+        seen[what] = alike + 1
+        identities.append((*what, alike))
+    return identities
 
 
 def _record_json(entry: TranscriptEntry) -> dict[str, Any]:

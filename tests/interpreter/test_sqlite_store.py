@@ -179,6 +179,26 @@ def test_a_version_6_transcript_reads_as_before_and_goes_on_in_call_rows(db: Pat
             (1, "a/llm#0", "old"), (2, "a/llm#1", "old"), (3, "c/llm#0", "new"), (4, "b/llm#0", "old")]  # fmt: skip
 
 
+def test_a_kept_entry_re_recorded_by_a_flowctl_from_before_schema_7_is_read_once(db: Path) -> None:
+    """A process of an older flowctl that opened the file before another upgraded it records calls as it always did
+    (the journal's columns, and an exchanges row of its own): the entry the call row kept is moved, and the row's
+    stale copy, which that upsert left behind with the new result, is not read again."""
+    with SqliteRunStore(db) as store:
+        claim = create(store)
+        first = Exchanged("r-1", "a", "a/llm#0", 1, "model", 1.0, 1.0, '{"n": 1}', '"first"', None, 1)
+        store.commit([CallDone("r-1", "a/llm#0", "d1", '"first"', 2.0, transcript=first)], claim)
+    with sqlite3.connect(db) as conn:  # what schema 6's CALL_ROW and EXCHANGE_ROW wrote
+        conn.execute("""INSERT INTO calls (run_id, key, request_digest, result, recorded_at, redacted, claim_token)
+            VALUES ('r-1', 'a/llm#0', 'd2', '"second"', 4.0, 0, ?) ON CONFLICT (run_id, key) DO UPDATE SET
+            request_digest = excluded.request_digest, result = excluded.result, recorded_at = excluded.recorded_at,
+            redacted = excluded.redacted, claim_token = excluded.claim_token""", (claim.token,))  # fmt: skip
+        conn.execute("""INSERT INTO exchanges (run_id, path, key, attempt, kind, started_at, elapsed, request, response)
+            VALUES ('r-1', 'a', 'a/llm#0', 2, 'model', 3.0, 1.0, '{"n": 2}', '"second"')""")  # fmt: skip
+    conn.close()
+    with SqliteRunStore(db, access="read") as store:
+        assert [(e.request, e.response) for e in store.exchanges("r-1")] == [({"n": 1}, "first"), ({"n": 2}, "second")]
+
+
 # -- values SQLite cannot bind as they are ---------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import anyio
@@ -120,11 +121,37 @@ def test_a_version_1_database_is_upgraded_and_its_transcript_reads_on(pg_url: st
     with open_store(pg_url) as store:
         assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         claim = store.claim("r-1", ALIVE)
-        for answer, started in (('"new"', 0.5), ('"again"', 5.0)):
-            entry = Exchanged("r-1", "b", "b/llm#0", 1, "model", started, 1.0, "{}", answer, None, 1)
+        for number, (answer, started) in enumerate((('"new"', 0.5), ('"again"', 5.0)), 1):
+            entry = Exchanged("r-1", "b", "b/llm#0", 1, "model", started, 1.0, "{}", answer, None, number)
             store.commit([CallDone("r-1", "b/llm#0", "d", answer, started + 1.0, transcript=entry)], claim)
         assert [(e.seq, e.key, e.response) for e in store.exchanges("r-1")] == [
             (1, "b/llm#0", "new"), (2, "a/llm#0", "old"), (3, "b/llm#0", "again")]  # fmt: skip
+
+
+def test_a_reader_that_cannot_upgrade_an_older_database_is_told_why(pg_url: str) -> None:
+    """Opening a database of an older schema upgrades it, which a user that may only read cannot do: it is told the
+    database is from an older flowctl and who can upgrade it, not only the server's refusal."""
+    role = f"reader_{uuid.uuid4().hex[:12]}"  # roles belong to the whole server
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement.encode())
+        conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (1)")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        scheme, rest = pg_url.split("://", 1)
+        reader = f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+        with pytest.raises(StoreError, match="written by an older flowctl") as refused:
+            open_store(reader, access="read")
+        assert "as the user that owns its tables" in str(refused.value)
+        with open_store(pg_url, access="read") as store:  # its owner upgrades it
+            assert store.schema_version == SCHEMA_VERSION
+        with open_store(reader, access="read") as store:  # then the reader reads it
+            assert store.list_runs() == []
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_processes_creating_one_store_at_once_create_it_once(pg_url: str) -> None:

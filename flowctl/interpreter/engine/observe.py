@@ -68,10 +68,10 @@ def answered_entry(
     started: float,
     elapsed: float,
 ) -> Exchanged | None:
-    """The transcript entry of the common call — answered, nothing to mask, no price to add, bodies under the cap —
-    made at once of the two JSON texts it is (the digest's, the journal's): cheaper than keeping the call's objects
-    alive for the commit to encode (bench/README.md). The agent loop hands it to the journal with the answer, so the
-    call's row keeps it (CallDone.transcript). None for any other call: it is encoded when committed
+    """The transcript entry of the common call — answered, in a run with no secrets to mask, no price to add, bodies
+    under the cap — made at once of the two JSON texts it is (the digest's, the journal's): cheaper than keeping the
+    call's objects alive for the commit to encode (bench/README.md). The agent loop hands it to the journal with the
+    answer, so the call's row keeps it (CallDone.transcript). None for any other call: it is encoded when committed
     (`_model_bodies`)."""
     if response is None or ctx.runtime.recorder.redactor or not _unpriced(model):
         return None

@@ -66,11 +66,17 @@ def prepare(conninfo: str, url: str, access: StoreAccess) -> int:
     """Connect once — a pool would retry in the background, and say nothing of why — and bring the database to the
     current schema; its schema version. `url`: the URL as it may be shown."""
     scrub = secret_scrubber(conninfo)
+    upgrading = False
     try:
         with psycopg.connect(conninfo, autocommit=True, **connect_extra(conninfo)) as conn:
+            upgrading = 0 < schema_version(conn) < schema.SCHEMA_VERSION
             return migrate(conn, url, access)
     except psycopg.Error as exc:
-        raise store_error(exc, url, scrub) from None
+        error = store_error(exc, url, scrub)
+        if upgrading and isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            error.problem = f"written by an older flowctl, and upgrading it needs its tables' owner: {error.problem}"
+            error.advice = "run any flowctl command against it once as the user that owns its tables"
+        raise error from None
 
 
 def migrate(conn: psycopg.Connection[Any], url: str, access: StoreAccess) -> int:

@@ -273,12 +273,17 @@ class RecordReads:
         """The entries of the exchanges table and those kept in call rows, merged: in the order the calls ended, each
         numbered by its position in the whole run's transcript (so a step's entries keep their numbers)."""
         ordered: list[tuple[tuple[float, int, int], ExchangeRecord]] = []
+        moved: set[tuple[str, int]] = set()  # (key, ordinal) of entries a re-recorded call row moved to exchanges
         for row in self._rows(self._sql.exchanges, (run_id,)):
             record = ExchangeRecord(0, run_id, row["path"], row["key"], row["attempt"], row["kind"],
                                     row["started_at"], row["elapsed"], load(row["request"]), load(row["response"]),
                                     load(row["error"]))  # fmt: skip
             ordered.append((_transcript_order(record, row["ordinal"], row["seq"]), record))
+            if row["ordinal"] is not None:
+                moved.add((row["key"], row["ordinal"]))
         for row in self._rows(self._sql.transcribed_calls, (run_id,)):
+            if (row["key"], row["ordinal"]) in moved:
+                continue  # re-recorded by a flowctl from before kept entries, which left the moved one in the row
             record = ExchangeRecord(0, run_id, row["path"], row["key"], row["attempt"], "model", row["started_at"],
                                     row["elapsed"], load(row["request"]), load(row["result"]))  # fmt: skip
             ordered.append((_transcript_order(record, row["ordinal"], 0), record))
