@@ -130,7 +130,7 @@ class Redactor:
     without secrets returns every value unchanged, so it costs nothing when the environment holds no secrets.
     """
 
-    __slots__ = ("_digests", "_owners", "_pattern", "_salt", "_secrets", "_values", "short_names")
+    __slots__ = ("_digests", "_found_by_scan", "_owners", "_pattern", "_salt", "_secrets", "_values", "short_names")
 
     def __init__(self, secrets: Iterable[str] | Mapping[str, str] = (), *, declared: Iterable[str] = ()) -> None:
         named = sorted(secrets.items()) if isinstance(secrets, Mapping) else [(None, value) for value in secrets]
@@ -139,6 +139,8 @@ class Redactor:
             for text, kind in _variants(value).items():
                 self._owners.setdefault(text, (name, kind))
         self._secrets: tuple[str, ...] = tuple(sorted(self._owners, key=lambda s: (-len(s), s)))
+        # every secret below U+007F: the characters `json` writes alike with and without `ensure_ascii`
+        self._found_by_scan = all(max(secret) < "\x7f" for secret in self._secrets)
         self._values = {name: value for name, value in named if name is not None}
         declared = set(declared)
         # variables the pipeline reads as secrets whose values are too short to mask (the CLI warns about them)
@@ -173,6 +175,17 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+    def clear_in_json(self, text: str) -> bool:
+        """Whether JSON text as Python's `json` writes it certainly holds no secret, so that the value it encodes needs
+        no masking (the common case, which then skips parsing and encoding it again). That `json` escapes a string
+        character by character (quotes, backslashes, control characters; non-ASCII ones too with `ensure_ascii`), so a
+        secret in any string of the value appears in the text in one of the forms looked for (its JSON form among
+        them) — as long as the secrets are ASCII below DEL (which `ensure_ascii` writes as `\\u007f`); for any other
+        secret this says False, and the value is parsed and masked."""
+        if not self._found_by_scan:
+            return False
+        return not any(secret in text for secret in self._secrets)
 
     def redact(self, value: Any) -> Any:
         """A redacted copy of a JSON-like value; other leaf values (numbers, None...) pass through."""

@@ -279,3 +279,37 @@ def test_the_record_keeps_a_salted_digest_never_the_value() -> None:
     assert first is not None and second is not None
     assert first["salt"] != second["salt"] and first["digests"] != second["digests"]
     assert first["placeholders"] == {"${API_TOKEN}": {"var": "API_TOKEN", "form": ""}}
+
+
+def test_json_text_without_any_form_of_an_ascii_secret_encodes_a_value_with_nothing_to_mask() -> None:
+    """`clear_in_json` lets JSON text skip parsing and masking: it may say so only when masking the value it encodes
+    would change nothing, whatever the value and however `json` wrote it. A non-ASCII secret is never ruled out."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    alphabet = st.characters(min_codepoint=0, max_codepoint=0x2FF)
+    texts = st.text(alphabet, max_size=12)
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | texts,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+        max_leaves=8,
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        secret=st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), min_size=6, max_size=10),
+        value=values,
+        fragments=st.lists(texts, max_size=3),
+        ensure_ascii=st.booleans(),
+    )
+    def check(secret: str, value: Any, fragments: list[str], ensure_ascii: bool) -> None:
+        redactor = Redactor([secret])
+        holding = [value, secret.join(fragments) if fragments else value, {"k": f"a{secret}b"}]
+        for candidate in holding:
+            if redactor.clear_in_json(json.dumps(candidate, ensure_ascii=ensure_ascii)):
+                assert redactor.redact(candidate) == candidate
+
+    check()
+    assert not Redactor(["sk-ñever-0123"]).clear_in_json('{"a": 1}')
+    assert Redactor(["sk-never-0123"]).clear_in_json('{"a": 1}')
+    assert not Redactor(['sk-"quoted"-0123']).clear_in_json(json.dumps({"a": 'sk-"quoted"-0123'}))

@@ -129,9 +129,10 @@ async def test_transcripts_are_redacted_and_large_bodies_capped(
 async def test_the_common_model_call_encoded_at_once_agrees_with_the_entry_encoded_at_commit(
     tmp_path: Path, store: SqliteRunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An answered call with nothing to mask is transcribed at once from its JSON texts and kept in its call row;
-    with a secret to look for (though it appears nowhere), the same call's entry is built and encoded when committed,
-    as an exchanges row: both must read back as the same entries, in the same order, over the cap too."""
+    """An answered call with nothing to mask is transcribed at once from its JSON texts and kept in its call row —
+    also with a secret to look for that its texts do not hold; with a secret whose absence a look at the texts cannot
+    prove (a non-ASCII one, which JSON may escape), the same call's entry is built, masked and encoded when committed,
+    as an exchanges row: all must read back as the same entries, in the same order, over the cap too."""
     (tmp_path / "p.yaml").write_text(PIPELINE)
     huge = "y" * (MAX_TRANSCRIPT_BODY + 10)
     rules = [{"prompt": "Rome", "reply": huge}, *FIXTURE["responses"]]  # Paris: a failure, a tool call, an answer
@@ -154,8 +155,11 @@ async def test_the_common_model_call_encoded_at_once_agrees_with_the_entry_encod
     at_once = await entries()
     assert store._rows(kept_in_calls, ())[0][0] == 2  # Paris' two answers (Rome's is over the cap)
     monkeypatch.setenv("FLOWCTL_TEST_API_KEY", "sk-never-seen-0123456789abcdef")
+    looked_at = await entries()
+    assert store._rows(kept_in_calls, ())[0][0] == 4  # the texts hold no secret: kept at once again
+    monkeypatch.setenv("FLOWCTL_TEST_API_KEY", "sk-ñever-seen-0123456789abcdef")
     at_commit = await entries()
-    assert store._rows(kept_in_calls, ())[0][0] == 2  # none more
-    assert at_once == at_commit
+    assert store._rows(kept_in_calls, ())[0][0] == 4  # none more
+    assert at_once == looked_at == at_commit
     truncated = [response for *_, response, _ in at_once if isinstance(response, dict) and response.get("truncated")]
     assert len(truncated) == 1 and truncated[0]["size"] > MAX_TRANSCRIPT_BODY

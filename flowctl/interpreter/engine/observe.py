@@ -68,15 +68,18 @@ def answered_entry(
     started: float,
     elapsed: float,
 ) -> Exchanged | None:
-    """The transcript entry of the common call — answered, in a run with no secrets to mask, no price to add, bodies
-    under the cap — made at once of the two JSON texts it is (the digest's, the journal's): cheaper than keeping the
-    call's objects alive for the commit to encode (bench/README.md). The agent loop hands it to the journal with the
-    answer, so the call's row keeps it (CallDone.transcript). None for any other call: it is encoded when committed
-    (`_model_bodies`)."""
-    if response is None or ctx.runtime.recorder.redactor or not _unpriced(model):
+    """The transcript entry of the common call — answered, no secret in what was sent or came back, no price to add,
+    bodies under the cap — made at once of the two JSON texts it is (the digest's, the journal's): cheaper than
+    keeping the call's objects alive for the commit to encode (bench/README.md). The agent loop hands it to the journal
+    with the answer, so the call's row keeps it (CallDone.transcript). None for any other call: it is encoded (and
+    masked) when committed (`_model_bodies`)."""
+    if response is None or not _unpriced(model):
         return None
     sent, answer = _request_text(request), response.journal_text()
     if sent is None or len(sent) > MAX_TRANSCRIPT_BODY or len(answer) > MAX_TRANSCRIPT_BODY:
+        return None
+    redactor = ctx.runtime.recorder.redactor
+    if redactor and not (redactor.clear_in_json(sent) and redactor.clear_in_json(answer)):
         return None
     return Exchanged(ctx.run_id, path, key, STEP_ATTEMPT.get(), "model", started, elapsed, sent, answer)
 

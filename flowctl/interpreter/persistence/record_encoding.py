@@ -59,9 +59,9 @@ class RecordEncoder:
 
     def result_text(self, result: dict[str, Any] | str) -> tuple[str, bool]:
         """A call result's redacted JSON text, and whether redaction altered it (replaying it would replay the mask,
-        not the answer). JSON text is kept as it is unless there are secrets to look for."""
+        not the answer). JSON text is kept as it is unless a secret may be in it."""
         if isinstance(result, str):
-            if not self.redactor:
+            if not self.redactor or self.redactor.clear_in_json(result):
                 return result, False
             result = json.loads(result)
         stored = self.redactor.redact(result)
@@ -71,7 +71,9 @@ class RecordEncoder:
         """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
         the full size and the beginning. `value` may be JsonText: encoded already."""
         if type(value) is JsonText:
-            text = value.text if not self.redactor else self.encode(self.redactor.redact(json.loads(value.text)))
+            text = value.text
+            if self.redactor and not self.redactor.clear_in_json(text):
+                text = self.encode(self.redactor.redact(json.loads(text)))
         else:
             text = self.dump_value(value)
         if len(text) <= MAX_TRANSCRIPT_BODY:
