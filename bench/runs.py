@@ -78,13 +78,17 @@ def timed_run(
     store: RunStore,
     scripted: Fixture,
     provider: Any = None,
+    env: dict[str, str] | None = None,
 ) -> float:
     """Seconds `run_graph` takes (run record, steps, outputs, finish); raises if the run did not succeed.
 
     `provider` replaces the provider factory (every model answers through it); by default the fixture answers, as
     with `flowctl run --scripted`. No tool pool is passed, so the run opens the real MCP pool like the CLI does.
+    `env`: the run's environment (by default this process's, as the CLI's), which decides what it masks.
     """
     options = RunOptions(scripted=scripted, tune_process=True)  # as the CLI runs
+    if env is not None:
+        options.env = env
     if provider is not None:
         options.provider_factory = lambda model: provider
     elapsed, outcome = in_fresh_loop(_timed, graph, inputs, store, options)

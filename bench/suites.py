@@ -37,6 +37,7 @@ from bench.pipelines import (
 from bench.provider_suite import provider_suite
 from bench.report import Row, median, spread
 from bench.runs import CountingProvider, compile_pipeline, coroutine_in_fresh_loop, fixture, sqlite_store, timed_run
+from flowctl.interpreter.redact import redactor_for
 
 CHAIN_STEPS = 1000
 STEP_TARGET_US = 60.0
@@ -158,28 +159,39 @@ def fanout_suite(quick: bool, workdir: Path) -> list[Row]:
     graph = compile_pipeline(workdir, "fanout.yaml", fanout_yaml(FANOUT_CONCURRENCY))
     scripted = fixture(latency_fixture(FANOUT_LATENCY))
     items = list(range(branches))
-    _fan_run(graph, scripted, items[:200], workdir, "warmup.db")
-    timed_run(graph, {"items": items[:200]}, NullStore(), scripted)
+    plain, with_secret = fanout_environments()
+    _fan_run(graph, scripted, items[:200], workdir, "warmup.db", plain)
+    timed_run(graph, {"items": items[:200]}, NullStore(), scripted, env=plain)
     coroutine_in_fresh_loop(baselines.gather_sleep(200, FANOUT_LATENCY))
-    samples: dict[str, list[float]] = {"sqlite": [], "null": [], "gather": []}
+    samples: dict[str, list[float]] = {"sqlite": [], "null": [], "secret": [], "gather": []}
     gc_sqlite: list[GcMeter] = []
     gc_null: list[GcMeter] = []
+    gc_secret: list[GcMeter] = []
     for r in range(repeats):
         gc.collect()
         with GcMeter() as meter:
-            samples["sqlite"].append(_fan_run(graph, scripted, items, workdir, f"fan-{r}.db"))
+            samples["sqlite"].append(_fan_run(graph, scripted, items, workdir, f"fan-{r}.db", plain))
         gc_sqlite.append(meter)
         gc.collect()
         with GcMeter() as meter:
-            samples["null"].append(timed_run(graph, {"items": items}, NullStore(), scripted))
+            samples["null"].append(timed_run(graph, {"items": items}, NullStore(), scripted, env=plain))
         gc_null.append(meter)
+        gc.collect()
+        with GcMeter() as meter:
+            samples["secret"].append(_fan_run(graph, scripted, items, workdir, f"fan-secret-{r}.db", with_secret))
+        gc_secret.append(meter)
         gc.collect()
         samples["gather"].append(coroutine_in_fresh_loop(baselines.gather_sleep(branches, FANOUT_LATENCY)))
     gather = median(samples["gather"])
     label = f"fan-out {branches:,} × {FANOUT_LATENCY * 1000:g} ms"
     target = f"≤ {FANOUT_TARGET_RATIO:g}× gather"
     rows = []
-    for key, meters, what in (("sqlite", gc_sqlite, "journal on (SQLite)"), ("null", gc_null, "NullStore")):
+    series = (
+        ("sqlite", gc_sqlite, "journal on (SQLite)"),
+        ("null", gc_null, "NullStore"),
+        ("secret", gc_secret, "journal on (SQLite), a secret in the environment"),
+    )
+    for key, meters, what in series:
         value = median(samples[key])
         meter = meters[len(meters) // 2]
         # each run against the gather run right after it: what drifts on a busy machine hits both alike
@@ -204,12 +216,20 @@ def fanout_suite(quick: bool, workdir: Path) -> list[Row]:
     return rows
 
 
-def _fan_run(graph, scripted, items: list[int], workdir: Path, name: str) -> float:  # type: ignore[no-untyped-def]
+def _fan_run(graph, scripted, items: list[int], workdir: Path, name: str, env=None) -> float:  # type: ignore[no-untyped-def]
     store = sqlite_store(workdir, name)
     try:
-        return timed_run(graph, {"items": items}, store, scripted)
+        return timed_run(graph, {"items": items}, store, scripted, env=env)
     finally:
         store.close()
+
+
+def fanout_environments() -> tuple[dict[str, str], dict[str, str]]:
+    """The fan-out's environments: this process's without any secret-looking variable (what the figures promise
+    must not hang on what the machine happens to hold), and the same with one, as most real runs have (an API key):
+    the run then masks what it stores."""
+    plain = {name: value for name, value in os.environ.items() if not redactor_for([], {name: value})}
+    return plain, {**plain, "BENCH_API_KEY": "sk-bench-0123456789abcdef"}
 
 
 # --- memory -----------------------------------------------------------------------------------------------------
