@@ -291,6 +291,12 @@ def _calls_table(path: Path) -> list[tuple[object, ...]]:
         return conn.execute("SELECT * FROM calls ORDER BY run_id, key").fetchall()
 
 
+def kept_call(digest: str, answer: str, *, attempt: int, at: float) -> CallDone:
+    """A model call of step `t` with its transcript entry kept in its row (numbered by its attempt)."""
+    entry = Exchanged("r-1", "t", "t/llm#0", attempt, "model", at - 1.0, 0.5, '{"messages": []}', answer, None, attempt)
+    return CallDone("r-1", "t/llm#0", digest, answer, at, transcript=entry)
+
+
 def test_a_lone_call_commits_in_one_statement_exactly_as_the_general_path_does(tmp_path: Path) -> None:
     """A chain commits one call per model call through a one-statement fast path (FENCED_CALL); a store whose
     heartbeat is always due (lease 0) takes the general path (begin, fence, insert, commit) for the same commits.
@@ -301,26 +307,8 @@ def test_a_lone_call_commits_in_one_statement_exactly_as_the_general_path_does(t
         CallDone("r-1", "b/tool:calc.add#0", "d2", '{"text": "3", "is_error": false}', 2.0, masked=True),
         CallDone("r-1", "a/llm#0", "d3", '{"content": "forced"}', 3.0),  # recorded again: replaced
         CallDone("r-1/child", "c/llm#0", "d4", '{"content": "half \\ud800 a pair"}', 4.0),
-        CallDone(
-            "r-1",
-            "t/llm#0",
-            "d7",
-            '{"content": "kept"}',
-            7.0,
-            transcript=Exchanged(
-                "r-1", "t", "t/llm#0", 1, "model", 6.0, 1.0, '{"messages": []}', '{"content": "kept"}', None, 1
-            ),
-        ),
-        CallDone(
-            "r-1",
-            "t/llm#0",
-            "d8",
-            '{"content": "again"}',
-            8.0,
-            transcript=Exchanged(
-                "r-1", "t", "t/llm#0", 2, "model", 7.5, 0.5, '{"messages": []}', '{"content": "again"}', None, 2
-            ),
-        ),
+        kept_call("d7", '{"content": "kept"}', attempt=1, at=7.0),
+        kept_call("d8", '{"content": "again"}', attempt=2, at=8.0),  # recorded again: the first entry moves
     ]
     for store in (fast, plain):
         claim = create(store, owner=DEAD)

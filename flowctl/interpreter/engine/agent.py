@@ -413,7 +413,8 @@ async def run_agent(
             finally:
                 if sink is not None:
                     TEXT_SINK.reset(sink)
-            saw_model_call(ctx, path, key, model, request, response, None, started, elapsed, transcribed=bool(entry))
+            transcribed = entry is not None  # its entry went with the answer
+            saw_model_call(ctx, path, key, model, request, response, None, started, elapsed, transcribed=transcribed)
             # durable before its answer is used (or its step finishes); `alone`: no other call of the run in flight
             await ctx.runtime.recorder.durable(alone=not limiter.borrowed)
         if not response.tool_calls:

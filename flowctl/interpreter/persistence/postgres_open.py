@@ -66,17 +66,24 @@ def prepare(conninfo: str, url: str, access: StoreAccess) -> int:
     """Connect once — a pool would retry in the background, and say nothing of why — and bring the database to the
     current schema; its schema version. `url`: the URL as it may be shown."""
     scrub = secret_scrubber(conninfo)
-    upgrading = False
     try:
         with psycopg.connect(conninfo, autocommit=True, **connect_extra(conninfo)) as conn:
-            upgrading = 0 < schema_version(conn) < schema.SCHEMA_VERSION
             return migrate(conn, url, access)
-    except psycopg.Error as exc:
-        error = store_error(exc, url, scrub)
-        if upgrading and isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            error.problem = f"written by an older flowctl, and upgrading it needs its tables' owner: {error.problem}"
-            error.advice = "run any flowctl command against it once as the user that owns its tables"
+    except _UpgradeRefused as refused:
+        error = store_error(refused.cause, url, scrub)
+        error.problem = f"written by an older flowctl, and upgrading it needs its tables' owner: {error.problem}"
+        error.advice = "run any flowctl command against it once as the user that owns its tables"
         raise error from None
+    except psycopg.Error as exc:
+        raise store_error(exc, url, scrub) from None
+
+
+class _UpgradeRefused(Exception):
+    """The server refused to upgrade an older store to this user (`cause`), which may only read it."""
+
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def migrate(conn: psycopg.Connection[Any], url: str, access: StoreAccess) -> int:
@@ -101,9 +108,14 @@ def migrate(conn: psycopg.Connection[Any], url: str, access: StoreAccess) -> int
                 "the database has a table `runs` that is not a flowctl run store's",
                 "name another database, or a schema of its own (`?options=-csearch_path%3Dflowctl`)",
             )
-        for statements in schema.MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement.encode())
+        try:
+            for statements in schema.MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement.encode())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            if version == 0:
+                raise
+            raise _UpgradeRefused(exc) from None
         conn.execute(f"DELETE FROM {schema.VERSION_TABLE}")
         conn.execute(f"INSERT INTO {schema.VERSION_TABLE} (version) VALUES (%s)", (latest,))
     return latest

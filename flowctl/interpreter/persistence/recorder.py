@@ -281,7 +281,7 @@ class Recorder:
             stored = self.redactor.redact_text(digest)
             masked, digest = masked or stored != digest, stored
         if transcript is not None:
-            self._entries = transcript.number = self._entries + 1
+            self._number(transcript)
             if masked or text is not transcript.response:
                 self._note(transcript)
                 transcript = None
@@ -328,13 +328,13 @@ class Recorder:
         gives the three as JSON-like values; it runs when the entry is committed, not now: an entry is kept as the
         objects it describes until then, so building and encoding its bodies (~10 µs for a model call) happens off
         the call's path — mostly in the background commit, while the run waits for a model or for SQLite."""
-        self._entries = number = self._entries + 1
-        entry = Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, "", None, None, number)
+        entry = Exchanged(run_id, path, key, attempt, kind, started_at, elapsed, "")
+        self._number(entry)
         self._note(Transcribed(entry, bodies, raw))
 
     def exchanged(self, entry: Exchanged) -> None:
         """A transcript entry whose bodies are JSON text already, redacted and capped (`exchange` for any other)."""
-        self._entries = entry.number = self._entries + 1
+        self._number(entry)
         self._note(entry)
 
     def state_listener(self, run_id: str) -> Callable[[Any], None]:
@@ -474,6 +474,12 @@ class Recorder:
             return  # another process owns the run now: this one writes nothing more
         self._pending.append(write)
         self._queued += 1
+
+    def _number(self, entry: Exchanged) -> None:
+        """Number a transcript entry in the order this recorder noted it (read back as the order of calls that ended
+        at the same instant)."""
+        self._entries += 1
+        entry.number = self._entries
 
     def _note(self, write: Write | Transcribed) -> None:
         """An account write."""
