@@ -130,7 +130,17 @@ class Redactor:
     without secrets returns every value unchanged, so it costs nothing when the environment holds no secrets.
     """
 
-    __slots__ = ("_digests", "_found_by_scan", "_owners", "_pattern", "_salt", "_secrets", "_values", "short_names")
+    __slots__ = (
+        "_digests",
+        "_found_by_scan",
+        "_owners",
+        "_pattern",
+        "_salt",
+        "_secrets",
+        "_values",
+        "masks",
+        "short_names",
+    )
 
     def __init__(self, secrets: Iterable[str] | Mapping[str, str] = (), *, declared: Iterable[str] = ()) -> None:
         named = sorted(secrets.items()) if isinstance(secrets, Mapping) else [(None, value) for value in secrets]
@@ -141,6 +151,9 @@ class Redactor:
         self._secrets: tuple[str, ...] = tuple(sorted(self._owners, key=lambda s: (-len(s), s)))
         # every secret below U+007F: the characters `json` writes alike with and without `ensure_ascii`
         self._found_by_scan = all(max(secret) < "\x7f" for secret in self._secrets)
+        # whether there is anything to mask: an attribute, since hot paths ask it of every call (`bool(redactor)`
+        # says the same through a Python-level __bool__)
+        self.masks = bool(self._secrets)
         self._values = {name: value for name, value in named if name is not None}
         declared = set(declared)
         # variables the pipeline reads as secrets whose values are too short to mask (the CLI warns about them)
@@ -164,7 +177,7 @@ class Redactor:
         return self._secrets
 
     def __bool__(self) -> bool:
-        return bool(self._secrets)
+        return self.masks
 
     def __repr__(self) -> str:
         return f"Redactor(<{len(self._secrets)} secrets>)"

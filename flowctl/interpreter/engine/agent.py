@@ -117,6 +117,8 @@ class _Tool:
 class _CallCounter:
     """Numbers the side effects of one step attempt, so journal keys are stable across resumes."""
 
+    __slots__ = ("n", "path")
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.n = 0
@@ -350,7 +352,8 @@ async def run_agent(
     model = ctx.graph.models[model_name or agent.model]
     context = ctx.template_context(scope) if context is None else context
     counter = _CallCounter(path)
-    asked = opening if opening is not None else [Message("user", prompt)]  # a server prompt's messages, or the prompt
+    # the opening: a server prompt's messages, or the prompt
+    asked = opening if opening is not None else (Message("user", prompt),)
     if agent.instruction_prompt is None and not agent.resources:
         instruction = agent.instruction.render(context) + extra_instruction
         messages: list[Message] = [Message("system", instruction), *asked]
@@ -358,6 +361,7 @@ async def run_agent(
         instruction = await agent_instruction(ctx, agent, context, counter.key) + extra_instruction
         given = await resource_messages(ctx, agent, context, counter.key)
         messages = [Message("system", instruction), *given, *asked]
+    context = None  # not needed past here, and a fan-out of thousands keeps this frame alive during each call
     # an explicit {} asks for plain text even from an agent that declares a schema (the router parses leniently)
     schema = (output_schema or None) if output_schema is not None else agent.output_schema
     tools = await _agent_tools(ctx, agent, path) if agent.servers else {}
@@ -413,8 +417,9 @@ async def run_agent(
             finally:
                 if sink is not None:
                     TEXT_SINK.reset(sink)
-            transcribed = entry is not None  # its entry went with the answer
-            saw_model_call(ctx, path, key, model, request, response, None, started, elapsed, transcribed=transcribed)
+            if entry is None or ctx.runtime.hears_calls:  # else its entry went with the answer, and nobody listens
+                kept = entry is not None
+                saw_model_call(ctx, path, key, model, request, response, None, started, elapsed, transcribed=kept)
             # durable before its answer is used (or its step finishes); `alone`: no other call of the run in flight
             await ctx.runtime.recorder.durable(alone=not limiter.borrowed)
         if not response.tool_calls:

@@ -349,7 +349,8 @@ class Engine:
                     if not item:
                         _start_row(ctx, path, kind, result.attempts)
                     runtime.reporter.step_started(ctx.run_id, path, kind, result.attempts)
-                    STEP_ATTEMPT.set(result.attempts)  # this step's task context: its calls' attempt (observe.py)
+                    if STEP_ATTEMPT.get() != result.attempts:  # this step's task context: its calls' attempt
+                        STEP_ATTEMPT.set(result.attempts)  # (observe.py); a set costs a context copy and ~150 B
                     attempt_started = runtime.clock.now()
                     try:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda

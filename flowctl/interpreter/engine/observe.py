@@ -73,13 +73,13 @@ def answered_entry(
     keeping the call's objects alive for the commit to encode (bench/README.md). The agent loop hands it to the journal
     with the answer, so the call's row keeps it (CallDone.transcript). None for any other call: it is encoded (and
     masked) when committed (`_model_bodies`)."""
-    if response is None or not _unpriced(model):
+    if response is None or model.price_in_per_mtok is not None or model.price_out_per_mtok is not None:
         return None
     sent, answer = _request_text(request), response.journal_text()
     if sent is None or len(sent) > MAX_TRANSCRIPT_BODY or len(answer) > MAX_TRANSCRIPT_BODY:
         return None
     redactor = ctx.runtime.recorder.redactor
-    if redactor and not (redactor.clear_in_json(sent) and redactor.clear_in_json(answer)):
+    if redactor.masks and not (redactor.clear_in_json(sent) and redactor.clear_in_json(answer)):
         return None
     return Exchanged(ctx.run_id, path, key, STEP_ATTEMPT.get(), "model", started, elapsed, sent, answer)
 

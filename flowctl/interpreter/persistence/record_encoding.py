@@ -61,18 +61,18 @@ class RecordEncoder:
         """A call result's redacted JSON text, and whether redaction altered it (replaying it would replay the mask,
         not the answer). JSON text is kept as it is unless a secret may be in it."""
         if isinstance(result, str):
-            if not self.redactor or self.redactor.clear_in_json(result):
+            if not self.redactor.masks or self.redactor.clear_in_json(result):
                 return result, False
             result = json.loads(result)
         stored = self.redactor.redact(result)
-        return self.encode(stored), bool(self.redactor) and stored != result
+        return self.encode(stored), self.redactor.masks and stored != result
 
     def capped(self, value: Any) -> str:
         """A transcript body as redacted JSON text, or, past `MAX_TRANSCRIPT_BODY` characters, a visible marker with
         the full size and the beginning. `value` may be JsonText: encoded already."""
         if type(value) is JsonText:
             text = value.text
-            if self.redactor and not self.redactor.clear_in_json(text):
+            if self.redactor.masks and not self.redactor.clear_in_json(text):
                 text = self.encode(self.redactor.redact(json.loads(text)))
         else:
             text = self.dump_value(value)

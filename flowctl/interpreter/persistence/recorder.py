@@ -277,11 +277,12 @@ class Recorder:
         CallDone); should the result be masked after all, it goes to the account as an entry of its own."""
         text, masked = self._result_text(result)
         self._holding = False
-        if self.redactor:
+        if self.redactor.masks:
             stored = self.redactor.redact_text(digest)
             masked, digest = masked or stored != digest, stored
         if transcript is not None:
-            self._number(transcript)
+            self._entries += 1  # _number(transcript), without a call on every model call's path
+            transcript.number = self._entries
             if masked or text is not transcript.response:
                 self._note(transcript)
                 transcript = None
