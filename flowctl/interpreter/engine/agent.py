@@ -83,12 +83,18 @@ def run_agent_step(
     elif body.arguments is None:
         agent = chosen_agent(ctx.graph, body, context, path, step.span)
     else:  # a parameterised agent: its instruction reads its arguments too
-        arguments = {name: value.evaluate(context) for name, value in body.arguments}
+        arguments = _agent_arguments(body.arguments, context)
         agent = parameterised_agent(ctx.graph, ctx.graph.agents[body.agent], arguments, path, step.span)
         context = {**context, **arguments}
     if body.server_prompt is not None:
         return _run_with_server_prompt(ctx, agent, body.server_prompt, scope, path, model_name, context)
     return run_agent(ctx, agent, prompt, scope, path, model_name=model_name, context=context)
+
+
+def _agent_arguments(arguments: tuple[tuple[str, ir.CompiledValue], ...], context: dict[str, Any]) -> dict[str, Any]:
+    """A parameterised agent's arguments, evaluated. A function of its own: a comprehension over `context` in
+    `run_agent_step` would make `context` a cell there, allocated for every agent step."""
+    return {name: value.evaluate(context) for name, value in arguments}
 
 
 async def _run_with_server_prompt(

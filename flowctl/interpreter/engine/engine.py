@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import anyio
@@ -356,12 +357,10 @@ class Engine:
                         if timeout is None:  # the common case: no with_timeout frame, no lambda
                             output = await handler(self, ctx, step, scope, path)
                         else:
-                            output = await with_timeout(
-                                runtime.clock,
-                                timeout,
-                                f"step {path!r}",
-                                lambda: handler_within_timeout(handler, self, ctx, step, scope, path),
-                            )
+                            # a partial, not a lambda: a closure would make six of this frame's variables cells,
+                            # allocated on every call of this function (every step and fan-out item) to serve this one
+                            call = partial(handler_within_timeout, handler, self, ctx, step, scope, path)
+                            output = await with_timeout(runtime.clock, timeout, f"step {path!r}", call)
                         if result.attempts > 1:  # its earlier attempts are recorded: this one too
                             _attempt_ended(ctx, path, result, _SUCCEEDED, attempt_started)
                         return output
