@@ -388,8 +388,8 @@ class Recorder:
         if self._off_loop:
             await self._durable_off_loop(ticket, alone)
             return
-        ready = _ready_tasks()
         if not self._committing:
+            ready = None if alone else _ready_tasks()  # a chain's lone call asks nothing of the loop
             if not alone and (ready is None or len(ready) > 0):
                 self._committing = True
                 try:
@@ -399,6 +399,7 @@ class Recorder:
             if self._committed < ticket:
                 self._commit(account=self._group_commit())
             return
+        ready = _ready_tasks()
         while self._committed < ticket:  # another waiter commits for us in its next step
             await _loop_turn(ready)
             if not self._committing and self._committed < ticket:
