@@ -23,7 +23,7 @@ from flowctl.dsl import ir
 from flowctl.dsl.ir import AgentDef, ModelDef, ServerDef
 from flowctl.interpreter.concurrency import task_group
 from flowctl.interpreter.engine.agent_choice import chosen_agent, parameterised_agent
-from flowctl.interpreter.engine.context import RunContext, Scope
+from flowctl.interpreter.engine.context import RunContext, Runtime, Scope
 from flowctl.interpreter.engine.observe import answered_entry, saw_model_call, saw_tool_call
 from flowctl.interpreter.engine.server_context import agent_instruction, resource_messages, server_prompt
 from flowctl.interpreter.engine.server_requests import CallHooks
@@ -242,11 +242,16 @@ async def _complete_guarded(ctx: RunContext, model: ModelDef, request: Completio
     runtime = ctx.runtime
     breaker = runtime.breakers.get(f"model:{model.name}", model.circuit_breaker) if model.circuit_breaker else None
     _tell_if_held_back(ctx, request.step)
+    ask = partial(_ask, runtime, model, request)  # not a lambda: no cells made on every call
     async with runtime.limiter:
         if model.concurrency is None:
-            return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+            return await runtime.breakers.guard(breaker, ask)
         async with runtime.caps.slot(f"model:{model.name}", model.concurrency):
-            return await runtime.breakers.guard(breaker, lambda: runtime.provider(model).complete(request))
+            return await runtime.breakers.guard(breaker, ask)
+
+
+def _ask(runtime: Runtime, model: ModelDef, request: CompletionRequest) -> Awaitable[CompletionResponse]:
+    return runtime.provider(model).complete(request)
 
 
 def _tell_if_held_back(ctx: RunContext, path: str) -> None:
@@ -301,15 +306,14 @@ async def call_tool(
     started, began = runtime.clock.now(), runtime.clock.monotonic()
     _tell_if_held_back(ctx, path)
     hooks = TOOL_HOOKS.set(CallHooks(ctx, path, _CallCounter(key), model, agent))
+    call = partial(runtime.tools.call_tool, server, tool, arguments)  # not a lambda: no cells made on every call
     try:
         async with runtime.limiter:
             if server.concurrency is None:
-                result = await runtime.breakers.guard(breaker, lambda: runtime.tools.call_tool(server, tool, arguments))
+                result = await runtime.breakers.guard(breaker, call)
             else:
                 async with runtime.caps.slot(f"server:{server.name}", server.concurrency):
-                    result = await runtime.breakers.guard(
-                        breaker, lambda: runtime.tools.call_tool(server, tool, arguments)
-                    )
+                    result = await runtime.breakers.guard(breaker, call)
     except FlowctlError as exc:
         saw_tool_call(ctx, path, key, server, tool, arguments, None, exc, started, runtime.clock.monotonic() - began)
         raise
