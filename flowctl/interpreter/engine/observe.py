@@ -73,7 +73,7 @@ def answered_entry(
     keeping the call's objects alive for the commit to encode (bench/README.md). The agent loop hands it to the journal
     with the answer, so the call's row keeps it (CallDone.transcript). None for any other call: it is encoded (and
     masked) when committed (`_model_bodies`)."""
-    if response is None or model.price_in_per_mtok is not None or model.price_out_per_mtok is not None:
+    if response is None or not _unpriced(model):
         return None
     sent, answer = _request_text(request), response.journal_text()
     if sent is None or len(sent) > MAX_TRANSCRIPT_BODY or len(answer) > MAX_TRANSCRIPT_BODY:

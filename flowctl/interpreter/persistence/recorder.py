@@ -91,6 +91,11 @@ def _asyncio_turn() -> Generator[None, None, None]:
     yield
 
 
+def _others_may_be_ready(ready: Sized | None) -> bool:
+    """Whether a loop turn may let another task queue writes (`ready`: `_ready_tasks()`; off asyncio, assume so)."""
+    return ready is None or len(ready) > 0
+
+
 def _loop_turn(ready: Sized | None) -> Awaitable[None]:
     """Let every other ready task run once (`ready`: `_ready_tasks()`, None off asyncio)."""
     return _asyncio_turn() if ready is not None else anyio.lowlevel.checkpoint()
@@ -294,8 +299,7 @@ class Recorder:
             stored = self.redactor.redact_text(digest)
             masked, digest = masked or stored != digest, stored
         if transcript is not None:
-            self._entries += 1  # _number(transcript), without a call on every model call's path
-            transcript.number = self._entries
+            self._number(transcript)
             if masked or text is not transcript.response:
                 self._note(transcript)
                 transcript = None
@@ -389,8 +393,7 @@ class Recorder:
             await self._durable_off_loop(ticket, alone)
             return
         if not self._committing:
-            ready = None if alone else _ready_tasks()  # a chain's lone call asks nothing of the loop
-            if not alone and (ready is None or len(ready) > 0):
+            if not alone and _others_may_be_ready(ready := _ready_tasks()):
                 self._committing = True
                 try:
                     await _loop_turn(ready)  # the other ready tasks queue their writes: one commit for all
@@ -420,8 +423,7 @@ class Recorder:
                 continue
             self._commit_done = done = anyio.Event()
             try:
-                ready = _ready_tasks()
-                if not alone and (ready is None or len(ready) > 0):
+                if not alone and _others_may_be_ready(ready := _ready_tasks()):
                     await _loop_turn(ready)  # the other ready tasks queue their writes: one commit for all
                 await anyio.to_thread.run_sync(
                     partial(self._commit, account=self._group_commit()), abandon_on_cancel=False
